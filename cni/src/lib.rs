@@ -1,0 +1,31 @@
+//! knode's CNI plugin (bridge + IPAM). For now it answers the CNI `VERSION` command; the
+//! network issue brings ADD, DEL and CHECK.
+
+/// CNI spec versions this plugin speaks.
+pub const SUPPORTED_VERSIONS: &[&str] = &["1.0.0", "1.1.0"];
+
+/// The JSON result of `CNI_COMMAND=VERSION`.
+pub fn version_result() -> serde_json::Value {
+    serde_json::json!({
+        "cniVersion": SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.len() - 1],
+        "supportedVersions": SUPPORTED_VERSIONS,
+    })
+}
+
+/// A CNI error result (spec section "Error").
+#[derive(Debug, thiserror::Error, serde::Serialize)]
+#[error("{msg}")]
+pub struct CniError {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_lists_supported() {
+        let v = super::version_result();
+        assert_eq!(v["supportedVersions"].as_array().unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs knode's run-time (and, with --test, test and benchmark) dependencies on Debian 12.
+set -euo pipefail
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+pkgs=(docker-registry busybox-static nftables iproute2 ca-certificates)
+[ "${1:-}" = "--test" ] && pkgs+=(skopeo umoci crun zstd pigz debootstrap)
+missing=()
+for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian registry package starts a system service on port 5000; knode runs its own
+# registries on free loopback ports and does not need it.
+if systemctl is-active --quiet docker-registry 2>/dev/null; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
+command -v cargo >/dev/null || { echo "cargo (Rust >= 1.80) is required: https://rustup.rs" >&2; exit 1; }

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Quick start, part 2: install test dependencies and run the whole test suite (as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh --test
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --all-targets -- --test-threads="${KNODE_TEST_THREADS:-2}"

@@ -1,0 +1,228 @@
+//! knode: a Kubernetes node in one binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use knode::image_cli::{self, CliProgress};
+use oci::image::PullOptions;
+use oci::registry::{ClientOptions, Credentials};
+use oci::spec::Platform;
+
+#[derive(Parser)]
+#[command(name = "knode", version, about = "A Kubernetes node in one binary, on Linux kernel primitives")]
+struct Cli {
+    /// State directory (images, snapshots).
+    #[arg(long, global = true, default_value = "/var/lib/knode", env = "KNODE_ROOT")]
+    root: PathBuf,
+    /// Runtime directory (sockets, mounts of running things).
+    #[arg(long, global = true, default_value = "/run/knode", env = "KNODE_RUN_DIR")]
+    run_dir: PathBuf,
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive).
+    #[arg(long, global = true, default_value = "warn", env = "KNODE_LOG")]
+    log: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// Registry reached over plain HTTP although it is not on loopback (repeatable).
+    #[arg(long = "insecure-registry", global = true)]
+    insecure: Vec<String>,
+    /// Extra CA certificate (PEM) trusted for HTTPS registries (repeatable).
+    #[arg(long = "registry-ca", global = true)]
+    ca: Vec<PathBuf>,
+    /// Docker-style config.json with registry credentials [default: ~/.docker/config.json].
+    #[arg(long = "auth-file", global = true, env = "REGISTRY_AUTH_FILE")]
+    auth_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Run the demo: start a local registry (unless --registry), push the demo image built
+    /// from busybox, pull it with knode and show it.
+    Demo {
+        /// Use this registry (host:port) instead of starting one.
+        #[arg(long)]
+        registry: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Pull an image (docker-style reference: busybox, host:port/repo:tag, repo@sha256:...).
+    Pull {
+        reference: String,
+        /// os/arch[/variant] to select from a multi-platform image.
+        #[arg(long)]
+        platform: Option<String>,
+        /// Print only the image ID.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// List images.
+    #[command(alias = "list")]
+    Ls {
+        /// Print only image IDs.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Show an image's record and config as JSON.
+    Inspect { image: String },
+    /// Remove images by name or ID, then what nothing else uses.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove content and snapshots no image references, and leftovers of interrupted pulls.
+    Prune,
+    /// Import an OCI layout directory, or an OCI/docker archive (tar, tar.gz).
+    Import {
+        path: PathBuf,
+        /// Name for the image when the archive has none.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        platform: Option<String>,
+    },
+}
+
+fn client_options(a: &RegistryArgs) -> Result<ClientOptions> {
+    let auth = a.auth_file.clone().or_else(|| {
+        std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".docker/config.json"))
+            .filter(|p| p.is_file())
+    });
+    let credentials = match auth {
+        Some(p) => Credentials::load(&p)?,
+        None => Credentials::default(),
+    };
+    Ok(ClientOptions {
+        insecure: a.insecure.clone(),
+        ca_files: a.ca.clone(),
+        credentials,
+        retries: 3,
+    })
+}
+
+fn pull_options(platform: Option<&str>) -> Result<PullOptions> {
+    let mut o = PullOptions::default();
+    if let Some(p) = platform {
+        o.platform = p.parse::<Platform>().map_err(anyhow::Error::msg)?;
+    }
+    Ok(o)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Demo { registry } => {
+            let opts = client_options(&cli.registry)?;
+            knode::demo::run(&cli.root, &cli.run_dir, registry.as_deref(), opts)
+        }
+        Cmd::Image(cmd) => {
+            let store = image_cli::store_at(&cli.root)?;
+            match cmd {
+                ImageCmd::Pull { reference, platform, quiet } => {
+                    let opts = pull_options(platform.as_deref())?;
+                    let client = client_options(&cli.registry)?;
+                    let t = std::time::Instant::now();
+                    let rep = store.pull(&reference, client, &opts, &CliProgress::new())?;
+                    if quiet {
+                        println!("{}", rep.image.config);
+                    } else {
+                        println!(
+                            "{} {} ({} layers: {} fetched, {} already present; {:.2}s)",
+                            rep.image.name,
+                            rep.image.id().short(),
+                            rep.image.layers.len(),
+                            rep.layers_fetched,
+                            rep.layers_reused,
+                            t.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+                ImageCmd::Ls { quiet } => {
+                    let list = store.list()?;
+                    if quiet {
+                        for i in list {
+                            println!("{}", i.config);
+                        }
+                    } else {
+                        image_cli::print_list(&list);
+                    }
+                }
+                ImageCmd::Inspect { image } => {
+                    println!("{}", serde_json::to_string_pretty(&image_cli::inspect_json(&store, &image)?)?);
+                }
+                ImageCmd::Rm { images } => {
+                    let mut failed = None;
+                    for i in images {
+                        match store.remove(&i) {
+                            Ok((names, rep)) => {
+                                for n in names {
+                                    println!("Untagged: {n}");
+                                }
+                                if rep.snapshots > 0 {
+                                    println!("Deleted: {} layer snapshot(s), {}", rep.snapshots, image_cli::human(rep.bytes));
+                                }
+                            }
+                            Err(e) => {
+                                eprintln!("error: {e}");
+                                failed = Some(e);
+                            }
+                        }
+                    }
+                    if let Some(e) = failed {
+                        return Err(e).context("some images were not removed");
+                    }
+                }
+                ImageCmd::Prune => {
+                    let rep = store.prune()?;
+                    println!(
+                        "Deleted {} blob(s), {} layer snapshot(s) ({}), {} leftover(s)",
+                        rep.blobs,
+                        rep.snapshots,
+                        image_cli::human(rep.bytes),
+                        rep.temp
+                    );
+                }
+                ImageCmd::Import { path, name, platform } => {
+                    let opts = pull_options(platform.as_deref())?;
+                    for rec in store.import(&path, name.as_deref(), &opts, &CliProgress::new())? {
+                        println!("Imported {} {}", rec.name, rec.id().short());
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes.
+            let mut msg = e.to_string();
+            for c in e.chain().skip(1) {
+                let c = c.to_string();
+                if !msg.contains(&c) {
+                    msg = format!("{msg}: {c}");
+                }
+            }
+            eprintln!("knode: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
