@@ -21,13 +21,27 @@ pub const DEMO_REPO: &str = "knode/demo";
 /// The demo image's single layer: static busybox with its applets, a passwd file and a web
 /// page served by `httpd` (the default command).
 pub fn busybox_layer() -> Result<Vec<u8>> {
-    let bin = std::fs::read(BUSYBOX).with_context(|| format!("reading {BUSYBOX} (install busybox-static)"))?;
-    let list = Command::new(BUSYBOX).arg("--list").output().context("running busybox --list")?;
+    let bin = std::fs::read(BUSYBOX)
+        .with_context(|| format!("reading {BUSYBOX} (install busybox-static)"))?;
+    let list = Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .context("running busybox --list")?;
     if !list.status.success() {
         bail!("{BUSYBOX} --list failed");
     }
     let mut t = TarBuilder::new();
-    for (d, mode) in [("bin", 0o755), ("etc", 0o755), ("dev", 0o755), ("proc", 0o555), ("sys", 0o555), ("root", 0o700), ("tmp", 0o1777), ("www", 0o755), ("var", 0o755)] {
+    for (d, mode) in [
+        ("bin", 0o755),
+        ("etc", 0o755),
+        ("dev", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("root", 0o700),
+        ("tmp", 0o1777),
+        ("www", 0o755),
+        ("var", 0o755),
+    ] {
         t.dir(d, mode);
     }
     t.file("bin/busybox", 0o755, &bin);
@@ -36,9 +50,17 @@ pub fn busybox_layer() -> Result<Vec<u8>> {
             t.symlink(&format!("bin/{applet}"), "busybox");
         }
     }
-    t.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n");
+    t.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    );
     t.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n");
-    t.file("www/index.html", 0o644, b"<h1>Hello from a knode pod</h1>\n");
+    t.file(
+        "www/index.html",
+        0o644,
+        b"<h1>Hello from a knode pod</h1>\n",
+    );
     let mut e = TarEntry::new("etc/hostname", EntryKind::File);
     e.data = b"knode-demo\n".to_vec();
     t.entry(&e);
@@ -47,9 +69,23 @@ pub fn busybox_layer() -> Result<Vec<u8>> {
 
 pub fn demo_run_config() -> RunConfig {
     RunConfig {
-        env: Some(vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]),
-        cmd: Some(vec!["httpd".into(), "-f".into(), "-v".into(), "-p".into(), "8080".into(), "-h".into(), "/www".into()]),
-        exposed_ports: Some([("8080/tcp".to_string(), serde_json::json!({}))].into_iter().collect()),
+        env: Some(vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ]),
+        cmd: Some(vec![
+            "httpd".into(),
+            "-f".into(),
+            "-v".into(),
+            "-p".into(),
+            "8080".into(),
+            "-h".into(),
+            "/www".into(),
+        ]),
+        exposed_ports: Some(
+            [("8080/tcp".to_string(), serde_json::json!({}))]
+                .into_iter()
+                .collect(),
+        ),
         working_dir: Some("/".into()),
         ..Default::default()
     }
@@ -63,11 +99,17 @@ pub fn push_demo_image(registry: &str) -> Result<Reference> {
         .run_config(demo_run_config())
         .build();
     let client = RegistryClient::new(ClientOptions::default())?;
-    img.push(&client, &r).with_context(|| format!("pushing the demo image to {registry}"))?;
+    img.push(&client, &r)
+        .with_context(|| format!("pushing the demo image to {registry}"))?;
     Ok(r)
 }
 
-pub fn run(root: &Path, run_dir: &Path, registry: Option<&str>, client: ClientOptions) -> Result<()> {
+pub fn run(
+    root: &Path,
+    run_dir: &Path,
+    registry: Option<&str>,
+    client: ClientOptions,
+) -> Result<()> {
     let local;
     let registry = match registry {
         Some(r) => r.to_string(),
@@ -82,7 +124,12 @@ pub fn run(root: &Path, run_dir: &Path, registry: Option<&str>, client: ClientOp
     let store = image_cli::store_at(root)?;
     println!("==> knode image pull {r}");
     let t = std::time::Instant::now();
-    let rep = store.pull(&r.to_string(), client, &PullOptions::default(), &CliProgress::new())?;
+    let rep = store.pull(
+        &r.to_string(),
+        client,
+        &PullOptions::default(),
+        &CliProgress::new(),
+    )?;
     println!(
         "pulled {} in {:.0} ms ({} layer(s) fetched, {} reused)",
         rep.image.name,
@@ -102,7 +149,10 @@ pub fn run(root: &Path, run_dir: &Path, registry: Option<&str>, client: ClientOp
     }
     store.mount(&rep.image, &rootfs, &upper, &wdir)?;
     let shown = (|| -> Result<()> {
-        println!("==> the image mounted as an overlay at {}", rootfs.display());
+        println!(
+            "==> the image mounted as an overlay at {}",
+            rootfs.display()
+        );
         let mut names: Vec<String> = std::fs::read_dir(&rootfs)?
             .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect::<Result<_, _>>()?;
@@ -110,12 +160,16 @@ pub fn run(root: &Path, run_dir: &Path, registry: Option<&str>, client: ClientOp
         println!("/: {}", names.join(" "));
         let applets = std::fs::read_dir(rootfs.join("bin"))?.count();
         println!("/bin: {applets} entries (busybox and its applets)");
-        print!("/www/index.html: {}", std::fs::read_to_string(rootfs.join("www/index.html"))?);
+        print!(
+            "/www/index.html: {}",
+            std::fs::read_to_string(rootfs.join("www/index.html"))?
+        );
         let cfg = store.config(&rep.image)?.config.unwrap_or_default();
         println!("default command: {}", cfg.cmd.unwrap_or_default().join(" "));
         Ok(())
     })();
-    rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::empty()).context("unmounting the demo rootfs")?;
+    rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::empty())
+        .context("unmounting the demo rootfs")?;
     std::fs::remove_dir_all(&work)?;
     shown?;
     println!("==> done: the pod issue turns this image into a running pod");

@@ -41,9 +41,11 @@ impl Progress for CliProgress {
             Some(m) => {
                 let b = m.add(ProgressBar::new(size));
                 b.set_style(
-                    ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-                        .expect("valid template")
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
                 );
                 b.set_prefix(layer.short().to_string());
                 b
@@ -53,7 +55,10 @@ impl Progress for CliProgress {
                 ProgressBar::hidden()
             }
         };
-        self.bars.lock().expect("lock").insert(layer.clone(), (bar, Instant::now()));
+        self.bars
+            .lock()
+            .expect("lock")
+            .insert(layer.clone(), (bar, Instant::now()));
     }
 
     fn layer_advance(&self, layer: &Digest, bytes: u64) {
@@ -121,7 +126,13 @@ pub fn print_list(images: &[ImageRecord]) {
         .iter()
         .map(|i| {
             let (repo, tag) = split_name(&i.name);
-            [repo, tag, i.id().short().to_string(), i.platform.clone(), human(i.size)]
+            [
+                repo,
+                tag,
+                i.id().short().to_string(),
+                i.platform.clone(),
+                human(i.size),
+            ]
         })
         .collect();
     let header = ["IMAGE", "TAG", "IMAGE ID", "PLATFORM", "SIZE"];

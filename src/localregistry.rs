@@ -41,7 +41,9 @@ impl LocalRegistry {
     }
 
     fn try_start(opts: &RegistryOptions) -> Result<LocalRegistry> {
-        let dir = tempfile::Builder::new().prefix("knode-registry-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("knode-registry-")
+            .tempdir()?;
         // A free port: bind, read it, release it for the registry.
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -49,7 +51,10 @@ impl LocalRegistry {
         if let Some(h) = &opts.htpasswd {
             let p = dir.path().join("htpasswd");
             std::fs::write(&p, h)?;
-            auth = format!("auth:\n  htpasswd:\n    realm: knode-test\n    path: {}\n", p.display());
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: knode-test\n    path: {}\n",
+                p.display()
+            );
         }
         let config = format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
@@ -65,7 +70,9 @@ impl LocalRegistry {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {REGISTRY_BIN} (install the Debian package docker-registry)"))?;
+            .with_context(|| {
+                format!("starting {REGISTRY_BIN} (install the Debian package docker-registry)")
+            })?;
         let mut reg = LocalRegistry { child, dir, addr };
         reg.wait_ready()?;
         Ok(reg)
@@ -83,7 +90,11 @@ impl LocalRegistry {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("{REGISTRY_BIN} did not listen on {} within 20 s: {}", self.addr, self.log());
+                bail!(
+                    "{REGISTRY_BIN} did not listen on {} within 20 s: {}",
+                    self.addr,
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }

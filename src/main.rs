@@ -11,13 +11,27 @@ use oci::registry::{ClientOptions, Credentials};
 use oci::spec::Platform;
 
 #[derive(Parser)]
-#[command(name = "knode", version, about = "A Kubernetes node in one binary, on Linux kernel primitives")]
+#[command(
+    name = "knode",
+    version,
+    about = "A Kubernetes node in one binary, on Linux kernel primitives"
+)]
 struct Cli {
     /// State directory (images, snapshots).
-    #[arg(long, global = true, default_value = "/var/lib/knode", env = "KNODE_ROOT")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/var/lib/knode",
+        env = "KNODE_ROOT"
+    )]
     root: PathBuf,
     /// Runtime directory (sockets, mounts of running things).
-    #[arg(long, global = true, default_value = "/run/knode", env = "KNODE_RUN_DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/knode",
+        env = "KNODE_RUN_DIR"
+    )]
     run_dir: PathBuf,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, global = true, default_value = "warn", env = "KNODE_LOG")]
@@ -130,7 +144,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Image(cmd) => {
             let store = image_cli::store_at(&cli.root)?;
             match cmd {
-                ImageCmd::Pull { reference, platform, quiet } => {
+                ImageCmd::Pull {
+                    reference,
+                    platform,
+                    quiet,
+                } => {
                     let opts = pull_options(platform.as_deref())?;
                     let client = client_options(&cli.registry)?;
                     let t = std::time::Instant::now();
@@ -160,7 +178,10 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 ImageCmd::Inspect { image } => {
-                    println!("{}", serde_json::to_string_pretty(&image_cli::inspect_json(&store, &image)?)?);
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&image_cli::inspect_json(&store, &image)?)?
+                    );
                 }
                 ImageCmd::Rm { images } => {
                     let mut failed = None;
@@ -171,7 +192,11 @@ fn run(cli: Cli) -> Result<()> {
                                     println!("Untagged: {n}");
                                 }
                                 if rep.snapshots > 0 {
-                                    println!("Deleted: {} layer snapshot(s), {}", rep.snapshots, image_cli::human(rep.bytes));
+                                    println!(
+                                        "Deleted: {} layer snapshot(s), {}",
+                                        rep.snapshots,
+                                        image_cli::human(rep.bytes)
+                                    );
                                 }
                             }
                             Err(e) => {
@@ -194,7 +219,11 @@ fn run(cli: Cli) -> Result<()> {
                         rep.temp
                     );
                 }
-                ImageCmd::Import { path, name, platform } => {
+                ImageCmd::Import {
+                    path,
+                    name,
+                    platform,
+                } => {
                     let opts = pull_options(platform.as_deref())?;
                     for rec in store.import(&path, name.as_deref(), &opts, &CliProgress::new())? {
                         println!("Imported {} {}", rec.name, rec.id().short());
@@ -208,8 +237,12 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

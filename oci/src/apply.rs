@@ -18,7 +18,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::fs::{
+    self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps,
+};
 use rustix::io::Errno;
 
 use crate::tar::{Entry, EntryKind, TarError, TarReader};
@@ -152,17 +154,30 @@ impl Applier {
             let fd = self.ensure_dir(parts, entry)?;
             self.cache = Some((key, fd));
         }
-        Ok(self.cache.as_ref().map(|(_, fd)| fd.as_fd()).expect("cache just filled"))
+        Ok(self
+            .cache
+            .as_ref()
+            .map(|(_, fd)| fd.as_fd())
+            .expect("cache just filled"))
     }
 
-    fn apply_entry<R: io::Read>(&mut self, e: &Entry, tar: &mut TarReader<R>) -> Result<(), ApplyError> {
+    fn apply_entry<R: io::Read>(
+        &mut self,
+        e: &Entry,
+        tar: &mut TarReader<R>,
+    ) -> Result<(), ApplyError> {
         let name = e.path_lossy();
         let parts = clean(&e.path);
         let Some((&base, parent)) = parts.split_last() else {
             // The entry names the layer root itself ("./", "/", "..", a symlink named ".").
             if e.kind == EntryKind::Dir {
-                let root = rfs::openat(&self.root, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(|er| io_err(&name, "open root", er))?;
+                let root = rfs::openat(
+                    &self.root,
+                    ".",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|er| io_err(&name, "open root", er))?;
                 set_owner_mode(&root, e, &name)?;
                 self.dir_times.push((Vec::new(), e.mtime, e.mtime_nsec));
                 return Ok(());
@@ -177,11 +192,14 @@ impl Applier {
             return self.whiteout(base, parent, &name);
         }
 
-        let parent_fd = self.parent_fd(parent, &name)?.try_clone_to_owned().map_err(|er| ApplyError::Io {
-            path: name.clone(),
-            op: "dup",
-            source: er,
-        })?;
+        let parent_fd = self
+            .parent_fd(parent, &name)?
+            .try_clone_to_owned()
+            .map_err(|er| ApplyError::Io {
+                path: name.clone(),
+                op: "dup",
+                source: er,
+            })?;
         let pfd = parent_fd.as_fd();
 
         // Replace what is there: a directory over a directory is kept (attributes updated);
@@ -192,8 +210,13 @@ impl Applier {
             let ft = FileType::from_raw_mode(st.st_mode);
             let whiteout = ft == FileType::CharacterDevice && st.st_rdev == 0;
             if ft == FileType::Directory && e.kind == EntryKind::Dir {
-                let d = rfs::openat(pfd, os(base), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(|er| io_err(&name, "open directory", er))?;
+                let d = rfs::openat(
+                    pfd,
+                    os(base),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|er| io_err(&name, "open directory", er))?;
                 set_owner_mode(&d, e, &name)?;
                 set_xattrs_fd(&d, e, &name)?;
                 self.dir_times.push((join(&parts), e.mtime, e.mtime_nsec));
@@ -210,9 +233,15 @@ impl Applier {
         let b = os(base);
         match e.kind {
             EntryKind::Dir => {
-                rfs::mkdirat(pfd, b, Mode::from_raw_mode(0o700)).map_err(|er| io_err(&name, "mkdir", er))?;
-                let d = rfs::openat(pfd, b, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(|er| io_err(&name, "open directory", er))?;
+                rfs::mkdirat(pfd, b, Mode::from_raw_mode(0o700))
+                    .map_err(|er| io_err(&name, "mkdir", er))?;
+                let d = rfs::openat(
+                    pfd,
+                    b,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|er| io_err(&name, "open directory", er))?;
                 set_owner_mode(&d, e, &name)?;
                 set_xattrs_fd(&d, e, &name)?;
                 if make_opaque {
@@ -225,7 +254,11 @@ impl Applier {
                 let fd = rfs::openat(
                     pfd,
                     b,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|er| io_err(&name, "create file", er))?;
@@ -245,8 +278,14 @@ impl Applier {
                 set_owner_mode(&f, e, &name)?;
                 set_xattrs_fd(&f, e, &name)?;
                 let t = ts(e.mtime, e.mtime_nsec);
-                rfs::futimens(&f, &Timestamps { last_access: t, last_modification: t })
-                    .map_err(|er| io_err(&name, "set times", er))?;
+                rfs::futimens(
+                    &f,
+                    &Timestamps {
+                        last_access: t,
+                        last_modification: t,
+                    },
+                )
+                .map_err(|er| io_err(&name, "set times", er))?;
             }
             EntryKind::Symlink => {
                 rfs::symlinkat(os(&e.link), pfd, b).map_err(|er| io_err(&name, "symlink", er))?;
@@ -267,17 +306,24 @@ impl Applier {
                         reason: "hardlink to a whiteout".into(),
                     });
                 }
-                let tdir = self.open_dir(&join(tparent)).map_err(|er| ApplyError::Rejected {
-                    path: name.clone(),
-                    reason: format!(
-                        "hardlink target {:?} not found in this layer: {er}",
-                        String::from_utf8_lossy(&e.link)
-                    ),
-                })?;
+                let tdir = self
+                    .open_dir(&join(tparent))
+                    .map_err(|er| ApplyError::Rejected {
+                        path: name.clone(),
+                        reason: format!(
+                            "hardlink target {:?} not found in this layer: {er}",
+                            String::from_utf8_lossy(&e.link)
+                        ),
+                    })?;
                 // No AT_SYMLINK_FOLLOW: a hardlink to a symlink links the symlink itself.
-                rfs::linkat(&tdir, os(tbase), pfd, b, AtFlags::empty()).map_err(|er| ApplyError::Rejected {
-                    path: name.clone(),
-                    reason: format!("hardlink to {:?} failed: {er}", String::from_utf8_lossy(&e.link)),
+                rfs::linkat(&tdir, os(tbase), pfd, b, AtFlags::empty()).map_err(|er| {
+                    ApplyError::Rejected {
+                        path: name.clone(),
+                        reason: format!(
+                            "hardlink to {:?} failed: {er}",
+                            String::from_utf8_lossy(&e.link)
+                        ),
+                    }
                 })?;
             }
             EntryKind::Char | EntryKind::Block | EntryKind::Fifo => {
@@ -287,7 +333,8 @@ impl Applier {
                     _ => FileType::Fifo,
                 };
                 let dev = rfs::makedev(e.dev_major, e.dev_minor);
-                rfs::mknodat(pfd, b, ft, Mode::from_raw_mode(0o600), dev).map_err(|er| io_err(&name, "mknod", er))?;
+                rfs::mknodat(pfd, b, ft, Mode::from_raw_mode(0o600), dev)
+                    .map_err(|er| io_err(&name, "mknod", er))?;
                 finish_at(pfd, b, e, &name, true)?;
             }
         }
@@ -298,13 +345,22 @@ impl Applier {
         if base == OPAQUE {
             let d = self.ensure_dir(parent, name)?;
             // O_PATH fds cannot carry xattrs: reopen the directory for real.
-            let d = rfs::openat(&d, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-                .map_err(|er| io_err(name, "open directory", er))?;
+            let d = rfs::openat(
+                &d,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|er| io_err(name, "open directory", er))?;
             return rfs::fsetxattr(&d, OPAQUE_XATTR, b"y", rfs::XattrFlags::empty())
                 .map_err(|er| io_err(name, "set opaque xattr", er));
         }
         let target = &base[WHITEOUT_PREFIX.len()..];
-        if target.is_empty() || target == b"." || target == b".." || target.starts_with(WHITEOUT_PREFIX) {
+        if target.is_empty()
+            || target == b"."
+            || target == b".."
+            || target.starts_with(WHITEOUT_PREFIX)
+        {
             return Err(ApplyError::Rejected {
                 path: name.to_string(),
                 reason: "invalid whiteout name".into(),
@@ -321,8 +377,14 @@ impl Applier {
         if rfs::statat(pfd, os(target), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
             return Ok(());
         }
-        rfs::mknodat(pfd, os(target), FileType::CharacterDevice, Mode::empty(), rfs::makedev(0, 0))
-            .map_err(|er| io_err(name, "create whiteout", er))
+        rfs::mknodat(
+            pfd,
+            os(target),
+            FileType::CharacterDevice,
+            Mode::empty(),
+            rfs::makedev(0, 0),
+        )
+        .map_err(|er| io_err(name, "create whiteout", er))
     }
 
     fn finish(&mut self) -> Result<(), ApplyError> {
@@ -330,7 +392,10 @@ impl Applier {
         for (path, sec, nsec) in times.iter().rev() {
             let parts = clean(path);
             let t = ts(*sec, *nsec);
-            let stamps = Timestamps { last_access: t, last_modification: t };
+            let stamps = Timestamps {
+                last_access: t,
+                last_modification: t,
+            };
             let name = String::from_utf8_lossy(path);
             let r = match parts.split_last() {
                 None => rfs::utimensat(&self.root, ".", &stamps, AtFlags::empty()),
@@ -384,31 +449,48 @@ fn ids(e: &Entry, name: &str) -> Result<(rfs::Uid, rfs::Gid), ApplyError> {
         path: name.to_string(),
         reason: format!("uid/gid {}:{} out of range", e.uid, e.gid),
     };
-    let uid = u32::try_from(e.uid).ok().filter(|&u| u != u32::MAX).ok_or_else(bad)?;
-    let gid = u32::try_from(e.gid).ok().filter(|&g| g != u32::MAX).ok_or_else(bad)?;
+    let uid = u32::try_from(e.uid)
+        .ok()
+        .filter(|&u| u != u32::MAX)
+        .ok_or_else(bad)?;
+    let gid = u32::try_from(e.gid)
+        .ok()
+        .filter(|&g| g != u32::MAX)
+        .ok_or_else(bad)?;
     Ok((rfs::Uid::from_raw(uid), rfs::Gid::from_raw(gid)))
 }
 
 /// Extended attributes from the tar, except overlayfs' own (a layer must not forge opaque
 /// directories or redirects through xattrs).
 fn xattrs(e: &Entry) -> impl Iterator<Item = &(String, Vec<u8>)> {
-    e.xattrs.iter().filter(|(k, _)| !k.starts_with("trusted.overlay."))
+    e.xattrs
+        .iter()
+        .filter(|(k, _)| !k.starts_with("trusted.overlay."))
 }
 
 fn set_xattrs_fd<F: AsFd>(fd: F, e: &Entry, name: &str) -> Result<(), ApplyError> {
     for (k, v) in xattrs(e) {
-        rfs::fsetxattr(&fd, k.as_str(), v, rfs::XattrFlags::empty()).map_err(|er| io_err(name, "set xattr", er))?;
+        rfs::fsetxattr(&fd, k.as_str(), v, rfs::XattrFlags::empty())
+            .map_err(|er| io_err(name, "set xattr", er))?;
     }
     Ok(())
 }
 
 /// Ownership, mode, xattrs and times for a node that cannot be opened (symlinks, devices).
-fn finish_at(pfd: BorrowedFd<'_>, base: &OsStr, e: &Entry, name: &str, chmod: bool) -> Result<(), ApplyError> {
+fn finish_at(
+    pfd: BorrowedFd<'_>,
+    base: &OsStr,
+    e: &Entry,
+    name: &str,
+    chmod: bool,
+) -> Result<(), ApplyError> {
     let (uid, gid) = ids(e, name)?;
-    rfs::chownat(pfd, base, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW).map_err(|er| io_err(name, "chown", er))?;
+    rfs::chownat(pfd, base, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|er| io_err(name, "chown", er))?;
     if chmod {
         // The node was just created by us with mknodat and is not a symlink.
-        rfs::chmodat(pfd, base, Mode::from_raw_mode(e.mode), AtFlags::empty()).map_err(|er| io_err(name, "chmod", er))?;
+        rfs::chmodat(pfd, base, Mode::from_raw_mode(e.mode), AtFlags::empty())
+            .map_err(|er| io_err(name, "chmod", er))?;
     }
     let mut it = xattrs(e).peekable();
     if it.peek().is_some() {
@@ -424,8 +506,16 @@ fn finish_at(pfd: BorrowedFd<'_>, base: &OsStr, e: &Entry, name: &str, chmod: bo
         }
     }
     let t = ts(e.mtime, e.mtime_nsec);
-    rfs::utimensat(pfd, base, &Timestamps { last_access: t, last_modification: t }, AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|er| io_err(name, "set times", er))
+    rfs::utimensat(
+        pfd,
+        base,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|er| io_err(name, "set times", er))
 }
 
 fn remove(pfd: BorrowedFd<'_>, base: &[u8], is_dir: bool, name: &str) -> Result<(), ApplyError> {
@@ -446,7 +536,12 @@ fn remove(pfd: BorrowedFd<'_>, base: &[u8], is_dir: bool, name: &str) -> Result<
 /// Applies a layer's (uncompressed) tar stream into `root`, an existing, empty directory.
 /// Returns the tar reader so the caller can drain and hash the rest of the stream.
 pub fn apply_layer<R: io::Read>(root: &Path, tar: R) -> Result<(ApplyStats, R), ApplyError> {
-    let root_fd = rfs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| ApplyError::Io {
+    let root_fd = rfs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| ApplyError::Io {
         path: root.display().to_string(),
         op: "open layer root",
         source: e.into(),

@@ -9,7 +9,9 @@ use std::path::Path;
 use crate::digest::Digest;
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RegistryError};
-use crate::spec::{self, Compression, Descriptor, ImageConfig, Manifest, Platform, RootFs, RunConfig};
+use crate::spec::{
+    self, Compression, Descriptor, ImageConfig, Manifest, Platform, RootFs, RunConfig,
+};
 use crate::tar::EntryKind;
 
 /// One archive member to write.
@@ -93,8 +95,11 @@ impl TarBuilder {
         TarBuilder::default()
     }
 
-    /// A raw 512-byte header with a correct checksum.
-    pub fn header(name: &[u8], typeflag: u8, size: u64, mode: u32, uid: u32, gid: u32, mtime: u64, link: &[u8], dev: (u32, u32)) -> [u8; 512] {
+    /// A raw 512-byte header for `e` with a correct checksum, of type `typeflag` and with
+    /// `size` in the ustar size field.
+    pub fn header(e: &TarEntry, typeflag: u8, size: u64) -> [u8; 512] {
+        let (name, mode, uid, gid, mtime, link, dev) =
+            (&e.path, e.mode, e.uid, e.gid, e.mtime, &e.link, e.dev);
         let mut h = [0u8; 512];
         let n = name.len().min(100);
         h[..n].copy_from_slice(&name[..n]);
@@ -125,7 +130,10 @@ impl TarBuilder {
     }
 
     fn meta_entry(&mut self, typeflag: u8, name: &[u8], data: &[u8]) {
-        let h = Self::header(name, typeflag, data.len() as u64, 0o644, 0, 0, 0, b"", (0, 0));
+        let mut e = TarEntry::new("", EntryKind::File);
+        e.path = name.to_vec();
+        e.mtime = 0;
+        let h = Self::header(&e, typeflag, data.len() as u64);
         self.out.extend_from_slice(&h);
         self.out.extend_from_slice(data);
         self.pad();
@@ -173,7 +181,7 @@ impl TarBuilder {
             self.meta_entry(b'x', b"PaxHeaders/entry", &pax);
         }
         let size = e.ustar_size.unwrap_or(e.data.len() as u64);
-        let h = Self::header(&e.path, typeflag, size, e.mode, e.uid, e.gid, e.mtime, &e.link, e.dev);
+        let h = Self::header(e, typeflag, size);
         self.out.extend_from_slice(&h);
         self.out.extend_from_slice(&e.data);
         self.pad();
@@ -225,7 +233,10 @@ pub fn compress(tar: &[u8], c: Compression) -> Vec<u8> {
     match c {
         Compression::None => tar.to_vec(),
         Compression::Gzip => {
-            let mut e = flate2::write::GzEncoder::new(Vec::with_capacity(tar.len() / 3), flate2::Compression::new(6));
+            let mut e = flate2::write::GzEncoder::new(
+                Vec::with_capacity(tar.len() / 3),
+                flate2::Compression::new(6),
+            );
             e.write_all(tar).expect("in-memory write");
             e.finish().expect("in-memory write")
         }
@@ -342,7 +353,10 @@ impl BuiltImage {
             client.push_blob(r, &d.digest, blob)?;
         }
         client.push_blob(r, &self.config_digest, &self.config)?;
-        let target = r.tag.clone().unwrap_or_else(|| self.manifest_digest.to_string());
+        let target = r
+            .tag
+            .clone()
+            .unwrap_or_else(|| self.manifest_digest.to_string());
         client.push_manifest(r, &target, spec::OCI_MANIFEST, &self.manifest)
     }
 
@@ -357,14 +371,18 @@ impl BuiltImage {
         std::fs::write(blobs.join(self.config_digest.hex()), &self.config)?;
         std::fs::write(blobs.join(self.manifest_digest.hex()), &self.manifest)?;
         let mut m = descriptor(spec::OCI_MANIFEST, &self.manifest);
-        m.annotations.insert("org.opencontainers.image.ref.name".into(), ref_name.into());
+        m.annotations
+            .insert("org.opencontainers.image.ref.name".into(), ref_name.into());
         let idx = spec::Index {
             schema_version: 2,
             media_type: Some(spec::OCI_INDEX.into()),
             manifests: vec![m],
             annotations: BTreeMap::new(),
         };
-        std::fs::write(dir.join("index.json"), serde_json::to_vec(&idx).expect("serialisable"))
+        std::fs::write(
+            dir.join("index.json"),
+            serde_json::to_vec(&idx).expect("serialisable"),
+        )
     }
 }
 
@@ -376,7 +394,10 @@ mod tests {
     #[test]
     fn pax_record_lengths_are_self_consistent() {
         for k in ["path", "a"] {
-            for n in [0usize, 1, 5, 89, 90, 91, 95, 96, 97, 98, 99, 100, 994, 995, 996, 997, 998, 999, 1000] {
+            for n in [
+                0usize, 1, 5, 89, 90, 91, 95, 96, 97, 98, 99, 100, 994, 995, 996, 997, 998, 999,
+                1000,
+            ] {
                 let r = pax_record(k, &vec![b'x'; n]);
                 let sp = r.iter().position(|&b| b == b' ').unwrap();
                 let len: usize = std::str::from_utf8(&r[..sp]).unwrap().parse().unwrap();
@@ -389,7 +410,9 @@ mod tests {
     fn roundtrip_through_the_reader() {
         let long = format!("{}/file", "d".repeat(150));
         let mut t = TarBuilder::new();
-        t.dir("a", 0o755).file(&long, 0o4755, b"hi").symlink("l", "/etc");
+        t.dir("a", 0o755)
+            .file(&long, 0o4755, b"hi")
+            .symlink("l", "/etc");
         let mut e = TarEntry::new(&format!("{}/g", "g".repeat(120)), EntryKind::File);
         e.gnu_long_names = true;
         e.data = vec![1; 700];

@@ -10,7 +10,7 @@ use crate::spec::Compression;
 
 pub enum Decompressor<R: BufRead> {
     Plain(R),
-    Gzip(GzMembers<R>),
+    Gzip(Box<GzMembers<R>>),
     Zstd(zstd::stream::read::Decoder<'static, R>),
 }
 
@@ -18,9 +18,9 @@ impl<R: BufRead> Decompressor<R> {
     pub fn new(c: Compression, r: R) -> io::Result<Self> {
         Ok(match c {
             Compression::None => Decompressor::Plain(r),
-            Compression::Gzip => Decompressor::Gzip(GzMembers {
-                state: GzState::Member(GzDecoder::new(r)),
-            }),
+            Compression::Gzip => Decompressor::Gzip(Box::new(GzMembers {
+                state: GzState::Member(Box::new(GzDecoder::new(r))),
+            })),
             Compression::Zstd => Decompressor::Zstd(zstd::stream::read::Decoder::with_buffer(r)?),
         })
     }
@@ -54,7 +54,7 @@ pub struct GzMembers<R: BufRead> {
 }
 
 enum GzState<R: BufRead> {
-    Member(GzDecoder<R>),
+    Member(Box<GzDecoder<R>>),
     Done(R),
     Poisoned,
 }
@@ -67,7 +67,9 @@ impl<R: BufRead> Read for GzMembers<R> {
                 GzState::Done(_) => return Ok(0),
                 GzState::Poisoned => return Err(io::Error::other("gzip stream failed earlier")),
             };
-            let n = dec.read(buf).map_err(|e| io::Error::new(e.kind(), format!("gzip: {e}")))?;
+            let n = dec
+                .read(buf)
+                .map_err(|e| io::Error::new(e.kind(), format!("gzip: {e}")))?;
             if n > 0 || buf.is_empty() {
                 return Ok(n);
             }
@@ -78,7 +80,7 @@ impl<R: BufRead> Read for GzMembers<R> {
             let mut inner = dec.into_inner();
             let avail = inner.fill_buf()?;
             if avail.first() == Some(&0x1f) {
-                self.state = GzState::Member(GzDecoder::new(inner));
+                self.state = GzState::Member(Box::new(GzDecoder::new(inner)));
                 continue;
             }
             loop {

@@ -65,14 +65,19 @@ impl FromStr for Digest {
             value: s.chars().take(100).collect(),
             reason,
         };
-        let (algo, hex) = s.split_once(':').ok_or_else(|| err("missing algorithm prefix"))?;
+        let (algo, hex) = s
+            .split_once(':')
+            .ok_or_else(|| err("missing algorithm prefix"))?;
         if algo != "sha256" {
             return Err(err("only sha256 digests are supported"));
         }
         if hex.len() != 64 {
             return Err(err("sha256 digest must have 64 hex characters"));
         }
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(err("digest must be lowercase hex"));
         }
         Ok(Digest {

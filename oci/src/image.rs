@@ -178,7 +178,10 @@ struct FileSource {
 
 impl LayerSource for FileSource {
     fn open(&self, d: &Descriptor) -> Result<Box<dyn Read + Send + '_>, String> {
-        let p = self.blobs.get(&d.digest).ok_or_else(|| "blob missing from the archive".to_string())?;
+        let p = self
+            .blobs
+            .get(&d.digest)
+            .ok_or_else(|| "blob missing from the archive".to_string())?;
         let f = fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
         Ok(Box::new(f.take(d.size + 1)))
     }
@@ -189,8 +192,10 @@ impl ImageStore {
     pub fn open(root: &Path) -> Result<ImageStore, ImageError> {
         fs::create_dir_all(root).map_err(store_err(root, "create"))?;
         Ok(ImageStore {
-            content: ContentStore::open(&root.join("content")).map_err(store_err(root, "open content"))?,
-            snapshots: SnapshotStore::open(&root.join("snapshots")).map_err(store_err(root, "open snapshots"))?,
+            content: ContentStore::open(&root.join("content"))
+                .map_err(store_err(root, "open content"))?,
+            snapshots: SnapshotStore::open(&root.join("snapshots"))
+                .map_err(store_err(root, "open snapshots"))?,
             root: root.to_path_buf(),
         })
     }
@@ -237,8 +242,14 @@ impl ImageStore {
         let lp = self.lock_path();
         match Lock::try_exclusive(&lp).map_err(store_err(&lp, "lock"))? {
             Some(l) => {
-                let n = self.snapshots.clean_temp().map_err(store_err(&self.root, "clean"))?
-                    + self.content.clean_temp().map_err(store_err(&self.root, "clean"))?;
+                let n = self
+                    .snapshots
+                    .clean_temp()
+                    .map_err(store_err(&self.root, "clean"))?
+                    + self
+                        .content
+                        .clean_temp()
+                        .map_err(store_err(&self.root, "clean"))?;
                 if n > 0 {
                     info!(leftovers = n, "removed leftovers of an interrupted pull");
                 }
@@ -266,37 +277,45 @@ impl ImageStore {
         let _lock = self.pull_lock()?;
 
         let top = client.fetch_manifest(&r, &r.target()).map_err(reg_err)?;
-        let (manifest_bytes, manifest_digest, index_digest) =
-            if top.media_type == spec::OCI_INDEX || top.media_type == spec::DOCKER_MANIFEST_LIST {
-                let idx: Index = parse_json(&top.bytes, &image, "index")?;
-                let d = select_platform(&idx, &opts.platform).ok_or_else(|| ImageError::Invalid {
-                    image: image.clone(),
+        let (manifest_bytes, manifest_digest, index_digest) = if top.media_type == spec::OCI_INDEX
+            || top.media_type == spec::DOCKER_MANIFEST_LIST
+        {
+            let idx: Index = parse_json(&top.bytes, &image, "index")?;
+            let d = select_platform(&idx, &opts.platform).ok_or_else(|| ImageError::Invalid {
+                image: image.clone(),
+                reason: format!(
+                    "no image for platform {} (available: {})",
+                    opts.platform,
+                    idx.manifests
+                        .iter()
+                        .filter(|m| !spec::is_attestation(m))
+                        .filter_map(|m| m.platform.as_ref().map(|p| p.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })?;
+            let m = client
+                .fetch_manifest(&r, &d.digest.to_string())
+                .map_err(reg_err)?;
+            if m.media_type != spec::OCI_MANIFEST && m.media_type != spec::DOCKER_MANIFEST {
+                return Err(ImageError::Invalid {
+                    image,
                     reason: format!(
-                        "no image for platform {} (available: {})",
-                        opts.platform,
-                        idx.manifests
-                            .iter()
-                            .filter(|m| !spec::is_attestation(m))
-                            .filter_map(|m| m.platform.as_ref().map(|p| p.to_string()))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        "index entry {} is a {}, not an image manifest",
+                        d.digest, m.media_type
                     ),
-                })?;
-                let m = client.fetch_manifest(&r, &d.digest.to_string()).map_err(reg_err)?;
-                if m.media_type != spec::OCI_MANIFEST && m.media_type != spec::DOCKER_MANIFEST {
-                    return Err(ImageError::Invalid {
-                        image,
-                        reason: format!("index entry {} is a {}, not an image manifest", d.digest, m.media_type),
-                    });
-                }
-                self.content.put(&top.digest, &top.bytes)?;
-                (m.bytes, m.digest, Some(top.digest))
-            } else {
-                (top.bytes, top.digest, None)
-            };
+                });
+            }
+            self.content.put(&top.digest, &top.bytes)?;
+            (m.bytes, m.digest, Some(top.digest))
+        } else {
+            (top.bytes, top.digest, None)
+        };
         let manifest: Manifest = parse_json(&manifest_bytes, &image, "manifest")?;
         check_manifest(&manifest, &image)?;
-        let config_bytes = client.fetch_blob(&r, &manifest.config, MAX_CONFIG).map_err(reg_err)?;
+        let config_bytes = client
+            .fetch_blob(&r, &manifest.config, MAX_CONFIG)
+            .map_err(reg_err)?;
         let source = RegistrySource {
             client: &client,
             reference: &r,
@@ -368,10 +387,19 @@ impl ImageStore {
                     if first_error.lock().expect("lock").is_some() {
                         return;
                     }
-                    let Some(i) = queue.lock().expect("lock").next() else { return };
+                    let Some(i) = queue.lock().expect("lock").next() else {
+                        return;
+                    };
                     let l = &manifest.layers[i];
                     progress.layer_start(&l.digest, l.size);
-                    match self.fetch_layer(image, l, &config.rootfs.diff_ids[i], &chain[i], source, progress) {
+                    match self.fetch_layer(
+                        image,
+                        l,
+                        &config.rootfs.diff_ids[i],
+                        &chain[i],
+                        source,
+                        progress,
+                    ) {
                         Ok(()) => progress.layer_done(&l.digest, false),
                         Err(e) => {
                             progress.layer_failed(&l.digest, &e.to_string());
@@ -421,7 +449,13 @@ impl ImageStore {
         let mut idx = self.read_index()?;
         idx.images.insert(record.name.clone(), record.clone());
         self.write_index(&idx)?;
-        info!(image, layers = record.layers.len(), fetched, reused, "image stored");
+        info!(
+            image,
+            layers = record.layers.len(),
+            fetched,
+            reused,
+            "image stored"
+        );
         Ok((record, fetched, reused, fetched_bytes))
     }
 
@@ -445,25 +479,35 @@ impl ImageStore {
         let blob = source.open(l).map_err(layer_err)?;
         let counted = ProgressReader::new(blob, &l.digest, progress);
         let compressed = HashingReader::new(counted);
-        let dec = Decompressor::new(compression, BufReader::with_capacity(256 * 1024, compressed))
-            .map_err(|e| layer_err(e.to_string()))?;
+        let dec = Decompressor::new(
+            compression,
+            BufReader::with_capacity(256 * 1024, compressed),
+        )
+        .map_err(|e| layer_err(e.to_string()))?;
         let diff = HashingReader::new(dec);
         let started = std::time::Instant::now();
         let (stats, diff) = apply::apply_layer(&pending.fs(), diff).map_err(|e| match e {
             ApplyError::Tar(t) => layer_err(format!("bad layer data: {t}")),
             e => layer_err(format!("rejected: {e}")),
         })?;
-        let (actual_diff, _, dec) = diff.finish().map_err(|e| layer_err(format!("bad layer data: {e}")))?;
+        let (actual_diff, _, dec) = diff
+            .finish()
+            .map_err(|e| layer_err(format!("bad layer data: {e}")))?;
         let (actual, size, _) = dec
             .into_inner()
             .into_inner()
             .finish()
             .map_err(|e| layer_err(format!("download failed: {e}")))?;
         if size != l.size {
-            return Err(layer_err(format!("size mismatch: expected {} bytes, got {size}", l.size)));
+            return Err(layer_err(format!(
+                "size mismatch: expected {} bytes, got {size}",
+                l.size
+            )));
         }
         if actual != l.digest {
-            return Err(layer_err(format!("digest mismatch: blob hashes to {actual}")));
+            return Err(layer_err(format!(
+                "digest mismatch: blob hashes to {actual}"
+            )));
         }
         if &actual_diff != diff_id {
             return Err(layer_err(format!(
@@ -526,7 +570,8 @@ impl ImageStore {
         if !dir.join("index.json").is_file() {
             return Err(ImageError::Invalid {
                 image: what,
-                reason: "neither an OCI layout (index.json) nor a docker archive (manifest.json)".into(),
+                reason: "neither an OCI layout (index.json) nor a docker archive (manifest.json)"
+                    .into(),
             });
         }
         let blob = |d: &Digest| dir.join("blobs").join("sha256").join(d.hex());
@@ -548,17 +593,28 @@ impl ImageStore {
             }
             Ok(b)
         };
-        let idx_bytes = fs::read(dir.join("index.json")).map_err(store_err(&dir, "read index.json"))?;
+        let idx_bytes =
+            fs::read(dir.join("index.json")).map_err(store_err(&dir, "read index.json"))?;
         let idx: Index = parse_json(&idx_bytes, &what, "index.json")?;
         let mut out = Vec::new();
         for (n, top) in idx.manifests.iter().enumerate() {
             let ann = |k: &str| top.annotations.get(k).cloned();
             let base = name
-                .map(|n| n.rsplit_once(':').filter(|(_, t)| !t.contains('/')).map_or(n, |(b, _)| b).to_string())
+                .map(|n| {
+                    n.rsplit_once(':')
+                        .filter(|(_, t)| !t.contains('/'))
+                        .map_or(n, |(b, _)| b)
+                        .to_string()
+                })
                 .unwrap_or_else(|| format!("import/{}", file_stem(path)));
-            let img_name = match (ann("io.containerd.image.name"), ann("org.opencontainers.image.ref.name")) {
+            let img_name = match (
+                ann("io.containerd.image.name"),
+                ann("org.opencontainers.image.ref.name"),
+            ) {
                 (Some(full), _) => full,
-                (None, _) if idx.manifests.len() == 1 && name.is_some() => name.unwrap_or_default().to_string(),
+                (None, _) if idx.manifests.len() == 1 && name.is_some() => {
+                    name.unwrap_or_default().to_string()
+                }
                 (None, Some(r)) if r.contains('/') && r.parse::<Reference>().is_ok() => r,
                 (None, Some(tag)) => format!("{base}:{tag}"),
                 (None, None) => format!("{base}:{n}"),
@@ -575,7 +631,8 @@ impl ImageStore {
                         reason: format!("no image for platform {}", opts.platform),
                     })?
                     .clone();
-                self.content.put(&top.digest, &read_blob(&top.digest, 4 << 20)?)?;
+                self.content
+                    .put(&top.digest, &read_blob(&top.digest, 4 << 20)?)?;
                 index_digest = Some(top.digest.clone());
             }
             let mbytes = read_blob(&mdesc.digest, 4 << 20)?;
@@ -583,9 +640,23 @@ impl ImageStore {
             check_manifest(&manifest, &image)?;
             let cbytes = read_blob(&manifest.config.digest, MAX_CONFIG)?;
             let source = FileSource {
-                blobs: manifest.layers.iter().map(|l| (l.digest.clone(), blob(&l.digest))).collect(),
+                blobs: manifest
+                    .layers
+                    .iter()
+                    .map(|l| (l.digest.clone(), blob(&l.digest)))
+                    .collect(),
             };
-            let (rec, ..) = self.store_image(&image, &manifest, &mbytes, mdesc.digest.clone(), index_digest, &cbytes, &source, opts, progress)?;
+            let (rec, ..) = self.store_image(
+                &image,
+                &manifest,
+                &mbytes,
+                mdesc.digest.clone(),
+                index_digest,
+                &cbytes,
+                &source,
+                opts,
+                progress,
+            )?;
             out.push(rec);
         }
         Ok(out)
@@ -607,7 +678,8 @@ impl ImageStore {
             repo_tags: Option<Vec<String>>,
             layers: Vec<String>,
         }
-        let bytes = fs::read(dir.join("manifest.json")).map_err(store_err(dir, "read manifest.json"))?;
+        let bytes =
+            fs::read(dir.join("manifest.json")).map_err(store_err(dir, "read manifest.json"))?;
         let entries: Vec<Entry> = parse_json(&bytes, what, "manifest.json")?;
         let inside = |rel: &str| -> Result<PathBuf, ImageError> {
             // Archive-internal names: relative, no `..`.
@@ -630,12 +702,15 @@ impl ImageStore {
                 let p = inside(l)?;
                 let f = fs::File::open(&p).map_err(store_err(&p, "open layer"))?;
                 let mut head = BufReader::new(f);
-                let media_type = match io::BufRead::fill_buf(&mut head).map_err(store_err(&p, "read layer"))? {
-                    [0x1f, 0x8b, ..] => spec::OCI_LAYER_GZIP,
-                    [0x28, 0xb5, 0x2f, 0xfd, ..] => spec::OCI_LAYER_ZSTD,
-                    _ => spec::OCI_LAYER_TAR,
-                };
-                let (digest, size, _) = HashingReader::new(head).finish().map_err(store_err(&p, "read layer"))?;
+                let media_type =
+                    match io::BufRead::fill_buf(&mut head).map_err(store_err(&p, "read layer"))? {
+                        [0x1f, 0x8b, ..] => spec::OCI_LAYER_GZIP,
+                        [0x28, 0xb5, 0x2f, 0xfd, ..] => spec::OCI_LAYER_ZSTD,
+                        _ => spec::OCI_LAYER_TAR,
+                    };
+                let (digest, size, _) = HashingReader::new(head)
+                    .finish()
+                    .map_err(store_err(&p, "read layer"))?;
                 blobs.insert(digest.clone(), p);
                 layers.push(Descriptor {
                     media_type: media_type.into(),
@@ -666,12 +741,26 @@ impl ImageStore {
                 names = vec![n.to_string()];
             }
             if names.is_empty() {
-                names.push(format!("import/{}:{}", file_stem(Path::new(what)), config_digest.short()));
+                names.push(format!(
+                    "import/{}:{}",
+                    file_stem(Path::new(what)),
+                    config_digest.short()
+                ));
             }
             let source = FileSource { blobs };
             for n in names {
                 let image = n.parse::<Reference>()?.to_string();
-                let (rec, ..) = self.store_image(&image, &manifest, &mbytes, Digest::of(&mbytes), None, &cbytes, &source, opts, progress)?;
+                let (rec, ..) = self.store_image(
+                    &image,
+                    &manifest,
+                    &mbytes,
+                    Digest::of(&mbytes),
+                    None,
+                    &cbytes,
+                    &source,
+                    opts,
+                    progress,
+                )?;
                 out.push(rec);
             }
         }
@@ -734,17 +823,33 @@ impl ImageStore {
             keep_snaps.extend(r.chain_ids());
         }
         let mut rep = PruneReport {
-            temp: self.snapshots.clean_temp().map_err(store_err(&self.root, "clean"))?
-                + self.content.clean_temp().map_err(store_err(&self.root, "clean"))?,
+            temp: self
+                .snapshots
+                .clean_temp()
+                .map_err(store_err(&self.root, "clean"))?
+                + self
+                    .content
+                    .clean_temp()
+                    .map_err(store_err(&self.root, "clean"))?,
             ..Default::default()
         };
-        for d in self.content.list().map_err(store_err(&self.root, "list content"))? {
+        for d in self
+            .content
+            .list()
+            .map_err(store_err(&self.root, "list content"))?
+        {
             if !keep_blobs.contains(&d) {
-                self.content.remove(&d).map_err(store_err(&self.root, "remove blob"))?;
+                self.content
+                    .remove(&d)
+                    .map_err(store_err(&self.root, "remove blob"))?;
                 rep.blobs += 1;
             }
         }
-        for c in self.snapshots.list().map_err(store_err(&self.root, "list snapshots"))? {
+        for c in self
+            .snapshots
+            .list()
+            .map_err(store_err(&self.root, "list snapshots"))?
+        {
             if !keep_snaps.contains(&c) {
                 rep.bytes += self.snapshots.info(&c).map(|i| i.size).unwrap_or(0);
                 self.snapshots.remove(&c)?;
@@ -755,8 +860,16 @@ impl ImageStore {
     }
 
     /// Mounts an image's layers at `target` with a fresh writable upper/work pair.
-    pub fn mount(&self, rec: &ImageRecord, target: &Path, upper: &Path, work: &Path) -> Result<(), ImageError> {
-        Ok(self.snapshots.mount(&rec.chain_ids(), target, Some((upper, work)))?)
+    pub fn mount(
+        &self,
+        rec: &ImageRecord,
+        target: &Path,
+        upper: &Path,
+        work: &Path,
+    ) -> Result<(), ImageError> {
+        Ok(self
+            .snapshots
+            .mount(&rec.chain_ids(), target, Some((upper, work)))?)
     }
 }
 
@@ -768,7 +881,12 @@ fn file_stem(p: &Path) -> String {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    let s = s.trim_matches('-').split(['-']).filter(|x| !x.is_empty()).collect::<Vec<_>>().join("-");
+    let s = s
+        .trim_matches('-')
+        .split(['-'])
+        .filter(|x| !x.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
     if s.is_empty() {
         "image".into()
     } else {
@@ -787,7 +905,10 @@ fn find(idx: &IndexFile, what: &str) -> Result<Vec<String>, ImageError> {
             let hits: Vec<String> = idx
                 .images
                 .values()
-                .filter(|i| i.name.starts_with(&r.name()) && (&i.digest == d || i.index_digest.as_ref() == Some(d)))
+                .filter(|i| {
+                    i.name.starts_with(&r.name())
+                        && (&i.digest == d || i.index_digest.as_ref() == Some(d))
+                })
                 .map(|i| i.name.clone())
                 .collect();
             if !hits.is_empty() {
@@ -797,7 +918,11 @@ fn find(idx: &IndexFile, what: &str) -> Result<Vec<String>, ImageError> {
     }
     let prefix = what.strip_prefix("sha256:").unwrap_or(what);
     if prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-        let hits: Vec<&ImageRecord> = idx.images.values().filter(|i| i.config.hex().starts_with(prefix)).collect();
+        let hits: Vec<&ImageRecord> = idx
+            .images
+            .values()
+            .filter(|i| i.config.hex().starts_with(prefix))
+            .collect();
         let ids: BTreeSet<&Digest> = hits.iter().map(|i| &i.config).collect();
         match ids.len() {
             0 => {}
@@ -805,7 +930,10 @@ fn find(idx: &IndexFile, what: &str) -> Result<Vec<String>, ImageError> {
             _ => {
                 return Err(ImageError::Ambiguous(
                     what.to_string(),
-                    ids.iter().map(|d| d.short().to_string()).collect::<Vec<_>>().join(", "),
+                    ids.iter()
+                        .map(|d| d.short().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 ))
             }
         }
@@ -813,7 +941,11 @@ fn find(idx: &IndexFile, what: &str) -> Result<Vec<String>, ImageError> {
     Err(ImageError::NotFound(what.to_string()))
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(b: &[u8], image: &str, what: &str) -> Result<T, ImageError> {
+fn parse_json<T: serde::de::DeserializeOwned>(
+    b: &[u8],
+    image: &str,
+    what: &str,
+) -> Result<T, ImageError> {
     serde_json::from_slice(b).map_err(|e| ImageError::Invalid {
         image: image.to_string(),
         reason: format!("malformed {what}: {e}"),
@@ -826,7 +958,10 @@ fn check_manifest(m: &Manifest, image: &str) -> Result<(), ImageError> {
         reason,
     };
     if m.schema_version != 2 {
-        return Err(bad(format!("unsupported manifest schemaVersion {}", m.schema_version)));
+        return Err(bad(format!(
+            "unsupported manifest schemaVersion {}",
+            m.schema_version
+        )));
     }
     if m.config.media_type != spec::OCI_CONFIG && m.config.media_type != spec::DOCKER_CONFIG {
         return Err(bad(format!(
@@ -836,7 +971,10 @@ fn check_manifest(m: &Manifest, image: &str) -> Result<(), ImageError> {
     }
     for l in &m.layers {
         if Compression::from_media_type(&l.media_type).is_none() {
-            return Err(bad(format!("layer {}: unsupported media type {:?}", l.digest, l.media_type)));
+            return Err(bad(format!(
+                "layer {}: unsupported media type {:?}",
+                l.digest, l.media_type
+            )));
         }
     }
     Ok(())

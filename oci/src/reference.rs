@@ -91,7 +91,8 @@ fn valid_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-')
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-')
 }
 
 fn valid_host(h: &str) -> bool {
@@ -105,7 +106,9 @@ fn valid_host(h: &str) -> bool {
         }
     }
     if host.starts_with('[') && host.ends_with(']') {
-        return host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
+        return host[1..host.len() - 1]
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok();
     }
     !host.is_empty()
         && host
@@ -127,7 +130,10 @@ impl FromStr for Reference {
             return Err(err("reference is longer than 1024 characters"));
         }
         let (rest, digest) = match input.split_once('@') {
-            Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|e| err(&e.to_string()))?)),
+            Some((r, d)) => (
+                r,
+                Some(d.parse::<Digest>().map_err(|e| err(&e.to_string()))?),
+            ),
             None => (input, None),
         };
         // The tag is after the last ':' that follows the last '/'.
@@ -143,7 +149,10 @@ impl FromStr for Reference {
         }
         let (registry, path) = match name.split_once('/') {
             Some((first, path))
-                if first.contains('.') || first.contains(':') || first == "localhost" || first.starts_with('[') =>
+                if first.contains('.')
+                    || first.contains(':')
+                    || first == "localhost"
+                    || first.starts_with('[') =>
             {
                 if !valid_host(first) {
                     return Err(err(&format!("invalid registry host {first:?}")));
@@ -213,7 +222,10 @@ mod tests {
         assert_eq!(p("busybox").to_string(), "docker.io/library/busybox:latest");
         assert_eq!(p("user/app:1.0").to_string(), "docker.io/user/app:1.0");
         let r = p("127.0.0.1:5000/demo/web:v2");
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("127.0.0.1:5000", "demo/web"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("127.0.0.1:5000", "demo/web")
+        );
         assert_eq!(r.tag.as_deref(), Some("v2"));
         let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         let r = p(&format!("localhost:5000/x@{d}"));
@@ -222,7 +234,10 @@ mod tests {
         let r = p(&format!("x:1@{d}"));
         assert_eq!(r.tag.as_deref(), Some("1"));
         assert_eq!(p("localhost/x").registry, "localhost");
-        assert_eq!(p("index.docker.io/library/x").to_string(), "docker.io/library/x:latest");
+        assert_eq!(
+            p("index.docker.io/library/x").to_string(),
+            "docker.io/library/x:latest"
+        );
         assert_eq!(p("[::1]:5000/x").registry, "[::1]:5000");
     }
 

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use reqwest::blocking::{Client, RequestBuilder, Response};
-use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, RANGE, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, RANGE, WWW_AUTHENTICATE,
+};
 use reqwest::StatusCode;
 use tracing::{debug, warn};
 
@@ -42,7 +44,11 @@ pub enum RegistryError {
         body: String,
     },
     #[error("{what}: digest mismatch: expected {expected}, got {actual}")]
-    DigestMismatch { what: String, expected: Digest, actual: Digest },
+    DigestMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
     #[error("{what}: {source}")]
@@ -70,7 +76,8 @@ impl Credentials {
                     let dec = base64::engine::general_purpose::STANDARD
                         .decode(enc.trim())
                         .map_err(|e| bad(format!("auths.{key}.auth is not base64: {e}")))?;
-                    let s = String::from_utf8(dec).map_err(|_| bad(format!("auths.{key}.auth is not UTF-8")))?;
+                    let s = String::from_utf8(dec)
+                        .map_err(|_| bad(format!("auths.{key}.auth is not UTF-8")))?;
                     let (u, p) = s
                         .split_once(':')
                         .ok_or_else(|| bad(format!("auths.{key}.auth is not user:password")))?;
@@ -87,8 +94,10 @@ impl Credentials {
     }
 
     pub fn insert(&mut self, host: &str, user: &str, password: &str) {
-        self.by_host
-            .insert(normalise_auth_key(host), (user.to_string(), password.to_string()));
+        self.by_host.insert(
+            normalise_auth_key(host),
+            (user.to_string(), password.to_string()),
+        );
     }
 
     fn get(&self, registry: &str) -> Option<&(String, String)> {
@@ -139,7 +148,9 @@ fn is_loopback(host: &str) -> bool {
         _ => host,
     };
     let h = h.trim_start_matches('[').trim_end_matches(']');
-    h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    h == "localhost"
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A fetched manifest or index, verified against its digest.
@@ -158,7 +169,8 @@ impl RegistryClient {
             .tcp_keepalive(Duration::from_secs(30))
             .user_agent(concat!("knode/", env!("CARGO_PKG_VERSION")));
         for f in &opts.ca_files {
-            let pem = std::fs::read(f).map_err(|e| RegistryError::Config(format!("CA file {}: {e}", f.display())))?;
+            let pem = std::fs::read(f)
+                .map_err(|e| RegistryError::Config(format!("CA file {}: {e}", f.display())))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| RegistryError::Config(format!("CA file {}: {e}", f.display())))?;
             for c in certs {
@@ -181,8 +193,18 @@ impl RegistryClient {
 
     fn base(&self, r: &Reference) -> String {
         let host = r.api_host();
-        let plain = is_loopback(host) || self.opts.insecure.iter().any(|h| h == host || h == &r.registry);
-        format!("{}://{}/v2/{}", if plain { "http" } else { "https" }, host, r.repository)
+        let plain = is_loopback(host)
+            || self
+                .opts
+                .insecure
+                .iter()
+                .any(|h| h == host || h == &r.registry);
+        format!(
+            "{}://{}/v2/{}",
+            if plain { "http" } else { "https" },
+            host,
+            r.repository
+        )
     }
 
     /// Sends a request, answering auth challenges once. `make` builds the request afresh.
@@ -203,7 +225,9 @@ impl RegistryClient {
             let mut req = make();
             match &cached {
                 Some(Auth::Basic(h)) => req = req.header(AUTHORIZATION, h),
-                Some(Auth::Bearer(t, exp)) if *exp > Instant::now() => req = req.header(AUTHORIZATION, t),
+                Some(Auth::Bearer(t, exp)) if *exp > Instant::now() => {
+                    req = req.header(AUTHORIZATION, t)
+                }
                 _ => {}
             }
             let resp = match req.send() {
@@ -224,7 +248,10 @@ impl RegistryClient {
                     .unwrap_or("")
                     .to_string();
                 let auth = self.authenticate(r, push, &challenge)?;
-                self.auth.lock().expect("auth lock").insert(key.clone(), auth.clone());
+                self.auth
+                    .lock()
+                    .expect("auth lock")
+                    .insert(key.clone(), auth.clone());
                 let h = match &auth {
                     Auth::Basic(h) | Auth::Bearer(h, _) => h.clone(),
                 };
@@ -266,30 +293,44 @@ impl RegistryClient {
         }
     }
 
-    fn authenticate(&self, r: &Reference, push: bool, challenge: &str) -> Result<Auth, RegistryError> {
+    fn authenticate(
+        &self,
+        r: &Reference,
+        push: bool,
+        challenge: &str,
+    ) -> Result<Auth, RegistryError> {
         let creds = self.opts.credentials.get(&r.registry);
         let (scheme, params) = parse_challenge(challenge);
         match scheme.to_ascii_lowercase().as_str() {
             "basic" => {
                 let (u, p) = creds.ok_or_else(|| RegistryError::Unauthorized {
                     registry: r.registry.clone(),
-                    reason: "Basic authentication required but no credentials are configured for it".into(),
+                    reason:
+                        "Basic authentication required but no credentials are configured for it"
+                            .into(),
                 })?;
                 let enc = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
                 Ok(Auth::Basic(format!("Basic {enc}")))
             }
             "bearer" => {
-                let realm = params.get("realm").ok_or_else(|| RegistryError::Unauthorized {
-                    registry: r.registry.clone(),
-                    reason: "Bearer challenge without realm".into(),
-                })?;
+                let realm = params
+                    .get("realm")
+                    .ok_or_else(|| RegistryError::Unauthorized {
+                        registry: r.registry.clone(),
+                        reason: "Bearer challenge without realm".into(),
+                    })?;
                 let scope = params.get("scope").cloned().unwrap_or_else(|| {
-                    format!("repository:{}:{}", r.repository, if push { "pull,push" } else { "pull" })
+                    format!(
+                        "repository:{}:{}",
+                        r.repository,
+                        if push { "pull,push" } else { "pull" }
+                    )
                 });
-                let mut url = reqwest::Url::parse(realm).map_err(|e| RegistryError::Unauthorized {
-                    registry: r.registry.clone(),
-                    reason: format!("bad token realm {realm:?}: {e}"),
-                })?;
+                let mut url =
+                    reqwest::Url::parse(realm).map_err(|e| RegistryError::Unauthorized {
+                        registry: r.registry.clone(),
+                        reason: format!("bad token realm {realm:?}: {e}"),
+                    })?;
                 {
                     let mut q = url.query_pairs_mut();
                     if let Some(s) = params.get("service") {
@@ -324,7 +365,11 @@ impl RegistryClient {
                         registry: r.registry.clone(),
                         reason: "token server response has no token".into(),
                     })?;
-                let ttl = body.get("expires_in").and_then(|v| v.as_u64()).unwrap_or(60).max(10);
+                let ttl = body
+                    .get("expires_in")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(60)
+                    .max(10);
                 let expires = Instant::now() + Duration::from_secs(ttl.saturating_sub(5));
                 Ok(Auth::Bearer(format!("Bearer {token}"), expires))
             }
@@ -336,10 +381,16 @@ impl RegistryClient {
     }
 
     /// Fetches a manifest or index by tag or digest and verifies it.
-    pub fn fetch_manifest(&self, r: &Reference, target: &str) -> Result<FetchedManifest, RegistryError> {
+    pub fn fetch_manifest(
+        &self,
+        r: &Reference,
+        target: &str,
+    ) -> Result<FetchedManifest, RegistryError> {
         let url = format!("{}/manifests/{}", self.base(r), target);
         let what = format!("manifest {}:{}", r.name(), target);
-        let resp = self.send(r, false, &what, &|| self.http.get(&url).header(ACCEPT, spec::MANIFEST_ACCEPT))?;
+        let resp = self.send(r, false, &what, &|| {
+            self.http.get(&url).header(ACCEPT, spec::MANIFEST_ACCEPT)
+        })?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(RegistryError::NotFound {
                 registry: r.registry.clone(),
@@ -375,7 +426,12 @@ impl RegistryClient {
     }
 
     /// Fetches a small blob (a config) fully and verifies digest and size.
-    pub fn fetch_blob(&self, r: &Reference, d: &spec::Descriptor, limit: u64) -> Result<Vec<u8>, RegistryError> {
+    pub fn fetch_blob(
+        &self,
+        r: &Reference,
+        d: &spec::Descriptor,
+        limit: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
         let what = format!("blob {} of {}", d.digest, r.name());
         if d.size > limit {
             return Err(RegistryError::Invalid {
@@ -406,7 +462,11 @@ impl RegistryClient {
     /// Opens a blob for streaming. The reader resumes broken transfers with `Range` requests
     /// and fails if the blob is longer or shorter than the descriptor says. The caller verifies
     /// the digest of what it reads.
-    pub fn open_blob<'a>(&'a self, r: &'a Reference, d: &spec::Descriptor) -> Result<BlobReader<'a>, RegistryError> {
+    pub fn open_blob<'a>(
+        &'a self,
+        r: &'a Reference,
+        d: &spec::Descriptor,
+    ) -> Result<BlobReader<'a>, RegistryError> {
         let mut b = BlobReader {
             client: self,
             reference: r,
@@ -429,7 +489,12 @@ impl RegistryClient {
     }
 
     /// Uploads a blob in one request (POST then PUT), unless the registry has it.
-    pub fn push_blob(&self, r: &Reference, digest: &Digest, data: &[u8]) -> Result<(), RegistryError> {
+    pub fn push_blob(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        data: &[u8],
+    ) -> Result<(), RegistryError> {
         if self.has_blob(r, digest)? {
             return Ok(());
         }
@@ -447,7 +512,8 @@ impl RegistryClient {
             what: what.clone(),
             reason: format!("bad upload location: {e}"),
         })?;
-        put.query_pairs_mut().append_pair("digest", &digest.to_string());
+        put.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
         let body = data.to_vec();
         let resp = self.send(r, true, &what, &|| {
             self.http
@@ -462,7 +528,13 @@ impl RegistryClient {
     }
 
     /// Uploads a manifest under a tag (or its digest).
-    pub fn push_manifest(&self, r: &Reference, target: &str, media_type: &str, bytes: &[u8]) -> Result<(), RegistryError> {
+    pub fn push_manifest(
+        &self,
+        r: &Reference,
+        target: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<(), RegistryError> {
         let what = format!("manifest push {}:{target}", r.name());
         let url = format!("{}/manifests/{target}", self.base(r));
         let resp = self.send(r, true, &what, &|| {
@@ -479,13 +551,21 @@ impl RegistryClient {
 }
 
 fn header_str(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 fn status_error(r: &Reference, what: &str, resp: Response) -> RegistryError {
     let status = resp.status().as_u16();
     let body = read_limited(resp, 4096)
-        .map(|b| String::from_utf8_lossy(&b).trim().chars().take(300).collect())
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .trim()
+                .chars()
+                .take(300)
+                .collect()
+        })
         .unwrap_or_default();
     RegistryError::Status {
         registry: r.registry.clone(),
@@ -497,26 +577,37 @@ fn status_error(r: &Reference, what: &str, resp: Response) -> RegistryError {
 
 fn read_limited(resp: Response, limit: u64) -> io::Result<Vec<u8>> {
     if resp.content_length().is_some_and(|l| l > limit) {
-        return Err(io::Error::other(format!("response larger than {limit} bytes")));
+        return Err(io::Error::other(format!(
+            "response larger than {limit} bytes"
+        )));
     }
     let mut v = Vec::new();
     resp.take(limit + 1).read_to_end(&mut v)?;
     if v.len() as u64 > limit {
-        return Err(io::Error::other(format!("response larger than {limit} bytes")));
+        return Err(io::Error::other(format!(
+            "response larger than {limit} bytes"
+        )));
     }
     Ok(v)
 }
 
 /// The media type of a manifest: the body's `mediaType` must agree with the Content-Type
 /// (CVE-2021-41190), schema1 is refused, and an untyped body is classified by its fields.
-fn check_manifest_media_type(bytes: &[u8], content_type: &str, what: &str) -> Result<String, RegistryError> {
+fn check_manifest_media_type(
+    bytes: &[u8],
+    content_type: &str,
+    what: &str,
+) -> Result<String, RegistryError> {
     let invalid = |reason: String| RegistryError::Invalid {
         what: what.to_string(),
         reason,
     };
-    let v: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| invalid(format!("malformed manifest JSON: {e}")))?;
-    let body_type = v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string);
+    let v: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| invalid(format!("malformed manifest JSON: {e}")))?;
+    let body_type = v
+        .get("mediaType")
+        .and_then(|m| m.as_str())
+        .map(str::to_string);
     let known = [
         spec::OCI_INDEX,
         spec::OCI_MANIFEST,
@@ -541,7 +632,11 @@ fn check_manifest_media_type(bytes: &[u8], content_type: &str, what: &str) -> Re
         (None, ct) if known.contains(&ct) => ct.to_string(),
         (None, _) if v.get("manifests").is_some() => spec::OCI_INDEX.to_string(),
         (None, _) if v.get("config").is_some() => spec::OCI_MANIFEST.to_string(),
-        (None, ct) => return Err(invalid(format!("cannot tell the manifest type (Content-Type {ct:?})"))),
+        (None, ct) => {
+            return Err(invalid(format!(
+                "cannot tell the manifest type (Content-Type {ct:?})"
+            )))
+        }
     };
     if !known.contains(&mt.as_str()) {
         return Err(invalid(format!("unsupported manifest media type {mt:?}")));
@@ -549,7 +644,9 @@ fn check_manifest_media_type(bytes: &[u8], content_type: &str, what: &str) -> Re
     // An index must not carry layers and a manifest must not carry manifests.
     let is_index = mt == spec::OCI_INDEX || mt == spec::DOCKER_MANIFEST_LIST;
     if (is_index && v.get("layers").is_some()) || (!is_index && v.get("manifests").is_some()) {
-        return Err(invalid(format!("document of type {mt:?} has the other kind's fields")));
+        return Err(invalid(format!(
+            "document of type {mt:?} has the other kind's fields"
+        )));
     }
     Ok(mt)
 }
@@ -562,7 +659,11 @@ fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
     let mut s = rest.trim();
     while !s.is_empty() {
         let Some(eq) = s.find('=') else { break };
-        let key = s[..eq].trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let key = s[..eq]
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         s = &s[eq + 1..];
         let value;
         if let Some(stripped) = s.strip_prefix('"') {
@@ -610,9 +711,11 @@ impl BlobReader<'_> {
                 if offset > 0 {
                     // The server ignored Range: skip what we already have.
                     let mut r = resp;
-                    io::copy(&mut (&mut r).take(offset), &mut io::sink()).map_err(|e| RegistryError::Io {
-                        what: self.what.clone(),
-                        source: e,
+                    io::copy(&mut (&mut r).take(offset), &mut io::sink()).map_err(|e| {
+                        RegistryError::Io {
+                            what: self.what.clone(),
+                            source: e,
+                        }
                     })?;
                     self.resp = Some(r);
                 } else {
@@ -691,23 +794,34 @@ mod tests {
 
     #[test]
     fn challenge_parsing() {
-        let (s, p) = parse_challenge(r#"Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push""#);
+        let (s, p) = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push""#,
+        );
         assert_eq!(s, "Bearer");
         assert_eq!(p["realm"], "https://auth.example/token");
         assert_eq!(p["scope"], "repository:a/b:pull,push");
         let (s, p) = parse_challenge(r#"Basic realm="Registry Realm""#);
-        assert_eq!((s.as_str(), p["realm"].as_str()), ("Basic", "Registry Realm"));
+        assert_eq!(
+            (s.as_str(), p["realm"].as_str()),
+            ("Basic", "Registry Realm")
+        );
     }
 
     #[test]
     fn media_type_confusion_is_refused() {
         let idx = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
         assert!(check_manifest_media_type(idx, spec::OCI_MANIFEST, "m").is_err());
-        assert_eq!(check_manifest_media_type(idx, spec::OCI_INDEX, "m").unwrap(), spec::OCI_INDEX);
+        assert_eq!(
+            check_manifest_media_type(idx, spec::OCI_INDEX, "m").unwrap(),
+            spec::OCI_INDEX
+        );
         let s1 = br#"{"schemaVersion":1,"name":"x"}"#;
         assert!(check_manifest_media_type(s1, "application/json", "m").is_err());
         let untyped = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
-        assert_eq!(check_manifest_media_type(untyped, spec::OCI_MANIFEST, "m").unwrap(), spec::OCI_MANIFEST);
+        assert_eq!(
+            check_manifest_media_type(untyped, spec::OCI_MANIFEST, "m").unwrap(),
+            spec::OCI_MANIFEST
+        );
     }
 
     #[test]
@@ -725,7 +839,10 @@ mod tests {
         let p = dir.path().join("config.json");
         std::fs::write(&p, r#"{"auths":{"https://index.docker.io/v1/":{"auth":"dTpw"},"127.0.0.1:5000":{"username":"a","password":"b"}}}"#).unwrap();
         let c = Credentials::load(&p).unwrap();
-        assert_eq!(c.get("docker.io").unwrap(), &("u".to_string(), "p".to_string()));
+        assert_eq!(
+            c.get("docker.io").unwrap(),
+            &("u".to_string(), "p".to_string())
+        );
         assert_eq!(c.get("127.0.0.1:5000").unwrap().0, "a");
         std::fs::write(&p, r#"{"auths":{"x":{"auth":"!!"}}}"#).unwrap();
         assert!(Credentials::load(&p).is_err());

@@ -128,7 +128,8 @@ impl SnapshotStore {
     pub fn commit(&self, mut p: PendingSnapshot, info: &SnapshotInfo) -> Result<(), SnapshotError> {
         let tmp = p.dir.clone().expect("pending snapshot");
         let meta = serde_json::to_vec_pretty(info).expect("serialisable");
-        fsutil::write_atomic(&tmp.join("layer.json"), &meta).map_err(io_err(&info.chain_id, "write layer.json"))?;
+        fsutil::write_atomic(&tmp.join("layer.json"), &meta)
+            .map_err(io_err(&info.chain_id, "write layer.json"))?;
         let dest = self.dir(&info.chain_id);
         match fs::rename(&tmp, &dest) {
             Ok(()) => {
@@ -194,22 +195,29 @@ impl SnapshotStore {
                 return Err(SnapshotError::Missing(c.clone()));
             }
             let fd = rustix::fs::open(
-                &self.fs_dir(c),
+                self.fs_dir(c),
                 OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
                 Mode::empty(),
             )
             .map_err(|e| io_err(c, "open layer")(e.into()))?;
             fds.push(fd);
         }
-        let lowers: Vec<String> = fds.iter().map(|f| format!("/proc/self/fd/{}", f.as_raw_fd())).collect();
+        let lowers: Vec<String> = fds
+            .iter()
+            .map(|f| format!("/proc/self/fd/{}", f.as_raw_fd()))
+            .collect();
         let (data, flags) = match (upper, lowers.len()) {
             (None, 0) => return Err(SnapshotError::TooManyLayers(0)),
             (None, 1) => {
                 // A single read-only layer: a read-only bind mount of it.
                 mount(&lowers[0], target, "", MountFlags::BIND, None)
                     .map_err(|e| io_err(target.display(), "bind mount")(e.into()))?;
-                return rustix::mount::mount_remount(target, MountFlags::BIND | MountFlags::RDONLY, "")
-                    .map_err(|e| io_err(target.display(), "remount read-only")(e.into()));
+                return rustix::mount::mount_remount(
+                    target,
+                    MountFlags::BIND | MountFlags::RDONLY,
+                    "",
+                )
+                .map_err(|e| io_err(target.display(), "remount read-only")(e.into()));
             }
             (None, _) => (format!("lowerdir={}", lowers.join(":")), MountFlags::RDONLY),
             (Some((u, w)), _) => (
@@ -225,7 +233,8 @@ impl SnapshotStore {
         if data.len() > MAX_MOUNT_DATA {
             return Err(SnapshotError::TooManyLayers(chains.len()));
         }
-        let data = std::ffi::CString::new(data).map_err(|e| io_err(target.display(), "overlay options")(e.into()))?;
+        let data = std::ffi::CString::new(data)
+            .map_err(|e| io_err(target.display(), "overlay options")(e.into()))?;
         mount("overlay", target, "overlay", flags, Some(data.as_c_str()))
             .map_err(|e| io_err(target.display(), "overlay mount")(e.into()))
     }

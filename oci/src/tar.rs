@@ -94,12 +94,13 @@ fn parse_num(field: &[u8], offset: u64, what: &str) -> Result<u64, TarError> {
         }
         let mut v: u64 = (field[0] & 0x3f) as u64;
         for &b in &field[1..] {
-            v = v.checked_mul(256).and_then(|v| v.checked_add(b as u64)).ok_or_else(|| {
-                TarError::BadHeader {
+            v = v
+                .checked_mul(256)
+                .and_then(|v| v.checked_add(b as u64))
+                .ok_or_else(|| TarError::BadHeader {
                     offset,
                     reason: format!("{what} overflows"),
-                }
-            })?;
+                })?;
         }
         return Ok(v);
     }
@@ -120,10 +121,13 @@ fn parse_num(field: &[u8], offset: u64, what: &str) -> Result<u64, TarError> {
                 reason: format!("{what} field is not octal"),
             });
         }
-        v = v.checked_mul(8).map(|v| v + (b - b'0') as u64).ok_or_else(|| TarError::BadHeader {
-            offset,
-            reason: format!("{what} overflows"),
-        })?;
+        v = v
+            .checked_mul(8)
+            .map(|v| v + (b - b'0') as u64)
+            .ok_or_else(|| TarError::BadHeader {
+                offset,
+                reason: format!("{what} overflows"),
+            })?;
     }
     Ok(v)
 }
@@ -144,7 +148,10 @@ fn parse_pax(data: &[u8], offset: u64) -> Result<Vec<(String, Vec<u8>)>, TarErro
         if rest.iter().all(|&b| b == 0) {
             break;
         }
-        let sp = rest.iter().position(|&b| b == b' ').ok_or_else(|| bad("no length"))?;
+        let sp = rest
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or_else(|| bad("no length"))?;
         let len: usize = std::str::from_utf8(&rest[..sp])
             .ok()
             .and_then(|s| s.parse().ok())
@@ -153,7 +160,10 @@ fn parse_pax(data: &[u8], offset: u64) -> Result<Vec<(String, Vec<u8>)>, TarErro
             return Err(bad("length out of range"));
         }
         let rec = &rest[sp + 1..len - 1];
-        let eq = rec.iter().position(|&b| b == b'=').ok_or_else(|| bad("no '='"))?;
+        let eq = rec
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or_else(|| bad("no '='"))?;
         let key = String::from_utf8(rec[..eq].to_vec()).map_err(|_| bad("key is not UTF-8"))?;
         out.push((key, rec[eq + 1..].to_vec()));
         rest = &rest[len..];
@@ -266,12 +276,24 @@ impl<R: Read> TarReader<R> {
             let unsigned: u64 = hdr
                 .iter()
                 .enumerate()
-                .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u64 })
+                .map(|(i, &b)| {
+                    if (148..156).contains(&i) {
+                        32
+                    } else {
+                        b as u64
+                    }
+                })
                 .sum();
             let signed: i64 = hdr
                 .iter()
                 .enumerate()
-                .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as i8 as i64 })
+                .map(|(i, &b)| {
+                    if (148..156).contains(&i) {
+                        32
+                    } else {
+                        b as i8 as i64
+                    }
+                })
                 .sum();
             if stored != unsigned && stored as i64 != signed {
                 return Err(TarError::BadHeader {
@@ -402,7 +424,10 @@ impl<R: Read> TarReader<R> {
             }
             let xattrs = pax
                 .iter()
-                .filter_map(|(k, v)| k.strip_prefix("SCHILY.xattr.").map(|n| (n.to_string(), v.clone())))
+                .filter_map(|(k, v)| {
+                    k.strip_prefix("SCHILY.xattr.")
+                        .map(|n| (n.to_string(), v.clone()))
+                })
                 .collect();
             let (dev_major, dev_minor) = if matches!(kind, EntryKind::Char | EntryKind::Block) {
                 (
@@ -473,7 +498,10 @@ mod tests {
     fn numbers() {
         assert_eq!(parse_num(b"0000644\0", 0, "m").unwrap(), 0o644);
         assert_eq!(parse_num(b"  755 \0", 0, "m").unwrap(), 0o755);
-        assert_eq!(parse_num(&[0x80, 0, 0, 0, 0, 0, 1, 0], 0, "s").unwrap(), 256);
+        assert_eq!(
+            parse_num(&[0x80, 0, 0, 0, 0, 0, 1, 0], 0, "s").unwrap(),
+            256
+        );
         assert!(parse_num(b"9\0", 0, "m").is_err());
     }
 }
