@@ -599,7 +599,10 @@ impl ImageStore {
         let mut out = Vec::new();
         for (n, top) in idx.manifests.iter().enumerate() {
             let ann = |k: &str| top.annotations.get(k).cloned();
+            let tagged =
+                |n: &str| n.contains('@') || n.rsplit('/').next().is_some_and(|l| l.contains(':'));
             let base = name
+                .map(|n| n.split('@').next().unwrap_or(n))
                 .map(|n| {
                     n.rsplit_once(':')
                         .filter(|(_, t)| !t.contains('/'))
@@ -612,6 +615,9 @@ impl ImageStore {
                 ann("org.opencontainers.image.ref.name"),
             ) {
                 (Some(full), _) => full,
+                (None, Some(tag)) if !tag.contains('/') && name.is_some_and(|n| !tagged(n)) => {
+                    format!("{base}:{tag}")
+                }
                 (None, _) if idx.manifests.len() == 1 && name.is_some() => {
                     name.unwrap_or_default().to_string()
                 }
