@@ -179,6 +179,7 @@ impl Applier {
                 )
                 .map_err(|er| io_err(&name, "open root", er))?;
                 set_owner_mode(&root, e, &name)?;
+                set_xattrs_fd(&root, e, &name)?;
                 self.dir_times.push((Vec::new(), e.mtime, e.mtime_nsec));
                 return Ok(());
             }
@@ -188,7 +189,8 @@ impl Applier {
             });
         };
 
-        if base.starts_with(WHITEOUT_PREFIX) {
+        // A directory named `.wh.x/` is an ordinary path; only other entries are whiteouts.
+        if base.starts_with(WHITEOUT_PREFIX) && e.kind != EntryKind::Dir {
             return self.whiteout(base, parent, &name);
         }
 
@@ -389,7 +391,9 @@ impl Applier {
 
     fn finish(&mut self) -> Result<(), ApplyError> {
         let times = std::mem::take(&mut self.dir_times);
-        for (path, sec, nsec) in times.iter().rev() {
+        // In archive order, so the last of duplicate directory entries wins. Setting a
+        // directory's times never changes its parent's, so the order is otherwise free.
+        for (path, sec, nsec) in times.iter() {
             let parts = clean(path);
             let t = ts(*sec, *nsec);
             let stamps = Timestamps {
