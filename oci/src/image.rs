@@ -459,6 +459,13 @@ impl ImageStore {
         Ok((record, fetched, reused, fetched_bytes))
     }
 
+    /// Fetches one layer into a new snapshot in two pipelined stages:
+    /// 1. download -> blob digest -> inflate, in a thread of its own;
+    /// 2. DiffID digest -> tar apply, here,
+    ///
+    /// joined by a bounded channel of 256 KiB chunks. Inflate and file creation overlap, which
+    /// keeps a large layer near the speed of inflating it alone. Nothing is published until the
+    /// size, the blob digest and the DiffID all match.
     fn fetch_layer(
         &self,
         image: &str,
@@ -476,28 +483,69 @@ impl ImageStore {
         let compression = Compression::from_media_type(&l.media_type)
             .ok_or_else(|| layer_err(format!("unsupported layer media type {:?}", l.media_type)))?;
         let pending = self.snapshots.prepare()?;
-        let blob = source.open(l).map_err(layer_err)?;
-        let counted = ProgressReader::new(blob, &l.digest, progress);
-        let compressed = HashingReader::new(counted);
-        let dec = Decompressor::new(
-            compression,
-            BufReader::with_capacity(256 * 1024, compressed),
-        )
-        .map_err(|e| layer_err(e.to_string()))?;
-        let diff = HashingReader::new(dec);
         let started = std::time::Instant::now();
-        let (stats, diff) = apply::apply_layer(&pending.fs(), diff).map_err(|e| match e {
-            ApplyError::Tar(t) => layer_err(format!("bad layer data: {t}")),
-            e => layer_err(format!("rejected: {e}")),
+        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
+        let (fetched, applied) = std::thread::scope(|s| {
+            let fetcher = s.spawn(move || -> Result<(Digest, u64), String> {
+                let blob = source.open(l)?;
+                let counted = ProgressReader::new(blob, &l.digest, progress);
+                let compressed = HashingReader::new(counted);
+                let mut dec = Decompressor::new(
+                    compression,
+                    BufReader::with_capacity(256 * 1024, compressed),
+                )
+                .map_err(|e| e.to_string())?;
+                loop {
+                    let mut chunk = vec![0u8; CHUNK];
+                    match read_full(&mut dec, &mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            chunk.truncate(n);
+                            if tx.send(Ok(chunk)).is_err() {
+                                return Err("stopped: the layer was rejected".into());
+                            }
+                        }
+                        Err(e) => {
+                            let msg = format!("download or decompression failed: {e}");
+                            let _ = tx.send(Err(io::Error::other(msg.clone())));
+                            return Err(msg);
+                        }
+                    }
+                }
+                drop(tx);
+                let (digest, size, _) = dec
+                    .into_inner()
+                    .into_inner()
+                    .finish()
+                    .map_err(|e| format!("download failed: {e}"))?;
+                Ok((digest, size))
+            });
+            let diff = HashingReader::new(ChunkReader {
+                rx,
+                cur: Vec::new(),
+                pos: 0,
+            });
+            let applied = apply::apply_layer(&pending.fs(), diff)
+                .map_err(|e| match e {
+                    ApplyError::Tar(t) => format!("bad layer data: {t}"),
+                    e => format!("rejected: {e}"),
+                })
+                .and_then(|(stats, diff)| {
+                    let (d, _, _) = diff.finish().map_err(|e| format!("bad layer data: {e}"))?;
+                    Ok((stats, d))
+                });
+            // `apply_layer` dropped the receiver on failure, so the fetcher cannot block.
+            let fetched = fetcher
+                .join()
+                .unwrap_or_else(|_| Err("fetch thread panicked".into()));
+            (fetched, applied)
+        });
+        // A download or inflate failure explains any apply failure it caused.
+        let (actual, size) = fetched.map_err(|e| match &applied {
+            Err(a) if e.starts_with("stopped") => layer_err(a.clone()),
+            _ => layer_err(e),
         })?;
-        let (actual_diff, _, dec) = diff
-            .finish()
-            .map_err(|e| layer_err(format!("bad layer data: {e}")))?;
-        let (actual, size, _) = dec
-            .into_inner()
-            .into_inner()
-            .finish()
-            .map_err(|e| layer_err(format!("download failed: {e}")))?;
+        let (stats, actual_diff) = applied.map_err(layer_err)?;
         if size != l.size {
             return Err(layer_err(format!(
                 "size mismatch: expected {} bytes, got {size}",
@@ -876,6 +924,48 @@ impl ImageStore {
         Ok(self
             .snapshots
             .mount(&rec.chain_ids(), target, Some((upper, work)))?)
+    }
+}
+
+const CHUNK: usize = 256 * 1024;
+
+/// Reads until `buf` is full or the stream ends.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The apply stage's view of the chunks the inflate stage sends.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.cur = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // the sender finished: end of stream
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
