@@ -8,4 +8,4 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo test"
-cargo test --workspace --all-targets -- --test-threads="${KNODE_TEST_THREADS:-2}"
+cargo test --workspace --lib --bins --tests -- --test-threads="${KNODE_TEST_THREADS:-2}"
