@@ -22,6 +22,8 @@ pub struct LocalRegistry {
 pub struct RegistryOptions {
     /// An htpasswd file's content (bcrypt entries): turns on Basic authentication.
     pub htpasswd: Option<String>,
+    /// PEM certificate and key files: serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl LocalRegistry {
@@ -56,8 +58,16 @@ impl LocalRegistry {
                 p.display()
             );
         }
+        let tls = match &opts.tls {
+            Some((cert, key)) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls}{auth}",
             dir.path().join("data").display()
         );
         let cfg = dir.path().join("config.yml");

@@ -50,6 +50,9 @@ struct RegistryArgs {
     /// Extra CA certificate (PEM) trusted for HTTPS registries (repeatable).
     #[arg(long = "registry-ca", global = true)]
     ca: Vec<PathBuf>,
+    /// Resolve a registry name statically: HOST:PORT:ADDRESS (as curl --resolve; repeatable).
+    #[arg(long = "registry-resolve", global = true, value_parser = parse_resolve)]
+    resolve: Vec<(String, std::net::SocketAddr)>,
     /// Docker-style config.json with registry credentials [default: ~/.docker/config.json].
     #[arg(long = "auth-file", global = true, env = "REGISTRY_AUTH_FILE")]
     auth_file: Option<PathBuf>,
@@ -109,6 +112,24 @@ enum ImageCmd {
     },
 }
 
+fn parse_resolve(s: &str) -> Result<(String, std::net::SocketAddr), String> {
+    let bad = || {
+        format!("invalid --registry-resolve {s:?}: expected HOST:PORT:ADDRESS, e.g. registry.lab:5000:192.168.56.10")
+    };
+    let (host, rest) = s.split_once(':').ok_or_else(bad)?;
+    let (port, addr) = rest.split_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let ip: std::net::IpAddr = addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| bad())?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_string(), (ip, port).into()))
+}
+
 fn client_options(a: &RegistryArgs) -> Result<ClientOptions> {
     let auth = a.auth_file.clone().or_else(|| {
         std::env::var_os("HOME")
@@ -124,6 +145,7 @@ fn client_options(a: &RegistryArgs) -> Result<ClientOptions> {
         ca_files: a.ca.clone(),
         credentials,
         retries: 3,
+        resolve: a.resolve.clone(),
     })
 }
 

@@ -602,3 +602,169 @@ fn cli_pull_ls_inspect_rm_prune_and_one_line_errors() {
     assert!(out.status.success());
     s.assert_empty();
 }
+
+/// A throwaway CA and a server certificate for `name`, made with openssl.
+fn make_certs(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=knode test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        &format!("/CN={name}"),
+    ]);
+    std::fs::write(
+        dir.join("ext"),
+        format!("subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\n"),
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("srv.pem"), dir.join("srv.key"))
+}
+
+#[test]
+fn https_registry_is_verified_against_a_custom_ca() {
+    let t = tempfile::tempdir().unwrap();
+    let name = "registry.knode.test";
+    let (ca, cert, key) = make_certs(t.path(), name);
+    let reg =
+        knode::localregistry::LocalRegistry::start_with(&knode::localregistry::RegistryOptions {
+            tls: Some((cert, key)),
+            ..Default::default()
+        })
+        .unwrap();
+    // Not a loopback name, so knode insists on HTTPS; the name resolves to the test registry.
+    let resolve = vec![(name.to_string(), reg.addr)];
+    let trusted = oci::registry::ClientOptions {
+        ca_files: vec![ca],
+        resolve: resolve.clone(),
+        retries: 1,
+        ..Default::default()
+    };
+    let host = format!("{name}:{}", reg.addr.port());
+    let r = push_with(&host, "tls/app:1", &busybox_image(), trusted.clone());
+    let s = Store::new();
+    let untrusted = oci::registry::ClientOptions {
+        resolve,
+        retries: 1,
+        ..Default::default()
+    };
+    let e = s
+        .pull_with(&r.to_string(), untrusted)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unreachable") && e.to_lowercase().contains("certificate"),
+        "{e}"
+    );
+    s.assert_empty();
+    let rep = s.pull_with(&r.to_string(), trusted).unwrap();
+    assert_eq!(rep.layers_fetched, 1);
+}
+
+#[test]
+fn images_with_many_layers_mount_within_the_option_page_limit() {
+    let reg = registry();
+    let mut b = ImageBuilder::new();
+    for i in 0..150 {
+        b = b.layer(
+            &TarBuilder::new()
+                .file(&format!("layer-{i:03}"), 0o644, format!("{i}").as_bytes())
+                .finish(),
+            Compression::Gzip,
+        );
+    }
+    let img = b.build();
+    let r = push(&reg.host(), "tall/app:1", &img);
+    let s = Store::new();
+    let rec = s.pull(&r.to_string()).unwrap().image;
+    assert_eq!(rec.layers.len(), 150);
+    // Plain lowerdir paths for this store would not fit in one page.
+    let plain: usize = rec
+        .layers
+        .iter()
+        .map(|l| s.store.snapshots().fs_dir(&l.chain_id).as_os_str().len() + 1)
+        .sum();
+    assert!(
+        plain > 4096,
+        "the test must exceed the page limit with full paths ({plain})"
+    );
+    let m = Mounted::new(&s, &r.to_string());
+    assert_eq!(std::fs::read_to_string(m.path("layer-000")).unwrap(), "0");
+    assert_eq!(std::fs::read_to_string(m.path("layer-149")).unwrap(), "149");
+}
+
+#[test]
+fn concurrent_pulls_of_one_image_share_one_snapshot() {
+    let reg = registry();
+    let img = ImageBuilder::new()
+        .layer(&busybox_tar(), Compression::Gzip)
+        .layer(&app_tar("c"), Compression::Gzip)
+        .build();
+    let r = push(&reg.host(), "conc/app:1", &img).to_string();
+    let s = Store::new();
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..3).map(|_| sc.spawn(|| s.pull(&r))).collect();
+        for h in hs {
+            h.join().unwrap().unwrap();
+        }
+    });
+    let (done, tmp) = s.snapshot_dirs();
+    assert_eq!(
+        (done.len(), tmp.len()),
+        (2, 0),
+        "one snapshot per layer, no leftovers"
+    );
+    assert_eq!(s.store.list().unwrap().len(), 1);
+    Mounted::new(&s, &r);
+}

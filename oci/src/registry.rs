@@ -127,6 +127,9 @@ pub struct ClientOptions {
     pub credentials: Credentials,
     /// Attempts per request (and per broken blob transfer) before giving up.
     pub retries: u32,
+    /// Static name resolution (`host:port` -> address), like curl's `--resolve`: for labs
+    /// without DNS for their registry's name.
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
 pub struct RegistryClient {
@@ -168,6 +171,9 @@ impl RegistryClient {
             .connect_timeout(Duration::from_secs(15))
             .tcp_keepalive(Duration::from_secs(30))
             .user_agent(concat!("knode/", env!("CARGO_PKG_VERSION")));
+        for (host, addr) in &opts.resolve {
+            b = b.resolve(host, *addr);
+        }
         for f in &opts.ca_files {
             let pem = std::fs::read(f)
                 .map_err(|e| RegistryError::Config(format!("CA file {}: {e}", f.display())))?;

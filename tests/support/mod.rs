@@ -22,6 +22,7 @@ pub fn registry_with_basic(user: &str, password: &str) -> LocalRegistry {
     let hash = bcrypt::hash(password, 5).unwrap();
     LocalRegistry::start_with(&RegistryOptions {
         htpasswd: Some(format!("{user}:{hash}\n")),
+        ..Default::default()
     })
     .expect("start docker-registry with htpasswd")
 }
