@@ -3,7 +3,10 @@
 //! - a PAX `size` record always overrides the ustar size field (CVE-2025-62518 "TARmageddon":
 //!   trusting the ustar size lets file data be parsed as smuggled headers);
 //! - header checksums are verified, metadata records are size-limited, and a stream that ends
-//!   inside a header or inside file data is an error, never a silently shorter layer.
+//!   inside a header or inside file data is an error, never a silently shorter layer;
+//! - the rest follows Go's archive/tar, which Docker and containerd use, so every tool sees the
+//!   same entries: of several PAX headers before an entry only the last counts, global PAX
+//!   headers are ignored, and a GNU long name beats a PAX `path`.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -66,7 +69,6 @@ pub struct TarReader<R> {
     remaining: u64,
     padding: u64,
     offset: u64,
-    global: BTreeMap<String, Vec<u8>>,
     done: bool,
 }
 
@@ -178,7 +180,6 @@ impl<R: Read> TarReader<R> {
             remaining: 0,
             padding: 0,
             offset: 0,
-            global: BTreeMap::new(),
             done: false,
         }
     }
@@ -306,20 +307,13 @@ impl<R: Read> TarReader<R> {
             match typeflag {
                 b'x' => {
                     let data = self.read_meta(hsize, "PAX header")?;
-                    for (k, v) in parse_pax(&data, start)? {
-                        local.insert(k, v);
-                    }
+                    local = parse_pax(&data, start)?.into_iter().collect();
                     continue;
                 }
                 b'g' => {
-                    let data = self.read_meta(hsize, "PAX global header")?;
-                    for (k, v) in parse_pax(&data, start)? {
-                        if v.is_empty() {
-                            self.global.remove(&k);
-                        } else {
-                            self.global.insert(k, v);
-                        }
-                    }
+                    // Global headers carry archive-wide defaults (e.g. `git archive`'s
+                    // comment); like containerd, ignore them rather than apply them.
+                    self.read_meta(hsize, "PAX global header")?;
                     continue;
                 }
                 b'L' => {
@@ -337,12 +331,11 @@ impl<R: Read> TarReader<R> {
                 _ => {}
             }
 
-            let mut pax = self.global.clone();
-            pax.extend(local);
+            let pax = local;
             let ustar = &hdr[257..262] == b"ustar" && hdr[262] == 0;
-            let mut path = match (pax.get("path"), long_name) {
-                (Some(p), _) => p.clone(),
-                (None, Some(l)) => l,
+            let mut path = match (long_name, pax.get("path")) {
+                (Some(l), _) => l,
+                (None, Some(p)) => p.clone(),
                 (None, None) => {
                     let name = cstr(&hdr[0..100]);
                     let prefix = cstr(&hdr[345..500]);
@@ -356,9 +349,9 @@ impl<R: Read> TarReader<R> {
                     }
                 }
             };
-            let link = match (pax.get("linkpath"), long_link) {
-                (Some(p), _) => p.clone(),
-                (None, Some(l)) => l,
+            let link = match (long_link, pax.get("linkpath")) {
+                (Some(l), _) => l,
+                (None, Some(p)) => p.clone(),
                 (None, None) => cstr(&hdr[157..257]).to_vec(),
             };
             let pax_num = |key: &str| -> Result<Option<u64>, TarError> {
@@ -492,6 +485,64 @@ mod tests {
         assert_eq!(parse_pax_time(b"0"), Some((0, 0)));
         assert_eq!(parse_pax_time(b"-1.5"), Some((-2, 500_000_000)));
         assert_eq!(parse_pax_time(b"x"), None);
+    }
+
+    fn hdr(name: &str, typeflag: u8, size: u64) -> Vec<u8> {
+        let mut e = crate::build::TarEntry::new(name, EntryKind::File);
+        e.mtime = 0;
+        crate::build::TarBuilder::header(&e, typeflag, size).to_vec()
+    }
+
+    fn pax_block(records: &[u8]) -> Vec<u8> {
+        let mut v = hdr("pax", b'x', records.len() as u64);
+        v.extend_from_slice(records);
+        v.resize(v.len().div_ceil(512) * 512, 0);
+        v
+    }
+
+    fn entries(tar: &[u8]) -> Vec<(String, u64)> {
+        let mut r = TarReader::new(tar);
+        let mut out = vec![];
+        while let Some(e) = r.next_entry().unwrap() {
+            out.push((e.path_lossy(), e.size));
+        }
+        out
+    }
+
+    #[test]
+    fn only_the_last_pax_header_counts_as_in_go() {
+        // x{size=0}, x{mtime=1}, then a file whose ustar size is 512: Go reads 512 bytes of
+        // data (the first PAX header is forgotten), so must we, or hidden entries appear.
+        let mut t = pax_block(b"10 size=0\n");
+        t.extend(pax_block(b"11 mtime=1\n"));
+        t.extend(hdr("f", b'0', 512));
+        t.extend(hdr("hidden", b'0', 0)); // file data that looks like a header
+        t.extend(vec![0u8; 1024]);
+        assert_eq!(entries(&t), vec![("f".to_string(), 512)]);
+    }
+
+    #[test]
+    fn global_headers_are_ignored_and_gnu_names_win() {
+        let rec = b"15 path=global\n";
+        let mut t = {
+            let mut v = hdr("g", b'g', rec.len() as u64);
+            v.extend_from_slice(rec);
+            v.resize(1024, 0);
+            v
+        };
+        t.extend(hdr("a", b'0', 0));
+        let long = b"gnu-name\0";
+        let mut l = hdr("././@LongLink", b'L', long.len() as u64);
+        l.extend_from_slice(long);
+        l.resize(1024, 0);
+        t.extend(pax_block(b"13 path=pax1\n"));
+        t.extend(l);
+        t.extend(hdr("b", b'0', 0));
+        t.extend(vec![0u8; 1024]);
+        assert_eq!(
+            entries(&t),
+            vec![("a".to_string(), 0), ("gnu-name".to_string(), 0)]
+        );
     }
 
     #[test]
