@@ -27,6 +27,8 @@ use crate::spec;
 /// Manifests and configs are small: anything bigger is refused before it is read.
 pub const MAX_MANIFEST: u64 = 4 << 20;
 pub const MAX_CONFIG: u64 = 8 << 20;
+/// How long a registry may send nothing before knode gives up on that connection.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -167,7 +169,9 @@ pub struct FetchedManifest {
 impl RegistryClient {
     pub fn new(opts: ClientOptions) -> Result<RegistryClient, RegistryError> {
         let mut b = Client::builder()
-            .timeout(None)
+            // The blocking client applies this to each read, not to whole transfers: a stall
+            // longer than this breaks the transfer, which then resumes with Range.
+            .timeout(STALL_TIMEOUT)
             .connect_timeout(Duration::from_secs(15))
             .tcp_keepalive(Duration::from_secs(30))
             .user_agent(concat!("knode/", env!("CARGO_PKG_VERSION")));
@@ -228,15 +232,12 @@ impl RegistryClient {
                 std::thread::sleep(Duration::from_millis(200 * (1 << attempt.min(4))));
             }
             let cached = self.auth.lock().expect("auth lock").get(&key).cloned();
-            let mut req = make();
-            match &cached {
-                Some(Auth::Basic(h)) => req = req.header(AUTHORIZATION, h),
-                Some(Auth::Bearer(t, exp)) if *exp > Instant::now() => {
-                    req = req.header(AUTHORIZATION, t)
-                }
-                _ => {}
-            }
-            let resp = match req.send() {
+            let header = match &cached {
+                Some(Auth::Basic(h)) => Some(h.as_str()),
+                Some(Auth::Bearer(t, exp)) if *exp > Instant::now() => Some(t.as_str()),
+                _ => None,
+            };
+            let resp = match self.execute(r, make(), header) {
                 Ok(resp) => resp,
                 Err(e) => {
                     last_err = Some(self.unreachable(r, &e));
@@ -261,9 +262,8 @@ impl RegistryClient {
                 let h = match &auth {
                     Auth::Basic(h) | Auth::Bearer(h, _) => h.clone(),
                 };
-                let resp = make()
-                    .header(AUTHORIZATION, h)
-                    .send()
+                let resp = self
+                    .execute(r, make(), Some(&h))
                     .map_err(|e| self.unreachable(r, &e))?;
                 if resp.status() == StatusCode::UNAUTHORIZED {
                     self.auth.lock().expect("auth lock").remove(&key);
@@ -284,6 +284,29 @@ impl RegistryClient {
             registry: r.registry.clone(),
             reason: "no attempt made".into(),
         }))
+    }
+
+    /// Sends a request, with `auth` only if it goes to the registry itself (same scheme, host
+    /// and port): an upload `Location` elsewhere never sees the registry's credentials.
+    fn execute(
+        &self,
+        r: &Reference,
+        req: RequestBuilder,
+        auth: Option<&str>,
+    ) -> reqwest::Result<Response> {
+        let mut req = req.build()?;
+        if let (Some(h), Ok(base)) = (auth, reqwest::Url::parse(&self.base(r))) {
+            let u = req.url();
+            let same = u.scheme() == base.scheme()
+                && u.host_str() == base.host_str()
+                && u.port_or_known_default() == base.port_or_known_default();
+            if same {
+                if let Ok(v) = reqwest::header::HeaderValue::from_str(h) {
+                    req.headers_mut().insert(AUTHORIZATION, v);
+                }
+            }
+        }
+        self.http.execute(req)
     }
 
     fn unreachable(&self, r: &Reference, e: &reqwest::Error) -> RegistryError {
@@ -344,8 +367,12 @@ impl RegistryClient {
                     }
                     q.append_pair("scope", &scope);
                 }
+                let realm_https = url.scheme() == "https";
                 let mut req = self.http.get(url);
-                if let Some((u, p)) = creds {
+                // Credentials go to the token server only over HTTPS, or in the clear when
+                // the registry itself is reached in the clear (loopback, --insecure-registry).
+                let registry_plain = self.base(r).starts_with("http:");
+                if let Some((u, p)) = creds.filter(|_| realm_https || registry_plain) {
                     req = req.basic_auth(u, Some(p));
                 }
                 let resp = req.send().map_err(|e| self.unreachable(r, &e))?;
@@ -717,12 +744,19 @@ impl BlobReader<'_> {
                 if offset > 0 {
                     // The server ignored Range: skip what we already have.
                     let mut r = resp;
-                    io::copy(&mut (&mut r).take(offset), &mut io::sink()).map_err(|e| {
-                        RegistryError::Io {
+                    let skipped =
+                        io::copy(&mut (&mut r).take(offset), &mut io::sink()).map_err(|e| {
+                            RegistryError::Io {
+                                what: self.what.clone(),
+                                source: e,
+                            }
+                        })?;
+                    if skipped != offset {
+                        return Err(RegistryError::Invalid {
                             what: self.what.clone(),
-                            source: e,
-                        }
-                    })?;
+                            reason: format!("resumed transfer ended after {skipped} of the {offset} bytes already received"),
+                        });
+                    }
                     self.resp = Some(r);
                 } else {
                     self.resp = Some(resp);
@@ -730,6 +764,19 @@ impl BlobReader<'_> {
                 Ok(())
             }
             StatusCode::PARTIAL_CONTENT if offset > 0 => {
+                // `Content-Range: bytes START-END/TOTAL` must start where we are.
+                let start =
+                    header_str(resp.headers(), reqwest::header::CONTENT_RANGE).and_then(|v| {
+                        v.strip_prefix("bytes ")
+                            .and_then(|r| r.split('-').next())
+                            .and_then(|s| s.trim().parse::<u64>().ok())
+                    });
+                if start != Some(offset) {
+                    return Err(RegistryError::Invalid {
+                        what: self.what.clone(),
+                        reason: format!("range request from byte {offset} answered with Content-Range starting at {start:?}"),
+                    });
+                }
                 self.resp = Some(resp);
                 Ok(())
             }
@@ -767,6 +814,7 @@ impl Read for BlobReader<'_> {
             match res {
                 Ok(n) if n > 0 => {
                     self.offset += n as u64;
+                    self.failures = 0; // progress: only consecutive failures count
                     return Ok(n);
                 }
                 Ok(_) | Err(_) => {
