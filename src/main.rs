@@ -83,6 +83,10 @@ enum ImageCmd {
         /// Print only the image ID.
         #[arg(long, short)]
         quiet: bool,
+        /// Skip the syncfs before publishing layers (faster; a power loss may then damage
+        /// a stored layer).
+        #[arg(long)]
+        no_sync: bool,
     },
     /// List images.
     #[command(alias = "list")]
@@ -170,8 +174,10 @@ fn run(cli: Cli) -> Result<()> {
                     reference,
                     platform,
                     quiet,
+                    no_sync,
                 } => {
-                    let opts = pull_options(platform.as_deref())?;
+                    let mut opts = pull_options(platform.as_deref())?;
+                    opts.sync = !no_sync;
                     let client = client_options(&cli.registry)?;
                     let t = std::time::Instant::now();
                     let rep = store.pull(&reference, client, &opts, &CliProgress::new())?;

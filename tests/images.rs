@@ -768,3 +768,95 @@ fn concurrent_pulls_of_one_image_share_one_snapshot() {
     assert_eq!(s.store.list().unwrap().len(), 1);
     Mounted::new(&s, &r);
 }
+
+#[test]
+fn implied_directories_inherit_lower_attributes() {
+    let reg = registry();
+    let mut tmp = oci::build::TarEntry::new("tmp", oci::tar::EntryKind::Dir);
+    tmp.mode = 0o1777;
+    tmp.mtime = 1_600_000_000;
+    let mut opt = oci::build::TarEntry::new("opt", oci::tar::EntryKind::Dir);
+    opt.mode = 0o750;
+    opt.uid = 1000;
+    let base = TarBuilder::new().entry(&tmp).entry(&opt).finish();
+    // The top layer adds files without their parent directory entries.
+    let top = TarBuilder::new()
+        .file("tmp/x", 0o644, b"x")
+        .file("opt/app/y", 0o644, b"y")
+        .finish();
+    let img = ImageBuilder::new()
+        .layer(&base, Compression::Gzip)
+        .layer(&top, Compression::Gzip)
+        .build();
+    let r = push(&reg.host(), "implied/app:1", &img);
+    let s = Store::new();
+    s.pull(&r.to_string()).unwrap();
+    let m = Mounted::new(&s, &r.to_string());
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(m.path("tmp")).unwrap();
+    assert_eq!(
+        md.mode() & 0o7777,
+        0o1777,
+        "/tmp stays world-writable and sticky"
+    );
+    assert_eq!(md.mtime(), 1_600_000_000);
+    let md = std::fs::metadata(m.path("opt")).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.uid()), (0o750, 1000));
+    // A directory no lower layer has keeps the default.
+    assert_eq!(
+        std::fs::metadata(m.path("opt/app")).unwrap().mode() & 0o7777,
+        0o755
+    );
+    assert_eq!(std::fs::read(m.path("tmp/x")).unwrap(), b"x");
+}
+
+#[test]
+fn a_hostile_import_archive_cannot_reach_host_files() {
+    let t = tempfile::tempdir().unwrap();
+    let img = busybox_image();
+    let layout = t.path().join("layout");
+    img.write_oci_layout(&layout, "v1").unwrap();
+    // Replace the config blob with links to a host file, and add a device and a setuid file.
+    let cfg = format!("blobs/sha256/{}", img.config_digest.hex());
+    let mut tb = TarBuilder::new();
+    let mut root = oci::build::TarEntry::new("./", oci::tar::EntryKind::Dir);
+    root.mode = 0o777;
+    tb.entry(&root);
+    for entry in ["oci-layout", "index.json"] {
+        tb.file(entry, 0o644, &std::fs::read(layout.join(entry)).unwrap());
+    }
+    for (d, b) in &img.layers {
+        tb.file(&format!("blobs/sha256/{}", d.digest.hex()), 0o644, b);
+    }
+    tb.file(
+        &format!("blobs/sha256/{}", img.manifest_digest.hex()),
+        0o644,
+        &img.manifest,
+    );
+    tb.symlink(&cfg, "/etc/passwd");
+    tb.hardlink("blobs/sha256/other", "../../../../../../etc/passwd");
+    let mut dev = oci::build::TarEntry::new("sda", oci::tar::EntryKind::Block);
+    dev.dev = (8, 0);
+    dev.mode = 0o666;
+    tb.entry(&dev);
+    tb.file("suid-sh", 0o4777, b"#!/bin/sh");
+    let tar = t.path().join("evil.tar");
+    std::fs::write(&tar, tb.finish()).unwrap();
+    let s = Store::new();
+    let e = s
+        .store
+        .import(&tar, None, &PullOptions::default(), &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&img.config_digest.to_string()),
+        "the config blob is missing, not read from /etc: {e}"
+    );
+    s.assert_empty();
+    let leftovers: Vec<_> = std::fs::read_dir(s.root().join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -27,6 +27,8 @@ use crate::tar::{Entry, EntryKind, TarError, TarReader};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
+/// aufs bookkeeping (`.wh..wh.plnk/`, `.wh..wh.aufs`, `.wh..wh.orph/`) found in old images.
+const AUFS_META: &[u8] = b".wh..wh.";
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 #[derive(Debug, thiserror::Error)]
@@ -44,16 +46,19 @@ pub enum ApplyError {
 }
 
 /// What an applied layer contained.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct ApplyStats {
     pub entries: u64,
     /// Bytes of regular file data written.
     pub bytes: u64,
+    /// Directories the layer needed but did not contain (created 0755 root:root); the image
+    /// store gives them the attributes of the same directory in lower layers.
+    pub implied_dirs: Vec<Vec<u8>>,
 }
 
 /// A cleaned entry path: components relative to the layer root, no `.`, `..` or empty parts.
 /// `..` never climbs above the root (as if the path were resolved from `/`).
-fn clean(path: &[u8]) -> Vec<&[u8]> {
+pub(crate) fn clean(path: &[u8]) -> Vec<&[u8]> {
     let mut out: Vec<&[u8]> = Vec::new();
     for c in path.split(|&b| b == b'/') {
         match c {
@@ -97,6 +102,7 @@ struct Applier {
     dir_times: Vec<(Vec<u8>, i64, u32)>,
     buf: Vec<u8>,
     stats: ApplyStats,
+    implied: std::collections::BTreeSet<Vec<u8>>,
 }
 
 impl Applier {
@@ -117,7 +123,7 @@ impl Applier {
     }
 
     /// Resolves (creating if missing, as 0755 root:root) the directory `parts` inside the root.
-    fn ensure_dir(&self, parts: &[&[u8]], entry: &str) -> Result<OwnedFd, ApplyError> {
+    fn ensure_dir(&mut self, parts: &[&[u8]], entry: &str) -> Result<OwnedFd, ApplyError> {
         let rel = join(parts);
         match self.open_dir(&rel) {
             Ok(fd) => Ok(fd),
@@ -125,7 +131,10 @@ impl Applier {
                 let parent = self.ensure_dir(&parts[..parts.len() - 1], entry)?;
                 let name = parts[parts.len() - 1];
                 match rfs::mkdirat(&parent, os(name), Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
+                    Ok(()) => {
+                        self.implied.insert(rel.clone());
+                    }
+                    Err(Errno::EXIST) => {}
                     Err(e) => return Err(io_err(entry, "create parent directory", e)),
                 }
                 self.open_dir(&rel).map_err(|e| match e {
@@ -189,6 +198,12 @@ impl Applier {
             });
         };
 
+        // aufs metadata is skipped, as Docker and containerd do.
+        if parent.iter().any(|c| c.starts_with(AUFS_META))
+            || (base.starts_with(AUFS_META) && base != OPAQUE)
+        {
+            return Ok(());
+        }
         // A directory named `.wh.x/` is an ordinary path; only other entries are whiteouts.
         if base.starts_with(WHITEOUT_PREFIX) && e.kind != EntryKind::Dir {
             return self.whiteout(base, parent, &name);
@@ -221,6 +236,7 @@ impl Applier {
                 .map_err(|er| io_err(&name, "open directory", er))?;
                 set_owner_mode(&d, e, &name)?;
                 set_xattrs_fd(&d, e, &name)?;
+                self.implied.remove(&join(&parts));
                 self.dir_times.push((join(&parts), e.mtime, e.mtime_nsec));
                 return Ok(());
             }
@@ -250,6 +266,7 @@ impl Applier {
                     rfs::fsetxattr(&d, OPAQUE_XATTR, b"y", rfs::XattrFlags::empty())
                         .map_err(|er| io_err(&name, "set opaque xattr", er))?;
                 }
+                self.implied.remove(&join(&parts));
                 self.dir_times.push((join(&parts), e.mtime, e.mtime_nsec));
             }
             EntryKind::File => {
@@ -556,6 +573,7 @@ pub fn apply_layer<R: io::Read>(root: &Path, tar: R) -> Result<(ApplyStats, R), 
         dir_times: Vec::new(),
         buf: vec![0u8; 256 * 1024],
         stats: ApplyStats::default(),
+        implied: Default::default(),
     };
     let mut tr = TarReader::new(tar);
     while let Some(entry) = tr.next_entry()? {
@@ -563,6 +581,7 @@ pub fn apply_layer<R: io::Read>(root: &Path, tar: R) -> Result<(ApplyStats, R), 
         a.apply_entry(&entry, &mut tr)?;
     }
     a.finish()?;
+    a.stats.implied_dirs = std::mem::take(&mut a.implied).into_iter().collect();
     Ok((a.stats, tr.into_inner()))
 }
 

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use crate::apply::{self, ApplyError};
+use crate::archive;
 use crate::compress::Decompressor;
 use crate::content::{ContentError, ContentStore};
 use crate::digest::{Digest, HashingReader};
@@ -118,6 +119,8 @@ pub struct PullOptions {
     pub platform: Platform,
     /// Layers fetched and applied at once.
     pub concurrency: usize,
+    /// syncfs before publishing snapshots (a power loss then never leaves a damaged one).
+    pub sync: bool,
 }
 
 impl Default for PullOptions {
@@ -125,6 +128,7 @@ impl Default for PullOptions {
         PullOptions {
             platform: Platform::host(),
             concurrency: 3,
+            sync: true,
         }
     }
 }
@@ -136,6 +140,13 @@ pub struct PullReport {
     pub layers_fetched: usize,
     pub layers_reused: usize,
     pub bytes_fetched: u64,
+}
+
+/// A verified layer, applied but not yet published under its ChainID.
+struct Fetched {
+    pending: crate::snapshot::PendingSnapshot,
+    info: SnapshotInfo,
+    implied_dirs: Vec<Vec<u8>>,
 }
 
 /// What garbage collection removed.
@@ -182,7 +193,7 @@ impl LayerSource for FileSource {
             .blobs
             .get(&d.digest)
             .ok_or_else(|| "blob missing from the archive".to_string())?;
-        let f = fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let f = archive::open_regular(p)?;
         Ok(Box::new(f.take(d.size + 1)))
     }
 }
@@ -202,6 +213,33 @@ impl ImageStore {
 
     pub fn snapshots(&self) -> &SnapshotStore {
         &self.snapshots
+    }
+
+    /// Removes `.tmp-*` leftovers (interrupted imports, index writes) in the store root and
+    /// its stores. Only with the GC lock held exclusively: no pull or import is running.
+    fn clean_temp(&self) -> Result<usize, ImageError> {
+        let mut n = self
+            .snapshots
+            .clean_temp()
+            .map_err(store_err(&self.root, "clean"))?
+            + self
+                .content
+                .clean_temp()
+                .map_err(store_err(&self.root, "clean"))?;
+        for e in fs::read_dir(&self.root).map_err(store_err(&self.root, "clean"))? {
+            let e = e.map_err(store_err(&self.root, "clean"))?;
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                let p = e.path();
+                let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+                r.map_err(store_err(&p, "clean"))?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     fn lock_path(&self) -> PathBuf {
@@ -242,14 +280,7 @@ impl ImageStore {
         let lp = self.lock_path();
         match Lock::try_exclusive(&lp).map_err(store_err(&lp, "lock"))? {
             Some(l) => {
-                let n = self
-                    .snapshots
-                    .clean_temp()
-                    .map_err(store_err(&self.root, "clean"))?
-                    + self
-                        .content
-                        .clean_temp()
-                        .map_err(store_err(&self.root, "clean"))?;
+                let n = self.clean_temp()?;
                 if n > 0 {
                     info!(leftovers = n, "removed leftovers of an interrupted pull");
                 }
@@ -380,6 +411,7 @@ impl ImageStore {
         // Layers in parallel: each one streams download -> inflate -> hash -> apply.
         let queue = Mutex::new(todo.into_iter());
         let first_error: Mutex<Option<ImageError>> = Mutex::new(None);
+        let done: Mutex<BTreeMap<usize, Fetched>> = Mutex::new(BTreeMap::new());
         let workers = opts.concurrency.max(1).min(fetched.max(1));
         std::thread::scope(|s| {
             for _ in 0..workers {
@@ -400,7 +432,10 @@ impl ImageStore {
                         source,
                         progress,
                     ) {
-                        Ok(()) => progress.layer_done(&l.digest, false),
+                        Ok(f) => {
+                            done.lock().expect("lock").insert(i, f);
+                            progress.layer_done(&l.digest, false);
+                        }
                         Err(e) => {
                             progress.layer_failed(&l.digest, &e.to_string());
                             first_error.lock().expect("lock").get_or_insert(e);
@@ -412,6 +447,27 @@ impl ImageStore {
         });
         if let Some(e) = first_error.into_inner().expect("lock") {
             return Err(e);
+        }
+        // Publish bottom-up: a layer's implied directories take their attributes from the
+        // layers below, which are committed by then. Data first reaches the disk (syncfs), so a
+        // power loss never leaves a trusted snapshot with missing file contents.
+        let mut done = done.into_inner().expect("lock");
+        if opts.sync && !done.is_empty() {
+            self.snapshots
+                .sync()
+                .map_err(|e| store_err(&self.root, "syncfs")(e))?;
+        }
+        for (i, f) in std::mem::take(&mut done) {
+            if !f.implied_dirs.is_empty() {
+                self.snapshots
+                    .inherit_dir_attrs(&f.pending, &chain[..i], &f.implied_dirs)
+                    .map_err(|e| ImageError::Layer {
+                        image: image.to_string(),
+                        layer: manifest.layers[i].digest.clone(),
+                        reason: format!("setting implied directories' attributes: {e}"),
+                    })?;
+            }
+            self.snapshots.commit(f.pending, &f.info)?;
         }
 
         let mut size = 0;
@@ -474,7 +530,7 @@ impl ImageStore {
         chain_id: &Digest,
         source: &dyn LayerSource,
         progress: &dyn Progress,
-    ) -> Result<(), ImageError> {
+    ) -> Result<Fetched, ImageError> {
         let layer_err = |reason: String| ImageError::Layer {
             image: image.to_string(),
             layer: l.digest.clone(),
@@ -563,16 +619,16 @@ impl ImageStore {
             )));
         }
         debug!(layer = %l.digest, entries = stats.entries, bytes = stats.bytes, ms = started.elapsed().as_millis() as u64, "layer applied");
-        self.snapshots.commit(
+        Ok(Fetched {
             pending,
-            &SnapshotInfo {
+            info: SnapshotInfo {
                 chain_id: chain_id.clone(),
                 diff_id: diff_id.clone(),
                 size: stats.bytes,
                 entries: stats.entries,
             },
-        )?;
-        Ok(())
+            implied_dirs: stats.implied_dirs,
+        })
     }
 
     /// Imports images from an OCI layout directory, or an OCI or Docker (`docker save`)
@@ -604,7 +660,7 @@ impl ImageStore {
                 _ => Compression::None,
             };
             let dec = Decompressor::new(c, head).map_err(store_err(path, "read"))?;
-            apply::apply_layer(t.path(), dec).map_err(|e| ImageError::Invalid {
+            archive::extract(dec, t.path()).map_err(|e| ImageError::Invalid {
                 image: what.clone(),
                 reason: format!("not a valid archive: {e}"),
             })?;
@@ -624,15 +680,11 @@ impl ImageStore {
         }
         let blob = |d: &Digest| dir.join("blobs").join("sha256").join(d.hex());
         let read_blob = |d: &Digest, limit: u64| -> Result<Vec<u8>, ImageError> {
-            let p = blob(d);
-            let len = fs::metadata(&p).map_err(store_err(&p, "read blob"))?.len();
-            if len > limit {
-                return Err(ImageError::Invalid {
+            let b =
+                archive::read_regular(&blob(d), limit).map_err(|reason| ImageError::Invalid {
                     image: what.clone(),
-                    reason: format!("blob {d} is {len} bytes, over the {limit}-byte limit"),
-                });
-            }
-            let b = fs::read(&p).map_err(store_err(&p, "read blob"))?;
+                    reason: format!("blob {d}: {reason}"),
+                })?;
             if &Digest::of(&b) != d {
                 return Err(ImageError::Invalid {
                     image: what.clone(),
@@ -642,7 +694,12 @@ impl ImageStore {
             Ok(b)
         };
         let idx_bytes =
-            fs::read(dir.join("index.json")).map_err(store_err(&dir, "read index.json"))?;
+            archive::read_regular(&dir.join("index.json"), 4 << 20).map_err(|reason| {
+                ImageError::Invalid {
+                    image: what.clone(),
+                    reason,
+                }
+            })?;
         let idx: Index = parse_json(&idx_bytes, &what, "index.json")?;
         let mut out = Vec::new();
         for (n, top) in idx.manifests.iter().enumerate() {
@@ -748,13 +805,21 @@ impl ImageStore {
         let mut out = Vec::new();
         for e in entries {
             let cpath = inside(&e.config)?;
-            let cbytes = fs::read(&cpath).map_err(store_err(&cpath, "read config"))?;
+            let cbytes = archive::read_regular(&cpath, MAX_CONFIG).map_err(|reason| {
+                ImageError::Invalid {
+                    image: what.to_string(),
+                    reason,
+                }
+            })?;
             let config_digest = Digest::of(&cbytes);
             let mut layers = Vec::new();
             let mut blobs = BTreeMap::new();
             for l in &e.layers {
                 let p = inside(l)?;
-                let f = fs::File::open(&p).map_err(store_err(&p, "open layer"))?;
+                let f = archive::open_regular(&p).map_err(|reason| ImageError::Invalid {
+                    image: what.to_string(),
+                    reason,
+                })?;
                 let mut head = BufReader::new(f);
                 let media_type =
                     match io::BufRead::fill_buf(&mut head).map_err(store_err(&p, "read layer"))? {
@@ -877,14 +942,7 @@ impl ImageStore {
             keep_snaps.extend(r.chain_ids());
         }
         let mut rep = PruneReport {
-            temp: self
-                .snapshots
-                .clean_temp()
-                .map_err(store_err(&self.root, "clean"))?
-                + self
-                    .content
-                    .clean_temp()
-                    .map_err(store_err(&self.root, "clean"))?,
+            temp: self.clean_temp()?,
             ..Default::default()
         };
         for d in self
@@ -1002,7 +1060,9 @@ fn find(idx: &IndexFile, what: &str) -> Result<Vec<String>, ImageError> {
                 .images
                 .values()
                 .filter(|i| {
-                    i.name.starts_with(&r.name())
+                    i.name
+                        .parse::<Reference>()
+                        .is_ok_and(|n| n.name() == r.name())
                         && (&i.digest == d || i.index_digest.as_ref() == Some(d))
                 })
                 .map(|i| i.name.clone())

@@ -6,6 +6,7 @@
 //! together (pull, import, list, remove, garbage collection).
 
 pub mod apply;
+pub mod archive;
 pub mod build;
 pub mod compress;
 pub mod content;

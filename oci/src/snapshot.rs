@@ -141,6 +141,95 @@ impl SnapshotStore {
         }
     }
 
+    /// Flushes the store's filesystem (all pending snapshots' data) to disk.
+    pub fn sync(&self) -> io::Result<()> {
+        let d = fs::File::open(&self.root)?;
+        rustix::fs::syncfs(&d)?;
+        Ok(())
+    }
+
+    /// Gives each of `implied` (directories a layer needed but did not contain) in `p` the
+    /// owner, mode and mtime of the same directory in the nearest lower layer of `lower`
+    /// (bottom first) that has it, as Docker's applier does when it creates missing parents
+    /// in the merged tree. A whiteout or non-directory below stops the search. Lookups never
+    /// follow symlinks.
+    pub fn inherit_dir_attrs(
+        &self,
+        p: &PendingSnapshot,
+        lower: &[Digest],
+        implied: &[Vec<u8>],
+    ) -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let in_root = rustix::fs::ResolveFlags::IN_ROOT
+            | rustix::fs::ResolveFlags::NO_SYMLINKS
+            | rustix::fs::ResolveFlags::NO_MAGICLINKS;
+        let open_root = |dir: &Path| {
+            rustix::fs::open(
+                dir,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        let lowers: Vec<OwnedFd> = lower
+            .iter()
+            .rev()
+            .map(|c| open_root(&self.fs_dir(c)))
+            .collect::<Result<_, _>>()?;
+        let top = open_root(&p.fs())?;
+        for path in implied {
+            let name = std::ffi::OsStr::from_bytes(path);
+            let mut found = None;
+            for l in &lowers {
+                match rustix::fs::openat2(
+                    l,
+                    name,
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    in_root,
+                ) {
+                    Ok(fd) => {
+                        let st = rustix::fs::fstat(&fd)?;
+                        if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                            == rustix::fs::FileType::Directory
+                        {
+                            found = Some(st);
+                        }
+                        break; // a directory, a whiteout or a file: the search ends here
+                    }
+                    Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => continue,
+                    Err(rustix::io::Errno::LOOP) | Err(rustix::io::Errno::XDEV) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let Some(st) = found else { continue };
+            let d = rustix::fs::openat2(
+                &top,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                in_root,
+            )?;
+            rustix::fs::fchown(
+                &d,
+                Some(rustix::fs::Uid::from_raw(st.st_uid)),
+                Some(rustix::fs::Gid::from_raw(st.st_gid)),
+            )?;
+            rustix::fs::fchmod(&d, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+            let t = rustix::fs::Timespec {
+                tv_sec: st.st_mtime,
+                tv_nsec: st.st_mtime_nsec as _,
+            };
+            rustix::fs::futimens(
+                &d,
+                &rustix::fs::Timestamps {
+                    last_access: t,
+                    last_modification: t,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     pub fn list(&self) -> io::Result<Vec<Digest>> {
         let mut out = Vec::new();
         for e in fs::read_dir(&self.root)? {
