@@ -63,6 +63,40 @@ enum Cmd {
     /// Manage images.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Run a container from an image in the foreground on knode's own runtime, then remove
+    /// it (like `docker run --rm`). Arguments after the image replace its Cmd.
+    Run {
+        image: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// Replace the image's Entrypoint (space-separated words).
+        #[arg(long)]
+        entrypoint: Option<String>,
+        /// Environment variable KEY=VALUE (repeatable).
+        #[arg(long, short)]
+        env: Vec<String>,
+        /// Working directory inside the container.
+        #[arg(long, short)]
+        workdir: Option<String>,
+        /// User: uid, uid:gid, name or name:group (resolved in the image).
+        #[arg(long, short)]
+        user: Option<String>,
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Mount the image read-only.
+        #[arg(long)]
+        read_only: bool,
+        /// All capabilities, no seccomp, no masked paths.
+        #[arg(long)]
+        privileged: bool,
+        #[arg(long)]
+        cap_add: Vec<String>,
+        #[arg(long)]
+        cap_drop: Vec<String>,
+        /// Use the host's network namespace.
+        #[arg(long)]
+        host_network: bool,
+    },
     /// Run the demo: start a local registry (unless --registry), push the demo image built
     /// from busybox, pull it with knode and show it.
     Demo {
@@ -163,6 +197,37 @@ fn pull_options(platform: Option<&str>) -> Result<PullOptions> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::Run {
+            image,
+            args,
+            entrypoint,
+            env,
+            workdir,
+            user,
+            hostname,
+            read_only,
+            privileged,
+            cap_add,
+            cap_drop,
+            host_network,
+        } => {
+            let a = knode::container::RunArgs {
+                image,
+                args,
+                entrypoint: entrypoint.map(|e| e.split_whitespace().map(str::to_string).collect()),
+                env,
+                workdir,
+                user,
+                hostname,
+                read_only,
+                privileged,
+                cap_add,
+                cap_drop,
+                host_network,
+            };
+            let code = knode::container::run(&cli.root, &cli.run_dir, &a)?;
+            std::process::exit(code);
+        }
         Cmd::Demo { registry } => {
             let opts = client_options(&cli.registry)?;
             knode::demo::run(&cli.root, &cli.run_dir, registry.as_deref(), opts)

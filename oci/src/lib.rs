@@ -16,6 +16,7 @@ pub mod image;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub mod runtime;
 pub mod snapshot;
 pub mod spec;
 pub mod tar;

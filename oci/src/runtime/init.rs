@@ -1,0 +1,459 @@
+//! The container process between `clone3` and `exec`: joins namespaces, builds the root
+//! filesystem, confines itself and execs. It runs in the child of a single-threaded parent,
+//! so ordinary Rust code is safe here; every error becomes a message for the parent.
+//!
+//! Mount targets come from specs built from images and manifests, so they are resolved inside
+//! the root with `openat2(RESOLVE_IN_ROOT)` and mounted through `/proc/self/fd/N`: a symlink
+//! in an image can never redirect a mount outside the container's root.
+
+use std::convert::Infallible;
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{self as rfs, FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+use super::Plan;
+
+type R<T> = Result<T, String>;
+
+fn c(s: &str) -> CString {
+    CString::new(s).unwrap_or_default()
+}
+
+fn check(r: libc::c_int, what: impl FnOnce() -> String) -> R<()> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", what(), std::io::Error::last_os_error()))
+    }
+}
+
+fn mount(src: &str, target: &str, fstype: &str, flags: u64, data: &str) -> R<()> {
+    let (s, t, f, d) = (c(src), c(target), c(fstype), c(data));
+    // SAFETY: all pointers are valid NUL-terminated strings (or NULL) for the call's duration.
+    let r = unsafe {
+        libc::mount(
+            if src.is_empty() {
+                std::ptr::null()
+            } else {
+                s.as_ptr()
+            },
+            t.as_ptr(),
+            if fstype.is_empty() {
+                std::ptr::null()
+            } else {
+                f.as_ptr()
+            },
+            flags as libc::c_ulong,
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                d.as_ptr().cast()
+            },
+        )
+    };
+    check(r, || format!("mount {fstype:?} {src:?} on {target:?}"))
+}
+
+/// Resolves `dest` inside the root, creating missing directories (or, for `file`, the final
+/// file), and returns an O_PATH descriptor of it. A symlink on the way (an image's `proc ->
+/// /elsewhere`) is followed inside the root, as runc does: what it names is created there.
+fn target_in_root(root: &OwnedFd, dest: &str, file: bool) -> R<OwnedFd> {
+    target_in_root_depth(root, dest, file, 0)
+}
+
+fn target_in_root_depth(root: &OwnedFd, dest: &str, file: bool, depth: u32) -> R<OwnedFd> {
+    if depth > 40 {
+        return Err(format!(
+            "mount destination {dest:?}: too many levels of symbolic links"
+        ));
+    }
+    let flags = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    let open = |p: &str| {
+        rfs::openat2(
+            root,
+            if p.is_empty() { "." } else { p },
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            flags,
+        )
+    };
+    let parts: Vec<&[u8]> = crate::apply::clean(dest.as_bytes());
+    let parts: Vec<String> = parts
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    let rel = parts.join("/");
+    if let Ok(fd) = open(&rel) {
+        return Ok(fd);
+    }
+    let mut cur = String::new();
+    for (i, p) in parts.iter().enumerate() {
+        let next = if cur.is_empty() {
+            p.clone()
+        } else {
+            format!("{cur}/{p}")
+        };
+        match open(&next) {
+            Ok(_) => {}
+            Err(Errno::NOENT) => {
+                let parent = open(&cur).map_err(|e| format!("mount destination {dest:?}: {e}"))?;
+                if let Ok(link) = rfs::readlinkat(&parent, p.as_str(), Vec::new()) {
+                    // A dangling symlink: continue from where it points, inside the root.
+                    let link = link.to_string_lossy().into_owned();
+                    let base = if link.starts_with('/') {
+                        link
+                    } else {
+                        format!("{cur}/{link}")
+                    };
+                    let rest = parts[i + 1..].join("/");
+                    return target_in_root_depth(root, &format!("{base}/{rest}"), file, depth + 1);
+                }
+                let last = i == parts.len() - 1;
+                let made = if last && file {
+                    rfs::openat(
+                        &parent,
+                        p.as_str(),
+                        OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o644),
+                    )
+                    .map(drop)
+                } else {
+                    rfs::mkdirat(&parent, p.as_str(), Mode::from_raw_mode(0o755))
+                };
+                match made {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(format!("creating mount destination {dest:?}: {e}")),
+                }
+            }
+            Err(e) => return Err(format!("mount destination {dest:?}: {e}")),
+        }
+        cur = next;
+    }
+    open(&rel).map_err(|e| format!("mount destination {dest:?}: {e}"))
+}
+
+fn fd_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+fn setup_mounts(p: &Plan, root: &OwnedFd) -> R<()> {
+    for m in &p.mounts {
+        let src_is_file = m.bind && std::fs::metadata(&m.source).is_ok_and(|md| !md.is_dir());
+        let target = target_in_root(root, &m.dest, src_is_file)?;
+        let t = fd_path(&target);
+        if m.bind {
+            let rec = if m.recursive { libc::MS_REC } else { 0 };
+            mount(&m.source, &t, "", libc::MS_BIND | rec, "")?;
+            let extra =
+                m.flags & (libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC);
+            if extra != 0 {
+                mount(
+                    "",
+                    &t,
+                    "",
+                    libc::MS_BIND | libc::MS_REMOUNT | rec | extra,
+                    "",
+                )?;
+            }
+        } else {
+            mount(&m.source, &t, &m.fstype, m.flags, &m.data)?;
+        }
+    }
+    Ok(())
+}
+
+/// Standard device nodes on the container's /dev tmpfs (OCI "default devices").
+fn setup_dev(root: &OwnedFd) -> R<()> {
+    let Ok(dev) = rfs::openat2(
+        root,
+        "dev",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT,
+    ) else {
+        return Ok(());
+    };
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        match rfs::mknodat(
+            &dev,
+            name,
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o666),
+            rfs::makedev(major, minor),
+        ) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(format!("mknod /dev/{name}: {e}")),
+        }
+    }
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
+    ] {
+        match rfs::symlinkat(target, &dev, name) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(format!("symlink /dev/{name}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn pivot(root: &OwnedFd) -> R<()> {
+    rustix::process::fchdir(root).map_err(|e| format!("chdir to rootfs: {e}"))?;
+    // pivot_root(".", "."): the old root ends up on top of the new one; detach it.
+    let dot = c(".");
+    // SAFETY: valid NUL-terminated paths.
+    let r =
+        unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } as libc::c_int;
+    check(r, || "pivot_root".to_string())?;
+    // SAFETY: valid NUL-terminated path.
+    check(
+        unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) },
+        || "detach the old root".to_string(),
+    )?;
+    rustix::process::chdir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+fn mask(path: &str) -> R<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(md) if md.is_dir() => mount("tmpfs", path, "tmpfs", libc::MS_RDONLY, "size=0"),
+        Ok(_) => mount("/dev/null", path, "", libc::MS_BIND, ""),
+    }
+}
+
+fn readonly(path: &str) -> R<()> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    mount(path, path, "", libc::MS_BIND | libc::MS_REC, "")?;
+    mount(
+        "",
+        path,
+        "",
+        libc::MS_BIND
+            | libc::MS_REMOUNT
+            | libc::MS_REC
+            | libc::MS_RDONLY
+            | libc::MS_NOSUID
+            | libc::MS_NODEV
+            | libc::MS_NOEXEC,
+        "",
+    )
+}
+
+/// Brings the loopback interface of a new network namespace up.
+fn loopback_up() -> R<()> {
+    // SAFETY: socket() has no memory arguments.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: ifreq is a plain C struct; zeroed is a valid value, and the name fits.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo".iter().enumerate() {
+        ifr.ifr_name[i] = *b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we pass; s is a valid socket.
+    let r = unsafe {
+        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr) != 0 {
+            -1
+        } else {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr)
+        }
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: s is a descriptor we own.
+    unsafe { libc::close(s) };
+    if r != 0 {
+        return Err(format!("bringing lo up: {err}"));
+    }
+    Ok(())
+}
+
+fn drop_privileges(p: &Plan) -> R<()> {
+    use caps::CapSet;
+    // A container cannot get capabilities the runtime itself lacks (some hosts drop e.g.
+    // CAP_SYS_RESOURCE from every bounding set): grant what is requested and available.
+    let have =
+        caps::read(None, CapSet::Permitted).map_err(|e| format!("read capabilities: {e}"))?;
+    let only = |s: &std::collections::HashSet<caps::Capability>| -> std::collections::HashSet<caps::Capability> { s.intersection(&have).copied().collect() };
+    let (effective, permitted, inheritable) =
+        (only(&p.effective), only(&p.permitted), only(&p.inheritable));
+    for cap in caps::all() {
+        if !p.bounding.contains(&cap) {
+            // Capabilities the kernel does not know are reported as absent: skip them.
+            if caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+                caps::drop(None, CapSet::Bounding, cap)
+                    .map_err(|e| format!("drop {cap} from the bounding set: {e}"))?;
+            }
+        }
+    }
+    if p.uid != 0 {
+        // Keep the permitted set across setuid; it is set explicitly below.
+        // SAFETY: prctl with integer arguments only.
+        check(
+            unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) },
+            || "PR_SET_KEEPCAPS".into(),
+        )?;
+    }
+    let groups: Vec<libc::gid_t> = p.groups.clone();
+    // SAFETY: the pointer and length describe a valid gid_t array.
+    check(
+        unsafe { libc::setgroups(groups.len(), groups.as_ptr()) },
+        || "setgroups".into(),
+    )?;
+    // SAFETY: integer arguments only; this process is single-threaded, so the raw per-thread
+    // syscalls cover the whole process.
+    check(
+        unsafe { libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) } as i32,
+        || format!("setgid {}", p.gid),
+    )?;
+    // SAFETY: as above.
+    check(
+        unsafe { libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) } as i32,
+        || format!("setuid {}", p.uid),
+    )?;
+    caps::set(None, CapSet::Effective, &effective)
+        .map_err(|e| format!("set effective capabilities: {e}"))?;
+    caps::set(None, CapSet::Permitted, &permitted)
+        .map_err(|e| format!("set permitted capabilities: {e}"))?;
+    caps::set(None, CapSet::Inheritable, &inheritable)
+        .map_err(|e| format!("set inheritable capabilities: {e}"))?;
+    caps::clear(None, CapSet::Ambient).map_err(|e| format!("clear ambient capabilities: {e}"))?;
+    for cap in p.ambient.intersection(&inheritable) {
+        caps::raise(None, CapSet::Ambient, *cap)
+            .map_err(|e| format!("raise ambient {cap}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn find_executable(p: &Plan) -> R<CString> {
+    let arg0 = p.argv[0].to_str().unwrap_or("");
+    if arg0.contains('/') {
+        return Ok(p.argv[0].clone());
+    }
+    for dir in p.path.split(':').filter(|d| !d.is_empty()) {
+        let cand = format!("{dir}/{arg0}");
+        if let Ok(md) = std::fs::metadata(&cand) {
+            use std::os::unix::fs::PermissionsExt;
+            if md.is_file() && md.permissions().mode() & 0o111 != 0 {
+                return Ok(c(&cand));
+            }
+        }
+    }
+    Err(format!("exec {arg0:?}: executable file not found in $PATH"))
+}
+
+fn setup(p: &Plan) -> R<Infallible> {
+    rustix::process::umask(Mode::empty());
+    for (fd, ns) in &p.join {
+        // SAFETY: a valid namespace descriptor; this process is single-threaded.
+        check(unsafe { libc::setns(fd.as_raw_fd(), *ns) }, || {
+            format!("join namespace {ns:#x}")
+        })?;
+    }
+    if p.new_net {
+        loopback_up()?;
+    }
+    if let Some(h) = &p.hostname {
+        rustix::system::sethostname(h.as_bytes()).map_err(|e| format!("sethostname {h:?}: {e}"))?;
+    }
+    // Nothing done here may propagate back to the host.
+    mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")?;
+    let rootfs = p.rootfs.to_string_lossy().into_owned();
+    mount(&rootfs, &rootfs, "", libc::MS_BIND | libc::MS_REC, "")?;
+    let root = rfs::open(
+        &p.rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("open rootfs: {e}"))?;
+    setup_mounts(p, &root)?;
+    setup_dev(&root)?;
+    pivot(&root)?;
+    drop(root);
+    for m in &p.masked {
+        mask(m)?;
+    }
+    for r in &p.readonly {
+        readonly(r)?;
+    }
+    if p.readonly_root {
+        mount(
+            "",
+            "/",
+            "",
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            "",
+        )?;
+    }
+    if !p.readonly_root {
+        let _ = std::fs::create_dir_all(&p.cwd);
+    }
+    rustix::process::chdir(p.cwd.as_str()).map_err(|e| format!("chdir {:?}: {e}", p.cwd))?;
+    let exe = find_executable(p)?;
+    // Descriptors the caller did not mean to pass stop at exec.
+    // SAFETY: close_range with integer arguments only.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    for prog in &p.seccomp {
+        seccompiler::apply_filter(prog).map_err(|e| format!("install seccomp filter: {e}"))?;
+    }
+    drop_privileges(p)?;
+    if p.no_new_privs {
+        // SAFETY: prctl with integer arguments only.
+        check(
+            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
+            || "PR_SET_NO_NEW_PRIVS".into(),
+        )?;
+    }
+    rustix::process::umask(Mode::from_raw_mode(0o022));
+    let argv: Vec<*const libc::c_char> = p
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp: Vec<*const libc::c_char> = p
+        .envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
+    unsafe { libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    Err(format!(
+        "exec {:?}: {}",
+        OsStr::from_bytes(exe.as_bytes()),
+        std::io::Error::last_os_error()
+    ))
+}
+
+/// Runs the container setup; returns only with the reason it failed.
+pub(super) fn run(p: &Plan) -> String {
+    match setup(p) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}

@@ -1,0 +1,159 @@
+//! `knode run`: one container from an image, in the foreground, on knode's own runtime (like
+//! `docker run --rm`). The image is mounted as an overlay (its snapshots plus a fresh upper
+//! dir), a runtime spec is built with containerd's defaults and the image's config, and the
+//! container runs in new mount, PID, UTS, IPC, network and cgroup namespaces. Everything is
+//! unmounted and removed when it exits.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use anyhow::{bail, Context, Result};
+use oci::runtime::spec::{self, ContainerConfig};
+
+use crate::image_cli;
+
+#[derive(Debug, Clone, Default)]
+pub struct RunArgs {
+    pub image: String,
+    /// Replaces the image's Cmd.
+    pub args: Vec<String>,
+    /// Replaces the image's Entrypoint.
+    pub entrypoint: Option<Vec<String>>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub hostname: Option<String>,
+    pub read_only: bool,
+    pub privileged: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    /// Share the host's network namespace instead of a new one (loopback only).
+    pub host_network: bool,
+}
+
+/// Unmounts and removes a container's directories, whatever happened.
+struct Cleanup {
+    rootfs: PathBuf,
+    dirs: Vec<PathBuf>,
+    mounted: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.mounted {
+            if let Err(e) =
+                rustix::mount::unmount(&self.rootfs, rustix::mount::UnmountFlags::DETACH)
+            {
+                tracing::warn!(rootfs = %self.rootfs.display(), error = %e, "unmounting the container rootfs");
+            }
+        }
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = CHILD.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe and takes integers only.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+fn new_id() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let d = oci::digest::Digest::of(format!("{}-{}", t.as_nanos(), std::process::id()).as_bytes());
+    d.hex()[..12].to_string()
+}
+
+/// Runs the container and returns its exit code.
+pub fn run(root: &Path, run_dir: &Path, a: &RunArgs) -> Result<i32> {
+    let store = image_cli::store_at(root)?;
+    let rec = match store.get(&a.image) {
+        Ok(r) => r,
+        Err(oci::image::ImageError::NotFound(_)) => {
+            // Pull in a child process: this one must stay single-threaded for the runtime.
+            let st = Command::new("/proc/self/exe")
+                .arg("--root")
+                .arg(root)
+                .args(["image", "pull", &a.image])
+                .status()
+                .context("starting the image pull")?;
+            if !st.success() {
+                bail!("pulling {} failed", a.image);
+            }
+            store.get(&a.image)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let id = new_id();
+    let state = root.join("containers").join(&id);
+    let rootfs = run_dir.join("containers").join(&id).join("rootfs");
+    let (upper, work) = (state.join("upper"), state.join("work"));
+    for d in [&rootfs, &upper, &work] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let mut cleanup = Cleanup {
+        rootfs: rootfs.clone(),
+        dirs: vec![state, run_dir.join("containers").join(&id)],
+        mounted: false,
+    };
+    store.mount(&rec, &rootfs, &upper, &work)?;
+    cleanup.mounted = true;
+
+    let image = store.config(&rec)?.config.unwrap_or_default();
+    let hostname = a.hostname.clone().unwrap_or_else(|| id.clone());
+    let args = spec::argv(
+        &image,
+        a.entrypoint.as_deref(),
+        (!a.args.is_empty()).then_some(a.args.as_slice()),
+    )?;
+    let user = a
+        .user
+        .clone()
+        .or_else(|| image.user.clone().filter(|u| !u.is_empty()))
+        .unwrap_or_default();
+    let (uid, gid, additional_gids) = spec::resolve_user(&rootfs, &user)?;
+    let mut namespaces: Vec<(String, Option<String>)> = ["pid", "ipc", "uts", "mount", "cgroup"]
+        .iter()
+        .map(|t| (t.to_string(), None))
+        .collect();
+    if !a.host_network {
+        namespaces.push(("network".into(), None));
+    }
+    let cfg = ContainerConfig {
+        env: spec::environment(&image, &a.env, &hostname),
+        args,
+        cwd: a
+            .workdir
+            .clone()
+            .or_else(|| image.working_dir.clone().filter(|w| !w.is_empty()))
+            .unwrap_or_else(|| "/".into()),
+        uid,
+        gid,
+        additional_gids,
+        hostname,
+        readonly_rootfs: a.read_only,
+        privileged: a.privileged,
+        cap_add: a.cap_add.clone(),
+        cap_drop: a.cap_drop.clone(),
+        namespaces,
+    };
+    let spec = spec::build(&cfg, &rootfs)?;
+    let started = oci::runtime::start(&spec)?;
+    CHILD.store(started.pid, Ordering::SeqCst);
+    // SAFETY: installs a handler that only calls kill(2), which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, forward as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, forward as *const () as libc::sighandler_t);
+    }
+    let code = oci::runtime::wait(started.pid)?;
+    drop(cleanup);
+    Ok(code)
+}
