@@ -144,6 +144,7 @@ pub fn run(root: &Path, run_dir: &Path, a: &RunArgs) -> Result<i32> {
         cap_add: a.cap_add.clone(),
         cap_drop: a.cap_drop.clone(),
         namespaces,
+        binds: vec![],
     };
     let spec = spec::build(&cfg, &rootfs)?;
     let started = oci::runtime::start(&spec)?;
@@ -156,4 +157,117 @@ pub fn run(root: &Path, run_dir: &Path, a: &RunArgs) -> Result<i32> {
     let code = oci::runtime::wait(started.pid)?;
     drop(cleanup);
     Ok(code)
+}
+
+/// A container of a pod: its image mounted, started under a shim in the pod's sandbox.
+pub struct PodContainer {
+    /// The shim's state directory (`pid`, `exit.json`, ...).
+    pub state: PathBuf,
+    pub rootfs: PathBuf,
+    pub pid: i32,
+}
+
+/// What a pod container runs (already resolved from the pod spec and the image).
+pub struct PodContainerSpec {
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    pub env: Vec<String>,
+    pub user: Option<String>,
+    pub log_path: PathBuf,
+}
+
+impl PodContainer {
+    /// Mounts the image under `dir` (`rootfs`, `upper`, `work`, `state`) and starts the
+    /// container in the sandbox's namespaces, with its own mount and PID namespaces.
+    pub fn start(
+        exe: &Path,
+        store: &oci::image::ImageStore,
+        sandbox: &crate::sandbox::Sandbox,
+        hostname: &str,
+        dir: &Path,
+        c: &PodContainerSpec,
+    ) -> Result<PodContainer> {
+        let rec = store.get(&c.image)?;
+        let (rootfs, upper, work, state) = (
+            dir.join("rootfs"),
+            dir.join("upper"),
+            dir.join("work"),
+            dir.join("state"),
+        );
+        for d in [&rootfs, &upper, &work, &state] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        store.mount(&rec, &rootfs, &upper, &work)?;
+        let started = (|| -> Result<i32> {
+            let image = store.config(&rec)?.config.unwrap_or_default();
+            let args = spec::argv(&image, c.command.as_deref(), c.args.as_deref())?;
+            let user = c
+                .user
+                .clone()
+                .or_else(|| image.user.clone().filter(|u| !u.is_empty()))
+                .unwrap_or_default();
+            let (uid, gid, additional_gids) = spec::resolve_user(&rootfs, &user)?;
+            let mut namespaces = sandbox.namespaces();
+            namespaces.extend(
+                ["pid", "mount", "cgroup"]
+                    .iter()
+                    .map(|t| (t.to_string(), None)),
+            );
+            let cfg = ContainerConfig {
+                env: spec::environment(&image, &c.env, hostname),
+                args,
+                cwd: image
+                    .working_dir
+                    .clone()
+                    .filter(|w| !w.is_empty())
+                    .unwrap_or_else(|| "/".into()),
+                uid,
+                gid,
+                additional_gids,
+                hostname: hostname.to_string(),
+                readonly_rootfs: false,
+                privileged: false,
+                cap_add: vec![],
+                cap_drop: vec![],
+                namespaces,
+                binds: vec![spec::Bind {
+                    source: sandbox.shm().to_string_lossy().into_owned(),
+                    destination: "/dev/shm".into(),
+                    readonly: false,
+                }],
+            };
+            let spec = spec::build(&cfg, &rootfs)?;
+            crate::shim::spawn(
+                exe,
+                &state,
+                &crate::shim::ShimConfig {
+                    spec,
+                    log_path: c.log_path.clone(),
+                    log_max_bytes: 10 << 20,
+                    log_max_files: 5,
+                },
+            )
+        })();
+        match started {
+            Ok(pid) => Ok(PodContainer { state, rootfs, pid }),
+            Err(e) => {
+                let _ = rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::DETACH);
+                Err(e)
+            }
+        }
+    }
+
+    /// Unmounts the container's rootfs (after it exited) and removes its directory.
+    pub fn remove(&self) -> Result<()> {
+        if let Err(e) = rustix::mount::unmount(&self.rootfs, rustix::mount::UnmountFlags::DETACH) {
+            if e != rustix::io::Errno::INVAL && e != rustix::io::Errno::NOENT {
+                return Err(e).context("unmounting the container rootfs");
+            }
+        }
+        if let Some(dir) = self.rootfs.parent() {
+            std::fs::remove_dir_all(dir).context("removing the container directory")?;
+        }
+        Ok(())
+    }
 }

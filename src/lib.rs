@@ -5,3 +5,6 @@ pub mod container;
 pub mod demo;
 pub mod image_cli;
 pub mod localregistry;
+pub mod logs;
+pub mod sandbox;
+pub mod shim;

@@ -97,6 +97,16 @@ enum Cmd {
         #[arg(long)]
         host_network: bool,
     },
+    /// Internal: pin a pod sandbox's namespaces (run by the agent).
+    #[command(name = "__pin-ns", hide = true)]
+    PinNs {
+        dir: PathBuf,
+        hostname: String,
+        kinds: Vec<String>,
+    },
+    /// Internal: supervise one container (run by the agent).
+    #[command(name = "__shim", hide = true)]
+    Shim { state: PathBuf, report_fd: i32 },
     /// Run the demo: start a local registry (unless --registry), push the demo image built
     /// from busybox, pull it with knode and show it.
     Demo {
@@ -197,6 +207,12 @@ fn pull_options(platform: Option<&str>) -> Result<PullOptions> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::PinNs {
+            dir,
+            hostname,
+            kinds,
+        } => knode::sandbox::pin_namespaces(&dir, &hostname, &kinds),
+        Cmd::Shim { state, report_fd } => knode::shim::main(&state, report_fd),
         Cmd::Run {
             image,
             args,

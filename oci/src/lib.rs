@@ -20,3 +20,4 @@ pub mod runtime;
 pub mod snapshot;
 pub mod spec;
 pub mod tar;
+pub use oci_spec;

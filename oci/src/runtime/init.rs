@@ -150,11 +150,14 @@ fn setup_mounts(p: &Plan, root: &OwnedFd) -> R<()> {
             let extra =
                 m.flags & (libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC);
             if extra != 0 {
+                // The old descriptor names the directory under the new mount: reopen the
+                // target to reach the bind mount itself.
+                let mounted = target_in_root(root, &m.dest, src_is_file)?;
                 mount(
                     "",
-                    &t,
+                    &fd_path(&mounted),
                     "",
-                    libc::MS_BIND | libc::MS_REMOUNT | rec | extra,
+                    libc::MS_BIND | libc::MS_REMOUNT | extra,
                     "",
                 )?;
             }
@@ -256,7 +259,7 @@ fn readonly(path: &str) -> R<()> {
 }
 
 /// Brings the loopback interface of a new network namespace up.
-fn loopback_up() -> R<()> {
+pub fn loopback_up() -> R<()> {
     // SAFETY: socket() has no memory arguments.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if s < 0 {

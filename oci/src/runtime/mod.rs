@@ -8,7 +8,7 @@
 //! and execs; if anything fails before exec it writes the reason to a close-on-exec pipe,
 //! so the parent reports "exec failed: ..." instead of a bare exit code.
 
-mod init;
+pub mod init;
 pub mod seccomp;
 pub mod spec;
 

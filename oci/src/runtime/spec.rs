@@ -73,6 +73,16 @@ pub struct ContainerConfig {
     /// Namespaces: type (`network`, `ipc`, `uts`, `pid`, `mount`, `cgroup`) and an optional
     /// path to join instead of creating a new one.
     pub namespaces: Vec<(String, Option<String>)>,
+    /// Bind mounts (volumes, the pod's /dev/shm, /etc/hosts...); one at /dev/shm replaces the
+    /// container's private one.
+    pub binds: Vec<Bind>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Bind {
+    pub source: String,
+    pub destination: String,
+    pub readonly: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +196,24 @@ pub fn build(cfg: &ContainerConfig, rootfs: &Path) -> Result<Spec, SpecError> {
     } else {
         json!(["nosuid", "noexec", "nodev", "ro"])
     };
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_opts}),
+    ];
+    if cfg.binds.iter().any(|b| b.destination == "/dev/shm") {
+        mounts.retain(|m| m["destination"] != "/dev/shm");
+    }
+    for b in &cfg.binds {
+        let mut opts = vec!["rbind", "nosuid", "nodev"];
+        if b.readonly {
+            opts.push("ro");
+        }
+        mounts.push(json!({"destination": b.destination, "type": "bind", "source": b.source, "options": opts}));
+    }
     let spec = json!({
         "ociVersion": "1.1.0",
         "process": {
@@ -199,14 +227,7 @@ pub fn build(cfg: &ContainerConfig, rootfs: &Path) -> Result<Spec, SpecError> {
         },
         "root": {"path": rootfs, "readonly": cfg.readonly_rootfs},
         "hostname": cfg.hostname,
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_opts},
-        ],
+        "mounts": mounts,
         "linux": {
             "namespaces": namespaces,
             "maskedPaths": masked,
@@ -336,6 +357,7 @@ mod tests {
             cap_add: s(&["NET_ADMIN"]),
             cap_drop: s(&["cap_chown"]),
             namespaces: vec![("pid".into(), None)],
+            binds: vec![],
         };
         let spec = build(&c, Path::new("/r")).unwrap();
         let js = serde_json::to_value(&spec).unwrap();

@@ -1,0 +1,214 @@
+//! Container logs in the CRI format and layout the kubelet uses:
+//! `/var/log/pods/<ns>_<pod>_<uid>/<container>/<restartCount>.log`, one line per record:
+//! `2016-10-06T00:17:09.669794202Z stdout F text` (`P` marks a partial line, split because it
+//! was too long). Files rotate by size: `N.log` becomes `N.log.1`, `.1` becomes `.2`, and so on.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+/// Lines longer than this are split into partial (`P`) records, as CRI runtimes do.
+pub const MAX_LINE: usize = 16 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+pub struct CriWriter {
+    path: PathBuf,
+    file: File,
+    written: u64,
+    max_bytes: u64,
+    max_files: u32,
+    pending: [Vec<u8>; 2],
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+impl CriWriter {
+    pub fn open(path: &Path, max_bytes: u64, max_files: u32) -> io::Result<CriWriter> {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let written = file.metadata()?.len();
+        Ok(CriWriter {
+            path: path.to_path_buf(),
+            file,
+            written,
+            max_bytes,
+            max_files: max_files.max(1),
+            pending: [Vec::new(), Vec::new()],
+        })
+    }
+
+    fn record(&mut self, stream: Stream, tag: char, msg: &[u8]) -> io::Result<()> {
+        let mut line = format!("{} {} {} ", now(), stream.name(), tag).into_bytes();
+        line.extend_from_slice(msg);
+        line.push(b'\n');
+        if self.written > 0 && self.written + line.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(&line)?;
+        self.written += line.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let name = |i: u32| PathBuf::from(format!("{}.{i}", self.path.display()));
+        let _ = std::fs::remove_file(name(self.max_files - 1));
+        for i in (1..self.max_files.saturating_sub(1)).rev() {
+            let _ = std::fs::rename(name(i), name(i + 1));
+        }
+        if self.max_files > 1 {
+            std::fs::rename(&self.path, name(1))?;
+        } else {
+            std::fs::remove_file(&self.path)?;
+        }
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.written = 0;
+        Ok(())
+    }
+
+    /// Takes bytes a container wrote; full lines become records at once.
+    pub fn write(&mut self, stream: Stream, data: &[u8]) -> io::Result<()> {
+        let idx = stream as usize;
+        let mut buf = std::mem::take(&mut self.pending[idx]);
+        buf.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+            let line = &buf[start..start + nl];
+            for (i, chunk) in line.chunks(MAX_LINE).enumerate() {
+                let last = (i + 1) * MAX_LINE >= line.len();
+                self.record(stream, if last { 'F' } else { 'P' }, chunk)?;
+            }
+            if line.is_empty() {
+                self.record(stream, 'F', b"")?;
+            }
+            start += nl + 1;
+        }
+        let mut rest = buf.split_off(start);
+        while rest.len() >= MAX_LINE {
+            let tail = rest.split_off(MAX_LINE);
+            self.record(stream, 'P', &rest)?;
+            rest = tail;
+        }
+        self.pending[idx] = rest;
+        Ok(())
+    }
+
+    /// Writes what is left of unterminated lines (the stream ended).
+    pub fn flush_partial(&mut self) -> io::Result<()> {
+        for s in [Stream::Stdout, Stream::Stderr] {
+            let rest = std::mem::take(&mut self.pending[s as usize]);
+            if !rest.is_empty() {
+                self.record(s, 'F', &rest)?;
+            }
+        }
+        self.file.flush()
+    }
+}
+
+/// One parsed log record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub time: String,
+    pub stream: String,
+    pub partial: bool,
+    pub msg: String,
+}
+
+pub fn parse_line(line: &str) -> Option<Record> {
+    let mut it = line.splitn(4, ' ');
+    let (time, stream, tag) = (it.next()?, it.next()?, it.next()?);
+    Some(Record {
+        time: time.to_string(),
+        stream: stream.to_string(),
+        partial: tag == "P",
+        msg: it.next().unwrap_or("").to_string(),
+    })
+}
+
+/// The container's output as it wrote it (records joined back), optionally only the last
+/// `tail` lines, from the rotated files and the current one in order.
+pub fn read(path: &Path, tail: Option<usize>) -> io::Result<Vec<String>> {
+    let mut files: Vec<PathBuf> = (1..100)
+        .map(|i| PathBuf::from(format!("{}.{i}", path.display())))
+        .filter(|p| p.exists())
+        .collect();
+    files.reverse();
+    files.push(path.to_path_buf());
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for f in files {
+        let Ok(file) = File::open(&f) else { continue };
+        for l in BufReader::new(file).lines() {
+            let Some(r) = parse_line(&l?) else { continue };
+            cur.push_str(&r.msg);
+            if !r.partial {
+                lines.push(std::mem::take(&mut cur));
+            }
+        }
+    }
+    if let Some(t) = tail {
+        let skip = lines.len().saturating_sub(t);
+        lines.drain(..skip);
+    }
+    Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_partials_and_rotation() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("0.log");
+        let mut w = CriWriter::open(&p, 400, 3).unwrap();
+        w.write(Stream::Stdout, b"hello\nwor").unwrap();
+        w.write(Stream::Stderr, b"oops\n").unwrap();
+        w.write(Stream::Stdout, b"ld\n").unwrap();
+        let long = vec![b'x'; MAX_LINE + 10];
+        w.write(Stream::Stdout, &long).unwrap();
+        w.write(Stream::Stdout, b"\nend").unwrap();
+        w.flush_partial().unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let first = std::fs::read_to_string(format!("{}.2", p.display())).unwrap_or_default()
+            + &std::fs::read_to_string(format!("{}.1", p.display())).unwrap_or_default();
+        let all = first + &text;
+        let recs: Vec<Record> = all.lines().map(|l| parse_line(l).unwrap()).collect();
+        assert!(
+            recs[0].time.ends_with('Z') && recs[0].stream == "stdout" && recs[0].msg == "hello"
+        );
+        assert!(recs.iter().any(|r| r.stream == "stderr" && r.msg == "oops"));
+        assert!(recs.iter().any(|r| r.partial), "the long line was split");
+        let lines = read(&p, None).unwrap();
+        assert!(lines.contains(&"world".to_string()));
+        assert_eq!(
+            lines.iter().find(|l| l.starts_with('x')).unwrap().len(),
+            MAX_LINE + 10
+        );
+        assert_eq!(read(&p, Some(1)).unwrap(), vec!["end".to_string()]);
+        assert!(
+            std::path::Path::new(&format!("{}.1", p.display())).exists(),
+            "rotated"
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! Pod sandboxes: the network, IPC and UTS namespaces a pod's containers share, held for the
+//! pod's life.
+//!
+//! Choice: the namespaces are pinned by bind-mounting their nsfs files
+//! (`<dir>/ns/{net,ipc,uts}`), as CRI-O does, instead of keeping a pause process. Nothing runs
+//! for an idle sandbox, nothing can crash, and nothing needs re-adopting after an agent
+//! restart: the mounts are the state. A short-lived helper (`knode __pin-ns`) creates the
+//! namespaces with unshare(2), sets the hostname, brings loopback up and bind-mounts its own
+//! `/proc/self/ns/*` files, then exits.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// Which namespaces a pod shares with the host instead of having its own.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxOptions {
+    pub hostname: String,
+    /// `hostNetwork` (also keeps the host's UTS namespace, as Kubernetes does).
+    pub host_network: bool,
+    /// `hostIPC`.
+    pub host_ipc: bool,
+}
+
+pub struct Sandbox {
+    pub dir: PathBuf,
+}
+
+const KINDS: [(&str, &str, libc::c_int); 3] = [
+    ("net", "network", libc::CLONE_NEWNET),
+    ("ipc", "ipc", libc::CLONE_NEWIPC),
+    ("uts", "uts", libc::CLONE_NEWUTS),
+];
+
+impl Sandbox {
+    /// Creates the sandbox's namespaces under `dir` (which must not exist yet). `exe` is the
+    /// knode binary that runs the helper.
+    pub fn create(exe: &Path, dir: &Path, o: &SandboxOptions) -> Result<Sandbox> {
+        let ns = dir.join("ns");
+        std::fs::create_dir_all(&ns).with_context(|| format!("creating {}", ns.display()))?;
+        let mut kinds = vec![];
+        if !o.host_network {
+            kinds.extend(["net", "uts"]);
+        }
+        if !o.host_ipc {
+            kinds.push("ipc");
+        }
+        let sb = Sandbox {
+            dir: dir.to_path_buf(),
+        };
+        // The pod's /dev/shm: one tmpfs all its containers share (POSIX shared memory).
+        if !o.host_ipc {
+            let shm = dir.join("shm");
+            std::fs::create_dir_all(&shm)?;
+            rustix::mount::mount(
+                "shm",
+                &shm,
+                "tmpfs",
+                rustix::mount::MountFlags::NOSUID
+                    | rustix::mount::MountFlags::NODEV
+                    | rustix::mount::MountFlags::NOEXEC,
+                Some(c"mode=1777,size=65536k"),
+            )
+            .context("mounting the pod's /dev/shm")?;
+        }
+        if kinds.is_empty() {
+            return Ok(sb);
+        }
+        let out = Command::new(exe)
+            .arg("__pin-ns")
+            .arg(&ns)
+            .arg(&o.hostname)
+            .args(&kinds)
+            .output()
+            .context("starting the namespace helper")?;
+        if !out.status.success() {
+            let _ = sb.remove();
+            bail!(
+                "creating the pod sandbox: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(sb)
+    }
+
+    pub fn open(dir: &Path) -> Sandbox {
+        Sandbox {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The namespaces for a container's runtime spec: pinned ones to join; the host's are
+    /// simply not listed.
+    pub fn namespaces(&self) -> Vec<(String, Option<String>)> {
+        KINDS
+            .iter()
+            .filter_map(|(file, kind, _)| {
+                let p = self.dir.join("ns").join(file);
+                is_pinned(&p).then(|| (kind.to_string(), Some(p.to_string_lossy().into_owned())))
+            })
+            .collect()
+    }
+
+    /// The pod's shared /dev/shm (the host's with `hostIPC`).
+    pub fn shm(&self) -> PathBuf {
+        let p = self.dir.join("shm");
+        if p.exists() {
+            p
+        } else {
+            PathBuf::from("/dev/shm")
+        }
+    }
+
+    /// Unpins the namespaces (they vanish with their last user) and removes the directory.
+    pub fn remove(&self) -> Result<()> {
+        let shm = self.dir.join("shm");
+        if is_pinned(&shm) {
+            rustix::mount::unmount(&shm, rustix::mount::UnmountFlags::DETACH)
+                .context("unmounting the pod's /dev/shm")?;
+        }
+        for (file, _, _) in KINDS {
+            let p = self.dir.join("ns").join(file);
+            if is_pinned(&p) {
+                rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH)
+                    .with_context(|| format!("unmounting {}", p.display()))?;
+            }
+        }
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).context("removing the sandbox directory")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Whether `p` is a bind-mounted namespace file.
+fn is_pinned(p: &Path) -> bool {
+    let Ok(md) = std::fs::metadata(p) else {
+        return false;
+    };
+    let Ok(parent) = std::fs::metadata(p.parent().unwrap_or(Path::new("/"))) else {
+        return false;
+    };
+    use std::os::unix::fs::MetadataExt;
+    md.dev() != parent.dev()
+}
+
+/// The helper's body (`knode __pin-ns DIR HOSTNAME KIND...`): runs in its own short-lived,
+/// single-threaded process.
+pub fn pin_namespaces(dir: &Path, hostname: &str, kinds: &[String]) -> Result<()> {
+    let mut flags = 0;
+    for k in kinds {
+        let (_, _, f) = KINDS
+            .iter()
+            .find(|(file, _, _)| file == k)
+            .with_context(|| format!("unknown namespace {k}"))?;
+        flags |= f;
+    }
+    // SAFETY: unshare takes integer flags only.
+    if unsafe { libc::unshare(flags) } != 0 {
+        bail!("unshare: {}", std::io::Error::last_os_error());
+    }
+    if flags & libc::CLONE_NEWUTS != 0 {
+        rustix::system::sethostname(hostname.as_bytes())
+            .with_context(|| format!("sethostname {hostname:?}"))?;
+    }
+    if flags & libc::CLONE_NEWNET != 0 {
+        oci::runtime::init::loopback_up().map_err(anyhow::Error::msg)?;
+    }
+    for k in kinds {
+        let target = dir.join(k);
+        std::fs::File::create(&target).with_context(|| format!("creating {}", target.display()))?;
+        rustix::mount::mount_bind(format!("/proc/self/ns/{k}").as_str(), &target)
+            .with_context(|| format!("pinning the {k} namespace at {}", target.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! The per-container supervisor (containerd's shim idea, done lean): a small process that
+//! starts one container, copies its output into the CRI log, waits for it and records how it
+//! exited. It runs in a session of its own, detached from whoever started it, so containers
+//! keep running and keep being logged when the agent is killed or upgraded; a restarted agent
+//! finds everything in the state directory:
+//!
+//! - `config.json` what to run (written by the starter);
+//! - `pid`         the container's PID, once it runs;
+//! - `exit.json`   `{ "code", "finishedAt", "reason" }`, written atomically when it exits.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::logs::{CriWriter, Stream};
+
+#[derive(Serialize, Deserialize)]
+pub struct ShimConfig {
+    pub spec: oci::oci_spec::runtime::Spec,
+    pub log_path: PathBuf,
+    pub log_max_bytes: u64,
+    pub log_max_files: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitStatus {
+    pub code: i32,
+    pub finished_at: String,
+    pub reason: String,
+}
+
+/// Starts a shim for the container described in `state/config.json`; returns the container's
+/// PID once it runs, or the reason it could not start.
+pub fn spawn(exe: &Path, state: &Path, cfg: &ShimConfig) -> Result<i32> {
+    std::fs::create_dir_all(state)?;
+    oci::fsutil::write_atomic(&state.join("config.json"), &serde_json::to_vec(cfg)?)?;
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let wfd = w.as_raw_fd();
+    let mut cmd = Command::new(exe);
+    cmd.arg("__shim")
+        .arg(state)
+        .arg(wfd.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: the closure only makes async-signal-safe calls (fcntl) between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            // Let the report pipe survive exec.
+            if libc::fcntl(wfd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the container shim")?;
+    drop(w);
+    // The shim forks into the background at once; reap the foreground half.
+    child.wait()?;
+    let mut msg = String::new();
+    std::fs::File::from(r).read_to_string(&mut msg)?;
+    match msg.strip_prefix("started ") {
+        Some(pid) => Ok(pid.trim().parse()?),
+        None if msg.is_empty() => bail!("the container shim died before reporting"),
+        None => bail!("{}", msg.trim()),
+    }
+}
+
+/// The exit status, once the container has exited.
+pub fn exit_status(state: &Path) -> Option<ExitStatus> {
+    serde_json::from_slice(&std::fs::read(state.join("exit.json")).ok()?).ok()
+}
+
+/// Waits until the container has exited and its shim has recorded it (the shim exits right
+/// after writing `exit.json`), without polling: a pidfd of the shim becomes readable when it
+/// exits. `timeout` bounds the wait.
+pub fn wait_exit(state: &Path, timeout: std::time::Duration) -> Result<ExitStatus> {
+    if let Some(s) = exit_status(state) {
+        return Ok(s);
+    }
+    let shim: i32 = std::fs::read_to_string(state.join("shim.pid"))
+        .context("reading shim.pid")?
+        .trim()
+        .parse()
+        .context("parsing shim.pid")?;
+    // SAFETY: pidfd_open takes integers only.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, shim, 0) };
+    if fd >= 0 {
+        // SAFETY: the kernel just returned this descriptor to us.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut p = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let ts = rustix::event::Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        rustix::event::poll(&mut p, Some(&ts)).context("waiting for the shim")?;
+    }
+    exit_status(state)
+        .with_context(|| format!("the container in {} has not exited", state.display()))
+}
+
+pub fn pid(state: &Path) -> Option<i32> {
+    std::fs::read_to_string(state.join("pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The shim's body (`knode __shim STATE REPORT_FD`).
+pub fn main(state: &Path, report_fd: i32) -> Result<()> {
+    // SAFETY: the starter passed this descriptor to us for exactly this purpose.
+    let report = unsafe { OwnedFd::from_raw_fd(report_fd) };
+    // Detach: the foreground half exits, the background half leads a new session.
+    // SAFETY: fork in a single-threaded process; the child continues normally.
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {}
+        _ => std::process::exit(0),
+    }
+    // SAFETY: no arguments; this process is not a group leader after fork.
+    unsafe { libc::setsid() };
+    oci::fsutil::write_atomic(
+        &state.join("shim.pid"),
+        std::process::id().to_string().as_bytes(),
+    )?;
+    let mut report = std::fs::File::from(report);
+    match supervise(state, &mut report) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = write!(report, "{e:#}");
+            Err(e)
+        }
+    }
+}
+
+fn supervise(state: &Path, report: &mut std::fs::File) -> Result<()> {
+    let cfg: ShimConfig = serde_json::from_slice(&std::fs::read(state.join("config.json"))?)?;
+    let mut log = CriWriter::open(&cfg.log_path, cfg.log_max_bytes, cfg.log_max_files)
+        .with_context(|| format!("opening {}", cfg.log_path.display()))?;
+    let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let null = std::fs::File::open("/dev/null")?;
+    // The container inherits fds 0-2: point them at /dev/null and the log pipes.
+    for (from, to) in [
+        (null.as_raw_fd(), 0),
+        (out_w.as_raw_fd(), 1),
+        (err_w.as_raw_fd(), 2),
+    ] {
+        // SAFETY: both descriptors are valid; dup2 replaces the standard descriptor.
+        if unsafe { libc::dup2(from, to) } < 0 {
+            bail!("dup2: {}", std::io::Error::last_os_error());
+        }
+    }
+    let started = oci::runtime::start(&cfg.spec);
+    // The shim keeps no write end: the pipes reach EOF when the container's side closes.
+    for fd in [1, 2] {
+        // SAFETY: as above, re-pointing our own standard descriptors at /dev/null.
+        unsafe { libc::dup2(null.as_raw_fd(), fd) };
+    }
+    drop((out_w, err_w));
+    let started = started?;
+    oci::fsutil::write_atomic(&state.join("pid"), started.pid.to_string().as_bytes())?;
+    write!(report, "started {}", started.pid)?;
+    drop(std::mem::replace(report, std::fs::File::open("/dev/null")?));
+
+    copy_output(&mut log, out_r, err_r);
+    let code = oci::runtime::wait(started.pid)?;
+    let _ = log.flush_partial();
+    let status = ExitStatus {
+        code,
+        finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        reason: if code == 0 {
+            "Completed".into()
+        } else {
+            "Error".into()
+        },
+    };
+    oci::fsutil::write_atomic(&state.join("exit.json"), &serde_json::to_vec(&status)?)?;
+    Ok(())
+}
+
+/// Copies both pipes into the log until both reach EOF.
+fn copy_output(log: &mut CriWriter, out: OwnedFd, err: OwnedFd) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut open = [Some(out), Some(err)];
+    let mut buf = vec![0u8; 64 * 1024];
+    while open.iter().any(Option::is_some) {
+        let mut fds: Vec<(usize, PollFd)> = open
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                f.as_ref()
+                    .map(|f| (i, PollFd::new(f, PollFlags::IN | PollFlags::HUP)))
+            })
+            .collect();
+        let mut raw: Vec<PollFd> = fds.iter_mut().map(|(_, p)| p.clone()).collect();
+        if poll(&mut raw, None).is_err() {
+            continue;
+        }
+        let ready: Vec<(usize, bool)> = fds
+            .iter()
+            .zip(&raw)
+            .map(|((i, _), p)| (*i, !p.revents().is_empty()))
+            .collect();
+        drop(raw);
+        for (i, is_ready) in ready {
+            if !is_ready {
+                continue;
+            }
+            let f = open[i].as_ref().expect("open");
+            match rustix::io::read(f, &mut buf) {
+                Ok(0) | Err(_) => open[i] = None,
+                Ok(n) => {
+                    let s = if i == 0 {
+                        Stream::Stdout
+                    } else {
+                        Stream::Stderr
+                    };
+                    let _ = log.write(s, &buf[..n]);
+                }
+            }
+        }
+    }
+}

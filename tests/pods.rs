@@ -1,0 +1,239 @@
+//! Pod sandboxes and shim-supervised containers, end to end (as root).
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use knode::container::{PodContainer, PodContainerSpec};
+use knode::sandbox::{Sandbox, SandboxOptions};
+use oci::image::PullOptions;
+use oci::progress::NoProgress;
+use support::*;
+
+fn store_with_busybox() -> Store {
+    let s = Store::new();
+    let t = tempfile::tempdir().unwrap();
+    busybox_image().write_oci_layout(t.path(), "1").unwrap();
+    s.store
+        .import(
+            t.path(),
+            Some("test/busybox"),
+            &PullOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+    s
+}
+
+fn start(s: &Store, sb: &Sandbox, name: &str, script: &str) -> PodContainer {
+    let dir = sb.dir.join("containers").join(name);
+    PodContainer::start(
+        Path::new(knode_bin()),
+        &s.store,
+        sb,
+        "pod-a",
+        &dir,
+        &PodContainerSpec {
+            image: "test/busybox:1".into(),
+            command: Some(vec!["sh".into(), "-c".into(), script.into()]),
+            args: None,
+            env: vec![format!("NAME={name}")],
+            user: None,
+            log_path: s.root().join("logs").join(name).join("0.log"),
+        },
+    )
+    .unwrap()
+}
+
+fn log(s: &Store, name: &str) -> Vec<String> {
+    knode::logs::read(&s.root().join("logs").join(name).join("0.log"), None).unwrap()
+}
+
+fn assert_clean(s: &Store) {
+    let root = s.root().to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&root),
+        "mounts left under {root}: {}",
+        mounts
+            .lines()
+            .filter(|l| l.contains(&root))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn containers_of_a_pod_share_net_ipc_uts_and_shm_but_not_pids_or_mounts() {
+    let s = store_with_busybox();
+    let sb = Sandbox::create(
+        Path::new(knode_bin()),
+        &s.root().join("pods/p1"),
+        &SandboxOptions {
+            hostname: "pod-a".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let a = start(
+        &s,
+        &sb,
+        "a",
+        "for n in net ipc uts pid mnt; do readlink /proc/self/ns/$n; done > /dev/shm/a-ns; touch /only-in-a; exec httpd -f -p 8080 -h /www",
+    );
+    let b = start(
+        &s,
+        &sb,
+        "b",
+        r#"for i in $(seq 1 250); do wget -qO- http://127.0.0.1:8080/ 2>/dev/null && break; usleep 20000; done
+for n in net ipc uts pid mnt; do echo "b $n $(readlink /proc/self/ns/$n)"; done
+sed 's/^/a /' /dev/shm/a-ns
+echo host=$(hostname)
+ls /only-in-a 2>/dev/null && echo sees-a-files || echo own-mounts
+echo httpd-visible=$(cat /proc/[0-9]*/comm | grep -cx httpd)
+echo env=$NAME"#,
+    );
+    let st = knode::shim::wait_exit(&b.state, Duration::from_secs(30)).unwrap();
+    assert_eq!(st.code, 0);
+    let out = log(&s, "b");
+    assert!(
+        out.iter().any(|l| l.contains("Hello from a knode pod")),
+        "localhost reaches the other container: {out:?}"
+    );
+    let a_ns: Vec<&str> = out
+        .iter()
+        .filter_map(|l| l.strip_prefix("a "))
+        .map(str::trim)
+        .collect();
+    let b_ns: Vec<&str> = out
+        .iter()
+        .filter_map(|l| l.strip_prefix("b "))
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(a_ns.len(), 5, "{out:?}");
+    for (i, n) in ["net", "ipc", "uts"].iter().enumerate() {
+        assert_eq!(a_ns[i], b_ns[i], "{n} namespace shared");
+    }
+    for (i, n) in [(3, "pid"), (4, "mnt")] {
+        assert_ne!(a_ns[i], b_ns[i], "{n} namespace private");
+    }
+    for want in ["host=pod-a", "own-mounts", "httpd-visible=0", "env=b"] {
+        assert!(out.iter().any(|l| l == want), "{want} missing: {out:?}");
+    }
+    // Stop the server: SIGKILL from outside reaches PID 1 of its namespace.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(a.pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert_eq!(
+        knode::shim::wait_exit(&a.state, Duration::from_secs(30))
+            .unwrap()
+            .code,
+        137
+    );
+    for c in [&a, &b] {
+        c.remove().unwrap();
+    }
+    sb.remove().unwrap();
+    assert!(!sb.dir.exists());
+    assert_clean(&s);
+}
+
+#[test]
+fn exit_status_and_cri_logs() {
+    let s = store_with_busybox();
+    let sb = Sandbox::create(
+        Path::new(knode_bin()),
+        &s.root().join("pods/p2"),
+        &SandboxOptions {
+            hostname: "p2".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let c = start(
+        &s,
+        &sb,
+        "c",
+        "echo out; echo err >&2; printf 'no newline'; exit 3",
+    );
+    let st = knode::shim::wait_exit(&c.state, Duration::from_secs(30)).unwrap();
+    assert_eq!((st.code, st.reason.as_str()), (3, "Error"));
+    let raw = std::fs::read_to_string(s.root().join("logs/c/0.log")).unwrap();
+    let recs: Vec<knode::logs::Record> = raw
+        .lines()
+        .map(|l| knode::logs::parse_line(l).unwrap())
+        .collect();
+    assert!(
+        recs.iter()
+            .any(|r| r.stream == "stdout" && r.msg == "out" && !r.partial),
+        "{raw}"
+    );
+    assert!(
+        recs.iter().any(|r| r.stream == "stderr" && r.msg == "err"),
+        "{raw}"
+    );
+    assert!(
+        recs.iter()
+            .all(|r| chrono::DateTime::parse_from_rfc3339(&r.time).is_ok()),
+        "{raw}"
+    );
+    assert_eq!(log(&s, "c").last().map(String::as_str), Some("no newline"));
+    c.remove().unwrap();
+    sb.remove().unwrap();
+    assert_clean(&s);
+}
+
+#[test]
+fn the_shim_is_detached_from_its_starter() {
+    let s = store_with_busybox();
+    let sb = Sandbox::create(
+        Path::new(knode_bin()),
+        &s.root().join("pods/p3"),
+        &SandboxOptions {
+            hostname: "p3".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let c = start(&s, &sb, "d", "exec sleep 600");
+    let shim: i32 = std::fs::read_to_string(c.state.join("shim.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{shim}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let (ppid, sid): (i32, i32) = (fields[1].parse().unwrap(), fields[3].parse().unwrap());
+    assert_ne!(
+        ppid,
+        std::process::id() as i32,
+        "the shim is not our child: it survives us"
+    );
+    assert_eq!(sid, shim, "the shim leads its own session");
+    assert!(
+        knode::shim::exit_status(&c.state).is_none(),
+        "still running"
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(c.pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert_eq!(
+        knode::shim::wait_exit(&c.state, Duration::from_secs(30))
+            .unwrap()
+            .code,
+        137
+    );
+    c.remove().unwrap();
+    sb.remove().unwrap();
+    assert_clean(&s);
+}
