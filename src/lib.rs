@@ -4,7 +4,9 @@
 pub mod container;
 pub mod demo;
 pub mod image_cli;
+pub mod kubelet;
 pub mod localregistry;
 pub mod logs;
+pub mod pod_cli;
 pub mod sandbox;
 pub mod shim;

@@ -97,6 +97,54 @@ enum Cmd {
         #[arg(long)]
         host_network: bool,
     },
+    /// Run the node agent: keep the pods of a manifests directory running (kubelet's static
+    /// pods) and serve the local API on <run-dir>/knode.sock.
+    Agent {
+        /// Directory of Pod, ConfigMap and Secret manifests (YAML or JSON).
+        #[arg(long)]
+        manifests: PathBuf,
+        /// Where container logs go (CRI layout).
+        #[arg(long, default_value = "/var/log/pods")]
+        log_dir: PathBuf,
+        /// The node's name [default: the hostname].
+        #[arg(long)]
+        node_name: Option<String>,
+    },
+    /// List resources (pods).
+    Get {
+        /// Resource type: pods (po).
+        resource: String,
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+        /// All namespaces.
+        #[arg(long, short = 'A')]
+        all_namespaces: bool,
+        /// Output: wide, yaml or json.
+        #[arg(long, short)]
+        output: Option<String>,
+    },
+    /// Show a pod in detail: spec, state and events.
+    Describe {
+        /// Resource type: pod.
+        resource: String,
+        name: String,
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+    },
+    /// Print a container's logs.
+    Logs {
+        pod: String,
+        #[arg(long, short)]
+        container: Option<String>,
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long)]
+        tail: Option<usize>,
+        #[arg(long, short)]
+        previous: bool,
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+    },
     /// Internal: pin a pod sandbox's namespaces (run by the agent).
     #[command(name = "__pin-ns", hide = true)]
     PinNs {
@@ -206,7 +254,72 @@ fn pull_options(platform: Option<&str>) -> Result<PullOptions> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let sock = knode::kubelet::socket(&cli.run_dir);
     match cli.cmd {
+        Cmd::Agent {
+            manifests,
+            log_dir,
+            node_name,
+        } => {
+            let node_name = node_name.unwrap_or_else(|| {
+                rustix::system::uname()
+                    .nodename()
+                    .to_string_lossy()
+                    .into_owned()
+            });
+            knode::kubelet::run(knode::kubelet::AgentConfig {
+                manifests,
+                root: cli.root.clone(),
+                run_dir: cli.run_dir.clone(),
+                log_dir,
+                node_name,
+                exe: std::fs::read_link("/proc/self/exe").context("finding the knode binary")?,
+                client: client_options(&cli.registry)?,
+            })
+        }
+        Cmd::Get {
+            resource,
+            namespace,
+            all_namespaces,
+            output,
+        } => {
+            if !["pods", "pod", "po"].contains(&resource.as_str()) {
+                anyhow::bail!("unknown resource type {resource:?}: knode get supports pods");
+            }
+            knode::pod_cli::get_pods(
+                &sock,
+                (!all_namespaces).then_some(namespace.as_str()),
+                output.as_deref(),
+            )
+        }
+        Cmd::Describe {
+            resource,
+            name,
+            namespace,
+        } => {
+            if !["pods", "pod", "po"].contains(&resource.as_str()) {
+                anyhow::bail!("unknown resource type {resource:?}: knode describe supports pods");
+            }
+            knode::pod_cli::describe_pod(&sock, &namespace, &name)
+        }
+        Cmd::Logs {
+            pod,
+            container,
+            follow,
+            tail,
+            previous,
+            namespace,
+        } => knode::pod_cli::logs(
+            &sock,
+            &knode::pod_cli::LogArgs {
+                namespace: &namespace,
+                pod: &pod,
+                container: container.as_deref(),
+                follow,
+                tail,
+                previous,
+            },
+        ),
         Cmd::PinNs {
             dir,
             hostname,

@@ -237,3 +237,58 @@ fn the_shim_is_detached_from_its_starter() {
     sb.remove().unwrap();
     assert_clean(&s);
 }
+
+#[test]
+fn graceful_stop_sends_sigterm_then_sigkill_after_the_grace_period() {
+    let s = store_with_busybox();
+    let sb = Sandbox::create(
+        Path::new(knode_bin()),
+        &s.root().join("pods/p4"),
+        &SandboxOptions {
+            hostname: "p4".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let polite = start(
+        &s,
+        &sb,
+        "polite",
+        "trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 0.1; done",
+    );
+    let stubborn = start(
+        &s,
+        &sb,
+        "stubborn",
+        "trap '' TERM; echo ready; while true; do sleep 0.1; done",
+    );
+    // Wait until both have installed their traps (their first line is in the log).
+    for name in ["polite", "stubborn"] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !log(&s, name).contains(&"ready".to_string()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    knode::kubelet::pod::stop_container(&polite, Duration::from_secs(30));
+    assert_eq!(
+        knode::shim::exit_status(&polite.state).unwrap().code,
+        0,
+        "SIGTERM was delivered and handled"
+    );
+    assert!(log(&s, "polite").contains(&"got TERM".to_string()));
+    knode::kubelet::pod::stop_container(&stubborn, Duration::from_millis(300));
+    assert_eq!(
+        knode::shim::exit_status(&stubborn.state).unwrap().code,
+        137,
+        "SIGKILL after the grace period"
+    );
+    for c in [&polite, &stubborn] {
+        c.remove().unwrap();
+    }
+    sb.remove().unwrap();
+    assert_clean(&s);
+}

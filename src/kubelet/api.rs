@@ -1,0 +1,301 @@
+//! The agent's local API on `<run-dir>/knode.sock` (mode 0600: root only), modelled on the
+//! kubelet's own: `GET /pods` (a PodList of real Kubernetes Pod objects with status),
+//! `GET /pods/{namespace}/{name}`, `GET /containerLogs/{namespace}/{pod}/{container}` with
+//! `tailLines`, `previous` and `follow`, and `GET /healthz`. A small client for the CLI too.
+
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use anyhow::{bail, Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::pod::{CState, PodView};
+use super::NodeState;
+
+fn time(t: chrono::DateTime<chrono::Utc>) -> Time {
+    Time(t)
+}
+
+fn cstate(s: &CState) -> core::ContainerState {
+    match s {
+        CState::Waiting { reason, message } => core::ContainerState {
+            waiting: Some(core::ContainerStateWaiting {
+                reason: Some(reason.clone()),
+                message: (!message.is_empty()).then(|| message.clone()),
+            }),
+            ..Default::default()
+        },
+        CState::Running { started_at } => core::ContainerState {
+            running: Some(core::ContainerStateRunning {
+                started_at: Some(time(*started_at)),
+            }),
+            ..Default::default()
+        },
+        CState::Terminated {
+            exit_code,
+            reason,
+            started_at,
+            finished_at,
+        } => core::ContainerState {
+            terminated: Some(core::ContainerStateTerminated {
+                exit_code: *exit_code,
+                reason: Some(reason.clone()),
+                started_at: started_at.map(time),
+                finished_at: Some(time(*finished_at)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    }
+}
+
+/// The pod as a Kubernetes object, status included.
+pub fn to_pod(v: &PodView) -> core::Pod {
+    let mut pod = v.manifest.pod.clone();
+    pod.metadata.namespace = Some(v.manifest.namespace.clone());
+    pod.metadata.uid = Some(v.manifest.uid.clone());
+    pod.metadata.creation_timestamp = Some(time(v.created));
+    let mut ann = pod.metadata.annotations.take().unwrap_or_default();
+    ann.insert("kubernetes.io/config.source".into(), "file".into());
+    ann.insert(
+        "kubernetes.io/config.file".into(),
+        v.manifest.file.display().to_string(),
+    );
+    pod.metadata.annotations = Some(ann);
+    if let Some(s) = pod.spec.as_mut() {
+        s.node_name = Some(v.node_name.clone());
+    }
+    let status = |c: &super::pod::ContainerView| core::ContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        image_id: String::new(),
+        ready: matches!(c.state, CState::Running { .. }),
+        started: Some(matches!(c.state, CState::Running { .. })),
+        restart_count: c.restart_count as i32,
+        state: Some(cstate(&c.state)),
+        last_state: c.last_state.as_ref().map(cstate),
+        ..Default::default()
+    };
+    pod.status = Some(core::PodStatus {
+        phase: Some(v.phase.clone()),
+        reason: v.reason.clone(),
+        message: v.message.clone(),
+        start_time: v.started.map(time),
+        init_container_statuses: Some(v.containers.iter().filter(|c| c.init).map(status).collect()),
+        container_statuses: Some(
+            v.containers
+                .iter()
+                .filter(|c| !c.init)
+                .map(status)
+                .collect(),
+        ),
+        ..Default::default()
+    });
+    if v.deleting {
+        pod.metadata.deletion_timestamp = Some(time(chrono::Utc::now()));
+    }
+    pod
+}
+
+fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(v).unwrap_or_default(),
+        )))
+        .expect("valid response")
+}
+
+fn text(status: StatusCode, t: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(t)))
+        .expect("valid response")
+}
+
+fn find(state: &NodeState, ns: &str, name: &str) -> Option<PodView> {
+    state
+        .pods
+        .values()
+        .map(|v| v.lock().expect("view").clone())
+        .filter(|v| v.manifest.namespace == ns && v.manifest.name == name)
+        .min_by_key(|v| v.deleting)
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| v.to_string())
+    })
+}
+
+async fn handle(
+    state: Arc<RwLock<NodeState>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path: Vec<String> = req
+        .uri()
+        .path()
+        .trim_matches('/')
+        .split('/')
+        .map(str::to_string)
+        .collect();
+    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+    let st = state.read().expect("state");
+    let resp = match p.as_slice() {
+        ["healthz"] => text(StatusCode::OK, "ok".into()),
+        ["pods"] => {
+            let items: Vec<core::Pod> = st
+                .pods
+                .values()
+                .map(|v| to_pod(&v.lock().expect("view")))
+                .collect();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"apiVersion": "v1", "kind": "PodList", "items": items, "manifestErrors": st.manifest_errors}),
+            )
+        }
+        ["pods", ns, name] => match find(&st, ns, name) {
+            Some(v) => json(
+                StatusCode::OK,
+                &serde_json::json!({"pod": to_pod(&v), "events": v.events, "warnings": v.manifest.warnings}),
+            ),
+            None => text(StatusCode::NOT_FOUND, format!("pod {ns}/{name} not found")),
+        },
+        ["containerLogs", ns, name, container] => match find(&st, ns, name) {
+            None => text(StatusCode::NOT_FOUND, format!("pod {ns}/{name} not found")),
+            Some(v) => match v.containers.iter().find(|c| c.name == *container) {
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    format!("container {container} is not valid for pod {name}"),
+                ),
+                Some(c) => {
+                    let previous = query(&req, "previous").is_some_and(|x| x == "true");
+                    let n = if previous {
+                        c.restart_count.checked_sub(1)
+                    } else {
+                        Some(c.restart_count)
+                    };
+                    let dir = st
+                        .log_dir
+                        .join(format!(
+                            "{}_{}_{}",
+                            v.manifest.namespace, v.manifest.name, v.manifest.uid
+                        ))
+                        .join(container);
+                    match n.map(|n| dir.join(format!("{n}.log"))).filter(|p| p.exists()) {
+                        None if previous => text(StatusCode::BAD_REQUEST, format!("previous terminated container {container:?} in pod {name:?} not found")),
+                        None => text(StatusCode::OK, String::new()),
+                        Some(f) => {
+                            let tail = query(&req, "tailLines").and_then(|t| t.parse().ok());
+                            match crate::logs::read(&f, tail) {
+                                Ok(lines) => text(StatusCode::OK, lines.iter().map(|l| format!("{l}\n")).collect()),
+                                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                            }
+                        }
+                    }
+                }
+            },
+        },
+        ["logPath", ns, name, container] => match find(&st, ns, name) {
+            None => text(StatusCode::NOT_FOUND, format!("pod {ns}/{name} not found")),
+            Some(v) => match v.containers.iter().find(|c| c.name == *container) {
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    format!("container {container} is not valid for pod {name}"),
+                ),
+                Some(c) => {
+                    let dir = st
+                        .log_dir
+                        .join(format!(
+                            "{}_{}_{}",
+                            v.manifest.namespace, v.manifest.name, v.manifest.uid
+                        ))
+                        .join(container);
+                    let running = matches!(c.state, CState::Running { .. });
+                    json(
+                        StatusCode::OK,
+                        &serde_json::json!({"path": dir.join(format!("{}.log", c.restart_count)), "running": running}),
+                    )
+                }
+            },
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("no route for {}", req.uri().path()),
+        ),
+    };
+    Ok(resp)
+}
+
+/// Starts the API server on its own thread (a small tokio runtime).
+pub fn serve(sock: PathBuf, state: Arc<RwLock<NodeState>>) -> Result<()> {
+    let _ = std::fs::remove_file(&sock);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let listener = {
+        let _g = rt.enter();
+        tokio::net::UnixListener::bind(&sock)
+            .with_context(|| format!("binding {}", sock.display()))?
+    };
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            })
+        })?;
+    Ok(())
+}
+
+/// GET `path` from the agent at `sock`: the status and body.
+pub fn get(sock: &Path, path: &str) -> Result<(u16, Vec<u8>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let stream = tokio::net::UnixStream::connect(sock)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to the agent at {} (is `knode agent` running?)",
+                    sock.display()
+                )
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", "knode")
+            .body(http_body_util::Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes().to_vec();
+        if status >= 500 {
+            bail!("agent error: {}", String::from_utf8_lossy(&body));
+        }
+        Ok((status, body))
+    })
+}

@@ -1,0 +1,254 @@
+//! The node agent (kubelet's static-pod mode): keeps the node's pods equal to the manifests
+//! directory and serves the local API the CLI uses.
+//!
+//! The reconciler reloads the directory whenever inotify reports a change (and every few
+//! seconds as a safety net), starts a worker thread for each new pod UID and stops the
+//! workers of pods whose manifests went away or changed. Containers outlive the agent: on
+//! SIGTERM or a crash it just exits, and the next agent adopts what is running.
+
+pub mod api;
+pub mod manifests;
+pub mod pod;
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use pod::{NodeContext, PodView, Worker};
+
+pub struct AgentConfig {
+    pub manifests: PathBuf,
+    pub root: PathBuf,
+    pub run_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub node_name: String,
+    pub exe: PathBuf,
+    pub client: oci::registry::ClientOptions,
+}
+
+/// What the API reads.
+#[derive(Default)]
+pub struct NodeState {
+    pub pods: BTreeMap<String, Arc<Mutex<PodView>>>,
+    pub manifest_errors: Vec<String>,
+    pub log_dir: PathBuf,
+}
+
+struct Running {
+    stop: Sender<()>,
+    wake: OwnedFd,
+    thread: std::thread::JoinHandle<()>,
+    view: Arc<Mutex<PodView>>,
+}
+
+fn wake(fd: &OwnedFd) {
+    let _ = rustix::io::write(fd, b"x");
+}
+
+pub fn run(cfg: AgentConfig) -> Result<()> {
+    for d in [
+        &cfg.root,
+        &cfg.run_dir,
+        &cfg.log_dir,
+        &cfg.run_dir.join("pods"),
+    ] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let _lock =
+        oci::fsutil::Lock::try_exclusive(&cfg.run_dir.join("agent.lock"))?.with_context(|| {
+            format!(
+                "another agent is running with --run-dir {}",
+                cfg.run_dir.display()
+            )
+        })?;
+    let ctx = Arc::new(NodeContext {
+        exe: cfg.exe.clone(),
+        store: crate::image_cli::store_at(&cfg.root)?,
+        root: cfg.root.clone(),
+        run_dir: cfg.run_dir.clone(),
+        log_dir: cfg.log_dir.clone(),
+        node_name: cfg.node_name.clone(),
+        client: cfg.client.clone(),
+    });
+    let state = Arc::new(RwLock::new(NodeState {
+        log_dir: cfg.log_dir.clone(),
+        ..Default::default()
+    }));
+    let sock = cfg.run_dir.join("knode.sock");
+    api::serve(sock.clone(), state.clone())?;
+    tracing::info!(socket = %sock.display(), manifests = %cfg.manifests.display(), "agent started");
+
+    let inotify = rustix::fs::inotify::init(
+        rustix::fs::inotify::CreateFlags::CLOEXEC | rustix::fs::inotify::CreateFlags::NONBLOCK,
+    )?;
+    std::fs::create_dir_all(&cfg.manifests)
+        .with_context(|| format!("creating {}", cfg.manifests.display()))?;
+    use rustix::fs::inotify::WatchFlags as W;
+    rustix::fs::inotify::add_watch(
+        &inotify,
+        &cfg.manifests,
+        W::CLOSE_WRITE
+            | W::CREATE
+            | W::DELETE
+            | W::MOVED_FROM
+            | W::MOVED_TO
+            | W::MODIFY
+            | W::DELETE_SELF,
+    )
+    .with_context(|| format!("watching {}", cfg.manifests.display()))?;
+
+    let mut workers: BTreeMap<String, Running> = BTreeMap::new();
+    let mut stopping: Vec<Running> = Vec::new();
+    let mut first = true;
+    loop {
+        let m = manifests::load(&cfg.manifests);
+        for e in &m.errors {
+            if !state.read().expect("state").manifest_errors.contains(e) {
+                tracing::warn!(error = %e, "manifest");
+            }
+        }
+        let wanted: BTreeMap<String, manifests::PodManifest> =
+            m.pods.into_iter().map(|p| (p.uid.clone(), p)).collect();
+        if first {
+            // Pods left by a previous agent whose manifests are gone: tear them down too.
+            for e in std::fs::read_dir(cfg.run_dir.join("pods"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let uid = e.file_name().to_string_lossy().into_owned();
+                if !wanted.contains_key(&uid) {
+                    tracing::info!(uid, "removing a pod whose manifest is gone");
+                    orphan_teardown(&ctx, &uid);
+                }
+            }
+            first = false;
+        }
+        for uid in workers.keys().cloned().collect::<Vec<_>>() {
+            if !wanted.contains_key(&uid) {
+                let w = workers.remove(&uid).expect("present");
+                let _ = w.stop.send(());
+                wake(&w.wake);
+                stopping.push(w);
+            }
+        }
+        for (uid, pm) in &wanted {
+            if workers.contains_key(uid) {
+                continue;
+            }
+            let view = Arc::new(Mutex::new(PodView {
+                manifest: pm.clone(),
+                phase: "Pending".into(),
+                reason: None,
+                message: None,
+                containers: vec![],
+                created: chrono::Utc::now(),
+                started: None,
+                events: vec![],
+                deleting: false,
+                node_name: cfg.node_name.clone(),
+            }));
+            let (tx, rx) = channel();
+            let (wr, ww) = rustix::pipe::pipe_with(
+                rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+            )?;
+            let worker = Worker::new(ctx.clone(), view.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("pod-{}", pm.name))
+                .spawn(move || worker.run(rx, wr))?;
+            workers.insert(
+                uid.clone(),
+                Running {
+                    stop: tx,
+                    wake: ww,
+                    thread,
+                    view,
+                },
+            );
+        }
+        stopping.retain(|w| !w.thread.is_finished());
+        {
+            let mut s = state.write().expect("state");
+            s.manifest_errors = m.errors;
+            s.pods = workers
+                .values()
+                .chain(stopping.iter())
+                .map(|w| {
+                    let v = w.view.lock().expect("view");
+                    (
+                        format!(
+                            "{}/{}/{}",
+                            v.manifest.namespace, v.manifest.name, v.manifest.uid
+                        ),
+                        w.view.clone(),
+                    )
+                })
+                .collect();
+        }
+        // Wait for a change in the directory (or a worker to finish stopping).
+        let mut p = [rustix::event::PollFd::new(
+            &inotify,
+            rustix::event::PollFlags::IN,
+        )];
+        let t = if stopping.is_empty() { 5 } else { 1 };
+        let _ = rustix::event::poll(
+            &mut p,
+            Some(&rustix::event::Timespec {
+                tv_sec: t,
+                tv_nsec: 0,
+            }),
+        );
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut r = rustix::fs::inotify::Reader::new(&inotify, &mut buf);
+        while r.next().is_ok() {}
+    }
+}
+
+/// Tears down a pod directory no manifest wants any more (left by an earlier agent).
+fn orphan_teardown(ctx: &Arc<NodeContext>, uid: &str) {
+    let dir = ctx.run_dir.join("pods").join(uid);
+    for c in std::fs::read_dir(dir.join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+            let state = a.path().join("state");
+            if let Some(pid) = crate::shim::pid(&state) {
+                let pc = crate::container::PodContainer {
+                    state,
+                    rootfs: a.path().join("rootfs"),
+                    pid,
+                };
+                pod::stop_container(&pc, Duration::from_secs(30));
+            }
+        }
+    }
+    pod::unmount_attempts(&dir);
+    if dir.join("sandbox").exists() {
+        let _ = crate::sandbox::Sandbox::open(&dir.join("sandbox")).remove();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    for e in std::fs::read_dir(&ctx.log_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name()
+            .to_string_lossy()
+            .ends_with(&format!("_{uid}"))
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// The socket path for a run dir.
+pub fn socket(run_dir: &Path) -> PathBuf {
+    run_dir.join("knode.sock")
+}

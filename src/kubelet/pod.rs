@@ -1,0 +1,738 @@
+//! One pod's life, in a worker thread of its own: sandbox, images, init containers in order,
+//! app containers, restarts with the kubelet's back-off, status, and teardown.
+//!
+//! The worker sleeps in poll(2) on its containers' shim pidfds (an exit wakes it at once), a
+//! wake pipe (stop requests) and the next back-off deadline. Its state is persisted in
+//! `<run-dir>/pods/<uid>/pod.json`, so a restarted agent adopts running containers.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde::{Deserialize, Serialize};
+
+use super::manifests::PodManifest;
+use crate::container::{PodContainer, PodContainerSpec};
+use crate::sandbox::{Sandbox, SandboxOptions};
+
+/// Kubelet restart back-off: 10 s, doubling, at most 5 min; reset after 10 min of running.
+pub const BACKOFF_START: Duration = Duration::from_secs(10);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// What the agent shares with every pod worker.
+pub struct NodeContext {
+    pub exe: PathBuf,
+    pub store: oci::image::ImageStore,
+    pub root: PathBuf,
+    pub run_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub node_name: String,
+    pub client: oci::registry::ClientOptions,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum CState {
+    Waiting {
+        reason: String,
+        message: String,
+    },
+    Running {
+        started_at: DateTime<Utc>,
+    },
+    Terminated {
+        exit_code: i32,
+        reason: String,
+        started_at: Option<DateTime<Utc>>,
+        finished_at: DateTime<Utc>,
+    },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ContainerView {
+    pub name: String,
+    pub image: String,
+    pub init: bool,
+    pub state: CState,
+    pub last_state: Option<CState>,
+    pub restart_count: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    pub time: DateTime<Utc>,
+    pub kind: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The pod as the API shows it; the worker keeps it current.
+#[derive(Clone, Debug)]
+pub struct PodView {
+    pub manifest: PodManifest,
+    pub phase: String,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub containers: Vec<ContainerView>,
+    pub created: DateTime<Utc>,
+    pub started: Option<DateTime<Utc>>,
+    pub events: Vec<Event>,
+    pub deleting: bool,
+    pub node_name: String,
+}
+
+impl PodView {
+    pub fn event(&mut self, kind: &str, reason: &str, message: String) {
+        tracing::info!(pod = %self.manifest.name, reason, %message, "event");
+        self.events.push(Event {
+            time: Utc::now(),
+            kind: kind.into(),
+            reason: reason.into(),
+            message,
+        });
+        if self.events.len() > 100 {
+            self.events.remove(0);
+        }
+    }
+}
+
+/// Persisted per-container bookkeeping.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Persisted {
+    restart_count: u32,
+    /// Attempt number of the current (or last) run; its directory and log use it.
+    attempt: Option<u32>,
+    started_at: Option<DateTime<Utc>>,
+    done: bool,
+    backoff_secs: u64,
+    last: Option<CState>,
+}
+
+struct Ctr {
+    spec: Container,
+    init: bool,
+    p: Persisted,
+    running: Option<PodContainer>,
+    not_before: Option<Instant>,
+    waiting: Option<(String, String)>,
+}
+
+fn restart_policy(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.clone())
+        .unwrap_or_else(|| "Always".into())
+}
+
+fn grace(pod: &Pod) -> Duration {
+    Duration::from_secs(
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0) as u64,
+    )
+}
+
+/// `:latest` or no tag pulls every time, anything else only when missing (Kubernetes' default).
+fn must_pull(c: &Container, present: bool) -> bool {
+    let image = c.image.clone().unwrap_or_default();
+    let policy = c.image_pull_policy.clone().unwrap_or_else(|| {
+        let r: Result<oci::reference::Reference, _> = image.parse();
+        match r {
+            Ok(r) if r.digest.is_none() && r.tag.as_deref() == Some("latest") => "Always".into(),
+            _ => "IfNotPresent".into(),
+        }
+    });
+    match policy.as_str() {
+        "Always" => true,
+        "Never" => false,
+        _ => !present,
+    }
+}
+
+pub struct Worker {
+    ctx: Arc<NodeContext>,
+    view: Arc<Mutex<PodView>>,
+    dir: PathBuf,
+    logs: PathBuf,
+    sandbox: Option<Sandbox>,
+    ctrs: Vec<Ctr>,
+    pulled: BTreeMap<String, ()>,
+}
+
+fn pidfd(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes integers only.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: the kernel returned a new descriptor we now own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn shim_pid(state: &Path) -> Option<i32> {
+    std::fs::read_to_string(state.join("shim.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl Worker {
+    pub fn new(ctx: Arc<NodeContext>, view: Arc<Mutex<PodView>>) -> Worker {
+        let m = view.lock().expect("view").manifest.clone();
+        let dir = ctx.run_dir.join("pods").join(&m.uid);
+        let logs = ctx
+            .log_dir
+            .join(format!("{}_{}_{}", m.namespace, m.name, m.uid));
+        let spec = m.pod.spec.clone().unwrap_or_default();
+        let persisted: BTreeMap<String, Persisted> = std::fs::read(dir.join("pod.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let ctrs = spec
+            .init_containers
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c, true))
+            .chain(spec.containers.clone().into_iter().map(|c| (c, false)))
+            .map(|(c, init)| {
+                let p = persisted.get(&c.name).cloned().unwrap_or_default();
+                Ctr {
+                    spec: c,
+                    init,
+                    p,
+                    running: None,
+                    not_before: None,
+                    waiting: None,
+                }
+            })
+            .collect();
+        Worker {
+            ctx,
+            view,
+            dir,
+            logs,
+            sandbox: None,
+            ctrs,
+            pulled: BTreeMap::new(),
+        }
+    }
+
+    fn manifest(&self) -> PodManifest {
+        self.view.lock().expect("view").manifest.clone()
+    }
+
+    fn event(&self, kind: &str, reason: &str, message: String) {
+        self.view.lock().expect("view").event(kind, reason, message);
+    }
+
+    fn attempt_dir(&self, name: &str, attempt: u32) -> PathBuf {
+        self.dir
+            .join("containers")
+            .join(name)
+            .join(attempt.to_string())
+    }
+
+    /// Runs until told to stop, then tears the pod down.
+    pub fn run(mut self, stop: Receiver<()>, wake: OwnedFd) {
+        let m = self.manifest();
+        if let Some(why) = &m.invalid {
+            {
+                let mut v = self.view.lock().expect("view");
+                v.phase = "Failed".into();
+                v.reason = Some("InvalidPod".into());
+                v.message = Some(why.clone());
+            }
+            self.event("Warning", "FailedValidation", why.clone());
+            let _ = stop.recv();
+            self.teardown();
+            return;
+        }
+        for w in &m.warnings {
+            self.event("Warning", "UnsupportedField", w.clone());
+        }
+        self.adopt();
+        loop {
+            match stop.try_recv() {
+                Ok(()) | Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {}
+            }
+            self.step();
+            self.publish();
+            self.persist();
+            self.wait(&wake);
+        }
+        self.teardown();
+    }
+
+    /// Picks up what a previous agent left running.
+    fn adopt(&mut self) {
+        if self.dir.join("sandbox").join("ns").exists() {
+            self.sandbox = Some(Sandbox::open(&self.dir.join("sandbox")));
+        }
+        for i in 0..self.ctrs.len() {
+            let Some(attempt) = self.ctrs[i].p.attempt else {
+                continue;
+            };
+            let d = self.attempt_dir(&self.ctrs[i].spec.name, attempt);
+            let state = d.join("state");
+            let Some(pid) = crate::shim::pid(&state) else {
+                continue;
+            };
+            if crate::shim::exit_status(&state).is_none()
+                && shim_pid(&state).is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+            {
+                tracing::info!(container = %self.ctrs[i].spec.name, pid, "adopted a running container");
+            }
+            // Running or exited: `step` reads the exit status either way.
+            self.ctrs[i].running = Some(PodContainer {
+                state,
+                rootfs: d.join("rootfs"),
+                pid,
+            });
+        }
+    }
+
+    fn step(&mut self) {
+        let m = self.manifest();
+        let pod = m.pod.clone();
+        let policy = restart_policy(&pod);
+        if self.sandbox.is_none() {
+            let spec = pod.spec.clone().unwrap_or_default();
+            let hostname = spec
+                .hostname
+                .clone()
+                .unwrap_or_else(|| m.name.chars().take(63).collect());
+            let o = SandboxOptions {
+                hostname,
+                host_network: spec.host_network.unwrap_or(false),
+                host_ipc: spec.host_ipc.unwrap_or(false),
+            };
+            let _ = std::fs::create_dir_all(&self.dir);
+            match Sandbox::create(&self.ctx.exe, &self.dir.join("sandbox"), &o) {
+                Ok(s) => self.sandbox = Some(s),
+                Err(e) => {
+                    self.event("Warning", "FailedCreatePodSandBox", format!("{e:#}"));
+                    let mut v = self.view.lock().expect("view");
+                    v.message = Some(format!("{e:#}"));
+                    return;
+                }
+            }
+        }
+        // Collect exits.
+        let now = Instant::now();
+        for i in 0..self.ctrs.len() {
+            let Some(run) = &self.ctrs[i].running else {
+                continue;
+            };
+            let Some(exit) = crate::shim::exit_status(&run.state) else {
+                continue;
+            };
+            let _ = run.remove();
+            let c = &mut self.ctrs[i];
+            c.running = None;
+            let finished = DateTime::parse_from_rfc3339(&exit.finished_at)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_else(|_| Utc::now());
+            let reason = if exit.code == 0 { "Completed" } else { "Error" };
+            c.p.last = Some(CState::Terminated {
+                exit_code: exit.code,
+                reason: reason.into(),
+                started_at: c.p.started_at,
+                finished_at: finished,
+            });
+            let ran =
+                c.p.started_at
+                    .map(|s| (finished - s).to_std().unwrap_or_default())
+                    .unwrap_or_default();
+            let restart = match (c.init, policy.as_str()) {
+                (true, _) if exit.code == 0 => false,
+                (true, "Never") => false,
+                (_, "Always") if !c.init => true,
+                (_, "OnFailure") | (true, _) => exit.code != 0,
+                _ => false,
+            };
+            let name = c.spec.name.clone();
+            if !restart {
+                c.p.done = true;
+                continue;
+            }
+            if ran >= BACKOFF_RESET {
+                c.p.backoff_secs = 0;
+            }
+            if c.p.backoff_secs == 0 {
+                c.not_before = None;
+                c.p.backoff_secs = BACKOFF_START.as_secs();
+            } else {
+                let b = Duration::from_secs(c.p.backoff_secs);
+                c.not_before = Some(now + b);
+                c.waiting = Some((
+                    "CrashLoopBackOff".into(),
+                    format!(
+                        "back-off {}s restarting failed container={name} pod={}_{}({})",
+                        b.as_secs(),
+                        m.name,
+                        m.namespace,
+                        m.uid
+                    ),
+                ));
+                c.p.backoff_secs = (c.p.backoff_secs * 2).min(BACKOFF_MAX.as_secs());
+            }
+            self.event(
+                "Normal",
+                "BackOff",
+                format!(
+                    "container {name} exited with code {}; restarting",
+                    exit.code
+                ),
+            );
+        }
+        // An init container that failed for good fails the pod.
+        if self.ctrs.iter().any(|c| c.init && c.p.done && matches!(&c.p.last, Some(CState::Terminated { exit_code, .. }) if *exit_code != 0)) {
+            return;
+        }
+        // Start what should run: init containers one at a time, then all app containers.
+        let inits_done = self.ctrs.iter().filter(|c| c.init).all(|c| c.p.done);
+        let candidates: Vec<usize> = if inits_done {
+            (0..self.ctrs.len())
+                .filter(|&i| !self.ctrs[i].init)
+                .collect()
+        } else {
+            self.ctrs
+                .iter()
+                .position(|c| c.init && !c.p.done)
+                .into_iter()
+                .collect()
+        };
+        for i in candidates {
+            let c = &self.ctrs[i];
+            if c.running.is_some() || c.p.done || c.not_before.is_some_and(|t| t > now) {
+                continue;
+            }
+            self.start(i, &m);
+        }
+    }
+
+    fn start(&mut self, i: usize, m: &PodManifest) {
+        let spec = self.ctrs[i].spec.clone();
+        let image = spec.image.clone().unwrap_or_default();
+        let present = self.ctx.store.get(&image).is_ok();
+        if must_pull(&spec, present) && !self.pulled.contains_key(&image) {
+            self.ctrs[i].waiting = Some((
+                "ContainerCreating".into(),
+                format!("pulling image {image:?}"),
+            ));
+            self.publish();
+            self.event("Normal", "Pulling", format!("Pulling image {image:?}"));
+            let r = self.ctx.store.pull(
+                &image,
+                self.ctx.client.clone(),
+                &oci::image::PullOptions::default(),
+                &oci::progress::NoProgress,
+            );
+            match r {
+                Ok(rep) => {
+                    self.pulled.insert(image.clone(), ());
+                    self.event(
+                        "Normal",
+                        "Pulled",
+                        format!(
+                            "Successfully pulled image {image:?} ({} layers fetched)",
+                            rep.layers_fetched
+                        ),
+                    );
+                }
+                Err(e) => {
+                    let c = &mut self.ctrs[i];
+                    let (reason, b) = match &c.waiting {
+                        Some((r, _)) if r == "ErrImagePull" || r == "ImagePullBackOff" => (
+                            "ImagePullBackOff",
+                            (c.p.backoff_secs * 2)
+                                .clamp(BACKOFF_START.as_secs(), BACKOFF_MAX.as_secs()),
+                        ),
+                        _ => ("ErrImagePull", BACKOFF_START.as_secs()),
+                    };
+                    c.p.backoff_secs = b;
+                    c.not_before = Some(Instant::now() + Duration::from_secs(b));
+                    c.waiting = Some((reason.into(), e.to_string()));
+                    self.event(
+                        "Warning",
+                        "Failed",
+                        format!("Failed to pull image {image:?}: {e}"),
+                    );
+                    return;
+                }
+            }
+        }
+        let attempt = self.ctrs[i].p.attempt.map(|a| a + 1).unwrap_or(0);
+        let restart_count = if self.ctrs[i].p.attempt.is_some() {
+            self.ctrs[i].p.restart_count + 1
+        } else {
+            0
+        };
+        let dir = self.attempt_dir(&spec.name, attempt);
+        let _ = std::fs::remove_dir_all(&dir);
+        let pod_sc = m.pod.spec.as_ref().and_then(|s| s.security_context.clone());
+        let sc = spec.security_context.clone();
+        let uid = sc
+            .as_ref()
+            .and_then(|s| s.run_as_user)
+            .or(pod_sc.as_ref().and_then(|s| s.run_as_user));
+        let gid = sc
+            .as_ref()
+            .and_then(|s| s.run_as_group)
+            .or(pod_sc.as_ref().and_then(|s| s.run_as_group));
+        let user = match (uid, gid) {
+            (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+            (Some(u), None) => Some(u.to_string()),
+            (None, Some(g)) => Some(format!("0:{g}")),
+            (None, None) => None,
+        };
+        let env: Vec<String> = spec
+            .env
+            .iter()
+            .flatten()
+            .map(|e| format!("{}={}", e.name, e.value.clone().unwrap_or_default()))
+            .collect();
+        let hostname = m
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_else(|| m.name.clone());
+        let c = PodContainerSpec {
+            image: image.clone(),
+            command: spec.command.clone(),
+            args: spec.args.clone(),
+            env,
+            user,
+            log_path: self
+                .logs
+                .join(&spec.name)
+                .join(format!("{restart_count}.log")),
+        };
+        let sandbox = self.sandbox.as_ref().expect("sandbox exists");
+        match PodContainer::start(&self.ctx.exe, &self.ctx.store, sandbox, &hostname, &dir, &c) {
+            Ok(pc) => {
+                let ctr = &mut self.ctrs[i];
+                ctr.p.attempt = Some(attempt);
+                ctr.p.restart_count = restart_count;
+                ctr.p.started_at = Some(Utc::now());
+                ctr.running = Some(pc);
+                ctr.waiting = None;
+                ctr.not_before = None;
+                self.event(
+                    "Normal",
+                    "Started",
+                    format!("Started container {}", spec.name),
+                );
+            }
+            Err(e) => {
+                let ctr = &mut self.ctrs[i];
+                ctr.p.backoff_secs = ctr
+                    .p
+                    .backoff_secs
+                    .clamp(BACKOFF_START.as_secs(), BACKOFF_MAX.as_secs());
+                ctr.not_before = Some(Instant::now() + Duration::from_secs(ctr.p.backoff_secs));
+                ctr.waiting = Some(("CreateContainerError".into(), format!("{e:#}")));
+                let _ = std::fs::remove_dir_all(&dir);
+                self.event("Warning", "Failed", format!("Error: {e:#}"));
+            }
+        }
+    }
+
+    /// Recomputes the pod's phase and container states for the API.
+    fn publish(&self) {
+        let policy = restart_policy(&self.manifest().pod);
+        let mut v = self.view.lock().expect("view");
+        v.containers = self
+            .ctrs
+            .iter()
+            .map(|c| {
+                let state = if let Some(_r) = &c.running {
+                    CState::Running {
+                        started_at: c.p.started_at.unwrap_or_else(Utc::now),
+                    }
+                } else if let Some((reason, message)) = &c.waiting {
+                    CState::Waiting {
+                        reason: reason.clone(),
+                        message: message.clone(),
+                    }
+                } else if c.p.done {
+                    c.p.last.clone().unwrap_or(CState::Waiting {
+                        reason: "Unknown".into(),
+                        message: String::new(),
+                    })
+                } else if c.init || self.ctrs.iter().filter(|x| x.init).all(|x| x.p.done) {
+                    CState::Waiting {
+                        reason: "ContainerCreating".into(),
+                        message: String::new(),
+                    }
+                } else {
+                    CState::Waiting {
+                        reason: "PodInitializing".into(),
+                        message: String::new(),
+                    }
+                };
+                let last_state = if c.p.done { None } else { c.p.last.clone() };
+                ContainerView {
+                    name: c.spec.name.clone(),
+                    image: c.spec.image.clone().unwrap_or_default(),
+                    init: c.init,
+                    state,
+                    last_state,
+                    restart_count: c.p.restart_count,
+                }
+            })
+            .collect();
+        let apps: Vec<&Ctr> = self.ctrs.iter().filter(|c| !c.init).collect();
+        let init_failed = self.ctrs.iter().any(|c| c.init && c.p.done && matches!(&c.p.last, Some(CState::Terminated { exit_code, .. }) if *exit_code != 0));
+        let code = |c: &Ctr| match &c.p.last {
+            Some(CState::Terminated { exit_code, .. }) => *exit_code,
+            _ => 0,
+        };
+        v.phase = if init_failed {
+            "Failed".into()
+        } else if apps.iter().all(|c| c.p.done) && policy != "Always" {
+            if apps.iter().all(|c| code(c) == 0) {
+                "Succeeded".into()
+            } else {
+                "Failed".into()
+            }
+        } else if apps.iter().any(|c| c.running.is_some()) {
+            if v.started.is_none() {
+                v.started = Some(Utc::now());
+            }
+            "Running".into()
+        } else {
+            "Pending".into()
+        };
+    }
+
+    fn persist(&self) {
+        let map: BTreeMap<String, Persisted> = self
+            .ctrs
+            .iter()
+            .map(|c| (c.spec.name.clone(), c.p.clone()))
+            .collect();
+        if self.dir.exists() {
+            let _ = oci::fsutil::write_atomic(
+                &self.dir.join("pod.json"),
+                &serde_json::to_vec(&map).unwrap_or_default(),
+            );
+        }
+    }
+
+    /// Sleeps until a container exits, a stop is requested, or the next back-off ends.
+    fn wait(&self, wake: &OwnedFd) {
+        let now = Instant::now();
+        let next = self
+            .ctrs
+            .iter()
+            .filter_map(|c| c.not_before)
+            .filter(|t| *t > now)
+            .min();
+        let timeout = next
+            .map(|t| t - now)
+            .unwrap_or(Duration::from_secs(5))
+            .min(Duration::from_secs(5));
+        let fds: Vec<OwnedFd> = self
+            .ctrs
+            .iter()
+            .filter_map(|c| c.running.as_ref())
+            .filter_map(|r| shim_pid(&r.state))
+            .filter_map(pidfd)
+            .collect();
+        let mut polls: Vec<rustix::event::PollFd> = fds
+            .iter()
+            .map(|f| rustix::event::PollFd::new(f, rustix::event::PollFlags::IN))
+            .collect();
+        polls.push(rustix::event::PollFd::new(
+            wake,
+            rustix::event::PollFlags::IN,
+        ));
+        let ts = rustix::event::Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        let _ = rustix::event::poll(&mut polls, Some(&ts));
+        // Drain the wake pipe.
+        let mut buf = [0u8; 64];
+        let _ = rustix::io::read(wake.as_fd(), &mut buf);
+    }
+
+    /// Stops every container (SIGTERM, grace period, SIGKILL) and removes all the pod's
+    /// mounts, namespaces, directories and logs.
+    fn teardown(mut self) {
+        self.view.lock().expect("view").deleting = true;
+        let grace = grace(&self.manifest().pod);
+        let running: Vec<PodContainer> = self
+            .ctrs
+            .iter_mut()
+            .filter_map(|c| c.running.take())
+            .collect();
+        std::thread::scope(|s| {
+            for r in &running {
+                s.spawn(move || stop_container(r, grace));
+            }
+        });
+        for r in &running {
+            let _ = r.remove();
+        }
+        if let Some(sb) = self.sandbox.take().or_else(|| {
+            self.dir
+                .join("sandbox")
+                .exists()
+                .then(|| Sandbox::open(&self.dir.join("sandbox")))
+        }) {
+            if let Err(e) = sb.remove() {
+                tracing::warn!(error = %e, "removing the pod sandbox");
+            }
+        }
+        // Leftover attempt directories (exited containers) and the pod's own.
+        unmount_attempts(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.logs);
+        let _ = std::fs::remove_dir_all(self.ctx.root.join("containers").join(self.manifest().uid));
+    }
+}
+
+/// SIGTERM, up to `grace` for the exit, then SIGKILL.
+pub fn stop_container(r: &PodContainer, grace: Duration) {
+    if crate::shim::exit_status(&r.state).is_some() {
+        return;
+    }
+    let pid = rustix::process::Pid::from_raw(r.pid);
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    if crate::shim::wait_exit(&r.state, grace).is_err() {
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        let _ = crate::shim::wait_exit(&r.state, Duration::from_secs(10));
+    }
+}
+
+/// Unmounts every container attempt's rootfs under a pod directory (best effort).
+pub fn unmount_attempts(pod_dir: &Path) {
+    for c in std::fs::read_dir(pod_dir.join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+            let _ = rustix::mount::unmount(
+                a.path().join("rootfs"),
+                rustix::mount::UnmountFlags::DETACH,
+            );
+        }
+    }
+}

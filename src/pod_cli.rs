@@ -1,0 +1,443 @@
+//! `knode get pods`, `knode describe pod`, `knode logs`: the kubectl-like CLI over the
+//! agent's local API.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::kubelet::api;
+
+fn age(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> String {
+    let Some(t) = t else {
+        return "<unknown>".into();
+    };
+    let s = (chrono::Utc::now() - t.0).num_seconds().max(0);
+    match s {
+        s if s < 120 => format!("{s}s"),
+        s if s < 3600 * 2 => format!("{}m", s / 60),
+        s if s < 86400 * 2 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// The STATUS column, by kubectl's rules.
+pub fn status_column(p: &Pod) -> String {
+    let st = p.status.clone().unwrap_or_default();
+    let mut reason = st
+        .reason
+        .clone()
+        .or(st.phase.clone())
+        .unwrap_or_else(|| "Unknown".into());
+    let inits = st.init_container_statuses.clone().unwrap_or_default();
+    let mut initializing = false;
+    for (i, c) in inits.iter().enumerate() {
+        let s = c.state.clone().unwrap_or_default();
+        if let Some(t) = &s.terminated {
+            if t.exit_code == 0 {
+                continue;
+            }
+            reason = format!(
+                "Init:{}",
+                t.reason
+                    .clone()
+                    .unwrap_or_else(|| format!("ExitCode:{}", t.exit_code))
+            );
+        } else if let Some(w) = s.waiting.as_ref().filter(|w| {
+            w.reason
+                .as_deref()
+                .is_some_and(|r| !r.is_empty() && r != "PodInitializing")
+        }) {
+            reason = format!("Init:{}", w.reason.clone().unwrap_or_default());
+        } else {
+            reason = format!("Init:{i}/{}", inits.len());
+        }
+        initializing = true;
+        break;
+    }
+    if !initializing {
+        let mut has_running = false;
+        for c in st.container_statuses.iter().flatten().rev() {
+            let s = c.state.clone().unwrap_or_default();
+            if let Some(r) = s
+                .waiting
+                .as_ref()
+                .and_then(|w| w.reason.clone())
+                .filter(|r| !r.is_empty())
+            {
+                reason = r;
+            } else if let Some(t) = &s.terminated {
+                reason = t
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| format!("ExitCode:{}", t.exit_code));
+            } else if c.ready && s.running.is_some() {
+                has_running = true;
+            }
+        }
+        if reason == "Completed" && has_running {
+            reason = "Running".into();
+        }
+    }
+    if p.metadata.deletion_timestamp.is_some() {
+        reason = "Terminating".into();
+    }
+    reason
+}
+
+fn table(rows: &[Vec<String>]) {
+    let mut w = vec![0; rows.first().map_or(0, Vec::len)];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i + 1 == r.len() {
+                    c.clone()
+                } else {
+                    format!("{c:w$}", w = w[i])
+                }
+            })
+            .collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+}
+
+fn list(sock: &Path) -> Result<(Vec<Pod>, Vec<String>)> {
+    let (_, body) = api::get(sock, "/pods")?;
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    let items: Vec<Pod> = serde_json::from_value(v["items"].clone())?;
+    let errors = v["manifestErrors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str().map(str::to_string))
+        .collect();
+    Ok((items, errors))
+}
+
+pub fn get_pods(sock: &Path, namespace: Option<&str>, output: Option<&str>) -> Result<()> {
+    let (mut pods, errors) = list(sock)?;
+    pods.retain(|p| namespace.is_none_or(|ns| p.metadata.namespace.as_deref() == Some(ns)));
+    pods.sort_by_key(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()));
+    match output {
+        Some("json") => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": pods})
+            )?
+        ),
+        Some("yaml") => print!(
+            "{}",
+            serde_yaml::to_string(
+                &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": pods})
+            )?
+        ),
+        Some("wide") | None => {
+            let wide = output == Some("wide");
+            let all_ns = namespace.is_none();
+            let mut rows = vec![];
+            let mut head = vec![];
+            if all_ns {
+                head.push("NAMESPACE".to_string());
+            }
+            head.extend(["NAME", "READY", "STATUS", "RESTARTS", "AGE"].map(String::from));
+            if wide {
+                head.extend(["IP", "NODE"].map(String::from));
+            }
+            rows.push(head);
+            for p in &pods {
+                let st = p.status.clone().unwrap_or_default();
+                let cs = st.container_statuses.clone().unwrap_or_default();
+                let mut r = vec![];
+                if all_ns {
+                    r.push(p.metadata.namespace.clone().unwrap_or_default());
+                }
+                r.push(p.metadata.name.clone().unwrap_or_default());
+                r.push(format!(
+                    "{}/{}",
+                    cs.iter().filter(|c| c.ready).count(),
+                    cs.len()
+                ));
+                r.push(status_column(p));
+                r.push(cs.iter().map(|c| c.restart_count).sum::<i32>().to_string());
+                r.push(age(p.metadata.creation_timestamp.as_ref()));
+                if wide {
+                    r.push(st.pod_ip.clone().unwrap_or_else(|| "<none>".into()));
+                    r.push(
+                        p.spec
+                            .as_ref()
+                            .and_then(|s| s.node_name.clone())
+                            .unwrap_or_else(|| "<none>".into()),
+                    );
+                }
+                rows.push(r);
+            }
+            if pods.is_empty() {
+                eprintln!("No resources found");
+            } else {
+                table(&rows);
+            }
+        }
+        Some(o) => bail!("unknown output format {o:?}: use wide, yaml or json"),
+    }
+    for e in errors {
+        eprintln!("warning: manifest: {e}");
+    }
+    Ok(())
+}
+
+pub fn describe_pod(sock: &Path, namespace: &str, name: &str) -> Result<()> {
+    let (code, body) = api::get(sock, &format!("/pods/{namespace}/{name}"))?;
+    if code == 404 {
+        bail!("pods {name:?} not found");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    let p: Pod = serde_json::from_value(v["pod"].clone())?;
+    let st = p.status.clone().unwrap_or_default();
+    let spec = p.spec.clone().unwrap_or_default();
+    println!(
+        "Name:         {}",
+        p.metadata.name.clone().unwrap_or_default()
+    );
+    println!(
+        "Namespace:    {}",
+        p.metadata.namespace.clone().unwrap_or_default()
+    );
+    println!(
+        "Node:         {}",
+        spec.node_name.clone().unwrap_or_default()
+    );
+    println!(
+        "Start Time:   {}",
+        st.start_time
+            .map(|t| t.0.to_rfc2822())
+            .unwrap_or_else(|| "<unset>".into())
+    );
+    println!(
+        "UID:          {}",
+        p.metadata.uid.clone().unwrap_or_default()
+    );
+    println!("Status:       {}", st.phase.clone().unwrap_or_default());
+    if let Some(r) = &st.reason {
+        println!("Reason:       {r}");
+    }
+    if let Some(m) = &st.message {
+        println!("Message:      {m}");
+    }
+    println!(
+        "Restart Policy: {}",
+        spec.restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into())
+    );
+    let show = |title: &str,
+                specs: &[k8s_openapi::api::core::v1::Container],
+                statuses: &[k8s_openapi::api::core::v1::ContainerStatus]| {
+        if specs.is_empty() {
+            return;
+        }
+        println!("{title}:");
+        for c in specs {
+            println!("  {}:", c.name);
+            println!(
+                "    Image:          {}",
+                c.image.clone().unwrap_or_default()
+            );
+            if let Some(cmd) = &c.command {
+                println!("    Command:        {}", cmd.join(" "));
+            }
+            if let Some(a) = &c.args {
+                println!("    Args:           {}", a.join(" "));
+            }
+            if let Some(s) = statuses.iter().find(|s| s.name == c.name) {
+                let state = |st: &k8s_openapi::api::core::v1::ContainerState| -> String {
+                    if let Some(w) = &st.waiting {
+                        format!(
+                            "Waiting\n      Reason:       {}{}",
+                            w.reason.clone().unwrap_or_default(),
+                            w.message
+                                .as_ref()
+                                .map(|m| format!("\n      Message:      {m}"))
+                                .unwrap_or_default()
+                        )
+                    } else if let Some(r) = &st.running {
+                        format!(
+                            "Running\n      Started:      {}",
+                            r.started_at
+                                .as_ref()
+                                .map(|t| t.0.to_rfc2822())
+                                .unwrap_or_default()
+                        )
+                    } else if let Some(t) = &st.terminated {
+                        format!("Terminated\n      Reason:       {}\n      Exit Code:    {}\n      Finished:     {}", t.reason.clone().unwrap_or_default(), t.exit_code, t.finished_at.as_ref().map(|t| t.0.to_rfc2822()).unwrap_or_default())
+                    } else {
+                        "Unknown".into()
+                    }
+                };
+                println!(
+                    "    State:          {}",
+                    state(&s.state.clone().unwrap_or_default())
+                );
+                if let Some(l) = &s.last_state {
+                    println!("    Last State:     {}", state(l));
+                }
+                println!("    Ready:          {}", s.ready);
+                println!("    Restart Count:  {}", s.restart_count);
+            }
+        }
+    };
+    show(
+        "Init Containers",
+        spec.init_containers.as_deref().unwrap_or(&[]),
+        st.init_container_statuses.as_deref().unwrap_or(&[]),
+    );
+    show(
+        "Containers",
+        &spec.containers,
+        st.container_statuses.as_deref().unwrap_or(&[]),
+    );
+    if let Some(w) = v["warnings"].as_array().filter(|w| !w.is_empty()) {
+        println!("Warnings:");
+        for x in w {
+            println!("  {}", x.as_str().unwrap_or_default());
+        }
+    }
+    println!("Events:");
+    let events = v["events"].as_array().cloned().unwrap_or_default();
+    if events.is_empty() {
+        println!("  <none>");
+    } else {
+        let mut rows = vec![vec![
+            "  Type".to_string(),
+            "Reason".into(),
+            "Age".into(),
+            "Message".into(),
+        ]];
+        for e in events {
+            let t: Option<chrono::DateTime<chrono::Utc>> =
+                serde_json::from_value(e["time"].clone()).ok();
+            rows.push(vec![
+                format!("  {}", e["kind"].as_str().unwrap_or_default()),
+                e["reason"].as_str().unwrap_or_default().into(),
+                age(t
+                    .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
+                    .as_ref()),
+                e["message"].as_str().unwrap_or_default().into(),
+            ]);
+        }
+        table(&rows);
+    }
+    Ok(())
+}
+
+pub struct LogArgs<'a> {
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub container: Option<&'a str>,
+    pub follow: bool,
+    pub tail: Option<usize>,
+    pub previous: bool,
+}
+
+pub fn logs(sock: &Path, a: &LogArgs) -> Result<()> {
+    let container = match a.container {
+        Some(c) => c.to_string(),
+        None => {
+            let (code, body) = api::get(sock, &format!("/pods/{}/{}", a.namespace, a.pod))?;
+            if code == 404 {
+                bail!("pods {:?} not found", a.pod);
+            }
+            let v: serde_json::Value = serde_json::from_slice(&body)?;
+            let p: Pod = serde_json::from_value(v["pod"].clone())?;
+            let cs = p.spec.map(|s| s.containers).unwrap_or_default();
+            if cs.len() != 1 {
+                bail!(
+                    "a container name must be specified for pod {}, choose one of: [{}]",
+                    a.pod,
+                    cs.iter()
+                        .map(|c| c.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+            cs[0].name.clone()
+        }
+    };
+    let mut q = vec![];
+    if let Some(t) = a.tail {
+        q.push(format!("tailLines={t}"));
+    }
+    if a.previous {
+        q.push("previous=true".into());
+    }
+    let (code, body) = api::get(
+        sock,
+        &format!(
+            "/containerLogs/{}/{}/{container}?{}",
+            a.namespace,
+            a.pod,
+            q.join("&")
+        ),
+    )?;
+    if code != 200 {
+        bail!("{}", String::from_utf8_lossy(&body).trim());
+    }
+    std::io::stdout().write_all(&body)?;
+    if !a.follow || a.previous {
+        return Ok(());
+    }
+    // Follow: tail the file the agent names until the container stops running.
+    let (_, body) = api::get(
+        sock,
+        &format!("/logPath/{}/{}/{container}", a.namespace, a.pod),
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    let path = std::path::PathBuf::from(v["path"].as_str().context("no log path")?);
+    let mut pos = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mut last_check = std::time::Instant::now();
+    loop {
+        if let Ok(f) = std::fs::File::open(&path) {
+            let len = f.metadata()?.len();
+            if len < pos {
+                pos = 0; // rotated
+            }
+            let mut r = std::io::BufReader::new(f);
+            std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(pos))?;
+            let mut line = String::new();
+            while r.read_line(&mut line)? > 0 {
+                if !line.ends_with('\n') {
+                    break;
+                }
+                pos += line.len() as u64;
+                if let Some(rec) = crate::logs::parse_line(line.trim_end_matches('\n')) {
+                    print!("{}", rec.msg);
+                    if !rec.partial {
+                        println!();
+                    }
+                }
+                line.clear();
+            }
+            std::io::stdout().flush()?;
+        }
+        if last_check.elapsed() > Duration::from_secs(1) {
+            last_check = std::time::Instant::now();
+            let (_, body) = api::get(
+                sock,
+                &format!("/logPath/{}/{}/{container}", a.namespace, a.pod),
+            )?;
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if v["running"] != true || v["path"].as_str() != path.to_str() {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,319 @@
+//! The node agent end to end: static pods from a manifests directory, driven through the CLI
+//! and the local API (as root).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use oci::image::PullOptions;
+use oci::progress::NoProgress;
+use support::*;
+
+struct Node {
+    s: Store,
+    manifests: PathBuf,
+    agent: Option<Child>,
+}
+
+impl Node {
+    fn new() -> Node {
+        let s = Store::new();
+        let t = tempfile::tempdir().unwrap();
+        busybox_image().write_oci_layout(t.path(), "1").unwrap();
+        s.store
+            .import(
+                t.path(),
+                Some("test/busybox"),
+                &PullOptions::default(),
+                &NoProgress,
+            )
+            .unwrap();
+        let manifests = s.root().join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        let mut n = Node {
+            s,
+            manifests,
+            agent: None,
+        };
+        n.start_agent();
+        n
+    }
+
+    fn start_agent(&mut self) {
+        let child = Command::new(knode_bin())
+            .arg("--root")
+            .arg(self.s.root())
+            .arg("--run-dir")
+            .arg(self.s.root().join("run"))
+            .args(["agent", "--manifests"])
+            .arg(&self.manifests)
+            .arg("--log-dir")
+            .arg(self.s.root().join("logs"))
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+        // Ready when the API answers.
+        self.until("the API answers", |n| {
+            n.knode(&["get", "pods"]).status.success()
+        });
+    }
+
+    fn kill_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            a.kill().unwrap();
+            a.wait().unwrap();
+        }
+    }
+
+    fn knode(&self, args: &[&str]) -> Output {
+        Command::new(knode_bin())
+            .arg("--run-dir")
+            .arg(self.s.root().join("run"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn pod(&self, name: &str) -> Option<serde_json::Value> {
+        let o = self.knode(&["get", "pods", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        v["items"]
+            .as_array()?
+            .iter()
+            .find(|p| p["metadata"]["name"] == name)
+            .cloned()
+    }
+
+    /// Waits (bounded) for a condition on the agent's reported state.
+    fn until(&self, what: &str, f: impl Fn(&Node) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn write(&self, file: &str, yaml: &str) {
+        let tmp = self.manifests.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.manifests.join(file)).unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Remove every pod, let the agent tear them down, then stop it.
+        if self.agent.is_some() {
+            for e in std::fs::read_dir(&self.manifests).unwrap().flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while std::fs::read_dir(self.s.root().join("run/pods"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+                > 0
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.kill_agent();
+    }
+}
+
+fn state_of<'a>(pod: &'a serde_json::Value, list: &str, name: &str) -> &'a serde_json::Value {
+    pod["status"][list]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+fn pod_yaml(name: &str, extra: &str, containers: &str) -> String {
+    let grace = if extra.contains("terminationGracePeriodSeconds") {
+        ""
+    } else {
+        "  terminationGracePeriodSeconds: 1\n"
+    };
+    format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{grace}{extra}  containers:\n{containers}")
+}
+
+#[test]
+fn static_pods_run_restart_and_report_like_the_kubelet() {
+    let n = Node::new();
+    n.write(
+        "web.yaml",
+        &pod_yaml(
+            "web",
+            "  terminationGracePeriodSeconds: 1\n  initContainers:\n  - name: setup\n    image: test/busybox:1\n    command: [sh, -c, 'echo init ran']\n",
+            "  - name: server\n    image: test/busybox:1\n    command: [sh, -c, 'echo serving; exec httpd -f -p 8080 -h /www']\n  - name: crasher\n    image: test/busybox:1\n    command: [sh, -c, 'echo attempt; exit 3']\n    env:\n    - name: GREETING\n      value: hello\n",
+        ),
+    );
+    n.until("server running and crasher restarted", |n| {
+        n.pod("web").is_some_and(|p| {
+            state_of(&p, "containerStatuses", "server")["state"]["running"].is_object()
+                && state_of(&p, "containerStatuses", "crasher")["restartCount"].as_i64() >= Some(1)
+        })
+    });
+    let p = n.pod("web").unwrap();
+    assert_eq!(p["status"]["phase"], "Running");
+    assert_eq!(
+        state_of(&p, "initContainerStatuses", "setup")["state"]["terminated"]["reason"],
+        "Completed"
+    );
+    let crasher = state_of(&p, "containerStatuses", "crasher");
+    assert_eq!(crasher["lastState"]["terminated"]["exitCode"], 3);
+    n.until("CrashLoopBackOff", |n| {
+        n.pod("web").is_some_and(|p| {
+            state_of(&p, "containerStatuses", "crasher")["state"]["waiting"]["reason"]
+                == "CrashLoopBackOff"
+        })
+    });
+    let table = String::from_utf8(n.knode(&["get", "pods"]).stdout).unwrap();
+    assert!(
+        table.starts_with("NAME")
+            && table.contains("web")
+            && table.contains("1/2")
+            && table.contains("CrashLoopBackOff"),
+        "{table}"
+    );
+    let logs = |args: &[&str]| {
+        String::from_utf8(n.knode(&[&["logs", "web"], args].concat()).stdout).unwrap()
+    };
+    assert_eq!(logs(&["-c", "setup"]), "init ran\n");
+    assert_eq!(logs(&["-c", "server"]), "serving\n");
+    assert!(logs(&["-c", "crasher", "--previous"]).contains("attempt"));
+    let o = n.knode(&["logs", "web"]);
+    assert!(
+        !o.status.success()
+            && String::from_utf8_lossy(&o.stderr).contains("choose one of: [server crasher]")
+    );
+    let d = String::from_utf8(n.knode(&["describe", "pod", "web"]).stdout).unwrap();
+    assert!(
+        d.contains("Restart Count:")
+            && d.contains("Started container server")
+            && d.contains("back-off"),
+        "{d}"
+    );
+}
+
+#[test]
+fn bad_manifests_are_reported_and_do_not_disturb_other_pods() {
+    let n = Node::new();
+    n.write(
+        "good.yaml",
+        &pod_yaml(
+            "good",
+            "",
+            "  - name: c\n    image: test/busybox:1\n    command: [sleep, '600']\n",
+        ),
+    );
+    n.write("broken.yaml", "kind: Pod\n  metadata: [unclosed");
+    n.write(
+        "dup.yaml",
+        &pod_yaml(
+            "dup",
+            "",
+            "  - name: c\n    image: test/busybox:1\n  - name: c\n    image: test/busybox:1\n",
+        ),
+    );
+    n.write("odd.yaml", &pod_yaml("odd", "  affinity: {}\n", "  - name: c\n    image: test/busybox:1\n    command: [sleep, '600']\n    livenessProbe: {exec: {command: [echo, ok]}}\n"));
+    n.until("good and odd running", |n| {
+        ["good", "odd"].iter().all(|name| {
+            n.pod(name)
+                .is_some_and(|p| p["status"]["phase"] == "Running")
+        })
+    });
+    let dup = n.pod("dup").unwrap();
+    assert_eq!(dup["status"]["phase"], "Failed");
+    assert!(dup["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("duplicate container name \"c\""));
+    let o = n.knode(&["get", "pods"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("broken.yaml"),
+        "the unparsable file is named: {err}"
+    );
+    let d = String::from_utf8(n.knode(&["describe", "pod", "odd"]).stdout).unwrap();
+    assert!(
+        d.contains("spec.affinity is not supported")
+            && d.contains("livenessProbe is not supported"),
+        "{d}"
+    );
+    assert!(n
+        .knode(&["describe", "pod", "nope"])
+        .stderr
+        .ends_with(b"not found\n"));
+}
+
+fn container_pid(n: &Node, pod: &str, container: &str) -> i32 {
+    let run = n.s.root().join("run/pods");
+    for uid in std::fs::read_dir(&run).unwrap().flatten() {
+        let d = uid.path().join("containers").join(container);
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for a in rd.flatten() {
+                if let Some(p) = knode::shim::pid(&a.path().join("state")) {
+                    if knode::shim::exit_status(&a.path().join("state")).is_none() {
+                        let _ = pod;
+                        return p;
+                    }
+                }
+            }
+        }
+    }
+    panic!("no running container {container}");
+}
+
+#[test]
+fn containers_survive_an_agent_kill_and_deletion_leaves_nothing() {
+    let mut n = Node::new();
+    n.write("keep.yaml", &pod_yaml("keep", "  terminationGracePeriodSeconds: 2\n", "  - name: c\n    image: test/busybox:1\n    command: [sh, -c, 'trap \"echo bye; exit 0\" TERM; echo up; while true; do sleep 0.1; done']\n"));
+    n.until("running", |n| {
+        n.pod("keep")
+            .is_some_and(|p| p["status"]["phase"] == "Running")
+    });
+    let pid = container_pid(&n, "keep", "c");
+    n.kill_agent(); // SIGKILL
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the container outlived the agent"
+    );
+    n.start_agent();
+    n.until("adopted", |n| {
+        n.pod("keep")
+            .is_some_and(|p| p["status"]["phase"] == "Running")
+    });
+    assert_eq!(
+        container_pid(&n, "keep", "c"),
+        pid,
+        "the same container, adopted"
+    );
+    assert_eq!(
+        n.pod("keep").unwrap()["status"]["containerStatuses"][0]["restartCount"],
+        0
+    );
+    std::fs::remove_file(n.manifests.join("keep.yaml")).unwrap();
+    n.until("gone", |n| n.pod("keep").is_none());
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "no process left"
+    );
+    let root = n.s.root().to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&root), "no mount left");
+    assert_eq!(
+        std::fs::read_dir(n.s.root().join("run/pods"))
+            .unwrap()
+            .count(),
+        0,
+        "no pod directory left"
+    );
+    assert_eq!(
+        std::fs::read_dir(n.s.root().join("logs")).unwrap().count(),
+        0,
+        "no log directory left"
+    );
+}
