@@ -168,13 +168,27 @@ pub struct PodContainer {
 }
 
 /// What a pod container runs (already resolved from the pod spec and the image).
+#[derive(Default)]
 pub struct PodContainerSpec {
     pub image: String,
     pub command: Option<Vec<String>>,
     pub args: Option<Vec<String>>,
     pub env: Vec<String>,
     pub user: Option<String>,
+    pub working_dir: Option<String>,
     pub log_path: PathBuf,
+    pub privileged: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub readonly_rootfs: bool,
+    /// `allowPrivilegeEscalation: true` turns no_new_privs off (knode sets it by default).
+    pub allow_privilege_escalation: bool,
+    /// Share the host's PID namespace (`hostPID`).
+    pub host_pid: bool,
+    /// Volumes, /etc/hosts and the like.
+    pub binds: Vec<spec::Bind>,
+    /// Where the writable layer goes (on disk, not in the runtime tmpfs).
+    pub upper_dir: Option<PathBuf>,
 }
 
 impl PodContainer {
@@ -189,10 +203,11 @@ impl PodContainer {
         c: &PodContainerSpec,
     ) -> Result<PodContainer> {
         let rec = store.get(&c.image)?;
+        let layer = c.upper_dir.clone().unwrap_or_else(|| dir.to_path_buf());
         let (rootfs, upper, work, state) = (
             dir.join("rootfs"),
-            dir.join("upper"),
-            dir.join("work"),
+            layer.join("upper"),
+            layer.join("work"),
             dir.join("state"),
         );
         for d in [&rootfs, &upper, &work, &state] {
@@ -209,35 +224,44 @@ impl PodContainer {
                 .unwrap_or_default();
             let (uid, gid, additional_gids) = spec::resolve_user(&rootfs, &user)?;
             let mut namespaces = sandbox.namespaces();
-            namespaces.extend(
-                ["pid", "mount", "cgroup"]
-                    .iter()
-                    .map(|t| (t.to_string(), None)),
-            );
+            let own: &[&str] = if c.host_pid {
+                &["mount", "cgroup"]
+            } else {
+                &["pid", "mount", "cgroup"]
+            };
+            namespaces.extend(own.iter().map(|t| (t.to_string(), None)));
+            let mut binds = vec![spec::Bind {
+                source: sandbox.shm().to_string_lossy().into_owned(),
+                destination: "/dev/shm".into(),
+                readonly: false,
+            }];
+            binds.extend(c.binds.iter().cloned());
             let cfg = ContainerConfig {
                 env: spec::environment(&image, &c.env, hostname),
                 args,
-                cwd: image
+                cwd: c
                     .working_dir
                     .clone()
+                    .or_else(|| image.working_dir.clone())
                     .filter(|w| !w.is_empty())
                     .unwrap_or_else(|| "/".into()),
                 uid,
                 gid,
                 additional_gids,
                 hostname: hostname.to_string(),
-                readonly_rootfs: false,
-                privileged: false,
-                cap_add: vec![],
-                cap_drop: vec![],
+                readonly_rootfs: c.readonly_rootfs,
+                privileged: c.privileged,
+                cap_add: c.cap_add.clone(),
+                cap_drop: c.cap_drop.clone(),
                 namespaces,
-                binds: vec![spec::Bind {
-                    source: sandbox.shm().to_string_lossy().into_owned(),
-                    destination: "/dev/shm".into(),
-                    readonly: false,
-                }],
+                binds,
             };
-            let spec = spec::build(&cfg, &rootfs)?;
+            let mut spec = spec::build(&cfg, &rootfs)?;
+            if c.allow_privilege_escalation && !c.privileged {
+                if let Some(p) = spec.process_mut().as_mut() {
+                    p.set_no_new_privileges(Some(false));
+                }
+            }
             crate::shim::spawn(
                 exe,
                 &state,
@@ -256,6 +280,16 @@ impl PodContainer {
                 Err(e)
             }
         }
+    }
+
+    /// Unmounts the container's rootfs (after it exited) and removes its directory (and
+    /// `upper_dir`, its writable layer, when it lives elsewhere).
+    pub fn remove_with(&self, upper_dir: Option<&Path>) -> Result<()> {
+        self.remove()?;
+        if let Some(u) = upper_dir {
+            let _ = std::fs::remove_dir_all(u);
+        }
+        Ok(())
     }
 
     /// Unmounts the container's rootfs (after it exited) and removes its directory.

@@ -90,7 +90,19 @@ impl Node {
     fn until(&self, what: &str, f: impl Fn(&Node) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !f(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            if Instant::now() > deadline {
+                let (_, body) =
+                    knode::kubelet::api::get(&self.s.root().join("run/knode.sock"), "/pods")
+                        .unwrap_or_default();
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let mut diag = format!("manifest errors: {}\n", v["manifestErrors"]);
+                for p in v["items"].as_array().into_iter().flatten() {
+                    let name = p["metadata"]["name"].as_str().unwrap_or_default();
+                    diag +=
+                        &String::from_utf8_lossy(&self.knode(&["describe", "pod", name]).stdout);
+                }
+                panic!("timed out waiting for {what}; pods:\n{diag}");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -316,4 +328,122 @@ fn containers_survive_an_agent_kill_and_deletion_leaves_nothing() {
         0,
         "no log directory left"
     );
+}
+
+#[test]
+fn volumes_env_and_security_contexts() {
+    let n = Node::new();
+    let host_dir = n.s.root().join("host-data");
+    let escape = n.s.root().join("escape-target");
+    let escape_s = escape.display();
+    n.write(
+        "cfg.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  mode: production\n  settings.conf: |\n    level=3\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ndata:\n  password: czNjcmV0\n",
+    );
+    let containers = format!(
+        r#"  - name: writer
+    image: test/busybox:1
+    command: [sh, -c, 'echo shared > /cache/x; echo from-pod > /host/from-pod; ln -s {escape_s} /cache/link; touch /cache/ready; exec sleep 600']
+    volumeMounts: [{{name: cache, mountPath: /cache}}, {{name: host, mountPath: /host}}]
+  - name: reader
+    image: test/busybox:1
+    command: [sh, -c]
+    args:
+    - |
+      for i in $(seq 1 250); do [ -e /cache/ready ] && break; usleep 20000; done
+      echo cache=$(cat /cache/x)
+      echo conf=$(cat /etc/config/renamed.conf) mode=$(stat -c %a /etc/config/renamed.conf)
+      echo settings=$(cat /app/settings.conf)
+      echo password=$(cat /etc/secret/password)
+      echo secretfs=$(grep -c ' /etc/secret tmpfs' /proc/mounts) memfs=$(grep -c ' /mem tmpfs' /proc/mounts)
+      echo env MODE=$MODE PW=$PW POD=$POD_NAME NS=$POD_NAMESPACE APP_mode=$APP_mode GREETING=$GREETING
+      touch /etc/config-ro/x 2>/dev/null && echo ro=no || echo ro=yes
+      echo hostname=$(cat /etc/hostname) hosts=$(grep -c vol /etc/hosts)
+      echo done
+      exec sleep 600
+    env:
+    - {{name: MODE, valueFrom: {{configMapKeyRef: {{name: app, key: mode}}}}}}
+    - {{name: PW, valueFrom: {{secretKeyRef: {{name: db, key: password}}}}}}
+    - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+    - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
+    - {{name: GREETING, value: "hi $(POD_NAME)"}}
+    envFrom: [{{prefix: APP_, configMapRef: {{name: app}}}}]
+    volumeMounts:
+    - {{name: cache, mountPath: /cache}}
+    - {{name: mem, mountPath: /mem}}
+    - {{name: cfg, mountPath: /etc/config}}
+    - {{name: cfg, mountPath: /etc/config-ro, readOnly: true}}
+    - {{name: cfg-all, mountPath: /app/settings.conf, subPath: settings.conf}}
+    - {{name: sec, mountPath: /etc/secret}}
+  - name: locked
+    image: test/busybox:1
+    command: [sh, -c, 'touch /x 2>/dev/null && echo rootfs=rw || echo rootfs=ro; id -u; grep -E "CapEff|NoNewPrivs" /proc/self/status; exec sleep 600']
+    securityContext:
+      runAsUser: 1000
+      readOnlyRootFilesystem: true
+      capabilities: {{drop: [ALL]}}
+  - name: escaper
+    image: test/busybox:1
+    command: [sh, -c, 'ls /mnt/x; exec sleep 600']
+    volumeMounts: [{{name: cache, mountPath: /mnt/x, subPath: link/sub}}]
+"#
+    );
+    let volumes = format!(
+        "  volumes:\n  - {{name: cache, emptyDir: {{}}}}\n  - {{name: mem, emptyDir: {{medium: Memory, sizeLimit: 16Mi}}}}\n  - {{name: host, hostPath: {{path: {}, type: DirectoryOrCreate}}}}\n  - {{name: cfg, configMap: {{name: app, defaultMode: 0400, items: [{{key: settings.conf, path: renamed.conf}}]}}}}\n  - {{name: cfg-all, configMap: {{name: app}}}}\n  - {{name: sec, secret: {{secretName: db}}}}\n",
+        host_dir.display()
+    );
+    n.write("vol.yaml", &pod_yaml("vol", &volumes, &containers));
+    n.until("reader done", |n| {
+        String::from_utf8_lossy(&n.knode(&["logs", "vol", "-c", "reader"]).stdout).contains("done")
+    });
+    let out = String::from_utf8(n.knode(&["logs", "vol", "-c", "reader"]).stdout).unwrap();
+    for want in [
+        "cache=shared",
+        "conf=level=3 mode=400",
+        "settings=level=3",
+        "password=s3cret",
+        "secretfs=1 memfs=1",
+        "env MODE=production PW=s3cret POD=vol NS=default APP_mode=production GREETING=hi vol",
+        "ro=yes",
+        "hostname=vol hosts=1",
+    ] {
+        assert!(out.contains(want), "{want:?} missing in:\n{out}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("from-pod")).unwrap(),
+        "from-pod\n",
+        "hostPath is the host's directory"
+    );
+    n.until("locked logged", |n| {
+        n.knode(&["logs", "vol", "-c", "locked"]).stdout.len() > 10
+    });
+    let locked = String::from_utf8(n.knode(&["logs", "vol", "-c", "locked"]).stdout).unwrap();
+    assert!(
+        locked.contains("rootfs=ro")
+            && locked.contains("1000")
+            && locked.contains("0000000000000000")
+            && locked.contains("NoNewPrivs:\t1"),
+        "{locked}"
+    );
+    // The subPath through a symlink to a host path never reaches the host.
+    assert!(
+        !escape.exists(),
+        "subPath followed a symlink out of its volume"
+    );
+    // A pod referring to a missing configMap waits with a clear reason; others are unaffected.
+    n.write("missing.yaml", &pod_yaml("missing", "", "  - name: c\n    image: test/busybox:1\n    env: [{name: X, valueFrom: {configMapKeyRef: {name: nope, key: k}}}]\n"));
+    n.until("config error", |n| {
+        n.pod("missing").is_some_and(|p| {
+            state_of(&p, "containerStatuses", "c")["state"]["waiting"]["reason"]
+                == "CreateContainerConfigError"
+        })
+    });
+    let p = n.pod("missing").unwrap();
+    assert!(
+        state_of(&p, "containerStatuses", "c")["state"]["waiting"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("configmap \"nope\"")
+    );
+    assert_eq!(n.pod("vol").unwrap()["status"]["phase"], "Running");
 }

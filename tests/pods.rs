@@ -39,8 +39,8 @@ fn start(s: &Store, sb: &Sandbox, name: &str, script: &str) -> PodContainer {
             command: Some(vec!["sh".into(), "-c".into(), script.into()]),
             args: None,
             env: vec![format!("NAME={name}")],
-            user: None,
             log_path: s.root().join("logs").join(name).join("0.log"),
+            ..Default::default()
         },
     )
     .unwrap()

@@ -50,6 +50,7 @@ const POD_SPEC_FIELDS: &[&str] = &[
     "serviceAccount",
     "enableServiceLinks",
     "priority",
+    "volumes",
 ];
 
 const CONTAINER_FIELDS: &[&str] = &[
@@ -66,6 +67,8 @@ const CONTAINER_FIELDS: &[&str] = &[
     "terminationMessagePolicy",
     "stdin",
     "tty",
+    "envFrom",
+    "volumeMounts",
 ];
 
 const POD_SECURITY_FIELDS: &[&str] = &[
@@ -129,11 +132,6 @@ fn check_pod(raw: &serde_json::Value, pod: &Pod) -> (Vec<String>, Option<String>
                 &format!("{at}.securityContext"),
                 &mut warnings,
             );
-            for (j, e) in c["env"].as_array().into_iter().flatten().enumerate() {
-                if e.get("valueFrom").is_some() {
-                    warnings.push(format!("{at}.env[{j}].valueFrom is not supported by knode yet; the variable is empty"));
-                }
-            }
         }
     }
     let name = pod.metadata.name.clone().unwrap_or_default();
@@ -176,6 +174,18 @@ fn check_pod(raw: &serde_json::Value, pod: &Pod) -> (Vec<String>, Option<String>
                     .parse::<oci::reference::Reference>()
                 {
                     problems.push(format!("container {:?}: {e}", c.name));
+                }
+            }
+            let vols: std::collections::BTreeSet<String> =
+                s.volumes.iter().flatten().map(|v| v.name.clone()).collect();
+            for c in s.init_containers.iter().flatten().chain(&s.containers) {
+                for m in c.volume_mounts.iter().flatten() {
+                    if !vols.contains(&m.name) {
+                        problems.push(format!(
+                            "container {:?}: volumeMount {:?} refers to an unknown volume",
+                            c.name, m.name
+                        ));
+                    }
                 }
             }
             if let Some(p) = &s.restart_policy {
@@ -225,7 +235,10 @@ pub fn load(dir: &Path) -> Manifests {
         };
         for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
             let v: serde_json::Value = match serde::Deserialize::deserialize(doc) {
-                Ok(v) => v,
+                Ok(mut v) => {
+                    yaml11_octal_modes(&mut v);
+                    v
+                }
                 Err(e) => {
                     m.errors.push(format!("{}: {e}", f.display()));
                     break;
@@ -300,6 +313,36 @@ pub fn load(dir: &Path) -> Manifests {
     m
 }
 
+/// Kubernetes reads manifests with YAML 1.1 rules, where `defaultMode: 0400` is octal; serde_yaml
+/// speaks YAML 1.2 and yields the string "0400". Convert such file modes back to numbers.
+fn yaml11_octal_modes(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "mode" || k == "defaultMode" {
+                    if let Some(s) = x.as_str() {
+                        let digits = s
+                            .strip_prefix("0o")
+                            .or_else(|| s.strip_prefix('0'))
+                            .unwrap_or(s);
+                        if s.starts_with('0')
+                            && !digits.is_empty()
+                            && digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+                        {
+                            if let Ok(n) = i64::from_str_radix(digits, 8) {
+                                *x = serde_json::Value::from(n);
+                            }
+                        }
+                    }
+                }
+                yaml11_octal_modes(x);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(yaml11_octal_modes),
+        _ => {}
+    }
+}
+
 /// A UUID-shaped UID from the pod's identity and content.
 fn static_uid(ns: &str, name: &str, v: &serde_json::Value) -> String {
     let d = oci::digest::Digest::of(format!("{ns}/{name}/{v}").as_bytes());
@@ -317,6 +360,15 @@ fn static_uid(ns: &str, name: &str, v: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn octal_modes_as_kubernetes_reads_them() {
+        let mut v = serde_json::json!({"a": {"defaultMode": "0400", "items": [{"mode": "0o644"}], "name": "0400"}});
+        yaml11_octal_modes(&mut v);
+        assert_eq!(v["a"]["defaultMode"], 256);
+        assert_eq!(v["a"]["items"][0]["mode"], 420);
+        assert_eq!(v["a"]["name"], "0400");
+    }
 
     #[test]
     fn loads_validates_and_reports() {

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod manifests;
 pub mod pod;
+pub mod volumes;
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -74,6 +75,7 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         log_dir: cfg.log_dir.clone(),
         node_name: cfg.node_name.clone(),
         client: cfg.client.clone(),
+        objects: Default::default(),
     });
     let state = Arc::new(RwLock::new(NodeState {
         log_dir: cfg.log_dir.clone(),
@@ -112,6 +114,10 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
                 tracing::warn!(error = %e, "manifest");
             }
         }
+        *ctx.objects.write().expect("objects") = volumes::Objects {
+            config_maps: m.config_maps.clone(),
+            secrets: m.secrets.clone(),
+        };
         let wanted: BTreeMap<String, manifests::PodManifest> =
             m.pods.into_iter().map(|p| (p.uid.clone(), p)).collect();
         if first {

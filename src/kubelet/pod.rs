@@ -34,6 +34,8 @@ pub struct NodeContext {
     pub log_dir: PathBuf,
     pub node_name: String,
     pub client: oci::registry::ClientOptions,
+    /// ConfigMaps and Secrets from the manifests directory.
+    pub objects: std::sync::RwLock<super::volumes::Objects>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -164,6 +166,9 @@ pub struct Worker {
     dir: PathBuf,
     logs: PathBuf,
     sandbox: Option<Sandbox>,
+    /// The pod's directory on disk (emptyDir volumes, writable layers).
+    disk: PathBuf,
+    volumes: Option<BTreeMap<String, PathBuf>>,
     ctrs: Vec<Ctr>,
     pulled: BTreeMap<String, ()>,
 }
@@ -215,6 +220,8 @@ impl Worker {
             })
             .collect();
         Worker {
+            disk: ctx.root.join("pods").join(&m.uid),
+            volumes: None,
             ctx,
             view,
             dir,
@@ -326,6 +333,30 @@ impl Worker {
                 }
             }
         }
+        if self.volumes.is_none() {
+            let objects = self.ctx.objects.read().expect("objects").clone();
+            match super::volumes::prepare(&pod, &m.namespace, &self.disk, &self.dir, &objects)
+                .and_then(|v| {
+                    write_etc_files(&self.dir, &pod, &m.name).map_err(|e| e.to_string())?;
+                    Ok(v)
+                }) {
+                Ok(v) => self.volumes = Some(v),
+                Err(e) => {
+                    let mut v = self.view.lock().expect("view");
+                    if v.message.as_deref() != Some(e.as_str()) {
+                        v.event("Warning", "FailedMount", e.clone());
+                    }
+                    v.message = Some(e);
+                    for c in &mut self.ctrs {
+                        c.waiting =
+                            Some(("ContainerCreating".into(), "waiting for volumes".into()));
+                        c.not_before = Some(Instant::now() + Duration::from_secs(2));
+                    }
+                    return;
+                }
+            }
+            self.view.lock().expect("view").message = None;
+        }
         // Collect exits.
         let now = Instant::now();
         for i in 0..self.ctrs.len() {
@@ -335,7 +366,12 @@ impl Worker {
             let Some(exit) = crate::shim::exit_status(&run.state) else {
                 continue;
             };
-            let _ = run.remove();
+            let layer = self
+                .disk
+                .join("containers")
+                .join(&self.ctrs[i].spec.name)
+                .join(self.ctrs[i].p.attempt.unwrap_or(0).to_string());
+            let _ = run.remove_with(Some(&layer));
             let c = &mut self.ctrs[i];
             c.running = None;
             let finished = DateTime::parse_from_rfc3339(&exit.finished_at)
@@ -480,14 +516,12 @@ impl Worker {
         let dir = self.attempt_dir(&spec.name, attempt);
         let _ = std::fs::remove_dir_all(&dir);
         let pod_sc = m.pod.spec.as_ref().and_then(|s| s.security_context.clone());
-        let sc = spec.security_context.clone();
+        let sc = spec.security_context.clone().unwrap_or_default();
         let uid = sc
-            .as_ref()
-            .and_then(|s| s.run_as_user)
+            .run_as_user
             .or(pod_sc.as_ref().and_then(|s| s.run_as_user));
         let gid = sc
-            .as_ref()
-            .and_then(|s| s.run_as_group)
+            .run_as_group
             .or(pod_sc.as_ref().and_then(|s| s.run_as_group));
         let user = match (uid, gid) {
             (Some(u), Some(g)) => Some(format!("{u}:{g}")),
@@ -495,28 +529,71 @@ impl Worker {
             (None, Some(g)) => Some(format!("0:{g}")),
             (None, None) => None,
         };
-        let env: Vec<String> = spec
-            .env
-            .iter()
-            .flatten()
-            .map(|e| format!("{}={}", e.name, e.value.clone().unwrap_or_default()))
-            .collect();
-        let hostname = m
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.hostname.clone())
-            .unwrap_or_else(|| m.name.clone());
+        let objects = self.ctx.objects.read().expect("objects").clone();
+        let config = super::volumes::env(
+            &spec,
+            &m.pod,
+            &m.namespace,
+            &m.uid,
+            &self.ctx.node_name,
+            &objects,
+        )
+        .and_then(|env| {
+            let mut binds =
+                super::volumes::binds(&spec, self.volumes.as_ref().expect("volumes prepared"))?;
+            for f in ["hosts", "hostname", "resolv.conf"] {
+                if !binds.iter().any(|b| b.destination == format!("/etc/{f}")) {
+                    binds.push(oci::runtime::spec::Bind {
+                        source: self.dir.join("etc").join(f).to_string_lossy().into_owned(),
+                        destination: format!("/etc/{f}"),
+                        readonly: false,
+                    });
+                }
+            }
+            Ok((env, binds))
+        });
+        let (env, binds) = match config {
+            Ok(x) => x,
+            Err(e) => {
+                let ctr = &mut self.ctrs[i];
+                ctr.waiting = Some(("CreateContainerConfigError".into(), e.clone()));
+                ctr.not_before = Some(Instant::now() + Duration::from_secs(2));
+                self.event("Warning", "Failed", format!("Error: {e}"));
+                return;
+            }
+        };
+        let vars: BTreeMap<String, String> = env.iter().cloned().collect();
+        let expand = |v: &Option<Vec<String>>| {
+            v.as_ref()
+                .map(|a| a.iter().map(|x| super::volumes::expand(x, &vars)).collect())
+        };
+        let caps = sc.capabilities.clone().unwrap_or_default();
+        let pod_spec = m.pod.spec.clone().unwrap_or_default();
+        let hostname = pod_spec.hostname.clone().unwrap_or_else(|| m.name.clone());
         let c = PodContainerSpec {
             image: image.clone(),
-            command: spec.command.clone(),
-            args: spec.args.clone(),
-            env,
+            command: expand(&spec.command),
+            args: expand(&spec.args),
+            env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             user,
+            working_dir: spec.working_dir.clone(),
             log_path: self
                 .logs
                 .join(&spec.name)
                 .join(format!("{restart_count}.log")),
+            privileged: sc.privileged.unwrap_or(false),
+            cap_add: caps.add.unwrap_or_default(),
+            cap_drop: caps.drop.unwrap_or_default(),
+            readonly_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
+            allow_privilege_escalation: sc.allow_privilege_escalation.unwrap_or(false),
+            host_pid: pod_spec.host_pid.unwrap_or(false),
+            binds,
+            upper_dir: Some(
+                self.disk
+                    .join("containers")
+                    .join(&spec.name)
+                    .join(attempt.to_string()),
+            ),
         };
         let sandbox = self.sandbox.as_ref().expect("sandbox exists");
         match PodContainer::start(&self.ctx.exe, &self.ctx.store, sandbox, &hostname, &dir, &c) {
@@ -696,8 +773,11 @@ impl Worker {
                 tracing::warn!(error = %e, "removing the pod sandbox");
             }
         }
-        // Leftover attempt directories (exited containers) and the pod's own.
+        // Leftover attempt directories (exited containers), volumes, and the pod's own.
         unmount_attempts(&self.dir);
+        super::volumes::teardown(&self.dir);
+        super::volumes::teardown(&self.disk);
+        let _ = std::fs::remove_dir_all(&self.disk);
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_dir_all(&self.logs);
         let _ = std::fs::remove_dir_all(self.ctx.root.join("containers").join(self.manifest().uid));
@@ -735,4 +815,23 @@ pub fn unmount_attempts(pod_dir: &Path) {
             );
         }
     }
+}
+
+/// The kubelet-managed /etc/hosts, /etc/hostname and /etc/resolv.conf of a pod.
+fn write_etc_files(dir: &Path, pod: &Pod, name: &str) -> std::io::Result<()> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let hostname = spec.hostname.clone().unwrap_or_else(|| name.to_string());
+    let etc = dir.join("etc");
+    std::fs::create_dir_all(&etc)?;
+    let hosts = if spec.host_network.unwrap_or(false) {
+        std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+    } else {
+        format!(
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+        )
+    };
+    oci::fsutil::write_atomic(&etc.join("hosts"), hosts.as_bytes())?;
+    oci::fsutil::write_atomic(&etc.join("hostname"), format!("{hostname}\n").as_bytes())?;
+    let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    oci::fsutil::write_atomic(&etc.join("resolv.conf"), &resolv)
 }

@@ -1,0 +1,551 @@
+//! Pod volumes and container environments, as the kubelet prepares them.
+//!
+//! - `emptyDir`: a directory under the state root (disk), or a tmpfs with `medium: Memory`;
+//! - `hostPath`: the host path, checked (or created) per `type`;
+//! - `configMap` / `secret`: files written from the objects in the manifests directory
+//!   (`items`, `defaultMode`, per-item `mode`, `optional`); secrets live on a tmpfs;
+//! - `subPath` is resolved inside its volume without following symlinks out of it.
+//!
+//! Environment: `envFrom` first, then `env` (`value`, `valueFrom` configMapKeyRef,
+//! secretKeyRef and fieldRef), later entries winning, with `$(VAR)` references expanded.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use oci::runtime::spec::Bind;
+
+/// ConfigMaps and Secrets, by (namespace, name).
+#[derive(Default, Clone)]
+pub struct Objects {
+    pub config_maps: BTreeMap<(String, String), ConfigMap>,
+    pub secrets: BTreeMap<(String, String), Secret>,
+}
+
+impl Objects {
+    fn config_map(&self, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        let c = self.config_maps.get(&(ns.to_string(), name.to_string()))?;
+        let mut m: BTreeMap<String, Vec<u8>> = c
+            .data
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect();
+        m.extend(
+            c.binary_data
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0)),
+        );
+        Some(m)
+    }
+    fn secret(&self, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        let s = self.secrets.get(&(ns.to_string(), name.to_string()))?;
+        let mut m: BTreeMap<String, Vec<u8>> = s
+            .data
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        m.extend(
+            s.string_data
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes())),
+        );
+        Some(m)
+    }
+}
+
+/// Parses a Kubernetes quantity for sizes (`64Mi`, `1G`, `500k`, `1024`).
+pub fn bytes(q: &str) -> Result<u64, String> {
+    let q = q.trim();
+    let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
+    let (num, unit) = q.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid quantity {q:?}"))?;
+    if n < 0.0 {
+        return Err(format!("invalid quantity {q:?}: negative"));
+    }
+    let m: f64 = match unit {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024f64.powi(4),
+        _ => return Err(format!("invalid quantity {q:?}: unknown unit {unit:?}")),
+    };
+    Ok((n * m) as u64)
+}
+
+fn is_mount(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(p), p.parent().map(std::fs::metadata)) {
+        (Ok(a), Some(Ok(b))) => a.dev() != b.dev(),
+        _ => false,
+    }
+}
+
+fn tmpfs(p: &Path, opts: &str) -> Result<(), String> {
+    if is_mount(p) {
+        return Ok(());
+    }
+    let data = std::ffi::CString::new(opts).map_err(|e| e.to_string())?;
+    rustix::mount::mount(
+        "tmpfs",
+        p,
+        "tmpfs",
+        rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+        Some(data.as_c_str()),
+    )
+    .map_err(|e| format!("mounting a tmpfs at {}: {e}", p.display()))
+}
+
+/// Writes `files` (relative path -> content, mode) into `dir`, replacing what was there.
+fn write_files(dir: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), String> {
+    for e in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
+        let _ = if e.path().is_dir() {
+            std::fs::remove_dir_all(e.path())
+        } else {
+            std::fs::remove_file(e.path())
+        };
+    }
+    for (rel, data, mode) in files {
+        if rel.starts_with('/') || rel.split('/').any(|c| c == ".." || c.is_empty()) {
+            return Err(format!(
+                "item path {rel:?} must be relative and must not contain '..'"
+            ));
+        }
+        let p = dir.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        std::fs::write(&p, data).map_err(|e| format!("{}: {e}", p.display()))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Creates the pod's volumes; `disk` and `mem` are the pod's directories on disk and in the
+/// runtime tmpfs. Returns each volume's host path.
+pub fn prepare(
+    pod: &Pod,
+    ns: &str,
+    disk: &Path,
+    mem: &Path,
+    objects: &Objects,
+) -> Result<BTreeMap<String, PathBuf>, String> {
+    let mut out = BTreeMap::new();
+    for v in pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default()
+    {
+        let name = v.name.clone();
+        let err = |m: String| format!("volume {name:?}: {m}");
+        let path = if let Some(ed) = &v.empty_dir {
+            let p = disk.join("volumes").join(&name);
+            std::fs::create_dir_all(&p).map_err(|e| err(e.to_string()))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777))
+                .map_err(|e| err(e.to_string()))?;
+            if ed.medium.as_deref() == Some("Memory") {
+                let size = match &ed.size_limit {
+                    Some(q) => format!(",size={}", bytes(&q.0).map_err(err)?),
+                    None => String::new(),
+                };
+                tmpfs(&p, &format!("mode=1777{size}")).map_err(err)?;
+            }
+            p
+        } else if let Some(hp) = &v.host_path {
+            let p = PathBuf::from(&hp.path);
+            if !p.is_absolute() {
+                return Err(err(format!("hostPath {:?} must be absolute", hp.path)));
+            }
+            let md = std::fs::metadata(&p);
+            use std::os::unix::fs::FileTypeExt;
+            let ok = match hp.type_.as_deref().unwrap_or("") {
+                "" => true,
+                "DirectoryOrCreate" => {
+                    if md.is_err() {
+                        std::fs::create_dir_all(&p).map_err(|e| err(e.to_string()))?;
+                        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+                            .map_err(|e| err(e.to_string()))?;
+                    }
+                    std::fs::metadata(&p).is_ok_and(|m| m.is_dir())
+                }
+                "Directory" => md.as_ref().is_ok_and(|m| m.is_dir()),
+                "FileOrCreate" => {
+                    if md.is_err() {
+                        std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&p)
+                            .map_err(|e| err(e.to_string()))?;
+                        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))
+                            .map_err(|e| err(e.to_string()))?;
+                    }
+                    std::fs::metadata(&p).is_ok_and(|m| m.is_file())
+                }
+                "File" => md.as_ref().is_ok_and(|m| m.is_file()),
+                "Socket" => md.as_ref().is_ok_and(|m| m.file_type().is_socket()),
+                "CharDevice" => md.as_ref().is_ok_and(|m| m.file_type().is_char_device()),
+                "BlockDevice" => md.as_ref().is_ok_and(|m| m.file_type().is_block_device()),
+                t => return Err(err(format!("unknown hostPath type {t:?}"))),
+            };
+            if !ok {
+                return Err(err(format!(
+                    "hostPath {:?} is not a {}",
+                    hp.path,
+                    hp.type_.clone().unwrap_or_default()
+                )));
+            }
+            p
+        } else if let Some(cm) = &v.config_map {
+            let p = mem.join("volumes").join(&name);
+            std::fs::create_dir_all(&p).map_err(|e| err(e.to_string()))?;
+            let data = match objects.config_map(ns, &cm.name) {
+                Some(d) => d,
+                None if cm.optional == Some(true) => BTreeMap::new(),
+                None => return Err(err(format!("configmap {:?} not found", cm.name))),
+            };
+            let mode = cm.default_mode.unwrap_or(0o644) as u32;
+            write_files(
+                &p,
+                &items(&data, cm.items.as_deref(), mode, cm.optional == Some(true)).map_err(err)?,
+            )
+            .map_err(err)?;
+            p
+        } else if let Some(sv) = &v.secret {
+            let p = mem.join("volumes").join(&name);
+            std::fs::create_dir_all(&p).map_err(|e| err(e.to_string()))?;
+            tmpfs(&p, "mode=0755").map_err(err)?;
+            let sname = sv.secret_name.clone().unwrap_or_default();
+            let data = match objects.secret(ns, &sname) {
+                Some(d) => d,
+                None if sv.optional == Some(true) => BTreeMap::new(),
+                None => return Err(err(format!("secret {sname:?} not found"))),
+            };
+            let mode = sv.default_mode.unwrap_or(0o644) as u32;
+            write_files(
+                &p,
+                &items(&data, sv.items.as_deref(), mode, sv.optional == Some(true)).map_err(err)?,
+            )
+            .map_err(err)?;
+            p
+        } else {
+            return Err(err(
+                "only emptyDir, hostPath, configMap and secret volumes are supported".into(),
+            ));
+        };
+        out.insert(name, path);
+    }
+    Ok(out)
+}
+
+fn items(
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+    mode: u32,
+    optional: bool,
+) -> Result<Vec<(String, Vec<u8>, u32)>, String> {
+    match items {
+        None => Ok(data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone(), mode))
+            .collect()),
+        Some(list) => {
+            let mut out = vec![];
+            for it in list {
+                match data.get(&it.key) {
+                    Some(v) => out.push((
+                        it.path.clone(),
+                        v.clone(),
+                        it.mode.map(|m| m as u32).unwrap_or(mode),
+                    )),
+                    None if optional => {}
+                    None => return Err(format!("key {:?} not found", it.key)),
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Unmounts the tmpfs volumes under a pod directory.
+pub fn teardown(dir: &Path) {
+    for e in std::fs::read_dir(dir.join("volumes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if is_mount(&e.path()) {
+            let _ = rustix::mount::unmount(e.path(), rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
+/// The bind mounts for a container's volumeMounts. A `subPath` is resolved inside its
+/// volume (RESOLVE_IN_ROOT): symlinks in the volume cannot point it elsewhere.
+pub fn binds(c: &Container, volumes: &BTreeMap<String, PathBuf>) -> Result<Vec<Bind>, String> {
+    let mut out = vec![];
+    for m in c.volume_mounts.iter().flatten() {
+        let src = volumes
+            .get(&m.name)
+            .ok_or_else(|| format!("volumeMount {:?} refers to an unknown volume", m.name))?;
+        let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            None => src.clone(),
+            Some(sp) => {
+                if sp.starts_with('/') || sp.split('/').any(|c| c == "..") {
+                    return Err(format!(
+                        "subPath {sp:?} must be a relative path without '..'"
+                    ));
+                }
+                let root = rustix::fs::open(
+                    src,
+                    rustix::fs::OFlags::PATH
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(|e| format!("volume {:?}: {e}", m.name))?;
+                let flags = rustix::fs::ResolveFlags::IN_ROOT
+                    | rustix::fs::ResolveFlags::NO_MAGICLINKS
+                    | rustix::fs::ResolveFlags::NO_XDEV;
+                let fd = match rustix::fs::openat2(
+                    &root,
+                    sp,
+                    rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                    flags,
+                ) {
+                    Ok(fd) => fd,
+                    Err(rustix::io::Errno::NOENT) => {
+                        // Kubernetes creates a missing subPath directory: inside the volume,
+                        // one component at a time, never through a symlink.
+                        mkdir_in_root(&root, sp, flags)
+                            .map_err(|e| format!("subPath {sp:?}: {e}"))?
+                    }
+                    Err(e) => return Err(format!("subPath {sp:?}: {e}")),
+                };
+                let real = std::fs::read_link(format!(
+                    "/proc/self/fd/{}",
+                    std::os::fd::AsRawFd::as_raw_fd(&fd)
+                ))
+                .map_err(|e| e.to_string())?;
+                let canon = std::fs::canonicalize(src).map_err(|e| e.to_string())?;
+                if !real.starts_with(&canon) {
+                    return Err(format!("subPath {sp:?} resolves outside its volume"));
+                }
+                real
+            }
+        };
+        out.push(Bind {
+            source: source.to_string_lossy().into_owned(),
+            destination: m.mount_path.clone(),
+            readonly: m.read_only.unwrap_or(false),
+        });
+    }
+    Ok(out)
+}
+
+fn mkdir_in_root(
+    root: &std::os::fd::OwnedFd,
+    rel: &str,
+    flags: rustix::fs::ResolveFlags,
+) -> Result<std::os::fd::OwnedFd, rustix::io::Errno> {
+    use rustix::fs::{Mode, OFlags};
+    let parts: Vec<&str> = rel
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    let mut cur = String::from(".");
+    for p in parts {
+        let parent = rustix::fs::openat2(
+            root,
+            cur.as_str(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            flags,
+        )?;
+        match rustix::fs::mkdirat(&parent, p, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e),
+        }
+        cur = format!("{cur}/{p}");
+    }
+    rustix::fs::openat2(
+        root,
+        cur.as_str(),
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        flags,
+    )
+}
+
+/// Expands `$(VAR)` with earlier variables; `$$(VAR)` escapes. Unknown references stay.
+pub fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() && b[i + 1] == b'$' {
+            out.push('$');
+            i += 2;
+            continue;
+        }
+        if b[i] == b'$' && i + 1 < b.len() && b[i + 1] == b'(' {
+            if let Some(end) = s[i + 2..].find(')') {
+                let name = &s[i + 2..i + 2 + end];
+                if let Some(v) = vars.get(name) {
+                    out.push_str(v);
+                    i += end + 3;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i] as char);
+        i += 1;
+    }
+    out
+}
+
+/// The container's environment, per Kubernetes rules.
+pub fn env(
+    c: &Container,
+    pod: &Pod,
+    ns: &str,
+    uid: &str,
+    node: &str,
+    objects: &Objects,
+) -> Result<Vec<(String, String)>, String> {
+    let mut vars: Vec<(String, String)> = vec![];
+    let set = |k: String, v: String, vars: &mut Vec<(String, String)>| {
+        vars.retain(|(x, _)| *x != k);
+        vars.push((k, v));
+    };
+    for f in c.env_from.iter().flatten() {
+        let prefix = f.prefix.clone().unwrap_or_default();
+        let (data, optional, what) = if let Some(r) = &f.config_map_ref {
+            (
+                objects.config_map(ns, &r.name),
+                r.optional == Some(true),
+                format!("configmap {:?}", r.name),
+            )
+        } else if let Some(r) = &f.secret_ref {
+            (
+                objects.secret(ns, &r.name),
+                r.optional == Some(true),
+                format!("secret {:?}", r.name),
+            )
+        } else {
+            continue;
+        };
+        match data {
+            Some(d) => {
+                for (k, v) in d {
+                    set(
+                        format!("{prefix}{k}"),
+                        String::from_utf8_lossy(&v).into_owned(),
+                        &mut vars,
+                    );
+                }
+            }
+            None if optional => {}
+            None => return Err(format!("{what} not found")),
+        }
+    }
+    for e in c.env.iter().flatten() {
+        let known: BTreeMap<String, String> = vars.iter().cloned().collect();
+        let value = if let Some(v) = &e.value {
+            expand(v, &known)
+        } else if let Some(vf) = &e.value_from {
+            if let Some(r) = &vf.config_map_key_ref {
+                match objects
+                    .config_map(ns, &r.name)
+                    .and_then(|d| d.get(&r.key).cloned())
+                {
+                    Some(v) => String::from_utf8_lossy(&v).into_owned(),
+                    None if r.optional == Some(true) => continue,
+                    None => {
+                        return Err(format!(
+                            "couldn't find key {} in configmap {:?} (env {})",
+                            r.key, r.name, e.name
+                        ))
+                    }
+                }
+            } else if let Some(r) = &vf.secret_key_ref {
+                match objects
+                    .secret(ns, &r.name)
+                    .and_then(|d| d.get(&r.key).cloned())
+                {
+                    Some(v) => String::from_utf8_lossy(&v).into_owned(),
+                    None if r.optional == Some(true) => continue,
+                    None => {
+                        return Err(format!(
+                            "couldn't find key {} in secret {:?} (env {})",
+                            r.key, r.name, e.name
+                        ))
+                    }
+                }
+            } else if let Some(f) = &vf.field_ref {
+                let md = &pod.metadata;
+                let fp = f.field_path.as_str();
+                let label = |m: &Option<BTreeMap<String, String>>, prefix: &str| {
+                    fp.strip_prefix(prefix)
+                        .and_then(|r| r.strip_suffix("']"))
+                        .and_then(|k| m.as_ref().and_then(|m| m.get(k).cloned()))
+                };
+                match fp {
+                    "metadata.name" => md.name.clone().unwrap_or_default(),
+                    "metadata.namespace" => ns.to_string(),
+                    "metadata.uid" => uid.to_string(),
+                    "spec.nodeName" => node.to_string(),
+                    "spec.serviceAccountName" => pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.service_account_name.clone())
+                        .unwrap_or_else(|| "default".into()),
+                    "status.podIP" | "status.hostIP" => String::new(),
+                    _ if fp.starts_with("metadata.labels['") => {
+                        label(&md.labels, "metadata.labels['").unwrap_or_default()
+                    }
+                    _ if fp.starts_with("metadata.annotations['") => {
+                        label(&md.annotations, "metadata.annotations['").unwrap_or_default()
+                    }
+                    _ => return Err(format!("env {}: fieldRef {fp:?} is not supported", e.name)),
+                }
+            } else {
+                return Err(format!("env {}: valueFrom kind is not supported", e.name));
+            }
+        } else {
+            String::new()
+        };
+        set(e.name.clone(), value, &mut vars);
+    }
+    Ok(vars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_and_expansion() {
+        assert_eq!(bytes("64Mi").unwrap(), 64 << 20);
+        assert_eq!(bytes("1G").unwrap(), 1_000_000_000);
+        assert!(bytes("12x").is_err() && bytes("-1").is_err());
+        let vars: BTreeMap<String, String> =
+            [("A".to_string(), "1".to_string())].into_iter().collect();
+        assert_eq!(expand("x$(A)y$(B)$$(A)", &vars), "x1y$(B)$(A)");
+    }
+}
