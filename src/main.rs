@@ -145,6 +145,22 @@ enum Cmd {
         #[arg(long, short, default_value = "default")]
         namespace: String,
     },
+    /// Run a command in a running container of a pod: knode exec POD [-c C] [-i] [-t] -- CMD...
+    Exec {
+        pod: String,
+        #[arg(long, short)]
+        container: Option<String>,
+        /// Pass stdin to the command.
+        #[arg(long, short = 'i')]
+        stdin: bool,
+        /// Allocate a terminal.
+        #[arg(long, short)]
+        tty: bool,
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Internal: pin a pod sandbox's namespaces (run by the agent).
     #[command(name = "__pin-ns", hide = true)]
     PinNs {
@@ -320,6 +336,27 @@ fn run(cli: Cli) -> Result<()> {
                 previous,
             },
         ),
+        Cmd::Exec {
+            pod,
+            container,
+            stdin,
+            tty,
+            namespace,
+            command,
+        } => {
+            let code = knode::pod_cli::exec(
+                &sock,
+                &knode::pod_cli::ExecArgs {
+                    namespace: &namespace,
+                    pod: &pod,
+                    container: container.as_deref(),
+                    stdin,
+                    tty,
+                    argv: command,
+                },
+            )?;
+            std::process::exit(code);
+        }
         Cmd::PinNs {
             dir,
             hostname,

@@ -441,3 +441,133 @@ pub fn logs(sock: &Path, a: &LogArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The container to use when none is named: the only one, or an error listing them.
+fn only_container(sock: &Path, namespace: &str, pod: &str) -> Result<String> {
+    let (code, body) = api::get(sock, &format!("/pods/{namespace}/{pod}"))?;
+    if code == 404 {
+        bail!("pods {pod:?} not found");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    let p: Pod = serde_json::from_value(v["pod"].clone())?;
+    let cs = p.spec.map(|s| s.containers).unwrap_or_default();
+    match cs.as_slice() {
+        [one] => Ok(one.name.clone()),
+        _ => bail!(
+            "a container name must be specified for pod {pod}, choose one of: [{}]",
+            cs.iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    }
+}
+
+pub struct ExecArgs<'a> {
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub container: Option<&'a str>,
+    pub stdin: bool,
+    pub tty: bool,
+    pub argv: Vec<String>,
+}
+
+/// `knode exec`: runs a command in a running container, confined like the container.
+pub fn exec(sock: &Path, a: &ExecArgs) -> Result<i32> {
+    let container = match a.container {
+        Some(c) => c.to_string(),
+        None => only_container(sock, a.namespace, a.pod)?,
+    };
+    let (code, body) = api::get(
+        sock,
+        &format!("/execInfo/{}/{}/{container}", a.namespace, a.pod),
+    )?;
+    if code != 200 {
+        bail!("{}", String::from_utf8_lossy(&body).trim());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    let pid = v["pid"].as_i64().context("no pid")? as i32;
+    let state = std::path::PathBuf::from(v["state"].as_str().context("no state")?);
+    let cfg: crate::shim::ShimConfig = serde_json::from_slice(
+        &std::fs::read(state.join("config.json")).context("reading the container's spec")?,
+    )?;
+    if !a.stdin {
+        let null = std::fs::File::open("/dev/null")?;
+        // SAFETY: replaces our own stdin with /dev/null.
+        unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0) };
+    }
+    let (child, master) = oci::runtime::exec(
+        pid,
+        &cfg.spec,
+        &oci::runtime::ExecOptions {
+            argv: a.argv.clone(),
+            tty: a.tty,
+        },
+    )?;
+    if let Some(m) = master {
+        relay(&m, a.stdin);
+    }
+    Ok(oci::runtime::wait(child)?)
+}
+
+/// Copies the terminal to the pty and back until the pty closes, in raw mode.
+fn relay(master: &std::os::fd::OwnedFd, stdin: bool) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: termios is a plain C struct; tcgetattr fills it for a valid fd.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let tty = stdin && unsafe { libc::isatty(0) == 1 && libc::tcgetattr(0, &mut saved) == 0 };
+    if tty {
+        let mut raw = saved;
+        // SAFETY: cfmakeraw and tcsetattr on a valid termios and terminal fd.
+        unsafe {
+            libc::cfmakeraw(&mut raw);
+            libc::tcsetattr(0, libc::TCSANOW, &raw);
+        }
+    }
+    let stdin_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
+    let mut buf = [0u8; 8192];
+    let mut stdin_open = stdin;
+    loop {
+        let mut fds = vec![rustix::event::PollFd::new(
+            master,
+            rustix::event::PollFlags::IN,
+        )];
+        if stdin_open {
+            fds.push(rustix::event::PollFd::new(
+                &stdin_fd,
+                rustix::event::PollFlags::IN,
+            ));
+        }
+        if rustix::event::poll(&mut fds, None).is_err() {
+            continue;
+        }
+        let (m_ready, in_ready) = (
+            !fds[0].revents().is_empty(),
+            fds.get(1).is_some_and(|f| !f.revents().is_empty()),
+        );
+        drop(fds);
+        if m_ready {
+            match rustix::io::read(master, &mut buf) {
+                Ok(n) if n > 0 => {
+                    let _ = std::io::stdout().write_all(&buf[..n]);
+                    let _ = std::io::stdout().flush();
+                }
+                _ => break, // EIO: the other side closed
+            }
+        }
+        if in_ready {
+            match rustix::io::read(stdin_fd, &mut buf) {
+                Ok(n) if n > 0 => {
+                    let _ = rustix::io::write(master, &buf[..n]);
+                }
+                _ => stdin_open = false,
+            }
+        }
+    }
+    if tty {
+        // SAFETY: restores the saved terminal settings.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
+    }
+    let _ = master.as_raw_fd();
+}

@@ -447,3 +447,80 @@ fn volumes_env_and_security_contexts() {
     );
     assert_eq!(n.pod("vol").unwrap()["status"]["phase"], "Running");
 }
+
+#[test]
+fn exec_runs_inside_the_container_with_its_confinement() {
+    let n = Node::new();
+    n.write(
+        "ex.yaml",
+        &pod_yaml(
+            "ex",
+            "",
+            "  - name: main\n    image: test/busybox:1\n    command: [sleep, '600']\n",
+        ),
+    );
+    n.until("running", |n| {
+        n.pod("ex")
+            .is_some_and(|p| p["status"]["phase"] == "Running")
+    });
+    let o = n.knode(&["exec", "ex", "--", "sh", "-c", "hostname; cat /proc/1/comm; grep -E 'CapEff|Seccomp:|NoNewPrivs' /proc/self/status; ls /proc | grep -c '^[0-9]'"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        out.starts_with("ex\nsleep\n"),
+        "the pod's hostname and the container's PID 1: {out}"
+    );
+    assert!(
+        out.contains("CapEff:\t00000000a80425fb")
+            && out.contains("Seccomp:\t2")
+            && out.contains("NoNewPrivs:\t1"),
+        "{out}"
+    );
+    assert_eq!(
+        n.knode(&["exec", "ex", "--", "sh", "-c", "exit 5"])
+            .status
+            .code(),
+        Some(5)
+    );
+    let mut child = Command::new(knode_bin())
+        .arg("--run-dir")
+        .arg(n.s.root().join("run"))
+        .args(["exec", "-i", "ex", "--", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through stdin\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "through stdin\n");
+    let o = n.knode(&[
+        "exec",
+        "ex",
+        "--",
+        "sh",
+        "-c",
+        "test -t 0 && echo tty || echo no-tty",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "no-tty\n");
+    let o = n.knode(&[
+        "exec",
+        "-t",
+        "ex",
+        "--",
+        "sh",
+        "-c",
+        "test -t 1 && echo tty || echo no-tty",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("tty")
+            && !String::from_utf8_lossy(&o.stdout).contains("no-tty")
+    );
+    let o = n.knode(&["exec", "ex", "-c", "nope", "--", "true"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not valid"));
+}

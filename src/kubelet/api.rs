@@ -205,6 +205,25 @@ async fn handle(
                 }
             },
         },
+        ["execInfo", ns, name, container] => match find(&st, ns, name) {
+            None => text(StatusCode::NOT_FOUND, format!("pod {ns}/{name} not found")),
+            Some(v) => match v.containers.iter().find(|c| c.name == *container) {
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    format!("container {container} is not valid for pod {name}"),
+                ),
+                Some(c) => match &c.running {
+                    None => text(
+                        StatusCode::BAD_REQUEST,
+                        format!("container {container} is not running"),
+                    ),
+                    Some((pid, state)) => json(
+                        StatusCode::OK,
+                        &serde_json::json!({"pid": pid, "state": state}),
+                    ),
+                },
+            },
+        },
         ["logPath", ns, name, container] => match find(&st, ns, name) {
             None => text(StatusCode::NOT_FOUND, format!("pod {ns}/{name} not found")),
             Some(v) => match v.containers.iter().find(|c| c.name == *container) {

@@ -58,6 +58,9 @@ pub enum CState {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ContainerView {
+    /// The running process and its shim state (for exec), not shown in the API.
+    #[serde(skip)]
+    pub running: Option<(i32, PathBuf)>,
     pub name: String,
     pub image: String,
     pub init: bool,
@@ -660,6 +663,7 @@ impl Worker {
                 };
                 let last_state = if c.p.done { None } else { c.p.last.clone() };
                 ContainerView {
+                    running: c.running.as_ref().map(|r| (r.pid, r.state.clone())),
                     name: c.spec.name.clone(),
                     image: c.spec.image.clone().unwrap_or_default(),
                     init: c.init,

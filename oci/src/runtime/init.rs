@@ -409,6 +409,12 @@ fn setup(p: &Plan) -> R<Infallible> {
         let _ = std::fs::create_dir_all(&p.cwd);
     }
     rustix::process::chdir(p.cwd.as_str()).map_err(|e| format!("chdir {:?}: {e}", p.cwd))?;
+    confine_and_exec(p)
+}
+
+/// The common tail of a container's start and of an exec into it: close stray descriptors,
+/// install seccomp, drop privileges, set no_new_privs, exec.
+pub(crate) fn confine_and_exec(p: &Plan) -> R<Infallible> {
     let exe = find_executable(p)?;
     // Descriptors the caller did not mean to pass stop at exec.
     // SAFETY: close_range with integer arguments only.
@@ -456,6 +462,37 @@ fn setup(p: &Plan) -> R<Infallible> {
 /// Runs the container setup; returns only with the reason it failed.
 pub(super) fn run(p: &Plan) -> String {
     match setup(p) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+/// The body of an exec'd process: join the container's namespaces (mount last: that makes
+/// its root ours), take the pty as the controlling terminal, then confine and exec.
+pub(super) fn exec_child(p: &Plan, pty: Option<&OwnedFd>) -> String {
+    let run = || -> R<Infallible> {
+        for (fd, ns) in &p.join {
+            // SAFETY: a valid namespace descriptor; this process is single-threaded.
+            check(unsafe { libc::setns(fd.as_raw_fd(), *ns) }, || {
+                format!("join namespace {ns:#x}")
+            })?;
+        }
+        if let Some(slave) = pty {
+            // SAFETY: setsid has no arguments; TIOCSCTTY and dup2 act on a valid terminal fd.
+            unsafe {
+                libc::setsid();
+                if libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) != 0 {
+                    return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+                }
+                for fd in 0..3 {
+                    libc::dup2(slave.as_raw_fd(), fd);
+                }
+            }
+        }
+        rustix::process::chdir(p.cwd.as_str()).map_err(|e| format!("chdir {:?}: {e}", p.cwd))?;
+        confine_and_exec(p)
+    };
+    match run() {
         Ok(never) => match never {},
         Err(e) => e,
     }

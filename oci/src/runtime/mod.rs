@@ -15,7 +15,7 @@ pub mod spec;
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
@@ -395,4 +395,129 @@ pub fn read_in_root(root: &Path, rel: &str) -> Option<String> {
     let mut s = String::new();
     f.take(1 << 20).read_to_string(&mut s).ok()?;
     Some(s)
+}
+
+/// Options of an exec into a running container.
+pub struct ExecOptions {
+    pub argv: Vec<String>,
+    /// Allocate a pseudo-terminal (the caller relays it).
+    pub tty: bool,
+}
+
+/// Starts `argv` inside the running container `pid`, confined like the container itself
+/// (`spec` is the container's own runtime spec: user, capabilities, seccomp, env, cwd).
+/// Returns the new process's PID and, with `tty`, the pty master.
+pub fn exec(
+    pid: i32,
+    spec: &Spec,
+    o: &ExecOptions,
+) -> Result<(i32, Option<OwnedFd>), RuntimeError> {
+    if !single_threaded() {
+        return Err(RuntimeError::Threaded);
+    }
+    if o.argv.is_empty() {
+        return Err(RuntimeError::Spec("no command to exec".into()));
+    }
+    let mut spec = spec.clone();
+    if let Some(p) = spec.process_mut().as_mut() {
+        p.set_args(Some(o.argv.clone()));
+    }
+    // The target's namespaces, opened before anything changes. Mount comes last: joining it
+    // moves us into the container's root.
+    let open = |ns: &str| {
+        rustix::fs::open(
+            format!("/proc/{pid}/ns/{ns}").as_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| RuntimeError::Sys {
+            op: "open the container's namespaces",
+            source: e.into(),
+        })
+    };
+    let pidns = open("pid")?;
+    let mut join = Vec::new();
+    for (ns, flag) in [
+        ("ipc", libc::CLONE_NEWIPC),
+        ("uts", libc::CLONE_NEWUTS),
+        ("net", libc::CLONE_NEWNET),
+        ("cgroup", libc::CLONE_NEWCGROUP),
+        ("mnt", libc::CLONE_NEWNS),
+    ] {
+        join.push((open(ns)?, flag));
+    }
+    // Strip the spec down to what an exec needs: no namespaces to create, no mounts.
+    if let Some(l) = spec.linux_mut().as_mut() {
+        l.set_namespaces(None);
+    }
+    spec.set_mounts(None);
+    let (mut plan, _) = Plan::from_spec(&spec)?;
+    plan.join = join;
+    // SAFETY: setns on a valid descriptor; this process is single-threaded; it applies to the
+    // child created below.
+    if unsafe { libc::setns(pidns.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+        return Err(RuntimeError::Sys {
+            op: "join the PID namespace",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let pty = if o.tty {
+        let mut master = -1;
+        let mut slave = -1;
+        // SAFETY: openpty writes two descriptors into valid c_ints; other arguments are NULL.
+        if unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        } != 0
+        {
+            return Err(RuntimeError::Sys {
+                op: "openpty",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: openpty just returned these descriptors to us.
+        Some(unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) })
+    } else {
+        None
+    };
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(sys("pipe"))?;
+    // SAFETY: as in `start`: zeroed clone_args, single-threaded parent, fork-like clone3.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.exit_signal = libc::SIGCHLD as u64;
+    // SAFETY: see `start`.
+    let child = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut libc::clone_args,
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    if child < 0 {
+        return Err(RuntimeError::Sys {
+            op: "clone3",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    if child == 0 {
+        drop(r);
+        let msg = init::exec_child(&plan, pty.as_ref().map(|(_, s)| s));
+        let mut w = std::fs::File::from(w);
+        let _ = std::io::Write::write_all(&mut w, msg.as_bytes());
+        // SAFETY: see `start`.
+        unsafe { libc::_exit(127) };
+    }
+    drop(w);
+    let master = pty.map(|(m, _slave)| m);
+    let mut msg = String::new();
+    let _ = std::fs::File::from(r).read_to_string(&mut msg);
+    if !msg.is_empty() {
+        let _ = wait(child as i32);
+        return Err(RuntimeError::Setup(msg));
+    }
+    Ok((child as i32, master))
 }
