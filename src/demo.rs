@@ -172,6 +172,127 @@ pub fn run(
         .context("unmounting the demo rootfs")?;
     std::fs::remove_dir_all(&work)?;
     shown?;
-    println!("==> done: the pod issue turns this image into a running pod");
+    run_pod(root, run_dir, &r.to_string())
+}
+
+const DEMO_POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: server
+    image: IMAGE
+    imagePullPolicy: IfNotPresent
+  - name: client
+    image: IMAGE
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+"#;
+
+/// Brings up a node agent, runs the demo pod and shows it answering.
+fn run_pod(root: &Path, run_dir: &Path, image: &str) -> Result<()> {
+    let exe = std::fs::read_link("/proc/self/exe")?;
+    let manifests = run_dir.join("demo-manifests");
+    let _ = std::fs::remove_dir_all(&manifests);
+    std::fs::create_dir_all(&manifests)?;
+    let log_dir = run_dir.join("demo-logs");
+    println!("==> knode agent --manifests {}", manifests.display());
+    let mut agent = Command::new(&exe)
+        .arg("--root")
+        .arg(root)
+        .arg("--run-dir")
+        .arg(run_dir)
+        .args(["agent", "--manifests"])
+        .arg(&manifests)
+        .arg("--log-dir")
+        .arg(&log_dir)
+        .spawn()
+        .context("starting the agent")?;
+    let result = (|| -> Result<()> {
+        std::fs::write(manifests.join("web.yaml"), DEMO_POD.replace("IMAGE", image))?;
+        println!("==> a pod manifest in the manifests directory: web (server: busybox httpd on :8080, client)");
+        let sock = crate::kubelet::socket(run_dir);
+        let t = std::time::Instant::now();
+        let deadline = t + std::time::Duration::from_secs(60);
+        loop {
+            if let Ok((200, body)) = crate::kubelet::api::get(&sock, "/pods/default/web") {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let statuses = v["pod"]["status"]["containerStatuses"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                if statuses.len() == 2 && statuses.iter().all(|c| c["ready"] == true) {
+                    break;
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the demo pod did not start within 60 s (see `knode describe pod web`)");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        println!(
+            "pod running {:.0} ms after its manifest appeared",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+        println!("==> knode get pods -o wide");
+        crate::pod_cli::get_pods(&sock, Some("default"), Some("wide"))?;
+        println!("==> knode exec web -c client -- wget -qO- http://127.0.0.1:8080/");
+        let out = Command::new(&exe)
+            .arg("--run-dir")
+            .arg(run_dir)
+            .args([
+                "exec",
+                "web",
+                "-c",
+                "client",
+                "--",
+                "wget",
+                "-qO-",
+                "http://127.0.0.1:8080/",
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "the server did not answer: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        println!("==> knode logs web -c server");
+        crate::pod_cli::logs(
+            &sock,
+            &crate::pod_cli::LogArgs {
+                namespace: "default",
+                pod: "web",
+                container: Some("server"),
+                follow: false,
+                tail: None,
+                previous: false,
+            },
+        )?;
+        std::fs::remove_file(manifests.join("web.yaml"))?;
+        println!("==> manifest removed: the pod is stopped and cleaned up");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::fs::read_dir(run_dir.join("pods"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            > 0
+        {
+            if std::time::Instant::now() > deadline {
+                bail!("the demo pod was not cleaned up within 60 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(())
+    })();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let _ = std::fs::remove_dir_all(&manifests);
+    let _ = std::fs::remove_dir_all(&log_dir);
+    result?;
+    println!("==> done");
     Ok(())
 }
