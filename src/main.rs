@@ -161,13 +161,6 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Internal: pin a pod sandbox's namespaces (run by the agent).
-    #[command(name = "__pin-ns", hide = true)]
-    PinNs {
-        dir: PathBuf,
-        hostname: String,
-        kinds: Vec<String>,
-    },
     /// Internal: supervise one container (run by the agent).
     #[command(name = "__shim", hide = true)]
     Shim { state: PathBuf, report_fd: i32 },
@@ -357,11 +350,6 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             std::process::exit(code);
         }
-        Cmd::PinNs {
-            dir,
-            hostname,
-            kinds,
-        } => knode::sandbox::pin_namespaces(&dir, &hostname, &kinds),
         Cmd::Shim { state, report_fd } => knode::shim::main(&state, report_fd),
         Cmd::Run {
             image,

@@ -4,12 +4,11 @@
 //! Choice: the namespaces are pinned by bind-mounting their nsfs files
 //! (`<dir>/ns/{net,ipc,uts}`), as CRI-O does, instead of keeping a pause process. Nothing runs
 //! for an idle sandbox, nothing can crash, and nothing needs re-adopting after an agent
-//! restart: the mounts are the state. A short-lived helper (`knode __pin-ns`) creates the
-//! namespaces with unshare(2), sets the hostname, brings loopback up and bind-mounts its own
-//! `/proc/self/ns/*` files, then exits.
+//! restart: the mounts are the state. A short-lived thread creates the namespaces with
+//! unshare(2) (network, IPC and UTS namespaces are per thread), sets the hostname, brings
+//! loopback up and bind-mounts its own `/proc/thread-self/ns/*` files, then exits.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
@@ -34,9 +33,8 @@ const KINDS: [(&str, &str, libc::c_int); 3] = [
 ];
 
 impl Sandbox {
-    /// Creates the sandbox's namespaces under `dir` (which must not exist yet). `exe` is the
-    /// knode binary that runs the helper.
-    pub fn create(exe: &Path, dir: &Path, o: &SandboxOptions) -> Result<Sandbox> {
+    /// Creates the sandbox's namespaces under `dir` (which must not exist yet).
+    pub fn create(dir: &Path, o: &SandboxOptions) -> Result<Sandbox> {
         let ns = dir.join("ns");
         std::fs::create_dir_all(&ns).with_context(|| format!("creating {}", ns.display()))?;
         let mut kinds = vec![];
@@ -67,19 +65,19 @@ impl Sandbox {
         if kinds.is_empty() {
             return Ok(sb);
         }
-        let out = Command::new(exe)
-            .arg("__pin-ns")
-            .arg(&ns)
-            .arg(&o.hostname)
-            .args(&kinds)
-            .output()
-            .context("starting the namespace helper")?;
-        if !out.status.success() {
+        let (dir_ns, hostname, kinds_owned) = (
+            ns.clone(),
+            o.hostname.clone(),
+            kinds.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+        );
+        // Network, IPC and UTS namespaces belong to threads: a short-lived thread unshares them
+        // and pins them, with no helper process to start.
+        let pinned = std::thread::spawn(move || pin_namespaces(&dir_ns, &hostname, &kinds_owned))
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the namespace thread panicked")));
+        if let Err(e) = pinned {
             let _ = sb.remove();
-            bail!(
-                "creating the pod sandbox: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("creating the pod sandbox: {e:#}");
         }
         Ok(sb)
     }
@@ -147,9 +145,8 @@ fn is_pinned(p: &Path) -> bool {
     md.dev() != parent.dev()
 }
 
-/// The helper's body (`knode __pin-ns DIR HOSTNAME KIND...`): runs in its own short-lived,
-/// single-threaded process.
-pub fn pin_namespaces(dir: &Path, hostname: &str, kinds: &[String]) -> Result<()> {
+/// Runs in a thread of its own, which it moves into new namespaces (never the caller's).
+fn pin_namespaces(dir: &Path, hostname: &str, kinds: &[String]) -> Result<()> {
     let mut flags = 0;
     for k in kinds {
         let (_, _, f) = KINDS
@@ -172,7 +169,7 @@ pub fn pin_namespaces(dir: &Path, hostname: &str, kinds: &[String]) -> Result<()
     for k in kinds {
         let target = dir.join(k);
         std::fs::File::create(&target).with_context(|| format!("creating {}", target.display()))?;
-        rustix::mount::mount_bind(format!("/proc/self/ns/{k}").as_str(), &target)
+        rustix::mount::mount_bind(format!("/proc/thread-self/ns/{k}").as_str(), &target)
             .with_context(|| format!("pinning the {k} namespace at {}", target.display()))?;
     }
     Ok(())

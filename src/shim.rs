@@ -38,7 +38,7 @@ pub struct ExitStatus {
 /// PID once it runs, or the reason it could not start.
 pub fn spawn(exe: &Path, state: &Path, cfg: &ShimConfig) -> Result<i32> {
     std::fs::create_dir_all(state)?;
-    oci::fsutil::write_atomic(&state.join("config.json"), &serde_json::to_vec(cfg)?)?;
+    oci::fsutil::replace(&state.join("config.json"), &serde_json::to_vec(cfg)?)?;
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let wfd = w.as_raw_fd();
     let mut cmd = Command::new(exe);
@@ -129,7 +129,7 @@ pub fn main(state: &Path, report_fd: i32) -> Result<()> {
     }
     // SAFETY: no arguments; this process is not a group leader after fork.
     unsafe { libc::setsid() };
-    oci::fsutil::write_atomic(
+    oci::fsutil::replace(
         &state.join("shim.pid"),
         std::process::id().to_string().as_bytes(),
     )?;
@@ -169,7 +169,7 @@ fn supervise(state: &Path, report: &mut std::fs::File) -> Result<()> {
     }
     drop((out_w, err_w));
     let started = started?;
-    oci::fsutil::write_atomic(&state.join("pid"), started.pid.to_string().as_bytes())?;
+    oci::fsutil::replace(&state.join("pid"), started.pid.to_string().as_bytes())?;
     write!(report, "started {}", started.pid)?;
     drop(std::mem::replace(report, std::fs::File::open("/dev/null")?));
 
@@ -185,7 +185,7 @@ fn supervise(state: &Path, report: &mut std::fs::File) -> Result<()> {
             "Error".into()
         },
     };
-    oci::fsutil::write_atomic(&state.join("exit.json"), &serde_json::to_vec(&status)?)?;
+    oci::fsutil::replace(&state.join("exit.json"), &serde_json::to_vec(&status)?)?;
     Ok(())
 }
 

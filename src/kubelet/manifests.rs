@@ -24,7 +24,7 @@ pub struct PodManifest {
     pub invalid: Option<String>,
 }
 
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 pub struct Manifests {
     pub pods: Vec<PodManifest>,
     pub config_maps: BTreeMap<(String, String), ConfigMap>,
@@ -205,34 +205,92 @@ fn check_pod(raw: &serde_json::Value, pod: &Pod) -> (Vec<String>, Option<String>
 
 /// Loads every manifest in `dir`.
 pub fn load(dir: &Path) -> Manifests {
+    Loader::default().load(dir)
+}
+
+/// Parsed files, reused while a file's inode, size and mtime stay the same: a change in a
+/// directory of many manifests re-parses only the file that changed.
+#[derive(Default)]
+pub struct Loader {
+    cache: BTreeMap<PathBuf, (FileKey, Manifests)>,
+}
+
+/// What identifies a file's content without reading it: inode, size, mtime (s, ns).
+type FileKey = (u64, u64, i64, i64);
+
+impl Loader {
+    pub fn load(&mut self, dir: &Path) -> Manifests {
+        let mut m = Manifests::default();
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+                })
+                .filter(|p| {
+                    !p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+                .collect(),
+            Err(e) => {
+                m.errors.push(format!("{}: {e}", dir.display()));
+                return m;
+            }
+        };
+        files.sort();
+        self.cache.retain(|p, _| files.contains(p));
+        for f in files {
+            use std::os::unix::fs::MetadataExt;
+            let key = std::fs::metadata(&f)
+                .map(|md| (md.ino(), md.size(), md.mtime(), md.mtime_nsec()))
+                .unwrap_or_default();
+            let parsed = match self.cache.get(&f) {
+                Some((k, parsed)) if *k == key => parsed.clone(),
+                _ => {
+                    let parsed = parse_file(&f);
+                    self.cache.insert(f.clone(), (key, parsed.clone()));
+                    parsed
+                }
+            };
+            m.pods.extend(parsed.pods);
+            m.config_maps.extend(parsed.config_maps);
+            m.secrets.extend(parsed.secrets);
+            m.errors.extend(parsed.errors);
+        }
+        // Two manifests naming the same pod: the first file wins, the other is an error.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut pods = Vec::new();
+        for p in std::mem::take(&mut m.pods) {
+            if seen.insert((p.namespace.clone(), p.name.clone())) {
+                pods.push(p);
+            } else {
+                m.errors.push(format!(
+                    "{}: pod {}/{} is already defined in another file",
+                    p.file.display(),
+                    p.namespace,
+                    p.name
+                ));
+            }
+        }
+        m.pods = pods;
+        m
+    }
+}
+
+/// Parses one manifest file (all its documents).
+fn parse_file(f: &Path) -> Manifests {
     let mut m = Manifests::default();
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.extension()
-                    .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
-            })
-            .filter(|p| {
-                !p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
-            .collect(),
+    let f = f.to_path_buf();
+    let text = match std::fs::read_to_string(&f) {
+        Ok(t) => t,
         Err(e) => {
-            m.errors.push(format!("{}: {e}", dir.display()));
+            m.errors.push(format!("{}: {e}", f.display()));
             return m;
         }
     };
-    files.sort();
-    for f in files {
-        let text = match std::fs::read_to_string(&f) {
-            Ok(t) => t,
-            Err(e) => {
-                m.errors.push(format!("{}: {e}", f.display()));
-                continue;
-            }
-        };
+    {
         for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
             let v: serde_json::Value = match serde::Deserialize::deserialize(doc) {
                 Ok(mut v) => {
@@ -294,22 +352,6 @@ pub fn load(dir: &Path) -> Manifests {
             }
         }
     }
-    // Two manifests naming the same pod: the first file wins, the other is an error.
-    let mut seen = std::collections::BTreeSet::new();
-    let mut pods = Vec::new();
-    for p in std::mem::take(&mut m.pods) {
-        if seen.insert((p.namespace.clone(), p.name.clone())) {
-            pods.push(p);
-        } else {
-            m.errors.push(format!(
-                "{}: pod {}/{} is already defined in another file",
-                p.file.display(),
-                p.namespace,
-                p.name
-            ));
-        }
-    }
-    m.pods = pods;
     m
 }
 

@@ -107,8 +107,9 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
     let mut workers: BTreeMap<String, Running> = BTreeMap::new();
     let mut stopping: Vec<Running> = Vec::new();
     let mut first = true;
+    let mut loader = manifests::Loader::default();
     loop {
-        let m = manifests::load(&cfg.manifests);
+        let m = loader.load(&cfg.manifests);
         for e in &m.errors {
             if !state.read().expect("state").manifest_errors.contains(e) {
                 tracing::warn!(error = %e, "manifest");

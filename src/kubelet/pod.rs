@@ -326,7 +326,7 @@ impl Worker {
                 host_ipc: spec.host_ipc.unwrap_or(false),
             };
             let _ = std::fs::create_dir_all(&self.dir);
-            match Sandbox::create(&self.ctx.exe, &self.dir.join("sandbox"), &o) {
+            match Sandbox::create(&self.dir.join("sandbox"), &o) {
                 Ok(s) => self.sandbox = Some(s),
                 Err(e) => {
                     self.event("Warning", "FailedCreatePodSandBox", format!("{e:#}"));
@@ -704,7 +704,7 @@ impl Worker {
             .map(|c| (c.spec.name.clone(), c.p.clone()))
             .collect();
         if self.dir.exists() {
-            let _ = oci::fsutil::write_atomic(
+            let _ = oci::fsutil::replace(
                 &self.dir.join("pod.json"),
                 &serde_json::to_vec(&map).unwrap_or_default(),
             );
@@ -834,8 +834,8 @@ fn write_etc_files(dir: &Path, pod: &Pod, name: &str) -> std::io::Result<()> {
             "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
         )
     };
-    oci::fsutil::write_atomic(&etc.join("hosts"), hosts.as_bytes())?;
-    oci::fsutil::write_atomic(&etc.join("hostname"), format!("{hostname}\n").as_bytes())?;
+    oci::fsutil::replace(&etc.join("hosts"), hosts.as_bytes())?;
+    oci::fsutil::replace(&etc.join("hostname"), format!("{hostname}\n").as_bytes())?;
     let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-    oci::fsutil::write_atomic(&etc.join("resolv.conf"), &resolv)
+    oci::fsutil::replace(&etc.join("resolv.conf"), &resolv)
 }

@@ -1,0 +1,252 @@
+//! Pod start benchmark (run as root: `cargo bench --bench pods`).
+//!
+//! - knode: a pod manifest (one busybox container, image cached, no network yet) is written
+//!   into the agent's manifests directory; latency runs from the write to the agent's
+//!   "Started container" event (recorded after the container has exec'd), 100 pods one after
+//!   another.
+//! - crun: the same rootfs and command launched by `crun --cgroup-manager=disabled run -d`,
+//!   100 times, in the same run.
+//! - agent memory: VmRSS idle and with the 100 pods running.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PODS: usize = 100;
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn api(sock: &Path, path: &str) -> serde_json::Value {
+    knode::kubelet::api::get(sock, path)
+        .ok()
+        .and_then(|(_, b)| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+struct Agent(Child);
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("pod start benchmark: run it with `cargo bench --bench pods` (as root)");
+        return;
+    }
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--crun-loop") {
+        crun_loop(Path::new(&args[i + 1]), args[i + 2].parse().unwrap());
+        return;
+    }
+    let knode = env!("CARGO_BIN_EXE_knode");
+    let work = tempfile::Builder::new()
+        .prefix("knode-bench-pods-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let root = work.path().join("root");
+    // As in production, runtime state lives on a tmpfs (/run).
+    let run_tmp = tempfile::Builder::new()
+        .prefix("knode-bench-")
+        .tempdir_in("/run")
+        .unwrap();
+    let run_dir = run_tmp.path().join("run");
+    let manifests = work.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    // The busybox image, imported.
+    let store = oci::image::ImageStore::open(&root.join("images")).unwrap();
+    let layout = work.path().join("layout");
+    oci::build::ImageBuilder::new()
+        .layer(
+            &knode::demo::busybox_layer().unwrap(),
+            oci::spec::Compression::Gzip,
+        )
+        .build()
+        .write_oci_layout(&layout, "1")
+        .unwrap();
+    let rec = store
+        .import(
+            &layout,
+            Some("bench/busybox"),
+            &Default::default(),
+            &oci::progress::NoProgress,
+        )
+        .unwrap()
+        .remove(0);
+    let rootfs: PathBuf = store.snapshots().fs_dir(&rec.layers[0].chain_id);
+
+    // crun, same rootfs (read-only), same command.
+    let bundle = work.path().join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let st = Command::new("crun")
+        .arg("spec")
+        .current_dir(&bundle)
+        .status()
+        .expect("crun (apt-get install crun)");
+    assert!(st.success());
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    cfg["process"]["terminal"] = false.into();
+    cfg["process"]["args"] = serde_json::json!(["sleep", "3600"]);
+    cfg["root"] = serde_json::json!({"path": rootfs, "readonly": true});
+    if let Some(arr) = cfg["mounts"].as_array_mut() {
+        arr.retain(|m| m["type"] != "cgroup");
+    }
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&cfg).unwrap(),
+    )
+    .unwrap();
+    // crun refuses this hybrid cgroup host even with cgroups disabled (it sees a controller on
+    // the cgroup2 mount): run it in a private mount namespace whose /sys/fs/cgroup is an empty
+    // tmpfs. The host's hierarchy is not touched.
+    let me = std::env::current_exe().unwrap();
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs none /sys/fs/cgroup && exec {} --bench --crun-loop {} {PODS}",
+            me.display(),
+            bundle.display()
+        ))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the crun loop failed");
+    let crun: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    assert_eq!(crun.len(), PODS);
+
+    // knode.
+    let agent = Agent(
+        Command::new(knode)
+            .arg("--root")
+            .arg(&root)
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .args(["agent", "--manifests"])
+            .arg(&manifests)
+            .arg("--log-dir")
+            .arg(work.path().join("logs"))
+            .spawn()
+            .unwrap(),
+    );
+    let sock = run_dir.join("knode.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while knode::kubelet::api::get(&sock, "/healthz").is_err() {
+        assert!(Instant::now() < deadline, "the agent did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = rss_kb(agent.0.id());
+    let mut written = vec![];
+    for i in 0..PODS {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: bench/busybox:1\n    command: [sleep, '3600']\n"
+        );
+        let tmp = manifests.join(format!(".p{i}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        let t0 = chrono::Utc::now();
+        std::fs::rename(&tmp, manifests.join(format!("p{i}.yaml"))).unwrap();
+        written.push(t0);
+        // One at a time: wait until it runs.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = api(&sock, &format!("/pods/default/p{i}"));
+            if v["pod"]["status"]["containerStatuses"][0]["ready"] == true {
+                break;
+            }
+            assert!(Instant::now() < deadline, "pod p{i} did not start: {v}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let mut kn = vec![];
+    for (i, t0) in written.iter().enumerate() {
+        let v = api(&sock, &format!("/pods/default/p{i}"));
+        let started = v["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["reason"] == "Started")
+            .and_then(|e| {
+                serde_json::from_value::<chrono::DateTime<chrono::Utc>>(e["time"].clone()).ok()
+            })
+            .expect("a Started event");
+        kn.push((started - *t0).num_microseconds().unwrap() as f64 / 1000.0);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let busy = rss_kb(agent.0.id());
+    // Tear down.
+    for i in 0..PODS {
+        let _ = std::fs::remove_file(manifests.join(format!("p{i}.yaml")));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_dir(run_dir.join("pods"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+        > 0
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(agent);
+
+    let (k50, k99) = (pct(&mut kn.clone(), 0.5), pct(&mut kn.clone(), 0.99));
+    let (c50, c99) = (pct(&mut crun.clone(), 0.5), pct(&mut crun.clone(), 0.99));
+    println!("pod start, image cached, one container, no network ({PODS} pods each)");
+    println!("  knode agent: manifest written -> container running   p50 {k50:6.2} ms   p99 {k99:6.2} ms");
+    println!("  crun run -d (cgroups disabled), same rootfs          p50 {c50:6.2} ms   p99 {c99:6.2} ms");
+    println!(
+        "  knode p50 / crun p50 = {:.2} (goal <= 1.5; and knode p50 < 20 ms)",
+        k50 / c50
+    );
+    println!(
+        "agent RSS: idle {:.1} MB, with {PODS} pods running {:.1} MB (goal < 30 MB)",
+        idle as f64 / 1024.0,
+        busy as f64 / 1024.0
+    );
+}
+
+/// Times `crun run -d` of the bundle `n` times (inside the private mount namespace).
+fn crun_loop(bundle: &Path, n: usize) {
+    for i in 0..n {
+        let id = format!("knode-bench-{}-{i}", std::process::id());
+        let t = Instant::now();
+        let st = Command::new("crun")
+            .args(["--cgroup-manager=disabled", "run", "-d", "-b"])
+            .arg(bundle)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        assert!(st.success(), "crun run failed");
+        println!("{ms}");
+        let _ = Command::new("crun")
+            .args(["--cgroup-manager=disabled", "kill", &id, "KILL"])
+            .status();
+        let _ = Command::new("crun")
+            .args(["--cgroup-manager=disabled", "delete", "-f", &id])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
