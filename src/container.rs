@@ -224,7 +224,8 @@ impl PodContainer {
                 .unwrap_or_default();
             let (uid, gid, additional_gids) = spec::resolve_user(&rootfs, &user)?;
             let mut namespaces = sandbox.namespaces();
-            let own: &[&str] = if c.host_pid {
+            let shared_pid = namespaces.iter().any(|(t, _)| t == "pid");
+            let own: &[&str] = if c.host_pid || shared_pid {
                 &["mount", "cgroup"]
             } else {
                 &["pid", "mount", "cgroup"]

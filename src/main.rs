@@ -161,6 +161,9 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Internal: hold a pod's shared PID namespace (run by the agent).
+    #[command(name = "__pause", hide = true)]
+    Pause { dir: PathBuf },
     /// Internal: supervise one container (run by the agent).
     #[command(name = "__shim", hide = true)]
     Shim { state: PathBuf, report_fd: i32 },
@@ -350,6 +353,7 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             std::process::exit(code);
         }
+        Cmd::Pause { dir } => knode::sandbox::pause_main(&dir),
         Cmd::Shim { state, report_fd } => knode::shim::main(&state, report_fd),
         Cmd::Run {
             image,

@@ -20,6 +20,8 @@ pub struct SandboxOptions {
     pub host_network: bool,
     /// `hostIPC`.
     pub host_ipc: bool,
+    /// `shareProcessNamespace`: one PID namespace for all the pod's containers.
+    pub share_pid: bool,
 }
 
 pub struct Sandbox {
@@ -33,8 +35,9 @@ const KINDS: [(&str, &str, libc::c_int); 3] = [
 ];
 
 impl Sandbox {
-    /// Creates the sandbox's namespaces under `dir` (which must not exist yet).
-    pub fn create(dir: &Path, o: &SandboxOptions) -> Result<Sandbox> {
+    /// Creates the sandbox's namespaces under `dir` (which must not exist yet). `exe` (the
+    /// knode binary) runs the pod's pause process when it shares one PID namespace.
+    pub fn create(exe: &Path, dir: &Path, o: &SandboxOptions) -> Result<Sandbox> {
         let ns = dir.join("ns");
         std::fs::create_dir_all(&ns).with_context(|| format!("creating {}", ns.display()))?;
         let mut kinds = vec![];
@@ -62,6 +65,21 @@ impl Sandbox {
             )
             .context("mounting the pod's /dev/shm")?;
         }
+        if o.share_pid {
+            // A PID namespace dies with its init: a pause process holds it, as in Kubernetes.
+            let out = std::process::Command::new(exe)
+                .arg("__pause")
+                .arg(dir)
+                .output()
+                .context("starting the pause process")?;
+            if !out.status.success() {
+                let _ = sb.remove();
+                bail!(
+                    "starting the pod's pause process: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
         if kinds.is_empty() {
             return Ok(sb);
         }
@@ -88,15 +106,32 @@ impl Sandbox {
         }
     }
 
+    /// The pod's pause process (only with a shared PID namespace).
+    fn pause_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.dir.join("pause.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        String::from_utf8_lossy(&cmd)
+            .contains("__pause")
+            .then_some(pid)
+    }
+
     /// The namespaces for a container's runtime spec: pinned ones to join; the host's are
     /// simply not listed.
     pub fn namespaces(&self) -> Vec<(String, Option<String>)> {
+        let pid = self
+            .pause_pid()
+            .map(|p| ("pid".to_string(), Some(format!("/proc/{p}/ns/pid"))));
         KINDS
             .iter()
             .filter_map(|(file, kind, _)| {
                 let p = self.dir.join("ns").join(file);
                 is_pinned(&p).then(|| (kind.to_string(), Some(p.to_string_lossy().into_owned())))
             })
+            .chain(pid)
             .collect()
     }
 
@@ -112,6 +147,9 @@ impl Sandbox {
 
     /// Unpins the namespaces (they vanish with their last user) and removes the directory.
     pub fn remove(&self) -> Result<()> {
+        if let Some(p) = self.pause_pid().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
         let shm = self.dir.join("shm");
         if is_pinned(&shm) {
             rustix::mount::unmount(&shm, rustix::mount::UnmountFlags::DETACH)
@@ -173,4 +211,49 @@ fn pin_namespaces(dir: &Path, hostname: &str, kinds: &[String]) -> Result<()> {
             .with_context(|| format!("pinning the {k} namespace at {}", target.display()))?;
     }
     Ok(())
+}
+
+/// The pause process (`knode __pause DIR`): creates a PID namespace, forks its init, records
+/// the init's PID in `DIR/pause.pid` and returns. The init reaps orphans until SIGTERM/SIGKILL.
+pub fn pause_main(dir: &Path) -> Result<()> {
+    // SAFETY: unshare with integer flags; this process is single-threaded.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        bail!("unshare(CLONE_NEWPID): {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: fork in a single-threaded process.
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => pause_init(),
+        pid => {
+            oci::fsutil::replace(&dir.join("pause.pid"), pid.to_string().as_bytes())?;
+            Ok(())
+        }
+    }
+}
+
+extern "C" fn on_term(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(0) };
+}
+
+extern "C" fn on_child(_: libc::c_int) {}
+
+fn pause_init() -> ! {
+    // SAFETY: plain libc calls in a fresh single-threaded process; the handlers only call
+    // async-signal-safe functions.
+    unsafe {
+        libc::setsid();
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        for fd in 0..3 {
+            libc::dup2(null, fd);
+        }
+        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGCHLD, on_child as *const () as libc::sighandler_t);
+        loop {
+            let mut st = 0;
+            while libc::waitpid(-1, &mut st, libc::WNOHANG) > 0 {}
+            libc::pause();
+        }
+    }
 }

@@ -524,3 +524,33 @@ fn exec_runs_inside_the_container_with_its_confinement() {
     let o = n.knode(&["exec", "ex", "-c", "nope", "--", "true"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("not valid"));
 }
+
+#[test]
+fn share_process_namespace_puts_containers_in_one_pid_namespace() {
+    let n = Node::new();
+    n.write(
+        "shared.yaml",
+        &pod_yaml(
+            "shared",
+            "  shareProcessNamespace: true\n",
+            "  - name: a\n    image: test/busybox:1\n    command: [sh, -c, 'exec sleep 600']\n  - name: b\n    image: test/busybox:1\n    command: [sh, -c, 'for i in $(seq 1 250); do grep -qx sleep /proc/[0-9]*/comm && break; usleep 20000; done; echo pid1=$(cat /proc/1/comm); cat /proc/[0-9]*/comm | sort | uniq | tr \"\\n\" \" \"; echo; echo done; exec sleep 600']\n",
+        ),
+    );
+    n.until("b looked", |n| {
+        String::from_utf8_lossy(&n.knode(&["logs", "shared", "-c", "b"]).stdout).contains("done")
+    });
+    let out = String::from_utf8(n.knode(&["logs", "shared", "-c", "b"]).stdout).unwrap();
+    assert!(
+        out.contains("pid1=knode"),
+        "the pause process is PID 1: {out}"
+    );
+    assert!(out.contains("sleep"), "b sees a's process: {out}");
+    std::fs::remove_file(n.manifests.join("shared.yaml")).unwrap();
+    n.until("gone", |n| n.pod("shared").is_none());
+    let root = n.s.root().to_string_lossy().into_owned();
+    let pauses = Command::new("pgrep")
+        .args(["-f", &format!("__pause {root}")])
+        .output()
+        .unwrap();
+    assert!(pauses.stdout.is_empty(), "the pause process is gone");
+}

@@ -68,6 +68,7 @@ fn assert_clean(s: &Store) {
 fn containers_of_a_pod_share_net_ipc_uts_and_shm_but_not_pids_or_mounts() {
     let s = store_with_busybox();
     let sb = Sandbox::create(
+        Path::new(knode_bin()),
         &s.root().join("pods/p1"),
         &SandboxOptions {
             hostname: "pod-a".into(),
@@ -144,6 +145,7 @@ echo env=$NAME"#,
 fn exit_status_and_cri_logs() {
     let s = store_with_busybox();
     let sb = Sandbox::create(
+        Path::new(knode_bin()),
         &s.root().join("pods/p2"),
         &SandboxOptions {
             hostname: "p2".into(),
@@ -188,6 +190,7 @@ fn exit_status_and_cri_logs() {
 fn the_shim_is_detached_from_its_starter() {
     let s = store_with_busybox();
     let sb = Sandbox::create(
+        Path::new(knode_bin()),
         &s.root().join("pods/p3"),
         &SandboxOptions {
             hostname: "p3".into(),
@@ -239,6 +242,7 @@ fn the_shim_is_detached_from_its_starter() {
 fn graceful_stop_sends_sigterm_then_sigkill_after_the_grace_period() {
     let s = store_with_busybox();
     let sb = Sandbox::create(
+        Path::new(knode_bin()),
         &s.root().join("pods/p4"),
         &SandboxOptions {
             hostname: "p4".into(),

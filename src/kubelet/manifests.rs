@@ -42,6 +42,7 @@ const POD_SPEC_FIELDS: &[&str] = &[
     "hostNetwork",
     "hostIPC",
     "hostPID",
+    "shareProcessNamespace",
     "securityContext",
     "nodeName",
     "dnsPolicy",

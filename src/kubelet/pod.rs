@@ -324,9 +324,10 @@ impl Worker {
                 hostname,
                 host_network: spec.host_network.unwrap_or(false),
                 host_ipc: spec.host_ipc.unwrap_or(false),
+                share_pid: spec.share_process_namespace.unwrap_or(false),
             };
             let _ = std::fs::create_dir_all(&self.dir);
-            match Sandbox::create(&self.dir.join("sandbox"), &o) {
+            match Sandbox::create(&self.ctx.exe, &self.dir.join("sandbox"), &o) {
                 Ok(s) => self.sandbox = Some(s),
                 Err(e) => {
                     self.event("Warning", "FailedCreatePodSandBox", format!("{e:#}"));
