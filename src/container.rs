@@ -189,6 +189,8 @@ pub struct PodContainerSpec {
     pub binds: Vec<spec::Bind>,
     /// Where the writable layer goes (on disk, not in the runtime tmpfs).
     pub upper_dir: Option<PathBuf>,
+    /// Extra supplementary groups (the pod's fsGroup and supplementalGroups).
+    pub supplemental_groups: Vec<u32>,
 }
 
 impl PodContainer {
@@ -222,7 +224,12 @@ impl PodContainer {
                 .clone()
                 .or_else(|| image.user.clone().filter(|u| !u.is_empty()))
                 .unwrap_or_default();
-            let (uid, gid, additional_gids) = spec::resolve_user(&rootfs, &user)?;
+            let (uid, gid, mut additional_gids) = spec::resolve_user(&rootfs, &user)?;
+            for g in &c.supplemental_groups {
+                if *g != gid && !additional_gids.contains(g) {
+                    additional_gids.push(*g);
+                }
+            }
             let mut namespaces = sandbox.namespaces();
             let shared_pid = namespaces.iter().any(|(t, _)| t == "pid");
             let own: &[&str] = if c.host_pid || shared_pid {

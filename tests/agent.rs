@@ -554,3 +554,35 @@ fn share_process_namespace_puts_containers_in_one_pid_namespace() {
         .unwrap();
     assert!(pauses.stdout.is_empty(), "the pause process is gone");
 }
+
+#[test]
+fn fs_group_network_capabilities_and_log_follow() {
+    let n = Node::new();
+    n.write(
+        "fsg.yaml",
+        &pod_yaml(
+            "fsg",
+            "  securityContext: {fsGroup: 2000}\n  volumes: [{name: data, emptyDir: {}}]\n",
+            "  - name: user\n    image: test/busybox:1\n    securityContext: {runAsUser: 1000, runAsGroup: 1000}\n    volumeMounts: [{name: data, mountPath: /data}]\n    command: [sh, -c, 'echo groups=$(id -G); echo owner=$(stat -c %g /data); touch /data/mine && echo write=ok || echo write=denied; echo done; exec sleep 600']\n  - name: root\n    image: test/busybox:1\n    command: [sh, -c, 'ip link add knodetest0 type dummy 2>/dev/null && echo link=created || echo link=denied; for i in 1 2 3; do echo tick $i; usleep 200000; done']\n",
+        ),
+    );
+    n.until("user done", |n| {
+        String::from_utf8_lossy(&n.knode(&["logs", "fsg", "-c", "user"]).stdout).contains("done")
+    });
+    let out = String::from_utf8(n.knode(&["logs", "fsg", "-c", "user"]).stdout).unwrap();
+    assert!(
+        out.contains("groups=1000 2000") && out.contains("owner=2000") && out.contains("write=ok"),
+        "{out}"
+    );
+    // `logs -f` follows the root container until it exits (then the agent restarts it).
+    let f = n.knode(&["logs", "-f", "fsg", "-c", "root"]);
+    let followed = String::from_utf8(f.stdout).unwrap();
+    assert!(
+        followed.contains("link=denied"),
+        "no CAP_NET_ADMIN by default: {followed}"
+    );
+    assert!(
+        followed.contains("tick 3"),
+        "followed to the end: {followed}"
+    );
+}

@@ -77,6 +77,7 @@ const POD_SECURITY_FIELDS: &[&str] = &[
     "runAsGroup",
     "runAsNonRoot",
     "supplementalGroups",
+    "fsGroup",
 ];
 const CONTAINER_SECURITY_FIELDS: &[&str] = &[
     "runAsUser",

@@ -598,6 +598,16 @@ impl Worker {
                     .join(&spec.name)
                     .join(attempt.to_string()),
             ),
+            supplemental_groups: pod_sc
+                .as_ref()
+                .map(|p| {
+                    p.fs_group
+                        .into_iter()
+                        .chain(p.supplemental_groups.clone().unwrap_or_default())
+                        .map(|g| g as u32)
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         let sandbox = self.sandbox.as_ref().expect("sandbox exists");
         match PodContainer::start(&self.ctx.exe, &self.ctx.store, sandbox, &hostname, &dir, &c) {

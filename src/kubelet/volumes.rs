@@ -247,9 +247,45 @@ pub fn prepare(
                 "only emptyDir, hostPath, configMap and secret volumes are supported".into(),
             ));
         };
+        // fsGroup: the pod's volumes belong to that group, setgid so new files do too.
+        let fs_group = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref())
+            .and_then(|c| c.fs_group);
+        if let (Some(g), true) = (fs_group, v.host_path.is_none()) {
+            chown_group(&path, g as u32, v.empty_dir.is_some()).map_err(|e| err(e.to_string()))?;
+        }
         out.insert(name, path);
     }
     Ok(out)
+}
+
+/// Gives a volume's tree to group `gid`: directories setgid (and group-writable for writable
+/// volumes), files group-readable, never following symlinks.
+fn chown_group(root: &Path, gid: u32, writable: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = std::fs::symlink_metadata(&p)?;
+        if md.file_type().is_symlink() {
+            continue;
+        }
+        std::os::unix::fs::lchown(&p, None, Some(gid))?;
+        let mode = md.mode() & 0o7777;
+        let new = if md.is_dir() {
+            mode | 0o2000 | 0o050 | if writable { 0o020 } else { 0 }
+        } else {
+            mode | 0o040 | if writable { 0o020 } else { 0 }
+        };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(new))?;
+        if md.is_dir() {
+            for e in std::fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn items(
