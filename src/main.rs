@@ -164,6 +164,9 @@ enum Cmd {
     /// Internal: hold a pod's shared PID namespace (run by the agent).
     #[command(name = "__pause", hide = true)]
     Pause { dir: PathBuf },
+    /// Internal: fork container shims on the agent's request.
+    #[command(name = "__shim-launcher", hide = true)]
+    ShimLauncher,
     /// Internal: supervise one container (run by the agent).
     #[command(name = "__shim", hide = true)]
     Shim { state: PathBuf, report_fd: i32 },
@@ -354,6 +357,7 @@ fn run(cli: Cli) -> Result<()> {
             std::process::exit(code);
         }
         Cmd::Pause { dir } => knode::sandbox::pause_main(&dir),
+        Cmd::ShimLauncher => knode::shim::launcher_main(),
         Cmd::Shim { state, report_fd } => knode::shim::main(&state, report_fd),
         Cmd::Run {
             image,

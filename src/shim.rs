@@ -9,7 +9,7 @@
 //! - `exit.json`   `{ "code", "finishedAt", "reason" }`, written atomically when it exits.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -39,6 +39,15 @@ pub struct ExitStatus {
 pub fn spawn(exe: &Path, state: &Path, cfg: &ShimConfig) -> Result<i32> {
     std::fs::create_dir_all(state)?;
     oci::fsutil::replace(&state.join("config.json"), &serde_json::to_vec(cfg)?)?;
+    if let Some(l) = LAUNCHER.get() {
+        match l.spawn(state) {
+            Ok(pid) => return Ok(pid),
+            Err(e) if e.to_string().starts_with("launcher:") => {
+                tracing::warn!(error = %e, "the shim launcher failed; starting the shim directly");
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let wfd = w.as_raw_fd();
     let mut cmd = Command::new(exe);
@@ -125,7 +134,9 @@ pub fn main(state: &Path, report_fd: i32) -> Result<()> {
     match unsafe { libc::fork() } {
         -1 => bail!("fork: {}", std::io::Error::last_os_error()),
         0 => {}
-        _ => std::process::exit(0),
+        // SAFETY: leaves without running exit handlers or flushing buffers that belong to the
+        // process we were forked from (the launcher's).
+        _ => unsafe { libc::_exit(0) },
     }
     // SAFETY: no arguments; this process is not a group leader after fork.
     unsafe { libc::setsid() };
@@ -231,4 +242,91 @@ fn copy_output(log: &mut CriWriter, out: OwnedFd, err: OwnedFd) {
             }
         }
     }
+}
+
+/// A single-threaded process that forks shims on request, sparing each container start the
+/// exec of a new knode binary (the agent itself is multi-threaded, so it cannot fork and go
+/// on running Rust code). Shims still detach into sessions of their own: they outlive both the
+/// launcher and the agent. Protocol on the launcher's stdin/stdout: a state directory per
+/// line in, `started PID` or `error MESSAGE` per line out.
+pub struct Launcher {
+    io: std::sync::Mutex<(
+        std::io::BufReader<std::os::unix::net::UnixStream>,
+        std::os::unix::net::UnixStream,
+    )>,
+    _child: std::process::Child,
+}
+
+static LAUNCHER: std::sync::OnceLock<Launcher> = std::sync::OnceLock::new();
+
+impl Launcher {
+    /// Starts the launcher and makes `spawn` use it.
+    pub fn install(exe: &Path) -> Result<()> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let child = Command::new(exe)
+            .arg("__shim-launcher")
+            .stdin(Stdio::from(OwnedFd::from(theirs.try_clone()?)))
+            .stdout(Stdio::from(OwnedFd::from(theirs)))
+            .spawn()
+            .context("starting the shim launcher")?;
+        let l = Launcher {
+            io: std::sync::Mutex::new((std::io::BufReader::new(ours.try_clone()?), ours)),
+            _child: child,
+        };
+        let _ = LAUNCHER.set(l);
+        Ok(())
+    }
+
+    fn spawn(&self, state: &Path) -> Result<i32> {
+        use std::io::BufRead;
+        let mut io = self.io.lock().expect("launcher");
+        let line = state.to_str().context("state path is not UTF-8")?;
+        writeln!(io.1, "{line}").context("launcher: write")?;
+        let mut reply = String::new();
+        io.0.read_line(&mut reply).context("launcher: read")?;
+        if reply.is_empty() {
+            bail!("launcher: it exited");
+        }
+        match reply.trim_end().split_once(' ') {
+            Some(("started", pid)) => Ok(pid.parse()?),
+            Some(("error", msg)) => bail!("{msg}"),
+            _ => bail!("launcher: bad reply {reply:?}"),
+        }
+    }
+}
+
+/// The launcher's body (`knode __shim-launcher`).
+pub fn launcher_main() -> Result<()> {
+    use std::io::BufRead;
+    let stdin = std::io::stdin();
+    let mut out = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    for line in stdin.lock().lines() {
+        let state = PathBuf::from(line?);
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        // SAFETY: fork in this single-threaded process; the child runs the shim and leaves
+        // with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            drop(r);
+            let fd = std::os::fd::IntoRawFd::into_raw_fd(w);
+            let code = if main(&state, fd).is_ok() { 0 } else { 1 };
+            // SAFETY: see above: never return into the launcher's loop.
+            unsafe { libc::_exit(code) };
+        }
+        drop(w);
+        let mut msg = String::new();
+        let _ = std::fs::File::from(r).read_to_string(&mut msg);
+        if pid > 0 {
+            // The foreground half exits at once (the shim lives on in its own session).
+            // SAFETY: waitpid writes into a valid c_int.
+            unsafe { libc::waitpid(pid, &mut 0, 0) };
+        }
+        let reply = match msg.strip_prefix("started ") {
+            Some(p) => format!("started {}", p.trim()),
+            None if msg.is_empty() => "error the container shim died before reporting".to_string(),
+            None => format!("error {}", msg.replace('\n', " ")),
+        };
+        writeln!(out, "{reply}")?;
+    }
+    Ok(())
 }

@@ -81,6 +81,9 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         log_dir: cfg.log_dir.clone(),
         ..Default::default()
     }));
+    if let Err(e) = crate::shim::Launcher::install(&cfg.exe) {
+        tracing::warn!(error = %e, "no shim launcher: containers start through exec");
+    }
     let sock = cfg.run_dir.join("knode.sock");
     api::serve(sock.clone(), state.clone())?;
     tracing::info!(socket = %sock.display(), manifests = %cfg.manifests.display(), "agent started");
