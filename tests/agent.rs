@@ -521,6 +521,16 @@ fn exec_runs_inside_the_container_with_its_confinement() {
         String::from_utf8_lossy(&o.stdout).contains("tty")
             && !String::from_utf8_lossy(&o.stdout).contains("no-tty")
     );
+    // The kubelet-style /run endpoint of the API: a command, its output.
+    let (code, body) = knode::kubelet::api::get(
+        &n.s.root().join("run/knode.sock"),
+        "/run/default/ex/main?cmd=echo+hello%20from+run",
+    )
+    .unwrap();
+    assert_eq!(
+        (code, String::from_utf8_lossy(&body).into_owned()),
+        (200, "hello from run\n".to_string())
+    );
     let o = n.knode(&["exec", "ex", "-c", "nope", "--", "true"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("not valid"));
 }

@@ -130,6 +130,28 @@ fn find(state: &NodeState, ns: &str, name: &str) -> Option<PodView> {
         .min_by_key(|v| v.deleting)
 }
 
+/// Decodes `%XX` escapes and `+` (a space) of a query value.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'+' {
+            out.push(b' ');
+        } else if b[i] == b'%'
+            && i + 2 < b.len()
+            && u8::from_str_radix(&s[i + 1..i + 3], 16).is_ok()
+        {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).expect("checked"));
+            i += 2;
+        } else {
+            out.push(b[i]);
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -149,6 +171,44 @@ async fn handle(
         .map(str::to_string)
         .collect();
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
+    // kubelet's /run: a command in a container, its output as the answer.
+    if let ["run", ns, name, container] = p.as_slice() {
+        let cmd = query(&req, "cmd")
+            .map(|c| percent_decode(&c))
+            .unwrap_or_default();
+        let (exe, run_dir) = {
+            let st = state.read().expect("state");
+            (st.exe.clone(), st.run_dir.clone())
+        };
+        let (ns, name, container) = (ns.to_string(), name.to_string(), container.to_string());
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(exe)
+                .arg("--run-dir")
+                .arg(run_dir)
+                .args(["exec", "-n", &ns, &name, "-c", &container, "--"])
+                .args(cmd.split_whitespace())
+                .output()
+        })
+        .await;
+        return Ok(match out {
+            Ok(Ok(o)) if o.status.success() => text(
+                StatusCode::OK,
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+            ),
+            Ok(Ok(o)) => text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+            ),
+            _ => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not run the command".into(),
+            ),
+        });
+    }
     let st = state.read().expect("state");
     let resp = match p.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok".into()),

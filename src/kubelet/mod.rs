@@ -38,6 +38,9 @@ pub struct NodeState {
     pub pods: BTreeMap<String, Arc<Mutex<PodView>>>,
     pub manifest_errors: Vec<String>,
     pub log_dir: PathBuf,
+    /// The knode binary and run dir, for `/run` (a command in a container).
+    pub exe: PathBuf,
+    pub run_dir: PathBuf,
 }
 
 struct Running {
@@ -79,6 +82,8 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
     });
     let state = Arc::new(RwLock::new(NodeState {
         log_dir: cfg.log_dir.clone(),
+        exe: cfg.exe.clone(),
+        run_dir: cfg.run_dir.clone(),
         ..Default::default()
     }));
     if let Err(e) = crate::shim::Launcher::install(&cfg.exe) {
