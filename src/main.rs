@@ -223,6 +223,15 @@ enum ImageCmd {
     },
 }
 
+/// `get` and `describe` know pods only (so far).
+fn pods_only(resource: &str, verb: &str) -> Result<()> {
+    if ["pods", "pod", "po"].contains(&resource) {
+        Ok(())
+    } else {
+        anyhow::bail!("unknown resource type {resource:?}: knode {verb} supports pods")
+    }
+}
+
 fn parse_resolve(s: &str) -> Result<(String, std::net::SocketAddr), String> {
     let bad = || {
         format!("invalid --registry-resolve {s:?}: expected HOST:PORT:ADDRESS, e.g. registry.lab:5000:192.168.56.10")
@@ -298,9 +307,7 @@ fn run(cli: Cli) -> Result<()> {
             all_namespaces,
             output,
         } => {
-            if !["pods", "pod", "po"].contains(&resource.as_str()) {
-                anyhow::bail!("unknown resource type {resource:?}: knode get supports pods");
-            }
+            pods_only(&resource, "get")?;
             knode::pod_cli::get_pods(
                 &sock,
                 (!all_namespaces).then_some(namespace.as_str()),
@@ -312,9 +319,7 @@ fn run(cli: Cli) -> Result<()> {
             name,
             namespace,
         } => {
-            if !["pods", "pod", "po"].contains(&resource.as_str()) {
-                anyhow::bail!("unknown resource type {resource:?}: knode describe supports pods");
-            }
+            pods_only(&resource, "describe")?;
             knode::pod_cli::describe_pod(&sock, &namespace, &name)
         }
         Cmd::Logs {

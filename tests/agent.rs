@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use oci::image::PullOptions;
-use oci::progress::NoProgress;
 use support::*;
 
 struct Node {
@@ -19,17 +17,7 @@ struct Node {
 
 impl Node {
     fn new() -> Node {
-        let s = Store::new();
-        let t = tempfile::tempdir().unwrap();
-        busybox_image().write_oci_layout(t.path(), "1").unwrap();
-        s.store
-            .import(
-                t.path(),
-                Some("test/busybox"),
-                &PullOptions::default(),
-                &NoProgress,
-            )
-            .unwrap();
+        let s = Store::with_busybox();
         let manifests = s.root().join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
         let mut n = Node {

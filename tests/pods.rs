@@ -7,24 +7,7 @@ use std::time::Duration;
 
 use knode::container::{PodContainer, PodContainerSpec};
 use knode::sandbox::{Sandbox, SandboxOptions};
-use oci::image::PullOptions;
-use oci::progress::NoProgress;
 use support::*;
-
-fn store_with_busybox() -> Store {
-    let s = Store::new();
-    let t = tempfile::tempdir().unwrap();
-    busybox_image().write_oci_layout(t.path(), "1").unwrap();
-    s.store
-        .import(
-            t.path(),
-            Some("test/busybox"),
-            &PullOptions::default(),
-            &NoProgress,
-        )
-        .unwrap();
-    s
-}
 
 fn start(s: &Store, sb: &Sandbox, name: &str, script: &str) -> PodContainer {
     let dir = sb.dir.join("containers").join(name);
@@ -66,7 +49,7 @@ fn assert_clean(s: &Store) {
 
 #[test]
 fn containers_of_a_pod_share_net_ipc_uts_and_shm_but_not_pids_or_mounts() {
-    let s = store_with_busybox();
+    let s = Store::with_busybox();
     let sb = Sandbox::create(
         Path::new(knode_bin()),
         &s.root().join("pods/p1"),
@@ -143,7 +126,7 @@ echo env=$NAME"#,
 
 #[test]
 fn exit_status_and_cri_logs() {
-    let s = store_with_busybox();
+    let s = Store::with_busybox();
     let sb = Sandbox::create(
         Path::new(knode_bin()),
         &s.root().join("pods/p2"),
@@ -188,7 +171,7 @@ fn exit_status_and_cri_logs() {
 
 #[test]
 fn the_shim_is_detached_from_its_starter() {
-    let s = store_with_busybox();
+    let s = Store::with_busybox();
     let sb = Sandbox::create(
         Path::new(knode_bin()),
         &s.root().join("pods/p3"),
@@ -240,7 +223,7 @@ fn the_shim_is_detached_from_its_starter() {
 
 #[test]
 fn graceful_stop_sends_sigterm_then_sigkill_after_the_grace_period() {
-    let s = store_with_busybox();
+    let s = Store::with_busybox();
     let sb = Sandbox::create(
         Path::new(knode_bin()),
         &s.root().join("pods/p4"),

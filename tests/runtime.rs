@@ -10,22 +10,6 @@ use oci::progress::NoProgress;
 use oci::spec::Compression;
 use support::*;
 
-/// A store with the busybox image imported as `test/busybox:1`.
-fn store_with_busybox() -> Store {
-    let s = Store::new();
-    let t = tempfile::tempdir().unwrap();
-    busybox_image().write_oci_layout(t.path(), "1").unwrap();
-    s.store
-        .import(
-            t.path(),
-            Some("test/busybox"),
-            &PullOptions::default(),
-            &NoProgress,
-        )
-        .unwrap();
-    s
-}
-
 fn knode(s: &Store, args: &[&str]) -> Output {
     Command::new(knode_bin())
         .arg("--root")
@@ -71,7 +55,7 @@ fn status_field(out: &str, key: &str) -> String {
 
 #[test]
 fn containers_are_isolated_and_confined_by_default() {
-    let s = store_with_busybox();
+    let s = Store::with_busybox();
     let script = r#"
 echo pid=$$ host=$(hostname)
 grep -E '^(CapEff|CapBnd|CapPrm|NoNewPrivs|Seccomp):' /proc/self/status
@@ -111,7 +95,7 @@ echo devnull=$(ls -l /dev/null | cut -c1)
 
 #[test]
 fn exit_codes_signals_and_exec_errors() {
-    let s = store_with_busybox();
+    let s = Store::with_busybox();
     assert_eq!(sh(&s, &[], "exit 7").0, 7);
     // PID 1 of a namespace cannot be killed from inside it; a child shell can.
     assert_eq!(sh(&s, &[], "sh -c 'kill -9 $$'; exit $?").0, 137);
@@ -130,7 +114,7 @@ fn exit_codes_signals_and_exec_errors() {
 
 #[test]
 fn users_capabilities_and_privileged() {
-    let s = store_with_busybox();
+    let s = Store::with_busybox();
     let (_, out, err) = sh(
         &s,
         &["--user", "1000:1000"],
@@ -175,7 +159,7 @@ fn users_capabilities_and_privileged() {
 
 #[test]
 fn rootfs_env_and_workdir() {
-    let s = store_with_busybox();
+    let s = Store::with_busybox();
     let (code, out, _) = sh(
         &s,
         &["-e", "GREETING=hi", "-w", "/var/tmp/work"],

@@ -553,7 +553,7 @@ impl ImageStore {
                 .map_err(|e| e.to_string())?;
                 loop {
                     let mut chunk = vec![0u8; CHUNK];
-                    match read_full(&mut dec, &mut chunk) {
+                    match crate::tar::read_exact_or_eof(&mut dec, &mut chunk) {
                         Ok(0) => break,
                         Ok(n) => {
                             chunk.truncate(n);
@@ -986,20 +986,6 @@ impl ImageStore {
 }
 
 const CHUNK: usize = 256 * 1024;
-
-/// Reads until `buf` is full or the stream ends.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
 
 /// The apply stage's view of the chunks the inflate stage sends.
 struct ChunkReader {

@@ -152,6 +152,33 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A pod's container, or why there is none (a 404).
+fn find_container(
+    st: &NodeState,
+    ns: &str,
+    name: &str,
+    container: &str,
+) -> Result<(PodView, super::pod::ContainerView), String> {
+    let v = find(st, ns, name).ok_or_else(|| format!("pod {ns}/{name} not found"))?;
+    let c = v
+        .containers
+        .iter()
+        .find(|c| c.name == container)
+        .cloned()
+        .ok_or_else(|| format!("container {container} is not valid for pod {name}"))?;
+    Ok((v, c))
+}
+
+/// `<log-dir>/<ns>_<pod>_<uid>/<container>`.
+fn container_log_dir(st: &NodeState, v: &PodView, container: &str) -> std::path::PathBuf {
+    st.log_dir
+        .join(format!(
+            "{}_{}_{}",
+            v.manifest.namespace, v.manifest.name, v.manifest.uid
+        ))
+        .join(container)
+}
+
 fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -230,82 +257,55 @@ async fn handle(
             ),
             None => text(StatusCode::NOT_FOUND, format!("pod {ns}/{name} not found")),
         },
-        ["containerLogs", ns, name, container] => match find(&st, ns, name) {
-            None => text(StatusCode::NOT_FOUND, format!("pod {ns}/{name} not found")),
-            Some(v) => match v.containers.iter().find(|c| c.name == *container) {
-                None => text(
-                    StatusCode::NOT_FOUND,
-                    format!("container {container} is not valid for pod {name}"),
-                ),
-                Some(c) => {
+        ["containerLogs", ns, name, container] => {
+            match find_container(&st, ns, name, container) {
+                Err(e) => text(StatusCode::NOT_FOUND, e),
+                Ok((v, c)) => {
                     let previous = query(&req, "previous").is_some_and(|x| x == "true");
                     let n = if previous {
                         c.restart_count.checked_sub(1)
                     } else {
                         Some(c.restart_count)
                     };
-                    let dir = st
-                        .log_dir
-                        .join(format!(
-                            "{}_{}_{}",
-                            v.manifest.namespace, v.manifest.name, v.manifest.uid
-                        ))
-                        .join(container);
+                    let dir = container_log_dir(&st, &v, container);
                     match n.map(|n| dir.join(format!("{n}.log"))).filter(|p| p.exists()) {
-                        None if previous => text(StatusCode::BAD_REQUEST, format!("previous terminated container {container:?} in pod {name:?} not found")),
-                        None => text(StatusCode::OK, String::new()),
-                        Some(f) => {
-                            let tail = query(&req, "tailLines").and_then(|t| t.parse().ok());
-                            match crate::logs::read(&f, tail) {
-                                Ok(lines) => text(StatusCode::OK, lines.iter().map(|l| format!("{l}\n")).collect()),
-                                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                            }
+                    None if previous => text(StatusCode::BAD_REQUEST, format!("previous terminated container {container:?} in pod {name:?} not found")),
+                    None => text(StatusCode::OK, String::new()),
+                    Some(f) => {
+                        let tail = query(&req, "tailLines").and_then(|t| t.parse().ok());
+                        match crate::logs::read(&f, tail) {
+                            Ok(lines) => text(StatusCode::OK, lines.iter().map(|l| format!("{l}\n")).collect()),
+                            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                         }
                     }
                 }
-            },
-        },
-        ["execInfo", ns, name, container] => match find(&st, ns, name) {
-            None => text(StatusCode::NOT_FOUND, format!("pod {ns}/{name} not found")),
-            Some(v) => match v.containers.iter().find(|c| c.name == *container) {
-                None => text(
-                    StatusCode::NOT_FOUND,
-                    format!("container {container} is not valid for pod {name}"),
-                ),
-                Some(c) => match &c.running {
-                    None => text(
-                        StatusCode::BAD_REQUEST,
-                        format!("container {container} is not running"),
-                    ),
-                    Some((pid, state)) => json(
-                        StatusCode::OK,
-                        &serde_json::json!({"pid": pid, "state": state}),
-                    ),
-                },
-            },
-        },
-        ["logPath", ns, name, container] => match find(&st, ns, name) {
-            None => text(StatusCode::NOT_FOUND, format!("pod {ns}/{name} not found")),
-            Some(v) => match v.containers.iter().find(|c| c.name == *container) {
-                None => text(
-                    StatusCode::NOT_FOUND,
-                    format!("container {container} is not valid for pod {name}"),
-                ),
-                Some(c) => {
-                    let dir = st
-                        .log_dir
-                        .join(format!(
-                            "{}_{}_{}",
-                            v.manifest.namespace, v.manifest.name, v.manifest.uid
-                        ))
-                        .join(container);
-                    let running = matches!(c.state, CState::Running { .. });
-                    json(
-                        StatusCode::OK,
-                        &serde_json::json!({"path": dir.join(format!("{}.log", c.restart_count)), "running": running}),
-                    )
                 }
+            }
+        }
+        ["execInfo", ns, name, container] => match find_container(&st, ns, name, container) {
+            Err(e) => text(StatusCode::NOT_FOUND, e),
+            Ok((_, c)) => match &c.running {
+                None => text(
+                    StatusCode::BAD_REQUEST,
+                    format!("container {container} is not running"),
+                ),
+                Some((pid, state)) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({"pid": pid, "state": state}),
+                ),
             },
+        },
+        ["logPath", ns, name, container] => match find_container(&st, ns, name, container) {
+            Err(e) => text(StatusCode::NOT_FOUND, e),
+            Ok((v, c)) => {
+                let path =
+                    container_log_dir(&st, &v, container).join(format!("{}.log", c.restart_count));
+                let running = matches!(c.state, CState::Running { .. });
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"path": path, "running": running}),
+                )
+            }
         },
         _ => text(
             StatusCode::NOT_FOUND,

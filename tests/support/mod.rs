@@ -90,6 +90,22 @@ impl Store {
         Store { dir, store }
     }
 
+    /// A store with the busybox image imported as `test/busybox:1` (no registry needed).
+    pub fn with_busybox() -> Store {
+        let s = Store::new();
+        let t = tempfile::tempdir().unwrap();
+        busybox_image().write_oci_layout(t.path(), "1").unwrap();
+        s.store
+            .import(
+                t.path(),
+                Some("test/busybox"),
+                &PullOptions::default(),
+                &oci::progress::NoProgress,
+            )
+            .unwrap();
+        s
+    }
+
     pub fn root(&self) -> &Path {
         self.dir.path()
     }
