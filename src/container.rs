@@ -13,22 +13,38 @@ use oci::runtime::spec::{self, ContainerConfig};
 
 use crate::image_cli;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct RunArgs {
     pub image: String,
     /// Replaces the image's Cmd.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
-    /// Replaces the image's Entrypoint.
-    pub entrypoint: Option<Vec<String>>,
+    /// Replace the image's Entrypoint (space-separated words).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long, short)]
     pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(long, short)]
     pub workdir: Option<String>,
+    /// User: uid, uid:gid, name or name:group (resolved in the image).
+    #[arg(long, short)]
     pub user: Option<String>,
+    #[arg(long)]
     pub hostname: Option<String>,
+    /// Mount the image read-only.
+    #[arg(long)]
     pub read_only: bool,
+    /// All capabilities, no seccomp, no masked paths.
+    #[arg(long)]
     pub privileged: bool,
+    #[arg(long)]
     pub cap_add: Vec<String>,
+    #[arg(long)]
     pub cap_drop: Vec<String>,
     /// Share the host's network namespace instead of a new one (loopback only).
+    #[arg(long)]
     pub host_network: bool,
 }
 
@@ -108,10 +124,14 @@ pub fn run(root: &Path, run_dir: &Path, a: &RunArgs) -> Result<i32> {
     cleanup.mounted = true;
 
     let image = store.config(&rec)?.config.unwrap_or_default();
+    let entrypoint: Option<Vec<String>> = a
+        .entrypoint
+        .as_ref()
+        .map(|e| e.split_whitespace().map(str::to_string).collect());
     let hostname = a.hostname.clone().unwrap_or_else(|| id.clone());
     let args = spec::argv(
         &image,
-        a.entrypoint.as_deref(),
+        entrypoint.as_deref(),
         (!a.args.is_empty()).then_some(a.args.as_slice()),
     )?;
     let user = a

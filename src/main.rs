@@ -65,38 +65,7 @@ enum Cmd {
     Image(ImageCmd),
     /// Run a container from an image in the foreground on knode's own runtime, then remove
     /// it (like `docker run --rm`). Arguments after the image replace its Cmd.
-    Run {
-        image: String,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-        /// Replace the image's Entrypoint (space-separated words).
-        #[arg(long)]
-        entrypoint: Option<String>,
-        /// Environment variable KEY=VALUE (repeatable).
-        #[arg(long, short)]
-        env: Vec<String>,
-        /// Working directory inside the container.
-        #[arg(long, short)]
-        workdir: Option<String>,
-        /// User: uid, uid:gid, name or name:group (resolved in the image).
-        #[arg(long, short)]
-        user: Option<String>,
-        #[arg(long)]
-        hostname: Option<String>,
-        /// Mount the image read-only.
-        #[arg(long)]
-        read_only: bool,
-        /// All capabilities, no seccomp, no masked paths.
-        #[arg(long)]
-        privileged: bool,
-        #[arg(long)]
-        cap_add: Vec<String>,
-        #[arg(long)]
-        cap_drop: Vec<String>,
-        /// Use the host's network namespace.
-        #[arg(long)]
-        host_network: bool,
-    },
+    Run(knode::container::RunArgs),
     /// Run the node agent: keep the pods of a manifests directory running (kubelet's static
     /// pods) and serve the local API on <run-dir>/knode.sock.
     Agent {
@@ -364,34 +333,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Pause { dir } => knode::sandbox::pause_main(&dir),
         Cmd::ShimLauncher => knode::shim::launcher_main(),
         Cmd::Shim { state, report_fd } => knode::shim::main(&state, report_fd),
-        Cmd::Run {
-            image,
-            args,
-            entrypoint,
-            env,
-            workdir,
-            user,
-            hostname,
-            read_only,
-            privileged,
-            cap_add,
-            cap_drop,
-            host_network,
-        } => {
-            let a = knode::container::RunArgs {
-                image,
-                args,
-                entrypoint: entrypoint.map(|e| e.split_whitespace().map(str::to_string).collect()),
-                env,
-                workdir,
-                user,
-                hostname,
-                read_only,
-                privileged,
-                cap_add,
-                cap_drop,
-                host_network,
-            };
+        Cmd::Run(a) => {
             let code = knode::container::run(&cli.root, &cli.run_dir, &a)?;
             std::process::exit(code);
         }

@@ -564,16 +564,7 @@ fn cli_pull_ls_inspect_rm_prune_and_one_line_errors() {
     let reg = registry();
     let r = push(&reg.host(), "cli/app:1", &busybox_image());
     let s = Store::new();
-    let knode = |args: &[&str]| {
-        Command::new(knode_bin())
-            .arg("--root")
-            .arg(s.root())
-            .arg("--run-dir")
-            .arg(s.root().join("run"))
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let knode = |args: &[&str]| s.knode(args);
     let out = knode(&["image", "pull", &r.to_string()]);
     assert!(
         out.status.success(),

@@ -2,30 +2,17 @@
 
 mod support;
 
-use std::process::{Command, Output};
-
 use oci::build::{ImageBuilder, TarBuilder};
 use oci::image::PullOptions;
 use oci::progress::NoProgress;
 use oci::spec::Compression;
 use support::*;
 
-fn knode(s: &Store, args: &[&str]) -> Output {
-    Command::new(knode_bin())
-        .arg("--root")
-        .arg(s.root())
-        .arg("--run-dir")
-        .arg(s.root().join("run"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn sh(s: &Store, flags: &[&str], script: &str) -> (i32, String, String) {
     let mut a = vec!["run"];
     a.extend_from_slice(flags);
     a.extend_from_slice(&["test/busybox:1", "sh", "-c", script]);
-    let o = knode(s, &a);
+    let o = s.knode(&a);
     assert_no_leaks(s);
     (
         o.status.code().unwrap_or(-1),
@@ -99,7 +86,7 @@ fn exit_codes_signals_and_exec_errors() {
     assert_eq!(sh(&s, &[], "exit 7").0, 7);
     // PID 1 of a namespace cannot be killed from inside it; a child shell can.
     assert_eq!(sh(&s, &[], "sh -c 'kill -9 $$'; exit $?").0, 137);
-    let o = knode(&s, &["run", "test/busybox:1", "no-such-command"]);
+    let o = s.knode(&["run", "test/busybox:1", "no-such-command"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -107,7 +94,7 @@ fn exit_codes_signals_and_exec_errors() {
         "{err}"
     );
     assert_no_leaks(&s);
-    let o = knode(&s, &["run", "test/missing:1"]);
+    let o = s.knode(&["run", "test/missing:1"]);
     assert!(!o.status.success());
     assert_no_leaks(&s);
 }
@@ -152,7 +139,7 @@ fn users_capabilities_and_privileged() {
     );
     assert_eq!(status_field(&out, "Seccomp:"), "0");
     assert_eq!(status_field(&out, "NoNewPrivs:"), "0");
-    let o = knode(&s, &["run", "--cap-add", "BOGUS", "test/busybox:1", "true"]);
+    let o = s.knode(&["run", "--cap-add", "BOGUS", "test/busybox:1", "true"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown capability"));
     assert_no_leaks(&s);
 }
@@ -211,16 +198,13 @@ fn image_symlinks_cannot_redirect_mounts_outside_the_root() {
             &NoProgress,
         )
         .unwrap();
-    let o = knode(
-        &s,
-        &[
-            "run",
-            "test/evil:1",
-            "sh",
-            "-c",
-            "ls /dev/null && cat /proc/self/status | head -1",
-        ],
-    );
+    let o = s.knode(&[
+        "run",
+        "test/evil:1",
+        "sh",
+        "-c",
+        "ls /dev/null && cat /proc/self/status | head -1",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
         !target.exists() && !proc_target.exists(),

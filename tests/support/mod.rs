@@ -106,6 +106,18 @@ impl Store {
         s
     }
 
+    /// Runs the knode binary on this store (`--root`, and `--run-dir` below it).
+    pub fn knode(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(knode_bin())
+            .arg("--root")
+            .arg(self.root())
+            .arg("--run-dir")
+            .arg(self.root().join("run"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     pub fn root(&self) -> &Path {
         self.dir.path()
     }
