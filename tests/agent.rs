@@ -584,3 +584,27 @@ fn fs_group_network_capabilities_and_log_follow() {
         "followed to the end: {followed}"
     );
 }
+
+#[test]
+fn host_network_pods_keep_the_hosts_name() {
+    let n = Node::new();
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    n.write("hn.yaml", &pod_yaml("hostnet-pod", "  hostNetwork: true\n", "  - name: c\n    image: test/busybox:1\n    command: [sh, -c, 'echo name=$(hostname); exec sleep 600']\n"));
+    n.until("logged", |n| {
+        String::from_utf8_lossy(&n.knode(&["logs", "hostnet-pod"]).stdout).contains("name=")
+    });
+    let out = String::from_utf8(n.knode(&["logs", "hostnet-pod"]).stdout).unwrap();
+    assert_eq!(
+        out.trim(),
+        format!("name={host}"),
+        "a hostNetwork pod shares the host's UTS namespace"
+    );
+    assert_eq!(
+        rustix::system::uname().nodename().to_string_lossy(),
+        host,
+        "the host was not renamed"
+    );
+}

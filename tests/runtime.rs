@@ -54,6 +54,8 @@ mkdir /sys/kernel/knode 2>/dev/null && echo sys=writable || echo sys=readonly
 mount -t tmpfs none /mnt 2>/dev/null && echo mount=allowed || echo mount=denied
 unshare -n true 2>/dev/null && echo unshare=allowed || echo unshare=denied
 echo devnull=$(ls -l /dev/null | cut -c1)
+mknod /tmp/mem c 1 1 && (head -c1 /tmp/mem >/dev/null 2>&1 && echo mknod=usable || echo mknod=unusable)
+echo sigign=$(grep SigIgn /proc/self/status | cut -f2)
 "#;
     let (code, out, err) = sh(&s, &["--hostname", "web-1"], script);
     assert_eq!(code, 0, "{err}");
@@ -75,6 +77,8 @@ echo devnull=$(ls -l /dev/null | cut -c1)
         "mount=denied",
         "unshare=denied",
         "devnull=c",
+        "mknod=unusable",
+        "sigign=0000000000000000",
     ] {
         assert!(out.contains(want), "{want} missing in {out}");
     }

@@ -303,12 +303,15 @@ impl SnapshotStore {
                     .map_err(|e| io_err(target.display(), "bind mount")(e.into()))?;
                 return rustix::mount::mount_remount(
                     target,
-                    MountFlags::BIND | MountFlags::RDONLY,
+                    MountFlags::BIND | MountFlags::RDONLY | MountFlags::NODEV,
                     "",
                 )
                 .map_err(|e| io_err(target.display(), "remount read-only")(e.into()));
             }
-            (None, _) => (format!("lowerdir={}", lowers.join(":")), MountFlags::RDONLY),
+            (None, _) => (
+                format!("lowerdir={}", lowers.join(":")),
+                MountFlags::RDONLY | MountFlags::NODEV,
+            ),
             (Some((u, w)), _) => (
                 format!(
                     "lowerdir={},upperdir={},workdir={}",
@@ -316,7 +319,9 @@ impl SnapshotStore {
                     u.display(),
                     w.display()
                 ),
-                MountFlags::empty(),
+                // Device nodes from images or made by the container are unusable (there is no
+                // device cgroup filter yet): containers get devices as bind mounts in /dev.
+                MountFlags::NODEV,
             ),
         };
         if data.len() > MAX_MOUNT_DATA {

@@ -11,7 +11,7 @@ use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use rustix::fs::{self as rfs, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 use super::Plan;
@@ -179,24 +179,32 @@ fn setup_dev(root: &OwnedFd) -> R<()> {
     ) else {
         return Ok(());
     };
-    for (name, major, minor) in [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ] {
-        match rfs::mknodat(
+    // The /dev tmpfs is nodev (a container with CAP_MKNOD must not make usable device
+    // nodes): the standard devices are bind mounts of the host's own nodes.
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        match rfs::openat(
             &dev,
             name,
-            FileType::CharacterDevice,
+            OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o666),
-            rfs::makedev(major, minor),
         ) {
-            Ok(()) | Err(Errno::EXIST) => {}
-            Err(e) => return Err(format!("mknod /dev/{name}: {e}")),
+            Ok(_) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(format!("creating /dev/{name}: {e}")),
         }
+        let target = rfs::openat(
+            &dev,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| format!("/dev/{name}: {e}"))?;
+        mount(
+            &format!("/dev/{name}"),
+            &fd_path(&target),
+            "",
+            libc::MS_BIND,
+            "",
+        )?;
     }
     for (name, target) in [
         ("fd", "/proc/self/fd"),
@@ -376,6 +384,10 @@ fn setup(p: &Plan) -> R<Infallible> {
     if let Some(h) = &p.hostname {
         rustix::system::sethostname(h.as_bytes()).map_err(|e| format!("sethostname {h:?}: {e}"))?;
     }
+    // A session of its own: the container never shares the caller's controlling terminal
+    // (TIOCSTI could type into it otherwise).
+    // SAFETY: setsid has no arguments.
+    unsafe { libc::setsid() };
     // Nothing done here may propagate back to the host.
     mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")?;
     let rootfs = p.rootfs.to_string_lossy().into_owned();
@@ -418,14 +430,18 @@ pub(crate) fn confine_and_exec(p: &Plan) -> R<Infallible> {
     let exe = find_executable(p)?;
     // Descriptors the caller did not mean to pass stop at exec.
     // SAFETY: close_range with integer arguments only.
-    unsafe {
+    if unsafe {
         libc::syscall(
             libc::SYS_close_range,
             3u32,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         )
-    };
+    } != 0
+    {
+        return Err(format!("close_range: {}", std::io::Error::last_os_error()));
+    }
+    reset_signals();
     for prog in &p.seccomp {
         seccompiler::apply_filter(prog).map_err(|e| format!("install seccomp filter: {e}"))?;
     }
@@ -467,6 +483,46 @@ pub(super) fn run(p: &Plan) -> String {
     }
 }
 
+/// Default dispositions and an empty signal mask: the runtime's own (Rust ignores SIGPIPE)
+/// must not leak into the container, as ignored signals survive exec.
+fn reset_signals() {
+    // The raw syscall: glibc refuses to touch the signals it reserves (32, 33), which the
+    // caller may have ignored too.
+    #[repr(C)]
+    struct KSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KSigaction {
+        handler: 0,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    }; // SIG_DFL
+    for sig in 1..=64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: rt_sigaction reads a valid kernel sigaction; the old action is not wanted.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl as *const KSigaction,
+                    std::ptr::null_mut::<KSigaction>(),
+                    8usize,
+                )
+            };
+        }
+    }
+    // SAFETY: an empty, initialised sigset_t passed to sigprocmask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
 /// The body of an exec'd process: join the container's namespaces (mount last: that makes
 /// its root ours), take the pty as the controlling terminal, then confine and exec.
 pub(super) fn exec_child(p: &Plan, pty: Option<&OwnedFd>) -> String {
@@ -477,10 +533,11 @@ pub(super) fn exec_child(p: &Plan, pty: Option<&OwnedFd>) -> String {
                 format!("join namespace {ns:#x}")
             })?;
         }
+        // SAFETY: setsid has no arguments (see `setup`).
+        unsafe { libc::setsid() };
         if let Some(slave) = pty {
             // SAFETY: setsid has no arguments; TIOCSCTTY and dup2 act on a valid terminal fd.
             unsafe {
-                libc::setsid();
                 if libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) != 0 {
                     return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
                 }

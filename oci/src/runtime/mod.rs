@@ -241,7 +241,12 @@ impl Plan {
         let plan = Plan {
             rootfs,
             readonly_root: root.readonly().unwrap_or(false),
-            hostname: spec.hostname().clone(),
+            // Only a UTS namespace of the container's own gets its hostname: never the host's
+            // (hostNetwork) nor a joined pod's (already named).
+            hostname: spec
+                .hostname()
+                .clone()
+                .filter(|_| flags & libc::CLONE_NEWUTS as u64 != 0),
             join,
             new_net,
             mounts,
