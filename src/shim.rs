@@ -308,6 +308,15 @@ pub fn launcher_main() -> Result<()> {
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             drop(r);
+            // The shim must not keep the agent's socket: if the launcher dies, the agent has to
+            // see EOF.
+            if let Ok(null) = std::fs::File::open("/dev/null") {
+                // SAFETY: re-pointing our standard descriptors at /dev/null.
+                unsafe {
+                    libc::dup2(null.as_raw_fd(), 0);
+                    libc::dup2(null.as_raw_fd(), 1);
+                }
+            }
             let fd = std::os::fd::IntoRawFd::into_raw_fd(w);
             let code = if main(&state, fd).is_ok() { 0 } else { 1 };
             // SAFETY: see above: never return into the launcher's loop.

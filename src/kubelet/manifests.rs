@@ -323,6 +323,18 @@ fn parse_file(f: &Path) -> Manifests {
                             .uid
                             .clone()
                             .unwrap_or_else(|| static_uid(&ns, &name, &v));
+                        // The UID names directories that get removed: it must be a plain name.
+                        let (warnings, invalid) = if uid.is_empty()
+                            || uid.len() > 128
+                            || !uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        {
+                            m.errors.push(at(&format!(
+                                "metadata.uid {uid:?} must be 1-128 letters, digits or '-'"
+                            )));
+                            continue;
+                        } else {
+                            (warnings, invalid)
+                        };
                         m.pods.push(PodManifest {
                             pod,
                             namespace: ns,

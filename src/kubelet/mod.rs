@@ -102,13 +102,8 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
     rustix::fs::inotify::add_watch(
         &inotify,
         &cfg.manifests,
-        W::CLOSE_WRITE
-            | W::CREATE
-            | W::DELETE
-            | W::MOVED_FROM
-            | W::MOVED_TO
-            | W::MODIFY
-            | W::DELETE_SELF,
+        // Finished writes and renames only: a file being written is not yet a manifest.
+        W::CLOSE_WRITE | W::DELETE | W::MOVED_FROM | W::MOVED_TO | W::DELETE_SELF,
     )
     .with_context(|| format!("watching {}", cfg.manifests.display()))?;
 
@@ -153,7 +148,12 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
             }
         }
         for (uid, pm) in &wanted {
-            if workers.contains_key(uid) {
+            // Not while the same UID is still being torn down: its directories are in use.
+            if workers.contains_key(uid)
+                || stopping
+                    .iter()
+                    .any(|w| w.view.lock().expect("view").manifest.uid == *uid)
+            {
                 continue;
             }
             let view = Arc::new(Mutex::new(PodView {
@@ -245,10 +245,14 @@ fn orphan_teardown(ctx: &Arc<NodeContext>, uid: &str) {
         }
     }
     pod::unmount_attempts(&dir);
+    let disk = ctx.root.join("pods").join(uid);
+    volumes::teardown(&dir);
+    volumes::teardown(&disk);
     if dir.join("sandbox").exists() {
         let _ = crate::sandbox::Sandbox::open(&dir.join("sandbox")).remove();
     }
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&disk);
     for e in std::fs::read_dir(&ctx.log_dir)
         .into_iter()
         .flatten()

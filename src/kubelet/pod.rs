@@ -284,7 +284,7 @@ impl Worker {
 
     /// Picks up what a previous agent left running.
     fn adopt(&mut self) {
-        if self.dir.join("sandbox").join("ns").exists() {
+        if self.dir.join("sandbox").join("ready").exists() {
             self.sandbox = Some(Sandbox::open(&self.dir.join("sandbox")));
         }
         for i in 0..self.ctrs.len() {
@@ -327,8 +327,15 @@ impl Worker {
                 share_pid: spec.share_process_namespace.unwrap_or(false),
             };
             let _ = std::fs::create_dir_all(&self.dir);
+            if self.dir.join("sandbox").exists() {
+                let _ = Sandbox::open(&self.dir.join("sandbox")).remove();
+            }
             match Sandbox::create(&self.ctx.exe, &self.dir.join("sandbox"), &o) {
-                Ok(s) => self.sandbox = Some(s),
+                Ok(s) => {
+                    // Adoption trusts only a sandbox that was completed.
+                    let _ = oci::fsutil::replace(&self.dir.join("sandbox").join("ready"), b"");
+                    self.sandbox = Some(s)
+                }
                 Err(e) => {
                     self.event("Warning", "FailedCreatePodSandBox", format!("{e:#}"));
                     let mut v = self.view.lock().expect("view");
@@ -512,7 +519,8 @@ impl Worker {
             }
         }
         let attempt = self.ctrs[i].p.attempt.map(|a| a + 1).unwrap_or(0);
-        let restart_count = if self.ctrs[i].p.attempt.is_some() {
+        // A restart is a start after the container has run before.
+        let restart_count = if self.ctrs[i].p.started_at.is_some() {
             self.ctrs[i].p.restart_count + 1
         } else {
             0
@@ -543,8 +551,11 @@ impl Worker {
             &objects,
         )
         .and_then(|env| {
-            let mut binds =
-                super::volumes::binds(&spec, self.volumes.as_ref().expect("volumes prepared"))?;
+            let mut binds = super::volumes::binds(
+                &spec,
+                &m.pod,
+                self.volumes.as_ref().expect("volumes prepared"),
+            )?;
             for f in ["hosts", "hostname", "resolv.conf"] {
                 if !binds.iter().any(|b| b.destination == format!("/etc/{f}")) {
                     binds.push(oci::runtime::spec::Bind {
@@ -609,6 +620,9 @@ impl Worker {
                 })
                 .unwrap_or_default(),
         };
+        // Record the attempt before it exists: an agent killed from here on finds it again.
+        self.ctrs[i].p.attempt = Some(attempt);
+        self.persist();
         let sandbox = self.sandbox.as_ref().expect("sandbox exists");
         match PodContainer::start(&self.ctx.exe, &self.ctx.store, sandbox, &hostname, &dir, &c) {
             Ok(pc) => {

@@ -153,6 +153,8 @@ pub fn prepare(
     {
         let name = v.name.clone();
         let err = |m: String| format!("volume {name:?}: {m}");
+        let fresh =
+            !disk.join("volumes").join(&name).exists() && !mem.join("volumes").join(&name).exists();
         let path = if let Some(ed) = &v.empty_dir {
             let p = disk.join("volumes").join(&name);
             std::fs::create_dir_all(&p).map_err(|e| err(e.to_string()))?;
@@ -253,7 +255,8 @@ pub fn prepare(
             .as_ref()
             .and_then(|s| s.security_context.as_ref())
             .and_then(|c| c.fs_group);
-        if let (Some(g), true) = (fs_group, v.host_path.is_none()) {
+        // Only a volume made just now: never walk a tree a running container controls.
+        if let (Some(g), true) = (fs_group, v.host_path.is_none() && fresh) {
             chown_group(&path, g as u32, v.empty_dir.is_some()).map_err(|e| err(e.to_string()))?;
         }
         out.insert(name, path);
@@ -332,7 +335,18 @@ pub fn teardown(dir: &Path) {
 
 /// The bind mounts for a container's volumeMounts. A `subPath` is resolved inside its
 /// volume (RESOLVE_IN_ROOT): symlinks in the volume cannot point it elsewhere.
-pub fn binds(c: &Container, volumes: &BTreeMap<String, PathBuf>) -> Result<Vec<Bind>, String> {
+pub fn binds(
+    c: &Container,
+    pod: &Pod,
+    volumes: &BTreeMap<String, PathBuf>,
+) -> Result<Vec<Bind>, String> {
+    let ro_kinds: Vec<String> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter(|v| v.config_map.is_some() || v.secret.is_some())
+        .map(|v| v.name.clone())
+        .collect();
     let mut out = vec![];
     for m in c.volume_mounts.iter().flatten() {
         let src = volumes
@@ -388,7 +402,8 @@ pub fn binds(c: &Container, volumes: &BTreeMap<String, PathBuf>) -> Result<Vec<B
         out.push(Bind {
             source: source.to_string_lossy().into_owned(),
             destination: m.mount_path.clone(),
-            readonly: m.read_only.unwrap_or(false),
+            // configMap and secret volumes are always read-only, as in Kubernetes.
+            readonly: m.read_only.unwrap_or(false) || ro_kinds.contains(&m.name),
         });
     }
     Ok(out)
