@@ -322,6 +322,9 @@ impl PodContainer {
 
     /// Unmounts the container's rootfs (after it exited) and removes its directory.
     pub fn remove(&self) -> Result<()> {
+        if let Some(dir) = self.rootfs.parent() {
+            crate::kubelet::volumes::unmount_staged(&dir.join("subpaths"));
+        }
         if let Err(e) = rustix::mount::unmount(&self.rootfs, rustix::mount::UnmountFlags::DETACH) {
             if e != rustix::io::Errno::INVAL && e != rustix::io::Errno::NOENT {
                 return Err(e).context("unmounting the container rootfs");

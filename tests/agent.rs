@@ -434,6 +434,29 @@ fn volumes_env_and_security_contexts() {
             .contains("configmap \"nope\"")
     );
     assert_eq!(n.pod("vol").unwrap()["status"]["phase"], "Running");
+    // Deleting the pods removes every mount: tmpfs volumes, staged subPaths, rootfs overlays.
+    for f in ["vol.yaml", "missing.yaml"] {
+        std::fs::remove_file(n.manifests.join(f)).unwrap();
+    }
+    n.until("gone", |n| {
+        n.pod("vol").is_none() && n.pod("missing").is_none()
+    });
+    let root = n.s.root().to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&root),
+        "mounts left: {}",
+        mounts
+            .lines()
+            .filter(|l| l.contains(&root))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("from-pod")).unwrap(),
+        "from-pod\n",
+        "hostPath content survives the pod"
+    );
 }
 
 #[test]

@@ -526,6 +526,8 @@ impl Worker {
             0
         };
         let dir = self.attempt_dir(&spec.name, attempt);
+        // Staged subPath mounts first: removing through them would empty the volumes.
+        super::volumes::unmount_staged(&dir.join("subpaths"));
         let _ = std::fs::remove_dir_all(&dir);
         let pod_sc = m.pod.spec.as_ref().and_then(|s| s.security_context.clone());
         let sc = spec.security_context.clone().unwrap_or_default();
@@ -555,6 +557,7 @@ impl Worker {
                 &spec,
                 &m.pod,
                 self.volumes.as_ref().expect("volumes prepared"),
+                &dir.join("subpaths"),
             )?;
             for f in ["hosts", "hostname", "resolv.conf"] {
                 if !binds.iter().any(|b| b.destination == format!("/etc/{f}")) {
@@ -647,6 +650,8 @@ impl Worker {
                     .clamp(BACKOFF_START.as_secs(), BACKOFF_MAX.as_secs());
                 ctr.not_before = Some(Instant::now() + Duration::from_secs(ctr.p.backoff_secs));
                 ctr.waiting = Some(("CreateContainerError".into(), format!("{e:#}")));
+                // Staged subPath mounts first: removing through them would empty the volumes.
+                super::volumes::unmount_staged(&dir.join("subpaths"));
                 let _ = std::fs::remove_dir_all(&dir);
                 self.event("Warning", "Failed", format!("Error: {e:#}"));
             }
@@ -838,6 +843,7 @@ pub fn unmount_attempts(pod_dir: &Path) {
         .flatten()
     {
         for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+            super::volumes::unmount_staged(&a.path().join("subpaths"));
             let _ = rustix::mount::unmount(
                 a.path().join("rootfs"),
                 rustix::mount::UnmountFlags::DETACH,

@@ -320,6 +320,13 @@ fn items(
     }
 }
 
+/// Unmounts the staged subPath mounts of a container attempt.
+pub fn unmount_staged(staging: &Path) {
+    for e in std::fs::read_dir(staging).into_iter().flatten().flatten() {
+        let _ = rustix::mount::unmount(e.path(), rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
 /// Unmounts the tmpfs volumes under a pod directory.
 pub fn teardown(dir: &Path) {
     for e in std::fs::read_dir(dir.join("volumes"))
@@ -335,10 +342,13 @@ pub fn teardown(dir: &Path) {
 
 /// The bind mounts for a container's volumeMounts. A `subPath` is resolved inside its
 /// volume (RESOLVE_IN_ROOT): symlinks in the volume cannot point it elsewhere.
+/// `staging` is a directory of the container's own where subPaths are bind-mounted first (see
+/// below); `unmount_staged` removes those mounts.
 pub fn binds(
     c: &Container,
     pod: &Pod,
     volumes: &BTreeMap<String, PathBuf>,
+    staging: &Path,
 ) -> Result<Vec<Bind>, String> {
     let ro_kinds: Vec<String> = pod
         .spec
@@ -348,7 +358,7 @@ pub fn binds(
         .map(|v| v.name.clone())
         .collect();
     let mut out = vec![];
-    for m in c.volume_mounts.iter().flatten() {
+    for (idx, m) in c.volume_mounts.iter().flatten().enumerate() {
         let src = volumes
             .get(&m.name)
             .ok_or_else(|| format!("volumeMount {:?} refers to an unknown volume", m.name))?;
@@ -396,7 +406,29 @@ pub fn binds(
                 if !real.starts_with(&canon) {
                     return Err(format!("subPath {sp:?} resolves outside its volume"));
                 }
-                real
+                // Mount what was resolved, not a path that could be re-resolved later: bind the
+                // descriptor onto a staging point no container can change (the kubelet's fix
+                // for CVE-2021-25741); the container's mount uses the staging point.
+                std::fs::create_dir_all(staging).map_err(|e| e.to_string())?;
+                let stage = staging.join(idx.to_string());
+                let is_dir = rustix::fs::fstat(&fd)
+                    .map(|st| {
+                        rustix::fs::FileType::from_raw_mode(st.st_mode)
+                            == rustix::fs::FileType::Directory
+                    })
+                    .unwrap_or(false);
+                let made = if is_dir {
+                    std::fs::create_dir(&stage)
+                } else {
+                    std::fs::File::create(&stage).map(drop)
+                };
+                made.map_err(|e| format!("subPath {sp:?}: staging: {e}"))?;
+                rustix::mount::mount_bind(
+                    format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)).as_str(),
+                    &stage,
+                )
+                .map_err(|e| format!("subPath {sp:?}: {e}"))?;
+                stage
             }
         };
         out.push(Bind {
