@@ -184,7 +184,7 @@ fn supervise(state: &Path, report: &mut std::fs::File) -> Result<()> {
     write!(report, "started {}", started.pid)?;
     drop(std::mem::replace(report, std::fs::File::open("/dev/null")?));
 
-    copy_output(&mut log, out_r, err_r);
+    copy_output(&mut log, out_r, err_r, started.pid);
     let code = oci::runtime::wait(started.pid)?;
     let _ = log.flush_partial();
     let status = ExitStatus {
@@ -200,36 +200,54 @@ fn supervise(state: &Path, report: &mut std::fs::File) -> Result<()> {
     Ok(())
 }
 
-/// Copies both pipes into the log until both reach EOF.
-fn copy_output(log: &mut CriWriter, out: OwnedFd, err: OwnedFd) {
-    use rustix::event::{poll, PollFd, PollFlags};
+/// Copies both pipes into the log while the container runs. When it has exited, what is
+/// still buffered in the pipes is drained and the copy ends, even if processes it left behind
+/// (with hostPID or a shared PID namespace) keep the pipes open.
+fn copy_output(log: &mut CriWriter, out: OwnedFd, err: OwnedFd, pid: i32) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    // SAFETY: pidfd_open takes integers only.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: the kernel returned a new descriptor we own.
+    let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as i32) });
     let mut open = [Some(out), Some(err)];
     let mut buf = vec![0u8; 64 * 1024];
+    let mut exited = false;
     while open.iter().any(Option::is_some) {
-        let mut fds: Vec<(usize, PollFd)> = open
+        let idx: Vec<usize> = (0..2).filter(|&i| open[i].is_some()).collect();
+        let mut fds: Vec<PollFd> = idx
             .iter()
-            .enumerate()
-            .filter_map(|(i, f)| {
-                f.as_ref()
-                    .map(|f| (i, PollFd::new(f, PollFlags::IN | PollFlags::HUP)))
+            .map(|&i| {
+                PollFd::new(
+                    open[i].as_ref().expect("open"),
+                    PollFlags::IN | PollFlags::HUP,
+                )
             })
             .collect();
-        let mut raw: Vec<PollFd> = fds.iter_mut().map(|(_, p)| p.clone()).collect();
-        if poll(&mut raw, None).is_err() {
-            continue;
+        if let (Some(p), false) = (&pidfd, exited) {
+            fds.push(PollFd::new(p, PollFlags::IN));
         }
-        let ready: Vec<(usize, bool)> = fds
-            .iter()
-            .zip(&raw)
-            .map(|((i, _), p)| (*i, !p.revents().is_empty()))
-            .collect();
-        drop(raw);
-        for (i, is_ready) in ready {
-            if !is_ready {
+        // After the exit, only what is already buffered: do not wait for more.
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let n = match poll(&mut fds, if exited { Some(&zero) } else { None }) {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        if exited && n == 0 {
+            break;
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        drop(fds);
+        if ready.len() > idx.len() && ready[idx.len()] {
+            exited = true;
+        }
+        for (k, &i) in idx.iter().enumerate() {
+            if !ready[k] {
                 continue;
             }
-            let f = open[i].as_ref().expect("open");
-            match rustix::io::read(f, &mut buf) {
+            match rustix::io::read(open[i].as_ref().expect("open"), &mut buf) {
                 Ok(0) | Err(_) => open[i] = None,
                 Ok(n) => {
                     let s = if i == 0 {

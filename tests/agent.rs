@@ -554,7 +554,7 @@ fn share_process_namespace_puts_containers_in_one_pid_namespace() {
         &pod_yaml(
             "shared",
             "  shareProcessNamespace: true\n",
-            "  - name: a\n    image: test/busybox:1\n    command: [sh, -c, 'exec sleep 600']\n  - name: b\n    image: test/busybox:1\n    command: [sh, -c, 'for i in $(seq 1 250); do grep -qx sleep /proc/[0-9]*/comm && break; usleep 20000; done; echo pid1=$(cat /proc/1/comm); cat /proc/[0-9]*/comm | sort | uniq | tr \"\\n\" \" \"; echo; echo done; exec sleep 600']\n",
+            "  - name: a\n    image: test/busybox:1\n    command: [sh, -c, 'exec sleep 600']\n  - name: bg\n    image: test/busybox:1\n    command: [sh, -c, 'sleep 600 & echo bye; exit 3']\n  - name: b\n    image: test/busybox:1\n    command: [sh, -c, 'for i in $(seq 1 250); do grep -qx sleep /proc/[0-9]*/comm && break; usleep 20000; done; echo pid1=$(cat /proc/1/comm); cat /proc/[0-9]*/comm | sort | uniq | tr \"\\n\" \" \"; echo; echo done; exec sleep 600']\n",
         ),
     );
     n.until("b looked", |n| {
@@ -566,6 +566,13 @@ fn share_process_namespace_puts_containers_in_one_pid_namespace() {
         "the pause process is PID 1: {out}"
     );
     assert!(out.contains("sleep"), "b sees a's process: {out}");
+    // A container whose leftover child keeps its stdout open is still seen to exit.
+    n.until("bg restarted", |n| {
+        n.pod("shared").is_some_and(|p| {
+            let c = state_of(&p, "containerStatuses", "bg");
+            c["restartCount"].as_i64() >= Some(1) && c["lastState"]["terminated"]["exitCode"] == 3
+        })
+    });
     std::fs::remove_file(n.manifests.join("shared.yaml")).unwrap();
     n.until("gone", |n| n.pod("shared").is_none());
     let root = n.s.root().to_string_lossy().into_owned();
