@@ -235,7 +235,11 @@ impl PodContainer {
         for d in [&rootfs, &upper, &work, &state] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        store.mount(&rec, &rootfs, &upper, &work)?;
+        store.lease(&lease_name(dir), &rec)?;
+        if let Err(e) = store.mount(&rec, &rootfs, &upper, &work) {
+            store.release(&lease_name(dir));
+            return Err(e.into());
+        }
         let started = (|| -> Result<i32> {
             let image = store.config(&rec)?.config.unwrap_or_default();
             let args = spec::argv(&image, c.command.as_deref(), c.args.as_deref())?;
@@ -305,6 +309,7 @@ impl PodContainer {
             Ok(pid) => Ok(PodContainer { state, rootfs, pid }),
             Err(e) => {
                 let _ = rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::DETACH);
+                store.release(&lease_name(dir));
                 Err(e)
             }
         }
@@ -318,6 +323,13 @@ impl PodContainer {
             let _ = std::fs::remove_dir_all(u);
         }
         Ok(())
+    }
+
+    /// Ends the container's lease on its image's snapshots (after `remove`).
+    pub fn release(&self, store: &oci::image::ImageStore) {
+        if let Some(dir) = self.rootfs.parent() {
+            store.release(&lease_name(dir));
+        }
     }
 
     /// Unmounts the container's rootfs (after it exited) and removes its directory.
@@ -335,4 +347,10 @@ impl PodContainer {
         }
         Ok(())
     }
+}
+
+/// The image-store lease of a container attempt: derived from its directory, so an adopted
+/// container releases what its first agent leased.
+pub fn lease_name(attempt_dir: &Path) -> String {
+    oci::digest::Digest::of(attempt_dir.as_os_str().as_encoded_bytes()).hex()[..32].to_string()
 }

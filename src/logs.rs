@@ -158,8 +158,18 @@ pub fn read(path: &Path, tail: Option<usize>) -> io::Result<Vec<String>> {
     let mut cur = String::new();
     for f in files {
         let Ok(file) = File::open(&f) else { continue };
-        for l in BufReader::new(file).lines() {
-            let Some(r) = parse_line(&l?) else { continue };
+        // Containers write bytes, not always UTF-8: decode lossily rather than fail.
+        let mut r = BufReader::new(file);
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            if r.read_until(b'\n', &mut raw)? == 0 {
+                break;
+            }
+            let l = String::from_utf8_lossy(&raw);
+            let Some(r) = parse_line(l.trim_end_matches('\n')) else {
+                continue;
+            };
             cur.push_str(&r.msg);
             if !r.partial {
                 lines.push(std::mem::take(&mut cur));

@@ -411,19 +411,20 @@ pub fn logs(sock: &Path, a: &LogArgs) -> Result<()> {
             }
             let mut r = std::io::BufReader::new(f);
             std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(pos))?;
-            let mut line = String::new();
-            while r.read_line(&mut line)? > 0 {
-                if !line.ends_with('\n') {
+            let mut raw = Vec::new();
+            while r.read_until(b'\n', &mut raw)? > 0 {
+                if !raw.ends_with(b"\n") {
                     break;
                 }
-                pos += line.len() as u64;
+                pos += raw.len() as u64;
+                let line = String::from_utf8_lossy(&raw).into_owned();
                 if let Some(rec) = crate::logs::parse_line(line.trim_end_matches('\n')) {
                     print!("{}", rec.msg);
                     if !rec.partial {
                         println!();
                     }
                 }
-                line.clear();
+                raw.clear();
             }
             std::io::stdout().flush()?;
         }

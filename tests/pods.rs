@@ -275,3 +275,40 @@ fn graceful_stop_sends_sigterm_then_sigkill_after_the_grace_period() {
     sb.remove().unwrap();
     assert_clean(&s);
 }
+
+#[test]
+fn image_removal_keeps_snapshots_under_running_containers() {
+    let s = Store::with_busybox();
+    let sb = Sandbox::create(
+        Path::new(knode_bin()),
+        &s.root().join("pods/p5"),
+        &SandboxOptions {
+            hostname: "p5".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let c = start(&s, &sb, "leased", "exec sleep 600");
+    let (names, gc) = s.store.remove("test/busybox:1").unwrap();
+    assert_eq!(names.len(), 1);
+    assert_eq!(gc.snapshots, 0, "the running container's layers stay");
+    assert!(
+        c.rootfs.join("bin/busybox").is_file(),
+        "its rootfs still reads"
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(c.pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    knode::shim::wait_exit(&c.state, Duration::from_secs(30)).unwrap();
+    c.remove().unwrap();
+    c.release(&s.store);
+    assert_eq!(
+        s.store.prune().unwrap().snapshots,
+        1,
+        "released: now collectable"
+    );
+    sb.remove().unwrap();
+    assert_clean(&s);
+}

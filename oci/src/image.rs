@@ -941,6 +941,8 @@ impl ImageStore {
             }
             keep_snaps.extend(r.chain_ids());
         }
+        // Snapshots under running containers stay, even if their image was removed.
+        keep_snaps.extend(self.leased());
         let mut rep = PruneReport {
             temp: self.clean_temp()?,
             ..Default::default()
@@ -969,6 +971,48 @@ impl ImageStore {
             }
         }
         Ok(rep)
+    }
+
+    /// Records that `holder` (a running container) uses `rec`'s snapshots: garbage collection
+    /// keeps them until `release`. `holder` must be a plain name.
+    pub fn lease(&self, holder: &str, rec: &ImageRecord) -> Result<(), ImageError> {
+        if holder.is_empty()
+            || !holder
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ImageError::Invalid {
+                image: rec.name.clone(),
+                reason: format!("invalid lease holder {holder:?}"),
+            });
+        }
+        let dir = self.root.join("leases");
+        fs::create_dir_all(&dir).map_err(store_err(&dir, "create"))?;
+        let p = dir.join(holder);
+        let bytes = serde_json::to_vec(&rec.chain_ids()).expect("serialisable");
+        fsutil::write_atomic(&p, &bytes).map_err(store_err(&p, "write lease"))
+    }
+
+    /// Ends a lease taken with `lease`.
+    pub fn release(&self, holder: &str) {
+        let _ = fs::remove_file(self.root.join("leases").join(holder));
+    }
+
+    /// Snapshots held by leases.
+    fn leased(&self) -> BTreeSet<Digest> {
+        let mut out = BTreeSet::new();
+        for e in fs::read_dir(self.root.join("leases"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(v) = fs::read(e.path())
+                .map(|b| serde_json::from_slice::<Vec<Digest>>(&b).unwrap_or_default())
+            {
+                out.extend(v);
+            }
+        }
+        out
     }
 
     /// Mounts an image's layers at `target` with a fresh writable upper/work pair.

@@ -234,6 +234,7 @@ fn orphan_teardown(ctx: &Arc<NodeContext>, uid: &str) {
     {
         for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
             let state = a.path().join("state");
+            ctx.store.release(&crate::container::lease_name(&a.path()));
             if let Some(pid) = crate::shim::pid(&state) {
                 let pc = crate::container::PodContainer {
                     state,

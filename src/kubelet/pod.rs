@@ -383,6 +383,7 @@ impl Worker {
                 .join(&self.ctrs[i].spec.name)
                 .join(self.ctrs[i].p.attempt.unwrap_or(0).to_string());
             let _ = run.remove_with(Some(&layer));
+            run.release(&self.ctx.store);
             let c = &mut self.ctrs[i];
             c.running = None;
             let finished = DateTime::parse_from_rfc3339(&exit.finished_at)
@@ -796,6 +797,7 @@ impl Worker {
         });
         for r in &running {
             let _ = r.remove();
+            r.release(&self.ctx.store);
         }
         if let Some(sb) = self.sandbox.take().or_else(|| {
             self.dir
