@@ -638,3 +638,52 @@ fn host_network_pods_keep_the_hosts_name() {
         "the host was not renamed"
     );
 }
+
+#[test]
+fn a_container_lost_with_its_shim_is_reported_and_restarted() {
+    let n = Node::new();
+    n.write(
+        "lost.yaml",
+        &pod_yaml(
+            "lost",
+            "",
+            "  - name: c\n    image: test/busybox:1\n    command: [sleep, '600']\n",
+        ),
+    );
+    n.until("running", |n| {
+        n.pod("lost")
+            .is_some_and(|p| p["status"]["phase"] == "Running")
+    });
+    let pid = container_pid(&n, "lost", "c");
+    let run = n.s.root().join("run/pods");
+    let shim: i32 = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .flat_map(|u| {
+            std::fs::read_dir(u.path().join("containers/c"))
+                .unwrap()
+                .flatten()
+        })
+        .find_map(|a| std::fs::read_to_string(a.path().join("state/shim.pid")).ok())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let kill = |p: i32| {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(p).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap()
+    };
+    kill(shim);
+    kill(pid);
+    n.until("restarted", |n| {
+        n.pod("lost").is_some_and(|p| {
+            let c = state_of(&p, "containerStatuses", "c");
+            c["restartCount"] == 1
+                && c["lastState"]["terminated"]["reason"] == "ContainerStatusUnknown"
+                && c["state"]["running"].is_object()
+        })
+    });
+}

@@ -374,8 +374,20 @@ impl Worker {
             let Some(run) = &self.ctrs[i].running else {
                 continue;
             };
-            let Some(exit) = crate::shim::exit_status(&run.state) else {
-                continue;
+            let alive =
+                |pid: Option<i32>| pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+            let exit = match crate::shim::exit_status(&run.state) {
+                Some(e) => e,
+                // The shim and its container are both gone without a record (e.g. the shim was
+                // killed): report it as Kubernetes does and let the restart policy act.
+                None if !alive(shim_pid(&run.state)) && !alive(Some(run.pid)) => {
+                    crate::shim::ExitStatus {
+                        code: 137,
+                        finished_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                        reason: "ContainerStatusUnknown".into(),
+                    }
+                }
+                None => continue,
             };
             let layer = self
                 .disk
@@ -389,7 +401,11 @@ impl Worker {
             let finished = DateTime::parse_from_rfc3339(&exit.finished_at)
                 .map(|t| t.with_timezone(&Utc))
                 .unwrap_or_else(|_| Utc::now());
-            let reason = if exit.code == 0 { "Completed" } else { "Error" };
+            let reason = match (exit.code, exit.reason.as_str()) {
+                (_, "ContainerStatusUnknown") => "ContainerStatusUnknown",
+                (0, _) => "Completed",
+                _ => "Error",
+            };
             c.p.last = Some(CState::Terminated {
                 exit_code: exit.code,
                 reason: reason.into(),
@@ -759,8 +775,14 @@ impl Worker {
             .ctrs
             .iter()
             .filter_map(|c| c.running.as_ref())
-            .filter_map(|r| shim_pid(&r.state))
-            .filter_map(pidfd)
+            // The shim's exit means the container's is recorded; if the shim is gone but the
+            // container is not, wait for the container itself (never spin on a dead shim).
+            .filter_map(|r| {
+                match shim_pid(&r.state).filter(|p| Path::new(&format!("/proc/{p}")).exists()) {
+                    Some(shim) => pidfd(shim),
+                    None => pidfd(r.pid),
+                }
+            })
             .collect();
         let mut polls: Vec<rustix::event::PollFd> = fds
             .iter()
