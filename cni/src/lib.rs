@@ -1,5 +1,8 @@
-//! knode's CNI plugin (bridge + IPAM). For now it answers the CNI `VERSION` command; the
-//! network issue brings ADD, DEL and CHECK.
+//! knode's CNI plugin (bridge + IPAM). So far: the network configuration (`config`), the
+//! IPAM store (`ipam`) and the `VERSION` command; the bridge, veth and ADD/DEL/CHECK come next.
+
+pub mod config;
+pub mod ipam;
 
 /// CNI spec versions this plugin speaks.
 pub const SUPPORTED_VERSIONS: &[&str] = &["1.0.0", "1.1.0"];
