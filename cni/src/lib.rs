@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod ipam;
+pub mod protocol;
 
 /// CNI spec versions this plugin speaks.
 pub const SUPPORTED_VERSIONS: &[&str] = &["1.0.0", "1.1.0"];
