@@ -1,6 +1,7 @@
 //! knode's CNI plugin (bridge + IPAM). So far: the network configuration (`config`), the
 //! IPAM store (`ipam`) and the `VERSION` command; the bridge, veth and ADD/DEL/CHECK come next.
 
+pub mod bridge;
 pub mod config;
 pub mod ipam;
 pub mod protocol;

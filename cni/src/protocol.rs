@@ -135,7 +135,61 @@ pub fn run(env: &BTreeMap<String, String>, stdin: &str) -> Result<Option<Value>,
             "dns": {},
         })
     };
+    let bridged = conf["type"] == "knode-bridge";
+    let bridge = conf["bridge"].as_str().unwrap_or("knode0").to_string();
+    let host_veth = crate::bridge::host_veth_name(&id, &ifname);
     match command.as_str() {
+        "ADD" if bridged => {
+            let netns = var("CNI_NETNS");
+            if netns.is_empty() {
+                return Err(err(code::INVALID_ENV, "CNI_NETNS is required", ""));
+            }
+            let ip = store
+                .allocate(&ipam, &id, &ifname)
+                .map_err(|e| err(code::TRY_AGAIN, e.to_string(), ""))?;
+            let args = crate::bridge::AddArgs {
+                bridge: &bridge,
+                gateway: NetConfList::gateway(&ipam),
+                prefix: ipam.subnet.prefix_len(),
+                ip,
+                netns: std::path::Path::new(&netns),
+                ifname: &ifname,
+                host_veth: &host_veth,
+                mtu: conf["mtu"].as_u64().unwrap_or(1500) as u32,
+                hairpin: conf["hairpinMode"].as_bool().unwrap_or(true),
+            };
+            if let Err(e) = crate::bridge::add(&args) {
+                // Nothing half-done stays: no veth, no address.
+                let _ = crate::bridge::del(&host_veth);
+                let _ = store.release(&id, &ifname);
+                return Err(err(code::IO, format!("setting up {ifname}: {e}"), ""));
+            }
+            let mut r = result(ip);
+            r["interfaces"] =
+                json!([{"name": bridge}, {"name": host_veth}, {"name": ifname, "sandbox": netns}]);
+            r["ips"][0]["interface"] = json!(2);
+            Ok(Some(r))
+        }
+        "DEL" if bridged => {
+            crate::bridge::del(&host_veth).map_err(|e| err(code::IO, e, ""))?;
+            store
+                .release(&id, &ifname)
+                .map_err(|e| err(code::IO, e.to_string(), ""))?;
+            Ok(None)
+        }
+        "CHECK" if bridged => {
+            let held = store
+                .allocations()
+                .map_err(|e| err(code::IO, e.to_string(), ""))?
+                .into_iter()
+                .any(|a| a.id == id && a.ifname == ifname);
+            let veth = crate::bridge::exists(&host_veth).map_err(|e| err(code::IO, e, ""))?;
+            if held && veth {
+                Ok(None)
+            } else {
+                Err(err(code::UNKNOWN_CONTAINER, format!("container {id} interface {ifname}: address held: {held}, host veth {host_veth} present: {veth}"), ""))
+            }
+        }
         "ADD" => {
             let ip = store.allocate(&ipam, &id, &ifname).map_err(|e| match e {
                 crate::ipam::IpamError::Exhausted { .. } => err(code::TRY_AGAIN, e.to_string(), ""),

@@ -1,0 +1,120 @@
+//! knode-cni's bridge end to end, inside network namespaces the test creates (a "node" holding
+//! the bridge and two "pods"): never the host's own interfaces. Needs root and iproute2.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+struct Netns(Vec<String>);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn ip_netns(args: &[&str]) -> std::process::Output {
+    Command::new("ip").arg("netns").args(args).output().unwrap()
+}
+
+fn plugin(
+    node: &str,
+    command: &str,
+    id: &str,
+    netns: &str,
+    conf: &str,
+) -> (i32, serde_json::Value) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", node, env!("CARGO_BIN_EXE_knode-cni")])
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.code().unwrap(),
+        serde_json::from_slice(&o.stdout).unwrap_or_default(),
+    )
+}
+
+fn ping(ns: &str, ip: &str) -> bool {
+    ip_netns(&["exec", ns, "busybox", "ping", "-c", "1", "-W", "2", ip])
+        .status
+        .success()
+}
+
+#[test]
+fn pods_on_a_bridge_reach_each_other_and_the_node_and_leave_nothing() {
+    let tag = format!("{:x}", std::process::id());
+    let (node, pa, pb) = (
+        format!("kn-node-{tag}"),
+        format!("kn-pa-{tag}"),
+        format!("kn-pb-{tag}"),
+    );
+    let _guard = Netns(vec![node.clone(), pa.clone(), pb.clone()]);
+    for n in [&node, &pa, &pb] {
+        assert!(ip_netns(&["add", n]).status.success(), "ip netns add {n}");
+    }
+    let data = tempfile::tempdir().unwrap();
+    let conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"bridgetest","type":"knode-bridge","bridge":"kntest0","isGateway":true,"hairpinMode":true,"ipam":{{"type":"knode-cni","subnet":"10.99.0.0/24","dataDir":"{}"}}}}"#,
+        data.path().display()
+    );
+    let path = |n: &str| format!("/var/run/netns/{n}");
+    let (code, a) = plugin(&node, "ADD", "pod-a", &path(&pa), &conf);
+    assert_eq!(code, 0, "{a}");
+    let (code, b) = plugin(&node, "ADD", "pod-b", &path(&pb), &conf);
+    assert_eq!(code, 0, "{b}");
+    let ip = |r: &serde_json::Value| {
+        r["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let (ipa, ipb) = (ip(&a), ip(&b));
+    assert_eq!(a["interfaces"][2]["name"], "eth0");
+    assert_eq!(a["ips"][0]["interface"], 2);
+    assert!(ping(&pa, &ipb), "pod -> pod");
+    assert!(ping(&node, &ipa), "node -> pod");
+    assert!(ping(&pa, "10.99.0.1"), "pod -> node (gateway)");
+    assert!(ping(&pa, &ipa), "pod -> itself");
+    assert_eq!(plugin(&node, "CHECK", "pod-a", &path(&pa), &conf).0, 0);
+    // DEL twice; DEL after the pod's namespace is gone still releases its address.
+    assert_eq!(plugin(&node, "DEL", "pod-a", &path(&pa), &conf).0, 0);
+    assert_eq!(plugin(&node, "DEL", "pod-a", &path(&pa), &conf).0, 0);
+    assert_ne!(
+        plugin(&node, "CHECK", "pod-a", &path(&pa), &conf).0,
+        0,
+        "CHECK notices the pod is gone"
+    );
+    assert!(ip_netns(&["del", &pb]).status.success());
+    assert_eq!(plugin(&node, "DEL", "pod-b", &path(&pb), &conf).0, 0);
+    let links = String::from_utf8(ip_netns(&["exec", &node, "ip", "-o", "link"]).stdout).unwrap();
+    assert!(!links.contains("veth"), "no veth left: {links}");
+    let held = std::fs::read_dir(data.path().join("bridgetest"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("10.")
+        })
+        .count();
+    assert_eq!(held, 0, "no address left allocated");
+}
