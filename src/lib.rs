@@ -7,6 +7,7 @@ pub mod image_cli;
 pub mod kubelet;
 pub mod localregistry;
 pub mod logs;
+pub mod network;
 pub mod pod_cli;
 pub mod sandbox;
 pub mod shim;

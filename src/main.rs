@@ -78,6 +78,12 @@ enum Cmd {
         /// The node's name [default: the hostname].
         #[arg(long)]
         node_name: Option<String>,
+        /// The pod network's CNI configuration list (without it pods get loopback only).
+        #[arg(long, default_value = "/etc/knode/net.d/10-knode.conflist")]
+        cni_conf: PathBuf,
+        /// Where CNI plugins other than knode's own are found.
+        #[arg(long, default_value = "/usr/lib/cni")]
+        cni_bin_dir: PathBuf,
     },
     /// List resources (pods).
     Get {
@@ -253,7 +259,15 @@ fn run(cli: Cli) -> Result<()> {
             manifests,
             log_dir,
             node_name,
+            cni_conf,
+            cni_bin_dir,
         } => {
+            let network = if cni_conf.exists() {
+                Some(knode::network::Network::load(&cni_conf, &cni_bin_dir)?)
+            } else {
+                tracing::warn!(conf = %cni_conf.display(), "no CNI configuration: pods get a loopback-only network");
+                None
+            };
             let node_name = node_name.unwrap_or_else(|| {
                 rustix::system::uname()
                     .nodename()
@@ -268,6 +282,7 @@ fn run(cli: Cli) -> Result<()> {
                 node_name,
                 exe: std::fs::read_link("/proc/self/exe").context("finding the knode binary")?,
                 client: client_options(&cli.registry)?,
+                network,
             })
         }
         Cmd::Get {

@@ -87,6 +87,8 @@ pub fn to_pod(v: &PodView) -> core::Pod {
         reason: v.reason.clone(),
         message: v.message.clone(),
         start_time: v.started.map(time),
+        pod_ip: v.pod_ip.clone(),
+        pod_ips: v.pod_ip.clone().map(|ip| vec![core::PodIP { ip }]),
         init_container_statuses: Some(v.containers.iter().filter(|c| c.init).map(status).collect()),
         container_statuses: Some(
             v.containers

@@ -30,6 +30,8 @@ pub struct AgentConfig {
     pub node_name: String,
     pub exe: PathBuf,
     pub client: oci::registry::ClientOptions,
+    /// The pod network (none: pods get a loopback-only network namespace).
+    pub network: Option<crate::network::Network>,
 }
 
 /// What the API reads.
@@ -79,6 +81,7 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         node_name: cfg.node_name.clone(),
         client: cfg.client.clone(),
         objects: Default::default(),
+        network: cfg.network,
     });
     let state = Arc::new(RwLock::new(NodeState {
         log_dir: cfg.log_dir.clone(),
@@ -166,7 +169,8 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
                 started: None,
                 events: vec![],
                 deleting: false,
-                node_name: cfg.node_name.clone(),
+                node_name: ctx.node_name.clone(),
+                pod_ip: None,
             }));
             let (tx, rx) = channel();
             let (wr, ww) = rustix::pipe::pipe_with(
@@ -227,6 +231,11 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
 /// Tears down a pod directory no manifest wants any more (left by an earlier agent).
 fn orphan_teardown(ctx: &Arc<NodeContext>, uid: &str) {
     let dir = ctx.run_dir.join("pods").join(uid);
+    if let Some(n) = &ctx.network {
+        if let Err(e) = n.detach(uid, &dir.join("sandbox/ns/net")) {
+            tracing::warn!(uid, error = %e, "CNI DEL");
+        }
+    }
     for c in std::fs::read_dir(dir.join("containers"))
         .into_iter()
         .flatten()

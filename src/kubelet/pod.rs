@@ -36,6 +36,8 @@ pub struct NodeContext {
     pub client: oci::registry::ClientOptions,
     /// ConfigMaps and Secrets from the manifests directory.
     pub objects: std::sync::RwLock<super::volumes::Objects>,
+    /// The pod network.
+    pub network: Option<crate::network::Network>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -90,6 +92,7 @@ pub struct PodView {
     pub events: Vec<Event>,
     pub deleting: bool,
     pub node_name: String,
+    pub pod_ip: Option<String>,
 }
 
 impl PodView {
@@ -284,6 +287,12 @@ impl Worker {
 
     /// Picks up what a previous agent left running.
     fn adopt(&mut self) {
+        if let Some(ip) = std::fs::read(self.dir.join("network.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Option<String>>(&b).ok())
+        {
+            self.view.lock().expect("view").pod_ip = ip;
+        }
         if self.dir.join("sandbox").join("ready").exists() {
             self.sandbox = Some(Sandbox::open(&self.dir.join("sandbox")));
         }
@@ -332,6 +341,30 @@ impl Worker {
             }
             match Sandbox::create(&self.ctx.exe, &self.dir.join("sandbox"), &o) {
                 Ok(s) => {
+                    // The pod network, before the sandbox counts as ready.
+                    if let (Some(n), false) = (&self.ctx.network, o.host_network) {
+                        match n.attach(&m.uid, &self.dir.join("sandbox/ns/net")) {
+                            Ok(ip) => {
+                                let ip = ip.map(|i| i.to_string());
+                                let _ = oci::fsutil::replace(
+                                    &self.dir.join("network.json"),
+                                    &serde_json::to_vec(&ip).unwrap_or_default(),
+                                );
+                                self.view.lock().expect("view").pod_ip = ip;
+                            }
+                            Err(e) => {
+                                let _ = s.remove();
+                                self.event(
+                                    "Warning",
+                                    "FailedCreatePodSandBox",
+                                    format!("network: {e:#}"),
+                                );
+                                self.view.lock().expect("view").message =
+                                    Some(format!("network: {e:#}"));
+                                return;
+                            }
+                        }
+                    }
                     // Adoption trusts only a sandbox that was completed.
                     let _ = oci::fsutil::replace(&self.dir.join("sandbox").join("ready"), b"");
                     self.sandbox = Some(s)
@@ -348,7 +381,9 @@ impl Worker {
             let objects = self.ctx.objects.read().expect("objects").clone();
             match super::volumes::prepare(&pod, &m.namespace, &self.disk, &self.dir, &objects)
                 .and_then(|v| {
-                    write_etc_files(&self.dir, &pod, &m.name).map_err(|e| e.to_string())?;
+                    let ip = self.view.lock().expect("view").pod_ip.clone();
+                    write_etc_files(&self.dir, &pod, &m.name, ip.as_deref())
+                        .map_err(|e| e.to_string())?;
                     Ok(v)
                 }) {
                 Ok(v) => self.volumes = Some(v),
@@ -821,6 +856,20 @@ impl Worker {
             let _ = r.remove();
             r.release(&self.ctx.store);
         }
+        if let Some(n) = &self.ctx.network {
+            let host_net = self
+                .manifest()
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.host_network)
+                .unwrap_or(false);
+            if !host_net {
+                if let Err(e) = n.detach(&self.manifest().uid, &self.dir.join("sandbox/ns/net")) {
+                    tracing::warn!(error = %e, "CNI DEL");
+                }
+            }
+        }
         if let Some(sb) = self.sandbox.take().or_else(|| {
             self.dir
                 .join("sandbox")
@@ -877,7 +926,7 @@ pub fn unmount_attempts(pod_dir: &Path) {
 }
 
 /// The kubelet-managed /etc/hosts, /etc/hostname and /etc/resolv.conf of a pod.
-fn write_etc_files(dir: &Path, pod: &Pod, name: &str) -> std::io::Result<()> {
+fn write_etc_files(dir: &Path, pod: &Pod, name: &str, ip: Option<&str>) -> std::io::Result<()> {
     let spec = pod.spec.clone().unwrap_or_default();
     let hostname = spec.hostname.clone().unwrap_or_else(|| name.to_string());
     let etc = dir.join("etc");
@@ -886,7 +935,7 @@ fn write_etc_files(dir: &Path, pod: &Pod, name: &str) -> std::io::Result<()> {
         std::fs::read_to_string("/etc/hosts").unwrap_or_default()
     } else {
         format!(
-            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{}\t{hostname}\n", ip.unwrap_or("127.0.1.1")
         )
     };
     oci::fsutil::replace(&etc.join("hosts"), hosts.as_bytes())?;

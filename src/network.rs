@@ -1,0 +1,140 @@
+//! Pod networking through a CNI network configuration list: each plugin of the list runs in
+//! order for ADD (each getting the previous result) and in reverse for DEL, as the CNI spec
+//! says. knode's own plugin (`knode-bridge`) runs in-process; any other type is executed from
+//! the plugin directory with the CNI environment and stdin, so the reference plugins work too.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+pub struct Network {
+    raw: Value,
+    pub name: String,
+    version: String,
+    bin_dir: PathBuf,
+}
+
+impl Network {
+    /// Loads and validates a `.conflist`.
+    pub fn load(path: &Path, bin_dir: &Path) -> Result<Network> {
+        let conf = cni::config::load(path)?;
+        let raw: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+        Ok(Network {
+            raw,
+            name: conf.name,
+            version: conf.cni_version,
+            bin_dir: bin_dir.to_path_buf(),
+        })
+    }
+
+    fn plugins(&self) -> Vec<Value> {
+        self.raw["plugins"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn invoke(
+        &self,
+        plugin: &Value,
+        command: &str,
+        id: &str,
+        netns: &Path,
+        prev: Option<&Value>,
+    ) -> Result<Option<Value>> {
+        let mut conf = plugin.clone();
+        conf["name"] = json!(self.name);
+        conf["cniVersion"] = json!(self.version);
+        if let Some(p) = prev {
+            conf["prevResult"] = p.clone();
+        }
+        let kind = plugin["type"].as_str().unwrap_or("").to_string();
+        let env: BTreeMap<String, String> = [
+            ("CNI_COMMAND", command.to_string()),
+            ("CNI_CONTAINERID", id.to_string()),
+            ("CNI_NETNS", netns.display().to_string()),
+            ("CNI_IFNAME", "eth0".to_string()),
+            ("CNI_PATH", self.bin_dir.display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if kind == "knode-bridge" {
+            return cni::protocol::run(&env, &conf.to_string())
+                .map_err(|e| anyhow::anyhow!("CNI {command} ({kind}): {} {}", e.msg, e.details));
+        }
+        if kind.is_empty() || kind.contains('/') {
+            bail!("network {}: plugin type {kind:?} is not valid", self.name);
+        }
+        let bin = self.bin_dir.join(&kind);
+        let mut child = Command::new(&bin)
+            .env_clear()
+            .envs(&env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "network {}: CNI plugin {} (is it installed?)",
+                    self.name,
+                    bin.display()
+                )
+            })?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(conf.to_string().as_bytes())?;
+        let out = child.wait_with_output()?;
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if !out.status.success() {
+            bail!(
+                "CNI {command} ({kind}): {} {}",
+                v["msg"]
+                    .as_str()
+                    .unwrap_or(&String::from_utf8_lossy(&out.stderr)),
+                v["details"].as_str().unwrap_or("")
+            );
+        }
+        Ok((!v.is_null()).then_some(v))
+    }
+
+    /// ADD through every plugin; returns the pod's first IPv4 address.
+    pub fn attach(&self, id: &str, netns: &Path) -> Result<Option<Ipv4Addr>> {
+        let mut prev: Option<Value> = None;
+        let plugins = self.plugins();
+        for (i, p) in plugins.iter().enumerate() {
+            match self.invoke(p, "ADD", id, netns, prev.as_ref()) {
+                Ok(r) => prev = r.or(prev),
+                Err(e) => {
+                    // Undo what the earlier plugins did: nothing half-attached stays.
+                    for q in plugins[..i].iter().rev() {
+                        let _ = self.invoke(q, "DEL", id, netns, None);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(prev
+            .as_ref()
+            .and_then(|r| r["ips"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+            .next())
+    }
+
+    /// DEL through every plugin, in reverse; works when the namespace is already gone.
+    pub fn detach(&self, id: &str, netns: &Path) -> Result<()> {
+        let mut first_err = None;
+        for p in self.plugins().iter().rev() {
+            if let Err(e) = self.invoke(p, "DEL", id, netns, None) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
