@@ -4,6 +4,7 @@
 pub mod bridge;
 pub mod config;
 pub mod ipam;
+pub mod masq;
 pub mod protocol;
 
 /// CNI spec versions this plugin speaks.

@@ -158,7 +158,13 @@ pub fn run(env: &BTreeMap<String, String>, stdin: &str) -> Result<Option<Value>,
                 mtu: conf["mtu"].as_u64().unwrap_or(1500) as u32,
                 hairpin: conf["hairpinMode"].as_bool().unwrap_or(true),
             };
-            if let Err(e) = crate::bridge::add(&args) {
+            let masq = if conf["ipMasq"].as_bool().unwrap_or(false) {
+                crate::masq::cluster_cidr(&ipam.subnet, conf["clusterCIDR"].as_str())
+                    .and_then(|c| crate::masq::ensure(&ipam.subnet, &c))
+            } else {
+                Ok(())
+            };
+            if let Err(e) = masq.and_then(|_| crate::bridge::add(&args)) {
                 // Nothing half-done stays: no veth, no address.
                 let _ = crate::bridge::del(&host_veth);
                 let _ = store.release(&id, &ifname);

@@ -69,7 +69,7 @@ fn pods_on_a_bridge_reach_each_other_and_the_node_and_leave_nothing() {
     }
     let data = tempfile::tempdir().unwrap();
     let conf = format!(
-        r#"{{"cniVersion":"1.0.0","name":"bridgetest","type":"knode-bridge","bridge":"kntest0","isGateway":true,"hairpinMode":true,"ipam":{{"type":"knode-cni","subnet":"10.99.0.0/24","dataDir":"{}"}}}}"#,
+        r#"{{"cniVersion":"1.0.0","name":"bridgetest","type":"knode-bridge","bridge":"kntest0","isGateway":true,"hairpinMode":true,"ipMasq":true,"ipam":{{"type":"knode-cni","subnet":"10.99.0.0/24","dataDir":"{}"}}}}"#,
         data.path().display()
     );
     let path = |n: &str| format!("/var/run/netns/{n}");
@@ -94,6 +94,33 @@ fn pods_on_a_bridge_reach_each_other_and_the_node_and_leave_nothing() {
     assert!(ping(&pa, "10.99.0.1"), "pod -> node (gateway)");
     assert!(ping(&pa, &ipa), "pod -> itself");
     assert_eq!(plugin(&node, "CHECK", "pod-a", &path(&pa), &conf).0, 0);
+    // Leaving the cluster: masqueraded. The "outside" namespace has no route back to the pods,
+    // so a reply can only come if the pod's traffic left with the node's address.
+    let outside = format!("kn-out-{tag}");
+    let _guard2 = Netns(vec![outside.clone()]);
+    assert!(ip_netns(&["add", &outside]).status.success());
+    let (vo, vn) = (format!("kno{tag}"), format!("knn{tag}"));
+    let run = |args: &[&str]| {
+        assert!(
+            Command::new("ip").args(args).status().unwrap().success(),
+            "ip {args:?}"
+        )
+    };
+    run(&[
+        "-n", &node, "link", "add", &vn, "type", "veth", "peer", "name", &vo, "netns", &outside,
+    ]);
+    run(&["-n", &node, "addr", "add", "198.51.100.1/24", "dev", &vn]);
+    run(&["-n", &node, "link", "set", &vn, "up"]);
+    run(&["-n", &outside, "addr", "add", "198.51.100.2/24", "dev", &vo]);
+    run(&["-n", &outside, "link", "set", &vo, "up"]);
+    assert!(ping(&pa, "198.51.100.2"), "pod -> outside (masqueraded)");
+    let rules =
+        String::from_utf8(ip_netns(&["exec", &node, "nft", "list", "table", "ip", "knode"]).stdout)
+            .unwrap();
+    assert!(
+        rules.contains("ip saddr 10.99.0.0/24 ip daddr != 10.99.0.0/16 masquerade"),
+        "{rules}"
+    );
     // DEL twice; DEL after the pod's namespace is gone still releases its address.
     assert_eq!(plugin(&node, "DEL", "pod-a", &path(&pa), &conf).0, 0);
     assert_eq!(plugin(&node, "DEL", "pod-a", &path(&pa), &conf).0, 0);
