@@ -127,6 +127,21 @@ impl Network {
             .next())
     }
 
+    /// GC through every plugin: releases whatever is held for containers other than `valid`
+    /// (leaks of a crash or a reboot).
+    pub fn gc(&self, valid: &[String]) -> Result<()> {
+        let attachments: Vec<Value> = valid
+            .iter()
+            .map(|id| json!({"containerID": id, "ifname": "eth0"}))
+            .collect();
+        for p in self.plugins() {
+            let mut p = p.clone();
+            p["cni.dev/valid-attachments"] = json!(attachments);
+            self.invoke(&p, "GC", "", Path::new(""), None)?;
+        }
+        Ok(())
+    }
+
     /// DEL through every plugin, in reverse; works when the namespace is already gone.
     pub fn detach(&self, id: &str, netns: &Path) -> Result<()> {
         let mut first_err = None;

@@ -49,6 +49,10 @@ fn pods_get_addresses_and_reach_each_other_and_the_node() {
     .unwrap();
     let manifests = s.root().join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
+    // An address leaked by an earlier agent (its pod is long gone): reclaimed at start.
+    let leaked = s.root().join("ipam/podnet/10.98.0.200");
+    std::fs::create_dir_all(leaked.parent().unwrap()).unwrap();
+    std::fs::write(&leaked, "gone-pod-uid\r\neth0").unwrap();
     ns.agent = Some(
         Command::new("ip")
             .args(["netns", "exec", &ns.name, knode_bin()])
@@ -95,6 +99,10 @@ fn pods_get_addresses_and_reach_each_other_and_the_node() {
     assert!(
         web.starts_with("10.98.0.") && client.starts_with("10.98.0.") && web != client,
         "{web} {client}"
+    );
+    assert!(
+        !leaked.exists(),
+        "the leaked allocation was reclaimed at agent start"
     );
     let wide = String::from_utf8(s.knode(&["get", "pods", "-o", "wide"]).stdout).unwrap();
     assert!(wide.contains(&web), "{wide}");

@@ -140,6 +140,13 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
                     orphan_teardown(&ctx, &uid);
                 }
             }
+            // Addresses held for pods that no longer exist go back to the pool.
+            if let Some(n) = &ctx.network {
+                let valid: Vec<String> = wanted.keys().cloned().collect();
+                if let Err(e) = n.gc(&valid) {
+                    tracing::warn!(error = %e, "CNI GC");
+                }
+            }
             first = false;
         }
         for uid in workers.keys().cloned().collect::<Vec<_>>() {
