@@ -1,8 +1,9 @@
 //! knode-cni's bridge end to end, inside network namespaces the test creates (a "node" holding
 //! the bridge and two "pods"): never the host's own interfaces. Needs root and iproute2.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 
 struct Netns(Vec<String>);
 
@@ -25,28 +26,9 @@ fn plugin(
     netns: &str,
     conf: &str,
 ) -> (i32, serde_json::Value) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", node, env!("CARGO_BIN_EXE_knode-cni")])
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    (
-        o.status.code().unwrap(),
-        serde_json::from_slice(&o.stdout).unwrap_or_default(),
-    )
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", node, env!("CARGO_BIN_EXE_knode-cni")]);
+    common::invoke(cmd, command, id, netns, conf)
 }
 
 fn ping(ns: &str, ip: &str) -> bool {

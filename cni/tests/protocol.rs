@@ -1,32 +1,15 @@
 //! Drives the knode-cni binary through the CNI protocol (environment + stdin -> stdout).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+mod common;
 
 fn cni(command: &str, id: &str, conf: &str) -> (i32, serde_json::Value) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_knode-cni"));
-    c.env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_NETNS", "/var/run/netns/x")
-        .env("CNI_PATH", "/usr/lib/cni");
-    if !id.is_empty() {
-        c.env("CNI_CONTAINERID", id);
-    }
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    let v = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
-    (o.status.code().unwrap(), v)
+    common::invoke(
+        std::process::Command::new(env!("CARGO_BIN_EXE_knode-cni")),
+        command,
+        id,
+        "/var/run/netns/x",
+        conf,
+    )
 }
 
 fn conf(dir: &std::path::Path, subnet: &str) -> String {
