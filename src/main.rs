@@ -84,6 +84,9 @@ enum Cmd {
         /// Where CNI plugins other than knode's own are found.
         #[arg(long, default_value = "/usr/lib/cni")]
         cni_bin_dir: PathBuf,
+        /// The Service CIDR (ClusterIPs); the pod network must not overlap it.
+        #[arg(long, default_value = "10.96.0.0/12")]
+        service_cidr: ipnet::Ipv4Net,
     },
     /// List resources (pods).
     Get {
@@ -261,9 +264,14 @@ fn run(cli: Cli) -> Result<()> {
             node_name,
             cni_conf,
             cni_bin_dir,
+            service_cidr,
         } => {
             let network = if cni_conf.exists() {
-                Some(knode::network::Network::load(&cni_conf, &cni_bin_dir)?)
+                let n = knode::network::Network::load(&cni_conf, &cni_bin_dir, Some(service_cidr))?;
+                for p in n.missing_plugins() {
+                    tracing::warn!(plugin = %p, conf = %cni_conf.display(), "CNI plugin not installed: pods cannot get a network until it is");
+                }
+                Some(n)
             } else {
                 tracing::warn!(conf = %cni_conf.display(), "no CNI configuration: pods get a loopback-only network");
                 None
@@ -454,7 +462,13 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+    // netlink-packet-route warns about every attribute a newer kernel sends that it does not
+    // know; that is noise unless asked for.
+    let directives = match cli.log.contains("netlink_packet_route") {
+        true => cli.log.clone(),
+        false => format!("{},netlink_packet_route=error", cli.log),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

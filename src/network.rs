@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 
 pub struct Network {
@@ -20,9 +21,43 @@ pub struct Network {
 }
 
 impl Network {
-    /// Loads and validates a `.conflist`.
-    pub fn load(path: &Path, bin_dir: &Path) -> Result<Network> {
+    /// Loads and validates a `.conflist`: besides its own fields, the pod subnet must not
+    /// overlap the Service CIDR or a network on the node's interfaces (other than the pod
+    /// bridge), or pods could not reach those addresses.
+    pub fn load(path: &Path, bin_dir: &Path, service_cidr: Option<Ipv4Net>) -> Result<Network> {
         let conf = cni::config::load(path)?;
+        if let Some((i, ipam)) = conf
+            .plugins
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| p.ipam.as_ref().map(|x| (i, x)))
+        {
+            let field = format!("plugins[{i}].ipam.subnet");
+            let bridge = conf.plugins[i].bridge.clone().unwrap_or_else(|| {
+                if conf.plugins[i].kind == "bridge" {
+                    "cni0"
+                } else {
+                    "knode0"
+                }
+                .to_string()
+            });
+            let overlap = |what: String| cni::config::ConfigError {
+                file: path.display().to_string(),
+                field: field.clone(),
+                reason: format!("{} overlaps {what}", ipam.subnet),
+            };
+            if let Some(svc) = service_cidr.filter(|s| cni::config::overlaps(s, &ipam.subnet)) {
+                return Err(overlap(format!("the Service CIDR {svc}")).into());
+            }
+            let nets = cni::bridge::interface_networks().map_err(|e| anyhow::anyhow!(e))?;
+            if let Some((name, net)) = nets.iter().find(|(name, net)| {
+                *name != bridge
+                    && !net.addr().is_loopback()
+                    && cni::config::overlaps(&net.trunc(), &ipam.subnet)
+            }) {
+                return Err(overlap(format!("{net} on the node's interface {name}")).into());
+            }
+        }
         let raw: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
         Ok(Network {
             raw,
@@ -30,6 +65,16 @@ impl Network {
             version: conf.cni_version,
             bin_dir: bin_dir.to_path_buf(),
         })
+    }
+
+    /// Plugins of the list that are executed but not installed in the plugin directory.
+    pub fn missing_plugins(&self) -> Vec<String> {
+        self.plugins()
+            .iter()
+            .filter_map(|p| p["type"].as_str())
+            .filter(|k| *k != "knode-bridge" && !self.bin_dir.join(k).exists())
+            .map(|k| self.bin_dir.join(k).display().to_string())
+            .collect()
     }
 
     fn plugins(&self) -> Vec<Value> {
@@ -102,8 +147,8 @@ impl Network {
         Ok((!v.is_null()).then_some(v))
     }
 
-    /// ADD through every plugin; returns the pod's first IPv4 address.
-    pub fn attach(&self, id: &str, netns: &Path) -> Result<Option<Ipv4Addr>> {
+    /// ADD through every plugin; returns the pod's first IPv4 address and the final result.
+    pub fn attach(&self, id: &str, netns: &Path) -> Result<Attachment> {
         let mut prev: Option<Value> = None;
         let plugins = self.plugins();
         for (i, p) in plugins.iter().enumerate() {
@@ -112,19 +157,32 @@ impl Network {
                 Err(e) => {
                     // Undo what the earlier plugins did: nothing half-attached stays.
                     for q in plugins[..i].iter().rev() {
-                        let _ = self.invoke(q, "DEL", id, netns, None);
+                        let _ = self.invoke(q, "DEL", id, netns, prev.as_ref());
                     }
                     return Err(e);
                 }
             }
         }
-        Ok(prev
+        let ip = prev
             .as_ref()
             .and_then(|r| r["ips"].as_array())
             .into_iter()
             .flatten()
             .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
-            .next())
+            .next();
+        Ok(Attachment {
+            ip,
+            result: prev.unwrap_or(Value::Null),
+        })
+    }
+
+    /// CHECK through every plugin with the ADD's result, as the spec asks: whether the pod's
+    /// network is still as ADD left it.
+    pub fn check(&self, id: &str, netns: &Path, prev: &Value) -> Result<()> {
+        for p in self.plugins() {
+            self.invoke(&p, "CHECK", id, netns, Some(prev))?;
+        }
+        Ok(())
     }
 
     /// GC through every plugin: releases whatever is held for containers other than `valid`
@@ -134,7 +192,13 @@ impl Network {
             .iter()
             .map(|id| json!({"containerID": id, "ifname": "eth0"}))
             .collect();
+        // GC came with CNI 1.1: older plugins (Debian's reference plugins speak 1.0) would
+        // reject it, so it is sent to them only when the list says 1.1 or later.
+        let speaks_gc = !matches!(self.version.as_str(), "0.4.0" | "1.0.0");
         for p in self.plugins() {
+            if p["type"] != "knode-bridge" && !speaks_gc {
+                continue;
+            }
             let mut p = p.clone();
             p["cni.dev/valid-attachments"] = json!(attachments);
             self.invoke(&p, "GC", "", Path::new(""), None)?;
@@ -143,13 +207,36 @@ impl Network {
     }
 
     /// DEL through every plugin, in reverse; works when the namespace is already gone.
-    pub fn detach(&self, id: &str, netns: &Path) -> Result<()> {
+    pub fn detach(&self, id: &str, netns: &Path, prev: Option<&Value>) -> Result<()> {
         let mut first_err = None;
         for p in self.plugins().iter().rev() {
-            if let Err(e) = self.invoke(p, "DEL", id, netns, None) {
+            if let Err(e) = self.invoke(p, "DEL", id, netns, prev) {
                 first_err.get_or_insert(e);
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// A pod's attachment to the network: its address and the CNI result (kept for CHECK and DEL).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Attachment {
+    pub ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub result: Value,
+}
+
+impl Attachment {
+    /// Reads the attachment a pod directory records (`network.json`).
+    pub fn load(pod_dir: &Path) -> Option<Attachment> {
+        let b = std::fs::read(pod_dir.join("network.json")).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    pub fn save(&self, pod_dir: &Path) -> std::io::Result<()> {
+        oci::fsutil::replace(
+            &pod_dir.join("network.json"),
+            &serde_json::to_vec(self).unwrap_or_default(),
+        )
     }
 }

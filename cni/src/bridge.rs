@@ -1,14 +1,26 @@
 //! The bridge part of knode's CNI plugin: a bridge (`knode0` by default) holding the gateway
-//! address, and per pod a veth pair: the host side enslaved to the bridge with hairpin mode,
-//! the pod side renamed to `CNI_IFNAME` in the pod's network namespace with its address and a
-//! default route via the gateway. All through rtnetlink (no `ip` processes).
+//! address with a pinned MAC, and per pod a veth pair: the host side enslaved to the bridge
+//! with hairpin mode, the pod side renamed to `CNI_IFNAME` in the pod's network namespace with
+//! its address and a default route via the gateway. All through rtnetlink (no `ip` processes).
 
-use std::net::Ipv4Addr;
+use std::collections::HashSet;
+use std::fs::File;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures::TryStreamExt;
-use rtnetlink::{new_connection, Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{
+    InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, LinkAttribute,
+    LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{
+    new_connection, Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
+};
 
 pub struct AddArgs<'a> {
     pub bridge: &'a str,
@@ -31,6 +43,14 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("veth{:08x}", h.finish() as u32)
 }
 
+/// The bridge's MAC: locally administered and derived from the gateway address (`0a:58` and
+/// the four octets), set explicitly so it never changes as pods come and go (a bridge without
+/// one takes the lowest MAC of its ports, and every pod's ARP cache would go stale).
+pub fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let o = gateway.octets();
+    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
+}
+
 fn rt() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -38,65 +58,176 @@ fn rt() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| e.to_string())
 }
 
-async fn index(h: &Handle, name: &str) -> Result<Option<u32>, String> {
+/// Runs `f` with an rtnetlink handle for the calling thread's network namespace.
+fn netlink<T, Fut>(f: impl FnOnce(Handle) -> Fut) -> Result<T, String>
+where
+    Fut: Future<Output = Result<T, String>>,
+{
+    rt()?.block_on(async {
+        let (conn, h, _) = new_connection().map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        f(h).await
+    })
+}
+
+/// Runs `f` on a thread that has entered the network namespace `netns` (only that thread
+/// moves; the caller stays in the node's namespace).
+fn in_netns<T: Send + 'static>(
+    netns: &File,
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let fd = netns.try_clone().map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        // SAFETY: setns on a valid network namespace descriptor; it affects only this thread.
+        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!(
+                "entering the pod network namespace: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| "the pod-side thread panicked".to_string())?
+}
+
+async fn link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, String> {
     let mut links = h.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
-        Ok(Some(l)) => Ok(Some(l.header.index)),
-        Ok(None) => Ok(None),
+        Ok(l) => Ok(l),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
         Err(e) => Err(format!("looking up {name}: {e}")),
     }
 }
 
+async fn index(h: &Handle, name: &str) -> Result<Option<u32>, String> {
+    Ok(link(h, name).await?.map(|l| l.header.index))
+}
+
+fn mac_of(l: &LinkMessage) -> Option<&[u8]> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(m) => Some(m.as_slice()),
+        _ => None,
+    })
+}
+
+fn controller_of(l: &LinkMessage) -> Option<u32> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Controller(i) => Some(*i),
+        _ => None,
+    })
+}
+
+fn kind_of(l: &LinkMessage) -> Option<&InfoKind> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(k) => Some(k),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+fn name_of(l: &LinkMessage) -> Option<&str> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
 async fn has_addr(h: &Handle, idx: u32, ip: Ipv4Addr) -> Result<bool, String> {
     let mut addrs = h.address().get().set_link_index_filter(idx).execute();
     while let Some(a) = addrs.try_next().await.map_err(|e| e.to_string())? {
-        for attr in a.attributes {
-            if let rtnetlink::packet_route::address::AddressAttribute::Address(
-                std::net::IpAddr::V4(x),
-            ) = attr
-            {
-                if x == ip {
-                    return Ok(true);
-                }
-            }
+        if a.attributes
+            .iter()
+            .any(|attr| matches!(attr, AddressAttribute::Address(IpAddr::V4(x)) if *x == ip))
+        {
+            return Ok(true);
         }
     }
     Ok(false)
 }
 
-/// ADD in the current (node) network namespace. Returns the bridge's index.
-pub fn add(a: &AddArgs) -> Result<(), String> {
-    let netns = std::fs::File::open(a.netns)
-        .map_err(|e| format!("network namespace {}: {e}", a.netns.display()))?;
-    let peer = format!("tmp{}", &a.host_veth[4..]);
-    rt()?.block_on(async {
-        let (conn, h, _) = new_connection().map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        // The bridge, with the gateway address, up.
-        let br = match index(&h, a.bridge).await? {
-            Some(i) => i,
-            None => {
-                h.link()
-                    .add(LinkBridge::new(a.bridge).mtu(a.mtu).build())
-                    .execute()
-                    .await
-                    .map_err(|e| format!("creating bridge {}: {e}", a.bridge))?;
-                index(&h, a.bridge).await?.ok_or("bridge vanished")?
+/// The bridge, created if missing, with its pinned MAC, the gateway address and netfilter
+/// calls for bridged IPv4 (so a pod reaching a Service whose endpoint is on the same bridge
+/// gets its replies un-NATed), up. Returns its index.
+async fn ensure_bridge(h: &Handle, a: &AddArgs<'_>) -> Result<u32, String> {
+    let mac = bridge_mac(a.gateway).to_vec();
+    let (br, pinned) = match link(h, a.bridge).await? {
+        Some(l) => {
+            if kind_of(&l) != Some(&InfoKind::Bridge) {
+                return Err(format!(
+                    "{} exists and is not a bridge (the conflist's bridge field names it)",
+                    a.bridge
+                ));
             }
-        };
-        if !has_addr(&h, br, a.gateway).await? {
-            h.address()
-                .add(br, a.gateway.into(), a.prefix)
+            (l.header.index, mac_of(&l) == Some(mac.as_slice()))
+        }
+        None => {
+            h.link()
+                .add(LinkBridge::new(a.bridge).mtu(a.mtu).build())
                 .execute()
                 .await
-                .map_err(|e| format!("adding {} to {}: {e}", a.gateway, a.bridge))?;
+                .map_err(|e| format!("creating bridge {}: {e}", a.bridge))?;
+            (index(h, a.bridge).await?.ok_or("bridge vanished")?, false)
         }
+    };
+    if !pinned {
+        // RTM_NEWLINK on the existing link (RTM_SETLINK ignores the bridge's info data).
         h.link()
-            .set(LinkUnspec::new_with_index(br).up().build())
+            .set_port(
+                LinkMessageBuilder::<LinkBridge>::new_with_info_kind(InfoKind::Bridge)
+                    .index(br)
+                    .address(mac)
+                    .set_info_data(InfoData::Bridge(vec![InfoBridge::NfCallIpTables(1)]))
+                    .build(),
+            )
             .execute()
             .await
-            .map_err(|e| format!("bridge up: {e}"))?;
+            .map_err(|e| format!("bridge {}: pinning its MAC: {e}", a.bridge))?;
+    }
+    if !has_addr(h, br, a.gateway).await? {
+        h.address()
+            .add(br, a.gateway.into(), a.prefix)
+            .execute()
+            .await
+            .map_err(|e| format!("adding {} to {}: {e}", a.gateway, a.bridge))?;
+    }
+    h.link()
+        .set(LinkUnspec::new_with_index(br).up().build())
+        .execute()
+        .await
+        .map_err(|e| format!("bridge up: {e}"))?;
+    Ok(br)
+}
+
+/// Whether bridged IPv4 traffic can pass through netfilter (the `br_netfilter` module, loaded
+/// here if it is a module and not loaded yet). Without it knode falls back to masquerading
+/// Service traffic that is DNATed back onto the bridge.
+pub fn bridge_netfilter() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(probe_bridge_netfilter)
+}
+
+fn probe_bridge_netfilter() -> bool {
+    let probe = Path::new("/proc/sys/net/bridge");
+    if !probe.exists() {
+        let _ = std::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    probe.exists()
+}
+
+/// ADD in the current (node) network namespace.
+pub fn add(a: &AddArgs) -> Result<(), String> {
+    let netns =
+        File::open(a.netns).map_err(|e| format!("network namespace {}: {e}", a.netns.display()))?;
+    let peer = format!("tmp{}", &a.host_veth[4..]);
+    let (ns, pod_veth) = (&netns, peer.as_str());
+    netlink(|h| async move {
+        let br = ensure_bridge(&h, a).await?;
         // The veth pair: host side on the bridge, pod side into the pod's namespace.
         if let Some(old) = index(&h, a.host_veth).await? {
             h.link()
@@ -106,53 +237,58 @@ pub fn add(a: &AddArgs) -> Result<(), String> {
                 .map_err(|e| format!("removing stale {}: {e}", a.host_veth))?;
         }
         h.link()
-            .add(LinkVeth::new(a.host_veth, &peer).mtu(a.mtu).build())
+            .add(LinkVeth::new(a.host_veth, pod_veth).mtu(a.mtu).build())
             .execute()
             .await
             .map_err(|e| format!("creating veth {}: {e}", a.host_veth))?;
         let host = index(&h, a.host_veth).await?.ok_or("veth vanished")?;
-        let pod = index(&h, &peer).await?.ok_or("veth peer vanished")?;
+        let pod = index(&h, pod_veth).await?.ok_or("veth peer vanished")?;
         h.link()
             .set(LinkUnspec::new_with_index(host).controller(br).up().build())
             .execute()
             .await
             .map_err(|e| format!("attaching {} to {}: {e}", a.host_veth, a.bridge))?;
+        if a.hairpin {
+            // A pod reaching itself through a Service: the bridge may send a frame back out
+            // of the port it came in on.
+            h.link()
+                .set_port(
+                    LinkUnspec::new_with_index(host)
+                        .set_port_kind(InfoPortKind::Bridge)
+                        .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                            true,
+                        )]))
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| format!("hairpin mode on {}: {e}", a.host_veth))?;
+        }
         h.link()
             .set(
                 LinkUnspec::new_with_index(pod)
-                    .setns_by_fd(netns.as_raw_fd())
+                    .setns_by_fd(ns.as_raw_fd())
                     .build(),
             )
             .execute()
             .await
             .map_err(|e| format!("moving the veth into {}: {e}", a.netns.display()))?;
-        Ok::<(), String>(())
+        Ok(())
     })?;
-    if a.hairpin {
-        let p = format!("/sys/class/net/{}/brport/hairpin_mode", a.host_veth);
-        std::fs::write(&p, "1").map_err(|e| format!("{p}: {e}"))?;
-    }
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
     // The pod side, configured from a thread that enters the pod's network namespace.
-    let (peer2, ifname, ip, prefix, gw) = (
-        peer.clone(),
-        a.ifname.to_string(),
-        a.ip,
-        a.prefix,
-        a.gateway,
-    );
-    std::thread::spawn(move || -> Result<(), String> {
-        // SAFETY: setns on a valid namespace descriptor, affecting only this thread.
-        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!(
-                "entering the pod network namespace: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        rt()?.block_on(async {
-            let (conn, h, _) = new_connection().map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            let idx = index(&h, &peer2)
+    let (ifname, ip, prefix, gw) = (a.ifname.to_string(), a.ip, a.prefix, a.gateway);
+    in_netns(&netns, move || {
+        netlink(|h| async move {
+            // A leftover interface of an earlier attachment (a repair ADD) goes first.
+            if let Some(old) = index(&h, &ifname).await? {
+                h.link()
+                    .del(old)
+                    .execute()
+                    .await
+                    .map_err(|e| format!("removing the old {ifname}: {e}"))?;
+            }
+            let idx = index(&h, &peer)
                 .await?
                 .ok_or("veth not in the pod namespace")?;
             h.link()
@@ -189,16 +325,57 @@ pub fn add(a: &AddArgs) -> Result<(), String> {
             Ok(())
         })
     })
-    .join()
-    .map_err(|_| "the pod-side thread panicked".to_string())?
+}
+
+/// CHECK: the host veth is on the bridge, and in the pod's namespace `ifname` is up with its
+/// address and the default route via the gateway. The error says what is missing.
+pub fn check(a: &AddArgs) -> Result<(), String> {
+    let bridge = a.bridge.to_string();
+    let host_veth = a.host_veth.to_string();
+    netlink(|h| async move {
+        let br = index(&h, &bridge)
+            .await?
+            .ok_or_else(|| format!("bridge {bridge} is missing"))?;
+        let veth = link(&h, &host_veth)
+            .await?
+            .ok_or_else(|| format!("host veth {host_veth} is missing"))?;
+        if controller_of(&veth) != Some(br) {
+            return Err(format!("host veth {host_veth} is not on bridge {bridge}"));
+        }
+        Ok(())
+    })?;
+    let netns =
+        File::open(a.netns).map_err(|e| format!("network namespace {}: {e}", a.netns.display()))?;
+    let (ifname, ip, gw) = (a.ifname.to_string(), a.ip, a.gateway);
+    in_netns(&netns, move || {
+        netlink(|h| async move {
+            let idx = index(&h, &ifname)
+                .await?
+                .ok_or_else(|| format!("{ifname} is missing in the pod's namespace"))?;
+            if !has_addr(&h, idx, ip).await? {
+                return Err(format!("{ifname} does not hold {ip}"));
+            }
+            let mut routes = h
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute();
+            while let Some(r) = routes.try_next().await.map_err(|e| e.to_string())? {
+                let via_gw = r.attributes.iter().any(
+                    |x| matches!(x, RouteAttribute::Gateway(RouteAddress::Inet(g)) if *g == gw),
+                );
+                if r.header.destination_prefix_length == 0 && via_gw {
+                    return Ok(());
+                }
+            }
+            Err(format!("the pod has no default route via {gw}"))
+        })
+    })
 }
 
 /// DEL in the current (node) network namespace: removes the host veth (and with it the pod
 /// side). Missing is fine: DEL is idempotent, and works when the pod namespace is gone.
 pub fn del(host_veth: &str) -> Result<(), String> {
-    rt()?.block_on(async {
-        let (conn, h, _) = new_connection().map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
+    netlink(|h| async move {
         if let Some(i) = index(&h, host_veth).await? {
             h.link()
                 .del(i)
@@ -210,11 +387,58 @@ pub fn del(host_veth: &str) -> Result<(), String> {
     })
 }
 
-/// Whether the host veth exists in the current (node) network namespace.
-pub fn exists(host_veth: &str) -> Result<bool, String> {
-    rt()?.block_on(async {
-        let (conn, h, _) = new_connection().map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        Ok(index(&h, host_veth).await?.is_some())
+/// GC: removes the veths on `bridge` named like knode's (`veth` + 8 hex digits) that belong
+/// to no attachment in `keep` (host veth names). Returns the names removed.
+pub fn gc(bridge: &str, keep: &HashSet<String>) -> Result<Vec<String>, String> {
+    netlink(|h| async move {
+        let Some(br) = index(&h, bridge).await? else {
+            return Ok(Vec::new());
+        };
+        let mut stale = Vec::new();
+        let mut links = h.link().get().execute();
+        while let Some(l) = links.try_next().await.map_err(|e| e.to_string())? {
+            let name = name_of(&l).unwrap_or_default();
+            let ours = name.len() == 12
+                && name.starts_with("veth")
+                && name[4..].bytes().all(|b| b.is_ascii_hexdigit());
+            if ours && controller_of(&l) == Some(br) && !keep.contains(name) {
+                stale.push((l.header.index, name.to_string()));
+            }
+        }
+        let mut removed = Vec::new();
+        for (i, name) in stale {
+            h.link()
+                .del(i)
+                .execute()
+                .await
+                .map_err(|e| format!("removing stale {name}: {e}"))?;
+            removed.push(name);
+        }
+        Ok(removed)
+    })
+}
+
+/// The IPv4 networks on the current namespace's interfaces (name, address/prefix), for
+/// checking that the pod subnet does not overlap the node's own networks.
+pub fn interface_networks() -> Result<Vec<(String, ipnet::Ipv4Net)>, String> {
+    netlink(|h| async move {
+        let mut names = std::collections::HashMap::new();
+        let mut links = h.link().get().execute();
+        while let Some(l) = links.try_next().await.map_err(|e| e.to_string())? {
+            names.insert(l.header.index, name_of(&l).unwrap_or_default().to_string());
+        }
+        let mut out = Vec::new();
+        let mut addrs = h.address().get().execute();
+        while let Some(a) = addrs.try_next().await.map_err(|e| e.to_string())? {
+            for attr in &a.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                    if let Ok(net) = ipnet::Ipv4Net::new(*ip, a.header.prefix_len) {
+                        let name = names.get(&a.header.index).cloned().unwrap_or_default();
+                        out.push((name, net));
+                    }
+                }
+            }
+        }
+        Ok(out)
     })
 }

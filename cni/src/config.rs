@@ -104,7 +104,21 @@ pub fn parse(text: &str, file: &str) -> Result<NetConfList, ConfigError> {
         field: field.to_string(),
         reason,
     };
-    let c: NetConfList = serde_json::from_str(text).map_err(|e| err("(json)", e.to_string()))?;
+    let mut raw: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| err("(json)", e.to_string()))?;
+    // host-local's `ranges` form ([[{subnet, rangeStart, ...}]]): its first range is the one
+    // knode describes (the pod subnet).
+    for p in raw["plugins"].as_array_mut().into_iter().flatten() {
+        let ipam = &mut p["ipam"];
+        if ipam.is_object() && ipam.get("subnet").is_none() {
+            if let Some(first) = ipam["ranges"][0][0].as_object().cloned() {
+                for (k, v) in first {
+                    ipam[k] = v;
+                }
+            }
+        }
+    }
+    let c: NetConfList = serde_json::from_value(raw).map_err(|e| err("(json)", e.to_string()))?;
     if c.name.is_empty()
         || !c
             .name
@@ -222,6 +236,15 @@ mod tests {
             assert_eq!(e.field, field, "{e}");
             assert!(e.to_string().starts_with("net.conflist: "), "{e}");
         }
+    }
+
+    #[test]
+    fn host_local_ranges_form() {
+        let text = r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge","ipam":{"type":"host-local","ranges":[[{"subnet":"10.50.0.0/24","rangeStart":"10.50.0.10"}]]}}]}"#;
+        let c = parse(text, "x").unwrap();
+        let ipam = c.ipam().unwrap();
+        assert_eq!(ipam.subnet.to_string(), "10.50.0.0/24");
+        assert_eq!(NetConfList::range(ipam).0.to_string(), "10.50.0.10");
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! knode's CNI plugin (bridge + IPAM). So far: the network configuration (`config`), the
-//! IPAM store (`ipam`) and the `VERSION` command; the bridge, veth and ADD/DEL/CHECK come next.
+//! knode's CNI plugin: the network configuration (`config`), a host-local compatible IPAM
+//! store (`ipam`), the bridge and veths over rtnetlink (`bridge`), knode's nftables table
+//! (`masq`) and the CNI protocol (`protocol`), used by the `knode-cni` binary and in-process by
+//! the agent.
 
 pub mod bridge;
 pub mod config;

@@ -1,21 +1,63 @@
-//! Masquerading for pod traffic that leaves the cluster, in knode's own nftables table
-//! (`ip knode`): pods keep their addresses for pod-to-pod traffic (also across nodes, which is
-//! why the test is "not in the cluster CIDR" rather than "not in this node's subnet"). One
-//! atomic `nft -f` transaction, idempotent; no other table is touched.
+//! knode's own nftables table (`ip knode`) for the pod network, one atomic `nft -f`
+//! transaction, idempotent; no other table is touched:
+//! - masquerading for pod traffic that leaves the cluster: pods keep their addresses for
+//!   pod-to-pod traffic (also across nodes, which is why the test is "not in the cluster CIDR"
+//!   rather than "not in this node's subnet");
+//! - where the kernel has no `br_netfilter`, the equivalent for Services: traffic from a pod
+//!   that was DNATed back onto the bridge is masqueraded to the gateway, so the endpoint's
+//!   replies come back through the node and are un-NATed (with `br_netfilter`, bridged
+//!   replies pass conntrack and pods keep their source addresses).
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 
 use ipnet::Ipv4Net;
 
-/// Ensures the rule for `pods` (this node's pod subnet) leaving `cluster`.
-pub fn ensure(pods: &Ipv4Net, cluster: &Ipv4Net) -> Result<(), String> {
-    let script = format!(
-        "add table ip knode\n\
-         add chain ip knode postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
-         flush chain ip knode postrouting\n\
-         add rule ip knode postrouting ip saddr {pods} ip daddr != {cluster} masquerade fully-random\n"
-    );
+/// What the table must hold for one pod network.
+pub struct Rules<'a> {
+    /// This node's pod subnet.
+    pub pods: Ipv4Net,
+    /// Masquerade traffic from `pods` to outside this cluster CIDR.
+    pub masquerade_outside: Option<Ipv4Net>,
+    /// Masquerade DNATed pod traffic going back out of this bridge (no `br_netfilter`).
+    pub service_fallback_bridge: Option<&'a str>,
+}
+
+impl Rules<'_> {
+    fn script(&self) -> String {
+        let mut s = String::from(
+            "add table ip knode\n\
+             add chain ip knode postrouting { type nat hook postrouting priority srcnat; policy accept; }\n\
+             flush chain ip knode postrouting\n",
+        );
+        let pods = self.pods;
+        if let Some(cluster) = self.masquerade_outside {
+            s += &format!("add rule ip knode postrouting ip saddr {pods} ip daddr != {cluster} masquerade fully-random\n");
+        }
+        if let Some(br) = self.service_fallback_bridge {
+            s += &format!("add rule ip knode postrouting ip saddr {pods} oifname \"{br}\" ct status dnat masquerade\n");
+        }
+        s
+    }
+}
+
+/// Ensures the rules. A process applies a given rule set once (the agent runs knode's plugin
+/// in-process for every pod; the table is rebuilt whole when it does run).
+pub fn ensure(rules: &Rules) -> Result<(), String> {
+    static APPLIED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let script = rules.script();
+    let mut applied = APPLIED.lock().map_err(|e| e.to_string())?;
+    if applied.get_or_insert_with(HashSet::new).contains(&script) {
+        return Ok(());
+    }
+    apply(&script)?;
+    applied.get_or_insert_with(HashSet::new).insert(script);
+    Ok(())
+}
+
+fn apply(script: &str) -> Result<(), String> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -46,5 +88,36 @@ pub fn cluster_cidr(pods: &Ipv4Net, configured: Option<&str>) -> Result<Ipv4Net,
         None => Ok(Ipv4Net::new(pods.network(), pods.prefix_len().min(16))
             .map_err(|e| e.to_string())?
             .trunc()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_cover_what_is_asked() {
+        let pods: Ipv4Net = "10.244.0.0/24".parse().unwrap();
+        let both = Rules {
+            pods,
+            masquerade_outside: Some("10.244.0.0/16".parse().unwrap()),
+            service_fallback_bridge: Some("knode0"),
+        }
+        .script();
+        assert!(
+            both.contains("ip daddr != 10.244.0.0/16 masquerade"),
+            "{both}"
+        );
+        assert!(
+            both.contains("oifname \"knode0\" ct status dnat masquerade"),
+            "{both}"
+        );
+        let none = Rules {
+            pods,
+            masquerade_outside: None,
+            service_fallback_bridge: None,
+        }
+        .script();
+        assert!(!none.contains("masquerade"), "{none}");
     }
 }

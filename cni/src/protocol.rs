@@ -114,6 +114,14 @@ pub fn run(env: &BTreeMap<String, String>, stdin: &str) -> Result<Option<Value>,
                     .any(|(id, ifn)| *id == a.id && *ifn == a.ifname)
             })
             .map_err(|e| err(code::IO, e.to_string(), ""))?;
+        if conf["type"] == "knode-bridge" {
+            let keep = valid
+                .iter()
+                .map(|(id, ifn)| crate::bridge::host_veth_name(id, ifn))
+                .collect();
+            let bridge = conf["bridge"].as_str().unwrap_or("knode0");
+            crate::bridge::gc(bridge, &keep).map_err(|e| err(code::IO, e, ""))?;
+        }
         return Ok(None);
     }
     if command == "STATUS" {
@@ -158,12 +166,24 @@ pub fn run(env: &BTreeMap<String, String>, stdin: &str) -> Result<Option<Value>,
                 mtu: conf["mtu"].as_u64().unwrap_or(1500) as u32,
                 hairpin: conf["hairpinMode"].as_bool().unwrap_or(true),
             };
-            let masq = if conf["ipMasq"].as_bool().unwrap_or(false) {
-                crate::masq::cluster_cidr(&ipam.subnet, conf["clusterCIDR"].as_str())
-                    .and_then(|c| crate::masq::ensure(&ipam.subnet, &c))
-            } else {
-                Ok(())
-            };
+            let masq = (|| {
+                let outside = match conf["ipMasq"].as_bool().unwrap_or(false) {
+                    true => Some(crate::masq::cluster_cidr(
+                        &ipam.subnet,
+                        conf["clusterCIDR"].as_str(),
+                    )?),
+                    false => None,
+                };
+                let fallback = (!crate::bridge::bridge_netfilter()).then_some(bridge.as_str());
+                if outside.is_none() && fallback.is_none() {
+                    return Ok(());
+                }
+                crate::masq::ensure(&crate::masq::Rules {
+                    pods: ipam.subnet,
+                    masquerade_outside: outside,
+                    service_fallback_bridge: fallback,
+                })
+            })();
             if let Err(e) = masq.and_then(|_| crate::bridge::add(&args)) {
                 // Nothing half-done stays: no veth, no address.
                 let _ = crate::bridge::del(&host_veth);
@@ -188,13 +208,34 @@ pub fn run(env: &BTreeMap<String, String>, stdin: &str) -> Result<Option<Value>,
                 .allocations()
                 .map_err(|e| err(code::IO, e.to_string(), ""))?
                 .into_iter()
-                .any(|a| a.id == id && a.ifname == ifname);
-            let veth = crate::bridge::exists(&host_veth).map_err(|e| err(code::IO, e, ""))?;
-            if held && veth {
-                Ok(None)
-            } else {
-                Err(err(code::UNKNOWN_CONTAINER, format!("container {id} interface {ifname}: address held: {held}, host veth {host_veth} present: {veth}"), ""))
-            }
+                .find(|a| a.id == id && a.ifname == ifname)
+                .ok_or_else(|| {
+                    err(
+                        code::UNKNOWN_CONTAINER,
+                        format!("container {id} interface {ifname} holds no address in network {network}"),
+                        "",
+                    )
+                })?;
+            let netns = var("CNI_NETNS");
+            let args = crate::bridge::AddArgs {
+                bridge: &bridge,
+                gateway: NetConfList::gateway(&ipam),
+                prefix: ipam.subnet.prefix_len(),
+                ip: held.ip,
+                netns: std::path::Path::new(&netns),
+                ifname: &ifname,
+                host_veth: &host_veth,
+                mtu: 0,
+                hairpin: false,
+            };
+            crate::bridge::check(&args).map_err(|e| {
+                err(
+                    code::IO,
+                    format!("container {id} interface {ifname}: {e}"),
+                    "",
+                )
+            })?;
+            Ok(None)
         }
         "ADD" => {
             let ip = store.allocate(&ipam, &id, &ifname).map_err(|e| match e {

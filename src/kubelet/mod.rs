@@ -239,7 +239,8 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
 fn orphan_teardown(ctx: &Arc<NodeContext>, uid: &str) {
     let dir = ctx.run_dir.join("pods").join(uid);
     if let Some(n) = &ctx.network {
-        if let Err(e) = n.detach(uid, &dir.join("sandbox/ns/net")) {
+        let prev = crate::network::Attachment::load(&dir).map(|a| a.result);
+        if let Err(e) = n.detach(uid, &dir.join("sandbox/ns/net"), prev.as_ref()) {
             tracing::warn!(uid, error = %e, "CNI DEL");
         }
     }

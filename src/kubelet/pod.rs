@@ -177,6 +177,8 @@ pub struct Worker {
     volumes: Option<BTreeMap<String, PathBuf>>,
     ctrs: Vec<Ctr>,
     pulled: BTreeMap<String, ()>,
+    /// An adopted sandbox whose network is gone: why, and the address it had.
+    lost_network: Option<(String, Option<String>)>,
 }
 
 fn pidfd(pid: i32) -> Option<OwnedFd> {
@@ -235,6 +237,7 @@ impl Worker {
             sandbox: None,
             ctrs,
             pulled: BTreeMap::new(),
+            lost_network: None,
         }
     }
 
@@ -287,14 +290,12 @@ impl Worker {
 
     /// Picks up what a previous agent left running.
     fn adopt(&mut self) {
-        if let Some(ip) = std::fs::read(self.dir.join("network.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Option<String>>(&b).ok())
-        {
-            self.view.lock().expect("view").pod_ip = ip;
+        if let Some(a) = crate::network::Attachment::load(&self.dir) {
+            self.view.lock().expect("view").pod_ip = a.ip.map(|i| i.to_string());
         }
         if self.dir.join("sandbox").join("ready").exists() {
             self.sandbox = Some(Sandbox::open(&self.dir.join("sandbox")));
+            self.reattach_if_lost();
         }
         for i in 0..self.ctrs.len() {
             let Some(attempt) = self.ctrs[i].p.attempt else {
@@ -317,6 +318,90 @@ impl Worker {
                 pid,
             });
         }
+    }
+
+    fn host_network(&self) -> bool {
+        let m = self.manifest();
+        let spec = m.pod.spec.as_ref();
+        spec.and_then(|s| s.host_network).unwrap_or(false)
+    }
+
+    /// ADD through the pod network (none for hostNetwork pods or without a network); records
+    /// the attachment in the pod directory and the address in the pod's status.
+    fn attach_network(&mut self) -> anyhow::Result<()> {
+        let Some(n) = self.ctx.network.as_ref().filter(|_| !self.host_network()) else {
+            return Ok(());
+        };
+        let a = n.attach(&self.manifest().uid, &self.dir.join("sandbox/ns/net"))?;
+        a.save(&self.dir)?;
+        self.view.lock().expect("view").pod_ip = a.ip.map(|i| i.to_string());
+        Ok(())
+    }
+
+    /// At adoption: a sandbox whose network is gone or broken (CHECK fails: a deleted veth or
+    /// route, a bridge removed, or a network configured since) is detached, and `step`
+    /// attaches it again.
+    fn reattach_if_lost(&mut self) {
+        let Some(n) = self.ctx.network.as_ref().filter(|_| !self.host_network()) else {
+            return;
+        };
+        let uid = self.manifest().uid.clone();
+        let netns = self.dir.join("sandbox/ns/net");
+        let old = crate::network::Attachment::load(&self.dir);
+        let broken = match &old {
+            None => Some("no network attachment".to_string()),
+            Some(a) => n
+                .check(&uid, &netns, &a.result)
+                .err()
+                .map(|e| format!("{e:#}")),
+        };
+        let Some(why) = broken else {
+            return;
+        };
+        tracing::warn!(uid, reason = %why, "re-attaching a pod to the network");
+        if let Some(a) = &old {
+            let _ = n.detach(&uid, &netns, Some(&a.result));
+            let _ = std::fs::remove_file(self.dir.join("network.json"));
+        }
+        self.view.lock().expect("view").pod_ip = None;
+        self.lost_network = Some((why, old.and_then(|a| a.ip).map(|i| i.to_string())));
+    }
+
+    /// Attaches an adopted sandbox that lost its network (retried like a sandbox). The
+    /// address may change; the pod's /etc/hosts follows it.
+    fn repair_network(&mut self) -> bool {
+        let Some((why, old_ip)) = self.lost_network.clone() else {
+            return true;
+        };
+        if let Err(e) = self.attach_network() {
+            let msg = format!("network: {e:#}");
+            let mut v = self.view.lock().expect("view");
+            if v.message.as_deref() != Some(msg.as_str()) {
+                v.event("Warning", "NetworkNotReady", msg.clone());
+            }
+            v.message = Some(msg);
+            return false;
+        }
+        self.lost_network = None;
+        let new_ip = self.view.lock().expect("view").pod_ip.clone();
+        if let (Some(o), Some(n)) = (old_ip, new_ip) {
+            // In place: running containers have the file bind-mounted.
+            let hosts = self.dir.join("etc/hosts");
+            if let Ok(t) = std::fs::read_to_string(&hosts) {
+                let t: String = t
+                    .lines()
+                    .map(|l| match l.strip_prefix(&format!("{o}\t")) {
+                        Some(rest) => format!("{n}\t{rest}\n"),
+                        None => format!("{l}\n"),
+                    })
+                    .collect();
+                let _ = std::fs::write(&hosts, t);
+            }
+        }
+        let mut v = self.view.lock().expect("view");
+        v.message = None;
+        v.event("Normal", "NetworkRepaired", format!("re-attached: {why}"));
+        true
     }
 
     fn step(&mut self) {
@@ -342,28 +427,22 @@ impl Worker {
             match Sandbox::create(&self.ctx.exe, &self.dir.join("sandbox"), &o) {
                 Ok(s) => {
                     // The pod network, before the sandbox counts as ready.
-                    if let (Some(n), false) = (&self.ctx.network, o.host_network) {
-                        match n.attach(&m.uid, &self.dir.join("sandbox/ns/net")) {
-                            Ok(ip) => {
-                                let ip = ip.map(|i| i.to_string());
-                                let _ = oci::fsutil::replace(
-                                    &self.dir.join("network.json"),
-                                    &serde_json::to_vec(&ip).unwrap_or_default(),
-                                );
-                                self.view.lock().expect("view").pod_ip = ip;
-                            }
-                            Err(e) => {
-                                let _ = s.remove();
-                                self.event(
-                                    "Warning",
-                                    "FailedCreatePodSandBox",
-                                    format!("network: {e:#}"),
-                                );
-                                self.view.lock().expect("view").message =
-                                    Some(format!("network: {e:#}"));
-                                return;
-                            }
+                    if let Err(e) = self.attach_network() {
+                        let _ = s.remove();
+                        let msg = format!("network: {e:#}");
+                        let mut v = self.view.lock().expect("view");
+                        if v.message.as_deref() != Some(msg.as_str()) {
+                            v.event("Warning", "FailedCreatePodSandBox", msg.clone());
                         }
+                        v.message = Some(msg);
+                        for c in &mut self.ctrs {
+                            c.waiting = Some((
+                                "ContainerCreating".into(),
+                                "waiting for the pod network".into(),
+                            ));
+                            c.not_before = Some(Instant::now() + Duration::from_secs(2));
+                        }
+                        return;
                     }
                     // Adoption trusts only a sandbox that was completed.
                     let _ = oci::fsutil::replace(&self.dir.join("sandbox").join("ready"), b"");
@@ -376,6 +455,9 @@ impl Worker {
                     return;
                 }
             }
+        }
+        if !self.repair_network() {
+            return;
         }
         if self.volumes.is_none() {
             let objects = self.ctx.objects.read().expect("objects").clone();
@@ -856,18 +938,11 @@ impl Worker {
             let _ = r.remove();
             r.release(&self.ctx.store);
         }
-        if let Some(n) = &self.ctx.network {
-            let host_net = self
-                .manifest()
-                .pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.host_network)
-                .unwrap_or(false);
-            if !host_net {
-                if let Err(e) = n.detach(&self.manifest().uid, &self.dir.join("sandbox/ns/net")) {
-                    tracing::warn!(error = %e, "CNI DEL");
-                }
+        if let Some(n) = self.ctx.network.as_ref().filter(|_| !self.host_network()) {
+            let prev = crate::network::Attachment::load(&self.dir).map(|a| a.result);
+            let netns = self.dir.join("sandbox/ns/net");
+            if let Err(e) = n.detach(&self.manifest().uid, &netns, prev.as_ref()) {
+                tracing::warn!(error = %e, "CNI DEL");
             }
         }
         if let Some(sb) = self.sandbox.take().or_else(|| {
