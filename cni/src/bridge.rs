@@ -13,8 +13,8 @@ use std::path::Path;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
-    InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, LinkAttribute,
-    LinkInfo, LinkMessage,
+    InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
+    LinkAttribute, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{
@@ -224,11 +224,10 @@ fn probe_bridge_netfilter() -> bool {
 pub fn add(a: &AddArgs) -> Result<(), String> {
     let netns =
         File::open(a.netns).map_err(|e| format!("network namespace {}: {e}", a.netns.display()))?;
-    let peer = format!("tmp{}", &a.host_veth[4..]);
-    let (ns, pod_veth) = (&netns, peer.as_str());
+    let ns = &netns;
     netlink(|h| async move {
         let br = ensure_bridge(&h, a).await?;
-        // The veth pair: host side on the bridge, pod side into the pod's namespace.
+        // A leftover of an earlier attachment of this container (a repair ADD) goes first.
         if let Some(old) = index(&h, a.host_veth).await? {
             h.link()
                 .del(old)
@@ -236,21 +235,32 @@ pub fn add(a: &AddArgs) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("removing stale {}: {e}", a.host_veth))?;
         }
-        h.link()
-            .add(LinkVeth::new(a.host_veth, pod_veth).mtu(a.mtu).build())
-            .execute()
-            .await
-            .map_err(|e| format!("creating veth {}: {e}", a.host_veth))?;
-        let host = index(&h, a.host_veth).await?.ok_or("veth vanished")?;
-        let pod = index(&h, pod_veth).await?.ok_or("veth peer vanished")?;
-        h.link()
-            .set(LinkUnspec::new_with_index(host).controller(br).up().build())
-            .execute()
-            .await
-            .map_err(|e| format!("attaching {} to {}: {e}", a.host_veth, a.bridge))?;
+        // One request: the host side on the bridge and up, its peer created directly in the
+        // pod's namespace under its final name (moving a device between namespaces costs an
+        // RCU grace period, tens of milliseconds).
+        let peer = LinkUnspec::new_with_name(a.ifname)
+            .mtu(a.mtu)
+            .setns_by_fd(ns.as_raw_fd())
+            .build();
+        let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(a.host_veth.to_string())
+            .mtu(a.mtu)
+            .controller(br)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        h.link().add(veth).execute().await.map_err(|e| {
+            format!(
+                "creating veth {} with {} in {}: {e}",
+                a.host_veth,
+                a.ifname,
+                a.netns.display()
+            )
+        })?;
         if a.hairpin {
             // A pod reaching itself through a Service: the bridge may send a frame back out
             // of the port it came in on.
+            let host = index(&h, a.host_veth).await?.ok_or("veth vanished")?;
             h.link()
                 .set_port(
                     LinkUnspec::new_with_index(host)
@@ -264,15 +274,6 @@ pub fn add(a: &AddArgs) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("hairpin mode on {}: {e}", a.host_veth))?;
         }
-        h.link()
-            .set(
-                LinkUnspec::new_with_index(pod)
-                    .setns_by_fd(ns.as_raw_fd())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| format!("moving the veth into {}: {e}", a.netns.display()))?;
         Ok(())
     })?;
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
@@ -280,22 +281,9 @@ pub fn add(a: &AddArgs) -> Result<(), String> {
     let (ifname, ip, prefix, gw) = (a.ifname.to_string(), a.ip, a.prefix, a.gateway);
     in_netns(&netns, move || {
         netlink(|h| async move {
-            // A leftover interface of an earlier attachment (a repair ADD) goes first.
-            if let Some(old) = index(&h, &ifname).await? {
-                h.link()
-                    .del(old)
-                    .execute()
-                    .await
-                    .map_err(|e| format!("removing the old {ifname}: {e}"))?;
-            }
-            let idx = index(&h, &peer)
+            let idx = index(&h, &ifname)
                 .await?
                 .ok_or("veth not in the pod namespace")?;
-            h.link()
-                .set(LinkUnspec::new_with_index(idx).name(ifname.clone()).build())
-                .execute()
-                .await
-                .map_err(|e| format!("renaming to {ifname}: {e}"))?;
             h.address()
                 .add(idx, ip.into(), prefix)
                 .execute()

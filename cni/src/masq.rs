@@ -15,29 +15,32 @@ use std::sync::Mutex;
 
 use ipnet::Ipv4Net;
 
-/// What the table must hold for one pod network.
+/// What the table must hold for one pod network (one base chain per bridge, so networks on
+/// one node do not overwrite each other).
 pub struct Rules<'a> {
+    /// The network's bridge.
+    pub bridge: &'a str,
     /// This node's pod subnet.
     pub pods: Ipv4Net,
     /// Masquerade traffic from `pods` to outside this cluster CIDR.
     pub masquerade_outside: Option<Ipv4Net>,
-    /// Masquerade DNATed pod traffic going back out of this bridge (no `br_netfilter`).
-    pub service_fallback_bridge: Option<&'a str>,
+    /// Masquerade DNATed pod traffic going back out of the bridge (no `br_netfilter`).
+    pub service_fallback: bool,
 }
 
 impl Rules<'_> {
     fn script(&self) -> String {
-        let mut s = String::from(
+        let (br, pods) = (self.bridge, self.pods);
+        let mut s = format!(
             "add table ip knode\n\
-             add chain ip knode postrouting { type nat hook postrouting priority srcnat; policy accept; }\n\
-             flush chain ip knode postrouting\n",
+             add chain ip knode pods-{br} {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
+             flush chain ip knode pods-{br}\n",
         );
-        let pods = self.pods;
         if let Some(cluster) = self.masquerade_outside {
-            s += &format!("add rule ip knode postrouting ip saddr {pods} ip daddr != {cluster} masquerade fully-random\n");
+            s += &format!("add rule ip knode pods-{br} ip saddr {pods} ip daddr != {cluster} masquerade fully-random\n");
         }
-        if let Some(br) = self.service_fallback_bridge {
-            s += &format!("add rule ip knode postrouting ip saddr {pods} oifname \"{br}\" ct status dnat masquerade\n");
+        if self.service_fallback {
+            s += &format!("add rule ip knode pods-{br} ip saddr {pods} oifname \"{br}\" ct status dnat masquerade\n");
         }
         s
     }
@@ -99,11 +102,13 @@ mod tests {
     fn rules_cover_what_is_asked() {
         let pods: Ipv4Net = "10.244.0.0/24".parse().unwrap();
         let both = Rules {
+            bridge: "knode0",
             pods,
             masquerade_outside: Some("10.244.0.0/16".parse().unwrap()),
-            service_fallback_bridge: Some("knode0"),
+            service_fallback: true,
         }
         .script();
+        assert!(both.contains("add chain ip knode pods-knode0"), "{both}");
         assert!(
             both.contains("ip daddr != 10.244.0.0/16 masquerade"),
             "{both}"
@@ -113,9 +118,10 @@ mod tests {
             "{both}"
         );
         let none = Rules {
+            bridge: "knode0",
             pods,
             masquerade_outside: None,
-            service_fallback_bridge: None,
+            service_fallback: false,
         }
         .script();
         assert!(!none.contains("masquerade"), "{none}");

@@ -174,14 +174,15 @@ pub fn run(env: &BTreeMap<String, String>, stdin: &str) -> Result<Option<Value>,
                     )?),
                     false => None,
                 };
-                let fallback = (!crate::bridge::bridge_netfilter()).then_some(bridge.as_str());
-                if outside.is_none() && fallback.is_none() {
+                let fallback = !crate::bridge::bridge_netfilter();
+                if outside.is_none() && !fallback {
                     return Ok(());
                 }
                 crate::masq::ensure(&crate::masq::Rules {
+                    bridge: &bridge,
                     pods: ipam.subnet,
                     masquerade_outside: outside,
-                    service_fallback_bridge: fallback,
+                    service_fallback: fallback,
                 })
             })();
             if let Err(e) = masq.and_then(|_| crate::bridge::add(&args)) {
