@@ -192,15 +192,57 @@ spec:
     command: [sleep, "3600"]
 "#;
 
-/// Brings up a node agent, runs the demo pod and shows it answering.
+/// The demo node's network namespace: the demo's node (its bridge, pods and nftables table)
+/// lives there, so the demo never changes the host's own network.
+const DEMO_NETNS: &str = "knode-demo";
+
+fn ip_netns(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .arg("netns")
+        .args(args)
+        .output()
+        .context("running ip (install iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip netns {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Brings up a node agent in a network namespace of its own, runs the demo pod on the pod
+/// network and shows it answering.
 fn run_pod(root: &Path, run_dir: &Path, image: &str) -> Result<()> {
+    let _ = ip_netns(&["del", DEMO_NETNS]);
+    ip_netns(&["add", DEMO_NETNS])?;
+    let r = run_pod_in_netns(root, run_dir, image);
+    let _ = ip_netns(&["del", DEMO_NETNS]);
+    r
+}
+
+fn run_pod_in_netns(root: &Path, run_dir: &Path, image: &str) -> Result<()> {
     let exe = std::fs::read_link("/proc/self/exe")?;
     let manifests = run_dir.join("demo-manifests");
     let _ = std::fs::remove_dir_all(&manifests);
     std::fs::create_dir_all(&manifests)?;
     let log_dir = run_dir.join("demo-logs");
-    println!("==> knode agent --manifests {}", manifests.display());
-    let mut agent = Command::new(&exe)
+    let ipam = run_dir.join("demo-ipam");
+    let _ = std::fs::remove_dir_all(&ipam);
+    let conf = run_dir.join("demo-net.conflist");
+    let conf_text = include_str!("../cni/10-knode.conflist")
+        .replace("/var/lib/knode/cni/networks", &ipam.display().to_string());
+    oci::fsutil::write_atomic(&conf, conf_text.as_bytes())?;
+    println!(
+        "==> knode agent --manifests {} --cni-conf {} (in network namespace {DEMO_NETNS})",
+        manifests.display(),
+        conf.display()
+    );
+    let netns_arg = format!("--net=/var/run/netns/{DEMO_NETNS}");
+    let mut agent = Command::new("nsenter")
+        .arg(&netns_arg)
+        .arg(&exe)
         .arg("--root")
         .arg(root)
         .arg("--run-dir")
@@ -209,8 +251,10 @@ fn run_pod(root: &Path, run_dir: &Path, image: &str) -> Result<()> {
         .arg(&manifests)
         .arg("--log-dir")
         .arg(&log_dir)
+        .arg("--cni-conf")
+        .arg(&conf)
         .spawn()
-        .context("starting the agent")?;
+        .context("starting the agent (nsenter is in util-linux)")?;
     let result = (|| -> Result<()> {
         std::fs::write(manifests.join("web.yaml"), DEMO_POD.replace("IMAGE", image))?;
         println!("==> a pod manifest in the manifests directory: web (server: busybox httpd on :8080, client)");
@@ -239,24 +283,35 @@ fn run_pod(root: &Path, run_dir: &Path, image: &str) -> Result<()> {
         );
         println!("==> knode get pods -o wide");
         crate::pod_cli::get_pods(&sock, Some("default"), Some("wide"))?;
-        println!("==> knode exec web -c client -- wget -qO- http://127.0.0.1:8080/");
+        let ip = match crate::kubelet::api::get(&sock, "/pods/default/web") {
+            Ok((200, body)) => serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["pod"]["status"]["podIP"].as_str().map(str::to_string)),
+            _ => None,
+        }
+        .context("the demo pod has no IP")?;
+        let url = format!("http://{ip}:8080/");
+        println!("==> knode exec web -c client -- wget -qO- {url}   (the pod's own IP)");
         let out = Command::new(&exe)
             .arg("--run-dir")
             .arg(run_dir)
-            .args([
-                "exec",
-                "web",
-                "-c",
-                "client",
-                "--",
-                "wget",
-                "-qO-",
-                "http://127.0.0.1:8080/",
-            ])
+            .args(["exec", "web", "-c", "client", "--", "wget", "-qO-", &url])
             .output()?;
         if !out.status.success() {
             bail!(
                 "the server did not answer: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        println!("==> wget -qO- {url}   (from the node, over the knode0 bridge)");
+        let out = Command::new("nsenter")
+            .arg(&netns_arg)
+            .args([BUSYBOX, "wget", "-qO-", &url])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "the pod did not answer the node: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
@@ -292,6 +347,8 @@ fn run_pod(root: &Path, run_dir: &Path, image: &str) -> Result<()> {
     let _ = agent.wait();
     let _ = std::fs::remove_dir_all(&manifests);
     let _ = std::fs::remove_dir_all(&log_dir);
+    let _ = std::fs::remove_dir_all(&ipam);
+    let _ = std::fs::remove_file(&conf);
     result?;
     println!("==> done");
     Ok(())
