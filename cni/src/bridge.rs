@@ -164,11 +164,16 @@ async fn ensure_bridge(h: &Handle, a: &AddArgs<'_>) -> Result<u32, String> {
             (l.header.index, mac_of(&l) == Some(mac.as_slice()))
         }
         None => {
-            h.link()
+            // Concurrent ADDs race to create it: EEXIST means another one won.
+            match h
+                .link()
                 .add(LinkBridge::new(a.bridge).mtu(a.mtu).build())
                 .execute()
                 .await
-                .map_err(|e| format!("creating bridge {}: {e}", a.bridge))?;
+            {
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+                r => r.map_err(|e| format!("creating bridge {}: {e}", a.bridge))?,
+            }
             (index(h, a.bridge).await?.ok_or("bridge vanished")?, false)
         }
     };
@@ -187,11 +192,15 @@ async fn ensure_bridge(h: &Handle, a: &AddArgs<'_>) -> Result<u32, String> {
             .map_err(|e| format!("bridge {}: pinning its MAC: {e}", a.bridge))?;
     }
     if !has_addr(h, br, a.gateway).await? {
-        h.address()
+        match h
+            .address()
             .add(br, a.gateway.into(), a.prefix)
             .execute()
             .await
-            .map_err(|e| format!("adding {} to {}: {e}", a.gateway, a.bridge))?;
+        {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+            r => r.map_err(|e| format!("adding {} to {}: {e}", a.gateway, a.bridge))?,
+        }
     }
     h.link()
         .set(LinkUnspec::new_with_index(br).up().build())

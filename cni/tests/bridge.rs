@@ -245,3 +245,69 @@ fn pods_on_a_bridge_reach_each_other_and_the_node_and_leave_nothing() {
         .count();
     assert_eq!(held, 0, "no address left allocated");
 }
+
+#[test]
+fn fifty_concurrent_adds_through_the_binary_get_fifty_addresses() {
+    let tag = format!("{:x}", std::process::id());
+    let node = format!("kn-cnode-{tag}");
+    let pods: Vec<String> = (0..50).map(|i| format!("kn-c{i}-{tag}")).collect();
+    let mut all = vec![node.clone()];
+    all.extend(pods.iter().cloned());
+    let _guard = Netns(all.clone());
+    for n in &all {
+        assert!(ip_netns(&["add", n]).status.success(), "ip netns add {n}");
+    }
+    let data = tempfile::tempdir().unwrap();
+    // The bridge does not exist yet: the 50 plugins also race to create it.
+    let conf = format!(
+        r#"{{"cniVersion":"1.1.0","name":"concurrent","type":"knode-bridge","bridge":"kntest9","isGateway":true,"ipam":{{"type":"knode-cni","subnet":"10.90.0.0/24","dataDir":"{}"}}}}"#,
+        data.path().display()
+    );
+    let results: Vec<(i32, serde_json::Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (node, conf) = (&node, &conf);
+                s.spawn(move || {
+                    plugin(
+                        node,
+                        "ADD",
+                        &format!("ctr-{i}"),
+                        &format!("/var/run/netns/{p}"),
+                        conf,
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ips = std::collections::BTreeSet::new();
+    for (code, r) in &results {
+        assert_eq!(*code, 0, "{r}");
+        ips.insert(r["ips"][0]["address"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ips.len(), 50, "{ips:?}");
+    // Each pod really holds its address, and they reach each other over the one bridge.
+    let first = results[0].1["ips"][0]["address"].as_str().unwrap();
+    let first = first.split('/').next().unwrap();
+    assert!(ping(&pods[49], first));
+    for (i, p) in pods.iter().enumerate() {
+        let (code, e) = plugin(
+            &node,
+            "DEL",
+            &format!("ctr-{i}"),
+            &format!("/var/run/netns/{p}"),
+            &conf,
+        );
+        assert_eq!(code, 0, "{e}");
+    }
+    let held = std::fs::read_dir(data.path().join("concurrent"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+        .count();
+    assert_eq!(held, 0);
+    let links = String::from_utf8(ip_netns(&["exec", &node, "ip", "-o", "link"]).stdout).unwrap();
+    assert!(!links.contains("veth"), "{links}");
+}
