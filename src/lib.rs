@@ -9,5 +9,7 @@ pub mod localregistry;
 pub mod logs;
 pub mod network;
 pub mod pod_cli;
+pub mod proxy;
 pub mod sandbox;
+pub mod service;
 pub mod shim;

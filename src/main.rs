@@ -90,7 +90,7 @@ enum Cmd {
     },
     /// List resources (pods).
     Get {
-        /// Resource type: pods (po).
+        /// Resource type: pods (po), services (svc) or endpoints (ep).
         resource: String,
         #[arg(long, short, default_value = "default")]
         namespace: String,
@@ -283,6 +283,7 @@ fn run(cli: Cli) -> Result<()> {
                     .into_owned()
             });
             knode::kubelet::run(knode::kubelet::AgentConfig {
+                service_cidr,
                 manifests,
                 root: cli.root.clone(),
                 run_dir: cli.run_dir.clone(),
@@ -299,12 +300,15 @@ fn run(cli: Cli) -> Result<()> {
             all_namespaces,
             output,
         } => {
-            pods_only(&resource, "get")?;
-            knode::pod_cli::get_pods(
-                &sock,
-                (!all_namespaces).then_some(namespace.as_str()),
-                output.as_deref(),
-            )
+            let ns = (!all_namespaces).then_some(namespace.as_str());
+            match resource.as_str() {
+                "services" | "service" | "svc" => knode::pod_cli::get_services(&sock, ns),
+                "endpoints" | "endpoint" | "ep" => knode::pod_cli::get_endpoints(&sock, ns),
+                _ => {
+                    pods_only(&resource, "get")?;
+                    knode::pod_cli::get_pods(&sock, ns, output.as_deref())
+                }
+            }
         }
         Cmd::Describe {
             resource,

@@ -67,6 +67,21 @@ impl Network {
         })
     }
 
+    /// The cluster CIDR pod traffic stays inside of (the masquerade boundary): the list's
+    /// `clusterCIDR`, or the pod subnet widened to a /16.
+    pub fn cluster_cidr(&self) -> Option<Ipv4Net> {
+        let p = self
+            .plugins()
+            .into_iter()
+            .find(|p| p["ipam"]["subnet"].is_string() || p["ipam"]["ranges"].is_array())?;
+        let subnet: Ipv4Net = p["ipam"]["subnet"]
+            .as_str()
+            .or(p["ipam"]["ranges"][0][0]["subnet"].as_str())?
+            .parse()
+            .ok()?;
+        cni::masq::cluster_cidr(&subnet, p["clusterCIDR"].as_str()).ok()
+    }
+
     /// Plugins of the list that are executed but not installed in the plugin directory.
     pub fn missing_plugins(&self) -> Vec<String> {
         self.plugins()

@@ -572,3 +572,117 @@ fn relay(master: &std::os::fd::OwnedFd, stdin: bool) {
     }
     let _ = master.as_raw_fd();
 }
+
+fn services(sock: &Path) -> Result<Vec<crate::service::ServiceState>> {
+    let (code, body) = crate::kubelet::api::get(sock, "/services")?;
+    if code != 200 {
+        anyhow::bail!("agent: {}", String::from_utf8_lossy(&body));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(serde_json::from_value(v["items"].clone())?)
+}
+
+/// `knode get services`, with kubectl's columns.
+pub fn get_services(sock: &Path, namespace: Option<&str>) -> Result<()> {
+    let mut rows = vec![vec![
+        "NAME".to_string(),
+        "TYPE".into(),
+        "CLUSTER-IP".into(),
+        "EXTERNAL-IP".into(),
+        "PORT(S)".into(),
+    ]];
+    if namespace.is_none() {
+        rows[0].insert(0, "NAMESPACE".into());
+    }
+    for s in services(sock)? {
+        let v = &s.service;
+        if namespace.is_some_and(|n| n != v.namespace) {
+            continue;
+        }
+        let kind = if v.ports.iter().any(|p| p.node_port.is_some()) {
+            "NodePort"
+        } else {
+            "ClusterIP"
+        };
+        let ports: Vec<String> = v
+            .ports
+            .iter()
+            .map(|p| match p.node_port {
+                Some(np) => format!("{}:{np}/{}", p.port, p.protocol.k8s()),
+                None => format!("{}/{}", p.port, p.protocol.k8s()),
+            })
+            .collect();
+        let mut row = vec![
+            v.name.clone(),
+            kind.into(),
+            v.cluster_ip.map_or("None".into(), |i| i.to_string()),
+            "<none>".into(),
+            if ports.is_empty() {
+                "<none>".into()
+            } else {
+                ports.join(",")
+            },
+        ];
+        if namespace.is_none() {
+            row.insert(0, v.namespace.clone());
+        }
+        rows.push(row);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+/// `knode get endpoints`, with kubectl's columns (ready addresses; three, then "+ N more...").
+pub fn get_endpoints(sock: &Path, namespace: Option<&str>) -> Result<()> {
+    let mut rows = vec![vec!["NAME".to_string(), "ENDPOINTS".into()]];
+    if namespace.is_none() {
+        rows[0].insert(0, "NAMESPACE".into());
+    }
+    for s in services(sock)? {
+        let v = &s.service;
+        if namespace.is_some_and(|n| n != v.namespace) {
+            continue;
+        }
+        let mut eps: Vec<String> = s
+            .endpoints
+            .iter()
+            .flatten()
+            .filter(|e| e.ready)
+            .map(|e| format!("{}:{}", e.ip, e.port))
+            .collect();
+        eps.sort();
+        eps.dedup();
+        let shown = match eps.len() {
+            0 => "<none>".to_string(),
+            n if n > 3 => format!("{} + {} more...", eps[..3].join(","), n - 3),
+            _ => eps.join(","),
+        };
+        let mut row = vec![v.name.clone(), shown];
+        if namespace.is_none() {
+            row.insert(0, v.namespace.clone());
+        }
+        rows.push(row);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.len()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+}

@@ -241,6 +241,10 @@ async fn handle(
     let st = state.read().expect("state");
     let resp = match p.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok".into()),
+        ["services"] => json(
+            StatusCode::OK,
+            &serde_json::json!({"items": st.services, "manifestErrors": st.manifest_errors}),
+        ),
         ["pods"] => {
             let items: Vec<core::Pod> = st
                 .pods

@@ -1,5 +1,5 @@
 //! The manifests directory (kubelet's static pods): every `.yaml`, `.yml` or `.json` file,
-//! each holding one or more documents of kind Pod, ConfigMap or Secret.
+//! each holding one or more documents of kind Pod, ConfigMap, Secret or Service.
 //!
 //! A static pod's UID is derived from its manifest, as the kubelet does: editing the file
 //! gives a new pod (the old one is stopped). A file that cannot be parsed is reported with its
@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 
 #[derive(Clone, Debug)]
 pub struct PodManifest {
@@ -29,6 +29,8 @@ pub struct Manifests {
     pub pods: Vec<PodManifest>,
     pub config_maps: BTreeMap<(String, String), ConfigMap>,
     pub secrets: BTreeMap<(String, String), Secret>,
+    /// Valid Service manifests, in file order.
+    pub services: Vec<crate::service::spec::ServiceSpec>,
     /// Files or documents that could not be used, with the reason.
     pub errors: Vec<String>,
 }
@@ -259,6 +261,7 @@ impl Loader {
             m.pods.extend(parsed.pods);
             m.config_maps.extend(parsed.config_maps);
             m.secrets.extend(parsed.secrets);
+            m.services.extend(parsed.services);
             m.errors.extend(parsed.errors);
         }
         // Two manifests naming the same pod: the first file wins, the other is an error.
@@ -277,6 +280,21 @@ impl Loader {
             }
         }
         m.pods = pods;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut services = Vec::new();
+        for s in std::mem::take(&mut m.services) {
+            if seen.insert((s.namespace.clone(), s.name.clone())) {
+                services.push(s);
+            } else {
+                m.errors.push(format!(
+                    "{}: service {}/{} is already defined in another file",
+                    s.file.display(),
+                    s.namespace,
+                    s.name
+                ));
+            }
+        }
+        m.services = services;
         m
     }
 }
@@ -352,6 +370,13 @@ fn parse_file(f: &Path) -> Manifests {
                         m.config_maps.insert((ns, name), c);
                     }
                     Err(e) => m.errors.push(at(&format!("invalid ConfigMap: {e}"))),
+                },
+                "Service" => match serde_json::from_value::<Service>(v) {
+                    Ok(svc) => match crate::service::spec::from_service(&svc, f.clone()) {
+                        Ok(spec) => m.services.push(spec),
+                        Err(e) => m.errors.push(at(&format!("Service {ns}/{name}: {e}"))),
+                    },
+                    Err(e) => m.errors.push(at(&format!("invalid Service: {e}"))),
                 },
                 "Secret" => match serde_json::from_value::<Secret>(v) {
                     Ok(s) => {

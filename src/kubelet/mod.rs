@@ -9,6 +9,7 @@
 pub mod api;
 pub mod manifests;
 pub mod pod;
+pub mod services;
 pub mod volumes;
 
 use std::collections::BTreeMap;
@@ -32,6 +33,8 @@ pub struct AgentConfig {
     pub client: oci::registry::ClientOptions,
     /// The pod network (none: pods get a loopback-only network namespace).
     pub network: Option<crate::network::Network>,
+    /// Where ClusterIPs are allocated.
+    pub service_cidr: ipnet::Ipv4Net,
 }
 
 /// What the API reads.
@@ -43,6 +46,8 @@ pub struct NodeState {
     /// The knode binary and run dir, for `/run` (a command in a container).
     pub exe: PathBuf,
     pub run_dir: PathBuf,
+    /// Services with their endpoints.
+    pub services: Vec<crate::service::ServiceState>,
 }
 
 struct Running {
@@ -72,7 +77,14 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
                 cfg.run_dir.display()
             )
         })?;
+    let cluster_cidr = cfg.network.as_ref().and_then(|n| n.cluster_cidr());
+    let mut services = services::Services::new(&cfg.root, cfg.service_cidr, cluster_cidr)?;
+    // Workers tell the loop when a pod's address or readiness changes (endpoints follow).
+    let (changed_r, changed_w) = rustix::pipe::pipe_with(
+        rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+    )?;
     let ctx = Arc::new(NodeContext {
+        changed: changed_w,
         exe: cfg.exe.clone(),
         store: crate::image_cli::store_at(&cfg.root)?,
         root: cfg.root.clone(),
@@ -121,9 +133,33 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
                 tracing::warn!(error = %e, "manifest");
             }
         }
+        // Services first: containers started below see the service environment variables.
+        let pods: Vec<crate::service::endpoints::PodInfo> = workers
+            .values()
+            .map(|w| {
+                let v = w.view.lock().expect("view");
+                crate::service::endpoints::PodInfo::new(
+                    &v.manifest.pod,
+                    &v.manifest.namespace,
+                    &v.manifest.name,
+                    v.pod_ip.as_deref().and_then(|i| i.parse().ok()),
+                    v.ready(),
+                )
+            })
+            .collect();
+        let (states, views, service_errors) = services.sync(&m.services, &pods);
+        for e in &service_errors {
+            if !state.read().expect("state").manifest_errors.contains(e) {
+                tracing::warn!(error = %e, "service");
+            }
+        }
+        let mut m = m;
+        m.errors.extend(service_errors);
+        state.write().expect("state").services = states;
         *ctx.objects.write().expect("objects") = volumes::Objects {
             config_maps: m.config_maps.clone(),
             secrets: m.secrets.clone(),
+            services: views,
         };
         let wanted: BTreeMap<String, manifests::PodManifest> =
             m.pods.into_iter().map(|p| (p.uid.clone(), p)).collect();
@@ -217,10 +253,10 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
                 .collect();
         }
         // Wait for a change in the directory (or a worker to finish stopping).
-        let mut p = [rustix::event::PollFd::new(
-            &inotify,
-            rustix::event::PollFlags::IN,
-        )];
+        let mut p = [
+            rustix::event::PollFd::new(&inotify, rustix::event::PollFlags::IN),
+            rustix::event::PollFd::new(&changed_r, rustix::event::PollFlags::IN),
+        ];
         let t = if stopping.is_empty() { 5 } else { 1 };
         let _ = rustix::event::poll(
             &mut p,
@@ -232,6 +268,8 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
         let mut r = rustix::fs::inotify::Reader::new(&inotify, &mut buf);
         while r.next().is_ok() {}
+        let mut junk = [0u8; 256];
+        while matches!(rustix::io::read(&changed_r, &mut junk), Ok(n) if n > 0) {}
     }
 }
 

@@ -38,6 +38,8 @@ pub struct NodeContext {
     pub objects: std::sync::RwLock<super::volumes::Objects>,
     /// The pod network.
     pub network: Option<crate::network::Network>,
+    /// Written to when a pod's address or readiness changes (the agent recomputes endpoints).
+    pub changed: OwnedFd,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -96,6 +98,17 @@ pub struct PodView {
 }
 
 impl PodView {
+    /// Ready for Service traffic: running, not being deleted, every app container running.
+    pub fn ready(&self) -> bool {
+        !self.deleting
+            && self.phase == "Running"
+            && self
+                .containers
+                .iter()
+                .filter(|c| !c.init)
+                .all(|c| matches!(c.state, CState::Running { .. }))
+    }
+
     pub fn event(&mut self, kind: &str, reason: &str, message: String) {
         tracing::info!(pod = %self.manifest.name, reason, %message, "event");
         self.events.push(Event {
@@ -179,6 +192,8 @@ pub struct Worker {
     pulled: BTreeMap<String, ()>,
     /// An adopted sandbox whose network is gone: why, and the address it had.
     lost_network: Option<(String, Option<String>)>,
+    /// The address and readiness last reported to the agent.
+    reported: (Option<String>, bool),
 }
 
 fn pidfd(pid: i32) -> Option<OwnedFd> {
@@ -238,6 +253,7 @@ impl Worker {
             ctrs,
             pulled: BTreeMap::new(),
             lost_network: None,
+            reported: (None, false),
         }
     }
 
@@ -793,7 +809,19 @@ impl Worker {
     }
 
     /// Recomputes the pod's phase and container states for the API.
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.publish_view();
+        let now = {
+            let v = self.view.lock().expect("view");
+            (v.pod_ip.clone(), v.ready())
+        };
+        if now != self.reported {
+            self.reported = now;
+            let _ = rustix::io::write(&self.ctx.changed, b"x");
+        }
+    }
+
+    fn publish_view(&self) {
         let policy = restart_policy(&self.manifest().pod);
         let mut v = self.view.lock().expect("view");
         v.containers = self

@@ -21,6 +21,8 @@ use oci::runtime::spec::Bind;
 pub struct Objects {
     pub config_maps: BTreeMap<(String, String), ConfigMap>,
     pub secrets: BTreeMap<(String, String), Secret>,
+    /// Services that exist now (for the service environment variables).
+    pub services: Vec<crate::service::ServiceView>,
 }
 
 impl Objects {
@@ -511,7 +513,16 @@ pub fn env(
     node: &str,
     objects: &Objects,
 ) -> Result<Vec<(String, String)>, String> {
-    let mut vars: Vec<(String, String)> = vec![];
+    // The kubelet's service links first (unless disabled); the container's own env wins.
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    let mut vars: Vec<(String, String)> = match links {
+        true => crate::service::endpoints::env_vars(&objects.services, ns),
+        false => vec![],
+    };
     let set = |k: String, v: String, vars: &mut Vec<(String, String)>| {
         vars.retain(|(x, _)| *x != k);
         vars.push((k, v));

@@ -1,0 +1,126 @@
+//! The agent's Services: allocation of ClusterIPs and NodePorts for the Service manifests,
+//! endpoints from the node's pods, and the proxy (knode's nftables table) kept in sync.
+//!
+//! The proxy leaves no trace on a node without services: its table appears with the first
+//! service that has a ClusterIP and is removed with the last one.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use ipnet::Ipv4Net;
+
+use crate::service::alloc::Allocator;
+use crate::service::endpoints::{compute, PodInfo};
+use crate::service::spec::ServiceSpec;
+use crate::service::{ServiceState, ServiceView};
+
+pub struct Services {
+    alloc: Allocator,
+    cfg: crate::proxy::nft::Config,
+    /// What the kernel holds (None: unknown, the next sync is a full one).
+    applied: Option<Vec<ServiceState>>,
+}
+
+/// Runs one `nft -f -` transaction (atomic: all of it or nothing).
+pub fn nft_apply(script: &str) -> Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running nft (install nftables)")?;
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl Services {
+    pub fn new(
+        root: &std::path::Path,
+        service_cidr: Ipv4Net,
+        cluster_cidr: Option<Ipv4Net>,
+    ) -> Result<Services> {
+        Ok(Services {
+            alloc: Allocator::open(root.join("services/allocations.json"), service_cidr)?,
+            cfg: crate::proxy::nft::Config {
+                table: "knode-proxy".into(),
+                mark: 0x4000,
+                cluster_cidr,
+            },
+            applied: None,
+        })
+    }
+
+    /// Allocates, computes endpoints and syncs the proxy. Returns the services with their
+    /// endpoints, the views (for environment variables) and the problems to report.
+    pub fn sync(
+        &mut self,
+        specs: &[ServiceSpec],
+        pods: &[PodInfo],
+    ) -> (Vec<ServiceState>, Vec<ServiceView>, Vec<String>) {
+        let (views, mut errors) = match self.alloc.assign(specs) {
+            Ok(x) => x,
+            Err(e) => (Vec::new(), vec![format!("service allocations: {e:#}")]),
+        };
+        let states: Vec<ServiceState> = views
+            .iter()
+            .filter_map(|v| {
+                let spec = specs
+                    .iter()
+                    .find(|s| s.namespace == v.namespace && s.name == v.name)?;
+                Some(ServiceState {
+                    service: v.clone(),
+                    endpoints: compute(spec, pods),
+                })
+            })
+            .collect();
+        if let Err(e) = self.proxy_sync(&states) {
+            tracing::warn!(error = %format!("{e:#}"), "proxy sync failed; the next one is a full sync");
+            errors.push(format!("proxy: {e:#}"));
+            self.applied = None;
+        }
+        (states, views, errors)
+    }
+
+    fn proxy_sync(&mut self, states: &[ServiceState]) -> Result<()> {
+        let live = states.iter().any(|s| s.service.cluster_ip.is_some());
+        let script = match (&self.applied, live) {
+            // Nothing to do, nothing there.
+            (Some(old), false) if old.iter().all(|s| s.service.cluster_ip.is_none()) => {
+                return Ok(())
+            }
+            (None, false) => {
+                // Unknown state and no services: remove a table a previous agent left (looked
+                // up first, so a node without services never has its ruleset written).
+                let present = Command::new("nft")
+                    .args(["list", "table", "ip", &self.cfg.table])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                match present {
+                    true => format!("delete table ip {}\n", self.cfg.table),
+                    false => String::new(),
+                }
+            }
+            (Some(_), false) => format!("delete table ip {}\n", self.cfg.table),
+            (Some(old), true) if old.iter().any(|s| s.service.cluster_ip.is_some()) => {
+                crate::proxy::nft::render_diff(old, states, &self.cfg)
+            }
+            _ => crate::proxy::nft::render_full(states, &self.cfg),
+        };
+        if !script.is_empty() {
+            nft_apply(&script)?;
+        }
+        self.applied = Some(states.to_vec());
+        Ok(())
+    }
+}

@@ -1,0 +1,151 @@
+//! Services end to end: the agent in a node network namespace the test creates (never the
+//! host's), pods on knode's bridge, Service manifests, and knode's nftables table in that
+//! namespace only.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use support::node::Node;
+
+const NET: &str = r#"{"type":"knode-bridge","bridge":"knsvc0","isGateway":true,"ipMasq":true,"hairpinMode":true,"ipam":{"type":"knode-cni","subnet":"10.87.0.0/24","dataDir":"@DATA@"}}"#;
+
+fn web_pod(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: web}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: test/busybox:1\n    ports: [{{name: http, containerPort: 8080}}]\n    command: [sh, -c, 'mkdir -p /tmp/w && hostname > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w']\n"
+    )
+}
+
+const SERVICES: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.80\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http, nodePort: 30080}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: nobody}\nspec:\n  clusterIP: 10.96.0.81\n  selector: {app: nobody}\n  ports: [{port: 80}]\n";
+
+/// Waits until the service has `n` ready endpoints.
+fn wait_endpoints(n: &Node, svc: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sock = n.s.root().join("run/knode.sock");
+        let ready = knode::kubelet::api::get(&sock, "/services")
+            .ok()
+            .and_then(|(_, b)| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                v["items"].as_array()?.iter().find_map(|s| {
+                    (s["service"]["name"] == svc).then(|| {
+                        s["endpoints"][0]
+                            .as_array()
+                            .map(|e| e.iter().filter(|e| e["ready"] == true).count())
+                            .unwrap_or(0)
+                    })
+                })
+            });
+        if ready == Some(count) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{svc}: {ready:?} ready endpoints"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn cluster_ip_and_node_port_reach_every_endpoint_and_leave_nothing() {
+    let mut n = Node::new("svc", NET);
+    // Like a real node, the node has a default route (an uplink that leads nowhere here):
+    // traffic to a ClusterIP without endpoints is then routed, and rejected by the proxy.
+    for args in [
+        &[
+            "ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1",
+        ][..],
+        &["ip", "link", "set", "uplink0", "up"],
+        &["ip", "link", "set", "uplink1", "up"],
+        &["ip", "route", "add", "default", "dev", "uplink0"],
+    ] {
+        assert!(n.in_ns(args).status.success(), "{args:?}");
+    }
+    n.start_agent();
+    for i in 0..3 {
+        n.manifest(&format!("web-{i}"), &web_pod(&format!("web-{i}")));
+    }
+    n.manifest("services", SERVICES);
+    wait_endpoints(&n, "web", 3);
+    let svc = String::from_utf8(n.s.knode(&["get", "svc"]).stdout).unwrap();
+    assert!(
+        svc.contains("web") && svc.contains("NodePort") && svc.contains("80:30080/TCP"),
+        "{svc}"
+    );
+    let eps = String::from_utf8(n.s.knode(&["get", "endpoints"]).stdout).unwrap();
+    assert!(eps.contains(":8080"), "{eps}");
+
+    // A pod started after the services exist sees their environment variables.
+    n.pod("client", "exec sleep 600");
+    n.ready_ip("client");
+    let env = String::from_utf8(n.s.knode(&["exec", "client", "--", "env"]).stdout).unwrap();
+    assert!(env.contains("WEB_SERVICE_HOST=10.96.0.80"), "{env}");
+    assert!(env.contains("WEB_PORT=tcp://10.96.0.80:80"), "{env}");
+
+    // 600 requests through the ClusterIP from a pod: all three endpoints answer, and the split
+    // passes a chi-square test (2 degrees of freedom, p = 0.001: 13.82).
+    let o = n.s.knode(&[
+        "exec",
+        "client",
+        "--",
+        "sh",
+        "-c",
+        "for i in $(seq 600); do wget -qO- http://10.96.0.80/ || echo FAIL; done",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for l in out.lines() {
+        *counts.entry(l.trim().to_string()).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    let chi: f64 = counts
+        .values()
+        .map(|c| (*c as f64 - 200.0).powi(2) / 200.0)
+        .sum();
+    assert!(chi < 13.82, "chi-square {chi:.1}: {counts:?}");
+
+    // NodePort from the node itself (its address on the bridge).
+    let page = n.node_get("http://10.87.0.1:30080/");
+    assert!(page.starts_with("web-"), "{page:?}");
+    // A pod reaches itself through its own service (hairpin): every request answers.
+    let o = n.s.knode(&[
+        "exec",
+        "web-0",
+        "--",
+        "sh",
+        "-c",
+        "for i in $(seq 30); do wget -qO- http://10.96.0.80/ || echo FAIL; done",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!out.contains("FAIL") && out.contains("web-0"), "{out}");
+    // No endpoints: refused at once, not a timeout.
+    let t = Instant::now();
+    let o =
+        n.s.knode(&["exec", "client", "--", "wget", "-qO-", "http://10.96.0.81/"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("refused"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "not a timeout");
+
+    // Deleting the services removes knode's table; pods go, nothing is left.
+    std::fs::remove_file(n.s.root().join("manifests/services.yaml")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while n
+        .in_ns(&["nft", "list", "table", "ip", "knode-proxy"])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the proxy table is still there");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for p in ["web-0", "web-1", "web-2", "client"] {
+        n.delete_pod(p);
+    }
+    n.wait_no_pods();
+    assert!(n.veths().is_empty());
+}
