@@ -2,7 +2,7 @@
 # Installs knode's run-time (and, with --test, test and benchmark) dependencies on Debian 12.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
-pkgs=(docker-registry busybox-static nftables iproute2 ca-certificates)
+pkgs=(docker-registry busybox-static nftables conntrack iproute2 ca-certificates)
 [ "${1:-}" = "--test" ] && pkgs+=(skopeo umoci crun zstd pigz debootstrap openssl procps util-linux tar containernetworking-plugins iperf3)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done

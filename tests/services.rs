@@ -7,7 +7,18 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use std::process::Command;
+
 use support::node::Node;
+
+/// A network namespace removed when the test ends.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
 
 const NET: &str = r#"{"type":"knode-bridge","bridge":"knsvc0","isGateway":true,"ipMasq":true,"hairpinMode":true,"ipam":{"type":"knode-cni","subnet":"10.87.0.0/24","dataDir":"@DATA@"}}"#;
 
@@ -63,6 +74,42 @@ fn cluster_ip_and_node_port_reach_every_endpoint_and_leave_nothing() {
     ] {
         assert!(n.in_ns(args).status.success(), "{args:?}");
     }
+    // Another table in the node's ruleset: knode never touches it.
+    let other = "add table ip other\nadd chain ip other c { type filter hook input priority 10; }\nadd rule ip other c tcp dport 9 drop\n";
+    assert!(n
+        .in_ns(&["sh", "-c", &format!("printf '{other}' | nft -f -")])
+        .status
+        .success());
+    let other_before = n.in_ns(&["nft", "list", "table", "ip", "other"]).stdout;
+    // An "outside" client: another namespace linked to the node.
+    let outside = Netns(format!("kn-svcout-{:x}", std::process::id()));
+    assert!(Command::new("ip")
+        .args(["netns", "add", &outside.0])
+        .status()
+        .unwrap()
+        .success());
+    for args in [
+        vec![
+            "link", "add", "knout0", "type", "veth", "peer", "name", "knout1", "netns", &outside.0,
+        ],
+        vec!["addr", "add", "192.0.2.1/24", "dev", "knout0"],
+        vec!["link", "set", "knout0", "up"],
+    ] {
+        let mut a = vec!["ip"];
+        a.extend(args);
+        assert!(n.in_ns(&a).status.success(), "{a:?}");
+    }
+    for args in [
+        vec!["addr", "add", "192.0.2.2/24", "dev", "knout1"],
+        vec!["link", "set", "knout1", "up"],
+    ] {
+        assert!(Command::new("ip")
+            .args(["-n", &outside.0])
+            .args(&args)
+            .status()
+            .unwrap()
+            .success());
+    }
     n.start_agent();
     for i in 0..3 {
         n.manifest(&format!("web-{i}"), &web_pod(&format!("web-{i}")));
@@ -106,9 +153,24 @@ fn cluster_ip_and_node_port_reach_every_endpoint_and_leave_nothing() {
         .sum();
     assert!(chi < 13.82, "chi-square {chi:.1}: {counts:?}");
 
-    // NodePort from the node itself (its address on the bridge).
+    // NodePort from the node itself (its address on the bridge), from a pod, and from the
+    // outside client.
     let page = n.node_get("http://10.87.0.1:30080/");
     assert!(page.starts_with("web-"), "{page:?}");
+    assert!(n
+        .pod_get("client", "http://10.87.0.1:30080/")
+        .starts_with("web-"));
+    let o = Command::new("ip")
+        .args([
+            "netns", "exec", &outside.0, "timeout", "5", "busybox", "wget", "-qO-",
+        ])
+        .arg("http://192.0.2.1:30080/")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("web-"),
+        "outside -> NodePort"
+    );
     // A pod reaches itself through its own service (hairpin): every request answers.
     let o = n.s.knode(&[
         "exec",
@@ -132,6 +194,41 @@ fn cluster_ip_and_node_port_reach_every_endpoint_and_leave_nothing() {
     );
     assert!(t.elapsed() < Duration::from_secs(5), "not a timeout");
 
+    // An endpoint removed gets no new connections.
+    n.delete_pod("web-2");
+    wait_endpoints(&n, "web", 2);
+    let o = n.s.knode(&[
+        "exec",
+        "client",
+        "--",
+        "sh",
+        "-c",
+        "for i in $(seq 60); do wget -qO- http://10.96.0.80/ || echo FAIL; done",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!out.contains("web-2") && !out.contains("FAIL"), "{out}");
+    // The table deleted from outside comes back (full sync).
+    assert!(n
+        .in_ns(&["nft", "delete", "table", "ip", "knode-proxy"])
+        .status
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !n
+        .pod_get("client", "http://10.96.0.80/")
+        .starts_with("web-")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy table was not restored"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        n.in_ns(&["nft", "list", "table", "ip", "other"]).stdout,
+        other_before,
+        "another table was touched"
+    );
+
     // Deleting the services removes knode's table; pods go, nothing is left.
     std::fs::remove_file(n.s.root().join("manifests/services.yaml")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -143,7 +240,7 @@ fn cluster_ip_and_node_port_reach_every_endpoint_and_leave_nothing() {
         assert!(Instant::now() < deadline, "the proxy table is still there");
         std::thread::sleep(Duration::from_millis(50));
     }
-    for p in ["web-0", "web-1", "web-2", "client"] {
+    for p in ["web-0", "web-1", "client"] {
         n.delete_pod(p);
     }
     n.wait_no_pods();

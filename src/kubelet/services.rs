@@ -20,6 +20,8 @@ pub struct Services {
     cfg: crate::proxy::nft::Config,
     /// What the kernel holds (None: unknown, the next sync is a full one).
     applied: Option<Vec<ServiceState>>,
+    /// When the table was last checked for removal from outside.
+    checked: std::time::Instant,
 }
 
 /// Runs one `nft -f -` transaction (atomic: all of it or nothing).
@@ -56,6 +58,7 @@ impl Services {
                 cluster_cidr,
             },
             applied: None,
+            checked: std::time::Instant::now(),
         })
     }
 
@@ -90,7 +93,84 @@ impl Services {
         (states, views, errors)
     }
 
+    fn table_present(&self) -> bool {
+        Command::new("nft")
+            .args(["list", "table", "ip", &self.cfg.table])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// UDP has no connection to end: conntrack entries DNATed to an endpoint that is gone
+    /// would keep sending a client's datagrams into the void. Removes them.
+    fn clear_stale_udp(&self, old: &[ServiceState], new: &[ServiceState]) {
+        let live = |s: &ServiceState, i: usize| -> Vec<std::net::Ipv4Addr> {
+            s.endpoints
+                .get(i)
+                .into_iter()
+                .flatten()
+                .filter(|e| e.ready)
+                .map(|e| e.ip)
+                .collect()
+        };
+        for o in old {
+            let Some(ip) = o.service.cluster_ip else {
+                continue;
+            };
+            let n = new.iter().find(|n| {
+                n.service.namespace == o.service.namespace && n.service.name == o.service.name
+            });
+            for (i, p) in o.service.ports.iter().enumerate() {
+                if p.protocol != crate::service::Protocol::Udp {
+                    continue;
+                }
+                let still: Vec<_> = n
+                    .and_then(|n| {
+                        let j = n.service.ports.iter().position(|q| q == p)?;
+                        Some(live(n, j))
+                    })
+                    .unwrap_or_default();
+                for gone in live(o, i).into_iter().filter(|e| !still.contains(e)) {
+                    let mut filters = vec![vec![
+                        "--orig-dst".to_string(),
+                        ip.to_string(),
+                        "--orig-port-dst".into(),
+                        p.port.to_string(),
+                    ]];
+                    if let Some(np) = p.node_port {
+                        filters.push(vec!["--orig-port-dst".into(), np.to_string()]);
+                    }
+                    for f in filters {
+                        let r = Command::new("conntrack")
+                            .args(["-D", "-p", "udp"])
+                            .args(&f)
+                            .args(["--dst-nat", &gone.to_string()])
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status();
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "conntrack (install conntrack): stale UDP entries stay");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn proxy_sync(&mut self, states: &[ServiceState]) -> Result<()> {
+        // Every few seconds: a table deleted from outside means the next sync is a full one.
+        if self.checked.elapsed() > std::time::Duration::from_secs(5) {
+            self.checked = std::time::Instant::now();
+            let live = self
+                .applied
+                .as_ref()
+                .is_some_and(|a| a.iter().any(|s| s.service.cluster_ip.is_some()));
+            if live && !self.table_present() {
+                tracing::warn!(table = %self.cfg.table, "the proxy table was removed from outside: full sync");
+                self.applied = None;
+            }
+        }
         let live = states.iter().any(|s| s.service.cluster_ip.is_some());
         let script = match (&self.applied, live) {
             // Nothing to do, nothing there.
@@ -119,6 +199,9 @@ impl Services {
         };
         if !script.is_empty() {
             nft_apply(&script)?;
+        }
+        if let Some(old) = &self.applied {
+            self.clear_stale_udp(old, states);
         }
         self.applied = Some(states.to_vec());
         Ok(())
