@@ -246,3 +246,108 @@ fn cluster_ip_and_node_port_reach_every_endpoint_and_leave_nothing() {
     n.wait_no_pods();
     assert!(n.veths().is_empty());
 }
+
+/// Runs `f` on a thread that entered the network namespace at `path` (a pod's).
+fn in_pod_netns<T: Send + 'static>(
+    path: std::path::PathBuf,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a valid network namespace descriptor; only this thread moves.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        f()
+    })
+}
+
+fn pod_netns(n: &Node, pod: &str) -> std::path::PathBuf {
+    let uid = n.status_full(pod)["pod"]["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    n.s.root().join(format!("run/pods/{uid}/sandbox/ns/net"))
+}
+
+#[test]
+fn udp_through_a_cluster_ip_and_stale_conntrack_entries_go_with_the_endpoint() {
+    let mut n = Node::new(
+        "svcudp",
+        &NET.replace("knsvc0", "knsvc1").replace("10.87.", "10.86."),
+    );
+    n.start_agent();
+    n.manifest(
+        "udp-0",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: udp-0\n  labels: {app: udp}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: test/busybox:1\n    ports: [{name: dns, containerPort: 5353, protocol: UDP}]\n    command: [sleep, '600']\n",
+    );
+    n.pod("client", "exec sleep 600");
+    n.manifest(
+        "dns",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: dns}\nspec:\n  clusterIP: 10.96.0.82\n  selector: {app: udp}\n  ports: [{port: 53, protocol: UDP, targetPort: dns}]\n",
+    );
+    let backend = n.ready_ip("udp-0");
+    n.ready_ip("client");
+    wait_endpoints(&n, "dns", 1);
+    // A UDP echo server in the backend pod's namespace (busybox has no UDP server).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let server = in_pod_netns(pod_netns(&n, "udp-0"), move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:5353").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((len, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..len], from);
+            }
+        }
+    });
+    // The client sends from a fixed port, as a DNS resolver would, and hears back from the
+    // ClusterIP (the reply is un-NATed).
+    let reply = in_pod_netns(pod_netns(&n, "client"), || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:40001").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut buf = [0u8; 64];
+        for _ in 0..10 {
+            s.send_to(b"ping", "10.96.0.82:53").unwrap();
+            if let Ok((len, from)) = s.recv_from(&mut buf) {
+                return Some((buf[..len].to_vec(), from.to_string()));
+            }
+        }
+        None
+    })
+    .join()
+    .unwrap();
+    assert_eq!(reply, Some((b"ping".to_vec(), "10.96.0.82:53".to_string())));
+    let entries = |ip: &str| {
+        String::from_utf8_lossy(
+            &n.in_ns(&["conntrack", "-L", "-p", "udp", "--dst-nat", ip])
+                .stdout,
+        )
+        .lines()
+        .count()
+    };
+    assert!(
+        entries(&backend) > 0,
+        "a conntrack entry DNATed to the backend"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    server.join().unwrap();
+    // The endpoint goes: its UDP conntrack entries go too (they would live 30 s or more).
+    std::fs::remove_file(n.s.root().join("manifests/udp-0.yaml")).unwrap();
+    wait_endpoints(&n, "dns", 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while entries(&backend) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "stale UDP conntrack entries stay"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    n.delete_pod("client");
+    std::fs::remove_file(n.s.root().join("manifests/dns.yaml")).unwrap();
+    n.wait_no_pods();
+}

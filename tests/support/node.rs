@@ -134,6 +134,13 @@ impl Node {
         Some(v["pod"]["status"].clone())
     }
 
+    /// The API's answer for a pod (the Pod and its events).
+    pub fn status_full(&self, name: &str) -> Value {
+        let sock = self.s.root().join("run/knode.sock");
+        let (_, b) = knode::kubelet::api::get(&sock, &format!("/pods/default/{name}")).unwrap();
+        serde_json::from_slice(&b).unwrap()
+    }
+
     /// Waits for the pod's container to be ready; returns the pod's IP.
     pub fn ready_ip(&self, name: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
