@@ -28,7 +28,7 @@ fn web_pod(name: &str) -> String {
     )
 }
 
-const SERVICES: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.80\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http, nodePort: 30080}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: nobody}\nspec:\n  clusterIP: 10.96.0.81\n  selector: {app: nobody}\n  ports: [{port: 80}]\n";
+const SERVICES: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.80\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http, nodePort: 30080}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: nobody}\nspec:\n  clusterIP: 10.96.0.81\n  selector: {app: nobody}\n  ports: [{port: 80}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: sticky}\nspec:\n  clusterIP: 10.96.0.83\n  selector: {app: web}\n  sessionAffinity: ClientIP\n  ports: [{port: 80, targetPort: 8080}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: echo}\nspec:\n  clusterIP: 10.96.0.84\n  selector: {app: echo}\n  ports: [{port: 7, targetPort: 7000}]\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: echo\n  labels: {app: echo}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: test/busybox:1\n    command: [nc, -ll, -p, '7000', -e, cat]\n";
 
 /// Waits until the service has `n` ready endpoints.
 fn wait_endpoints(n: &Node, svc: &str, count: usize) {
@@ -152,6 +152,50 @@ fn cluster_ip_and_node_port_reach_every_endpoint_and_leave_nothing() {
         .map(|c| (*c as f64 - 200.0).powi(2) / 200.0)
         .sum();
     assert!(chi < 13.82, "chi-square {chi:.1}: {counts:?}");
+
+    // Session affinity: one client, one endpoint.
+    let o = n.s.knode(&[
+        "exec",
+        "client",
+        "--",
+        "sh",
+        "-c",
+        "for i in $(seq 30); do wget -qO- http://10.96.0.83/ || echo FAIL; done",
+    ]);
+    let seen: std::collections::BTreeSet<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen.iter().next().unwrap().starts_with("web-"), "{seen:?}");
+
+    // An agent restart (a full sync of the table) keeps established connections: a TCP
+    // connection through a ClusterIP from the client's namespace to an echo pod.
+    wait_endpoints(&n, "echo", 1);
+    let (to_conn, from_test) = std::sync::mpsc::channel::<&'static [u8]>();
+    let (to_test, from_conn) = std::sync::mpsc::channel::<Vec<u8>>();
+    let conn = in_pod_netns(pod_netns(&n, "client"), move || {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect("10.96.0.84:7").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        for msg in from_test {
+            c.write_all(msg).unwrap();
+            let mut buf = vec![0u8; msg.len()];
+            let ok = c.read_exact(&mut buf).is_ok();
+            to_test
+                .send(if ok { buf } else { b"(no echo)".to_vec() })
+                .unwrap();
+        }
+    });
+    to_conn.send(b"before").unwrap();
+    assert_eq!(from_conn.recv().unwrap(), b"before");
+    n.stop_agent();
+    n.start_agent();
+    wait_endpoints(&n, "echo", 1);
+    to_conn.send(b"after").unwrap();
+    assert_eq!(from_conn.recv().unwrap(), b"after");
+    drop(to_conn);
+    conn.join().unwrap();
 
     // NodePort from the node itself (its address on the bridge), from a pod, and from the
     // outside client.

@@ -126,6 +126,7 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
     let mut stopping: Vec<Running> = Vec::new();
     let mut first = true;
     let mut loader = manifests::Loader::default();
+    let started = std::time::Instant::now();
     loop {
         let m = loader.load(&cfg.manifests);
         for e in &m.errors {
@@ -147,7 +148,16 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
                 )
             })
             .collect();
-        let (states, views, service_errors) = services.sync(&m.services, &pods);
+        // Right after a start, the proxy waits (up to a few seconds) until every pod has been
+        // adopted and published: a sync with half the endpoints would reject new connections
+        // to services whose pods are running fine.
+        let settled = started.elapsed() > Duration::from_secs(3)
+            || m.pods.iter().all(|p| {
+                workers
+                    .get(&p.uid)
+                    .is_some_and(|w| w.view.lock().expect("view").published)
+            });
+        let (states, views, service_errors) = services.sync(&m.services, &pods, settled);
         for e in &service_errors {
             if !state.read().expect("state").manifest_errors.contains(e) {
                 tracing::warn!(error = %e, "service");
@@ -214,6 +224,7 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
                 deleting: false,
                 node_name: ctx.node_name.clone(),
                 pod_ip: None,
+                published: false,
             }));
             let (tx, rx) = channel();
             let (wr, ww) = rustix::pipe::pipe_with(

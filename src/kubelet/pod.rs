@@ -95,6 +95,8 @@ pub struct PodView {
     pub deleting: bool,
     pub node_name: String,
     pub pod_ip: Option<String>,
+    /// The worker has published the pod's state at least once (after adopting what runs).
+    pub published: bool,
 }
 
 impl PodView {
@@ -824,6 +826,7 @@ impl Worker {
     fn publish_view(&self) {
         let policy = restart_policy(&self.manifest().pod);
         let mut v = self.view.lock().expect("view");
+        v.published = true;
         v.containers = self
             .ctrs
             .iter()

@@ -62,12 +62,13 @@ impl Services {
         })
     }
 
-    /// Allocates, computes endpoints and syncs the proxy. Returns the services with their
+    /// Allocates, computes endpoints and (with `sync_proxy`) syncs the proxy. Returns the services with their
     /// endpoints, the views (for environment variables) and the problems to report.
     pub fn sync(
         &mut self,
         specs: &[ServiceSpec],
         pods: &[PodInfo],
+        sync_proxy: bool,
     ) -> (Vec<ServiceState>, Vec<ServiceView>, Vec<String>) {
         let (views, mut errors) = match self.alloc.assign(specs) {
             Ok(x) => x,
@@ -85,6 +86,9 @@ impl Services {
                 })
             })
             .collect();
+        if !sync_proxy {
+            return (states, views, errors);
+        }
         if let Err(e) = self.proxy_sync(&states) {
             tracing::warn!(error = %format!("{e:#}"), "proxy sync failed; the next one is a full sync");
             errors.push(format!("proxy: {e:#}"));
