@@ -69,7 +69,7 @@ enum Cmd {
     /// Run the node agent: keep the pods of a manifests directory running (kubelet's static
     /// pods) and serve the local API on <run-dir>/knode.sock.
     Agent {
-        /// Directory of Pod, ConfigMap and Secret manifests (YAML or JSON).
+        /// Directory of Pod, Service, ConfigMap and Secret manifests (YAML or JSON).
         #[arg(long)]
         manifests: PathBuf,
         /// Where container logs go (CRI layout).
