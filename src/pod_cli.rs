@@ -582,27 +582,39 @@ fn services(sock: &Path) -> Result<Vec<crate::service::ServiceState>> {
     Ok(serde_json::from_value(v["items"].clone())?)
 }
 
-/// `knode get services`, with kubectl's columns.
-pub fn get_services(sock: &Path, namespace: Option<&str>) -> Result<()> {
-    let mut rows = vec![vec![
-        "NAME".to_string(),
-        "TYPE".into(),
-        "CLUSTER-IP".into(),
-        "EXTERNAL-IP".into(),
-        "PORT(S)".into(),
-    ]];
+/// Prints one row per service of `namespace` (all namespaces: a NAMESPACE column first).
+fn service_table(
+    sock: &Path,
+    namespace: Option<&str>,
+    header: &[&str],
+    row: impl Fn(&crate::service::ServiceState) -> Vec<String>,
+) -> Result<()> {
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     if namespace.is_none() {
         rows[0].insert(0, "NAMESPACE".into());
     }
     for s in services(sock)? {
-        let v = &s.service;
-        if namespace.is_some_and(|n| n != v.namespace) {
+        if namespace.is_some_and(|n| n != s.service.namespace) {
             continue;
         }
-        let kind = if v.ports.iter().any(|p| p.node_port.is_some()) {
-            "NodePort"
-        } else {
-            "ClusterIP"
+        let mut r = row(&s);
+        if namespace.is_none() {
+            r.insert(0, s.service.namespace.clone());
+        }
+        rows.push(r);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+/// `knode get services`, with kubectl's columns.
+pub fn get_services(sock: &Path, namespace: Option<&str>) -> Result<()> {
+    let header = ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"];
+    service_table(sock, namespace, &header, |s| {
+        let v = &s.service;
+        let kind = match v.ports.iter().any(|p| p.node_port.is_some()) {
+            true => "NodePort",
+            false => "ClusterIP",
         };
         let ports: Vec<String> = v
             .ports
@@ -612,37 +624,22 @@ pub fn get_services(sock: &Path, namespace: Option<&str>) -> Result<()> {
                 None => format!("{}/{}", p.port, p.protocol.k8s()),
             })
             .collect();
-        let mut row = vec![
+        vec![
             v.name.clone(),
             kind.into(),
             v.cluster_ip.map_or("None".into(), |i| i.to_string()),
             "<none>".into(),
-            if ports.is_empty() {
-                "<none>".into()
-            } else {
-                ports.join(",")
+            match ports.is_empty() {
+                true => "<none>".into(),
+                false => ports.join(","),
             },
-        ];
-        if namespace.is_none() {
-            row.insert(0, v.namespace.clone());
-        }
-        rows.push(row);
-    }
-    print_table(&rows);
-    Ok(())
+        ]
+    })
 }
 
 /// `knode get endpoints`, with kubectl's columns (ready addresses; three, then "+ N more...").
 pub fn get_endpoints(sock: &Path, namespace: Option<&str>) -> Result<()> {
-    let mut rows = vec![vec!["NAME".to_string(), "ENDPOINTS".into()]];
-    if namespace.is_none() {
-        rows[0].insert(0, "NAMESPACE".into());
-    }
-    for s in services(sock)? {
-        let v = &s.service;
-        if namespace.is_some_and(|n| n != v.namespace) {
-            continue;
-        }
+    service_table(sock, namespace, &["NAME", "ENDPOINTS"], |s| {
         let mut eps: Vec<String> = s
             .endpoints
             .iter()
@@ -657,14 +654,8 @@ pub fn get_endpoints(sock: &Path, namespace: Option<&str>) -> Result<()> {
             n if n > 3 => format!("{} + {} more...", eps[..3].join(","), n - 3),
             _ => eps.join(","),
         };
-        let mut row = vec![v.name.clone(), shown];
-        if namespace.is_none() {
-            row.insert(0, v.namespace.clone());
-        }
-        rows.push(row);
-    }
-    print_table(&rows);
-    Ok(())
+        vec![s.service.name.clone(), shown]
+    })
 }
 
 fn print_table(rows: &[Vec<String>]) {

@@ -30,6 +30,13 @@ fn web_pod(name: &str) -> String {
 
 const SERVICES: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.80\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http, nodePort: 30080}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: nobody}\nspec:\n  clusterIP: 10.96.0.81\n  selector: {app: nobody}\n  ports: [{port: 80}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: sticky}\nspec:\n  clusterIP: 10.96.0.83\n  selector: {app: web}\n  sessionAffinity: ClientIP\n  ports: [{port: 80, targetPort: 8080}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: echo}\nspec:\n  clusterIP: 10.96.0.84\n  selector: {app: echo}\n  ports: [{port: 7, targetPort: 7000}]\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: echo\n  labels: {app: echo}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: test/busybox:1\n    command: [nc, -ll, -p, '7000', -e, cat]\n";
 
+/// `count` HTTP GETs of `url` from inside `pod`, one answer (or FAIL) per line.
+fn requests(n: &Node, pod: &str, count: usize, url: &str) -> String {
+    let script = format!("for i in $(seq {count}); do wget -qO- {url} || echo FAIL; done");
+    let o = n.s.knode(&["exec", pod, "--", "sh", "-c", &script]);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// Waits until the service has `n` ready endpoints.
 fn wait_endpoints(n: &Node, svc: &str, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -133,15 +140,7 @@ fn cluster_ip_and_node_port_reach_every_endpoint_and_leave_nothing() {
 
     // 600 requests through the ClusterIP from a pod: all three endpoints answer, and the split
     // passes a chi-square test (2 degrees of freedom, p = 0.001: 13.82).
-    let o = n.s.knode(&[
-        "exec",
-        "client",
-        "--",
-        "sh",
-        "-c",
-        "for i in $(seq 600); do wget -qO- http://10.96.0.80/ || echo FAIL; done",
-    ]);
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = requests(&n, "client", 600, "http://10.96.0.80/");
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for l in out.lines() {
         *counts.entry(l.trim().to_string()).or_default() += 1;
@@ -154,15 +153,7 @@ fn cluster_ip_and_node_port_reach_every_endpoint_and_leave_nothing() {
     assert!(chi < 13.82, "chi-square {chi:.1}: {counts:?}");
 
     // Session affinity: one client, one endpoint.
-    let o = n.s.knode(&[
-        "exec",
-        "client",
-        "--",
-        "sh",
-        "-c",
-        "for i in $(seq 30); do wget -qO- http://10.96.0.83/ || echo FAIL; done",
-    ]);
-    let seen: std::collections::BTreeSet<String> = String::from_utf8_lossy(&o.stdout)
+    let seen: std::collections::BTreeSet<String> = requests(&n, "client", 30, "http://10.96.0.83/")
         .lines()
         .map(str::to_string)
         .collect();
@@ -216,15 +207,7 @@ fn cluster_ip_and_node_port_reach_every_endpoint_and_leave_nothing() {
         "outside -> NodePort"
     );
     // A pod reaches itself through its own service (hairpin): every request answers.
-    let o = n.s.knode(&[
-        "exec",
-        "web-0",
-        "--",
-        "sh",
-        "-c",
-        "for i in $(seq 30); do wget -qO- http://10.96.0.80/ || echo FAIL; done",
-    ]);
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = requests(&n, "web-0", 30, "http://10.96.0.80/");
     assert!(!out.contains("FAIL") && out.contains("web-0"), "{out}");
     // No endpoints: refused at once, not a timeout.
     let t = Instant::now();
@@ -241,15 +224,7 @@ fn cluster_ip_and_node_port_reach_every_endpoint_and_leave_nothing() {
     // An endpoint removed gets no new connections.
     n.delete_pod("web-2");
     wait_endpoints(&n, "web", 2);
-    let o = n.s.knode(&[
-        "exec",
-        "client",
-        "--",
-        "sh",
-        "-c",
-        "for i in $(seq 60); do wget -qO- http://10.96.0.80/ || echo FAIL; done",
-    ]);
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = requests(&n, "client", 60, "http://10.96.0.80/");
     assert!(!out.contains("web-2") && !out.contains("FAIL"), "{out}");
     // The table deleted from outside comes back (full sync).
     assert!(n
