@@ -175,6 +175,10 @@ impl Services {
                 self.applied = None;
             }
         }
+        if self.applied.as_deref() == Some(states) {
+            // Nothing changed since the last sync: no rendering, no nft.
+            return Ok(());
+        }
         let live = states.iter().any(|s| s.service.cluster_ip.is_some());
         let script = match (&self.applied, live) {
             // Nothing to do, nothing there.
