@@ -264,39 +264,41 @@ impl Loader {
             m.services.extend(parsed.services);
             m.errors.extend(parsed.errors);
         }
-        // Two manifests naming the same pod: the first file wins, the other is an error.
-        let mut seen = std::collections::BTreeSet::new();
-        let mut pods = Vec::new();
-        for p in std::mem::take(&mut m.pods) {
-            if seen.insert((p.namespace.clone(), p.name.clone())) {
-                pods.push(p);
-            } else {
-                m.errors.push(format!(
-                    "{}: pod {}/{} is already defined in another file",
-                    p.file.display(),
-                    p.namespace,
-                    p.name
-                ));
-            }
-        }
-        m.pods = pods;
-        let mut seen = std::collections::BTreeSet::new();
-        let mut services = Vec::new();
-        for s in std::mem::take(&mut m.services) {
-            if seen.insert((s.namespace.clone(), s.name.clone())) {
-                services.push(s);
-            } else {
-                m.errors.push(format!(
-                    "{}: service {}/{} is already defined in another file",
-                    s.file.display(),
-                    s.namespace,
-                    s.name
-                ));
-            }
-        }
-        m.services = services;
+        // Two manifests naming the same object: the first file wins, the other is an error.
+        m.pods = first_wins(std::mem::take(&mut m.pods), "pod", &mut m.errors, |p| {
+            (&p.namespace, &p.name, &p.file)
+        });
+        m.services = first_wins(
+            std::mem::take(&mut m.services),
+            "service",
+            &mut m.errors,
+            |s| (&s.namespace, &s.name, &s.file),
+        );
         m
     }
+}
+
+/// Keeps the first of the objects sharing a namespace and name; reports the others.
+fn first_wins<T>(
+    items: Vec<T>,
+    kind: &str,
+    errors: &mut Vec<String>,
+    id: impl Fn(&T) -> (&String, &String, &PathBuf),
+) -> Vec<T> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut kept = Vec::new();
+    for item in items {
+        let (ns, name, file) = id(&item);
+        if seen.insert((ns.clone(), name.clone())) {
+            kept.push(item);
+        } else {
+            errors.push(format!(
+                "{}: {kind} {ns}/{name} is already defined in another file",
+                file.display()
+            ));
+        }
+    }
+    kept
 }
 
 /// Parses one manifest file (all its documents).
@@ -441,6 +443,28 @@ fn static_uid(ns: &str, name: &str, v: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_file_wins_a_duplicate_pod_or_service() {
+        let d = tempfile::tempdir().unwrap();
+        let doc = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec: {containers: [{name: c, image: x}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}\n";
+        std::fs::write(d.path().join("a.yaml"), doc).unwrap();
+        std::fs::write(d.path().join("b.yaml"), doc).unwrap();
+        let m = load(d.path());
+        assert_eq!((m.pods.len(), m.services.len()), (1, 1));
+        assert!(m.pods[0].file.ends_with("a.yaml"));
+        assert_eq!(m.errors.len(), 2, "{:?}", m.errors);
+        assert!(
+            m.errors[0].contains("b.yaml: pod default/web is already defined"),
+            "{:?}",
+            m.errors
+        );
+        assert!(
+            m.errors[1].contains("b.yaml: service default/web is already defined"),
+            "{:?}",
+            m.errors
+        );
+    }
 
     #[test]
     fn octal_modes_as_kubernetes_reads_them() {
