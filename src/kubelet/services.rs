@@ -4,44 +4,37 @@
 //! The proxy leaves no trace on a node without services: its table appears with the first
 //! service that has a ClusterIP and is removed with the last one.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use ipnet::Ipv4Net;
 
+use crate::proxy::netlink;
+use crate::proxy::nft::{Op, Proxy};
 use crate::service::alloc::Allocator;
 use crate::service::endpoints::{compute, PodInfo};
 use crate::service::spec::ServiceSpec;
 use crate::service::{ServiceState, ServiceView};
 
-pub struct Services {
-    alloc: Allocator,
-    cfg: crate::proxy::nft::Config,
-    /// What the kernel holds (None: unknown, the next sync is a full one).
-    applied: Option<Vec<ServiceState>>,
-    /// When the table was last checked for removal from outside.
-    checked: std::time::Instant,
+/// What the agent knows about its table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Table {
+    /// Nothing (at start, or after a failed sync): the next sync is a full one.
+    Unknown,
+    /// There is none (no service with a ClusterIP).
+    Absent,
+    /// It holds what the proxy last rendered.
+    Synced,
 }
 
-/// Runs one `nft -f -` transaction (atomic: all of it or nothing).
-pub fn nft_apply(script: &str) -> Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running nft (install nftables)")?;
-    child
-        .stdin
-        .take()
-        .context("nft stdin")?
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
+pub struct Services {
+    alloc: Allocator,
+    /// What the table holds, per service.
+    proxy: Proxy,
+    /// Whether the table exists.
+    table: Table,
+    /// When the table was last checked for removal from outside.
+    checked: std::time::Instant,
 }
 
 impl Services {
@@ -52,12 +45,11 @@ impl Services {
     ) -> Result<Services> {
         Ok(Services {
             alloc: Allocator::open(root.join("services/allocations.json"), service_cidr)?,
-            cfg: crate::proxy::nft::Config {
-                table: "knode-proxy".into(),
-                mark: 0x4000,
+            proxy: Proxy::new(crate::proxy::nft::Config {
                 cluster_cidr,
-            },
-            applied: None,
+                ..Default::default()
+            }),
+            table: Table::Unknown,
             checked: std::time::Instant::now(),
         })
     }
@@ -92,14 +84,15 @@ impl Services {
         if let Err(e) = self.proxy_sync(&states) {
             tracing::warn!(error = %format!("{e:#}"), "proxy sync failed; the next one is a full sync");
             errors.push(format!("proxy: {e:#}"));
-            self.applied = None;
+            self.proxy.forget();
+            self.table = Table::Unknown;
         }
         (states, views, errors)
     }
 
     fn table_present(&self) -> bool {
         Command::new("nft")
-            .args(["list", "table", "ip", &self.cfg.table])
+            .args(["list", "table", "ip", &self.proxy.config().table])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -107,8 +100,20 @@ impl Services {
     }
 
     /// UDP has no connection to end: conntrack entries DNATed to an endpoint that is gone
-    /// would keep sending a client's datagrams into the void. Removes them.
-    fn clear_stale_udp(&self, old: &[ServiceState], new: &[ServiceState]) {
+    /// would keep sending a client's datagrams into the void. Returns the `conntrack -D`
+    /// arguments that remove them, for the services with UDP ports in the last sync.
+    fn stale_udp(&self, new: &[ServiceState]) -> Vec<Vec<String>> {
+        let has_udp = |s: &ServiceState| {
+            s.service.cluster_ip.is_some()
+                && s.service
+                    .ports
+                    .iter()
+                    .any(|p| p.protocol == crate::service::Protocol::Udp)
+        };
+        let old: Vec<&ServiceState> = self.proxy.states().filter(|s| has_udp(s)).collect();
+        if old.is_empty() {
+            return Vec::new();
+        }
         let live = |s: &ServiceState, i: usize| -> Vec<std::net::Ipv4Addr> {
             s.endpoints
                 .get(i)
@@ -118,6 +123,7 @@ impl Services {
                 .map(|e| e.ip)
                 .collect()
         };
+        let mut out = Vec::new();
         for o in old {
             let Some(ip) = o.service.cluster_ip else {
                 continue;
@@ -125,6 +131,9 @@ impl Services {
             let n = new.iter().find(|n| {
                 n.service.namespace == o.service.namespace && n.service.name == o.service.name
             });
+            if n == Some(o) {
+                continue;
+            }
             for (i, p) in o.service.ports.iter().enumerate() {
                 if p.protocol != crate::service::Protocol::Udp {
                     continue;
@@ -145,73 +154,66 @@ impl Services {
                     if let Some(np) = p.node_port {
                         filters.push(vec!["--orig-port-dst".into(), np.to_string()]);
                     }
-                    for f in filters {
-                        let r = Command::new("conntrack")
-                            .args(["-D", "-p", "udp"])
-                            .args(&f)
-                            .args(["--dst-nat", &gone.to_string()])
-                            .stdout(Stdio::null())
-                            .stderr(Stdio::null())
-                            .status();
-                        if let Err(e) = r {
-                            tracing::warn!(error = %e, "conntrack (install conntrack): stale UDP entries stay");
-                        }
+                    for mut f in filters {
+                        f.extend(["--dst-nat".to_string(), gone.to_string()]);
+                        out.push(f);
                     }
                 }
+            }
+        }
+        out
+    }
+
+    fn clear_stale_udp(filters: Vec<Vec<String>>) {
+        for f in filters {
+            let r = Command::new("conntrack")
+                .args(["-D", "-p", "udp"])
+                .args(&f)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "conntrack (install conntrack): stale UDP entries stay");
+                return;
             }
         }
     }
 
     fn proxy_sync(&mut self, states: &[ServiceState]) -> Result<()> {
+        let table = self.proxy.config().table.clone();
         // Every few seconds: a table deleted from outside means the next sync is a full one.
         if self.checked.elapsed() > std::time::Duration::from_secs(5) {
             self.checked = std::time::Instant::now();
-            let live = self
-                .applied
-                .as_ref()
-                .is_some_and(|a| a.iter().any(|s| s.service.cluster_ip.is_some()));
-            if live && !self.table_present() {
-                tracing::warn!(table = %self.cfg.table, "the proxy table was removed from outside: full sync");
-                self.applied = None;
+            if self.table == Table::Synced && !self.table_present() {
+                tracing::warn!(table = %table, "the proxy table was removed from outside: full sync");
+                self.proxy.forget();
+                self.table = Table::Unknown;
             }
-        }
-        if self.applied.as_deref() == Some(states) {
-            // Nothing changed since the last sync: no rendering, no nft.
-            return Ok(());
         }
         let live = states.iter().any(|s| s.service.cluster_ip.is_some());
-        let script = match (&self.applied, live) {
-            // Nothing to do, nothing there.
-            (Some(old), false) if old.iter().all(|s| s.service.cluster_ip.is_none()) => {
-                return Ok(())
+        if !live {
+            // No service with a ClusterIP: no table. When unknown, it is looked up first, so a
+            // node without services never has its ruleset written.
+            let delete = match self.table {
+                Table::Absent => false,
+                Table::Synced => true,
+                Table::Unknown => self.table_present(),
+            };
+            if delete {
+                netlink::apply(&[Op::DeleteTable], self.proxy.config())?;
             }
-            (None, false) => {
-                // Unknown state and no services: remove a table a previous agent left (looked
-                // up first, so a node without services never has its ruleset written).
-                let present = Command::new("nft")
-                    .args(["list", "table", "ip", &self.cfg.table])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                match present {
-                    true => format!("delete table ip {}\n", self.cfg.table),
-                    false => String::new(),
-                }
-            }
-            (Some(_), false) => format!("delete table ip {}\n", self.cfg.table),
-            (Some(old), true) if old.iter().any(|s| s.service.cluster_ip.is_some()) => {
-                crate::proxy::nft::render_diff(old, states, &self.cfg)
-            }
-            _ => crate::proxy::nft::render_full(states, &self.cfg),
-        };
-        if !script.is_empty() {
-            nft_apply(&script)?;
+            self.proxy.forget();
+            self.table = Table::Absent;
+            return Ok(());
         }
-        if let Some(old) = &self.applied {
-            self.clear_stale_udp(old, states);
+        if self.table != Table::Synced {
+            self.proxy.forget();
         }
-        self.applied = Some(states.to_vec());
+        let stale = self.stale_udp(states);
+        let ops = self.proxy.sync(states);
+        netlink::apply(&ops, self.proxy.config())?;
+        self.table = Table::Synced;
+        Self::clear_stale_udp(stale);
         Ok(())
     }
 }

@@ -7,6 +7,7 @@
 //! which picks one endpoint chain at random, which DNATs. [`nft`] renders those rules as `nft -f`
 //! scripts, either the whole table at once or only what changed between two states.
 
+pub mod netlink;
 pub mod nft;
 
 pub use nft::{render_diff, render_full, Config};
