@@ -761,11 +761,6 @@ impl Proxy {
         self.owners.clear();
     }
 
-    /// Whether the last sync's result is known (the next sync is a diff).
-    pub fn is_known(&self) -> bool {
-        self.services.is_some()
-    }
-
     /// The services as last synced (none when unknown).
     pub fn states(&self) -> impl Iterator<Item = &ServiceState> {
         self.services
