@@ -35,6 +35,8 @@ pub struct Services {
     table: Table,
     /// When the table was last checked for removal from outside.
     checked: std::time::Instant,
+    /// The nf_tables socket, kept open between syncs (opened at the first).
+    socket: Option<netlink::Socket>,
 }
 
 impl Services {
@@ -51,6 +53,7 @@ impl Services {
             }),
             table: Table::Unknown,
             checked: std::time::Instant::now(),
+            socket: None,
         })
     }
 
@@ -200,7 +203,7 @@ impl Services {
                 Table::Unknown => self.table_present(),
             };
             if delete {
-                netlink::apply(&[Op::DeleteTable], self.proxy.config())?;
+                self.apply(&[Op::DeleteTable])?;
             }
             self.proxy.forget();
             self.table = Table::Absent;
@@ -211,9 +214,25 @@ impl Services {
         }
         let stale = self.stale_udp(states);
         let ops = self.proxy.sync(states);
-        netlink::apply(&ops, self.proxy.config())?;
+        self.apply(&ops)?;
         self.table = Table::Synced;
         Self::clear_stale_udp(stale);
         Ok(())
+    }
+
+    /// Sends `ops` as one transaction; a socket that failed is replaced at the next call.
+    fn apply(&mut self, ops: &[Op]) -> Result<(), netlink::NetlinkError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let socket = match self.socket.as_mut() {
+            Some(socket) => socket,
+            None => self.socket.insert(netlink::Socket::open()?),
+        };
+        let result = socket.apply(ops, self.proxy.config());
+        if let Err(netlink::NetlinkError::Socket(_)) = result {
+            self.socket = None;
+        }
+        result
     }
 }

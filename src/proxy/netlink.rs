@@ -9,7 +9,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use super::nft::{ChainType, Config, FixedSet, HookPoint, Key, Op, Stmt};
+use super::nft::{ChainType, Config, FixedSet, HookPoint, Key, Op, Stmt, Value};
 use crate::service::Protocol;
 
 /// A batch the kernel refused, or a socket error.
@@ -72,6 +72,7 @@ const NFTA_SET_DATA_TYPE: u16 = 6;
 const NFTA_SET_DATA_LEN: u16 = 7;
 const NFTA_SET_ID: u16 = 10;
 const NFTA_SET_TIMEOUT: u16 = 11;
+const NFTA_SET_USERDATA: u16 = 13;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -92,6 +93,7 @@ const NFT_GOTO: i32 = -4;
 const NFT_RETURN: i32 = -5;
 
 /// nft's datatype ids, for the key types `nft list` shows (concatenations: 6 bits a field).
+const TYPE_INTEGER: u32 = 4;
 const TYPE_IPADDR: u32 = 7;
 const TYPE_INET_PROTOCOL: u32 = 12;
 const TYPE_INET_SERVICE: u32 = 13;
@@ -109,6 +111,7 @@ const TRANSPORT: u32 = 2;
 const META_MARK: u32 = 3;
 const META_L4PROTO: u32 = 16;
 const CT_STATE: u32 = 0;
+const CT_DST_IP: u32 = 20;
 const CT_STATE_NEW: u32 = 8;
 const CMP_EQ: u32 = 0;
 const CMP_NEQ: u32 = 1;
@@ -360,7 +363,7 @@ fn encode_stmt(e: &mut Exprs<'_>, stmt: &Stmt) {
         }
         Stmt::VmapIpProtoPort(map) => {
             e.ip_proto_port();
-            e.lookup(map.name(), Some(REG_VERDICT));
+            e.lookup(&map.name(), Some(REG_VERDICT));
         }
         Stmt::VmapNodePort(map) => {
             e.expr("fib", |b| {
@@ -373,12 +376,12 @@ fn encode_stmt(e: &mut Exprs<'_>, stmt: &Stmt) {
             e.cmp(CMP_NEQ, &[127]);
             e.meta(META_L4PROTO, REG_1);
             e.payload(TRANSPORT, 2, 2, REG32_01);
-            e.lookup(map.name(), Some(REG_VERDICT));
+            e.lookup(&map.name(), Some(REG_VERDICT));
         }
         Stmt::HairpinMark => {
             e.payload(NETWORK, 12, 4, REG_1);
             e.payload(NETWORK, 16, 4, REG32_01);
-            e.lookup(FixedSet::Hairpin.name(), None);
+            e.lookup(&FixedSet::Hairpin.name(), None);
             e.verdict(NFT_JUMP, Some(super::nft::MARK_FOR_MASQUERADE));
         }
         Stmt::ReturnUnmarked(m) => {
@@ -393,20 +396,16 @@ fn encode_stmt(e: &mut Exprs<'_>, stmt: &Stmt) {
         Stmt::Reject => e.reject(),
         Stmt::RejectClusterIps => {
             e.payload(NETWORK, 16, 4, REG_1);
-            e.lookup(FixedSet::ClusterIps.name(), None);
+            e.lookup(&FixedSet::ClusterIps.name(), None);
             e.reject();
         }
-        Stmt::MarkOffCluster {
-            ip,
-            proto,
-            port,
-            cidr,
-        } => {
-            e.payload(NETWORK, 16, 4, REG_1);
-            e.cmp(CMP_EQ, &ip.octets());
-            e.l4proto(*proto);
-            e.payload(TRANSPORT, 2, 2, REG_1);
-            e.cmp(CMP_EQ, &port.to_be_bytes());
+        Stmt::MarkOffCluster(cidr) => {
+            e.expr("ct", |b| {
+                b.u32(2, CT_DST_IP);
+                b.u32(1, REG_1);
+                b.attr(3, &[0]); // direction: original
+            });
+            e.lookup(&FixedSet::ClusterIps.name(), None);
             // Like nft: a byte-aligned prefix loads only its bytes; any other loads the whole
             // address and masks it.
             let net = cidr.trunc().network().octets();
@@ -460,8 +459,60 @@ fn encode_stmt(e: &mut Exprs<'_>, stmt: &Stmt) {
                 b.u32(7, 0x2); // proto range given
             });
         }
+        Stmt::DnatPick { proto, n, offset } => {
+            e.l4proto(*proto);
+            e.expr("numgen", |b| {
+                b.u32(1, REG_1);
+                b.u32(2, *n);
+                b.u32(3, 1); // random
+                b.u32(4, *offset);
+            });
+            e.lookup(&FixedSet::picks(*proto, offset >> 16).name(), Some(REG_1));
+            // The map's value is `ip . port`: the address in register 1, the port in the
+            // 32-bit register after it.
+            e.expr("nat", |b| {
+                b.u32(1, 1); // dnat
+                b.u32(2, u32::from(NFPROTO_IPV4));
+                b.u32(3, REG_1);
+                b.u32(5, REG32_01);
+            });
+        }
     }
 }
+
+/// A map value `ipv4_addr . inet_service`: the address, the port in network order, padded to
+/// 32 bits.
+fn ip_port(ip: std::net::Ipv4Addr, port: u16) -> [u8; 8] {
+    let mut v = [0; 8];
+    v[..4].copy_from_slice(&ip.octets());
+    v[4..6].copy_from_slice(&port.to_be_bytes());
+    v
+}
+
+/// The set user data nft 1.0.6 stores for `typeof numgen random mod 1 : ip daddr . <proto>
+/// dport` (key byte order host, data byte order network, then the key and data expressions),
+/// copied from `nft --debug=mnl`. nft shows the map's types from it. The protocols differ in
+/// one byte: nft's id of the transport header.
+fn endpoint_picks_typeof(proto: Protocol) -> [u8; 100] {
+    let mut udata = ENDPOINT_PICKS_TYPEOF_TCP;
+    udata[TRANSPORT_ID_AT] = match proto {
+        Protocol::Tcp => 0x08,
+        Protocol::Udp => 0x06,
+        Protocol::Sctp => 0x0a,
+    };
+    udata
+}
+
+const TRANSPORT_ID_AT: usize = 84;
+const ENDPOINT_PICKS_TYPEOF_TCP: [u8; 100] = [
+    0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x1a, 0x00, 0x04,
+    0x17, 0x00, 0x00, 0x00, 0x01, 0x12, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x01, 0x00,
+    0x00, 0x00, 0x02, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x34, 0x00, 0x04, 0x0d, 0x00, 0x00, 0x00,
+    0x01, 0x2c, 0x00, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, 0x0c, 0x00,
+    0x00, 0x00, 0x01, 0x04, 0x0c, 0x00, 0x00, 0x00, 0x01, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00,
+    0x01, 0x0c, 0x00, 0x04, 0x08, 0x00, 0x00, 0x00, 0x01, 0x04, 0x02, 0x00, 0x00, 0x00, 0x06, 0x04,
+    0x00, 0x00, 0x00, 0x00,
+];
 
 /// Key type (nft's datatype id) and length of a fixed set.
 fn key_type(set: FixedSet) -> (u32, u32) {
@@ -476,6 +527,7 @@ fn key_type(set: FixedSet) -> (u32, u32) {
         FixedSet::ServiceNodePorts | FixedSet::NoEndpointNodePorts => {
             (concat(&[TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]), 8)
         }
+        FixedSet::EndpointPicks(..) => (TYPE_INTEGER, 4),
     }
 }
 
@@ -491,6 +543,8 @@ fn key_bytes(key: &Key) -> Vec<u8> {
         Key::IpPair(ip) => [ip.octets(), ip.octets()].concat(),
         Key::IpProtoPort(ip, p, n) => [ip.octets(), proto(p), port(n)].concat(),
         Key::ProtoPort(p, n) => [proto(p), port(n)].concat(),
+        // numgen writes its result in host order.
+        Key::Pick(n) => n.to_ne_bytes().to_vec(),
     }
 }
 
@@ -531,14 +585,20 @@ fn build(ops: &[Op], cfg: &Config) -> (Vec<u8>, Vec<String>) {
                     format!("adding set {}", set.name()),
                 );
                 b.str(NFTA_SET_TABLE, table);
-                b.str(NFTA_SET_NAME, set.name());
+                b.str(NFTA_SET_NAME, &set.name());
                 b.u32(NFTA_SET_ID, b.what.len() as u32);
                 b.u32(NFTA_SET_FLAGS, if set.is_map() { NFT_SET_MAP } else { 0 });
                 b.u32(NFTA_SET_KEY_TYPE, kt);
                 b.u32(NFTA_SET_KEY_LEN, kl);
-                if set.is_map() {
+                if set.is_verdict_map() {
                     b.u32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
                     b.u32(NFTA_SET_DATA_LEN, 0);
+                } else if let FixedSet::EndpointPicks(proto, _) = set {
+                    // ipv4_addr . inet_service, and nft's description of its `typeof` so that
+                    // `nft list` shows it as nft would.
+                    b.u32(NFTA_SET_DATA_TYPE, (TYPE_IPADDR << 6) | TYPE_INET_SERVICE);
+                    b.u32(NFTA_SET_DATA_LEN, 8);
+                    b.attr(NFTA_SET_USERDATA, &endpoint_picks_typeof(*proto));
                 }
                 b.end(m);
             }
@@ -619,11 +679,11 @@ fn build(ops: &[Op], cfg: &Config) -> (Vec<u8>, Vec<String>) {
                 let mut keys = Vec::new();
                 let m = b.msg(ty, flags, String::new());
                 b.str(NFTA_SET_ELEM_LIST_TABLE, table);
-                b.str(NFTA_SET_ELEM_LIST_SET, set.name());
+                b.str(NFTA_SET_ELEM_LIST_SET, &set.name());
                 let list = b.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
                 while let Some(op) = ops.get(i).filter(|_| i - first < ELEMENTS_PER_MESSAGE) {
                     let (s, key, value) = match op {
-                        Op::AddElement { set, key, value } if add => (set, key, value.as_deref()),
+                        Op::AddElement { set, key, value } if add => (set, key, value.as_ref()),
                         Op::DeleteElement { set, key } if !add => (set, key, None),
                         _ => break,
                     };
@@ -632,8 +692,14 @@ fn build(ops: &[Op], cfg: &Config) -> (Vec<u8>, Vec<String>) {
                     }
                     let e = b.nest(NFTA_LIST_ELEM);
                     b.data(NFTA_SET_ELEM_KEY, &key_bytes(key));
-                    if let Some(chain) = value {
-                        b.verdict(NFTA_SET_ELEM_DATA, NFT_GOTO, Some(chain));
+                    match value {
+                        Some(Value::Goto(chain)) => {
+                            b.verdict(NFTA_SET_ELEM_DATA, NFT_GOTO, Some(chain))
+                        }
+                        Some(Value::Endpoint(ip, port)) => {
+                            b.data(NFTA_SET_ELEM_DATA, &ip_port(*ip, *port))
+                        }
+                        None => {}
                     }
                     b.end_nest(e);
                     keys.push(key.to_string());
@@ -662,35 +728,50 @@ impl Batch {
     }
 }
 
-/// Applies `ops` to table `ip <cfg.table>` in one nf_tables transaction.
+/// Applies `ops` to table `ip <cfg.table>` in one nf_tables transaction, on a socket of its
+/// own. The agent keeps a [`Socket`] instead.
 pub fn apply(ops: &[Op], cfg: &Config) -> Result<(), NetlinkError> {
     if ops.is_empty() {
         return Ok(());
     }
-    let (buf, what) = build(ops, cfg);
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(NetlinkError::Socket(io::Error::last_os_error()));
+    Socket::open()?.apply(ops, cfg)
+}
+
+/// An nf_tables netlink socket, kept open from one sync to the next: closing one makes the
+/// kernel finish the cleanup of earlier transactions first (an RCU grace period, 5-25 ms
+/// here), which a sync need not wait for.
+pub struct Socket {
+    fd: OwnedFd,
+    sndbuf: usize,
+}
+
+impl Socket {
+    pub fn open() -> Result<Self, NetlinkError> {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                NETLINK_NETFILTER,
+            )
+        };
+        if fd < 0 {
+            return Err(NetlinkError::Socket(io::Error::last_os_error()));
+        }
+        // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut sock = Socket { fd, sndbuf: 0 };
+        // Errors come back in the receive buffer.
+        sock.set_buffer(libc::SO_RCVBUFFORCE, 4 << 20)?;
+        Ok(sock)
     }
-    // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // The whole batch goes in one message; errors come back in the receive buffer.
-    for (opt, size) in [
-        (libc::SO_SNDBUFFORCE, buf.len() + 65536),
-        (libc::SO_RCVBUFFORCE, 4 << 20),
-    ] {
+
+    fn set_buffer(&mut self, opt: i32, size: usize) -> Result<(), NetlinkError> {
         let size = i32::try_from(size).unwrap_or(i32::MAX);
         // SAFETY: setsockopt with a pointer to a live i32 and its size.
         let r = unsafe {
             libc::setsockopt(
-                sock.as_raw_fd(),
+                self.fd.as_raw_fd(),
                 libc::SOL_SOCKET,
                 opt,
                 std::ptr::from_ref(&size).cast(),
@@ -700,74 +781,89 @@ pub fn apply(ops: &[Op], cfg: &Config) -> Result<(), NetlinkError> {
         if r < 0 {
             return Err(NetlinkError::Socket(io::Error::last_os_error()));
         }
+        Ok(())
     }
-    // SAFETY: an all-zero sockaddr_nl is valid; the kernel is nl_pid 0.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as u16;
-    // SAFETY: buf outlives the call; addr is a valid sockaddr_nl of the given size.
-    let sent = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            buf.as_ptr().cast(),
-            buf.len(),
-            0,
-            std::ptr::from_ref(&addr).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if sent < 0 {
-        return Err(NetlinkError::Socket(io::Error::last_os_error()));
-    }
-    // The kernel handles the batch inside sendto: any error is already queued.
-    let mut rbuf = vec![0u8; 65536];
-    let mut first_error: Option<NetlinkError> = None;
-    loop {
-        // SAFETY: rbuf is a live buffer of the given length.
-        let n = unsafe {
-            libc::recv(
+
+    /// Applies `ops` to table `ip <cfg.table>` in one nf_tables transaction.
+    pub fn apply(&mut self, ops: &[Op], cfg: &Config) -> Result<(), NetlinkError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let (buf, what) = build(ops, cfg);
+        // The whole batch goes in one message.
+        if buf.len() + 65536 > self.sndbuf {
+            self.set_buffer(libc::SO_SNDBUFFORCE, buf.len() + 65536)?;
+            self.sndbuf = buf.len() + 65536;
+        }
+        let sock = &self.fd;
+        // SAFETY: an all-zero sockaddr_nl is valid; the kernel is nl_pid 0.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: buf outlives the call; addr is a valid sockaddr_nl of the given size.
+        let sent = unsafe {
+            libc::sendto(
                 sock.as_raw_fd(),
-                rbuf.as_mut_ptr().cast(),
-                rbuf.len(),
-                libc::MSG_DONTWAIT,
+                buf.as_ptr().cast(),
+                buf.len(),
+                0,
+                std::ptr::from_ref(&addr).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
             )
         };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::WouldBlock {
-                break;
-            }
-            return Err(NetlinkError::Socket(err));
+        if sent < 0 {
+            return Err(NetlinkError::Socket(io::Error::last_os_error()));
         }
-        let mut off = 0;
-        let n = n as usize;
-        while off + 16 <= n {
-            let len =
-                u32::from_ne_bytes(rbuf[off..off + 4].try_into().unwrap_or_default()) as usize;
-            let ty = u16::from_ne_bytes([rbuf[off + 4], rbuf[off + 5]]);
-            if len < 16 || off + len > n {
-                break;
-            }
-            if ty == NLMSG_ERROR && len >= 36 && first_error.is_none() {
-                let code =
-                    i32::from_ne_bytes(rbuf[off + 16..off + 20].try_into().unwrap_or_default());
-                let seq =
-                    u32::from_ne_bytes(rbuf[off + 28..off + 32].try_into().unwrap_or_default());
-                if code != 0 {
-                    first_error = Some(NetlinkError::Refused {
-                        what: what
-                            .get(seq as usize)
-                            .cloned()
-                            .unwrap_or_else(|| format!("message {seq}")),
-                        err: io::Error::from_raw_os_error(-code),
-                    });
+        // The kernel handles the batch inside sendto: any error is already queued.
+        let mut rbuf = vec![0u8; 65536];
+        let mut first_error: Option<NetlinkError> = None;
+        loop {
+            // SAFETY: rbuf is a live buffer of the given length.
+            let n = unsafe {
+                libc::recv(
+                    sock.as_raw_fd(),
+                    rbuf.as_mut_ptr().cast(),
+                    rbuf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::WouldBlock {
+                    break;
                 }
+                return Err(NetlinkError::Socket(err));
             }
-            off += (len + 3) & !3;
+            let mut off = 0;
+            let n = n as usize;
+            while off + 16 <= n {
+                let len =
+                    u32::from_ne_bytes(rbuf[off..off + 4].try_into().unwrap_or_default()) as usize;
+                let ty = u16::from_ne_bytes([rbuf[off + 4], rbuf[off + 5]]);
+                if len < 16 || off + len > n {
+                    break;
+                }
+                if ty == NLMSG_ERROR && len >= 36 && first_error.is_none() {
+                    let code =
+                        i32::from_ne_bytes(rbuf[off + 16..off + 20].try_into().unwrap_or_default());
+                    let seq =
+                        u32::from_ne_bytes(rbuf[off + 28..off + 32].try_into().unwrap_or_default());
+                    if code != 0 {
+                        first_error = Some(NetlinkError::Refused {
+                            what: what
+                                .get(seq as usize)
+                                .cloned()
+                                .unwrap_or_else(|| format!("message {seq}")),
+                            err: io::Error::from_raw_os_error(-code),
+                        });
+                    }
+                }
+                off += (len + 3) & !3;
+            }
         }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(()),
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 
@@ -841,7 +937,16 @@ mod tests {
             &[(Protocol::Tcp, 80, Some(30081))],
             &[],
         );
-        let mut v = vec![web, dns];
+        // Picks through `endpoint-picks` from two endpoints on (a single endpoint is a rule).
+        let api = svc(
+            "api",
+            "10.96.0.7",
+            &[(Protocol::Tcp, 443, Some(30443)), (Protocol::Udp, 53, None)],
+            &["10.244.2.2", "10.244.2.3", "10.244.2.4"][..usize::from(generation) + 1],
+        );
+        // Services that gain chains come last, so that a diff creates chains in the order a
+        // full sync does (`nft list` shows chains in creation order).
+        let mut v = vec![web, api, dns];
         if generation == 0 {
             v.push(empty);
         }
@@ -884,8 +989,13 @@ mod tests {
         );
     }
 
-    fn listing(cfg: &Config) -> String {
-        nft(&["list", "table", "ip", &cfg.table], None)
+    /// The table's sets, maps and chains, each as `nft list` shows it, sorted (nft lists them
+    /// in the order they were made, which a diff and a full sync do not share for sets).
+    fn listing(cfg: &Config) -> Vec<String> {
+        let text = nft(&["list", "table", "ip", &cfg.table], None);
+        let mut blocks: Vec<String> = text.split("\n\n").map(str::to_string).collect();
+        blocks.sort();
+        blocks
     }
 
     /// The netlink batch leaves the same table as the nft script of the same ops, for full

@@ -29,13 +29,19 @@
 //!
 //! * with ready endpoints: a chain `service-<hash>-<ns>/<name>/<proto>/<port name>` (the element
 //!   of `service-ips` for the ClusterIP goes to it) that marks traffic from outside the cluster
-//!   CIDR for masquerade, sends clients with session affinity back to their endpoint, then picks
-//!   one of the N ready endpoints at random and DNATs to it: rule i (from 0) is
-//!   `numgen random mod (N - i) 0 ... dnat to <endpoint i>`, the last one unconditional, which
-//!   gives each endpoint 1/N. For a NodePort, a chain `external-<hash>-<...>` (the element of
-//!   `service-nodeports`) marks for masquerade and goes to the service chain. With session
-//!   affinity, one set `affinity-<hash>-<...>__<ip>/<port>` per endpoint (`flags
-//!   dynamic,timeout`), updated by the rules that pick or find it.
+//!   CIDR for masquerade, then picks one of the N ready endpoints at random and DNATs to it:
+//!   - N > 1, no affinity: `dnat ip to numgen random mod N offset <slot << 16> map
+//!     @endpoint-picks-<proto>-<m>`. The port holds a slot ([`Slots`]); its keys map to the
+//!     endpoints' `ip . port`, so an endpoint change only changes map elements. The maps hold
+//!     [`SLOTS_PER_MAP`] slots each and exist while a port uses them.
+//!   - N = 1: `dnat to <endpoint>`.
+//!   - With session affinity: rules that send known clients back to their endpoint, then rule
+//!     i (from 0) `numgen random mod (N - i) 0 ... dnat to <endpoint i>`, the last one
+//!     unconditional (each endpoint gets 1/N), each recording the client in its endpoint's set
+//!     `affinity-<hash>-<...>__<ip>/<port>` (`flags dynamic,timeout`).
+//!
+//!   For a NodePort, a chain `external-<hash>-<...>` (the element of `service-nodeports`)
+//!   marks for masquerade and goes to the service chain.
 //! * without ready endpoints: an element `goto reject-chain` in `no-endpoint-services` (and in
 //!   `no-endpoint-nodeports` for its NodePort).
 //!
@@ -45,11 +51,14 @@
 //! `numgen random mod N vmap { 0 : goto endpoint-A, ... }`. Measured on Linux 6.18 with 10,000
 //! services x 10 endpoints, that layout is slow in the kernel itself: binding an anonymous set
 //! walks the whole pending transaction (`__nft_set_trans_bind`), so a full sync is quadratic
-//! (130 s); and every commit walks every chain of every table, so with 110,000 chains any
-//! change, even one map element, costs 13 ms. knode keeps one chain per service port (DNAT in
-//! the pick rules, hairpin matched after DNAT by the `hairpin-endpoints` set), which keeps the
-//! behaviour (uniform pick, hairpin and masquerade marks, affinity) and the per-packet cost
-//! flat as services grow, and makes a commit cost what changed.
+//! (130 s); and a commit that adds a rule or a verdict-map element re-checks every chain the
+//! base chains reach (13 ms with 110,000 chains; still 38 ms with one chain per service port
+//! and a rule per endpoint). Elements of a data map are not re-checked, hence the picks map;
+//! but every element added to a map is checked against every rule that looks it up
+//! (`nft_add_set_elem`), so one map for all ports is quadratic again (17 s), hence maps of
+//! [`SLOTS_PER_MAP`] ports. Hairpin is matched after DNAT by the `hairpin-endpoints` set. The
+//! behaviour (uniform pick, hairpin and masquerade marks, affinity) is kube-proxy's, and the
+//! per-packet cost stays flat as services grow.
 //!
 //! # Syncs
 //!
@@ -59,6 +68,7 @@
 //! for those): new sets and chains, flushed and refilled chains, deleted and added elements, then
 //! removed chains and sets, in an order in which nothing is deleted while still referenced.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::{self, Write as _};
 use std::net::Ipv4Addr;
@@ -126,9 +136,15 @@ pub enum FixedSet {
     NoEndpointNodePorts,
     /// `hairpin-endpoints`: `ip . ip` for every endpoint address.
     Hairpin,
+    /// `endpoint-picks-<proto>-<n>`: a data map from a pick number (`numgen random mod N
+    /// offset <slot << 16>`, one slot per service port) to an endpoint's `ip . port`, for the
+    /// [`SLOTS_PER_MAP`] slots from `n * SLOTS_PER_MAP + 1`. One per protocol (nft types the
+    /// port by its protocol), made while a port uses it.
+    EndpointPicks(Protocol, u16),
 }
 
 impl FixedSet {
+    /// The sets every table has.
     pub const ALL: [FixedSet; 6] = [
         FixedSet::ClusterIps,
         FixedSet::ServiceIps,
@@ -138,32 +154,55 @@ impl FixedSet {
         FixedSet::Hairpin,
     ];
 
-    pub fn name(self) -> &'static str {
-        match self {
+    pub fn name(self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
             FixedSet::ClusterIps => "cluster-ips",
             FixedSet::ServiceIps => "service-ips",
             FixedSet::ServiceNodePorts => "service-nodeports",
             FixedSet::NoEndpointServices => "no-endpoint-services",
             FixedSet::NoEndpointNodePorts => "no-endpoint-nodeports",
             FixedSet::Hairpin => "hairpin-endpoints",
-        }
+            FixedSet::EndpointPicks(proto, n) => {
+                return Cow::Owned(format!("endpoint-picks-{}-{n}", proto.nft()))
+            }
+        })
     }
 
-    /// Whether it is a verdict map (otherwise a set).
+    /// The map that holds the picks of `slot`.
+    pub fn picks(proto: Protocol, slot: u32) -> Self {
+        FixedSet::EndpointPicks(proto, ((slot - 1) / SLOTS_PER_MAP) as u16)
+    }
+
+    /// Whether it is a map (otherwise a set).
     pub fn is_map(self) -> bool {
         !matches!(self, FixedSet::ClusterIps | FixedSet::Hairpin)
+    }
+
+    /// Whether it is a verdict map.
+    pub fn is_verdict_map(self) -> bool {
+        self.is_map() && !matches!(self, FixedSet::EndpointPicks(..))
     }
 
     /// The `nft` type declaration.
     fn nft_type(self) -> &'static str {
         match self {
-            FixedSet::ClusterIps => "ipv4_addr",
-            FixedSet::Hairpin => "ipv4_addr . ipv4_addr",
+            FixedSet::ClusterIps => "type ipv4_addr",
+            FixedSet::Hairpin => "type ipv4_addr . ipv4_addr",
             FixedSet::ServiceIps | FixedSet::NoEndpointServices => {
-                "ipv4_addr . inet_proto . inet_service : verdict"
+                "type ipv4_addr . inet_proto . inet_service : verdict"
             }
             FixedSet::ServiceNodePorts | FixedSet::NoEndpointNodePorts => {
-                "inet_proto . inet_service : verdict"
+                "type inet_proto . inet_service : verdict"
+            }
+            // nft has no named type for numgen's integer; `typeof` gives it one.
+            FixedSet::EndpointPicks(Protocol::Tcp, _) => {
+                "typeof numgen random mod 1 : ip daddr . tcp dport"
+            }
+            FixedSet::EndpointPicks(Protocol::Udp, _) => {
+                "typeof numgen random mod 1 : ip daddr . udp dport"
+            }
+            FixedSet::EndpointPicks(Protocol::Sctp, _) => {
+                "typeof numgen random mod 1 : ip daddr . sctp dport"
             }
         }
     }
@@ -177,6 +216,8 @@ pub enum Key {
     ProtoPort(Protocol, u16),
     /// `ip . ip` (hairpin).
     IpPair(Ipv4Addr),
+    /// A pick number (`endpoint-picks`).
+    Pick(u32),
 }
 
 impl fmt::Display for Key {
@@ -186,6 +227,25 @@ impl fmt::Display for Key {
             Key::IpProtoPort(ip, proto, port) => write!(f, "{ip} . {} . {port}", proto.nft()),
             Key::ProtoPort(proto, port) => write!(f, "{} . {port}", proto.nft()),
             Key::IpPair(ip) => write!(f, "{ip} . {ip}"),
+            Key::Pick(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// The value of a map element.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Value {
+    /// `goto <chain>` (verdict maps).
+    Goto(String),
+    /// `<ip> . <port>` (`endpoint-picks`).
+    Endpoint(Ipv4Addr, u16),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Goto(chain) => write!(f, "goto {chain}"),
+            Value::Endpoint(ip, port) => write!(f, "{ip} . {port}"),
         }
     }
 }
@@ -255,14 +315,10 @@ pub enum Stmt {
     Reject,
     /// `ip daddr @cluster-ips reject`
     RejectClusterIps,
-    /// `ip daddr <ip> meta l4proto <proto> th dport <port> ip saddr != <cidr> jump
-    /// mark-for-masquerade`: traffic to a ClusterIP from outside the pod network.
-    MarkOffCluster {
-        ip: Ipv4Addr,
-        proto: Protocol,
-        port: u16,
-        cidr: Ipv4Net,
-    },
+    /// `ct original ip daddr @cluster-ips ip saddr != <cidr> jump mark-for-masquerade`:
+    /// traffic to a ClusterIP from outside the pod network (one rule in `nat-postrouting`,
+    /// where kube-proxy has one per service port).
+    MarkOffCluster(Ipv4Net),
     /// `[ip saddr @<check>] [numgen random mod <pick> 0] [update @<update> { ip saddr }]
     /// meta l4proto <proto> dnat to <ip>:<port>`
     Dnat {
@@ -272,6 +328,13 @@ pub enum Stmt {
         proto: Protocol,
         ip: Ipv4Addr,
         port: u16,
+    },
+    /// `meta l4proto <proto> dnat ip to numgen random mod <n> offset <offset> map
+    /// @endpoint-picks-<proto>-<n>`: one of the n endpoints at keys offset..offset+n, at random.
+    DnatPick {
+        proto: Protocol,
+        n: u32,
+        offset: u32,
     },
 }
 
@@ -302,15 +365,10 @@ impl fmt::Display for Stmt {
             Stmt::RejectClusterIps => {
                 write!(f, "ip daddr @{} reject", FixedSet::ClusterIps.name())
             }
-            Stmt::MarkOffCluster {
-                ip,
-                proto,
-                port,
-                cidr,
-            } => write!(
+            Stmt::MarkOffCluster(cidr) => write!(
                 f,
-                "ip daddr {ip} meta l4proto {} th dport {port} ip saddr != {} jump {MARK_FOR_MASQUERADE}",
-                proto.nft(),
+                "ct original ip daddr @{} ip saddr != {} jump {MARK_FOR_MASQUERADE}",
+                FixedSet::ClusterIps.name(),
                 cidr.trunc()
             ),
             Stmt::Dnat {
@@ -332,6 +390,12 @@ impl fmt::Display for Stmt {
                 }
                 write!(f, "meta l4proto {} dnat to {ip}:{port}", proto.nft())
             }
+            Stmt::DnatPick { proto, n, offset } => write!(
+                f,
+                "meta l4proto {} dnat ip to numgen random mod {n} offset {offset} map @{}",
+                proto.nft(),
+                FixedSet::picks(*proto, offset >> 16).name()
+            ),
         }
     }
 }
@@ -358,11 +422,11 @@ pub enum Op {
         chain: String,
         stmt: Stmt,
     },
-    /// An element of a set, or of a map with `goto <value>`.
+    /// An element of a set, or of a map with its value.
     AddElement {
         set: FixedSet,
         key: Key,
-        value: Option<String>,
+        value: Option<Value>,
     },
     DeleteElement {
         set: FixedSet,
@@ -395,7 +459,7 @@ pub fn script(ops: &[Op], table: &str) -> String {
                 let kind = if set.is_map() { "map" } else { "set" };
                 let _ = writeln!(
                     out,
-                    "add {kind} ip {table} {} {{ type {}; }}",
+                    "add {kind} ip {table} {} {{ {}; }}",
                     set.name(),
                     set.nft_type()
                 );
@@ -455,7 +519,7 @@ pub fn script(ops: &[Op], table: &str) -> String {
                     }
                     first = false;
                     let _ = match value {
-                        Some(chain) => write!(out, "{key} : goto {chain}"),
+                        Some(value) => write!(out, "{key} : {value}"),
                         None => write!(out, "{key}"),
                     };
                     i += 1;
@@ -500,10 +564,18 @@ fn fixed_chains() -> Vec<(&'static str, Option<Hook>)> {
 /// The rules of the fixed chains, in order.
 fn fixed_rules(cfg: &Config) -> Vec<(&'static str, Stmt)> {
     let jump = |c: &str| Stmt::Jump(c.to_string());
-    vec![
+    let off_cluster = cfg
+        .cluster_cidr
+        .filter(|c| c.prefix_len() > 0)
+        .map(|cidr| (NAT_POSTROUTING, Stmt::MarkOffCluster(cidr)));
+    let mut rules = vec![
         (NAT_PREROUTING, jump(SERVICES)),
         (NAT_OUTPUT, jump(SERVICES)),
         (NAT_POSTROUTING, Stmt::HairpinMark),
+    ];
+    // Before `jump masquerading` in nat-postrouting.
+    rules.extend(off_cluster);
+    rules.extend([
         (NAT_POSTROUTING, jump(MASQUERADING)),
         (FILTER_INPUT, Stmt::CtNewJump(NODEPORT_ENDPOINTS_CHECK)),
         (FILTER_INPUT, Stmt::CtNewJump(SERVICE_ENDPOINTS_CHECK)),
@@ -528,7 +600,8 @@ fn fixed_rules(cfg: &Config) -> Vec<(&'static str, Stmt)> {
             Stmt::VmapNodePort(FixedSet::NoEndpointNodePorts),
         ),
         (CLUSTER_IPS_CHECK, Stmt::RejectClusterIps),
-    ]
+    ]);
+    rules
 }
 
 /// `<ns>/<name>/<proto>/<port name>`: what identifies a service port in chain names.
@@ -595,8 +668,62 @@ fn ready_endpoints(eps: Option<&Vec<Endpoint>>) -> Vec<&Endpoint> {
     ready
 }
 
-/// An element of a fixed set: the set, the key, and for a map the chain it goes to.
-type Element = (FixedSet, Key, Option<String>);
+/// An element of a fixed set: the set, the key, and for a map the value.
+type Element = (FixedSet, Key, Option<Value>);
+
+/// Most endpoints a service port picks from through `endpoint-picks` (the keys of one slot).
+const PICKS_PER_SLOT: u32 = 1 << 16;
+/// Slots are 1..=MAX_SLOT, so that a key is `slot << 16 | i` in a u32.
+const MAX_SLOT: u32 = (1 << 16) - 1;
+/// Slots (service ports) per `endpoint-picks-*` map. Each port's rule is a binding of its map,
+/// and the kernel checks every new element against every binding of the map: one map for all
+/// ports makes a full sync quadratic (17 s at 10,000 services). Small maps keep that linear;
+/// the maps' names are looked up linearly too, so not too many of them.
+pub const SLOTS_PER_MAP: u32 = 32;
+
+/// Which service port holds which slot of `endpoint-picks`. A port keeps its slot while it
+/// picks through the map, so that an endpoint change is a change of elements only: a commit
+/// that adds rules makes the kernel re-check every chain of the table, one that changes the
+/// elements of a data map does not.
+struct Slots {
+    by_chain: HashMap<String, u32>,
+    free: Vec<u32>,
+    next: u32,
+}
+
+impl Slots {
+    fn new() -> Self {
+        Slots {
+            by_chain: HashMap::new(),
+            free: Vec::new(),
+            next: 1,
+        }
+    }
+
+    /// The slot of the service chain `chain`, taken now if it has none; `None` when all are
+    /// taken (the port then picks with rules).
+    fn get(&mut self, chain: &str) -> Option<u32> {
+        if let Some(slot) = self.by_chain.get(chain) {
+            return Some(*slot);
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None if self.next <= MAX_SLOT => {
+                self.next += 1;
+                self.next - 1
+            }
+            None => return None,
+        };
+        self.by_chain.insert(chain.to_string(), slot);
+        Some(slot)
+    }
+
+    fn release(&mut self, chain: &str) {
+        if let Some(slot) = self.by_chain.remove(chain) {
+            self.free.push(slot);
+        }
+    }
+}
 
 /// What one service puts in the table.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -608,10 +735,12 @@ struct Objects {
     elements: Vec<Element>,
     /// Endpoint addresses (for `hairpin-endpoints`), each once.
     hairpin: Vec<Ipv4Addr>,
+    /// The service chains that hold a slot, and the map of the slot.
+    slots: Vec<(String, FixedSet)>,
 }
 
 impl Objects {
-    fn build(state: &ServiceState, cfg: &Config) -> Self {
+    fn build(state: &ServiceState, slots: &mut Slots) -> Self {
         let mut o = Objects::default();
         let svc = &state.service;
         let Some(cluster_ip) = svc.cluster_ip else {
@@ -621,7 +750,7 @@ impl Objects {
             .push((FixedSet::ClusterIps, Key::Ip(cluster_ip), None));
         for (i, port) in svc.ports.iter().enumerate() {
             let ready = ready_endpoints(state.endpoints.get(i));
-            o.service_port(state, cluster_ip, port, &ready, cfg);
+            o.service_port(state, cluster_ip, port, &ready, slots);
         }
         o.hairpin.sort();
         o.hairpin.dedup();
@@ -635,14 +764,14 @@ impl Objects {
         cluster_ip: Ipv4Addr,
         port: &ServicePort,
         ready: &[&Endpoint],
-        cfg: &Config,
+        slots: &mut Slots,
     ) {
         let svc = &state.service;
         let proto = port.protocol;
         let ip_key = Key::IpProtoPort(cluster_ip, proto, port.port);
         let node_key = port.node_port.map(|np| Key::ProtoPort(proto, np));
         if ready.is_empty() {
-            let reject = Some(REJECT_CHAIN.to_string());
+            let reject = Some(Value::Goto(REJECT_CHAIN.to_string()));
             self.elements
                 .push((FixedSet::NoEndpointServices, ip_key, reject.clone()));
             if let Some(key) = node_key {
@@ -656,14 +785,6 @@ impl Objects {
         let service_chain = chain_name_service(&svc.namespace, &svc.name, port);
         let affinity = svc.affinity_timeout.map(|t| t.max(1));
         let mut rules = Vec::new();
-        if let Some(cidr) = cfg.cluster_cidr.filter(|c| c.prefix_len() > 0) {
-            rules.push(Stmt::MarkOffCluster {
-                ip: cluster_ip,
-                proto,
-                port: port.port,
-                cidr,
-            });
-        }
         let sets: Vec<Option<String>> = ready
             .iter()
             .map(|ep| affinity.map(|t| set_name_affinity(&base, ep, t)))
@@ -683,20 +804,45 @@ impl Objects {
                 rules.push(dnat(ep, Some(set.clone()), None, Some(set.clone())));
             }
         }
-        // Rule i picks endpoint i with probability 1/(N - i) when reached: 1/N for each.
         let n = ready.len() as u32;
-        for (i, (ep, set)) in ready.iter().zip(&sets).enumerate() {
-            let left = n - i as u32;
-            let pick = (left > 1).then_some(left);
-            rules.push(dnat(ep, None, pick, set.clone()));
-            self.hairpin.push(ep.ip);
+        let slot = if affinity.is_none() && n > 1 && n <= PICKS_PER_SLOT {
+            slots.get(&service_chain)
+        } else {
+            None
+        };
+        if let Some(slot) = slot {
+            // One rule: a random key of the port's slot, mapped to its endpoint.
+            let offset = slot << 16;
+            rules.push(Stmt::DnatPick { proto, n, offset });
+            for (i, ep) in ready.iter().enumerate() {
+                self.elements.push((
+                    FixedSet::picks(proto, slot),
+                    Key::Pick(offset + i as u32),
+                    Some(Value::Endpoint(ep.ip, ep.port)),
+                ));
+                self.hairpin.push(ep.ip);
+            }
+            self.slots
+                .push((service_chain.clone(), FixedSet::picks(proto, slot)));
+        } else {
+            // Rule i picks endpoint i with probability 1/(N - i) when reached: 1/N for each.
+            // With affinity, the picking rule also records the client in the endpoint's set.
+            for (i, (ep, set)) in ready.iter().zip(&sets).enumerate() {
+                let left = n - i as u32;
+                let pick = (left > 1).then_some(left);
+                rules.push(dnat(ep, None, pick, set.clone()));
+                self.hairpin.push(ep.ip);
+            }
         }
         for set in sets.into_iter().flatten() {
             self.sets.push((set, affinity.unwrap_or(1)));
         }
         self.chains.push((service_chain.clone(), rules));
-        self.elements
-            .push((FixedSet::ServiceIps, ip_key, Some(service_chain.clone())));
+        self.elements.push((
+            FixedSet::ServiceIps,
+            ip_key,
+            Some(Value::Goto(service_chain.clone())),
+        ));
 
         if let Some(key) = node_key {
             let external = chain_name_external(&base);
@@ -706,7 +852,7 @@ impl Objects {
             ];
             self.chains.push((external.clone(), rules));
             self.elements
-                .push((FixedSet::ServiceNodePorts, key, Some(external)));
+                .push((FixedSet::ServiceNodePorts, key, Some(Value::Goto(external))));
         }
     }
 }
@@ -722,6 +868,21 @@ fn service_key(s: &ServiceState) -> ServiceKey {
 struct Rendered {
     state: ServiceState,
     objects: Objects,
+    /// The last diff that found the service in its input.
+    seen: u64,
+    /// [`fingerprint`] of `state`.
+    fingerprint: u64,
+}
+
+/// A 64-bit hash (SipHash, fixed keys) of everything the proxy renders from a service. A diff
+/// compares these instead of whole states: for 10,000 services, comparing states walks memory
+/// all over the heap (7 ms here) and hashing the new ones is a third of that. Two states that
+/// differ share a fingerprint with a probability of 2^-64.
+fn fingerprint(state: &ServiceState) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    state.hash(&mut h);
+    h.finish()
 }
 
 /// The proxy's view of its table: what it last rendered per service, so that a sync renders
@@ -738,6 +899,11 @@ pub struct Proxy {
     /// Which service holds each element: when two services claim a key (a ClusterIP and port,
     /// or a NodePort), the one that has it keeps it.
     owners: HashMap<(FixedSet, Key), ServiceKey>,
+    slots: Slots,
+    /// The `endpoint-picks-*` maps, with how many ports use each.
+    pick_maps: BTreeMap<FixedSet, usize>,
+    /// Counts diffs (for [`Rendered::seen`]).
+    generation: u64,
 }
 
 impl Proxy {
@@ -747,6 +913,9 @@ impl Proxy {
             services: None,
             hairpin: HashMap::new(),
             owners: HashMap::new(),
+            slots: Slots::new(),
+            pick_maps: BTreeMap::new(),
+            generation: 0,
         }
     }
 
@@ -759,6 +928,8 @@ impl Proxy {
         self.services = None;
         self.hairpin.clear();
         self.owners.clear();
+        self.slots = Slots::new();
+        self.pick_maps.clear();
     }
 
     /// The services as last synced (none when unknown).
@@ -782,6 +953,10 @@ impl Proxy {
     /// from 0 to 1.
     fn claim(&mut self, key: &ServiceKey, objects: &mut Objects) -> Vec<Ipv4Addr> {
         objects.elements.retain(|(set, k, _)| {
+            // Pick keys are the port's own by construction.
+            if matches!(set, FixedSet::EndpointPicks(..)) {
+                return true;
+            }
             match self.owners.entry((*set, *k)) {
                 std::collections::hash_map::Entry::Occupied(o) if o.get() != key => {
                     tracing::warn!(service = %key, key = %k, owner = %o.get(), "two services claim one key; the first keeps it");
@@ -794,6 +969,9 @@ impl Proxy {
                 }
             }
         });
+        for (_, map) in &objects.slots {
+            *self.pick_maps.entry(*map).or_default() += 1;
+        }
         let mut added = Vec::new();
         for ip in &objects.hairpin {
             let n = self.hairpin.entry(*ip).or_default();
@@ -808,7 +986,17 @@ impl Proxy {
     /// Undoes [`Proxy::claim`]. Returns the hairpin addresses whose count went to 0.
     fn release(&mut self, objects: &Objects) -> Vec<Ipv4Addr> {
         for (set, k, _) in &objects.elements {
-            self.owners.remove(&(*set, *k));
+            if !matches!(set, FixedSet::EndpointPicks(..)) {
+                self.owners.remove(&(*set, *k));
+            }
+        }
+        for (_, map) in &objects.slots {
+            if let Some(n) = self.pick_maps.get_mut(map) {
+                *n -= 1;
+                if *n == 0 {
+                    self.pick_maps.remove(map);
+                }
+            }
         }
         let mut removed = Vec::new();
         for ip in &objects.hairpin {
@@ -835,7 +1023,7 @@ impl Proxy {
             if rendered.contains_key(&key) {
                 continue;
             }
-            let mut objects = Objects::build(state, &self.cfg);
+            let mut objects = Objects::build(state, &mut self.slots);
             self.claim(&key, &mut objects);
             order.push(key.clone());
             rendered.insert(
@@ -843,12 +1031,15 @@ impl Proxy {
                 Rendered {
                     state: state.clone(),
                     objects,
+                    seen: self.generation,
+                    fingerprint: fingerprint(state),
                 },
             );
         }
 
         let mut ops = vec![Op::AddTable, Op::DeleteTable, Op::AddTable];
         ops.extend(FixedSet::ALL.into_iter().map(Op::AddFixedSet));
+        ops.extend(self.pick_maps.keys().copied().map(Op::AddFixedSet));
         let services = || order.iter().map(|k| &rendered[k].objects);
         for o in services() {
             for (name, timeout) in &o.sets {
@@ -888,19 +1079,18 @@ impl Proxy {
                 }
             }
         }
-        for set in FixedSet::ALL {
-            for o in services() {
-                for (s, key, value) in &o.elements {
-                    if *s == set {
-                        ops.push(Op::AddElement {
-                            set,
-                            key: *key,
-                            value: value.clone(),
-                        });
-                    }
-                }
-            }
-        }
+        // Grouped by set, each set's in service order.
+        let mut elements: Vec<&Element> = services().flat_map(|o| &o.elements).collect();
+        elements.sort_by_key(|e| e.0);
+        ops.extend(
+            elements
+                .into_iter()
+                .map(|(set, key, value)| Op::AddElement {
+                    set: *set,
+                    key: *key,
+                    value: value.clone(),
+                }),
+        );
         let mut hairpin: Vec<&Ipv4Addr> = self.hairpin.keys().collect();
         hairpin.sort();
         ops.extend(hairpin.into_iter().map(|ip| Op::AddElement {
@@ -919,21 +1109,34 @@ impl Proxy {
         let Some(mut current) = self.services.take() else {
             return self.full(states);
         };
-        // The services that changed, were added (Some) or removed (None).
-        let mut seen: HashSet<ServiceKey> = HashSet::with_capacity(states.len());
+        // The services that changed, were added (Some) or removed (None); of two with one
+        // name, the first counts. This runs for every sync over every service, so it
+        // allocates only for the changed ones.
+        self.generation += 1;
+        let generation = self.generation;
         let mut changed: Vec<(ServiceKey, Option<&ServiceState>)> = Vec::new();
+        let mut added: HashSet<ServiceKey> = HashSet::new();
+        let mut key = String::new();
         for state in states {
-            let key = service_key(state);
-            if seen.contains(&key) {
-                continue;
+            key.clear();
+            let _ = write!(key, "{}/{}", state.service.namespace, state.service.name);
+            match current.get_mut(key.as_str()) {
+                Some(r) if r.seen == generation => {}
+                Some(r) => {
+                    r.seen = generation;
+                    if r.fingerprint != fingerprint(state) {
+                        changed.push((key.clone(), Some(state)));
+                    }
+                }
+                None => {
+                    if added.insert(key.clone()) {
+                        changed.push((key.clone(), Some(state)));
+                    }
+                }
             }
-            if current.get(&key).is_none_or(|r| r.state != *state) {
-                changed.push((key.clone(), Some(state)));
-            }
-            seen.insert(key);
         }
-        for key in current.keys() {
-            if !seen.contains(key) {
+        for (key, r) in &current {
+            if r.seen != generation {
                 changed.push((key.clone(), None));
             }
         }
@@ -946,6 +1149,7 @@ impl Proxy {
         // Release everything the changed services had, then claim what they have now, so that
         // a key moving from one service to another in one sync works.
         let empty = Objects::default();
+        let maps_before: Vec<FixedSet> = self.pick_maps.keys().copied().collect();
         let mut old: BTreeMap<ServiceKey, Objects> = BTreeMap::new();
         let mut hairpin_gone: Vec<Ipv4Addr> = Vec::new();
         for (key, _) in &changed {
@@ -958,9 +1162,18 @@ impl Proxy {
         let mut hairpin_new: Vec<Ipv4Addr> = Vec::new();
         for (key, state) in &changed {
             if let Some(state) = state {
-                let mut objects = Objects::build(state, &self.cfg);
+                let mut objects = Objects::build(state, &mut self.slots);
                 hairpin_new.extend(self.claim(key, &mut objects));
                 new.insert(key.clone(), objects);
+            }
+        }
+        // Slots given up are free for the next sync (not this one: their elements are only
+        // deleted by it).
+        for (key, o) in &old {
+            for slot in &o.slots {
+                if !new.get(key).is_some_and(|n| n.slots.contains(slot)) {
+                    self.slots.release(&slot.0);
+                }
             }
         }
         // An address that went and came back in this sync stays.
@@ -971,7 +1184,12 @@ impl Proxy {
         hairpin_gone.sort();
         hairpin_new.sort();
 
-        let mut ops = Vec::new();
+        let mut ops: Vec<Op> = self
+            .pick_maps
+            .keys()
+            .filter(|m| !maps_before.contains(m))
+            .map(|m| Op::AddFixedSet(*m))
+            .collect();
         let pairs = || {
             changed.iter().map(|(key, _)| {
                 (
@@ -1063,6 +1281,12 @@ impl Proxy {
                 }
             }
         }
+        ops.extend(
+            maps_before
+                .iter()
+                .filter(|m| !self.pick_maps.contains_key(m))
+                .map(|m| Op::DeleteSet(m.name().into_owned())),
+        );
 
         for (key, state) in changed {
             if let (Some(state), Some(objects)) = (state, new.remove(&key)) {
@@ -1071,6 +1295,8 @@ impl Proxy {
                     Rendered {
                         state: state.clone(),
                         objects,
+                        seen: self.generation,
+                        fingerprint: fingerprint(state),
                     },
                 );
             }
@@ -1240,15 +1466,19 @@ mod tests {
         assert!(script.contains(
             "add element ip knode-proxy hairpin-endpoints { 10.244.0.2 . 10.244.0.2, 10.244.0.3 . 10.244.0.3 }"
         ));
-        // The first endpoint (sorted) with probability 1/2, then the other one.
+        // One of two keys of the port's slot (the first, 1 << 16), each an endpoint.
         assert_eq!(
             lines_with(&script, &format!("add rule ip knode-proxy {chain} ")),
-            [
-                format!("add rule ip knode-proxy {chain} ip daddr 10.96.0.5 meta l4proto tcp th dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade"),
-                format!("add rule ip knode-proxy {chain} numgen random mod 2 0 meta l4proto tcp dnat to 10.244.0.2:8080"),
-                format!("add rule ip knode-proxy {chain} meta l4proto tcp dnat to 10.244.0.3:8080"),
-            ]
+            [format!("add rule ip knode-proxy {chain} meta l4proto tcp dnat ip to numgen random mod 2 offset 65536 map @endpoint-picks-tcp-0")]
         );
+        // Traffic to a ClusterIP from outside the pod network is masqueraded: one rule for all.
+        assert_eq!(
+            lines_with(&script, "ip saddr != "),
+            ["add rule ip knode-proxy nat-postrouting ct original ip daddr @cluster-ips ip saddr != 10.244.0.0/16 jump mark-for-masquerade"]
+        );
+        assert!(script.contains(
+            "add element ip knode-proxy endpoint-picks-tcp-0 { 65536 : 10.244.0.2 . 8080, 65537 : 10.244.0.3 . 8080 }"
+        ));
         // No chain per endpoint.
         assert!(lines_with(&script, "add chain ip knode-proxy endpoint-").is_empty());
         assert!(lines_with(&script, "no-endpoint")
@@ -1257,16 +1487,95 @@ mod tests {
     }
 
     #[test]
+    fn map_picks_give_each_endpoint_one_key() {
+        let eps = ["10.244.0.5", "10.244.0.3", "10.244.0.4", "10.244.0.2"];
+        let states = [
+            svc("a", "10.96.0.5", &eps),
+            dns(&["10.244.0.2", "10.244.0.3"]),
+        ];
+        let script = render_full(&states, &Config::default());
+        // Each port its own slot, in the map of its protocol.
+        let rules = lines_with(&script, "dnat ip to numgen");
+        assert_eq!(rules.len(), 3, "{script}");
+        assert!(rules[0].ends_with(
+            "tcp dnat ip to numgen random mod 4 offset 65536 map @endpoint-picks-tcp-0"
+        ));
+        assert!(rules[1].ends_with(
+            "udp dnat ip to numgen random mod 2 offset 131072 map @endpoint-picks-udp-0"
+        ));
+        assert!(rules[2].ends_with(
+            "tcp dnat ip to numgen random mod 2 offset 196608 map @endpoint-picks-tcp-0"
+        ));
+        assert!(script.contains(
+            "add element ip knode-proxy endpoint-picks-tcp-0 { 65536 : 10.244.0.2 . 8080, 65537 : 10.244.0.3 . 8080, 65538 : 10.244.0.4 . 8080, 65539 : 10.244.0.5 . 8080, 196608 : 10.244.0.2 . 53, 196609 : 10.244.0.3 . 53 }"
+        ), "{script}");
+        assert!(script.contains(
+            "add element ip knode-proxy endpoint-picks-udp-0 { 131072 : 10.244.0.2 . 53, 131073 : 10.244.0.3 . 53 }"
+        ));
+    }
+
+    #[test]
+    fn endpoint_changes_keep_the_slot_and_change_only_elements() {
+        let cfg = cfg();
+        let old = [svc(
+            "web",
+            "10.96.0.5",
+            &["10.244.0.2", "10.244.0.3", "10.244.0.4"],
+        )];
+        let new = [svc(
+            "web",
+            "10.96.0.5",
+            &["10.244.0.2", "10.244.0.9", "10.244.0.4"],
+        )];
+        let mut proxy = Proxy::new(cfg.clone());
+        proxy.full(&old);
+        let diff = script(&proxy.diff(&new), &cfg.table);
+        assert!(!diff.contains("rule") && !diff.contains("chain"), "{diff}");
+        assert!(
+            diff.contains("delete element ip knode-proxy endpoint-picks-tcp-0 { 65537, 65538 }"),
+            "{diff}"
+        );
+        assert!(diff.contains("add element ip knode-proxy endpoint-picks-tcp-0 { 65537 : 10.244.0.4 . 8080, 65538 : 10.244.0.9 . 8080 }"), "{diff}");
+        // A port that no longer picks from the map gives its slot back, for a later sync.
+        let one = [svc("web", "10.96.0.5", &["10.244.0.2"])];
+        let diff = script(&proxy.diff(&one), &cfg.table);
+        assert!(diff.contains("flush chain"), "{diff}");
+        assert!(!diff.contains("numgen"), "{diff}");
+        assert!(
+            diff.ends_with("delete set ip knode-proxy endpoint-picks-tcp-0\n"),
+            "{diff}"
+        );
+        let two = [
+            svc("web", "10.96.0.5", &["10.244.0.2"]),
+            svc("api", "10.96.0.6", &["10.244.0.2", "10.244.0.3"]),
+        ];
+        let diff = script(&proxy.diff(&two), &cfg.table);
+        assert!(
+            diff.contains("numgen random mod 2 offset 65536 map"),
+            "{diff}"
+        );
+        assert!(
+            diff.starts_with("add map ip knode-proxy endpoint-picks-tcp-0 "),
+            "{diff}"
+        );
+    }
+
+    #[test]
     fn pick_rules_give_each_endpoint_one_nth() {
+        // With session affinity, picks are rules (each also records the client).
         let eps = ["10.244.0.2", "10.244.0.3", "10.244.0.4", "10.244.0.5"];
-        let script = render_full(&[svc("web", "10.96.0.5", &eps)], &Config::default());
-        let picks: Vec<&str> = lines_with(&script, "dnat to");
+        let s = with_affinity(svc("web", "10.96.0.5", &eps), 60);
+        let script = render_full(&[s], &Config::default());
+        let picks: Vec<&str> = lines_with(&script, "dnat to")
+            .into_iter()
+            .filter(|l| !l.contains(" ip saddr @"))
+            .collect();
         assert_eq!(picks.len(), 4);
         // Rule i matches with 1/(N-i) of what reaches it: 1/4, then 1/3 of 3/4, ...
         for (i, rule) in picks.iter().enumerate() {
             let want = match 4 - i {
-                1 => "meta l4proto tcp dnat".to_string(),
-                n => format!("numgen random mod {n} 0 meta l4proto tcp dnat"),
+                1 => "} meta l4proto tcp dnat".to_string(),
+                n => format!("numgen random mod {n} 0 update @"),
             };
             assert!(rule.contains(&want), "{rule}");
             assert!(rule.ends_with(&format!("{}:8080", eps[i])), "{rule}");
@@ -1286,7 +1595,7 @@ mod tests {
         s.endpoints[0][1].ready = false;
         let script = render_full(&[s], &cfg());
         assert!(script.contains("meta l4proto tcp dnat to 10.244.0.2:8080"));
-        assert!(!script.contains("numgen"));
+        assert!(!script.contains("numgen random mod 2"));
         assert!(!script.contains("10.244.0.3"));
     }
 
@@ -1344,16 +1653,16 @@ mod tests {
             .unwrap();
         assert!(set.starts_with("affinity-"), "{set}");
         let rules = lines_with(&script, "add rule ip knode-proxy service-7UCITOBJ-");
-        // Masquerade mark, two affinity checks, two picks; the checks before the picks.
-        assert_eq!(rules.len(), 5, "{script}");
-        assert!(rules[1].ends_with(&format!(
+        // Two affinity checks, two picks; the checks before the picks.
+        assert_eq!(rules.len(), 4, "{script}");
+        assert!(rules[0].ends_with(&format!(
             "ip saddr @{set} update @{set} {{ ip saddr }} meta l4proto tcp dnat to 10.244.0.2:8080"
         )));
-        assert!(rules[3].ends_with(&format!(
+        assert!(rules[2].ends_with(&format!(
             "numgen random mod 2 0 update @{set} {{ ip saddr }} meta l4proto tcp dnat to 10.244.0.2:8080"
         )));
-        assert!(rules[2].contains(" ip saddr @affinity-"));
-        assert!(rules[4].contains(" update @affinity-") && !rules[4].contains("numgen"));
+        assert!(rules[1].contains(" ip saddr @affinity-"));
+        assert!(rules[3].contains(" update @affinity-") && !rules[3].contains("numgen"));
     }
 
     #[test]
@@ -1422,12 +1731,12 @@ mod tests {
         let s = svc("web", "10.96.0.5", &["10.244.0.2"]);
         let fixed = count_rules(&render_full(&[], &cfg()));
         assert_eq!(fixed, fixed_rules(&cfg()).len());
-        // Service chain: masquerade + dnat; elements: cluster-ips, service-ips, hairpin.
+        // Service chain: dnat; elements: cluster-ips, service-ips, hairpin.
         assert_eq!(
             count_rules(&render_full(std::slice::from_ref(&s), &cfg())),
-            fixed + 5
+            fixed + 4
         );
-        assert_eq!(count_rules(&render_diff(&[], &[s], &cfg())), 5);
+        assert_eq!(count_rules(&render_diff(&[], &[s], &cfg())), 4);
     }
 
     // --- Against the real nft, always in a private network namespace. ---
@@ -1504,7 +1813,42 @@ mod tests {
                 elements = None;
             }
         }
+        canonical_slots(&mut blocks);
         blocks
+    }
+
+    /// Slots depend on the order in which ports took them: name each by the chain that picks
+    /// from it, in rules and in the keys of `endpoint-picks-*`.
+    fn canonical_slots(blocks: &mut BTreeMap<String, Vec<String>>) {
+        let mut by_offset: HashMap<u32, String> = HashMap::new();
+        for (block, lines) in blocks.iter_mut() {
+            for line in lines.iter_mut() {
+                let Some((head, tail)) = line.split_once(" offset ") else {
+                    continue;
+                };
+                let (offset, rest) = tail.split_once(' ').unwrap();
+                by_offset.insert(
+                    offset.parse().unwrap_or_else(|_| panic!("{line}")),
+                    block.clone(),
+                );
+                *line = format!("{head} offset <{block}> {rest}");
+            }
+        }
+        for (block, lines) in blocks.iter_mut() {
+            if !block.starts_with("map endpoint-picks-") {
+                continue;
+            }
+            for line in lines.iter_mut() {
+                let Some(element) = line.strip_prefix("element ") else {
+                    continue;
+                };
+                let (key, value) = element.split_once(" : ").unwrap();
+                let key: u32 = key.parse().unwrap();
+                let chain = &by_offset[&(key & !0xffff)];
+                *line = format!("element <{chain}>+{} : {value}", key & 0xffff);
+            }
+            lines.sort();
+        }
     }
 
     /// render_full(new) applies; render_full(old) then render_diff(old, new) applies and leaves
@@ -1599,6 +1943,15 @@ mod tests {
                 &["10.244.0.2", "10.244.0.3", "10.244.0.4"],
             )],
             &[svc("web", "10.96.0.5", &["10.244.0.2", "10.244.0.4"])],
+        );
+    }
+
+    /// Two endpoints pick through a map, one is a rule: the map goes when no port uses it.
+    #[test]
+    fn nft_endpoints_two_to_one() {
+        check_transition(
+            &[svc("web", "10.96.0.5", &["10.244.0.2", "10.244.0.4"])],
+            &[svc("web", "10.96.0.5", &["10.244.0.4"])],
         );
     }
 

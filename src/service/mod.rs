@@ -38,7 +38,7 @@ impl Protocol {
 }
 
 /// One port of a service, allocation done (a NodePort service has `node_port` set).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ServicePort {
     /// Empty for a service's only, unnamed port.
     pub name: String,
@@ -48,7 +48,7 @@ pub struct ServicePort {
 }
 
 /// A service as the proxy sees it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ServiceView {
     pub namespace: String,
     pub name: String,
@@ -60,7 +60,9 @@ pub struct ServiceView {
 }
 
 /// One endpoint of one service port (what an EndpointSlice lists, resolved per port).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Endpoint {
     pub ip: Ipv4Addr,
     pub port: u16,
@@ -69,7 +71,7 @@ pub struct Endpoint {
 }
 
 /// A service and, per service port name, its endpoints.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ServiceState {
     pub service: ServiceView,
     /// Endpoints per port name (same order as `service.ports`).
