@@ -573,7 +573,7 @@ fn relay(master: &std::os::fd::OwnedFd, stdin: bool) {
     let _ = master.as_raw_fd();
 }
 
-fn services(sock: &Path) -> Result<Vec<crate::service::ServiceState>> {
+fn services(sock: &Path) -> Result<Vec<crate::service::ListedService>> {
     let (code, body) = crate::kubelet::api::get(sock, "/services")?;
     if code != 200 {
         anyhow::bail!("agent: {}", String::from_utf8_lossy(&body));
@@ -589,18 +589,27 @@ fn service_table(
     header: &[&str],
     row: impl Fn(&crate::service::ServiceState) -> Vec<String>,
 ) -> Result<()> {
+    let mut header = header.to_vec();
+    header.push("AGE");
     let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     if namespace.is_none() {
         rows[0].insert(0, "NAMESPACE".into());
     }
-    for s in services(sock)? {
+    for listed in services(sock)? {
+        let s = &listed.state;
         if namespace.is_some_and(|n| n != s.service.namespace) {
             continue;
         }
-        let mut r = row(&s);
+        let mut r = row(s);
         if namespace.is_none() {
             r.insert(0, s.service.namespace.clone());
         }
+        let created = listed
+            .created
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t.to_utc()));
+        r.push(age(created.as_ref()));
         rows.push(r);
     }
     print_table(&rows);

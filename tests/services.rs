@@ -128,8 +128,39 @@ fn cluster_ip_and_node_port_reach_every_endpoint_and_leave_nothing() {
         svc.contains("web") && svc.contains("NodePort") && svc.contains("80:30080/TCP"),
         "{svc}"
     );
+    // kubectl's columns; AGE from the allocation (seconds old here).
+    let columns = |table: &str| -> Vec<String> {
+        let head = table.lines().next().unwrap_or_default();
+        head.split_whitespace().map(str::to_string).collect()
+    };
+    let age_of = |table: &str, name: &str| -> String {
+        let row = table.lines().find(|l| l.starts_with(&format!("{name} ")));
+        row.and_then(|r| r.split_whitespace().last())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(
+        columns(&svc),
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ],
+        "{svc}"
+    );
+    let age = age_of(&svc, "web");
+    assert!(
+        age.strip_suffix('s')
+            .is_some_and(|n| n.parse::<u32>().is_ok()),
+        "{svc}"
+    );
     let eps = String::from_utf8(n.s.knode(&["get", "endpoints"]).stdout).unwrap();
     assert!(eps.contains(":8080"), "{eps}");
+    assert_eq!(columns(&eps), ["NAME", "ENDPOINTS", "AGE"], "{eps}");
+    assert!(age_of(&eps, "web").ends_with('s'), "{eps}");
 
     // A pod started after the services exist sees their environment variables.
     n.pod("client", "exec sleep 600");

@@ -47,7 +47,7 @@ pub struct NodeState {
     pub exe: PathBuf,
     pub run_dir: PathBuf,
     /// Services with their endpoints.
-    pub services: Vec<crate::service::ServiceState>,
+    pub services: Vec<crate::service::ListedService>,
 }
 
 struct Running {
@@ -165,7 +165,14 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         }
         let mut m = m;
         m.errors.extend(service_errors);
-        state.write().expect("state").services = states;
+        let listed = states
+            .into_iter()
+            .map(|s| crate::service::ListedService {
+                created: services.created(&s.service.namespace, &s.service.name),
+                state: s,
+            })
+            .collect();
+        state.write().expect("state").services = listed;
         *ctx.objects.write().expect("objects") = volumes::Objects {
             config_maps: m.config_maps.clone(),
             secrets: m.secrets.clone(),

@@ -57,6 +57,11 @@ impl Services {
         })
     }
 
+    /// When service `namespace/name` was created (RFC 3339).
+    pub fn created(&self, namespace: &str, name: &str) -> Option<String> {
+        self.alloc.created(namespace, name).map(str::to_string)
+    }
+
     /// Allocates, computes endpoints and (with `sync_proxy`) syncs the proxy. Returns the services with their
     /// endpoints, the views (for environment variables) and the problems to report.
     pub fn sync(

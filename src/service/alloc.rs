@@ -19,6 +19,10 @@ struct Allocation {
     cluster_ip: Option<Ipv4Addr>,
     /// Per "<port>/<protocol>" of the service.
     node_ports: BTreeMap<String, u16>,
+    /// When the service was first allocated (RFC 3339, UTC): its creationTimestamp. Files
+    /// written before this was recorded get the time they are next read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created: Option<String>,
 }
 
 pub struct Allocator {
@@ -91,8 +95,18 @@ impl Allocator {
         Ok((views, errors))
     }
 
+    /// When service `namespace/name` was created (RFC 3339), if it has an allocation.
+    pub fn created(&self, namespace: &str, name: &str) -> Option<&str> {
+        self.state
+            .get(&format!("{namespace}/{name}"))
+            .and_then(|a| a.created.as_deref())
+    }
+
     fn assign_one(&mut self, s: &ServiceSpec, k: &str) -> Result<ServiceView, String> {
         let mut a = self.state.get(k).cloned().unwrap_or_default();
+        if a.created.is_none() {
+            a.created = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        }
         let (first, last) = (
             u32::from(self.cidr.network()) + 1,
             u32::from(self.cidr.broadcast()) - 1,
@@ -219,10 +233,17 @@ mod tests {
         let np = v[0].ports[0].node_port.unwrap();
         assert!(NODE_PORTS.contains(&np));
         assert_eq!(v[1].cluster_ip, Some("10.96.0.50".parse().unwrap()));
-        // A restart keeps them.
+        let created = a.created("default", "web").unwrap().to_string();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(&created).is_ok(),
+            "{created}"
+        );
+        assert_eq!(a.created("default", "nope"), None);
+        // A restart keeps them, and when the service was created.
         let mut a = Allocator::open(path.clone(), cidr).unwrap();
         let (v2, _) = a.assign(&[web.clone(), db.clone()]).unwrap();
         assert_eq!(v, v2);
+        assert_eq!(a.created("default", "web"), Some(created.as_str()));
         // Conflicts: a second service asking for the same IP or node port is rejected, with
         // the field, the value and the owner.
         let clash =

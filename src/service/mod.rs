@@ -78,6 +78,20 @@ pub struct ServiceState {
     pub endpoints: Vec<Vec<Endpoint>>,
 }
 
+/// A service as the agent lists it (`GET /services`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListedService {
+    #[serde(flatten)]
+    pub state: ServiceState,
+    /// When the service was created (RFC 3339), for kubectl's AGE column.
+    #[serde(
+        rename = "creationTimestamp",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub created: Option<String>,
+}
+
 pub mod alloc;
 pub mod endpoints;
 pub mod spec;
