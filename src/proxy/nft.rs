@@ -874,6 +874,17 @@ struct Rendered {
     fingerprint: u64,
 }
 
+impl Rendered {
+    fn new(state: &ServiceState, objects: Objects, generation: u64) -> Self {
+        Rendered {
+            state: state.clone(),
+            objects,
+            seen: generation,
+            fingerprint: fingerprint(state),
+        }
+    }
+}
+
 /// A 64-bit hash (SipHash, fixed keys) of everything the proxy renders from a service. A diff
 /// compares these instead of whole states: for 10,000 services, comparing states walks memory
 /// all over the heap (7 ms here) and hashing the new ones is a third of that. Two states that
@@ -1026,15 +1037,7 @@ impl Proxy {
             let mut objects = Objects::build(state, &mut self.slots);
             self.claim(&key, &mut objects);
             order.push(key.clone());
-            rendered.insert(
-                key,
-                Rendered {
-                    state: state.clone(),
-                    objects,
-                    seen: self.generation,
-                    fingerprint: fingerprint(state),
-                },
-            );
+            rendered.insert(key, Rendered::new(state, objects, self.generation));
         }
 
         let mut ops = vec![Op::AddTable, Op::DeleteTable, Op::AddTable];
@@ -1290,15 +1293,7 @@ impl Proxy {
 
         for (key, state) in changed {
             if let (Some(state), Some(objects)) = (state, new.remove(&key)) {
-                current.insert(
-                    key,
-                    Rendered {
-                        state: state.clone(),
-                        objects,
-                        seen: self.generation,
-                        fingerprint: fingerprint(state),
-                    },
-                );
+                current.insert(key, Rendered::new(state, objects, self.generation));
             }
         }
         self.services = Some(current);
