@@ -297,17 +297,62 @@ pub struct Started {
     pub pid: i32,
 }
 
+/// clone3's flag for starting the child in the cgroup given by `clone_args.cgroup`.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// The cgroup2 mount point, from /proc/self/mountinfo (the first cgroup2 filesystem).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next() == Some("cgroup2"))
+            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
+
+/// The spec's `linux.cgroupsPath` (relative to the cgroup2 mount, as the runtime spec says),
+/// opened for `CLONE_INTO_CGROUP`: the child starts in that cgroup, before it runs any code.
+fn open_cgroup(spec: &Spec) -> Result<Option<OwnedFd>, RuntimeError> {
+    let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else {
+        return Ok(None);
+    };
+    let mount = cgroup2_mount().ok_or_else(|| {
+        RuntimeError::Spec("linux.cgroupsPath is set but no cgroup2 filesystem is mounted".into())
+    })?;
+    let full = mount.join(path.strip_prefix("/").unwrap_or(&path));
+    rustix::fs::open(
+        &full,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map(Some)
+    .map_err(|e| RuntimeError::Sys {
+        op: "open the container's cgroup",
+        source: std::io::Error::new(
+            std::io::Error::from(e).kind(),
+            format!("{}: {e}", full.display()),
+        ),
+    })
+}
+
 /// Creates the container process and returns once it has exec'd its command (or failed).
 pub fn start(spec: &Spec) -> Result<Started, RuntimeError> {
     if !single_threaded() {
         return Err(RuntimeError::Threaded);
     }
     let (plan, flags) = Plan::from_spec(spec)?;
+    let cgroup = open_cgroup(spec)?;
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(sys("pipe"))?;
     // SAFETY: clone_args is a plain C struct; all-zero is its documented "no options" value.
     let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
     args.flags = flags;
     args.exit_signal = libc::SIGCHLD as u64;
+    if let Some(cg) = &cgroup {
+        // With a new cgroup namespace too, the namespace's root is this cgroup.
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = cg.as_raw_fd() as u64;
+    }
     // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of this
     // (single-threaded, checked above) process, so it may run ordinary Rust code; the pointer
     // and size describe a valid clone_args.
@@ -490,10 +535,16 @@ pub fn exec(
     } else {
         None
     };
+    let cgroup = open_cgroup(&spec)?;
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(sys("pipe"))?;
     // SAFETY: as in `start`: zeroed clone_args, single-threaded parent, fork-like clone3.
     let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
     args.exit_signal = libc::SIGCHLD as u64;
+    if let Some(cg) = &cgroup {
+        // The command joins the container's cgroup, so its limits cover it too.
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = cg.as_raw_fd() as u64;
+    }
     // SAFETY: see `start`.
     let child = unsafe {
         libc::syscall(
