@@ -1,6 +1,7 @@
 //! knode: a Kubernetes node in one binary. This library holds the pieces the `knode` binary,
 //! the integration tests and the benchmarks share.
 
+pub mod cgroup;
 pub mod container;
 pub mod demo;
 pub mod image_cli;
