@@ -213,7 +213,8 @@ fn knode_run(
         .arg("--log-dir")
         .arg(logs)
         .arg("--cni-conf")
-        .arg(net.map(|n| n.1).unwrap_or(Path::new("/nonexistent")));
+        .arg(net.map(|n| n.1).unwrap_or(Path::new("/nonexistent")))
+        .arg("--cgroups=disabled");
     let agent = Agent(cmd.spawn().unwrap());
     let sock = run_dir.join("knode.sock");
     let deadline = Instant::now() + Duration::from_secs(30);

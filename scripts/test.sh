@@ -6,6 +6,8 @@ scripts/deps.sh --test
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --lib --bins --tests -- --test-threads="${KNODE_TEST_THREADS:-2}"
+echo "==> cgroup v2 tests in a VM"
+scripts/vm-test.sh

@@ -211,6 +211,9 @@ pub struct PodContainerSpec {
     pub upper_dir: Option<PathBuf>,
     /// Extra supplementary groups (the pod's fsGroup and supplementalGroups).
     pub supplemental_groups: Vec<u32>,
+    /// The container's cgroup (relative to the cgroup2 mount), which the runtime clones it
+    /// into; none with `--cgroups=disabled`.
+    pub cgroup: Option<String>,
 }
 
 impl PodContainer {
@@ -293,6 +296,9 @@ impl PodContainer {
                 if let Some(p) = spec.process_mut().as_mut() {
                     p.set_no_new_privileges(Some(false));
                 }
+            }
+            if let (Some(cg), Some(l)) = (&c.cgroup, spec.linux_mut().as_mut()) {
+                l.set_cgroups_path(Some(PathBuf::from(format!("/{cg}"))));
             }
             crate::shim::spawn(
                 exe,

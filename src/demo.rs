@@ -239,6 +239,20 @@ fn run_pod_in_netns(root: &Path, run_dir: &Path, image: &str) -> Result<()> {
         manifests.display(),
         conf.display()
     );
+    // Resource limits where the host has cgroup v2; said plainly where it has not.
+    let cgroups = match crate::cgroup::probe(None) {
+        Ok(m) => {
+            println!(
+                "==> resource limits: cgroup v2 at {} (pods under knode-demo/)",
+                m.display()
+            );
+            vec!["--cgroup-root", "knode-demo"]
+        }
+        Err(e) => {
+            println!("==> resource limits off (--cgroups=disabled): {e}");
+            vec!["--cgroups=disabled"]
+        }
+    };
     let netns_arg = format!("--net=/var/run/netns/{DEMO_NETNS}");
     let mut agent = Command::new("nsenter")
         .arg(&netns_arg)
@@ -253,6 +267,7 @@ fn run_pod_in_netns(root: &Path, run_dir: &Path, image: &str) -> Result<()> {
         .arg(&log_dir)
         .arg("--cni-conf")
         .arg(&conf)
+        .args(&cgroups)
         .spawn()
         .context("starting the agent (nsenter is in util-linux)")?;
     let result = (|| -> Result<()> {
@@ -349,6 +364,16 @@ fn run_pod_in_netns(root: &Path, run_dir: &Path, image: &str) -> Result<()> {
     let _ = std::fs::remove_dir_all(&log_dir);
     let _ = std::fs::remove_dir_all(&ipam);
     let _ = std::fs::remove_file(&conf);
+    // The demo's (now empty) QoS and root cgroups.
+    if let Some(m) = oci::runtime::cgroup2_mount().filter(|_| cgroups.len() == 2) {
+        for d in [
+            "knode-demo/burstable",
+            "knode-demo/besteffort",
+            "knode-demo",
+        ] {
+            let _ = std::fs::remove_dir(m.join(d));
+        }
+    }
     result?;
     println!("==> done");
     Ok(())

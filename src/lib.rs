@@ -9,6 +9,7 @@ pub mod kubelet;
 pub mod localregistry;
 pub mod logs;
 pub mod network;
+pub mod node_cli;
 pub mod pod_cli;
 pub mod proxy;
 pub mod sandbox;

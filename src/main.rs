@@ -58,6 +58,12 @@ struct RegistryArgs {
     auth_file: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CgroupsMode {
+    Enabled,
+    Disabled,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Manage images.
@@ -87,6 +93,28 @@ enum Cmd {
         /// The Service CIDR (ClusterIPs); the pod network must not overlap it.
         #[arg(long, default_value = "10.96.0.0/12")]
         service_cidr: ipnet::Ipv4Net,
+        /// Resource limits through cgroup v2 (`disabled`: run pods without limits; the agent
+        /// refuses to start without cgroup v2 otherwise).
+        #[arg(long, value_enum, default_value = "enabled")]
+        cgroups: CgroupsMode,
+        /// The knode cgroup, below the cgroup2 mount.
+        #[arg(long, default_value = "knode")]
+        cgroup_root: String,
+        /// pids.max of every pod (-1: unlimited).
+        #[arg(long, default_value_t = 4096, allow_negative_numbers = true)]
+        pod_max_pids: i64,
+    },
+    /// Show CPU and memory use: knode top node | knode top pods [--containers].
+    Top {
+        /// node or pods.
+        resource: String,
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+        #[arg(long, short = 'A')]
+        all_namespaces: bool,
+        /// Per container.
+        #[arg(long)]
+        containers: bool,
     },
     /// List resources (pods).
     Get {
@@ -265,6 +293,9 @@ fn run(cli: Cli) -> Result<()> {
             cni_conf,
             cni_bin_dir,
             service_cidr,
+            cgroups,
+            cgroup_root,
+            pod_max_pids,
         } => {
             let network = if cni_conf.exists() {
                 let n = knode::network::Network::load(&cni_conf, &cni_bin_dir, Some(service_cidr))?;
@@ -292,6 +323,12 @@ fn run(cli: Cli) -> Result<()> {
                 exe: std::fs::read_link("/proc/self/exe").context("finding the knode binary")?,
                 client: client_options(&cli.registry)?,
                 network,
+                cgroups: knode::kubelet::CgroupConfig {
+                    enabled: matches!(cgroups, CgroupsMode::Enabled),
+                    root: cgroup_root,
+                    pod_max_pids: u64::try_from(pod_max_pids).ok(),
+                    mount: None,
+                },
             })
         }
         Cmd::Get {
@@ -304,6 +341,7 @@ fn run(cli: Cli) -> Result<()> {
             match resource.as_str() {
                 "services" | "service" | "svc" => knode::pod_cli::get_services(&sock, ns),
                 "endpoints" | "endpoint" | "ep" => knode::pod_cli::get_endpoints(&sock, ns),
+                "nodes" | "node" | "no" => knode::node_cli::get_nodes(&sock, output.as_deref()),
                 _ => {
                     pods_only(&resource, "get")?;
                     knode::pod_cli::get_pods(&sock, ns, output.as_deref())
@@ -315,9 +353,28 @@ fn run(cli: Cli) -> Result<()> {
             name,
             namespace,
         } => {
+            if ["nodes", "node", "no"].contains(&resource.as_str()) {
+                return knode::node_cli::describe_node(&sock, &name);
+            }
             pods_only(&resource, "describe")?;
             knode::pod_cli::describe_pod(&sock, &namespace, &name)
         }
+        Cmd::Top {
+            resource,
+            namespace,
+            all_namespaces,
+            containers,
+        } => match resource.as_str() {
+            "node" | "nodes" | "no" => knode::node_cli::top_node(&sock),
+            "pods" | "pod" | "po" => knode::node_cli::top_pods(
+                &sock,
+                (!all_namespaces).then_some(namespace.as_str()),
+                containers,
+            ),
+            other => {
+                anyhow::bail!("unknown resource type {other:?}: knode top supports node and pods")
+            }
+        },
         Cmd::Logs {
             pod,
             container,

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::kubelet::api;
 
-fn age(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> String {
+pub(crate) fn age(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> String {
     let Some(t) = t else {
         return "<unknown>".into();
     };
@@ -87,7 +87,7 @@ pub fn status_column(p: &Pod) -> String {
     reason
 }
 
-fn table(rows: &[Vec<String>]) {
+pub(crate) fn table(rows: &[Vec<String>]) {
     let mut w = vec![0; rows.first().map_or(0, Vec::len)];
     for r in rows {
         for (i, c) in r.iter().enumerate() {

@@ -190,7 +190,9 @@ fn supervise(state: &Path, report: &mut std::fs::File) -> Result<()> {
     let status = ExitStatus {
         code,
         finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-        reason: if code == 0 {
+        reason: if oom_killed(&cfg.spec) {
+            "OOMKilled".into()
+        } else if code == 0 {
             "Completed".into()
         } else {
             "Error".into()
@@ -198,6 +200,18 @@ fn supervise(state: &Path, report: &mut std::fs::File) -> Result<()> {
     };
     oci::fsutil::replace(&state.join("exit.json"), &serde_json::to_vec(&status)?)?;
     Ok(())
+}
+
+/// Whether the kernel's OOM killer killed a process of the container's cgroup (the container
+/// runs with memory.oom.group, so such a kill ends it).
+fn oom_killed(spec: &oci::oci_spec::runtime::Spec) -> bool {
+    let cg = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    match (cg, oci::runtime::cgroup2_mount()) {
+        (Some(cg), Some(mount)) => {
+            crate::cgroup::oom_killed(&crate::cgroup::fs::RealFs { mount }, &cg.to_string_lossy())
+        }
+        _ => false,
+    }
 }
 
 /// Copies both pipes into the log while the container runs. When it has exited, what is

@@ -39,6 +39,8 @@ impl Node {
             .arg(&self.manifests)
             .arg("--log-dir")
             .arg(self.s.root().join("logs"))
+            // The host has no cgroup v2 controllers; the VM tests (tests/cgroups.rs) have.
+            .arg("--cgroups=disabled")
             .spawn()
             .unwrap();
         self.agent = Some(child);
@@ -686,4 +688,118 @@ fn a_container_lost_with_its_shim_is_reported_and_restarted() {
                 && c["state"]["running"].is_object()
         })
     });
+}
+
+#[test]
+fn malformed_resources_fail_the_pod_and_name_the_field() {
+    let n = Node::new();
+    let ctr = |res: &str| {
+        format!("  - name: c\n    image: test/busybox:1\n    command: [sleep, '600']\n    resources:\n{res}")
+    };
+    n.write(
+        "fine.yaml",
+        &pod_yaml(
+            "fine",
+            "",
+            &ctr("      limits: {cpu: 250m, memory: 32Mi}\n"),
+        ),
+    );
+    for (name, res, want) in [
+        ("suffix", "      limits: {cpu: 12x}\n", "spec.containers[0].resources.limits.cpu: invalid value \"12x\""),
+        ("negative", "      requests: {memory: -64Mi}\n", "spec.containers[0].resources.requests.memory: invalid value \"-64Mi\": must not be negative"),
+        (
+            "inverted",
+            "      requests: {cpu: '2'}\n      limits: {cpu: '1'}\n",
+            "spec.containers[0].resources.requests.cpu: invalid value \"2\": must be less than or equal to the cpu limit \"1\"",
+        ),
+    ] {
+        n.write(&format!("{name}.yaml"), &pod_yaml(name, "", &ctr(res)));
+        n.until(&format!("{name} refused"), |n| {
+            n.pod(name).is_some_and(|p| p["status"]["phase"] == "Failed")
+        });
+        let p = n.pod(name).unwrap();
+        assert_eq!(p["status"]["reason"], "InvalidPod");
+        let msg = p["status"]["message"].as_str().unwrap();
+        assert!(msg.contains(want), "{msg}");
+        // Never started.
+        assert!(state_of(&p, "containerStatuses", "c")["state"]["running"].is_null());
+    }
+    n.until("fine running", |n| {
+        n.pod("fine")
+            .is_some_and(|p| p["status"]["phase"] == "Running")
+    });
+    // Limits alone default the requests: Guaranteed.
+    assert_eq!(n.pod("fine").unwrap()["status"]["qosClass"], "Guaranteed");
+}
+
+#[test]
+fn without_cgroup_v2_the_agent_refuses_unless_told_and_says_so_in_node_status() {
+    // This host binds cpu, memory and pids to cgroup v1 (see environment.md): the check fails.
+    let why = knode::cgroup::probe(None)
+        .expect_err("this test expects a host without cgroup v2 controllers");
+    let s = Store::with_busybox();
+    let o = s.knode(&["agent", "--manifests", s.root().join("m").to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&why.to_string())
+            && err.contains("--cgroups=disabled")
+            && err.contains("unified_cgroup_hierarchy"),
+        "{err}"
+    );
+    assert!(
+        !s.root().join("run/knode.sock").exists(),
+        "it did not start"
+    );
+
+    // With --cgroups=disabled: running, and the node says limits are off.
+    let n = Node::new();
+    let node: serde_json::Value =
+        serde_json::from_slice(&n.knode(&["get", "nodes", "-o", "json"]).stdout).unwrap();
+    let cond = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "ResourceLimits")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (cond["status"].as_str(), cond["reason"].as_str()),
+        (Some("False"), Some("CgroupsDisabled"))
+    );
+    assert!(cond["message"]
+        .as_str()
+        .unwrap()
+        .contains("--cgroups=disabled"));
+    // Capacity is the host's, not a constant.
+    let cpus = std::thread::available_parallelism()
+        .unwrap()
+        .get()
+        .to_string();
+    assert_eq!(node["status"]["capacity"]["cpu"], cpus.as_str());
+    assert!(node["status"]["allocatable"]["memory"]
+        .as_str()
+        .unwrap()
+        .ends_with("Ki"));
+    let d = String::from_utf8_lossy(
+        &n.knode(&[
+            "describe",
+            "node",
+            node["metadata"]["name"].as_str().unwrap(),
+        ])
+        .stdout,
+    )
+    .into_owned();
+    assert!(
+        d.contains("ResourceLimits") && d.contains("CgroupsDisabled"),
+        "{d}"
+    );
+    // Pod metrics need cgroups; the node's come from /proc.
+    let o = n.knode(&["top", "pods"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("cgroups=disabled"));
+    n.until("a node CPU rate", |n| {
+        n.knode(&["top", "node"]).status.success()
+    });
+    let top = String::from_utf8(n.knode(&["top", "node"]).stdout).unwrap();
+    assert!(top.starts_with("NAME") && top.contains("CPU%"), "{top}");
 }

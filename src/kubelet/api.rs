@@ -82,7 +82,13 @@ pub fn to_pod(v: &PodView) -> core::Pod {
         last_state: c.last_state.as_ref().map(cstate),
         ..Default::default()
     };
+    let qos = crate::cgroup::resources::pod(&v.manifest.pod)
+        .ok()
+        .map(|rs| {
+            crate::cgroup::resources::qos(&rs.into_iter().map(|(_, r)| r).collect::<Vec<_>>())
+        });
     pod.status = Some(core::PodStatus {
+        qos_class: qos.map(|q| q.as_str().to_string()),
         phase: Some(v.phase.clone()),
         reason: v.reason.clone(),
         message: v.message.clone(),
@@ -241,6 +247,15 @@ async fn handle(
     let st = state.read().expect("state");
     let resp = match p.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok".into()),
+        ["node"] => json(StatusCode::OK, &super::node::node(&st.node)),
+        ["stats", "summary"] => {
+            let views: Vec<PodView> = st
+                .pods
+                .values()
+                .map(|v| v.lock().expect("view").clone())
+                .collect();
+            json(StatusCode::OK, &super::node::summary(&st.node, &views))
+        }
         ["services"] => json(
             StatusCode::OK,
             &serde_json::json!({"items": st.services, "manifestErrors": st.manifest_errors}),

@@ -72,6 +72,7 @@ const CONTAINER_FIELDS: &[&str] = &[
     "tty",
     "envFrom",
     "volumeMounts",
+    "resources",
 ];
 
 const POD_SECURITY_FIELDS: &[&str] = &[
@@ -189,6 +190,20 @@ fn check_pod(raw: &serde_json::Value, pod: &Pod) -> (Vec<String>, Option<String>
                             "container {:?}: volumeMount {:?} refers to an unknown volume",
                             c.name, m.name
                         ));
+                    }
+                }
+            }
+            for (list, cs) in [
+                (
+                    "initContainers",
+                    s.init_containers.as_deref().unwrap_or(&[]),
+                ),
+                ("containers", s.containers.as_slice()),
+            ] {
+                for (i, c) in cs.iter().enumerate() {
+                    match crate::cgroup::resources::container(c, &format!("spec.{list}[{i}]")) {
+                        Ok((_, w)) => warnings.extend(w),
+                        Err(e) => problems.push(e),
                     }
                 }
             }

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod manifests;
+pub mod node;
 pub mod pod;
 pub mod services;
 pub mod volumes;
@@ -35,6 +36,57 @@ pub struct AgentConfig {
     pub network: Option<crate::network::Network>,
     /// Where ClusterIPs are allocated.
     pub service_cidr: ipnet::Ipv4Net,
+    pub cgroups: CgroupConfig,
+}
+
+/// Resource limits: on (the default, cgroup v2 required) or explicitly off.
+#[derive(Clone, Debug)]
+pub struct CgroupConfig {
+    pub enabled: bool,
+    /// The knode cgroup, relative to the cgroup2 mount.
+    pub root: String,
+    /// pids.max of every pod (none: unlimited).
+    pub pod_max_pids: Option<u64>,
+    /// The cgroup2 mount [default: found in /proc/self/mountinfo].
+    pub mount: Option<PathBuf>,
+}
+
+impl Default for CgroupConfig {
+    fn default() -> Self {
+        CgroupConfig {
+            enabled: true,
+            root: "knode".into(),
+            pod_max_pids: Some(4096),
+            mount: None,
+        }
+    }
+}
+
+/// Sets up the cgroup manager, or explains why the agent cannot start.
+fn cgroups(c: &CgroupConfig) -> Result<(Option<Arc<crate::cgroup::Cgroups>>, String)> {
+    if !c.enabled {
+        tracing::warn!("started with --cgroups=disabled: pods run without resource limits");
+        return Ok((
+            None,
+            "started with --cgroups=disabled: pods run without resource limits".into(),
+        ));
+    }
+    let mount = crate::cgroup::probe(c.mount.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e}.\nTo fix it: {}.", crate::cgroup::FIX))?;
+    let cgs = crate::cgroup::Cgroups::setup(
+        Box::new(crate::cgroup::fs::RealFs {
+            mount: mount.clone(),
+        }),
+        &c.root,
+        c.pod_max_pids,
+    )
+    .with_context(|| format!("setting up the cgroups under {}", mount.display()))?;
+    let note = format!(
+        "cgroup v2 at {}, pods under {}",
+        mount.display(),
+        mount.join(cgs.root()).display()
+    );
+    Ok((Some(Arc::new(cgs)), note))
 }
 
 /// What the API reads.
@@ -48,6 +100,8 @@ pub struct NodeState {
     pub run_dir: PathBuf,
     /// Services with their endpoints.
     pub services: Vec<crate::service::ListedService>,
+    /// The node: name, start, resource limits (for /node and /stats/summary).
+    pub node: node::NodeInfo,
 }
 
 struct Running {
@@ -77,6 +131,7 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
                 cfg.run_dir.display()
             )
         })?;
+    let (cgroups, cgroup_note) = cgroups(&cfg.cgroups)?;
     let cluster_cidr = cfg.network.as_ref().and_then(|n| n.cluster_cidr());
     let mut services = services::Services::new(&cfg.root, cfg.service_cidr, cluster_cidr)?;
     // Workers tell the loop when a pod's address or readiness changes (endpoints follow).
@@ -94,11 +149,13 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         client: cfg.client.clone(),
         objects: Default::default(),
         network: cfg.network,
+        cgroups: cgroups.clone(),
     });
     let state = Arc::new(RwLock::new(NodeState {
         log_dir: cfg.log_dir.clone(),
         exe: cfg.exe.clone(),
         run_dir: cfg.run_dir.clone(),
+        node: node::NodeInfo::new(&cfg.node_name, cgroups, cgroup_note),
         ..Default::default()
     }));
     if let Err(e) = crate::shim::Launcher::install(&cfg.exe) {
@@ -193,6 +250,16 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
                     orphan_teardown(&ctx, &uid);
                 }
             }
+            // Pod cgroups with neither a pod nor a pod directory (a crash mid-teardown).
+            if let Some(cgs) = &ctx.cgroups {
+                let keep: Vec<String> = wanted.keys().cloned().collect();
+                for uid in cgs.orphans(&keep) {
+                    tracing::info!(uid, "removing the cgroup of a pod that is gone");
+                    if let Err(e) = cgs.remove_pod(&uid) {
+                        tracing::warn!(uid, error = %e, "removing the pod's cgroup");
+                    }
+                }
+            }
             // Addresses held for pods that no longer exist go back to the pool.
             if let Some(n) = &ctx.network {
                 let valid: Vec<String> = wanted.keys().cloned().collect();
@@ -232,6 +299,7 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
                 node_name: ctx.node_name.clone(),
                 pod_ip: None,
                 published: false,
+                cgroup: None,
             }));
             let (tx, rx) = channel();
             let (wr, ww) = rustix::pipe::pipe_with(
@@ -316,6 +384,11 @@ fn orphan_teardown(ctx: &Arc<NodeContext>, uid: &str) {
                 };
                 pod::stop_container(&pc, Duration::from_secs(30));
             }
+        }
+    }
+    if let Some(cgs) = &ctx.cgroups {
+        if let Err(e) = cgs.remove_pod(uid) {
+            tracing::warn!(uid, error = %e, "removing the pod's cgroup");
         }
     }
     pod::unmount_attempts(&dir);

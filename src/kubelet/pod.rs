@@ -40,6 +40,8 @@ pub struct NodeContext {
     pub network: Option<crate::network::Network>,
     /// Written to when a pod's address or readiness changes (the agent recomputes endpoints).
     pub changed: OwnedFd,
+    /// Resource limits (none with `--cgroups=disabled`).
+    pub cgroups: Option<Arc<crate::cgroup::Cgroups>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -65,6 +67,9 @@ pub struct ContainerView {
     /// The running process and its shim state (for exec), not shown in the API.
     #[serde(skip)]
     pub running: Option<(i32, PathBuf)>,
+    /// The running container's cgroup (for usage figures).
+    #[serde(skip)]
+    pub cgroup: Option<String>,
     pub name: String,
     pub image: String,
     pub init: bool,
@@ -97,6 +102,8 @@ pub struct PodView {
     pub pod_ip: Option<String>,
     /// The worker has published the pod's state at least once (after adopting what runs).
     pub published: bool,
+    /// The pod's cgroup, once made.
+    pub cgroup: Option<String>,
 }
 
 impl PodView {
@@ -196,6 +203,9 @@ pub struct Worker {
     lost_network: Option<(String, Option<String>)>,
     /// The address and readiness last reported to the agent.
     reported: (Option<String>, bool),
+    /// Requests and limits per container, and the pod's cgroup once made.
+    resources: BTreeMap<String, crate::cgroup::resources::ContainerResources>,
+    cgroup: Option<String>,
 }
 
 fn pidfd(pid: i32) -> Option<OwnedFd> {
@@ -256,7 +266,66 @@ impl Worker {
             pulled: BTreeMap::new(),
             lost_network: None,
             reported: (None, false),
+            // An invalid pod never starts, so its resources are never needed.
+            resources: crate::cgroup::resources::pod(&m.pod)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            cgroup: None,
         }
+    }
+
+    /// The pod's cgroup with the pod-level values (made again, idempotently, after an agent
+    /// restart). Returns false while it cannot be made.
+    fn ensure_cgroup(&mut self) -> bool {
+        let Some(cgs) = self.ctx.cgroups.clone() else {
+            return true;
+        };
+        if self.cgroup.is_some() {
+            return true;
+        }
+        use crate::cgroup::resources;
+        let spec = self.manifest().pod.spec.unwrap_or_default();
+        let of = |cs: &[Container]| -> Vec<resources::ContainerResources> {
+            cs.iter()
+                .filter_map(|c| self.resources.get(&c.name).cloned())
+                .collect()
+        };
+        let init = of(spec.init_containers.as_deref().unwrap_or(&[]));
+        let apps = of(&spec.containers);
+        let all: Vec<_> = init.iter().chain(&apps).cloned().collect();
+        let qos = resources::qos(&all);
+        let uid = self.manifest().uid;
+        match cgs.create_pod(&uid, qos, &resources::pod_total(&init, &apps)) {
+            Ok(p) => {
+                self.view.lock().expect("view").cgroup = Some(p.clone());
+                self.cgroup = Some(p);
+                true
+            }
+            Err(e) => {
+                let msg = format!("creating the pod cgroup: {e}");
+                let mut v = self.view.lock().expect("view");
+                if v.message.as_deref() != Some(msg.as_str()) {
+                    v.event("Warning", "FailedCreatePodCgroup", msg.clone());
+                }
+                v.message = Some(msg);
+                for c in &mut self.ctrs {
+                    c.waiting = Some((
+                        "ContainerCreating".into(),
+                        "waiting for the pod cgroup".into(),
+                    ));
+                    c.not_before = Some(Instant::now() + Duration::from_secs(2));
+                }
+                false
+            }
+        }
+    }
+
+    /// The cgroup of one run of a container, when cgroups are on.
+    fn container_cgroup(&self, name: &str, attempt: u32) -> Option<String> {
+        self.cgroup
+            .as_ref()
+            .map(|p| crate::cgroup::container_path(p, name, attempt))
     }
 
     fn manifest(&self) -> PodManifest {
@@ -426,6 +495,9 @@ impl Worker {
         let m = self.manifest();
         let pod = m.pod.clone();
         let policy = restart_policy(&pod);
+        if !self.ensure_cgroup() {
+            return;
+        }
         if self.sandbox.is_none() {
             let spec = pod.spec.clone().unwrap_or_default();
             let hostname = spec
@@ -531,6 +603,14 @@ impl Worker {
                 .join(self.ctrs[i].p.attempt.unwrap_or(0).to_string());
             let _ = run.remove_with(Some(&layer));
             run.release(&self.ctx.store);
+            if let (Some(cgs), Some(cg)) = (
+                &self.ctx.cgroups,
+                self.container_cgroup(&self.ctrs[i].spec.name, self.ctrs[i].p.attempt.unwrap_or(0)),
+            ) {
+                if let Err(e) = cgs.remove(&cg) {
+                    tracing::warn!(error = %e, "removing a container's cgroup");
+                }
+            }
             let c = &mut self.ctrs[i];
             c.running = None;
             let finished = DateTime::parse_from_rfc3339(&exit.finished_at)
@@ -538,6 +618,7 @@ impl Worker {
                 .unwrap_or_else(|_| Utc::now());
             let reason = match (exit.code, exit.reason.as_str()) {
                 (_, "ContainerStatusUnknown") => "ContainerStatusUnknown",
+                (_, "OOMKilled") => "OOMKilled",
                 (0, _) => "Completed",
                 _ => "Error",
             };
@@ -774,12 +855,32 @@ impl Worker {
                         .collect()
                 })
                 .unwrap_or_default(),
+            cgroup: None,
         };
         // Record the attempt before it exists: an agent killed from here on finds it again.
         self.ctrs[i].p.attempt = Some(attempt);
         self.persist();
-        let sandbox = self.sandbox.as_ref().expect("sandbox exists");
-        match PodContainer::start(&self.ctx.exe, &self.ctx.store, sandbox, &hostname, &dir, &c) {
+        let mut c = c;
+        let made = match (&self.ctx.cgroups, &self.cgroup) {
+            (Some(cgs), Some(pod_cg)) => {
+                let r = self.resources.get(&spec.name).cloned().unwrap_or_default();
+                cgs.create_container(pod_cg, &spec.name, attempt, &r)
+                    .map(Some)
+                    .map_err(anyhow::Error::from)
+            }
+            _ => Ok(None),
+        };
+        let started = made.and_then(|cg| {
+            c.cgroup = cg.clone();
+            let sandbox = self.sandbox.as_ref().expect("sandbox exists");
+            PodContainer::start(&self.ctx.exe, &self.ctx.store, sandbox, &hostname, &dir, &c)
+                .inspect_err(|_| {
+                    if let (Some(cgs), Some(cg)) = (&self.ctx.cgroups, &cg) {
+                        let _ = cgs.remove(cg);
+                    }
+                })
+        });
+        match started {
             Ok(pc) => {
                 let ctr = &mut self.ctrs[i];
                 ctr.p.attempt = Some(attempt);
@@ -859,6 +960,9 @@ impl Worker {
                 let last_state = if c.p.done { None } else { c.p.last.clone() };
                 ContainerView {
                     running: c.running.as_ref().map(|r| (r.pid, r.state.clone())),
+                    cgroup: c.running.as_ref().and_then(|_| {
+                        self.container_cgroup(&c.spec.name, c.p.attempt.unwrap_or(0))
+                    }),
                     name: c.spec.name.clone(),
                     image: c.spec.image.clone().unwrap_or_default(),
                     init: c.init,
@@ -968,6 +1072,13 @@ impl Worker {
         for r in &running {
             let _ = r.remove();
             r.release(&self.ctx.store);
+        }
+        // Whatever is left in the pod's cgroup (processes a container forked into the
+        // background) goes with cgroup.kill, then the cgroups themselves.
+        if let Some(cgs) = &self.ctx.cgroups {
+            if let Err(e) = cgs.remove_pod(&self.manifest().uid) {
+                tracing::warn!(error = %e, "removing the pod's cgroup");
+            }
         }
         if let Some(n) = self.ctx.network.as_ref().filter(|_| !self.host_network()) {
             let prev = crate::network::Attachment::load(&self.dir).map(|a| a.result);

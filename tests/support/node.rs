@@ -91,7 +91,8 @@ impl Node {
             .arg("--log-dir")
             .arg(self.s.root().join("logs"))
             .arg("--cni-conf")
-            .arg(&self.conf);
+            .arg(&self.conf)
+            .arg("--cgroups=disabled");
         c
     }
 

@@ -1,0 +1,568 @@
+//! Resource limits end to end, on a kernel with cgroup v2 controllers: run inside a VM by
+//! `scripts/vm-test.sh` (the development hosts bind cpu, memory and pids to cgroup v1). The
+//! agent runs with its own cgroup root and a small pids.max; every test deletes its pods and
+//! checks that no pod cgroup, process or mount is left.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+const MOUNT: &str = "/sys/fs/cgroup";
+const PIDS: u64 = 64;
+
+struct Node {
+    s: Store,
+    manifests: PathBuf,
+    agent: Option<Child>,
+    root: String,
+}
+
+impl Node {
+    fn new(tag: &str) -> Node {
+        assert!(
+            knode::cgroup::probe(None).is_ok(),
+            "these tests need cgroup v2 with cpu, memory and pids: run them with scripts/vm-test.sh ({})",
+            knode::cgroup::probe(None).err().map(|e| e.to_string()).unwrap_or_default()
+        );
+        let s = Store::with_busybox();
+        let manifests = s.root().join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        let mut n = Node {
+            s,
+            manifests,
+            agent: None,
+            root: format!("knode-test-{tag}"),
+        };
+        n.agent = Some(
+            Command::new(knode_bin())
+                .arg("--root")
+                .arg(n.s.root())
+                .arg("--run-dir")
+                .arg(n.s.root().join("run"))
+                .args(["agent", "--manifests"])
+                .arg(&n.manifests)
+                .arg("--log-dir")
+                .arg(n.s.root().join("logs"))
+                .args([
+                    "--cgroup-root",
+                    &n.root,
+                    "--pod-max-pids",
+                    &PIDS.to_string(),
+                ])
+                .spawn()
+                .unwrap(),
+        );
+        n.until("the API answers", |n| {
+            n.knode(&["get", "pods"]).status.success()
+        });
+        n
+    }
+
+    fn knode(&self, args: &[&str]) -> Output {
+        Command::new(knode_bin())
+            .arg("--run-dir")
+            .arg(self.s.root().join("run"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// The API's JSON answer, or null (not found yet).
+    fn api(&self, path: &str) -> Value {
+        let (_, b) = knode::kubelet::api::get(&self.s.root().join("run/knode.sock"), path).unwrap();
+        serde_json::from_slice(&b).unwrap_or_default()
+    }
+
+    fn pod(&self, name: &str) -> Value {
+        self.api(&format!("/pods/default/{name}"))["pod"].clone()
+    }
+
+    fn until(&self, what: &str, f: impl Fn(&Node) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !f(self) {
+            if Instant::now() > deadline {
+                let pods =
+                    String::from_utf8_lossy(&self.knode(&["get", "pods", "-o", "yaml"]).stdout)
+                        .into_owned();
+                panic!("timed out waiting for {what}; pods:\n{pods}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn write(&self, name: &str, yaml: &str) {
+        let tmp = self.manifests.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.manifests.join(format!("{name}.yaml"))).unwrap();
+    }
+
+    fn running(&self, name: &str) -> bool {
+        self.pod(name)["status"]["containerStatuses"]
+            .as_array()
+            .is_some_and(|cs| {
+                !cs.is_empty() && cs.iter().all(|c| c["state"]["running"].is_object())
+            })
+    }
+
+    /// The pod's cgroup directory, found by its UID under any QoS class.
+    fn pod_cgroup(&self, name: &str) -> PathBuf {
+        let uid = self.pod(name)["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let base = Path::new(MOUNT).join(&self.root);
+        [
+            base.clone(),
+            base.join("burstable"),
+            base.join("besteffort"),
+        ]
+        .into_iter()
+        .map(|d| d.join(format!("pod{uid}")))
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| panic!("no cgroup for pod {name} ({uid})"))
+    }
+
+    /// The cgroup of a running container, from its PID's /proc/PID/cgroup.
+    fn container_cgroup(&self, pod: &str, container: &str) -> PathBuf {
+        let o = self.knode(&["exec", pod, "-c", container, "--", "cat", "/proc/1/cgroup"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // Inside its cgroup namespace the container sees its own cgroup as `/`.
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "0::/");
+        let pc = self.pod_cgroup(pod);
+        let dirs: Vec<PathBuf> = std::fs::read_dir(&pc)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_dir()
+                    && p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(&format!("{container}-"))
+            })
+            .collect();
+        assert_eq!(dirs.len(), 1, "{dirs:?}");
+        dirs[0].clone()
+    }
+
+    fn delete_all(&self) {
+        for e in std::fs::read_dir(&self.manifests).unwrap().flatten() {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+        self.until("every pod is gone", |n| {
+            std::fs::read_dir(n.s.root().join("run/pods"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+                == 0
+        });
+        // No pod cgroup is left in any class.
+        let base = Path::new(MOUNT).join(&self.root);
+        for d in [
+            base.clone(),
+            base.join("burstable"),
+            base.join("besteffort"),
+        ] {
+            let left: Vec<String> = std::fs::read_dir(&d)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("pod"))
+                .collect();
+            assert!(
+                left.is_empty(),
+                "pod cgroups left in {}: {left:?}",
+                d.display()
+            );
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.agent.is_some() {
+            if std::thread::panicking() {
+                // Best effort after a failure: let the agent tear the pods down.
+                for e in std::fs::read_dir(&self.manifests)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while std::fs::read_dir(self.s.root().join("run/pods"))
+                    .map(|d| d.count())
+                    .unwrap_or(0)
+                    > 0
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            } else {
+                self.delete_all();
+            }
+        }
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        // The QoS classes and the root stay while an agent runs (as the kubelet's); each test
+        // removes its own afterwards.
+        let base = Path::new(MOUNT).join(&self.root);
+        for d in [
+            base.join("burstable"),
+            base.join("besteffort"),
+            base.clone(),
+        ] {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn read(p: &Path, file: &str) -> String {
+    std::fs::read_to_string(p.join(file))
+        .unwrap_or_else(|e| panic!("{}: {e}", p.join(file).display()))
+        .trim()
+        .to_string()
+}
+
+fn keyed(p: &Path, file: &str, key: &str) -> u64 {
+    read(p, file)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{key} "))
+                .map(|v| v.parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no {key} in {}", p.join(file).display()))
+}
+
+fn pod(name: &str, containers: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n{containers}")
+}
+
+fn ctr(name: &str, cmd: &str, resources: &str) -> String {
+    format!(
+        "  - name: {name}\n    image: test/busybox:1\n    command: [sh, -c, '{cmd}']\n{resources}"
+    )
+}
+
+#[test]
+fn qos_classes_weights_and_limits_land_in_the_kernel() {
+    let n = Node::new("qos");
+    n.write(
+        "guaranteed",
+        &pod(
+            "guaranteed",
+            &ctr(
+                "c",
+                "sleep 1000",
+                "    resources:\n      limits: {cpu: 500m, memory: 64Mi}\n",
+            ),
+        ),
+    );
+    n.write(
+        "besteffort",
+        &pod("besteffort", &ctr("c", "sleep 1000", "")),
+    );
+    n.write(
+        "burstable",
+        &pod(
+            "burstable",
+            &(ctr(
+                "a",
+                "sleep 1000",
+                "    resources:\n      requests: {cpu: 250m}\n",
+            ) + &ctr(
+                "b",
+                "sleep 1000",
+                "    resources:\n      requests: {memory: 16Mi}\n      limits: {memory: 32Mi}\n",
+            )),
+        ),
+    );
+    n.until("three pods running", |n| {
+        n.running("guaranteed") && n.running("besteffort") && n.running("burstable")
+    });
+    for (name, class) in [
+        ("guaranteed", "Guaranteed"),
+        ("besteffort", "BestEffort"),
+        ("burstable", "Burstable"),
+    ] {
+        assert_eq!(n.pod(name)["status"]["qosClass"], class, "{name}");
+    }
+    let base = Path::new(MOUNT).join(&n.root);
+
+    // Guaranteed: directly under the root, the sum of its containers' values.
+    let g = n.pod_cgroup("guaranteed");
+    assert_eq!(g.parent().unwrap(), base);
+    assert_eq!(
+        read(&g, "cpu.weight"),
+        "20",
+        "500m = 512 shares = weight 20"
+    );
+    assert_eq!(read(&g, "cpu.max"), "50000 100000");
+    assert_eq!(read(&g, "memory.max"), (64u64 << 20).to_string());
+    assert_eq!(read(&g, "pids.max"), PIDS.to_string());
+    let gc = n.container_cgroup("guaranteed", "c");
+    assert_eq!(read(&gc, "cpu.max"), "50000 100000");
+    assert_eq!(read(&gc, "memory.max"), (64u64 << 20).to_string());
+    assert_eq!(read(&gc, "memory.oom.group"), "1");
+    if gc.join("memory.swap.max").exists() {
+        assert_eq!(read(&gc, "memory.swap.max"), "0");
+    }
+    // The container's process was cloned into its cgroup: it is there, and only there.
+    let procs = read(&gc, "cgroup.procs");
+    assert_eq!(procs.lines().count(), 1, "{procs}");
+    assert_eq!(
+        read(&g, "cgroup.procs"),
+        "",
+        "no process in the pod level itself"
+    );
+
+    // BestEffort: the minimum weight, no limits.
+    let be = n.pod_cgroup("besteffort");
+    assert_eq!(be.parent().unwrap(), base.join("besteffort"));
+    assert_eq!(read(&be, "cpu.weight"), "1");
+    assert_eq!(read(&base.join("besteffort"), "cpu.weight"), "1");
+    assert_eq!(read(&be, "cpu.max"), "max 100000");
+    assert_eq!(read(&be, "memory.max"), "max");
+    assert_eq!(read(&be, "pids.max"), PIDS.to_string());
+
+    // Burstable: weight from the requests; a limit only where every container has one.
+    let bu = n.pod_cgroup("burstable");
+    assert_eq!(bu.parent().unwrap(), base.join("burstable"));
+    let shares = knode::cgroup::resources::cpu_shares(Some(250));
+    let w = knode::cgroup::resources::cpu_weight(shares).to_string();
+    assert_eq!(read(&bu, "cpu.weight"), w);
+    assert_eq!(
+        read(&base.join("burstable"), "cpu.weight"),
+        w,
+        "the class weighs its pods' requests"
+    );
+    assert_eq!(
+        read(&bu, "memory.max"),
+        "max",
+        "container a has no memory limit"
+    );
+    assert_eq!(
+        read(&n.container_cgroup("burstable", "b"), "memory.max"),
+        (32u64 << 20).to_string()
+    );
+    assert_eq!(read(&n.container_cgroup("burstable", "a"), "cpu.weight"), w);
+
+    // An exec'd command joins the container's cgroup, under its limits.
+    let o = n.knode(&[
+        "exec",
+        "guaranteed",
+        "--",
+        "sh",
+        "-c",
+        "cat /proc/self/cgroup",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "0::/");
+
+    n.delete_all();
+    assert_eq!(
+        read(&base.join("burstable"), "cpu.weight"),
+        "1",
+        "no burstable pod left"
+    );
+}
+
+#[test]
+fn the_memory_limit_oom_kills_and_the_container_restarts() {
+    let n = Node::new("oom");
+    // dd holds a 64 MiB buffer: over the 32 MiB limit.
+    n.write(
+        "hog",
+        &pod("hog", &ctr("hog", "echo start; dd if=/dev/zero of=/dev/null bs=64M count=1; echo survived; sleep 1000", "    resources:\n      limits: {memory: 32Mi}\n")),
+    );
+    n.until("an OOM kill and a restart", |n| {
+        let c = &n.pod("hog")["status"]["containerStatuses"][0];
+        c["restartCount"].as_u64() >= Some(1) && c["lastState"]["terminated"].is_object()
+    });
+    let c = n.pod("hog")["status"]["containerStatuses"][0].clone();
+    let t = &c["lastState"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{c}");
+    assert_eq!(t["exitCode"], 137, "{c}");
+    let logs =
+        String::from_utf8_lossy(&n.knode(&["logs", "hog", "--previous"]).stdout).into_owned();
+    assert!(
+        logs.contains("start") && !logs.contains("survived"),
+        "the whole container was killed: {logs}"
+    );
+    let d = String::from_utf8_lossy(&n.knode(&["describe", "pod", "hog"]).stdout).into_owned();
+    assert!(d.contains("OOMKilled"), "{d}");
+    n.delete_all();
+}
+
+#[test]
+fn cpu_max_throttles_a_busy_loop_and_stats_are_plausible() {
+    let n = Node::new("cpu");
+    n.write(
+        "busy",
+        &pod(
+            "busy",
+            &(ctr(
+                "spin",
+                "while :; do :; done",
+                "    resources:\n      limits: {cpu: 200m, memory: 64Mi}\n",
+            ) + &ctr(
+                "mem",
+                "head -c 20971520 /dev/zero > /dev/shm/blob; sleep 1000",
+                "    resources:\n      limits: {cpu: 100m, memory: 64Mi}\n",
+            )),
+        ),
+    );
+    n.until("busy running", |n| n.running("busy"));
+    let spin = n.container_cgroup("busy", "spin");
+    let mem = n.container_cgroup("busy", "mem");
+    n.until("the 20 MiB blob is written", |_| {
+        read(&mem, "memory.current").parse::<u64>().unwrap() >= 20 << 20
+    });
+    // A measurement window of a few seconds (the figure is a rate; nothing is awaited).
+    let (u0, t0, at) = (
+        keyed(&spin, "cpu.stat", "usage_usec"),
+        keyed(&spin, "cpu.stat", "nr_throttled"),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let (u1, t1) = (
+        keyed(&spin, "cpu.stat", "usage_usec"),
+        keyed(&spin, "cpu.stat", "nr_throttled"),
+    );
+    let cores = (u1 - u0) as f64 / at.elapsed().as_micros() as f64;
+    assert!(t1 > t0, "nr_throttled grew: {t0} -> {t1}");
+    assert!(
+        (0.1..=0.3).contains(&cores),
+        "a 200m limit gave {cores:.3} cores"
+    );
+
+    // The summary: the rate needs a second sample a second later.
+    n.until("a CPU rate for the pod", |n| {
+        n.api("/stats/summary")["pods"][0]["cpu"]["usageNanoCores"].is_u64()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = n.api("/stats/summary");
+    let p = &s["pods"][0];
+    assert_eq!(p["podRef"]["name"], "busy");
+    let spin_c = p["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "spin")
+        .unwrap();
+    let nano = spin_c["cpu"]["usageNanoCores"].as_u64().unwrap();
+    assert!(
+        (100_000_000..=300_000_000).contains(&nano),
+        "spin: {nano} nanocores"
+    );
+    let mem_c = p["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "mem")
+        .unwrap();
+    let ws = mem_c["memory"]["workingSetBytes"].as_u64().unwrap();
+    assert!((20 << 20..=64 << 20).contains(&ws), "mem working set {ws}");
+    assert!(
+        p["memory"]["workingSetBytes"].as_u64().unwrap() >= ws,
+        "the pod includes its containers"
+    );
+    assert!(
+        p["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap()
+            >= spin_c["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap()
+    );
+    // The node: capacity from the host, usage from /proc.
+    let node = n.api("/node");
+    let cpus = std::thread::available_parallelism()
+        .unwrap()
+        .get()
+        .to_string();
+    assert_eq!(node["status"]["capacity"]["cpu"], cpus.as_str());
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert_eq!(node["status"]["capacity"]["memory"], format!("{total}Ki"));
+    assert!(node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "ResourceLimits" && c["status"] == "True"));
+    assert!(s["node"]["memory"]["workingSetBytes"].as_u64().unwrap() > ws);
+
+    let o = n.knode(&["top", "pods", "--containers"]);
+    let top = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        top.starts_with("POD") && top.contains("spin") && top.contains("mem"),
+        "{top}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = n.knode(&["top", "node"]);
+    let top = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        top.contains("CPU%") && top.contains("MEMORY%"),
+        "{top}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    n.delete_all();
+}
+
+#[test]
+fn pids_max_stops_a_fork_bomb_and_the_node_stays_healthy() {
+    let n = Node::new("pids");
+    n.write(
+        "bomb",
+        // Twenty sleepers in the background, then a classic fork bomb; PID 1 then becomes a
+        // sleep, which needs no fork.
+        &pod(
+            "bomb",
+            &ctr(
+                "bomb",
+                "for i in $(seq 20); do sleep 1000 & done; b() { b | b & }; b; exec sleep 100000",
+                "    resources:\n      limits: {cpu: 300m}\n",
+            ),
+        ),
+    );
+    n.until("bomb running", |n| n.running("bomb"));
+    let pc = n.pod_cgroup("bomb");
+    let cc = n.container_cgroup("bomb", "bomb");
+    // Kernels before 6.12 count the refused fork in the forking task's cgroup, later ones
+    // (also) where the limit is.
+    n.until("the pod reaches pids.max", |_| {
+        keyed(&pc, "pids.events", "max") + keyed(&cc, "pids.events", "max") > 0
+    });
+    assert!(read(&pc, "pids.current").parse::<u64>().unwrap() <= PIDS);
+    // The node still starts and runs other pods, and answers.
+    n.write("calm", &pod("calm", &ctr("c", "echo fine; sleep 1000", "")));
+    n.until("calm running", |n| n.running("calm"));
+    assert!(n.knode(&["get", "pods"]).status.success());
+    let bomb_procs: Vec<String> = read(&cc, "cgroup.procs")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(bomb_procs.len() > 20, "{} processes", bomb_procs.len());
+    // Deleting the pod kills every one of them (cgroup.kill), not just PID 1.
+    std::fs::remove_file(n.manifests.join("bomb.yaml")).unwrap();
+    n.until("bomb deleted", |n| {
+        n.api("/pods")["items"].as_array().unwrap().len() == 1
+    });
+    assert!(!pc.exists(), "the pod's cgroup is gone");
+    for p in bomb_procs {
+        assert!(
+            !Path::new(&format!("/proc/{p}")).exists(),
+            "process {p} outlived its pod"
+        );
+    }
+    n.delete_all();
+}
