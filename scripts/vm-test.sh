@@ -8,11 +8,14 @@
 #   KNODE_VM_MEMORY     guest memory (default 2G)    KNODE_VM_CPUS  guest CPUs (default 2)
 #   KNODE_VNG_DIR       where virtme-ng's venv goes (default /opt/knode-vng)
 #   extra arguments     passed to the test binary (a test name filter, --nocapture, ...)
+#   --exec 'COMMAND'    run COMMAND in the VM instead of the tests (benchmarks use this)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 
-pkgs=(qemu-system-x86 linux-image-amd64 python3 python3-venv busybox-static)
+exec_cmd=""
+if [ "${1:-}" = "--exec" ]; then exec_cmd="$2"; shift 2; fi
+pkgs=(qemu-system-x86 linux-image-amd64 python3 python3-venv busybox-static crun)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -30,20 +33,23 @@ fi
 kernel=$(ls -1 /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -n 1)
 [ -n "$kernel" ] || { echo "no Debian kernel in /boot (package linux-image-amd64)" >&2; exit 1; }
 
-echo "==> building the cgroup tests"
-cargo build --quiet --bin knode
-bin=$(cargo test --quiet --features vm-tests --test cgroups --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
+if [ -z "$exec_cmd" ]; then
+  echo "==> building the cgroup tests"
+  cargo build --quiet --bin knode
+  bin=$(cargo test --quiet --features vm-tests --test cgroups --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cgroups":
         print(m["executable"])')
-[ -x "$bin" ] || { echo "could not build tests/cgroups.rs" >&2; exit 1; }
+  [ -x "$bin" ] || { echo "could not build tests/cgroups.rs" >&2; exit 1; }
+  exec_cmd="'$bin' --test-threads=1 $*"
+fi
 
 # Inside: a tmpfs for the tests' stores (the guest's /tmp is an overlay, which overlayfs
 # cannot use as an upper layer), then the test binary; its exit code is the VM's.
 inner="set -e; mkdir -p /tmp/knode-vm; mount -t tmpfs -o size=1G tmpfs /tmp/knode-vm;
-export TMPDIR=/tmp/knode-vm; cd '$PWD'; '$bin' --test-threads=1 $*"
+export TMPDIR=/tmp/knode-vm; cd '$PWD'; $exec_cmd"
 kvm=(--disable-kvm)
 [ "${KNODE_VM_KVM:-0}" = 1 ] && kvm=()
 echo "==> booting $(basename "$kernel") with virtme-ng (${kvm[*]:-KVM}) for the cgroup tests"
@@ -53,5 +59,5 @@ PATH="$vng_dir/bin:$PATH" timeout 1800 virtme-ng --run "$kernel" "${kvm[@]}" \
   --memory "${KNODE_VM_MEMORY:-2G}" --cpus "${KNODE_VM_CPUS:-2}" --exec "$inner"
 rc=$?
 set -e
-echo "==> cgroup tests in the VM: exit $rc after $(( $(date +%s) - start )) s"
+echo "==> in the VM: exit $rc after $(( $(date +%s) - start )) s"
 exit $rc
