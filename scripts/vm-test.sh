@@ -55,9 +55,11 @@ kvm=(--disable-kvm)
 echo "==> booting $(basename "$kernel") with virtme-ng (${kvm[*]:-KVM}) for the cgroup tests"
 start=$(date +%s)
 set +e
+# Through a pipe: otherwise the VM's console reopens the caller's stdout and stderr and, when
+# they are a log file, truncates it (CI would lose everything printed before).
 PATH="$vng_dir/bin:$PATH" timeout 1800 virtme-ng --run "$kernel" "${kvm[@]}" \
-  --memory "${KNODE_VM_MEMORY:-2G}" --cpus "${KNODE_VM_CPUS:-2}" --exec "$inner"
-rc=$?
+  --memory "${KNODE_VM_MEMORY:-2G}" --cpus "${KNODE_VM_CPUS:-2}" --exec "$inner" </dev/null 2>&1 | cat
+rc=${PIPESTATUS[0]}
 set -e
 echo "==> in the VM: exit $rc after $(( $(date +%s) - start )) s"
 exit $rc

@@ -326,7 +326,13 @@ fn run(cli: Cli) -> Result<()> {
                 cgroups: knode::kubelet::CgroupConfig {
                     enabled: matches!(cgroups, CgroupsMode::Enabled),
                     root: cgroup_root,
-                    pod_max_pids: u64::try_from(pod_max_pids).ok(),
+                    pod_max_pids: match pod_max_pids {
+                        -1 => None,
+                        n if n >= 1 => Some(n as u64),
+                        n => anyhow::bail!(
+                            "invalid --pod-max-pids {n}: must be -1 (unlimited) or at least 1"
+                        ),
+                    },
                     mount: None,
                 },
             })

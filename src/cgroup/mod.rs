@@ -43,9 +43,21 @@ pub enum CgroupError {
 
 fn io(cg: &str) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
     move |source| CgroupError::Io {
-        cg: cg.to_string(),
+        cg: if cg.is_empty() {
+            "/".into()
+        } else {
+            cg.to_string()
+        },
         source,
     }
+}
+
+/// The oldest kernel with everything knode uses: cgroup.kill (5.14), CLONE_INTO_CGROUP (5.7).
+const MIN_KERNEL: (u32, u32) = (5, 14);
+
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
 /// How to fix a missing cgroup v2 setup, appended to start-up errors.
@@ -56,6 +68,16 @@ systemd.unified_cgroup_hierarchy=1, the default on Debian 12), or start the agen
 /// Finds the cgroup2 mount and checks that it offers the required controllers. The error says
 /// what is missing.
 pub fn probe(mount: Option<&Path>) -> Result<PathBuf, CgroupError> {
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    if kernel_version(&release).is_some_and(|v| v < MIN_KERNEL) {
+        return Err(CgroupError::Unavailable(format!(
+            "kernel {release} is too old: knode's limits need {}.{} or newer (cgroup.kill, CLONE_INTO_CGROUP)",
+            MIN_KERNEL.0, MIN_KERNEL.1
+        )));
+    }
     let mount = match mount {
         Some(m) => m.to_path_buf(),
         None => oci::runtime::cgroup2_mount().ok_or_else(|| {
@@ -116,8 +138,33 @@ pub struct Cgroups {
     root: String,
     pod_max_pids: Option<u64>,
     controllers: Vec<&'static str>,
+    /// The host's huge page sizes (`2MB`, `1GB`): a size a pod does not ask for gets 0.
+    hugepage_sizes: Vec<String>,
     /// Burstable pods' cpu requests (millicores), for the burstable class's weight.
     burstable: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Huge page sizes the kernel offers, as cgroup v2 names them.
+fn hugepage_sizes() -> Vec<String> {
+    std::fs::read_dir("/sys/kernel/mm/hugepages")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let kb: u64 = e
+                .file_name()
+                .to_string_lossy()
+                .strip_prefix("hugepages-")?
+                .strip_suffix("kB")?
+                .parse()
+                .ok()?;
+            Some(match kb {
+                k if k >= 1 << 20 => format!("{}GB", k >> 20),
+                k if k >= 1 << 10 => format!("{}MB", k >> 10),
+                k => format!("{k}KB"),
+            })
+        })
+        .collect()
 }
 
 impl Cgroups {
@@ -146,13 +193,30 @@ impl Cgroups {
             fs,
             root,
             pod_max_pids,
+            hugepage_sizes: if controllers.contains(&"hugetlb") {
+                hugepage_sizes()
+            } else {
+                vec![]
+            },
             controllers,
             burstable: Mutex::new(BTreeMap::new()),
         };
         // Every ancestor delegates the controllers to the next level.
         let mut at = String::new();
         for part in cg.root.clone().split('/') {
-            cg.enable(&at)?;
+            if let Err(e) = cg.enable(&at) {
+                let busy = matches!(&e, CgroupError::Io { source, .. } if source.raw_os_error() == Some(libc::EBUSY));
+                if busy {
+                    // cgroup v2's no-internal-process rule: a cgroup with processes (other than
+                    // the real root) cannot hand controllers down. In a container with its own
+                    // cgroup namespace, the agent itself sits in that root.
+                    return Err(CgroupError::Unavailable(format!(
+                        "cannot enable the controllers below cgroup {:?}: it holds processes (cgroup v2's no-internal-process rule); move them into a child cgroup first, as kind does (mkdir <mount>/init and write each PID of cgroup.procs into init/cgroup.procs)",
+                        if at.is_empty() { "/" } else { at.as_str() }
+                    )));
+                }
+                return Err(e);
+            }
             at = if at.is_empty() {
                 part.to_string()
             } else {
@@ -207,7 +271,9 @@ impl Cgroups {
     }
 
     fn set_burstable_weight(&self) -> Result<(), CgroupError> {
-        let sum: u64 = self.burstable.lock().expect("burstable").values().sum();
+        // Held across the write, so concurrent pod workers cannot leave an older sum behind.
+        let map = self.burstable.lock().expect("burstable");
+        let sum = map.values().fold(0u64, |a, v| a.saturating_add(*v));
         let p = format!("{}/burstable", self.root);
         let shares = resources::cpu_shares(Some(sum));
         self.fs
@@ -255,12 +321,12 @@ impl Cgroups {
         for (file, v) in writes {
             self.fs.write(cg, file, &v).map_err(io(cg))?;
         }
-        if self.controllers.contains(&"hugetlb") {
-            for (size, bytes) in &r.hugepages {
-                self.fs
-                    .write(cg, &format!("hugetlb.{size}.max"), &bytes.to_string())
-                    .map_err(io(cg))?;
-            }
+        // As the kubelet: every size the pod did not ask for is 0.
+        for size in &self.hugepage_sizes {
+            let bytes = r.hugepages.get(size).copied().unwrap_or(0);
+            self.fs
+                .write(cg, &format!("hugetlb.{size}.max"), &bytes.to_string())
+                .map_err(io(cg))?;
         }
         Ok(())
     }
@@ -322,23 +388,28 @@ impl Cgroups {
 
     /// Removes a pod's cgroup, whatever its class.
     pub fn remove_pod(&self, uid: &str) -> Result<(), CgroupError> {
+        let mut result = Ok(());
         for qos in [
             QosClass::Guaranteed,
             QosClass::Burstable,
             QosClass::BestEffort,
         ] {
-            self.remove(&self.pod_path(uid, qos))?;
+            if let Err(e) = self.remove(&self.pod_path(uid, qos)) {
+                result = result.and(Err(e));
+            }
         }
-        if self
+        // The pod no longer weighs on its class even if a cgroup could not be removed (the
+        // next start-up sweeps it).
+        let had = self
             .burstable
             .lock()
             .expect("burstable")
             .remove(uid)
-            .is_some()
-        {
-            self.set_burstable_weight()?;
+            .is_some();
+        if had {
+            result = result.and(self.set_burstable_weight());
         }
-        Ok(())
+        result
     }
 
     /// Pod cgroups whose pods are not in `keep` (left by an earlier agent).
@@ -425,6 +496,14 @@ mod tests {
             memory_limit: mem,
             hugepages: Default::default(),
         }
+    }
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(kernel_version("6.1.0-56-amd64"), Some((6, 1)));
+        assert_eq!(kernel_version("5.10.0-28-amd64"), Some((5, 10)));
+        assert!(kernel_version("5.10.0").unwrap() < MIN_KERNEL);
+        assert!(kernel_version("5.14.21").unwrap() >= MIN_KERNEL);
     }
 
     #[test]

@@ -10,6 +10,11 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 /// cgroup v1 cpu.shares bounds; cpu.weight is derived from shares as runc and the kubelet do.
 const MIN_SHARES: u64 = 2;
 const MAX_SHARES: u64 = 262_144;
+/// The largest cpu.max quota the kernel takes (`MAX_BW`, 2^44 - 1 µs).
+const MAX_QUOTA_US: u64 = (1 << 44) - 1;
+
+const OUT_OF_RANGE: &str =
+    "is out of range (at most 2^63 - 1 bytes or millicores, exponents within ±30)";
 
 /// Parses a Kubernetes quantity (`500m`, `1.5`, `64Mi`, `1e3`, `2G`) into a count of `unit`
 /// (1000 for millicores, 1 for bytes), rounded up as the API server's `MilliValue`/`Value` do.
@@ -55,7 +60,7 @@ pub fn parse_quantity(s: &str, unit: u128) -> Result<u64, String> {
                 format!("has an unknown suffix {suffix:?} (known: n, u, m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei, or an exponent like e3)")
             })?;
             if e.unsigned_abs() > 30 {
-                return Err("is out of range".into());
+                return Err(OUT_OF_RANGE.into());
             }
             if e >= 0 {
                 (pow(10, e as u32), Some(1))
@@ -70,27 +75,27 @@ pub fn parse_quantity(s: &str, unit: u128) -> Result<u64, String> {
         }
     };
     if frac.len() > 30 || int.len() > 30 {
-        return Err("is out of range".into());
+        return Err(OUT_OF_RANGE.into());
     }
     let digits: u128 = format!("{int}{frac}")
         .trim_start_matches('0')
         .parse()
         .or_else(|e: std::num::ParseIntError| match e.kind() {
             std::num::IntErrorKind::Empty => Ok(0),
-            _ => Err("is out of range".to_string()),
+            _ => Err(OUT_OF_RANGE.to_string()),
         })?;
     den_m = den_m.and_then(|d| d.checked_mul(10u128.pow(frac.len() as u32)));
     num_m = num_m.and_then(|n| n.checked_mul(unit));
     let (n, d) = match (num_m, den_m) {
         (Some(n), Some(d)) => (n, d),
-        _ => return Err("is out of range".into()),
+        _ => return Err(OUT_OF_RANGE.into()),
     };
-    let v = digits.checked_mul(n).ok_or("is out of range")?;
+    let v = digits.checked_mul(n).ok_or(OUT_OF_RANGE)?;
     let v = v.div_ceil(d);
     u64::try_from(v)
         .ok()
         .filter(|v| *v <= i64::MAX as u64)
-        .ok_or_else(|| "is out of range".to_string())
+        .ok_or_else(|| OUT_OF_RANGE.to_string())
 }
 
 /// One container's requests and limits, after Kubernetes' defaulting (a limit without a
@@ -199,17 +204,20 @@ pub fn container(c: &Container, at: &str) -> Result<(ContainerResources, Vec<Str
         }
         if k.starts_with("hugepages-") && limits.get(k) != Some(req) {
             problems.push(format!(
-                "{at}.resources.requests.{k}: hugepages requests must equal their limits"
+                "{at}.resources.requests.{k}: invalid value {req}: hugepages requests must equal their limit ({})",
+                limits.get(k).map(|l| l.to_string()).unwrap_or_else(|| "none".into())
             ));
         }
     }
     if !problems.is_empty() {
         return Err(problems.join("; "));
     }
-    r.cpu_request_milli = requests.get("cpu").copied();
-    r.cpu_limit_milli = limits.get("cpu").copied();
-    r.memory_request = requests.get("memory").copied();
-    r.memory_limit = limits.get("memory").copied();
+    // A zero request or limit counts as none, as in the kubelet (for QoS and for cgroups).
+    let nonzero = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().filter(|v| *v > 0);
+    r.cpu_request_milli = nonzero(&requests, "cpu");
+    r.cpu_limit_milli = nonzero(&limits, "cpu");
+    r.memory_request = nonzero(&requests, "memory");
+    r.memory_limit = nonzero(&limits, "memory");
     for (k, v) in &limits {
         if let Some(size) = hugetlb_size(k) {
             r.hugepages.insert(size, *v);
@@ -286,7 +294,10 @@ pub fn pod_total(init: &[ContainerResources], apps: &[ContainerResources]) -> Co
         if all && (vals.iter().any(Option::is_none) || init.iter().any(|c| f(c).is_none())) {
             return None;
         }
-        let sum: u64 = vals.iter().flatten().sum();
+        let sum = vals
+            .iter()
+            .flatten()
+            .fold(0u64, |a, v| a.saturating_add(*v));
         let max_init = init.iter().filter_map(&f).max().unwrap_or(0);
         let v = sum.max(max_init);
         (all || v > 0).then_some(v)
@@ -294,7 +305,8 @@ pub fn pod_total(init: &[ContainerResources], apps: &[ContainerResources]) -> Co
     let mut hugepages = BTreeMap::new();
     for c in apps {
         for (k, v) in &c.hugepages {
-            *hugepages.entry(k.clone()).or_insert(0) += v;
+            let e = hugepages.entry(k.clone()).or_insert(0u64);
+            *e = e.saturating_add(*v);
         }
     }
     ContainerResources {
@@ -310,7 +322,7 @@ pub fn pod_total(init: &[ContainerResources], apps: &[ContainerResources]) -> Co
 pub fn cpu_shares(request_milli: Option<u64>) -> u64 {
     match request_milli {
         None | Some(0) => MIN_SHARES,
-        Some(m) => (m * 1024 / 1000).clamp(MIN_SHARES, MAX_SHARES),
+        Some(m) => (m.saturating_mul(1024) / 1000).clamp(MIN_SHARES, MAX_SHARES),
     }
 }
 
@@ -325,7 +337,10 @@ pub fn cpu_weight(shares: u64) -> u64 {
 /// `max <period>` without a limit.
 pub fn cpu_max(limit_milli: Option<u64>) -> String {
     match limit_milli {
-        Some(m) => format!("{} {CPU_PERIOD_US}", (m * CPU_PERIOD_US / 1000).max(1000)),
+        Some(m) => format!(
+            "{} {CPU_PERIOD_US}",
+            (m.saturating_mul(CPU_PERIOD_US) / 1000).clamp(1000, MAX_QUOTA_US)
+        ),
         None => format!("max {CPU_PERIOD_US}"),
     }
 }
@@ -459,6 +474,34 @@ mod tests {
             (t.cpu_limit_milli, t.memory_limit),
             (Some(2000), Some(1 << 30)),
             "the larger init container counts"
+        );
+    }
+
+    #[test]
+    fn zero_means_none_and_huge_values_saturate() {
+        let (z, _) = container(&ctr(&[("cpu", "0")], &[("memory", "0")]), "c").unwrap();
+        assert_eq!(z, ContainerResources::default());
+        assert_eq!(
+            qos(&[z]),
+            QosClass::BestEffort,
+            "zero requests are no requests"
+        );
+        let (big, _) = container(&ctr(&[], &[("cpu", "2e11"), ("memory", "7Ei")]), "c").unwrap();
+        let t = pod_total(&[], &[big.clone(), big.clone(), big.clone()]);
+        assert_eq!(t.memory_limit, Some(u64::MAX));
+        assert_eq!(cpu_shares(big.cpu_request_milli), 262_144);
+        assert_eq!(
+            cpu_max(t.cpu_limit_milli),
+            format!("{} 100000", (1u64 << 44) - 1)
+        );
+        let e = container(
+            &ctr(&[("hugepages-2Mi", "2Mi")], &[("hugepages-2Mi", "4Mi")]),
+            "c",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("invalid value 2097152") && e.contains("(4194304)"),
+            "{e}"
         );
     }
 

@@ -338,6 +338,17 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
                 })
                 .collect();
         }
+        // A CPU sample of the node and every pod (kept only when a second or more has
+        // passed), so usage rates cover the last few seconds whenever they are asked for.
+        {
+            let st = state.read().expect("state");
+            let views: Vec<PodView> = st
+                .pods
+                .values()
+                .map(|v| v.lock().expect("view").clone())
+                .collect();
+            let _ = node::summary(&st.node, &views);
+        }
         // Wait for a change in the directory (or a worker to finish stopping).
         let mut p = [
             rustix::event::PollFd::new(&inotify, rustix::event::PollFlags::IN),

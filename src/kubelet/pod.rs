@@ -601,8 +601,8 @@ impl Worker {
                 .join("containers")
                 .join(&self.ctrs[i].spec.name)
                 .join(self.ctrs[i].p.attempt.unwrap_or(0).to_string());
-            let _ = run.remove_with(Some(&layer));
-            run.release(&self.ctx.store);
+            // Processes the container left behind (with a shared or the host's PID namespace)
+            // die with its cgroup before its root is unmounted.
             if let (Some(cgs), Some(cg)) = (
                 &self.ctx.cgroups,
                 self.container_cgroup(&self.ctrs[i].spec.name, self.ctrs[i].p.attempt.unwrap_or(0)),
@@ -611,6 +611,8 @@ impl Worker {
                     tracing::warn!(error = %e, "removing a container's cgroup");
                 }
             }
+            let _ = run.remove_with(Some(&layer));
+            run.release(&self.ctx.store);
             let c = &mut self.ctrs[i];
             c.running = None;
             let finished = DateTime::parse_from_rfc3339(&exit.finished_at)
@@ -1069,16 +1071,17 @@ impl Worker {
                 s.spawn(move || stop_container(r, grace));
             }
         });
-        for r in &running {
-            let _ = r.remove();
-            r.release(&self.ctx.store);
-        }
         // Whatever is left in the pod's cgroup (processes a container forked into the
-        // background) goes with cgroup.kill, then the cgroups themselves.
+        // background) goes with cgroup.kill, then the cgroups themselves, before any root is
+        // unmounted.
         if let Some(cgs) = &self.ctx.cgroups {
             if let Err(e) = cgs.remove_pod(&self.manifest().uid) {
                 tracing::warn!(error = %e, "removing the pod's cgroup");
             }
+        }
+        for r in &running {
+            let _ = r.remove();
+            r.release(&self.ctx.store);
         }
         if let Some(n) = self.ctx.network.as_ref().filter(|_| !self.host_network()) {
             let prev = crate::network::Attachment::load(&self.dir).map(|a| a.result);
