@@ -90,10 +90,16 @@ fn main() {
     let crun_off = crun_run(work.path(), &rootfs, false, n);
 
     let row = |name: &str, v: &[f64]| {
+        let (imax, max) = v
+            .iter()
+            .enumerate()
+            .fold((0, 0.0), |m, (i, x)| if *x > m.1 { (i, *x) } else { m });
         println!(
-            "  {name:<52} p50 {:8.2} ms   p99 {:8.2} ms",
+            "  {name:<50} p50 {:7.1} ms   p90 {:7.1} ms   max {:7.1} ms (start #{})",
             pct(v, 0.5),
-            pct(v, 0.99)
+            pct(v, 0.9),
+            max,
+            imax + 1
         )
     };
     println!(

@@ -184,6 +184,7 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
     let mut first = true;
     let mut loader = manifests::Loader::default();
     let started = std::time::Instant::now();
+    let mut last_sample = started;
     loop {
         let m = loader.load(&cfg.manifests);
         for e in &m.errors {
@@ -338,9 +339,11 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
                 })
                 .collect();
         }
-        // A CPU sample of the node and every pod (kept only when a second or more has
-        // passed), so usage rates cover the last few seconds whenever they are asked for.
-        {
+        // A CPU sample of the node and every pod every few seconds, so usage rates cover the
+        // last few seconds whenever they are asked for (not on every pass: a burst of
+        // manifest changes must not wait behind file reads for every pod).
+        if last_sample.elapsed() >= Duration::from_secs(2) {
+            last_sample = std::time::Instant::now();
             let st = state.read().expect("state");
             let views: Vec<PodView> = st
                 .pods
