@@ -10,28 +10,20 @@
 //! - crun: `crun run -d` of the same rootfs and command with the same limits through its cgroupfs
 //!   manager, and with `--cgroup-manager=disabled`: crun's own cost of cgroups.
 
-use std::path::{Path, PathBuf};
+#[path = "support.rs"]
+mod support;
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::{pct, start_pods};
 
 fn pods() -> usize {
     std::env::var("KNODE_BENCH_PODS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40)
-}
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-fn api(sock: &Path, path: &str) -> serde_json::Value {
-    knode::kubelet::api::get(sock, path)
-        .ok()
-        .and_then(|(_, b)| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
 }
 
 fn main() {
@@ -61,27 +53,7 @@ fn main() {
         .prefix("knode-bench-cgroups-")
         .tempdir()
         .unwrap();
-    let root = work.path().join("root");
-    let store = oci::image::ImageStore::open(&root.join("images")).unwrap();
-    let layout = work.path().join("layout");
-    oci::build::ImageBuilder::new()
-        .layer(
-            &knode::demo::busybox_layer().unwrap(),
-            oci::spec::Compression::Gzip,
-        )
-        .build()
-        .write_oci_layout(&layout, "1")
-        .unwrap();
-    let rec = store
-        .import(
-            &layout,
-            Some("bench/busybox"),
-            &Default::default(),
-            &oci::progress::NoProgress,
-        )
-        .unwrap()
-        .remove(0);
-    let rootfs: PathBuf = store.snapshots().fs_dir(&rec.layers[0].chain_id);
+    let (_store, rootfs) = support::busybox_store(&work.path().join("root"), work.path());
     let n = pods();
 
     let (on, on_del) = knode_run(knode, work.path(), true, n);
@@ -153,43 +125,12 @@ fn knode_run(knode: &str, work: &Path, cgroups: bool, n: usize) -> (Vec<f64>, f6
         assert!(Instant::now() < deadline, "the agent did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut written = vec![];
-    for i in 0..n {
-        let yaml = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: bench/busybox:1\n    command: [sleep, '3600']\n    resources:\n      limits: {{cpu: 100m, memory: 32Mi}}\n"
-        );
-        let tmp = manifests.join(format!(".p{i}.tmp"));
-        std::fs::write(&tmp, yaml).unwrap();
-        let t0 = chrono::Utc::now();
-        std::fs::rename(&tmp, manifests.join(format!("p{i}.yaml"))).unwrap();
-        written.push(t0);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let v = api(&sock, &format!("/pods/default/p{i}"));
-            if v["pod"]["status"]["containerStatuses"][0]["ready"] == true {
-                break;
-            }
-            assert!(Instant::now() < deadline, "pod p{i} did not start: {v}");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-    let lat = written
-        .iter()
-        .enumerate()
-        .map(|(i, t0)| {
-            let v = api(&sock, &format!("/pods/default/p{i}"));
-            let started = v["events"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|e| e["reason"] == "Started")
-                .and_then(|e| {
-                    serde_json::from_value::<chrono::DateTime<chrono::Utc>>(e["time"].clone()).ok()
-                })
-                .expect("a Started event");
-            (started - *t0).num_microseconds().unwrap() as f64 / 1000.0
-        })
-        .collect();
+    let lat = start_pods(
+        &sock,
+        &manifests,
+        n,
+        "    resources:\n      limits: {cpu: 100m, memory: 32Mi}\n",
+    );
     let t = Instant::now();
     for i in 0..n {
         std::fs::remove_file(manifests.join(format!("p{i}.yaml"))).unwrap();
@@ -229,18 +170,7 @@ fn knode_run(knode: &str, work: &Path, cgroups: bool, n: usize) -> (Vec<f64>, f6
 /// `crun run -d` of a bundle with the same rootfs, command and limits, `n` times.
 fn crun_run(work: &Path, rootfs: &Path, cgroups: bool, n: usize) -> Vec<f64> {
     let bundle = work.join(if cgroups { "bundle-on" } else { "bundle-off" });
-    std::fs::create_dir_all(&bundle).unwrap();
-    let st = Command::new("crun")
-        .arg("spec")
-        .current_dir(&bundle)
-        .status()
-        .expect("crun (apt-get install crun)");
-    assert!(st.success());
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
-    cfg["process"]["terminal"] = false.into();
-    cfg["process"]["args"] = serde_json::json!(["sleep", "3600"]);
-    cfg["root"] = serde_json::json!({"path": rootfs, "readonly": true});
+    let mut cfg = support::crun_config(&bundle, rootfs);
     cfg["linux"]["resources"] = serde_json::json!({
         "memory": {"limit": 32u64 << 20, "swap": 32u64 << 20},
         "cpu": {"quota": 10000, "period": 100000, "shares": 102},

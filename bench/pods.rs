@@ -9,17 +9,16 @@
 //!   100 times, in the same run.
 //! - agent memory: VmRSS idle and with the 100 pods running.
 
-use std::path::{Path, PathBuf};
+#[path = "support.rs"]
+mod support;
+
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const PODS: usize = 100;
+use support::pct;
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
+const PODS: usize = 100;
 
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -30,13 +29,6 @@ fn rss_kb(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn api(sock: &Path, path: &str) -> serde_json::Value {
-    knode::kubelet::api::get(sock, path)
-        .ok()
-        .and_then(|(_, b)| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
 }
 
 struct Agent(Child);
@@ -72,41 +64,11 @@ fn main() {
     let manifests = work.path().join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
     // The busybox image, imported.
-    let store = oci::image::ImageStore::open(&root.join("images")).unwrap();
-    let layout = work.path().join("layout");
-    oci::build::ImageBuilder::new()
-        .layer(
-            &knode::demo::busybox_layer().unwrap(),
-            oci::spec::Compression::Gzip,
-        )
-        .build()
-        .write_oci_layout(&layout, "1")
-        .unwrap();
-    let rec = store
-        .import(
-            &layout,
-            Some("bench/busybox"),
-            &Default::default(),
-            &oci::progress::NoProgress,
-        )
-        .unwrap()
-        .remove(0);
-    let rootfs: PathBuf = store.snapshots().fs_dir(&rec.layers[0].chain_id);
+    let (_store, rootfs) = support::busybox_store(&root, work.path());
 
     // crun, same rootfs (read-only), same command.
     let bundle = work.path().join("bundle");
-    std::fs::create_dir_all(&bundle).unwrap();
-    let st = Command::new("crun")
-        .arg("spec")
-        .current_dir(&bundle)
-        .status()
-        .expect("crun (apt-get install crun)");
-    assert!(st.success());
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
-    cfg["process"]["terminal"] = false.into();
-    cfg["process"]["args"] = serde_json::json!(["sleep", "3600"]);
-    cfg["root"] = serde_json::json!({"path": rootfs, "readonly": true});
+    let mut cfg = support::crun_config(&bundle, &rootfs);
     if let Some(arr) = cfg["mounts"].as_array_mut() {
         arr.retain(|m| m["type"] != "cgroup");
     }
@@ -163,8 +125,8 @@ fn main() {
         Some((&ns, &conf)),
     );
     let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-    let (k50, k99) = (pct(&mut kn.clone(), 0.5), pct(&mut kn.clone(), 0.99));
-    let (c50, c99) = (pct(&mut crun.clone(), 0.5), pct(&mut crun.clone(), 0.99));
+    let (k50, k99) = (pct(&kn, 0.5), pct(&kn, 0.99));
+    let (c50, c99) = (pct(&crun, 0.5), pct(&crun, 0.99));
     println!("pod start, image cached, one container, no network ({PODS} pods each)");
     println!("  knode agent: manifest written -> container running   p50 {k50:6.2} ms   p99 {k99:6.2} ms");
     println!("  crun run -d (cgroups disabled), same rootfs          p50 {c50:6.2} ms   p99 {c99:6.2} ms");
@@ -172,10 +134,7 @@ fn main() {
         "  knode p50 / crun p50 = {:.2} (goal <= 1.5; and knode p50 < 20 ms)",
         k50 / c50
     );
-    let (n50, n99) = (
-        pct(&mut kn_net.clone(), 0.5),
-        pct(&mut kn_net.clone(), 0.99),
-    );
+    let (n50, n99) = (pct(&kn_net, 0.5), pct(&kn_net, 0.99));
     println!("pod start with the pod network (knode's bridge plugin, in-process)");
     println!("  knode agent: manifest written -> container running   p50 {n50:6.2} ms   p99 {n99:6.2} ms   (goal p50 < 30 ms)");
     println!(
@@ -224,41 +183,7 @@ fn knode_run(
     }
     std::thread::sleep(Duration::from_millis(500));
     let idle = rss_kb(agent.0.id());
-    let mut written = vec![];
-    for i in 0..PODS {
-        let yaml = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: bench/busybox:1\n    command: [sleep, '3600']\n"
-        );
-        let tmp = manifests.join(format!(".p{i}.tmp"));
-        std::fs::write(&tmp, yaml).unwrap();
-        let t0 = chrono::Utc::now();
-        std::fs::rename(&tmp, manifests.join(format!("p{i}.yaml"))).unwrap();
-        written.push(t0);
-        // One at a time: wait until it runs.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let v = api(&sock, &format!("/pods/default/p{i}"));
-            if v["pod"]["status"]["containerStatuses"][0]["ready"] == true {
-                break;
-            }
-            assert!(Instant::now() < deadline, "pod p{i} did not start: {v}");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-    let mut kn = vec![];
-    for (i, t0) in written.iter().enumerate() {
-        let v = api(&sock, &format!("/pods/default/p{i}"));
-        let started = v["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["reason"] == "Started")
-            .and_then(|e| {
-                serde_json::from_value::<chrono::DateTime<chrono::Utc>>(e["time"].clone()).ok()
-            })
-            .expect("a Started event");
-        kn.push((started - *t0).num_microseconds().unwrap() as f64 / 1000.0);
-    }
+    let kn = support::start_pods(&sock, manifests, PODS, "");
     std::thread::sleep(Duration::from_millis(500));
     let busy = rss_kb(agent.0.id());
     // Tear down.

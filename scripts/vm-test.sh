@@ -15,15 +15,7 @@ cd "$(dirname "$0")/.."
 
 exec_cmd=""
 if [ "${1:-}" = "--exec" ]; then exec_cmd="$2"; shift 2; fi
-pkgs=(qemu-system-x86 linux-image-amd64 python3 python3-venv busybox-static crun)
-missing=()
-for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "==> apt-get install ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+scripts/deps.sh --vm
 vng_dir="${KNODE_VNG_DIR:-/opt/knode-vng}"
 if [ ! -x "$vng_dir/bin/virtme-ng" ]; then
   echo "==> pip install virtme-ng (into $vng_dir)"

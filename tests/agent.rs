@@ -772,12 +772,7 @@ fn without_cgroup_v2_the_agent_refuses_unless_told_and_says_so_in_node_status() 
         .unwrap()
         .contains("--cgroups=disabled"));
     // Capacity is the host's, not a constant.
-    let cpus = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with("processor"))
-        .count()
-        .to_string(); // online CPUs, as /proc/cpuinfo lists them
+    let cpus = online_cpus();
     assert_eq!(node["status"]["capacity"]["cpu"], cpus.as_str());
     assert!(node["status"]["allocatable"]["memory"]
         .as_str()

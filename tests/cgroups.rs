@@ -479,12 +479,7 @@ fn cpu_max_throttles_a_busy_loop_and_stats_are_plausible() {
     );
     // The node: capacity from the host, usage from /proc.
     let node = n.api("/node");
-    let cpus = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with("processor"))
-        .count()
-        .to_string(); // online CPUs, as /proc/cpuinfo lists them
+    let cpus = online_cpus();
     assert_eq!(node["status"]["capacity"]["cpu"], cpus.as_str());
     let total = std::fs::read_to_string("/proc/meminfo")
         .unwrap()

@@ -208,6 +208,16 @@ impl Drop for Mounted {
     }
 }
 
+/// The CPUs online, as /proc/cpuinfo lists them (what a node's capacity must report).
+pub fn online_cpus() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count()
+        .to_string()
+}
+
 pub fn knode_bin() -> &'static str {
     env!("CARGO_BIN_EXE_knode")
 }
