@@ -31,7 +31,7 @@ fn main() {
         println!("cgroup benchmark: run it with `cargo bench --bench cgroups` (as root)");
         return;
     }
-    if let Err(e) = knode::cgroup::probe(None) {
+    if let Err(e) = knode::cgroup::probe() {
         if std::env::var_os("KNODE_BENCH_IN_VM").is_some() {
             panic!("no cgroup v2 in the VM either: {e}");
         }

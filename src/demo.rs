@@ -240,7 +240,7 @@ fn run_pod_in_netns(root: &Path, run_dir: &Path, image: &str) -> Result<()> {
         conf.display()
     );
     // Resource limits where the host has cgroup v2; said plainly where it has not.
-    let cgroups = match crate::cgroup::probe(None) {
+    let cgroups = match crate::cgroup::probe() {
         Ok(m) => {
             println!(
                 "==> resource limits: cgroup v2 at {} (pods under knode-demo/)",

@@ -333,7 +333,6 @@ fn run(cli: Cli) -> Result<()> {
                             "invalid --pod-max-pids {n}: must be -1 (unlimited) or at least 1"
                         ),
                     },
-                    mount: None,
                 },
             })
         }

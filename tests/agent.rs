@@ -735,8 +735,8 @@ fn malformed_resources_fail_the_pod_and_name_the_field() {
 #[test]
 fn without_cgroup_v2_the_agent_refuses_unless_told_and_says_so_in_node_status() {
     // This host binds cpu, memory and pids to cgroup v1 (see environment.md): the check fails.
-    let why = knode::cgroup::probe(None)
-        .expect_err("this test expects a host without cgroup v2 controllers");
+    let why =
+        knode::cgroup::probe().expect_err("this test expects a host without cgroup v2 controllers");
     let s = Store::with_busybox();
     let o = s.knode(&["agent", "--manifests", s.root().join("m").to_str().unwrap()]);
     assert!(!o.status.success());

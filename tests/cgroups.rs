@@ -25,9 +25,9 @@ struct Node {
 impl Node {
     fn new(tag: &str) -> Node {
         assert!(
-            knode::cgroup::probe(None).is_ok(),
+            knode::cgroup::probe().is_ok(),
             "these tests need cgroup v2 with cpu, memory and pids: run them with scripts/vm-test.sh ({})",
-            knode::cgroup::probe(None).err().map(|e| e.to_string()).unwrap_or_default()
+            knode::cgroup::probe().err().map(|e| e.to_string()).unwrap_or_default()
         );
         let s = Store::with_busybox();
         let manifests = s.root().join("manifests");

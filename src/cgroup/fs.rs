@@ -3,7 +3,7 @@
 
 use std::io;
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub trait CgroupFs: Send + Sync {
@@ -126,13 +126,6 @@ impl CgroupFs for RealFs {
             }
         }
     }
-}
-
-/// Whether `p` is a cgroup2 filesystem.
-// f_type's width differs between architectures: the casts are for the others.
-#[allow(clippy::unnecessary_cast)]
-pub fn is_cgroup2(p: &Path) -> bool {
-    rustix::fs::statfs(p).is_ok_and(|s| s.f_type as i64 == libc::CGROUP2_SUPER_MAGIC as i64)
 }
 
 #[cfg(test)]

@@ -65,9 +65,9 @@ pub const FIX: &str = "boot the host with the unified hierarchy (kernel command 
 systemd.unified_cgroup_hierarchy=1, the default on Debian 12), or start the agent with \
 --cgroups=disabled to run pods without resource limits";
 
-/// Finds the cgroup2 mount and checks that it offers the required controllers. The error says
-/// what is missing.
-pub fn probe(mount: Option<&Path>) -> Result<PathBuf, CgroupError> {
+/// Finds the cgroup2 mount (in /proc/self/mountinfo) and checks the kernel and the
+/// controllers it offers. The error says what is missing.
+pub fn probe() -> Result<PathBuf, CgroupError> {
     let release = rustix::system::uname()
         .release()
         .to_string_lossy()
@@ -78,9 +78,7 @@ pub fn probe(mount: Option<&Path>) -> Result<PathBuf, CgroupError> {
             MIN_KERNEL.0, MIN_KERNEL.1
         )));
     }
-    let mount = match mount {
-        Some(m) => m.to_path_buf(),
-        None => oci::runtime::cgroup2_mount().ok_or_else(|| {
+    let mount = oci::runtime::cgroup2_mount().ok_or_else(|| {
             let v1: Vec<&str> = REQUIRED
                 .iter()
                 .copied()
@@ -95,14 +93,7 @@ pub fn probe(mount: Option<&Path>) -> Result<PathBuf, CgroupError> {
                     v1.join(",")
                 )
             })
-        })?,
-    };
-    if !fs::is_cgroup2(&mount) {
-        return Err(CgroupError::Unavailable(format!(
-            "{} is not a cgroup2 filesystem",
-            mount.display()
-        )));
-    }
+        })?;
     check(
         &fs::RealFs {
             mount: mount.clone(),

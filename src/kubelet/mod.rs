@@ -47,31 +47,16 @@ pub struct CgroupConfig {
     pub root: String,
     /// pids.max of every pod (none: unlimited).
     pub pod_max_pids: Option<u64>,
-    /// The cgroup2 mount [default: found in /proc/self/mountinfo].
-    pub mount: Option<PathBuf>,
-}
-
-impl Default for CgroupConfig {
-    fn default() -> Self {
-        CgroupConfig {
-            enabled: true,
-            root: "knode".into(),
-            pod_max_pids: Some(4096),
-            mount: None,
-        }
-    }
 }
 
 /// Sets up the cgroup manager, or explains why the agent cannot start.
 fn cgroups(c: &CgroupConfig) -> Result<(Option<Arc<crate::cgroup::Cgroups>>, String)> {
     if !c.enabled {
-        tracing::warn!("started with --cgroups=disabled: pods run without resource limits");
-        return Ok((
-            None,
-            "started with --cgroups=disabled: pods run without resource limits".into(),
-        ));
+        let note = "started with --cgroups=disabled: pods run without resource limits";
+        tracing::warn!("{note}");
+        return Ok((None, note.into()));
     }
-    let mount = crate::cgroup::probe(c.mount.as_deref())
+    let mount = crate::cgroup::probe()
         .map_err(|e| anyhow::anyhow!("{e}.\nTo fix it: {}.", crate::cgroup::FIX))?;
     let cgs = crate::cgroup::Cgroups::setup(
         Box::new(crate::cgroup::fs::RealFs {
