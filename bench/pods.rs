@@ -8,6 +8,11 @@
 //! - crun: the same rootfs and command launched by `crun --cgroup-manager=disabled run -d`,
 //!   100 times, in the same run.
 //! - agent memory: VmRSS idle and with the 100 pods running.
+//! - restart after a crash: 50 pods of 3 containers each (150 containers that ignore SIGTERM,
+//!   grace period 3 s) and one pod that stays; the agent is killed with SIGKILL, the 50 pods'
+//!   manifests are removed, and a new agent starts. Measured from its start: until the API
+//!   shows the staying pod Running (state published; goal < 1 s), and until the 150 orphaned
+//!   containers and their pods are gone (goal: the grace period plus 2 s).
 
 #[path = "support.rs"]
 mod support;
@@ -125,6 +130,7 @@ fn main() {
         Some((&ns, &conf)),
     );
     let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    let (published, torn_down) = restart_run(knode, &root, &run_dir, &manifests, &logs);
     let (k50, k99) = (pct(&kn, 0.5), pct(&kn, 0.99));
     let (c50, c99) = (pct(&crun, 0.5), pct(&crun, 0.99));
     println!("pod start, image cached, one container, no network ({PODS} pods each)");
@@ -142,6 +148,111 @@ fn main() {
         idle as f64 / 1024.0,
         busy as f64 / 1024.0
     );
+    println!("restart after kill -9 with {ORPHAN_PODS} orphaned pods x 3 containers (grace {ORPHAN_GRACE} s, SIGTERM ignored)");
+    println!("  state published (a running pod listed)   {published:8.1} ms   (goal < 1000 ms)");
+    println!(
+        "  every orphan torn down                   {torn_down:8.1} ms   (goal < {} ms: grace + 2 s)",
+        (ORPHAN_GRACE + 2) * 1000
+    );
+}
+
+const ORPHAN_PODS: usize = 50;
+const ORPHAN_GRACE: u64 = 3;
+
+fn start_agent(knode: &str, root: &Path, run_dir: &Path, manifests: &Path, logs: &Path) -> Agent {
+    Agent(
+        Command::new(knode)
+            .arg("--root")
+            .arg(root)
+            .arg("--run-dir")
+            .arg(run_dir)
+            .args(["agent", "--manifests"])
+            .arg(manifests)
+            .arg("--log-dir")
+            .arg(logs)
+            .args(["--cni-conf", "/nonexistent", "--cgroups=disabled"])
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The restart case (see the module docs); returns (published, torn down) in ms.
+fn restart_run(
+    knode: &str,
+    root: &Path,
+    run_dir: &Path,
+    manifests: &Path,
+    logs: &Path,
+) -> (f64, f64) {
+    let agent = start_agent(knode, root, run_dir, manifests, logs);
+    let sock = run_dir.join("knode.sock");
+    let ctr = |c: &str| {
+        format!("  - name: {c}\n    image: bench/busybox:1\n    command: [sh, -c, 'trap \"\" TERM; exec sleep 3600']\n")
+    };
+    for i in 0..ORPHAN_PODS {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: o{i}\nspec:\n  terminationGracePeriodSeconds: {ORPHAN_GRACE}\n  containers:\n{}{}{}",
+            ctr("a"), ctr("b"), ctr("c")
+        );
+        std::fs::write(manifests.join(format!("o{i}.yaml")), yaml).unwrap();
+    }
+    std::fs::write(
+        manifests.join("stay.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: stay\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: bench/busybox:1\n    command: [sleep, '3600']\n",
+    )
+    .unwrap();
+    let running = |v: &serde_json::Value| {
+        v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while running(&support::api(&sock, "/pods")) < ORPHAN_PODS + 1 {
+        assert!(Instant::now() < deadline, "the pods did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(agent); // SIGKILL
+    for i in 0..ORPHAN_PODS {
+        std::fs::remove_file(manifests.join(format!("o{i}.yaml"))).unwrap();
+    }
+    let t0 = Instant::now();
+    let agent = start_agent(knode, root, run_dir, manifests, logs);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let v = support::api(&sock, "/pods/default/stay");
+        if v["pod"]["status"]["phase"] == "Running" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the staying pod was not published"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let published = t0.elapsed().as_secs_f64() * 1000.0;
+    while std::fs::read_dir(run_dir.join("pods"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+        > 1
+    {
+        assert!(Instant::now() < deadline, "the orphans were not torn down");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let torn_down = t0.elapsed().as_secs_f64() * 1000.0;
+    std::fs::remove_file(manifests.join("stay.yaml")).unwrap();
+    while std::fs::read_dir(run_dir.join("pods"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+        > 0
+    {
+        assert!(Instant::now() < deadline, "the last pod was not removed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(agent);
+    (published, torn_down)
 }
 
 /// One knode run: an agent (in the node network namespace `netns` with `cni_conf`, if

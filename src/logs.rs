@@ -2,6 +2,7 @@
 //! `/var/log/pods/<ns>_<pod>_<uid>/<container>/<restartCount>.log`, one line per record:
 //! `2016-10-06T00:17:09.669794202Z stdout F text` (`P` marks a partial line, split because it
 //! was too long). Files rotate by size: `N.log` becomes `N.log.1`, `.1` becomes `.2`, and so on.
+//! Log files are 0640 and their directories 0750 (root's only), as containerd writes them.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
@@ -9,6 +10,34 @@ use std::path::{Path, PathBuf};
 
 /// Lines longer than this are split into partial (`P`) records, as CRI runtimes do.
 pub const MAX_LINE: usize = 16 * 1024;
+
+/// Log files' mode (containerd's).
+pub const FILE_MODE: u32 = 0o640;
+
+/// The name of a pod's log directory, `<namespace>_<name>_<uid>`. A directory name holds at
+/// most 255 bytes and a valid pod can need 354 (kubelet fails such pods with "file name too
+/// long"): the pod name is shortened to fit, which keeps the name unique (the UID is whole).
+pub fn pod_dir_name(namespace: &str, name: &str, uid: &str) -> String {
+    let full = format!("{namespace}_{name}_{uid}");
+    if full.len() <= 255 {
+        return full;
+    }
+    let keep = 255usize.saturating_sub(namespace.len() + uid.len() + 2);
+    let mut cut = keep.min(name.len());
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{namespace}_{}_{uid}", &name[..cut])
+}
+
+fn open_log(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
@@ -43,7 +72,7 @@ impl CriWriter {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = open_log(path)?;
         let written = file.metadata()?.len();
         Ok(CriWriter {
             path: path.to_path_buf(),
@@ -78,10 +107,7 @@ impl CriWriter {
         } else {
             std::fs::remove_file(&self.path)?;
         }
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        self.file = open_log(&self.path)?;
         self.written = 0;
         Ok(())
     }
@@ -188,6 +214,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn long_pod_names_fit_a_directory_name() {
+        let uid = "0123abcd-0000-0000-0000-000000000000";
+        assert_eq!(
+            pod_dir_name("default", "web", uid),
+            format!("default_web_{uid}")
+        );
+        let ns = "n".repeat(63);
+        let name = "a".repeat(253);
+        let d = pod_dir_name(&ns, &name, uid);
+        assert_eq!(d.len(), 255);
+        assert!(d.starts_with(&format!("{ns}_aaa")) && d.ends_with(&format!("_{uid}")));
+    }
+
+    #[test]
     fn records_partials_and_rotation() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("0.log");
@@ -220,5 +260,10 @@ mod tests {
             std::path::Path::new(&format!("{}.1", p.display())).exists(),
             "rotated"
         );
+        use std::os::unix::fs::PermissionsExt;
+        for f in [p.clone(), PathBuf::from(format!("{}.1", p.display()))] {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, FILE_MODE, "{}", f.display());
+        }
     }
 }

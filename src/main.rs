@@ -103,6 +103,9 @@ enum Cmd {
         /// pids.max of every pod (-1: unlimited).
         #[arg(long, default_value_t = 4096, allow_negative_numbers = true)]
         pod_max_pids: i64,
+        /// Pods run at once (the kubelet's maxPods); more are rejected with OutOfpods.
+        #[arg(long, default_value_t = 110, value_parser = clap::value_parser!(u16).range(1..))]
+        max_pods: u16,
     },
     /// Show CPU and memory use: knode top node | knode top pods [--containers].
     Top {
@@ -296,6 +299,7 @@ fn run(cli: Cli) -> Result<()> {
             cgroups,
             cgroup_root,
             pod_max_pids,
+            max_pods,
         } => {
             let network = if cni_conf.exists() {
                 let n = knode::network::Network::load(&cni_conf, &cni_bin_dir, Some(service_cidr))?;
@@ -314,6 +318,7 @@ fn run(cli: Cli) -> Result<()> {
                     .into_owned()
             });
             knode::kubelet::run(knode::kubelet::AgentConfig {
+                max_pods: max_pods as usize,
                 service_cidr,
                 manifests,
                 root: cli.root.clone(),

@@ -6,6 +6,8 @@
 //!
 //! - `config.json` what to run (written by the starter);
 //! - `pid`         the container's PID, once it runs;
+//! - `start`       the container's start time (clock ticks after boot, `/proc/PID/stat`
+//!   field 22): with it, a PID is never mistaken for a later process that reuses it;
 //! - `exit.json`   `{ "code", "finishedAt", "reason" }`, written atomically when it exits.
 
 use std::io::{Read, Write};
@@ -93,28 +95,97 @@ pub fn wait_exit(state: &Path, timeout: std::time::Duration) -> Result<ExitStatu
     if let Some(s) = exit_status(state) {
         return Ok(s);
     }
-    let shim: i32 = std::fs::read_to_string(state.join("shim.pid"))
-        .context("reading shim.pid")?
-        .trim()
-        .parse()
-        .context("parsing shim.pid")?;
-    // SAFETY: pidfd_open takes integers only.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, shim, 0) };
-    if fd >= 0 {
-        // SAFETY: the kernel just returned this descriptor to us.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let mut p = [rustix::event::PollFd::new(
-            &fd,
-            rustix::event::PollFlags::IN,
-        )];
-        let ts = rustix::event::Timespec {
-            tv_sec: timeout.as_secs() as _,
-            tv_nsec: timeout.subsec_nanos() as _,
-        };
-        rustix::event::poll(&mut p, Some(&ts)).context("waiting for the shim")?;
+    if let Some(fd) = shim_pidfd(state) {
+        wait_readable(&fd, timeout);
     }
     exit_status(state)
         .with_context(|| format!("the container in {} has not exited", state.display()))
+}
+
+/// A pidfd for `pid` (it stays bound to that process, whatever reuses the number later).
+pub fn pidfd(pid: i32) -> Option<OwnedFd> {
+    if pid <= 0 {
+        return None;
+    }
+    // SAFETY: pidfd_open takes integers only.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: the kernel returned a new descriptor we now own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sends `sig` through a pidfd; false if the process is gone.
+pub fn signal(fd: &OwnedFd, sig: i32) -> bool {
+    // SAFETY: pidfd_send_signal with a valid descriptor, a signal number, no siginfo and no
+    // flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
+/// Waits up to `timeout` for a pidfd to become readable (its process exited); true if it did.
+pub fn wait_readable(fd: &OwnedFd, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut p = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+        let ts = rustix::event::Timespec {
+            tv_sec: left.as_secs() as _,
+            tv_nsec: left.subsec_nanos() as _,
+        };
+        match rustix::event::poll(&mut p, Some(&ts)) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) => return false,
+            Err(rustix::io::Errno::INTR) if !left.is_zero() => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A process's start time (`/proc/PID/stat` field 22).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// A pidfd of the container, if it still runs and is the process the shim started.
+pub fn container_pidfd(state: &Path) -> Option<OwnedFd> {
+    let pid = pid(state)?;
+    let fd = pidfd(pid)?;
+    let recorded: Option<u64> = std::fs::read_to_string(state.join("start"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    // Checked after the pidfd is open: if the start time matches now, the pidfd is bound to
+    // the container (a PID is reused only after the process is gone).
+    match (recorded, start_time(pid)) {
+        (Some(r), Some(now)) if r == now => Some(fd),
+        // Recorded by an older shim that wrote no start time.
+        (None, Some(_)) => Some(fd),
+        _ => None,
+    }
+}
+
+/// A pidfd of the container's shim, if it still runs.
+pub fn shim_pidfd(state: &Path) -> Option<OwnedFd> {
+    let pid: i32 = std::fs::read_to_string(state.join("shim.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let fd = pidfd(pid)?;
+    // The shim is a knode process (`__shim`, or a fork of `__shim-launcher`).
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmd)
+        .contains("__shim")
+        .then_some(fd)
 }
 
 pub fn pid(state: &Path) -> Option<i32> {
@@ -180,6 +251,9 @@ fn supervise(state: &Path, report: &mut std::fs::File) -> Result<()> {
     }
     drop((out_w, err_w));
     let started = started?;
+    if let Some(t) = start_time(started.pid) {
+        oci::fsutil::replace(&state.join("start"), t.to_string().as_bytes())?;
+    }
     oci::fsutil::replace(&state.join("pid"), started.pid.to_string().as_bytes())?;
     write!(report, "started {}", started.pid)?;
     drop(std::mem::replace(report, std::fs::File::open("/dev/null")?));
@@ -219,10 +293,7 @@ fn oom_killed(spec: &oci::oci_spec::runtime::Spec) -> bool {
 /// (with hostPID or a shared PID namespace) keep the pipes open.
 fn copy_output(log: &mut CriWriter, out: OwnedFd, err: OwnedFd, pid: i32) {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    // SAFETY: pidfd_open takes integers only.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: the kernel returned a new descriptor we own.
-    let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as i32) });
+    let pidfd = pidfd(pid);
     let mut open = [Some(out), Some(err)];
     let mut buf = vec![0u8; 64 * 1024];
     let mut exited = false;

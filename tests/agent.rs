@@ -3,143 +3,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
+use support::agent::*;
 use support::*;
-
-struct Node {
-    s: Store,
-    manifests: PathBuf,
-    agent: Option<Child>,
-}
-
-impl Node {
-    fn new() -> Node {
-        let s = Store::with_busybox();
-        let manifests = s.root().join("manifests");
-        std::fs::create_dir_all(&manifests).unwrap();
-        let mut n = Node {
-            s,
-            manifests,
-            agent: None,
-        };
-        n.start_agent();
-        n
-    }
-
-    fn start_agent(&mut self) {
-        let child = Command::new(knode_bin())
-            .arg("--root")
-            .arg(self.s.root())
-            .arg("--run-dir")
-            .arg(self.s.root().join("run"))
-            .args(["agent", "--manifests"])
-            .arg(&self.manifests)
-            .arg("--log-dir")
-            .arg(self.s.root().join("logs"))
-            // The host has no cgroup v2 controllers; the VM tests (tests/cgroups.rs) have.
-            .arg("--cgroups=disabled")
-            .spawn()
-            .unwrap();
-        self.agent = Some(child);
-        // Ready when the API answers.
-        self.until("the API answers", |n| {
-            n.knode(&["get", "pods"]).status.success()
-        });
-    }
-
-    fn kill_agent(&mut self) {
-        if let Some(mut a) = self.agent.take() {
-            a.kill().unwrap();
-            a.wait().unwrap();
-        }
-    }
-
-    fn knode(&self, args: &[&str]) -> Output {
-        Command::new(knode_bin())
-            .arg("--run-dir")
-            .arg(self.s.root().join("run"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn pod(&self, name: &str) -> Option<serde_json::Value> {
-        let o = self.knode(&["get", "pods", "-o", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
-        v["items"]
-            .as_array()?
-            .iter()
-            .find(|p| p["metadata"]["name"] == name)
-            .cloned()
-    }
-
-    /// Waits (bounded) for a condition on the agent's reported state.
-    fn until(&self, what: &str, f: impl Fn(&Node) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !f(self) {
-            if Instant::now() > deadline {
-                let (_, body) =
-                    knode::kubelet::api::get(&self.s.root().join("run/knode.sock"), "/pods")
-                        .unwrap_or_default();
-                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let mut diag = format!("manifest errors: {}\n", v["manifestErrors"]);
-                for p in v["items"].as_array().into_iter().flatten() {
-                    let name = p["metadata"]["name"].as_str().unwrap_or_default();
-                    diag +=
-                        &String::from_utf8_lossy(&self.knode(&["describe", "pod", name]).stdout);
-                }
-                panic!("timed out waiting for {what}; pods:\n{diag}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn write(&self, file: &str, yaml: &str) {
-        let tmp = self.manifests.join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, yaml).unwrap();
-        std::fs::rename(&tmp, self.manifests.join(file)).unwrap();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // Remove every pod, let the agent tear them down, then stop it.
-        if self.agent.is_some() {
-            for e in std::fs::read_dir(&self.manifests).unwrap().flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while std::fs::read_dir(self.s.root().join("run/pods"))
-                .map(|d| d.count())
-                .unwrap_or(0)
-                > 0
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        self.kill_agent();
-    }
-}
-
-fn state_of<'a>(pod: &'a serde_json::Value, list: &str, name: &str) -> &'a serde_json::Value {
-    pod["status"][list]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["name"] == name))
-        .unwrap_or(&serde_json::Value::Null)
-}
-
-fn pod_yaml(name: &str, extra: &str, containers: &str) -> String {
-    let grace = if extra.contains("terminationGracePeriodSeconds") {
-        ""
-    } else {
-        "  terminationGracePeriodSeconds: 1\n"
-    };
-    format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{grace}{extra}  containers:\n{containers}")
-}
 
 #[test]
 fn static_pods_run_restart_and_report_like_the_kubelet() {
@@ -232,7 +100,7 @@ fn bad_manifests_are_reported_and_do_not_disturb_other_pods() {
     assert!(dup["status"]["message"]
         .as_str()
         .unwrap()
-        .contains("duplicate container name \"c\""));
+        .contains("Pod \"dup\" is invalid: spec.containers[1].name: Duplicate value: \"c\""));
     let o = n.knode(&["get", "pods"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -251,24 +119,6 @@ fn bad_manifests_are_reported_and_do_not_disturb_other_pods() {
         .ends_with(b"not found\n"));
 }
 
-fn container_pid(n: &Node, pod: &str, container: &str) -> i32 {
-    let run = n.s.root().join("run/pods");
-    for uid in std::fs::read_dir(&run).unwrap().flatten() {
-        let d = uid.path().join("containers").join(container);
-        if let Ok(rd) = std::fs::read_dir(&d) {
-            for a in rd.flatten() {
-                if let Some(p) = knode::shim::pid(&a.path().join("state")) {
-                    if knode::shim::exit_status(&a.path().join("state")).is_none() {
-                        let _ = pod;
-                        return p;
-                    }
-                }
-            }
-        }
-    }
-    panic!("no running container {container}");
-}
-
 #[test]
 fn containers_survive_an_agent_kill_and_deletion_leaves_nothing() {
     let mut n = Node::new();
@@ -277,7 +127,7 @@ fn containers_survive_an_agent_kill_and_deletion_leaves_nothing() {
         n.pod("keep")
             .is_some_and(|p| p["status"]["phase"] == "Running")
     });
-    let pid = container_pid(&n, "keep", "c");
+    let pid = container_pid(&n, "c");
     n.kill_agent(); // SIGKILL
     assert!(
         Path::new(&format!("/proc/{pid}")).exists(),
@@ -288,11 +138,7 @@ fn containers_survive_an_agent_kill_and_deletion_leaves_nothing() {
         n.pod("keep")
             .is_some_and(|p| p["status"]["phase"] == "Running")
     });
-    assert_eq!(
-        container_pid(&n, "keep", "c"),
-        pid,
-        "the same container, adopted"
-    );
+    assert_eq!(container_pid(&n, "c"), pid, "the same container, adopted");
     assert_eq!(
         n.pod("keep").unwrap()["status"]["containerStatuses"][0]["restartCount"],
         0
@@ -656,7 +502,7 @@ fn a_container_lost_with_its_shim_is_reported_and_restarted() {
         n.pod("lost")
             .is_some_and(|p| p["status"]["phase"] == "Running")
     });
-    let pid = container_pid(&n, "lost", "c");
+    let pid = container_pid(&n, "c");
     let run = n.s.root().join("run/pods");
     let shim: i32 = std::fs::read_dir(&run)
         .unwrap()

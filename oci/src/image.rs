@@ -202,6 +202,13 @@ impl ImageStore {
     /// Opens (creating if needed) the store under `root` (e.g. `/var/lib/knode/images`).
     pub fn open(root: &Path) -> Result<ImageStore, ImageError> {
         fs::create_dir_all(root).map_err(store_err(root, "create"))?;
+        // Root's only, as containerd keeps its snapshots: images hold setuid binaries (su,
+        // mount, ...) that no user of the node may reach through the store.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+                .map_err(store_err(root, "chmod"))?;
+        }
         Ok(ImageStore {
             content: ContentStore::open(&root.join("content"))
                 .map_err(store_err(root, "open content"))?,

@@ -180,9 +180,10 @@ fn find_container(
 /// `<log-dir>/<ns>_<pod>_<uid>/<container>`.
 fn container_log_dir(st: &NodeState, v: &PodView, container: &str) -> std::path::PathBuf {
     st.log_dir
-        .join(format!(
-            "{}_{}_{}",
-            v.manifest.namespace, v.manifest.name, v.manifest.uid
+        .join(crate::logs::pod_dir_name(
+            &v.manifest.namespace,
+            &v.manifest.name,
+            &v.manifest.uid,
         ))
         .join(container)
 }
@@ -354,8 +355,15 @@ pub fn serve(sock: PathBuf, state: Arc<RwLock<NodeState>>) -> Result<()> {
         .spawn(move || {
             rt.block_on(async move {
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
+                    let stream = match listener.accept().await {
+                        Ok((s, _)) => s,
+                        Err(e) => {
+                            // Out of descriptors (EMFILE) and the like: wait a little rather
+                            // than spin, and never give up serving.
+                            tracing::warn!(error = %e, "accepting an API connection");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            continue;
+                        }
                     };
                     let state = state.clone();
                     tokio::spawn(async move {

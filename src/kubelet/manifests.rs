@@ -8,8 +8,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+
+use crate::api::validation;
 
 #[derive(Clone, Debug)]
 pub struct PodManifest {
@@ -27,8 +30,9 @@ pub struct PodManifest {
 #[derive(Default, Debug, Clone)]
 pub struct Manifests {
     pub pods: Vec<PodManifest>,
-    pub config_maps: BTreeMap<(String, String), ConfigMap>,
-    pub secrets: BTreeMap<(String, String), Secret>,
+    /// Shared, not copied: a worker reading a 1 MiB ConfigMap holds a reference.
+    pub config_maps: BTreeMap<(String, String), Arc<ConfigMap>>,
+    pub secrets: BTreeMap<(String, String), Arc<Secret>>,
     /// Valid Service manifests, in file order.
     pub services: Vec<crate::service::spec::ServiceSpec>,
     /// Files or documents that could not be used, with the reason.
@@ -92,20 +96,7 @@ const CONTAINER_SECURITY_FIELDS: &[&str] = &[
     "allowPrivilegeEscalation",
 ];
 
-/// DNS-1123 label: lowercase alphanumerics and '-', 1-63 characters, alphanumeric ends.
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// DNS-1123 subdomain: dot-separated labels, at most 253 characters.
-pub fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
-}
+pub use crate::api::validation::{is_dns_label, is_dns_subdomain};
 
 fn unsupported(obj: &serde_json::Value, known: &[&str], at: &str, out: &mut Vec<String>) {
     if let Some(m) = obj.as_object() {
@@ -139,86 +130,52 @@ fn check_pod(raw: &serde_json::Value, pod: &Pod) -> (Vec<String>, Option<String>
             );
         }
     }
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let mut problems = Vec::new();
-    if !is_dns_subdomain(&name) {
-        problems.push(format!(
-            "metadata.name {name:?} is not a valid DNS-1123 subdomain"
-        ));
-    }
-    if let Some(ns) = &pod.metadata.namespace {
-        if !is_dns_label(ns) {
-            problems.push(format!(
-                "metadata.namespace {ns:?} is not a valid DNS-1123 label"
-            ));
-        }
-    }
-    match &pod.spec {
-        None => problems.push("spec is missing".into()),
-        Some(s) => {
-            if s.containers.is_empty() {
-                problems.push("spec.containers must not be empty".into());
-            }
-            let mut seen = std::collections::BTreeSet::new();
-            for c in s.init_containers.iter().flatten().chain(&s.containers) {
-                if !is_dns_label(&c.name) {
-                    problems.push(format!(
-                        "container name {:?} is not a valid DNS-1123 label",
-                        c.name
-                    ));
-                }
-                if !seen.insert(c.name.clone()) {
-                    problems.push(format!("duplicate container name {:?}", c.name));
-                }
-                if c.image.as_deref().unwrap_or("").is_empty() {
-                    problems.push(format!("container {:?} has no image", c.name));
-                } else if let Err(e) = c
+    // The API server's validation first: nothing is built from a pod that fails it.
+    let mut problems: Vec<String> = crate::api::validation::pod(pod)
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    if let Some(s) = pod.spec.as_ref().filter(|_| problems.is_empty()) {
+        for (list, cs) in [
+            (
+                "initContainers",
+                s.init_containers.as_deref().unwrap_or(&[]),
+            ),
+            ("containers", s.containers.as_slice()),
+        ] {
+            for (i, c) in cs.iter().enumerate() {
+                let at = format!("spec.{list}[{i}]");
+                if let Err(e) = c
                     .image
                     .as_deref()
                     .unwrap_or("")
                     .parse::<oci::reference::Reference>()
                 {
-                    problems.push(format!("container {:?}: {e}", c.name));
-                }
-            }
-            let vols: std::collections::BTreeSet<String> =
-                s.volumes.iter().flatten().map(|v| v.name.clone()).collect();
-            for c in s.init_containers.iter().flatten().chain(&s.containers) {
-                for m in c.volume_mounts.iter().flatten() {
-                    if !vols.contains(&m.name) {
-                        problems.push(format!(
-                            "container {:?}: volumeMount {:?} refers to an unknown volume",
-                            c.name, m.name
-                        ));
-                    }
-                }
-            }
-            for (list, cs) in [
-                (
-                    "initContainers",
-                    s.init_containers.as_deref().unwrap_or(&[]),
-                ),
-                ("containers", s.containers.as_slice()),
-            ] {
-                for (i, c) in cs.iter().enumerate() {
-                    match crate::cgroup::resources::container(c, &format!("spec.{list}[{i}]")) {
-                        Ok((_, w)) => warnings.extend(w),
-                        Err(e) => problems.push(e),
-                    }
-                }
-            }
-            if let Some(p) = &s.restart_policy {
-                if !["Always", "OnFailure", "Never"].contains(&p.as_str()) {
                     problems.push(format!(
-                        "spec.restartPolicy {p:?} must be Always, OnFailure or Never"
+                        "{at}.image: Invalid value: {:?}: {e}",
+                        c.image.as_deref().unwrap_or("")
                     ));
+                }
+                match crate::cgroup::resources::container(c, &at) {
+                    Ok((_, w)) => warnings.extend(w),
+                    Err(e) => problems.push(e),
                 }
             }
         }
     }
+    let invalid = match problems.as_slice() {
+        [] => None,
+        [one] => Some(one.clone()),
+        many => Some(format!("[{}]", many.join(", "))),
+    };
     (
         warnings,
-        (!problems.is_empty()).then(|| problems.join("; ")),
+        invalid.map(|why| {
+            format!(
+                "Pod {} is invalid: {why}",
+                crate::api::validation::go_quote(pod.metadata.name.as_deref().unwrap_or(""))
+            )
+        }),
     )
 }
 
@@ -232,34 +189,58 @@ pub fn load(dir: &Path) -> Manifests {
 #[derive(Default)]
 pub struct Loader {
     cache: BTreeMap<PathBuf, (FileKey, Manifests)>,
+    /// Whether the last load read or dropped any file.
+    changed: bool,
 }
 
 /// What identifies a file's content without reading it: inode, size, mtime (s, ns).
 type FileKey = (u64, u64, i64, i64);
 
 impl Loader {
+    /// Whether the last `load` read or dropped any file.
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// Loads every manifest in `dir`. A read that fails (out of descriptors, say) never
+    /// makes objects vanish: the directory, or a file, keeps what it held at its last good
+    /// read, with the error reported. Only a file that is gone takes its objects with it.
     pub fn load(&mut self, dir: &Path) -> Manifests {
         let mut m = Manifests::default();
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.extension()
-                        .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
-                })
-                .filter(|p| {
-                    !p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-                })
-                .collect(),
-            Err(e) => {
-                m.errors.push(format!("{}: {e}", dir.display()));
-                return m;
-            }
-        };
+        let mut files: Vec<PathBuf> =
+            match std::fs::read_dir(dir).and_then(|rd| rd.collect::<std::io::Result<Vec<_>>>()) {
+                Ok(rd) => rd
+                    .into_iter()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.extension()
+                            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+                    })
+                    .filter(|p| {
+                        !p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                    })
+                    .collect(),
+                Err(e) => {
+                    m.errors.push(format!(
+                        "{}: {e} (keeping what it held at the last read)",
+                        dir.display()
+                    ));
+                    for (_, parsed) in self.cache.values() {
+                        m.pods.extend(parsed.pods.iter().cloned());
+                        m.config_maps.extend(parsed.config_maps.clone());
+                        m.secrets.extend(parsed.secrets.clone());
+                        m.services.extend(parsed.services.iter().cloned());
+                        m.errors.extend(parsed.errors.iter().cloned());
+                    }
+                    self.changed = false;
+                    return finish(m);
+                }
+            };
         files.sort();
-        self.cache.retain(|p, _| files.contains(p));
+        let before = self.cache.len();
+        self.cache.retain(|p, _| files.binary_search(p).is_ok());
+        self.changed = self.cache.len() != before;
         for f in files {
             use std::os::unix::fs::MetadataExt;
             let key = std::fs::metadata(&f)
@@ -267,11 +248,36 @@ impl Loader {
                 .unwrap_or_default();
             let parsed = match self.cache.get(&f) {
                 Some((k, parsed)) if *k == key => parsed.clone(),
-                _ => {
-                    let parsed = parse_file(&f);
-                    self.cache.insert(f.clone(), (key, parsed.clone()));
-                    parsed
-                }
+                _ => match read_bounded(&f) {
+                    Ok(text) => {
+                        self.changed = true;
+                        let parsed = parse_text(&f, &text);
+                        self.cache.insert(f.clone(), (key, parsed.clone()));
+                        parsed
+                    }
+                    // Removed since the directory was listed.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        self.changed |= self.cache.remove(&f).is_some();
+                        continue;
+                    }
+                    Err(e) => {
+                        let mut kept = match self.cache.get(&f) {
+                            Some((_, old)) => {
+                                let mut old = old.clone();
+                                old.errors.push(format!(
+                                    "{}: {e} (keeping what it held at the last read)",
+                                    f.display()
+                                ));
+                                old
+                            }
+                            None => Manifests::default(),
+                        };
+                        if kept.errors.is_empty() {
+                            kept.errors.push(format!("{}: {e}", f.display()));
+                        }
+                        kept
+                    }
+                },
             };
             m.pods.extend(parsed.pods);
             m.config_maps.extend(parsed.config_maps);
@@ -279,18 +285,42 @@ impl Loader {
             m.services.extend(parsed.services);
             m.errors.extend(parsed.errors);
         }
-        // Two manifests naming the same object: the first file wins, the other is an error.
-        m.pods = first_wins(std::mem::take(&mut m.pods), "pod", &mut m.errors, |p| {
-            (&p.namespace, &p.name, &p.file)
-        });
-        m.services = first_wins(
-            std::mem::take(&mut m.services),
-            "service",
-            &mut m.errors,
-            |s| (&s.namespace, &s.name, &s.file),
-        );
-        m
+        finish(m)
     }
+}
+
+/// Settles objects defined twice across files.
+fn finish(mut m: Manifests) -> Manifests {
+    // Two manifests naming the same object: the first file wins, the other is an error.
+    m.pods = first_wins(std::mem::take(&mut m.pods), "pod", &mut m.errors, |p| {
+        (&p.namespace, &p.name, &p.file)
+    });
+    // Two pods with the same explicit UID: the first keeps it, the other is an error (it
+    // would share the first one's directories otherwise).
+    let mut uids = std::collections::BTreeMap::new();
+    m.pods.retain(|p| match uids.get(&p.uid) {
+        None => {
+            uids.insert(p.uid.clone(), format!("{}/{}", p.namespace, p.name));
+            true
+        }
+        Some(owner) => {
+            m.errors.push(format!(
+                "{}: pod {}/{}: metadata.uid {:?} is already used by pod {owner}",
+                p.file.display(),
+                p.namespace,
+                p.name,
+                p.uid
+            ));
+            false
+        }
+    });
+    m.services = first_wins(
+        std::mem::take(&mut m.services),
+        "service",
+        &mut m.errors,
+        |s| (&s.namespace, &s.name, &s.file),
+    );
+    m
 }
 
 /// Keeps the first of the objects sharing a namespace and name; reports the others.
@@ -316,19 +346,60 @@ fn first_wins<T>(
     kept
 }
 
-/// Parses one manifest file (all its documents).
-fn parse_file(f: &Path) -> Manifests {
+/// `Kind "name" is invalid: ...`, when there are errors.
+fn object_errors(kind: &str, name: &str, causes: Vec<validation::FieldError>) -> Option<String> {
+    (!causes.is_empty()).then(|| {
+        validation::Invalid {
+            kind: kind.into(),
+            name: name.into(),
+            causes,
+        }
+        .to_string()
+    })
+}
+
+/// The kubelet's limit on a static pod file (`maxConfigLength`).
+pub const MAX_FILE: u64 = 10 << 20;
+
+/// Reads a manifest: a regular file (a symlink to one is followed), at most `MAX_FILE` bytes.
+/// A FIFO, a device or a socket is refused without blocking: the open is non-blocking and
+/// the type is checked on the open descriptor, before any read.
+fn read_bounded(f: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(f)?;
+    let md = file.metadata()?;
+    if !md.is_file() {
+        return Err(std::io::Error::other(
+            "not a regular file (a manifest must be a file or a symlink to one)",
+        ));
+    }
+    if md.len() > MAX_FILE {
+        return Err(std::io::Error::other(format!(
+            "{} bytes: larger than the {MAX_FILE}-byte limit on a manifest file",
+            md.len()
+        )));
+    }
+    let mut buf = Vec::with_capacity(md.len() as usize);
+    // The file may grow while it is read: never read more than the limit.
+    file.take(MAX_FILE + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than the {MAX_FILE}-byte limit on a manifest file"
+        )));
+    }
+    String::from_utf8(buf).map_err(|_| std::io::Error::other("not UTF-8 text"))
+}
+
+/// Parses one manifest file's text (all its documents).
+fn parse_text(f: &Path, text: &str) -> Manifests {
     let mut m = Manifests::default();
     let f = f.to_path_buf();
-    let text = match std::fs::read_to_string(&f) {
-        Ok(t) => t,
-        Err(e) => {
-            m.errors.push(format!("{}: {e}", f.display()));
-            return m;
-        }
-    };
     {
-        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let v: serde_json::Value = match serde::Deserialize::deserialize(doc) {
                 Ok(mut v) => {
                     yaml11_octal_modes(&mut v);
@@ -359,17 +430,12 @@ fn parse_file(f: &Path) -> Manifests {
                             .clone()
                             .unwrap_or_else(|| static_uid(&ns, &name, &v));
                         // The UID names directories that get removed: it must be a plain name.
-                        let (warnings, invalid) = if uid.is_empty()
-                            || uid.len() > 128
-                            || !uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                        {
-                            m.errors.push(at(&format!(
-                                "metadata.uid {uid:?} must be 1-128 letters, digits or '-'"
-                            )));
+                        let mut bad = Vec::new();
+                        validation::uid(&mut bad, &uid);
+                        if let Some(e) = object_errors("Pod", &name, bad) {
+                            m.errors.push(at(&e));
                             continue;
-                        } else {
-                            (warnings, invalid)
-                        };
+                        }
                         m.pods.push(PodManifest {
                             pod,
                             namespace: ns,
@@ -383,9 +449,12 @@ fn parse_file(f: &Path) -> Manifests {
                     Err(e) => m.errors.push(at(&format!("invalid Pod: {e}"))),
                 },
                 "ConfigMap" => match serde_json::from_value::<ConfigMap>(v) {
-                    Ok(c) => {
-                        m.config_maps.insert((ns, name), c);
-                    }
+                    Ok(c) => match object_errors("ConfigMap", &name, validation::config_map(&c)) {
+                        None => {
+                            m.config_maps.insert((ns, name), Arc::new(c));
+                        }
+                        Some(e) => m.errors.push(at(&e)),
+                    },
                     Err(e) => m.errors.push(at(&format!("invalid ConfigMap: {e}"))),
                 },
                 "Service" => match serde_json::from_value::<Service>(v) {
@@ -396,9 +465,12 @@ fn parse_file(f: &Path) -> Manifests {
                     Err(e) => m.errors.push(at(&format!("invalid Service: {e}"))),
                 },
                 "Secret" => match serde_json::from_value::<Secret>(v) {
-                    Ok(s) => {
-                        m.secrets.insert((ns, name), s);
-                    }
+                    Ok(s) => match object_errors("Secret", &name, validation::secret(&s)) {
+                        None => {
+                            m.secrets.insert((ns, name), Arc::new(s));
+                        }
+                        Some(e) => m.errors.push(at(&e)),
+                    },
                     Err(e) => m.errors.push(at(&format!("invalid Secret: {e}"))),
                 },
                 "" => m.errors.push(at("no kind")),
@@ -516,7 +588,8 @@ mod tests {
             .any(|w| w.contains("spec.containers[0].livenessProbe")));
         let bad = &m.pods[1].invalid.clone().unwrap();
         assert!(
-            bad.contains("DNS-1123") && bad.contains("duplicate container name"),
+            bad.starts_with("Pod \"Bad_Name\" is invalid: [metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain")
+                && bad.ends_with(", spec.containers[1].name: Duplicate value: \"x\"]"),
             "{bad}"
         );
         assert_eq!(m.errors.len(), 1);
@@ -528,5 +601,111 @@ mod tests {
         let uid = web.uid.clone();
         std::fs::write(d.path().join("a.yaml"), "kind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: c\n    image: busybox:2\n").unwrap();
         assert_ne!(load(d.path()).pods[0].uid, uid);
+    }
+
+    #[test]
+    fn fifos_devices_and_oversized_files_are_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("pipe.yaml");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/dev/zero", d.path().join("zero.yaml")).unwrap();
+        let big = std::fs::File::create(d.path().join("big.yaml")).unwrap();
+        big.set_len(MAX_FILE + 1).unwrap();
+        std::fs::write(
+            d.path().join("ok.yaml"),
+            "kind: Pod\nmetadata: {name: ok}\nspec: {containers: [{name: c, image: x}]}\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(d.path().join("ok.yaml"), d.path().join("link.yml")).unwrap();
+        // A FIFO would block a plain read forever; a test that hangs here is the failure.
+        let m = load(d.path());
+        let errs = m.errors.join("\n");
+        assert!(errs.contains("pipe.yaml: not a regular file"), "{errs}");
+        assert!(errs.contains("zero.yaml: not a regular file"), "{errs}");
+        assert!(
+            errs.contains("big.yaml: 10485761 bytes: larger than the 10485760-byte limit"),
+            "{errs}"
+        );
+        // The symlink to a regular file is a manifest like any other (a duplicate here).
+        assert_eq!(m.pods.len(), 1);
+        assert!(
+            errs.contains("ok.yaml: pod default/ok is already defined"),
+            "{errs}"
+        );
+        assert!(m.pods[0].file.ends_with("link.yml"));
+    }
+
+    #[test]
+    fn explicit_uids_are_unique_and_objects_are_validated() {
+        let d = tempfile::tempdir().unwrap();
+        let pod = |name: &str| {
+            format!("kind: Pod\nmetadata: {{name: {name}, uid: same-uid}}\nspec: {{containers: [{{name: c, image: x}}]}}\n")
+        };
+        std::fs::write(d.path().join("a.yaml"), pod("one")).unwrap();
+        std::fs::write(d.path().join("b.yaml"), pod("two")).unwrap();
+        std::fs::write(d.path().join("c.yaml"), "kind: Pod\nmetadata: {name: three, uid: ../../etc}\nspec: {containers: [{name: c, image: x}]}\n---\nkind: ConfigMap\nmetadata: {name: cm}\ndata: {'../x': y}\n---\nkind: Secret\nmetadata: {name: s}\nstringData: {ok: y}\n").unwrap();
+        let m = load(d.path());
+        assert_eq!(m.pods.len(), 1);
+        assert_eq!(m.pods[0].name, "one");
+        let errs = m.errors.join("\n");
+        assert!(errs.contains("b.yaml: pod default/two: metadata.uid \"same-uid\" is already used by pod default/one"), "{errs}");
+        assert!(
+            errs.contains("Pod \"three\" is invalid: metadata.uid: Invalid value: \"../../etc\""),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("ConfigMap \"cm\" is invalid: [data[../x]: Invalid value: \"../x\""),
+            "{errs}"
+        );
+        assert!(m.config_maps.is_empty());
+        assert_eq!(m.secrets.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_read_keeps_what_was_there() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("m");
+        std::fs::create_dir(&dir).unwrap();
+        let pod = "kind: Pod\nmetadata: {name: web}\nspec: {containers: [{name: c, image: x}]}\n";
+        std::fs::write(dir.join("web.yaml"), pod).unwrap();
+        let mut l = Loader::default();
+        assert_eq!(l.load(&dir).pods.len(), 1);
+        // The directory cannot be read: the pod stays.
+        std::fs::rename(&dir, d.path().join("away")).unwrap();
+        let m = l.load(&dir);
+        assert_eq!(m.pods.len(), 1, "{:?}", m.errors);
+        assert!(
+            m.errors[0].contains("keeping what it held"),
+            "{:?}",
+            m.errors
+        );
+        std::fs::rename(d.path().join("away"), &dir).unwrap();
+        // The file cannot be read (replaced by a FIFO): the pod stays.
+        std::fs::remove_file(dir.join("web.yaml")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.join("web.yaml"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let m = l.load(&dir);
+        assert_eq!(m.pods.len(), 1, "{:?}", m.errors);
+        assert!(
+            m.errors[0].contains("not a regular file") && m.errors[0].contains("keeping"),
+            "{:?}",
+            m.errors
+        );
+        // The file is gone: so is the pod.
+        std::fs::remove_file(dir.join("web.yaml")).unwrap();
+        assert!(l.load(&dir).pods.is_empty());
     }
 }

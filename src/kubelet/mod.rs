@@ -5,6 +5,13 @@
 //! seconds as a safety net), starts a worker thread for each new pod UID and stops the
 //! workers of pods whose manifests went away or changed. Containers outlive the agent: on
 //! SIGTERM or a crash it just exits, and the next agent adopts what is running.
+//!
+//! Hardening (see the README's security section): an invalid pod gets no worker and nothing
+//! is built from its names; at most `--max-pods` pods run (the kubelet's admission, 110 by
+//! default), the others fail with `OutOfpods`; the state roots are root's only; after a
+//! crash the agent publishes what it adopts at once and tears the pods whose manifests are
+//! gone down in the background, in parallel, within each one's recorded grace period;
+//! running out of descriptors or threads delays a pod, never ends the agent.
 
 pub mod api;
 pub mod manifests;
@@ -22,6 +29,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::safefs::Beneath;
 use pod::{NodeContext, PodView, Worker};
 
 pub struct AgentConfig {
@@ -37,6 +45,8 @@ pub struct AgentConfig {
     /// Where ClusterIPs are allocated.
     pub service_cidr: ipnet::Ipv4Net,
     pub cgroups: CgroupConfig,
+    /// Pods admitted at once (the kubelet's `maxPods`).
+    pub max_pods: usize,
 }
 
 /// Resource limits: on (the default, cgroup v2 required) or explicitly off.
@@ -89,11 +99,95 @@ pub struct NodeState {
     pub node: node::NodeInfo,
 }
 
+/// A pod the agent knows: with a worker thread, or (invalid or not admitted) only a status.
 struct Running {
-    stop: Sender<()>,
-    wake: OwnedFd,
-    thread: std::thread::JoinHandle<()>,
+    worker: Option<(Sender<()>, OwnedFd, std::thread::JoinHandle<()>)>,
     view: Arc<Mutex<PodView>>,
+}
+
+impl Running {
+    fn finished(&self) -> bool {
+        self.worker.as_ref().is_none_or(|(_, _, t)| t.is_finished())
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (a node runs many pods, each with
+/// descriptors for its containers); the hard limit is left alone.
+fn raise_nofile() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            tracing::warn!(error = %e, "raising the open files limit");
+        }
+    }
+}
+
+/// Gives freed memory back to the system (glibc keeps it otherwise: a large ConfigMap that
+/// went away would stay in the agent's RSS).
+fn release_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes an integer and only touches the allocator's own state.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+fn new_view(ctx: &NodeContext, pm: Arc<manifests::PodManifest>) -> PodView {
+    PodView {
+        manifest: pm,
+        phase: "Pending".into(),
+        reason: None,
+        message: None,
+        containers: vec![],
+        created: chrono::Utc::now(),
+        started: None,
+        events: vec![],
+        deleting: false,
+        node_name: ctx.node_name.clone(),
+        pod_ip: None,
+        published: false,
+        cgroup: None,
+    }
+}
+
+/// A pod that never runs: failed with `reason` and `message`, and an event saying why.
+fn failed_view(
+    ctx: &NodeContext,
+    pm: Arc<manifests::PodManifest>,
+    reason: &str,
+    event: &str,
+    message: String,
+    event_message: String,
+) -> Running {
+    let mut v = new_view(ctx, pm);
+    v.phase = "Failed".into();
+    v.reason = Some(reason.into());
+    v.message = Some(message);
+    v.published = true;
+    v.event("Warning", event, event_message);
+    Running {
+        worker: None,
+        view: Arc::new(Mutex::new(v)),
+    }
+}
+
+/// Starts a pod's worker thread.
+fn spawn_worker(ctx: &Arc<NodeContext>, view: Arc<Mutex<PodView>>) -> Result<Running> {
+    let name = view.lock().expect("view").manifest.name.clone();
+    let (tx, rx) = channel();
+    let (wr, ww) = rustix::pipe::pipe_with(
+        rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+    )?;
+    let worker = Worker::new(ctx.clone(), view.clone())?;
+    let thread = std::thread::Builder::new()
+        .name(format!("pod-{}", name.chars().take(11).collect::<String>()))
+        .spawn(move || worker.run(rx, wr))?;
+    Ok(Running {
+        worker: Some((tx, ww, thread)),
+        view,
+    })
 }
 
 fn wake(fd: &OwnedFd) {
@@ -101,14 +195,21 @@ fn wake(fd: &OwnedFd) {
 }
 
 pub fn run(cfg: AgentConfig) -> Result<()> {
-    for d in [
-        &cfg.root,
-        &cfg.run_dir,
-        &cfg.log_dir,
-        &cfg.run_dir.join("pods"),
-    ] {
+    raise_nofile();
+    // The state roots are the node's own: root's only, even if an older knode made them
+    // world-readable. The log directory may be shared (/var/log/pods): made 0750 if missing,
+    // its pod directories are 0750 and its files 0640 either way.
+    for d in [&cfg.root, &cfg.run_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        crate::safefs::set_mode(d, 0o700)?;
     }
+    if !cfg.log_dir.exists() {
+        std::fs::create_dir_all(&cfg.log_dir)
+            .with_context(|| format!("creating {}", cfg.log_dir.display()))?;
+        crate::safefs::set_mode(&cfg.log_dir, 0o750)?;
+    }
+    let run_root = Beneath::open(&cfg.run_dir, 0o700)?;
+    run_root.create_dir_all(&["pods"], 0o700)?;
     let _lock =
         oci::fsutil::Lock::try_exclusive(&cfg.run_dir.join("agent.lock"))?.with_context(|| {
             format!(
@@ -127,6 +228,9 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         changed: changed_w,
         exe: cfg.exe.clone(),
         store: crate::image_cli::store_at(&cfg.root)?,
+        run: run_root,
+        state: Beneath::open(&cfg.root, 0o700)?,
+        logs: Beneath::open(&cfg.log_dir, 0o750)?,
         root: cfg.root.clone(),
         run_dir: cfg.run_dir.clone(),
         log_dir: cfg.log_dir.clone(),
@@ -140,7 +244,10 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         log_dir: cfg.log_dir.clone(),
         exe: cfg.exe.clone(),
         run_dir: cfg.run_dir.clone(),
-        node: node::NodeInfo::new(&cfg.node_name, cgroups, cgroup_note),
+        node: node::NodeInfo {
+            max_pods: cfg.max_pods as u64,
+            ..node::NodeInfo::new(&cfg.node_name, cgroups, cgroup_note)
+        },
         ..Default::default()
     }));
     if let Err(e) = crate::shim::Launcher::install(&cfg.exe) {
@@ -159,18 +266,25 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
     rustix::fs::inotify::add_watch(
         &inotify,
         &cfg.manifests,
-        // Finished writes and renames only: a file being written is not yet a manifest.
-        W::CLOSE_WRITE | W::DELETE | W::MOVED_FROM | W::MOVED_TO | W::DELETE_SELF,
+        // Finished writes and renames, and new symlinks (a symlink is made whole, a file is
+        // not: a file being written is not yet a manifest).
+        W::CLOSE_WRITE | W::DELETE | W::MOVED_FROM | W::MOVED_TO | W::DELETE_SELF | W::CREATE,
     )
     .with_context(|| format!("watching {}", cfg.manifests.display()))?;
 
     let mut workers: BTreeMap<String, Running> = BTreeMap::new();
     let mut stopping: Vec<Running> = Vec::new();
+    // Pods a previous agent left without a manifest, being torn down in the background.
+    let mut orphans: Vec<(String, std::thread::JoinHandle<()>)> = Vec::new();
+    // When a pod directory whose teardown failed may be tried again.
+    let mut orphan_retry: BTreeMap<String, std::time::Instant> = BTreeMap::new();
     let mut first = true;
     let mut loader = manifests::Loader::default();
     let started = std::time::Instant::now();
     let mut last_sample = started;
     loop {
+        // Something to try again soon (a worker that could not start for lack of resources).
+        let mut retry = false;
         let m = loader.load(&cfg.manifests);
         for e in &m.errors {
             if !state.read().expect("state").manifest_errors.contains(e) {
@@ -180,6 +294,7 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         // Services first: containers started below see the service environment variables.
         let pods: Vec<crate::service::endpoints::PodInfo> = workers
             .values()
+            .filter(|w| w.worker.is_some())
             .map(|w| {
                 let v = w.view.lock().expect("view");
                 crate::service::endpoints::PodInfo::new(
@@ -216,29 +331,64 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
             })
             .collect();
         state.write().expect("state").services = listed;
-        *ctx.objects.write().expect("objects") = volumes::Objects {
-            config_maps: m.config_maps.clone(),
-            secrets: m.secrets.clone(),
+        *ctx.objects.write().expect("objects") = Arc::new(volumes::Objects {
+            config_maps: std::mem::take(&mut m.config_maps),
+            secrets: std::mem::take(&mut m.secrets),
             services: views,
-        };
-        let wanted: BTreeMap<String, manifests::PodManifest> =
-            m.pods.into_iter().map(|p| (p.uid.clone(), p)).collect();
-        if first {
-            // Pods left by a previous agent whose manifests are gone: tear them down too.
-            for e in std::fs::read_dir(cfg.run_dir.join("pods"))
-                .into_iter()
-                .flatten()
-                .flatten()
+        });
+        let wanted: BTreeMap<String, Arc<manifests::PodManifest>> = std::mem::take(&mut m.pods)
+            .into_iter()
+            .map(|p| (p.uid.clone(), Arc::new(p)))
+            .collect();
+        // Pod directories no pod owns: a previous agent's whose manifests are gone (at
+        // start), or a teardown cut short (out of descriptors, say). They are torn down in
+        // the background, all at once, each within what is left of its grace period, while
+        // this agent serves the pods it adopts.
+        for e in std::fs::read_dir(cfg.run_dir.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let uid = e.file_name().to_string_lossy().into_owned();
+            if wanted.contains_key(&uid)
+                || workers.contains_key(&uid)
+                || stopping
+                    .iter()
+                    .any(|w| w.view.lock().expect("view").manifest.uid == uid)
+                || orphans.iter().any(|(u, _)| *u == uid)
+                || orphan_retry
+                    .get(&uid)
+                    .is_some_and(|t| *t > std::time::Instant::now())
+                || crate::safefs::check_name(&uid).is_err()
             {
-                let uid = e.file_name().to_string_lossy().into_owned();
-                if !wanted.contains_key(&uid) {
-                    tracing::info!(uid, "removing a pod whose manifest is gone");
-                    orphan_teardown(&ctx, &uid);
+                continue;
+            }
+            tracing::info!(uid, "removing a pod whose manifest is gone");
+            orphan_retry.insert(
+                uid.clone(),
+                std::time::Instant::now() + Duration::from_secs(5),
+            );
+            let (c, u) = (ctx.clone(), uid.clone());
+            match std::thread::Builder::new()
+                .name("orphan".into())
+                .spawn(move || orphan_teardown(&c, &u))
+            {
+                Ok(t) => orphans.push((uid, t)),
+                Err(e) => {
+                    tracing::warn!(uid, error = %e, "no thread to remove a pod: trying again soon");
+                    retry = true;
                 }
             }
+        }
+        orphan_retry.retain(|u, _| cfg.run_dir.join("pods").join(u).exists());
+        if first {
             // Pod cgroups with neither a pod nor a pod directory (a crash mid-teardown).
             if let Some(cgs) = &ctx.cgroups {
-                let keep: Vec<String> = wanted.keys().cloned().collect();
+                let keep: Vec<String> = wanted
+                    .keys()
+                    .chain(orphans.iter().map(|(u, _)| u))
+                    .cloned()
+                    .collect();
                 for uid in cgs.orphans(&keep) {
                     tracing::info!(uid, "removing the cgroup of a pod that is gone");
                     if let Err(e) = cgs.remove_pod(&uid) {
@@ -246,9 +396,14 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
                     }
                 }
             }
-            // Addresses held for pods that no longer exist go back to the pool.
+            // Addresses held for pods that no longer exist go back to the pool (orphans
+            // release theirs as they go).
             if let Some(n) = &ctx.network {
-                let valid: Vec<String> = wanted.keys().cloned().collect();
+                let valid: Vec<String> = wanted
+                    .keys()
+                    .chain(orphans.iter().map(|(u, _)| u))
+                    .cloned()
+                    .collect();
                 if let Err(e) = n.gc(&valid) {
                     tracing::warn!(error = %e, "CNI GC");
                 }
@@ -258,54 +413,74 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         for uid in workers.keys().cloned().collect::<Vec<_>>() {
             if !wanted.contains_key(&uid) {
                 let w = workers.remove(&uid).expect("present");
-                let _ = w.stop.send(());
-                wake(&w.wake);
-                stopping.push(w);
+                if let Some((stop, wake_fd, _)) = &w.worker {
+                    let _ = stop.send(());
+                    wake(wake_fd);
+                    stopping.push(w);
+                }
             }
         }
+        orphans.retain(|(_, t)| !t.is_finished());
+        let mut admitted = workers.values().filter(|w| w.worker.is_some()).count();
         for (uid, pm) in &wanted {
             // Not while the same UID is still being torn down: its directories are in use.
             if workers.contains_key(uid)
                 || stopping
                     .iter()
                     .any(|w| w.view.lock().expect("view").manifest.uid == *uid)
+                || orphans.iter().any(|(u, _)| u == uid)
             {
                 continue;
             }
-            let view = Arc::new(Mutex::new(PodView {
-                manifest: pm.clone(),
-                phase: "Pending".into(),
-                reason: None,
-                message: None,
-                containers: vec![],
-                created: chrono::Utc::now(),
-                started: None,
-                events: vec![],
-                deleting: false,
-                node_name: ctx.node_name.clone(),
-                pod_ip: None,
-                published: false,
-                cgroup: None,
-            }));
-            let (tx, rx) = channel();
-            let (wr, ww) = rustix::pipe::pipe_with(
-                rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
-            )?;
-            let worker = Worker::new(ctx.clone(), view.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("pod-{}", pm.name))
-                .spawn(move || worker.run(rx, wr))?;
-            workers.insert(
-                uid.clone(),
-                Running {
-                    stop: tx,
-                    wake: ww,
-                    thread,
-                    view,
-                },
-            );
+            if let Some(why) = &pm.invalid {
+                // Nothing is built from an invalid pod: no worker, no directory, no path.
+                workers.insert(
+                    uid.clone(),
+                    failed_view(
+                        &ctx,
+                        pm.clone(),
+                        "InvalidPod",
+                        "FailedValidation",
+                        why.clone(),
+                        why.clone(),
+                    ),
+                );
+                continue;
+            }
+            if admitted >= cfg.max_pods {
+                // The kubelet's admission: the pod is rejected for good (until its manifest
+                // changes), not queued.
+                let msg = format!(
+                    "Node didn't have enough resource: pods, requested: 1, used: {admitted}, capacity: {}",
+                    cfg.max_pods
+                );
+                workers.insert(
+                    uid.clone(),
+                    failed_view(
+                        &ctx,
+                        pm.clone(),
+                        "OutOfpods",
+                        "OutOfpods",
+                        format!("Pod was rejected: {msg}"),
+                        msg,
+                    ),
+                );
+                continue;
+            }
+            let view = Arc::new(Mutex::new(new_view(&ctx, pm.clone())));
+            match spawn_worker(&ctx, view) {
+                Ok(r) => {
+                    workers.insert(uid.clone(), r);
+                    admitted += 1;
+                }
+                Err(e) => {
+                    // Out of descriptors or threads: the pod waits, the agent goes on.
+                    tracing::warn!(pod = %pm.name, error = %e, "starting a pod worker");
+                    retry = true;
+                }
+            }
         }
-        stopping.retain(|w| !w.thread.is_finished());
+        stopping.retain(|w| !w.finished());
         {
             let mut s = state.write().expect("state");
             s.manifest_errors = m.errors;
@@ -324,6 +499,9 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
                 })
                 .collect();
         }
+        if loader.changed() {
+            release_memory();
+        }
         // A CPU sample of the node and every pod every few seconds, so usage rates cover the
         // last few seconds whenever they are asked for (not on every pass: a burst of
         // manifest changes must not wait behind file reads for every pod).
@@ -338,79 +516,84 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
             let _ = node::summary(&st.node, &views);
         }
         // Wait for a change in the directory (or a worker to finish stopping).
-        let mut p = [
-            rustix::event::PollFd::new(&inotify, rustix::event::PollFlags::IN),
-            rustix::event::PollFd::new(&changed_r, rustix::event::PollFlags::IN),
-        ];
-        let t = if stopping.is_empty() { 5 } else { 1 };
-        let _ = rustix::event::poll(
-            &mut p,
-            Some(&rustix::event::Timespec {
-                tv_sec: t,
-                tv_nsec: 0,
-            }),
-        );
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
-        let mut r = rustix::fs::inotify::Reader::new(&inotify, &mut buf);
-        while r.next().is_ok() {}
-        let mut junk = [0u8; 256];
-        while matches!(rustix::io::read(&changed_r, &mut junk), Ok(n) if n > 0) {}
+        let t = if retry || !stopping.is_empty() || !orphans.is_empty() || !orphan_retry.is_empty()
+        {
+            1
+        } else {
+            5
+        };
+        wait_for_change(&inotify, &cfg.manifests, &changed_r, t);
     }
 }
 
-/// Tears down a pod directory no manifest wants any more (left by an earlier agent).
-fn orphan_teardown(ctx: &Arc<NodeContext>, uid: &str) {
-    let dir = ctx.run_dir.join("pods").join(uid);
-    if let Some(n) = &ctx.network {
-        let prev = crate::network::Attachment::load(&dir).map(|a| a.result);
-        if let Err(e) = n.detach(uid, &dir.join("sandbox/ns/net"), prev.as_ref()) {
-            tracing::warn!(uid, error = %e, "CNI DEL");
+/// Sleeps until the manifests directory changes in a way that matters, a worker reports, or
+/// `secs` pass. A new regular file alone does not count (it is still being written; its
+/// CLOSE_WRITE will); a new symlink does.
+fn wait_for_change(inotify: &OwnedFd, dir: &Path, changed: &OwnedFd, secs: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs as u64);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut p = [
+            rustix::event::PollFd::new(inotify, rustix::event::PollFlags::IN),
+            rustix::event::PollFd::new(changed, rustix::event::PollFlags::IN),
+        ];
+        let n = rustix::event::poll(
+            &mut p,
+            Some(&rustix::event::Timespec {
+                tv_sec: left.as_secs() as _,
+                tv_nsec: left.subsec_nanos() as _,
+            }),
+        )
+        .unwrap_or(0);
+        let mut junk = [0u8; 256];
+        let mut relevant = false;
+        while matches!(rustix::io::read(changed, &mut junk), Ok(n) if n > 0) {
+            relevant = true;
+        }
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut r = rustix::fs::inotify::Reader::new(inotify, &mut buf);
+        while let Ok(e) = r.next() {
+            use rustix::fs::inotify::ReadFlags as R;
+            let created_file = e.events().contains(R::CREATE)
+                && e.file_name().is_some_and(|n| {
+                    std::fs::symlink_metadata(dir.join(n.to_string_lossy().as_ref()))
+                        .is_ok_and(|m| !m.file_type().is_symlink())
+                });
+            relevant |= !created_file;
+        }
+        if relevant || n == 0 || left.is_zero() {
+            return;
         }
     }
-    for c in std::fs::read_dir(dir.join("containers"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
-            let state = a.path().join("state");
-            ctx.store.release(&crate::container::lease_name(&a.path()));
-            if let Some(pid) = crate::shim::pid(&state) {
-                let pc = crate::container::PodContainer {
-                    state,
-                    rootfs: a.path().join("rootfs"),
-                    pid,
-                };
-                pod::stop_container(&pc, Duration::from_secs(30));
-            }
-        }
-    }
-    if let Some(cgs) = &ctx.cgroups {
-        if let Err(e) = cgs.remove_pod(uid) {
-            tracing::warn!(uid, error = %e, "removing the pod's cgroup");
-        }
-    }
-    pod::unmount_attempts(&dir);
-    let disk = ctx.root.join("pods").join(uid);
-    volumes::teardown(&dir);
-    volumes::teardown(&disk);
-    if dir.join("sandbox").exists() {
-        let _ = crate::sandbox::Sandbox::open(&dir.join("sandbox")).remove();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&disk);
-    for e in std::fs::read_dir(&ctx.log_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if e.file_name()
-            .to_string_lossy()
-            .ends_with(&format!("_{uid}"))
-        {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
+}
+
+/// Tears down a pod directory no manifest wants any more (left by an earlier agent), with
+/// the grace period its pod had (what is left of it, if its deletion had begun).
+fn orphan_teardown(ctx: &NodeContext, uid: &str) {
+    let Ok(dir) = ctx.run.join(&["pods", uid]) else {
+        return;
+    };
+    let meta = pod::PodMeta::load(&dir).unwrap_or_else(|| pod::PodMeta {
+        namespace: String::new(),
+        name: String::new(),
+        uid: uid.to_string(),
+        created: chrono::Utc::now(),
+        grace_seconds: 30,
+        deleting_since: None,
+    });
+    // Its log directory: by name, or (recorded by an older agent) by the UID it ends with.
+    let log_name = if meta.name.is_empty() {
+        std::fs::read_dir(&ctx.log_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.ends_with(&format!("_{uid}")))
+    } else {
+        Some(crate::logs::pod_dir_name(&meta.namespace, &meta.name, uid))
+    };
+    let log_name = log_name.unwrap_or_else(|| format!("_{uid}"));
+    pod::teardown_pod(ctx, uid, &log_name, &meta, vec![], None);
 }
 
 /// The socket path for a run dir.

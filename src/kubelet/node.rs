@@ -26,6 +26,8 @@ pub struct NodeInfo {
     /// How resource limits are enforced, or why they are not.
     pub cgroup_note: String,
     pub rates: Rates,
+    /// Pods admitted at once (`--max-pods`).
+    pub max_pods: u64,
 }
 
 impl NodeInfo {
@@ -40,6 +42,7 @@ impl NodeInfo {
             cgroups,
             cgroup_note,
             rates: Rates::default(),
+            max_pods: MAX_PODS,
         }
     }
 }
@@ -58,11 +61,11 @@ pub fn allocatable() -> (u64, u64) {
     (cpus, mem.saturating_sub(EVICTION_MEMORY))
 }
 
-fn resources(cpus: u64, mem: u64) -> std::collections::BTreeMap<String, Quantity> {
+fn resources(cpus: u64, mem: u64, pods: u64) -> std::collections::BTreeMap<String, Quantity> {
     [
         ("cpu".to_string(), Quantity(cpus.to_string())),
         ("memory".to_string(), Quantity(format!("{}Ki", mem / 1024))),
-        ("pods".to_string(), Quantity(MAX_PODS.to_string())),
+        ("pods".to_string(), Quantity(pods.to_string())),
     ]
     .into_iter()
     .collect()
@@ -115,8 +118,8 @@ pub fn node(info: &NodeInfo) -> core::Node {
             ..Default::default()
         },
         status: Some(core::NodeStatus {
-            capacity: Some(resources(cpus, mem)),
-            allocatable: Some(resources(acpus, amem)),
+            capacity: Some(resources(cpus, mem, info.max_pods)),
+            allocatable: Some(resources(acpus, amem, info.max_pods)),
             conditions: Some(vec![
                 core::NodeCondition {
                     type_: "Ready".into(),

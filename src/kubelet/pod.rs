@@ -6,7 +6,7 @@
 //! `<run-dir>/pods/<uid>/pod.json`, so a restarted agent adopts running containers.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::manifests::PodManifest;
 use crate::container::{PodContainer, PodContainerSpec};
+use crate::safefs::Beneath;
 use crate::sandbox::{Sandbox, SandboxOptions};
 
 /// Kubelet restart back-off: 10 s, doubling, at most 5 min; reset after 10 min of running.
@@ -32,10 +33,15 @@ pub struct NodeContext {
     pub root: PathBuf,
     pub run_dir: PathBuf,
     pub log_dir: PathBuf,
+    /// The three state roots again, through which every path built from a pod's names is
+    /// made and removed (never outside them, never through a symlink or a mount).
+    pub run: Beneath,
+    pub state: Beneath,
+    pub logs: Beneath,
     pub node_name: String,
     pub client: oci::registry::ClientOptions,
-    /// ConfigMaps and Secrets from the manifests directory.
-    pub objects: std::sync::RwLock<super::volumes::Objects>,
+    /// ConfigMaps and Secrets from the manifests directory (shared, replaced as a whole).
+    pub objects: std::sync::RwLock<Arc<super::volumes::Objects>>,
     /// The pod network.
     pub network: Option<crate::network::Network>,
     /// Written to when a pod's address or readiness changes (the agent recomputes endpoints).
@@ -89,7 +95,7 @@ pub struct Event {
 /// The pod as the API shows it; the worker keeps it current.
 #[derive(Clone, Debug)]
 pub struct PodView {
-    pub manifest: PodManifest,
+    pub manifest: Arc<PodManifest>,
     pub phase: String,
     pub reason: Option<String>,
     pub message: Option<String>,
@@ -152,6 +158,8 @@ struct Ctr {
     running: Option<PodContainer>,
     not_before: Option<Instant>,
     waiting: Option<(String, String)>,
+    /// The last pull of its image failed (the next failure is ImagePullBackOff).
+    pull_failed: bool,
 }
 
 fn restart_policy(pod: &Pod) -> String {
@@ -188,17 +196,101 @@ fn must_pull(c: &Container, present: bool) -> bool {
     }
 }
 
+/// What the node records of a pod beside its containers (`<run-dir>/pods/<uid>/meta.json`):
+/// enough for a restarted agent to show it as it was and to tear it down as it should be,
+/// even when its manifest is gone.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodMeta {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The pod's creationTimestamp, kept across agent restarts.
+    pub created: DateTime<Utc>,
+    pub grace_seconds: u64,
+    /// When its deletion began (a restarted agent waits only for what is left of the grace
+    /// period).
+    #[serde(default)]
+    pub deleting_since: Option<DateTime<Utc>>,
+}
+
+impl PodMeta {
+    pub fn load(pod_dir: &Path) -> Option<PodMeta> {
+        serde_json::from_slice(&std::fs::read(pod_dir.join("meta.json")).ok()?).ok()
+    }
+
+    fn save(&self, pod_dir: &Path) {
+        if let Err(e) = oci::fsutil::replace(
+            &pod_dir.join("meta.json"),
+            &serde_json::to_vec(self).unwrap_or_default(),
+        ) {
+            tracing::warn!(pod = %self.name, error = %e, "recording the pod's metadata");
+        }
+    }
+
+    /// The grace period left for a deletion that began earlier.
+    pub fn grace_left(&self) -> Duration {
+        let full = Duration::from_secs(self.grace_seconds);
+        match self.deleting_since {
+            None => full,
+            Some(t) => full.saturating_sub((Utc::now() - t).to_std().unwrap_or_default()),
+        }
+    }
+}
+
+/// An image pull running in a thread of its own, so that a stop request never waits for it:
+/// `done` becomes readable when it ends.
+struct PullJob {
+    result: Receiver<Result<oci::image::PullReport, String>>,
+    done: OwnedFd,
+}
+
+fn spawn_pull(ctx: &Arc<NodeContext>, image: &str) -> std::io::Result<PullJob> {
+    let (r, w) = rustix::pipe::pipe_with(
+        rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+    )?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ctx, image) = (ctx.clone(), image.to_string());
+    std::thread::Builder::new()
+        .name("pull".into())
+        .spawn(move || {
+            let r = ctx
+                .store
+                .pull(
+                    &image,
+                    ctx.client.clone(),
+                    &oci::image::PullOptions::default(),
+                    &oci::progress::NoProgress,
+                )
+                .map_err(|e| e.to_string());
+            // The worker may be gone (its pod deleted): then nobody reads this.
+            let _ = tx.send(r);
+            let _ = rustix::io::write(&w, b"x");
+        })?;
+    Ok(PullJob {
+        result: rx,
+        done: r,
+    })
+}
+
 pub struct Worker {
     ctx: Arc<NodeContext>,
     view: Arc<Mutex<PodView>>,
+    /// The pod's names as path components (validated), and its directories: runtime state,
+    /// logs, and on disk (emptyDir volumes, writable layers).
+    uid: String,
+    log_name: String,
     dir: PathBuf,
     logs: PathBuf,
-    sandbox: Option<Sandbox>,
-    /// The pod's directory on disk (emptyDir volumes, writable layers).
     disk: PathBuf,
+    meta: PodMeta,
+    sandbox: Option<Sandbox>,
     volumes: Option<BTreeMap<String, PathBuf>>,
     ctrs: Vec<Ctr>,
     pulled: BTreeMap<String, ()>,
+    pulls: BTreeMap<String, PullJob>,
+    /// Containers whose shim died while they ran (reported once).
+    shim_lost: std::collections::BTreeSet<String>,
     /// An adopted sandbox whose network is gone: why, and the address it had.
     lost_network: Option<(String, Option<String>)>,
     /// The address and readiness last reported to the agent.
@@ -208,12 +300,7 @@ pub struct Worker {
     cgroup: Option<String>,
 }
 
-fn pidfd(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes integers only.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: the kernel returned a new descriptor we now own.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
+use crate::shim::pidfd;
 
 fn shim_pid(state: &Path) -> Option<i32> {
     std::fs::read_to_string(state.join("shim.pid"))
@@ -224,55 +311,93 @@ fn shim_pid(state: &Path) -> Option<i32> {
 }
 
 impl Worker {
-    pub fn new(ctx: Arc<NodeContext>, view: Arc<Mutex<PodView>>) -> Worker {
+    /// A worker for a valid pod (the agent never makes one for an invalid pod: nothing may be
+    /// built from its names). Fails only if a name cannot be a path component.
+    pub fn new(
+        ctx: Arc<NodeContext>,
+        view: Arc<Mutex<PodView>>,
+    ) -> Result<Worker, crate::safefs::SafeFsError> {
         let m = view.lock().expect("view").manifest.clone();
-        let dir = ctx.run_dir.join("pods").join(&m.uid);
-        let logs = ctx
-            .log_dir
-            .join(format!("{}_{}_{}", m.namespace, m.name, m.uid));
-        let spec = m.pod.spec.clone().unwrap_or_default();
+        let log_name = crate::logs::pod_dir_name(&m.namespace, &m.name, &m.uid);
+        let dir = ctx.run.join(&["pods", &m.uid])?;
+        let disk = ctx.state.join(&["pods", &m.uid])?;
+        let logs = ctx.logs.join(&[&log_name])?;
+        for c in m
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+        {
+            crate::safefs::check_name(&c.name)?;
+        }
+        let spec = m.pod.spec.as_ref();
         let persisted: BTreeMap<String, Persisted> = std::fs::read(dir.join("pod.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         let ctrs = spec
-            .init_containers
-            .clone()
-            .unwrap_or_default()
             .into_iter()
-            .map(|c| (c, true))
-            .chain(spec.containers.clone().into_iter().map(|c| (c, false)))
+            .flat_map(|s| {
+                s.init_containers
+                    .iter()
+                    .flatten()
+                    .map(|c| (c, true))
+                    .chain(s.containers.iter().map(|c| (c, false)))
+            })
             .map(|(c, init)| {
                 let p = persisted.get(&c.name).cloned().unwrap_or_default();
                 Ctr {
-                    spec: c,
+                    spec: c.clone(),
                     init,
                     p,
                     running: None,
                     not_before: None,
                     waiting: None,
+                    pull_failed: false,
                 }
             })
             .collect();
-        Worker {
-            disk: ctx.root.join("pods").join(&m.uid),
+        // An adopted pod keeps its creation time; a pod whose deletion was interrupted but
+        // whose manifest is back is simply wanted again.
+        let meta = match PodMeta::load(&dir) {
+            Some(mut old) => {
+                view.lock().expect("view").created = old.created;
+                old.deleting_since = None;
+                old.grace_seconds = grace(&m.pod).as_secs();
+                old
+            }
+            None => PodMeta {
+                namespace: m.namespace.clone(),
+                name: m.name.clone(),
+                uid: m.uid.clone(),
+                created: view.lock().expect("view").created,
+                grace_seconds: grace(&m.pod).as_secs(),
+                deleting_since: None,
+            },
+        };
+        Ok(Worker {
+            uid: m.uid.clone(),
+            log_name,
+            disk,
             volumes: None,
             ctx,
             view,
             dir,
             logs,
+            meta,
             sandbox: None,
             ctrs,
             pulled: BTreeMap::new(),
+            pulls: BTreeMap::new(),
+            shim_lost: Default::default(),
             lost_network: None,
             reported: (None, false),
-            // An invalid pod never starts, so its resources are never needed.
             resources: crate::cgroup::resources::pod(&m.pod)
                 .unwrap_or_default()
                 .into_iter()
                 .collect(),
             cgroup: None,
-        }
+        })
     }
 
     /// The pod's cgroup with the pod-level values (made again, idempotently, after an agent
@@ -285,7 +410,7 @@ impl Worker {
             return true;
         }
         use crate::cgroup::resources;
-        let spec = self.manifest().pod.spec.unwrap_or_default();
+        let spec = self.manifest().pod.spec.clone().unwrap_or_default();
         let of = |cs: &[Container]| -> Vec<resources::ContainerResources> {
             cs.iter()
                 .filter_map(|c| self.resources.get(&c.name).cloned())
@@ -295,7 +420,7 @@ impl Worker {
         let apps = of(&spec.containers);
         let all: Vec<_> = init.iter().chain(&apps).cloned().collect();
         let qos = resources::qos(&all);
-        let uid = self.manifest().uid;
+        let uid = self.uid.clone();
         match cgs.create_pod(&uid, qos, &resources::pod_total(&init, &apps)) {
             Ok(p) => {
                 self.view.lock().expect("view").cgroup = Some(p.clone());
@@ -328,7 +453,7 @@ impl Worker {
             .map(|p| crate::cgroup::container_path(p, name, attempt))
     }
 
-    fn manifest(&self) -> PodManifest {
+    fn manifest(&self) -> Arc<PodManifest> {
         self.view.lock().expect("view").manifest.clone()
     }
 
@@ -346,16 +471,9 @@ impl Worker {
     /// Runs until told to stop, then tears the pod down.
     pub fn run(mut self, stop: Receiver<()>, wake: OwnedFd) {
         let m = self.manifest();
-        if let Some(why) = &m.invalid {
-            {
-                let mut v = self.view.lock().expect("view");
-                v.phase = "Failed".into();
-                v.reason = Some("InvalidPod".into());
-                v.message = Some(why.clone());
-            }
-            self.event("Warning", "FailedValidation", why.clone());
-            let _ = stop.recv();
-            self.teardown();
+        if m.invalid.is_some() {
+            // Never reached (the agent runs no worker for an invalid pod); and if it were,
+            // nothing is built from an invalid pod's names, not even to remove it.
             return;
         }
         for w in &m.warnings {
@@ -375,7 +493,9 @@ impl Worker {
         self.teardown();
     }
 
-    /// Picks up what a previous agent left running.
+    /// Picks up what a previous agent left running, and cleans up what it left half done:
+    /// attempts other than each container's current one (an agent killed between a rootfs
+    /// mount and its shim's start leaves one mounted and its image leased).
     fn adopt(&mut self) {
         if let Some(a) = crate::network::Attachment::load(&self.dir) {
             self.view.lock().expect("view").pod_ip = a.ip.map(|i| i.to_string());
@@ -385,25 +505,39 @@ impl Worker {
             self.reattach_if_lost();
         }
         for i in 0..self.ctrs.len() {
-            let Some(attempt) = self.ctrs[i].p.attempt else {
-                continue;
-            };
-            let d = self.attempt_dir(&self.ctrs[i].spec.name, attempt);
-            let state = d.join("state");
-            let Some(pid) = crate::shim::pid(&state) else {
-                continue;
-            };
-            if crate::shim::exit_status(&state).is_none()
-                && shim_pid(&state).is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+            let name = self.ctrs[i].spec.name.clone();
+            let current = self.ctrs[i].p.attempt.and_then(|attempt| {
+                let d = self.attempt_dir(&name, attempt);
+                let state = d.join("state");
+                let pid = crate::shim::pid(&state)?;
+                if crate::shim::exit_status(&state).is_none()
+                    && shim_pid(&state).is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+                {
+                    tracing::info!(container = %name, pid, "adopted a running container");
+                }
+                Some((
+                    attempt,
+                    PodContainer {
+                        state,
+                        rootfs: d.join("rootfs"),
+                        pid,
+                    },
+                ))
+            });
+            let keep = current.as_ref().map(|(a, _)| a.to_string());
+            for a in std::fs::read_dir(self.dir.join("containers").join(&name))
+                .into_iter()
+                .flatten()
+                .flatten()
             {
-                tracing::info!(container = %self.ctrs[i].spec.name, pid, "adopted a running container");
+                if keep.as_deref() == Some(&*a.file_name().to_string_lossy()) {
+                    continue;
+                }
+                tracing::info!(container = %name, attempt = %a.file_name().to_string_lossy(), "removing an attempt a previous agent left unfinished");
+                remove_attempt(&self.ctx, &a.path());
             }
             // Running or exited: `step` reads the exit status either way.
-            self.ctrs[i].running = Some(PodContainer {
-                state,
-                rootfs: d.join("rootfs"),
-                pid,
-            });
+            self.ctrs[i].running = current.map(|(_, pc)| pc);
         }
     }
 
@@ -491,26 +625,48 @@ impl Worker {
         true
     }
 
+    /// The pod's directories, root's only (the kubelet keeps its pods directory 0750,
+    /// containerd its state 0700): nothing a container leaves in them (a setuid binary in a
+    /// writable layer or an emptyDir) is reachable by the node's other users.
+    fn make_dirs(&mut self) -> Result<(), crate::safefs::SafeFsError> {
+        self.ctx.run.create_dir_all(&["pods"], 0o700)?;
+        self.ctx.run.create_dir_all(&["pods", &self.uid], 0o700)?;
+        self.ctx.state.create_dir_all(&["pods"], 0o700)?;
+        self.ctx.state.create_dir_all(&["pods", &self.uid], 0o700)?;
+        self.ctx.logs.create_dir_all(&[&self.log_name], 0o750)?;
+        if !self.dir.join("meta.json").exists() {
+            self.meta.save(&self.dir);
+        }
+        Ok(())
+    }
+
     fn step(&mut self) {
         let m = self.manifest();
-        let pod = m.pod.clone();
-        let policy = restart_policy(&pod);
+        let pod = &m.pod;
+        let policy = restart_policy(pod);
         if !self.ensure_cgroup() {
             return;
         }
         if self.sandbox.is_none() {
             let spec = pod.spec.clone().unwrap_or_default();
-            let hostname = spec
-                .hostname
-                .clone()
-                .unwrap_or_else(|| m.name.chars().take(63).collect());
             let o = SandboxOptions {
-                hostname,
+                hostname: pod_hostname(&m),
                 host_network: spec.host_network.unwrap_or(false),
                 host_ipc: spec.host_ipc.unwrap_or(false),
                 share_pid: spec.share_process_namespace.unwrap_or(false),
             };
-            let _ = std::fs::create_dir_all(&self.dir);
+            if let Err(e) = self.make_dirs() {
+                let msg = format!("{e}");
+                let mut v = self.view.lock().expect("view");
+                if v.message.as_deref() != Some(msg.as_str()) {
+                    v.event("Warning", "FailedCreatePodSandBox", msg.clone());
+                }
+                v.message = Some(msg);
+                for c in &mut self.ctrs {
+                    c.not_before = Some(Instant::now() + Duration::from_secs(2));
+                }
+                return;
+            }
             if self.dir.join("sandbox").exists() {
                 let _ = Sandbox::open(&self.dir.join("sandbox")).remove();
             }
@@ -551,13 +707,18 @@ impl Worker {
         }
         if self.volumes.is_none() {
             let objects = self.ctx.objects.read().expect("objects").clone();
-            match super::volumes::prepare(&pod, &m.namespace, &self.disk, &self.dir, &objects)
-                .and_then(|v| {
-                    let ip = self.view.lock().expect("view").pod_ip.clone();
-                    write_etc_files(&self.dir, &pod, &m.name, ip.as_deref())
-                        .map_err(|e| e.to_string())?;
-                    Ok(v)
-                }) {
+            let prepared = Beneath::open(&self.disk, 0o700)
+                .and_then(|disk| Ok((disk, Beneath::open(&self.dir, 0o700)?)))
+                .map_err(|e| e.to_string())
+                .and_then(|(disk, mem)| {
+                    super::volumes::prepare(pod, &m.namespace, &disk, &mem, &objects)
+                });
+            match prepared.and_then(|v| {
+                let ip = self.view.lock().expect("view").pod_ip.clone();
+                write_etc_files(&self.dir, &m, ip.as_deref())
+                    .map_err(|e| format!("writing the pod's /etc files: {e}"))?;
+                Ok(v)
+            }) {
                 Ok(v) => self.volumes = Some(v),
                 Err(e) => {
                     let mut v = self.view.lock().expect("view");
@@ -587,20 +748,35 @@ impl Worker {
                 Some(e) => e,
                 // The shim and its container are both gone without a record (e.g. the shim was
                 // killed): report it as Kubernetes does and let the restart policy act.
-                None if !alive(shim_pid(&run.state)) && !alive(Some(run.pid)) => {
+                None if !alive(shim_pid(&run.state))
+                    && crate::shim::container_pidfd(&run.state).is_none() =>
+                {
                     crate::shim::ExitStatus {
                         code: 137,
                         finished_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
                         reason: "ContainerStatusUnknown".into(),
                     }
                 }
+                // The shim is gone but the container runs on: nobody logs its output or will
+                // record its exit. Say so once; a stop still reaches the container itself.
+                None if !alive(shim_pid(&run.state)) => {
+                    let name = self.ctrs[i].spec.name.clone();
+                    if self.shim_lost.insert(name.clone()) {
+                        self.event(
+                            "Warning",
+                            "ShimLost",
+                            format!("the supervisor of container {name} exited while it runs: its output is no longer logged and its exit code will be unknown"),
+                        );
+                    }
+                    continue;
+                }
                 None => continue,
             };
-            let layer = self
-                .disk
-                .join("containers")
-                .join(&self.ctrs[i].spec.name)
-                .join(self.ctrs[i].p.attempt.unwrap_or(0).to_string());
+            let dir = run
+                .rootfs
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
             // Processes the container left behind (with a shared or the host's PID namespace)
             // die with its cgroup before its root is unmounted.
             if let (Some(cgs), Some(cg)) = (
@@ -611,8 +787,7 @@ impl Worker {
                     tracing::warn!(error = %e, "removing a container's cgroup");
                 }
             }
-            let _ = run.remove_with(Some(&layer));
-            run.release(&self.ctx.store);
+            remove_attempt(&self.ctx, &dir);
             let c = &mut self.ctrs[i];
             c.running = None;
             let finished = DateTime::parse_from_rfc3339(&exit.finished_at)
@@ -702,57 +877,153 @@ impl Worker {
         }
     }
 
-    fn start(&mut self, i: usize, m: &PodManifest) {
-        let spec = self.ctrs[i].spec.clone();
-        let image = spec.image.clone().unwrap_or_default();
-        let present = self.ctx.store.get(&image).is_ok();
-        if must_pull(&spec, present) && !self.pulled.contains_key(&image) {
-            self.ctrs[i].waiting = Some((
-                "ContainerCreating".into(),
-                format!("pulling image {image:?}"),
-            ));
-            self.publish();
-            self.event("Normal", "Pulling", format!("Pulling image {image:?}"));
-            let r = self.ctx.store.pull(
-                &image,
-                self.ctx.client.clone(),
-                &oci::image::PullOptions::default(),
-                &oci::progress::NoProgress,
-            );
-            match r {
-                Ok(rep) => {
-                    self.pulled.insert(image.clone(), ());
-                    self.event(
-                        "Normal",
-                        "Pulled",
-                        format!(
-                            "Successfully pulled image {image:?} ({} layers fetched)",
-                            rep.layers_fetched
-                        ),
-                    );
+    /// Pulls the container's image if it must be, in the background. True when the image
+    /// is there to start from; false while the pull runs or after it failed (back-off).
+    fn image_ready(&mut self, i: usize) -> bool {
+        let image = self.ctrs[i].spec.image.clone().unwrap_or_default();
+        if self.pulled.contains_key(&image)
+            || !must_pull(&self.ctrs[i].spec, self.ctx.store.get(&image).is_ok())
+        {
+            return true;
+        }
+        let result = match self.pulls.get(&image).map(|j| j.result.try_recv()) {
+            None => {
+                match spawn_pull(&self.ctx, &image) {
+                    Ok(job) => {
+                        self.pulls.insert(image.clone(), job);
+                        self.ctrs[i].waiting = Some((
+                            "ContainerCreating".into(),
+                            format!("pulling image {image:?}"),
+                        ));
+                        self.event("Normal", "Pulling", format!("Pulling image {image:?}"));
+                    }
+                    Err(e) => {
+                        // Out of threads or descriptors: try again shortly.
+                        tracing::warn!(image, error = %e, "starting an image pull");
+                        self.ctrs[i].not_before = Some(Instant::now() + Duration::from_secs(1));
+                    }
                 }
-                Err(e) => {
-                    let c = &mut self.ctrs[i];
-                    let (reason, b) = match &c.waiting {
-                        Some((r, _)) if r == "ErrImagePull" || r == "ImagePullBackOff" => (
-                            "ImagePullBackOff",
-                            (c.p.backoff_secs * 2)
-                                .clamp(BACKOFF_START.as_secs(), BACKOFF_MAX.as_secs()),
-                        ),
-                        _ => ("ErrImagePull", BACKOFF_START.as_secs()),
-                    };
-                    c.p.backoff_secs = b;
-                    c.not_before = Some(Instant::now() + Duration::from_secs(b));
-                    c.waiting = Some((reason.into(), e.to_string()));
-                    self.event(
-                        "Warning",
-                        "Failed",
-                        format!("Failed to pull image {image:?}: {e}"),
-                    );
-                    return;
-                }
+                return false;
+            }
+            Some(Err(TryRecvError::Empty)) => return false,
+            Some(Err(TryRecvError::Disconnected)) => Err("the pull ended without a result".into()),
+            Some(Ok(r)) => r,
+        };
+        self.pulls.remove(&image);
+        match result {
+            Ok(rep) => {
+                self.pulled.insert(image.clone(), ());
+                self.ctrs[i].pull_failed = false;
+                self.event(
+                    "Normal",
+                    "Pulled",
+                    format!(
+                        "Successfully pulled image {image:?} ({} layers fetched)",
+                        rep.layers_fetched
+                    ),
+                );
+                true
+            }
+            Err(e) => {
+                let c = &mut self.ctrs[i];
+                let (reason, b) = if c.pull_failed {
+                    (
+                        "ImagePullBackOff",
+                        (c.p.backoff_secs * 2)
+                            .clamp(BACKOFF_START.as_secs(), BACKOFF_MAX.as_secs()),
+                    )
+                } else {
+                    ("ErrImagePull", BACKOFF_START.as_secs())
+                };
+                c.pull_failed = true;
+                c.p.backoff_secs = b;
+                c.not_before = Some(Instant::now() + Duration::from_secs(b));
+                c.waiting = Some((reason.into(), e.clone()));
+                self.event(
+                    "Warning",
+                    "Failed",
+                    format!("Failed to pull image {image:?}: {e}"),
+                );
+                false
             }
         }
+    }
+
+    /// The kubelet's `runAsNonRoot` check (`verifyRunAsNonRoot`): with it set, a container
+    /// must have a non-zero `runAsUser`, or an image whose user is a non-zero number.
+    fn verify_non_root(
+        &self,
+        i: usize,
+        m: &PodManifest,
+        run_as_user: Option<i64>,
+    ) -> Result<(), String> {
+        let spec = &self.ctrs[i].spec;
+        let pod_sc = m
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref());
+        let non_root = spec
+            .security_context
+            .as_ref()
+            .and_then(|s| s.run_as_non_root)
+            .or(pod_sc.and_then(|s| s.run_as_non_root))
+            .unwrap_or(false);
+        if !non_root {
+            return Ok(());
+        }
+        let pod = format!("{}_{}({})", m.name, m.namespace, m.uid);
+        let pod = crate::api::validation::go_quote(&pod);
+        let ctr = &spec.name;
+        match run_as_user {
+            Some(0) => {
+                return Err(format!(
+                    "container's runAsUser breaks non-root policy (pod: {pod}, container: {ctr})"
+                ))
+            }
+            Some(_) => return Ok(()),
+            None => {}
+        }
+        let image = spec.image.clone().unwrap_or_default();
+        let user = self
+            .ctx
+            .store
+            .get(&image)
+            .and_then(|rec| self.ctx.store.config(&rec))
+            .map_err(|e| format!("reading the image's user: {e}"))?
+            .config
+            .and_then(|c| c.user)
+            .unwrap_or_default();
+        let name = user.split(':').next().unwrap_or("");
+        match name.parse::<u64>() {
+            Ok(0) => Err(format!(
+                "container has runAsNonRoot and image will run as root (pod: {pod}, container: {ctr})"
+            )),
+            Ok(_) => Ok(()),
+            Err(_) if name.is_empty() => Err(format!(
+                "container has runAsNonRoot and image will run as root (pod: {pod}, container: {ctr})"
+            )),
+            Err(_) => Err(format!(
+                "container has runAsNonRoot and image has non-numeric user ({name}), cannot verify user is non-root (pod: {pod}, container: {ctr})"
+            )),
+        }
+    }
+
+    /// A configuration error (`CreateContainerConfigError`): the container waits, retried in
+    /// a few seconds.
+    fn config_error(&mut self, i: usize, e: String) {
+        let ctr = &mut self.ctrs[i];
+        ctr.waiting = Some(("CreateContainerConfigError".into(), e.clone()));
+        ctr.not_before = Some(Instant::now() + Duration::from_secs(2));
+        self.event("Warning", "Failed", format!("Error: {e}"));
+    }
+
+    fn start(&mut self, i: usize, m: &PodManifest) {
+        if !self.image_ready(i) {
+            return;
+        }
+        let spec = self.ctrs[i].spec.clone();
+        let image = spec.image.clone().unwrap_or_default();
         let attempt = self.ctrs[i].p.attempt.map(|a| a + 1).unwrap_or(0);
         // A restart is a start after the container has run before.
         let restart_count = if self.ctrs[i].p.started_at.is_some() {
@@ -761,9 +1032,6 @@ impl Worker {
             0
         };
         let dir = self.attempt_dir(&spec.name, attempt);
-        // Staged subPath mounts first: removing through them would empty the volumes.
-        super::volumes::unmount_staged(&dir.join("subpaths"));
-        let _ = std::fs::remove_dir_all(&dir);
         let pod_sc = m.pod.spec.as_ref().and_then(|s| s.security_context.clone());
         let sc = spec.security_context.clone().unwrap_or_default();
         let uid = sc
@@ -778,6 +1046,12 @@ impl Worker {
             (None, Some(g)) => Some(format!("0:{g}")),
             (None, None) => None,
         };
+        if let Err(e) = self.verify_non_root(i, m, uid) {
+            self.config_error(i, e);
+            return;
+        }
+        // Whatever an earlier agent left at this attempt (never a mount it exposes).
+        remove_attempt(&self.ctx, &dir);
         let objects = self.ctx.objects.read().expect("objects").clone();
         let config = super::volumes::env(
             &spec,
@@ -808,10 +1082,7 @@ impl Worker {
         let (env, binds) = match config {
             Ok(x) => x,
             Err(e) => {
-                let ctr = &mut self.ctrs[i];
-                ctr.waiting = Some(("CreateContainerConfigError".into(), e.clone()));
-                ctr.not_before = Some(Instant::now() + Duration::from_secs(2));
-                self.event("Warning", "Failed", format!("Error: {e}"));
+                self.config_error(i, e);
                 return;
             }
         };
@@ -821,8 +1092,21 @@ impl Worker {
                 .map(|a| a.iter().map(|x| super::volumes::expand(x, &vars)).collect())
         };
         let caps = sc.capabilities.clone().unwrap_or_default();
-        let pod_spec = m.pod.spec.clone().unwrap_or_default();
-        let hostname = pod_spec.hostname.clone().unwrap_or_else(|| m.name.clone());
+        let host_pid = m
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_pid)
+            .unwrap_or(false);
+        let hostname = pod_hostname(m);
+        if let Err(e) = self
+            .ctx
+            .logs
+            .create_dir_all(&[&self.log_name, &spec.name], 0o750)
+        {
+            self.config_error(i, e.to_string());
+            return;
+        }
         let c = PodContainerSpec {
             image: image.clone(),
             command: expand(&spec.command),
@@ -839,7 +1123,7 @@ impl Worker {
             cap_drop: caps.drop.unwrap_or_default(),
             readonly_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
             allow_privilege_escalation: sc.allow_privilege_escalation.unwrap_or(false),
-            host_pid: pod_spec.host_pid.unwrap_or(false),
+            host_pid,
             binds,
             upper_dir: Some(
                 self.disk
@@ -905,9 +1189,7 @@ impl Worker {
                     .clamp(BACKOFF_START.as_secs(), BACKOFF_MAX.as_secs());
                 ctr.not_before = Some(Instant::now() + Duration::from_secs(ctr.p.backoff_secs));
                 ctr.waiting = Some(("CreateContainerError".into(), format!("{e:#}")));
-                // Staged subPath mounts first: removing through them would empty the volumes.
-                super::volumes::unmount_staged(&dir.join("subpaths"));
-                let _ = std::fs::remove_dir_all(&dir);
+                remove_attempt(&self.ctx, &dir);
                 self.event("Warning", "Failed", format!("Error: {e:#}"));
             }
         }
@@ -1046,6 +1328,13 @@ impl Worker {
             wake,
             rustix::event::PollFlags::IN,
         ));
+        // An image pull that ends wakes the worker too.
+        for j in self.pulls.values() {
+            polls.push(rustix::event::PollFd::new(
+                &j.done,
+                rustix::event::PollFlags::IN,
+            ));
+        }
         let ts = rustix::event::Timespec {
             tv_sec: timeout.as_secs() as _,
             tv_nsec: timeout.subsec_nanos() as _,
@@ -1057,79 +1346,172 @@ impl Worker {
     }
 
     /// Stops every container (SIGTERM, grace period, SIGKILL) and removes all the pod's
-    /// mounts, namespaces, directories and logs.
+    /// mounts, namespaces, directories and logs. An image pull in progress is left to finish
+    /// on its own: nothing waits for it.
     fn teardown(mut self) {
         self.view.lock().expect("view").deleting = true;
-        let grace = grace(&self.manifest().pod);
+        self.pulls.clear();
+        if self.dir.exists() {
+            self.meta.deleting_since = Some(Utc::now());
+            self.meta.grace_seconds = grace(&self.manifest().pod).as_secs();
+            self.meta.save(&self.dir);
+        }
         let running: Vec<PodContainer> = self
             .ctrs
             .iter_mut()
             .filter_map(|c| c.running.take())
             .collect();
-        std::thread::scope(|s| {
-            for r in &running {
-                s.spawn(move || stop_container(r, grace));
-            }
-        });
-        // Whatever is left in the pod's cgroup (processes a container forked into the
-        // background) goes with cgroup.kill, then the cgroups themselves, before any root is
-        // unmounted.
-        if let Some(cgs) = &self.ctx.cgroups {
-            if let Err(e) = cgs.remove_pod(&self.manifest().uid) {
-                tracing::warn!(error = %e, "removing the pod's cgroup");
-            }
-        }
-        for r in &running {
-            let _ = r.remove();
-            r.release(&self.ctx.store);
-        }
-        if let Some(n) = self.ctx.network.as_ref().filter(|_| !self.host_network()) {
-            let prev = crate::network::Attachment::load(&self.dir).map(|a| a.result);
-            let netns = self.dir.join("sandbox/ns/net");
-            if let Err(e) = n.detach(&self.manifest().uid, &netns, prev.as_ref()) {
-                tracing::warn!(error = %e, "CNI DEL");
-            }
-        }
-        if let Some(sb) = self.sandbox.take().or_else(|| {
-            self.dir
-                .join("sandbox")
-                .exists()
-                .then(|| Sandbox::open(&self.dir.join("sandbox")))
-        }) {
-            if let Err(e) = sb.remove() {
-                tracing::warn!(error = %e, "removing the pod sandbox");
-            }
-        }
-        // Leftover attempt directories (exited containers), volumes, and the pod's own.
-        unmount_attempts(&self.dir);
-        super::volumes::teardown(&self.dir);
-        super::volumes::teardown(&self.disk);
-        let _ = std::fs::remove_dir_all(&self.disk);
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.logs);
-        let _ = std::fs::remove_dir_all(self.ctx.root.join("containers").join(self.manifest().uid));
+        let sandbox = self.sandbox.take();
+        teardown_pod(
+            &self.ctx,
+            &self.uid,
+            &self.log_name,
+            &self.meta,
+            running,
+            sandbox,
+        );
     }
 }
 
-/// SIGTERM, up to `grace` for the exit, then SIGKILL.
+/// Tears a pod down (its worker's, or an orphan's that a previous agent left): containers
+/// stopped in parallel within what is left of the grace period, cgroups, leases, network,
+/// sandbox, mounts, directories and logs.
+pub fn teardown_pod(
+    ctx: &NodeContext,
+    uid: &str,
+    log_name: &str,
+    meta: &PodMeta,
+    running: Vec<PodContainer>,
+    sandbox: Option<Sandbox>,
+) {
+    let Ok(dir) = ctx.run.join(&["pods", uid]) else {
+        return;
+    };
+    // Every attempt with a state directory, running or not (an orphan's are all unknown).
+    let mut attempts: Vec<PodContainer> = running;
+    for c in std::fs::read_dir(dir.join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+            let state = a.path().join("state");
+            if attempts.iter().any(|r| r.state == state) {
+                continue;
+            }
+            if let Some(pid) = crate::shim::pid(&state) {
+                attempts.push(PodContainer {
+                    state,
+                    rootfs: a.path().join("rootfs"),
+                    pid,
+                });
+            }
+        }
+    }
+    let grace = meta.grace_left();
+    std::thread::scope(|s| {
+        for r in &attempts {
+            // A thread each (at most a pod's container limit): every container gets the
+            // whole grace period, not a share of it.
+            if std::thread::Builder::new()
+                .name("stop".into())
+                .spawn_scoped(s, move || stop_container(r, grace))
+                .is_err()
+            {
+                stop_container(r, Duration::ZERO);
+            }
+        }
+    });
+    // Whatever is left in the pod's cgroup (processes a container forked into the
+    // background) goes with cgroup.kill, then the cgroups themselves, before any root is
+    // unmounted.
+    if let Some(cgs) = &ctx.cgroups {
+        if let Err(e) = cgs.remove_pod(uid) {
+            tracing::warn!(uid, error = %e, "removing the pod's cgroup");
+        }
+    }
+    unmount_attempts(ctx, &dir);
+    // The pod network, if it was ever attached (or its namespace pinned: an ADD cut short).
+    let attached = dir.join("network.json").exists() || dir.join("sandbox/ns/net").exists();
+    if let (Some(n), true) = (&ctx.network, attached) {
+        let prev = crate::network::Attachment::load(&dir).map(|a| a.result);
+        if let Err(e) = n.detach(uid, &dir.join("sandbox/ns/net"), prev.as_ref()) {
+            tracing::warn!(uid, error = %e, "CNI DEL");
+        }
+    }
+    if let Some(sb) = sandbox.or_else(|| {
+        dir.join("sandbox")
+            .exists()
+            .then(|| Sandbox::open(&dir.join("sandbox")))
+    }) {
+        if let Err(e) = sb.remove() {
+            tracing::warn!(uid, error = %e, "removing the pod sandbox");
+        }
+    }
+    // Volumes, /etc files and anything else still mounted are detached by the removal,
+    // which never descends through a mount.
+    for (root, parts) in [
+        (&ctx.state, vec!["pods", uid]),
+        (&ctx.state, vec!["containers", uid]),
+        (&ctx.logs, vec![log_name]),
+        (&ctx.run, vec!["pods", uid]),
+    ] {
+        if let Err(e) = root.remove_all(&parts) {
+            tracing::warn!(uid, error = %e, "removing the pod's files");
+        }
+    }
+}
+
+/// Stops what may still run in one attempt of a container, unmounts it, ends its image
+/// lease and removes its directories (runtime state, and its writable layer on disk).
+fn remove_attempt(ctx: &NodeContext, dir: &Path) {
+    let state = dir.join("state");
+    if let Some(pid) = crate::shim::pid(&state) {
+        stop_container(
+            &PodContainer {
+                state,
+                rootfs: dir.join("rootfs"),
+                pid,
+            },
+            Duration::ZERO,
+        );
+    }
+    // Staged subPath mounts first: removing through them would empty the volumes.
+    super::volumes::unmount_staged(&dir.join("subpaths"));
+    let _ = rustix::mount::unmount(dir.join("rootfs"), rustix::mount::UnmountFlags::DETACH);
+    ctx.store.release(&crate::container::lease_name(dir));
+    if let Err(e) = ctx.run.remove_path(dir) {
+        tracing::warn!(error = %e, "removing a container attempt");
+    }
+    if let Ok(rel) = dir.strip_prefix(ctx.run.path()) {
+        if let Err(e) = ctx.state.remove_path(&ctx.state.path().join(rel)) {
+            tracing::warn!(error = %e, "removing a container's writable layer");
+        }
+    }
+}
+
+/// SIGTERM, up to `grace` for the exit, then SIGKILL. The signals go through a pidfd of the
+/// container checked against its recorded start time (never to a recycled PID); when its
+/// shim is gone, the container itself is waited for.
 pub fn stop_container(r: &PodContainer, grace: Duration) {
     if crate::shim::exit_status(&r.state).is_some() {
         return;
     }
-    let pid = rustix::process::Pid::from_raw(r.pid);
-    if let Some(pid) = pid {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    }
-    if crate::shim::wait_exit(&r.state, grace).is_err() {
-        if let Some(pid) = pid {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
-        let _ = crate::shim::wait_exit(&r.state, Duration::from_secs(10));
+    let Some(ctr) = crate::shim::container_pidfd(&r.state) else {
+        return;
+    };
+    let shim = crate::shim::shim_pidfd(&r.state);
+    let watch = shim.as_ref().unwrap_or(&ctr);
+    crate::shim::signal(&ctr, libc::SIGTERM);
+    if !crate::shim::wait_readable(watch, grace) {
+        crate::shim::signal(&ctr, libc::SIGKILL);
+        let _ = crate::shim::wait_readable(watch, Duration::from_secs(10));
     }
 }
 
-/// Unmounts every container attempt's rootfs under a pod directory (best effort).
-pub fn unmount_attempts(pod_dir: &Path) {
+/// Unmounts every container attempt's rootfs under a pod directory and ends its image lease
+/// (best effort).
+pub fn unmount_attempts(ctx: &NodeContext, pod_dir: &Path) {
     for c in std::fs::read_dir(pod_dir.join("containers"))
         .into_iter()
         .flatten()
@@ -1141,25 +1523,60 @@ pub fn unmount_attempts(pod_dir: &Path) {
                 a.path().join("rootfs"),
                 rustix::mount::UnmountFlags::DETACH,
             );
+            ctx.store.release(&crate::container::lease_name(&a.path()));
         }
     }
 }
 
-/// The kubelet-managed /etc/hosts, /etc/hostname and /etc/resolv.conf of a pod.
-fn write_etc_files(dir: &Path, pod: &Pod, name: &str, ip: Option<&str>) -> std::io::Result<()> {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let hostname = spec.hostname.clone().unwrap_or_else(|| name.to_string());
+/// The pod's hostname: `spec.hostname`, or its name cut to a DNS label's 63 characters
+/// (without a trailing '-' or '.'), as the kubelet makes it.
+pub fn pod_hostname(m: &PodManifest) -> String {
+    match m.pod.spec.as_ref().and_then(|s| s.hostname.clone()) {
+        Some(h) => h,
+        None => m
+            .name
+            .chars()
+            .take(63)
+            .collect::<String>()
+            .trim_end_matches(['-', '.'])
+            .to_string(),
+    }
+}
+
+/// The kubelet-managed /etc/hosts, /etc/hostname and /etc/resolv.conf of a pod: 0644 (any
+/// user of the container reads them; the kubelet writes them so), on a small tmpfs of the
+/// pod's own (`nosuid,nodev,noexec`), so that a container writing to them can neither fill
+/// the node's `/run` nor grow them without bound. An adopted pod keeps the files it has.
+fn write_etc_files(dir: &Path, m: &PodManifest, ip: Option<&str>) -> std::io::Result<()> {
+    let spec = m.pod.spec.as_ref();
+    let hostname = pod_hostname(m);
     let etc = dir.join("etc");
     std::fs::create_dir_all(&etc)?;
-    let hosts = if spec.host_network.unwrap_or(false) {
+    if crate::safefs::is_mount_point(&etc) {
+        return Ok(());
+    }
+    let hosts = if spec.and_then(|s| s.host_network).unwrap_or(false) {
         std::fs::read_to_string("/etc/hosts").unwrap_or_default()
     } else {
         format!(
             "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{}\t{hostname}\n", ip.unwrap_or("127.0.1.1")
         )
     };
-    oci::fsutil::replace(&etc.join("hosts"), hosts.as_bytes())?;
-    oci::fsutil::replace(&etc.join("hostname"), format!("{hostname}\n").as_bytes())?;
     let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-    oci::fsutil::replace(&etc.join("resolv.conf"), &resolv)
+    // Room for the files and for a container to rewrite them a few times, never more.
+    let size = ((hosts.len() + resolv.len()) as u64 * 4).max(256 << 10);
+    let opts =
+        std::ffi::CString::new(format!("mode=0755,size={size}")).map_err(std::io::Error::other)?;
+    use rustix::mount::MountFlags as F;
+    rustix::mount::mount(
+        "tmpfs",
+        &etc,
+        "tmpfs",
+        F::NOSUID | F::NODEV | F::NOEXEC,
+        Some(opts.as_c_str()),
+    )?;
+    let d = std::fs::File::open(&etc)?;
+    crate::safefs::write_at(&d, "hosts", hosts.as_bytes(), 0o644)?;
+    crate::safefs::write_at(&d, "hostname", format!("{hostname}\n").as_bytes(), 0o644)?;
+    crate::safefs::write_at(&d, "resolv.conf", &resolv, 0o644)
 }

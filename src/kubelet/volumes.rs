@@ -3,7 +3,8 @@
 //! - `emptyDir`: a directory under the state root (disk), or a tmpfs with `medium: Memory`;
 //! - `hostPath`: the host path, checked (or created) per `type`;
 //! - `configMap` / `secret`: files written from the objects in the manifests directory
-//!   (`items`, `defaultMode`, per-item `mode`, `optional`); secrets live on a tmpfs;
+//!   (`items`, `defaultMode`, per-item `mode`, `optional`), each volume on a tmpfs of its own
+//!   (`nosuid,nodev`, sized to its content), never on the node's `/run`;
 //! - `subPath` is resolved inside its volume without following symlinks out of it.
 //!
 //! Environment: `envFrom` first, then `env` (`value`, `valueFrom` configMapKeyRef,
@@ -12,6 +13,9 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::safefs::Beneath;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use oci::runtime::spec::Bind;
@@ -19,8 +23,8 @@ use oci::runtime::spec::Bind;
 /// ConfigMaps and Secrets, by (namespace, name).
 #[derive(Default, Clone)]
 pub struct Objects {
-    pub config_maps: BTreeMap<(String, String), ConfigMap>,
-    pub secrets: BTreeMap<(String, String), Secret>,
+    pub config_maps: BTreeMap<(String, String), Arc<ConfigMap>>,
+    pub secrets: BTreeMap<(String, String), Arc<Secret>>,
     /// Services that exist now (for the service environment variables).
     pub services: Vec<crate::service::ServiceView>,
 }
@@ -88,13 +92,7 @@ pub fn bytes(q: &str) -> Result<u64, String> {
     Ok((n * m) as u64)
 }
 
-fn is_mount(p: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(p), p.parent().map(std::fs::metadata)) {
-        (Ok(a), Some(Ok(b))) => a.dev() != b.dev(),
-        _ => false,
-    }
-}
+use crate::safefs::is_mount_point as is_mount;
 
 fn tmpfs(p: &Path, opts: &str) -> Result<(), String> {
     if is_mount(p) {
@@ -111,39 +109,54 @@ fn tmpfs(p: &Path, opts: &str) -> Result<(), String> {
     .map_err(|e| format!("mounting a tmpfs at {}: {e}", p.display()))
 }
 
-/// Writes `files` (relative path -> content, mode) into `dir`, replacing what was there.
+/// Writes `files` (relative path -> content, mode) into the volume `dir`, which is new and
+/// empty. Paths were validated with the pod; each component is checked again and every write
+/// goes through `Beneath`, so nothing can land outside the volume.
 fn write_files(dir: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), String> {
-    for e in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
-        let _ = if e.path().is_dir() {
-            std::fs::remove_dir_all(e.path())
-        } else {
-            std::fs::remove_file(e.path())
-        };
-    }
+    let root = Beneath::open(dir, 0o755).map_err(|e| e.to_string())?;
     for (rel, data, mode) in files {
-        if rel.starts_with('/') || rel.split('/').any(|c| c == ".." || c.is_empty()) {
+        let parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        if rel.starts_with('/') || parts.is_empty() || parts.contains(&"..") {
             return Err(format!(
                 "item path {rel:?} must be relative and must not contain '..'"
             ));
         }
-        let p = dir.join(rel);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-        }
-        std::fs::write(&p, data).map_err(|e| format!("{}: {e}", p.display()))?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))
+        let (_, parents) = parts.split_last().expect("not empty");
+        root.create_dir_all(parents, 0o755)
+            .map_err(|e| e.to_string())?;
+        // Only permission bits: a setuid or setgid bit never reaches a volume file.
+        root.write(&parts, data, mode & 0o777)
             .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
+/// The size of a tmpfs holding `files`: every file takes whole pages, plus room for its
+/// directories.
+fn tmpfs_size(files: &[(String, Vec<u8>, u32)]) -> u64 {
+    const PAGE: u64 = 4096;
+    let data: u64 = files
+        .iter()
+        .map(|(_, d, _)| (d.len() as u64).div_ceil(PAGE) * PAGE)
+        .sum();
+    data + PAGE * (files.len() as u64 * 2 + 16)
+}
+
+/// A configMap or secret volume: a tmpfs of its own at `p` with the files.
+fn object_volume(p: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), String> {
+    tmpfs(p, &format!("mode=0755,size={}", tmpfs_size(files)))?;
+    write_files(p, files)
+}
+
 /// Creates the pod's volumes; `disk` and `mem` are the pod's directories on disk and in the
-/// runtime tmpfs. Returns each volume's host path.
+/// runtime directory (both made by the worker, root only). Returns each volume's host path.
+/// Volume names were validated with the pod (DNS-1123 labels); `Beneath` refuses anything
+/// else again.
 pub fn prepare(
     pod: &Pod,
     ns: &str,
-    disk: &Path,
-    mem: &Path,
+    disk: &Beneath,
+    mem: &Beneath,
     objects: &Objects,
 ) -> Result<BTreeMap<String, PathBuf>, String> {
     let mut out = BTreeMap::new();
@@ -155,12 +168,20 @@ pub fn prepare(
     {
         let name = v.name.clone();
         let err = |m: String| format!("volume {name:?}: {m}");
-        let fresh =
-            !disk.join("volumes").join(&name).exists() && !mem.join("volumes").join(&name).exists();
+        let on_disk = disk
+            .join(&["volumes", &name])
+            .map_err(|e| err(e.to_string()))?;
+        let in_mem = mem
+            .join(&["volumes", &name])
+            .map_err(|e| err(e.to_string()))?;
+        let fresh = !on_disk.exists() && !in_mem.exists();
         let path = if let Some(ed) = &v.empty_dir {
-            let p = disk.join("volumes").join(&name);
-            std::fs::create_dir_all(&p).map_err(|e| err(e.to_string()))?;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777))
+            disk.create_dir_all(&["volumes"], 0o700)
+                .map_err(|e| err(e.to_string()))?;
+            // Writable by every user of the pod, as the kubelet makes it (0777); its parents
+            // are root's only, so no user of the node reaches what containers put there.
+            let p = disk
+                .create_dir_all(&["volumes", &name], 0o777)
                 .map_err(|e| err(e.to_string()))?;
             if ed.medium.as_deref() == Some("Memory") {
                 let size = match &ed.size_limit {
@@ -215,24 +236,30 @@ pub fn prepare(
             }
             p
         } else if let Some(cm) = &v.config_map {
-            let p = mem.join("volumes").join(&name);
-            std::fs::create_dir_all(&p).map_err(|e| err(e.to_string()))?;
+            mem.create_dir_all(&["volumes"], 0o700)
+                .map_err(|e| err(e.to_string()))?;
+            let p = mem
+                .create_dir_all(&["volumes", &name], 0o700)
+                .map_err(|e| err(e.to_string()))?;
             let data = match objects.config_map(ns, &cm.name) {
                 Some(d) => d,
                 None if cm.optional == Some(true) => BTreeMap::new(),
                 None => return Err(err(format!("configmap {:?} not found", cm.name))),
             };
             let mode = cm.default_mode.unwrap_or(0o644) as u32;
-            write_files(
-                &p,
-                &items(&data, cm.items.as_deref(), mode, cm.optional == Some(true)).map_err(err)?,
-            )
-            .map_err(err)?;
+            let files =
+                items(&data, cm.items.as_deref(), mode, cm.optional == Some(true)).map_err(err)?;
+            // Written once, when its tmpfs is made (an adopted pod keeps what it has).
+            if !is_mount(&p) {
+                object_volume(&p, &files).map_err(err)?;
+            }
             p
         } else if let Some(sv) = &v.secret {
-            let p = mem.join("volumes").join(&name);
-            std::fs::create_dir_all(&p).map_err(|e| err(e.to_string()))?;
-            tmpfs(&p, "mode=0755").map_err(err)?;
+            mem.create_dir_all(&["volumes"], 0o700)
+                .map_err(|e| err(e.to_string()))?;
+            let p = mem
+                .create_dir_all(&["volumes", &name], 0o700)
+                .map_err(|e| err(e.to_string()))?;
             let sname = sv.secret_name.clone().unwrap_or_default();
             let data = match objects.secret(ns, &sname) {
                 Some(d) => d,
@@ -240,11 +267,12 @@ pub fn prepare(
                 None => return Err(err(format!("secret {sname:?} not found"))),
             };
             let mode = sv.default_mode.unwrap_or(0o644) as u32;
-            write_files(
-                &p,
-                &items(&data, sv.items.as_deref(), mode, sv.optional == Some(true)).map_err(err)?,
-            )
-            .map_err(err)?;
+            let files =
+                items(&data, sv.items.as_deref(), mode, sv.optional == Some(true)).map_err(err)?;
+            // Written once, when its tmpfs is made (an adopted pod keeps what it has).
+            if !is_mount(&p) {
+                object_volume(&p, &files).map_err(err)?;
+            }
             p
         } else {
             return Err(err(
@@ -326,19 +354,6 @@ fn items(
 pub fn unmount_staged(staging: &Path) {
     for e in std::fs::read_dir(staging).into_iter().flatten().flatten() {
         let _ = rustix::mount::unmount(e.path(), rustix::mount::UnmountFlags::DETACH);
-    }
-}
-
-/// Unmounts the tmpfs volumes under a pod directory.
-pub fn teardown(dir: &Path) {
-    for e in std::fs::read_dir(dir.join("volumes"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if is_mount(&e.path()) {
-            let _ = rustix::mount::unmount(e.path(), rustix::mount::UnmountFlags::DETACH);
-        }
     }
 }
 

@@ -5,6 +5,13 @@
 //! kernel modules, kexec, keyrings, BPF, perf, clock and swap control, handle-based opens and
 //! the like. It is written as a deny list over an allow-by-default filter; `clone3` answers
 //! ENOSYS so that libc falls back to `clone`, whose namespace flags are then checked.
+//!
+//! Arguments are checked where Docker's and containerd's profiles check them: `socket` for
+//! AF_VSOCK (not namespaced: it reaches the hypervisor's services on a VM) and AF_ALG (the
+//! kernel's crypto API, a recurring source of bugs), as containerd 2.x refuses both;
+//! `personality` with anything but the values those profiles allow (0, PER_LINUX32,
+//! UNAME26 and their combination, and the 0xffffffff query), so a container cannot, say,
+//! turn on READ_IMPLIES_EXEC or ADDR_NO_RANDOMIZE. x32 and 32-bit calls are refused whole.
 
 use std::collections::BTreeMap;
 
@@ -85,6 +92,13 @@ const NAMESPACE_FLAGS: &[u64] = &[
     0x80, // CLONE_NEWTIME
 ];
 
+/// Socket families refused (containerd's RuntimeDefault refuses the same two).
+pub const REFUSED_FAMILIES: &[i32] = &[libc::AF_VSOCK, libc::AF_ALG];
+
+/// The `personality` values Docker's and containerd's profiles allow: PER_LINUX, PER_LINUX32,
+/// UNAME26, PER_LINUX32|UNAME26, and 0xffffffff (query the current one).
+pub const PERSONALITIES: &[u64] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
+
 /// Refuses x32 system calls (numbers with bit 30 set): they would bypass a filter that names
 /// x86_64 numbers, on kernels built with x32 support.
 #[cfg(target_arch = "x86_64")]
@@ -146,6 +160,27 @@ pub fn default_programs() -> Result<Vec<BpfProgram>, SeccompError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     deny.insert(libc::SYS_clone, rules);
+    let dword = |op, v: u64| SeccompCondition::new(0, SeccompCmpArgLen::Dword, op, v).map_err(err);
+    // socket(AF_VSOCK or AF_ALG, ...).
+    deny.insert(
+        libc::SYS_socket,
+        REFUSED_FAMILIES
+            .iter()
+            .map(|&f| {
+                dword(SeccompCmpOp::Eq, f as u64)
+                    .and_then(|c| SeccompRule::new(vec![c]).map_err(err))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    );
+    // personality(x) for every x but the allowed ones: one rule, all conditions together.
+    let not_allowed = PERSONALITIES
+        .iter()
+        .map(|&p| dword(SeccompCmpOp::Ne, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    deny.insert(
+        libc::SYS_personality,
+        vec![SeccompRule::new(not_allowed).map_err(err)?],
+    );
     let deny = SeccompFilter::new(
         deny,
         SeccompAction::Allow,
@@ -178,5 +213,79 @@ mod tests {
         let p = super::default_programs().unwrap();
         assert!(p.len() >= 2);
         assert!(p[0].len() > super::denied().len());
+    }
+
+    /// Runs `f` in a forked child under the policy; returns the child's exit code.
+    fn under_policy(f: fn() -> i32) -> i32 {
+        let progs = super::default_programs().unwrap();
+        // SAFETY: the child only makes raw system calls (prctl, seccomp through seccompiler
+        // with a program built before the fork, the calls under test) and leaves with _exit.
+        unsafe {
+            match libc::fork() {
+                0 => {
+                    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                    for p in &progs {
+                        if seccompiler::apply_filter(p).is_err() {
+                            libc::_exit(100);
+                        }
+                    }
+                    libc::_exit(f())
+                }
+                pid => {
+                    let mut st = 0;
+                    libc::waitpid(pid, &mut st, 0);
+                    libc::WEXITSTATUS(st)
+                }
+            }
+        }
+    }
+
+    fn errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    }
+
+    #[test]
+    fn vsock_and_alg_sockets_are_refused_others_are_not() {
+        // SAFETY (in each closure): plain socket/close calls on integers.
+        let vsock = under_policy(|| unsafe {
+            (libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) < 0 && errno() == libc::EPERM)
+                as i32
+        });
+        assert_eq!(vsock, 1, "socket(AF_VSOCK) must fail with EPERM");
+        let alg = under_policy(|| unsafe {
+            (libc::socket(libc::AF_ALG, libc::SOCK_SEQPACKET, 0) < 0 && errno() == libc::EPERM)
+                as i32
+        });
+        assert_eq!(alg, 1, "socket(AF_ALG) must fail with EPERM");
+        let unix = under_policy(|| unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            libc::close(fd);
+            (fd >= 0) as i32
+        });
+        assert_eq!(unix, 1, "socket(AF_UNIX) still works");
+    }
+
+    #[test]
+    fn only_dockers_personality_values_are_allowed() {
+        // SAFETY (in each closure): personality takes an integer.
+        let query = under_policy(|| unsafe { (libc::personality(0xffff_ffff) >= 0) as i32 });
+        assert_eq!(query, 1, "querying the personality works");
+        let linux32 = under_policy(|| unsafe { (libc::personality(0x8) >= 0) as i32 });
+        assert_eq!(linux32, 1, "PER_LINUX32 is allowed");
+        // READ_IMPLIES_EXEC and ADDR_NO_RANDOMIZE are not.
+        let rie = under_policy(|| unsafe {
+            (libc::personality(0x0400000) < 0 && errno() == libc::EPERM) as i32
+        });
+        assert_eq!(
+            rie, 1,
+            "personality(READ_IMPLIES_EXEC) must fail with EPERM"
+        );
+        let norand = under_policy(|| unsafe {
+            (libc::personality(0x0040000) < 0 && errno() == libc::EPERM) as i32
+        });
+        assert_eq!(
+            norand, 1,
+            "personality(ADDR_NO_RANDOMIZE) must fail with EPERM"
+        );
     }
 }

@@ -297,6 +297,12 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), S
             .collect(),
         None => vec![],
     };
+    // The kernel reads (uid_t)-1 as "leave unchanged": a container asking for 4294967295
+    // would keep running as root. Refuse it, whether it came from the pod or the image.
+    if uid == u32::MAX || gid == u32::MAX {
+        return Err(err("4294967295 (-1) is not a valid user or group ID"));
+    }
+    let extra = extra.into_iter().filter(|&g| g != u32::MAX).collect();
     Ok((uid, gid, extra))
 }
 

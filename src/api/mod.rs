@@ -1,0 +1,7 @@
+//! The Kubernetes API's rules, free of I/O: names, field errors and validation, as the API
+//! server applies them. The node checks every object with them before anything is built
+//! from it (a path, a mount, a syscall argument).
+
+#![forbid(unsafe_code)]
+
+pub mod validation;
