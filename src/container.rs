@@ -65,7 +65,10 @@ impl Drop for Cleanup {
             }
         }
         for d in &self.dirs {
-            let _ = std::fs::remove_dir_all(d);
+            // The writable layer is the container's: never followed, never recursed into.
+            if let Err(e) = crate::safefs::remove_tree(d) {
+                tracing::warn!(dir = %d.display(), error = %e, "removing the container's files");
+            }
         }
     }
 }
@@ -326,7 +329,7 @@ impl PodContainer {
     pub fn remove_with(&self, upper_dir: Option<&Path>) -> Result<()> {
         self.remove()?;
         if let Some(u) = upper_dir {
-            let _ = std::fs::remove_dir_all(u);
+            crate::safefs::remove_tree(u).context("removing the container's writable layer")?;
         }
         Ok(())
     }
@@ -349,7 +352,7 @@ impl PodContainer {
             }
         }
         if let Some(dir) = self.rootfs.parent() {
-            std::fs::remove_dir_all(dir).context("removing the container directory")?;
+            crate::safefs::remove_tree(dir).context("removing the container directory")?;
         }
         Ok(())
     }

@@ -14,13 +14,15 @@
 //! - removal (`remove_all`) walks descriptors, never follows a symlink, and never descends
 //!   through a mount point: a mount left under a pod directory (a volume, a staged subPath, a
 //!   hostPath bind) is detached first (`MNT_DETACH | UMOUNT_NOFOLLOW`), so deleting a pod can
-//!   never delete what a mount exposes (`std::fs::remove_dir_all` crosses mounts).
+//!   never delete what a mount exposes (`std::fs::remove_dir_all` crosses mounts). It does
+//!   not recurse either: a tree 100,000 directories deep (a container can make one in an
+//!   emptyDir) costs two descriptors and no stack.
 //!
 //! Why not a crate: cap-std and libpathrs resolve beneath a root as well, but neither refuses
 //! to cross mount points while removing, which is the property a kubelet's teardown needs;
 //! rustix's `openat2` gives the rest in a few lines.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -87,6 +89,20 @@ impl Beneath {
             std::fs::create_dir_all(root).map_err(|e| io("creating", root, e))?;
             set_mode(root, mode)?;
         }
+        let fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io("opening", root, e))?;
+        Ok(Beneath {
+            root: root.to_path_buf(),
+            fd,
+        })
+    }
+
+    /// Opens `root`, which must exist.
+    pub fn open_existing(root: &Path) -> Result<Beneath, SafeFsError> {
         let fd = rustix::fs::open(
             root,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -209,7 +225,31 @@ impl Beneath {
             }
             Err(e) => return Err(e),
         };
-        remove_entry(&parent, name, &path)
+        let name = CString::new(*name).expect("checked: no NUL");
+        remove_entry(&parent, &name, &path)
+    }
+}
+
+/// Removes the tree at `p` (an absolute path whose parent is trusted: a state root's
+/// subdirectory) as `Beneath::remove_all` does: no symlink followed, no mount crossed, no
+/// recursion.
+pub fn remove_tree(p: &Path) -> Result<(), SafeFsError> {
+    let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+        return Err(SafeFsError::BadName {
+            name: p.display().to_string(),
+            why: "it has no parent",
+        });
+    };
+    let name = name.to_str().ok_or(SafeFsError::BadName {
+        name: p.display().to_string(),
+        why: "it is not UTF-8",
+    })?;
+    match Beneath::open_existing(parent) {
+        Ok(b) => b.remove_all(&[name]),
+        Err(SafeFsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -271,95 +311,154 @@ fn unique() -> u64 {
 }
 
 /// Removes `name` in `parent` (see `Beneath::remove_all`).
-fn remove_entry(parent: &OwnedFd, name: &str, path: &Path) -> Result<(), SafeFsError> {
-    let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => st,
-        Err(Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(io("stat", path, e)),
-    };
-    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-        return match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
-            Ok(()) | Err(Errno::NOENT) => Ok(()),
-            // A file mount point (a bind-mounted /etc/hosts, a staged subPath file).
-            Err(Errno::BUSY) => {
-                detach(parent, name, path)?;
-                rustix::fs::unlinkat(parent, name, AtFlags::empty())
-                    .or_else(|e| if e == Errno::NOENT { Ok(()) } else { Err(e) })
-                    .map_err(|e| io("removing", path, e))
-            }
-            Err(e) => Err(io("removing", path, e)),
-        };
+///
+/// Depth costs neither stack nor descriptors: a tree a container made (in an emptyDir or its
+/// writable layer) may be 100,000 directories deep. The directory being removed (`top`) is
+/// emptied level by level: the subdirectories of each of its subdirectories are first moved
+/// up into `top` (a rename inside one filesystem; mount points met on the way are detached
+/// first), so at most two directories are open at any time, and nothing recurses.
+fn remove_entry(parent: &OwnedFd, name: &CStr, path: &Path) -> Result<(), SafeFsError> {
+    match kind(parent, name, path)? {
+        None => return Ok(()),
+        Some(false) => return unlink_file(parent, name, path),
+        Some(true) => {}
     }
-    let open = |parent: &OwnedFd| {
-        rustix::fs::openat2(
-            parent,
-            name,
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-            resolve() | ResolveFlags::NO_XDEV,
-        )
-    };
-    let dir = match open(parent) {
-        Ok(d) => d,
-        // A mount point: detach it, then what is left is the directory beneath it.
-        Err(Errno::XDEV) => {
-            detach(parent, name, path)?;
-            open(parent).map_err(|e| io("opening", path, e))?
+    let top = open_dir(parent, name, path)?;
+    loop {
+        let entries = list(&top, path)?;
+        if entries.is_empty() {
+            break;
         }
-        Err(Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(io("opening", path, e)),
-    };
-    let names: Vec<CString> = {
-        let d = rustix::fs::Dir::read_from(&dir).map_err(|e| io("reading", path, e))?;
-        let mut v = Vec::new();
-        for e in d {
-            let e = e.map_err(|e| io("reading", path, e))?;
-            let n = e.file_name();
-            if n.to_bytes() != b"." && n.to_bytes() != b".." {
-                v.push(n.to_owned());
+        let mut progress = false;
+        for e in &entries {
+            match kind(&top, e, path)? {
+                None => progress = true,
+                Some(false) => {
+                    unlink_file(&top, e, path)?;
+                    progress = true;
+                }
+                Some(true) => {
+                    let sub = open_dir(&top, e, path)?;
+                    for c in list(&sub, path)? {
+                        match kind(&sub, &c, path)? {
+                            None => {}
+                            Some(false) => unlink_file(&sub, &c, path)?,
+                            Some(true) => lift(&sub, &c, &top, path)?,
+                        }
+                        progress = true;
+                    }
+                    drop(sub);
+                    match rustix::fs::unlinkat(&top, e.as_c_str(), AtFlags::REMOVEDIR) {
+                        Ok(()) | Err(Errno::NOENT) => progress = true,
+                        // Something appeared in it meanwhile: the next round takes it.
+                        Err(Errno::NOTEMPTY) => {}
+                        Err(err) => return Err(io("removing", path, err)),
+                    }
+                }
             }
         }
-        v
-    };
-    for n in names {
-        let s = n.to_string_lossy().into_owned();
-        // Names read from the directory are single components already.
-        remove_entry_c(&dir, &n, &path.join(&s))?;
+        if !progress {
+            return Err(io(
+                "removing",
+                path,
+                std::io::Error::other("entries that cannot be removed are left"),
+            ));
+        }
     }
-    drop(dir);
+    drop(top);
     match rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
         Ok(()) | Err(Errno::NOENT) => Ok(()),
         Err(e) => Err(io("removing", path, e)),
     }
 }
 
-fn remove_entry_c(parent: &OwnedFd, name: &std::ffi::CStr, path: &Path) -> Result<(), SafeFsError> {
-    match name.to_str() {
-        Ok(s) => remove_entry(parent, s, path),
-        // Not UTF-8 (a container may name files anything): remove it by its raw name.
-        Err(_) => {
-            let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| io("stat", path, e))?;
-            if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-                return rustix::fs::unlinkat(parent, name, AtFlags::empty())
-                    .map_err(|e| io("removing", path, e));
+/// Whether `name` in `dir` is a directory (never following a symlink); none if it is gone.
+fn kind(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<Option<bool>, SafeFsError> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(
+            FileType::from_raw_mode(st.st_mode) == FileType::Directory,
+        )),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(io("stat", path, e)),
+    }
+}
+
+/// Removes a non-directory (a file mount point, such as a bind-mounted /etc/hosts or a
+/// staged subPath file, is detached first).
+fn unlink_file(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<(), SafeFsError> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(Errno::BUSY) => {
+            detach(dir, name, path)?;
+            match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => Ok(()),
+                Err(e) => Err(io("removing", path, e)),
             }
-            // Rename it to a UTF-8 name in the same directory, then remove that.
-            let tmp = format!(".rm-{}-{}", std::process::id(), unique());
-            rustix::fs::renameat(parent, name, parent, tmp.as_str())
-                .map_err(|e| io("renaming", path, e))?;
-            remove_entry(parent, &tmp, path)
         }
+        Err(e) => Err(io("removing", path, e)),
+    }
+}
+
+/// Opens the directory `name` in `dir` without following a symlink or crossing into a mount:
+/// a mount point is detached, and the directory beneath it is opened.
+fn open_dir(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<OwnedFd, SafeFsError> {
+    let open = || {
+        rustix::fs::openat2(
+            dir,
+            name,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            resolve() | ResolveFlags::NO_XDEV,
+        )
+    };
+    match open() {
+        Ok(d) => Ok(d),
+        Err(Errno::XDEV) => {
+            detach(dir, name, path)?;
+            open().map_err(|e| io("opening", path, e))
+        }
+        Err(e) => Err(io("opening", path, e)),
+    }
+}
+
+/// The names in a directory, without `.` and `..`.
+fn list(dir: &OwnedFd, path: &Path) -> Result<Vec<CString>, SafeFsError> {
+    let d = rustix::fs::Dir::read_from(dir).map_err(|e| io("reading", path, e))?;
+    let mut v = Vec::new();
+    for e in d {
+        let e = e.map_err(|e| io("reading", path, e))?;
+        let n = e.file_name();
+        if n.to_bytes() != b"." && n.to_bytes() != b".." {
+            v.push(n.to_owned());
+        }
+    }
+    Ok(v)
+}
+
+/// Moves the directory `name` of `from` up into `top` under a fresh name.
+fn lift(from: &OwnedFd, name: &CStr, top: &OwnedFd, path: &Path) -> Result<(), SafeFsError> {
+    let fresh = format!(".rm-{}-{}", std::process::id(), unique());
+    match rustix::fs::renameat(from, name, top, fresh.as_str()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        // A mount point: detach it, then move what is beneath.
+        Err(Errno::BUSY) => {
+            detach(from, name, path)?;
+            rustix::fs::renameat(from, name, top, fresh.as_str()).map_err(|e| io("moving", path, e))
+        }
+        Err(e) => Err(io("moving", path, e)),
     }
 }
 
 /// Detaches the mount at `name` in `parent`, through the parent's descriptor (the path is
 /// never re-resolved from the root) and without following a symlink at `name`.
-fn detach(parent: &OwnedFd, name: &str, path: &Path) -> Result<(), SafeFsError> {
-    let target = format!("/proc/self/fd/{}/{name}", parent.as_raw_fd());
+fn detach(parent: &OwnedFd, name: &CStr, path: &Path) -> Result<(), SafeFsError> {
+    let mut target = format!("/proc/self/fd/{}/", parent.as_raw_fd()).into_bytes();
+    target.extend_from_slice(name.to_bytes());
+    let target =
+        CString::new(target).map_err(|e| io("unmounting", path, std::io::Error::other(e)))?;
     tracing::debug!(path = %path.display(), "detaching a mount left under a directory being removed");
     rustix::mount::unmount(
-        target.as_str(),
+        target.as_c_str(),
         rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW,
     )
     .map_err(|e| io("unmounting", path, e))
@@ -423,6 +522,46 @@ mod tests {
                 0o750
             );
         }
+    }
+
+    #[test]
+    fn removal_of_a_very_deep_tree_needs_neither_stack_nor_descriptors() {
+        let d = tempfile::tempdir().unwrap();
+        let b = Beneath::open(d.path(), 0o700).unwrap();
+        std::fs::create_dir(d.path().join("deep")).unwrap();
+        let dir = |at: &dyn AsFd, name: &str| {
+            rustix::fs::openat(
+                at,
+                name,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .unwrap()
+        };
+        let mut fd = dir(
+            &rustix::fs::CWD,
+            &d.path().join("deep").display().to_string(),
+        );
+        // Deeper than a thread's stack allows a recursive walk, and than the open files limit.
+        for _ in 0..30_000 {
+            rustix::fs::mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+            rustix::fs::openat(
+                &fd,
+                "f",
+                OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            )
+            .unwrap();
+            fd = dir(&fd, "d");
+        }
+        drop(fd);
+        // On a thread with a small stack, as the agent's pod workers have.
+        let t = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || b.remove_all(&["deep"]).map_err(|e| e.to_string()))
+            .unwrap();
+        t.join().unwrap().unwrap();
+        assert!(!d.path().join("deep").exists());
     }
 
     #[test]

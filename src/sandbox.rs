@@ -162,12 +162,7 @@ impl Sandbox {
                     .with_context(|| format!("unmounting {}", p.display()))?;
             }
         }
-        match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).context("removing the sandbox directory")
-            }
-            _ => Ok(()),
-        }
+        crate::safefs::remove_tree(&self.dir).context("removing the sandbox directory")
     }
 }
 

@@ -150,42 +150,141 @@ pub fn wait_readable(fd: &OwnedFd, timeout: std::time::Duration) -> bool {
 
 /// A process's start time (`/proc/PID/stat` field 22).
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn stat_start_time(stat: &str) -> Option<u64> {
     // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     rest.split(' ').nth(19)?.parse().ok()
 }
 
-/// A pidfd of the container, if it still runs and is the process the shim started.
-pub fn container_pidfd(state: &Path) -> Option<OwnedFd> {
-    let pid = pid(state)?;
-    let fd = pidfd(pid)?;
-    let recorded: Option<u64> = std::fs::read_to_string(state.join("start"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
-    // Checked after the pidfd is open: if the start time matches now, the pidfd is bound to
-    // the container (a PID is reused only after the process is gone).
-    match (recorded, start_time(pid)) {
-        (Some(r), Some(now)) if r == now => Some(fd),
-        // Recorded by an older shim that wrote no start time.
-        (None, Some(_)) => Some(fd),
-        _ => None,
+/// Whether a process recorded in a state directory still runs. `Unknown` when it cannot be
+/// told (out of descriptors, say): never taken for `Gone`, so that a node short of
+/// resources does not report, restart or kill healthy containers.
+#[derive(Debug)]
+pub enum Proc {
+    /// It runs; the pidfd is bound to it.
+    Alive(OwnedFd),
+    Gone,
+    Unknown(std::io::Error),
+}
+
+impl Proc {
+    pub fn fd(self) -> Option<OwnedFd> {
+        match self {
+            Proc::Alive(fd) => Some(fd),
+            _ => None,
+        }
+    }
+    pub fn gone(&self) -> bool {
+        matches!(self, Proc::Gone)
     }
 }
 
-/// A pidfd of the container's shim, if it still runs.
-pub fn shim_pidfd(state: &Path) -> Option<OwnedFd> {
-    let pid: i32 = std::fs::read_to_string(state.join("shim.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let fd = pidfd(pid)?;
+/// Reads a small state file: none if it does not exist, an error if it cannot be read.
+fn read_state(p: &Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(p) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A pidfd for `pid`, or why not (ESRCH: the process is gone).
+fn open_pidfd(pid: i32) -> Proc {
+    if pid <= 0 {
+        return Proc::Gone;
+    }
+    // SAFETY: pidfd_open takes integers only.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd >= 0 {
+        // SAFETY: the kernel returned a new descriptor we now own.
+        return Proc::Alive(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    }
+    match std::io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ESRCH) => Proc::Gone,
+        e => Proc::Unknown(e),
+    }
+}
+
+/// Reads something of `/proc/<pid>`: none if the process is gone.
+fn read_proc(p: String) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::read(p) {
+        Ok(b) => Ok(Some(b)),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The container, if it still runs and is the process the shim started (checked against the
+/// start time the shim recorded, after the pidfd is open: if it matches then, the pidfd is
+/// bound to the container, since a PID is reused only once its process is gone).
+pub fn container(state: &Path) -> Proc {
+    let pid = match read_state(&state.join("pid")) {
+        Ok(Some(s)) => match s.trim().parse::<i32>() {
+            Ok(p) => p,
+            Err(_) => return Proc::Gone,
+        },
+        Ok(None) => return Proc::Gone,
+        Err(e) => return Proc::Unknown(e),
+    };
+    let fd = match open_pidfd(pid) {
+        Proc::Alive(fd) => fd,
+        other => return other,
+    };
+    let recorded = match read_state(&state.join("start")) {
+        Ok(s) => s.and_then(|s| s.trim().parse::<u64>().ok()),
+        Err(e) => return Proc::Unknown(e),
+    };
+    let now = match read_proc(format!("/proc/{pid}/stat")) {
+        Ok(Some(b)) => stat_start_time(&String::from_utf8_lossy(&b)),
+        Ok(None) => return Proc::Gone,
+        Err(e) => return Proc::Unknown(e),
+    };
+    match (recorded, now) {
+        (Some(r), Some(n)) if r == n => Proc::Alive(fd),
+        // Recorded by an older shim that wrote no start time.
+        (None, Some(_)) => Proc::Alive(fd),
+        _ => Proc::Gone,
+    }
+}
+
+/// The container's shim, if it still runs.
+pub fn shim(state: &Path) -> Proc {
+    let pid = match read_state(&state.join("shim.pid")) {
+        Ok(Some(s)) => match s.trim().parse::<i32>() {
+            Ok(p) => p,
+            Err(_) => return Proc::Gone,
+        },
+        Ok(None) => return Proc::Gone,
+        Err(e) => return Proc::Unknown(e),
+    };
+    let fd = match open_pidfd(pid) {
+        Proc::Alive(fd) => fd,
+        other => return other,
+    };
     // The shim is a knode process (`__shim`, or a fork of `__shim-launcher`).
-    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    String::from_utf8_lossy(&cmd)
-        .contains("__shim")
-        .then_some(fd)
+    match read_proc(format!("/proc/{pid}/cmdline")) {
+        Ok(Some(cmd)) if String::from_utf8_lossy(&cmd).contains("__shim") => Proc::Alive(fd),
+        Ok(_) => Proc::Gone,
+        Err(e) => Proc::Unknown(e),
+    }
+}
+
+/// A pidfd of the container, if it surely still runs.
+pub fn container_pidfd(state: &Path) -> Option<OwnedFd> {
+    container(state).fd()
+}
+
+/// A pidfd of the container's shim, if it surely still runs.
+pub fn shim_pidfd(state: &Path) -> Option<OwnedFd> {
+    shim(state).fd()
 }
 
 pub fn pid(state: &Path) -> Option<i32> {

@@ -832,6 +832,9 @@ fn running_out_of_descriptors_delays_pods_and_never_ends_the_agent() {
     for i in 0..4 {
         let p = n.pod(&format!("k{i}")).unwrap();
         assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0);
+        // What could not be read for lack of descriptors was not taken for a lost shim.
+        let d = n.knode(&["describe", "pod", &format!("k{i}")]);
+        assert!(!String::from_utf8_lossy(&d.stdout).contains("ShimLost"));
     }
     n.write("last.yaml", &pod_yaml("last", "", c));
     n.until("a new pod runs", |n| n.running("last"));

@@ -49,6 +49,8 @@ grep -E '^(CapEff|CapBnd|CapPrm|NoNewPrivs|Seccomp):' /proc/self/status
 echo procs=$(ls /proc | grep -c '^[0-9]')
 echo links=$(ls /sys/class/net | tr '\n' ' ')
 echo timer_list=$(cat /proc/timer_list 2>/dev/null | wc -c)
+echo keys=$(ls -l /proc/keys | cut -c1)
+echo firmware=$(ls /sys/firmware | wc -l)
 echo x > /proc/sys/kernel/hostname 2>/dev/null && echo procsys=writable || echo procsys=readonly
 mkdir /sys/kernel/knode 2>/dev/null && echo sys=writable || echo sys=readonly
 mount -t tmpfs none /mnt 2>/dev/null && echo mount=allowed || echo mount=denied
@@ -71,6 +73,9 @@ echo sigign=$(grep SigIgn /proc/self/status | cut -f2)
     if std::path::Path::new("/proc/timer_list").exists() {
         assert_eq!(status_field(&out, "timer_list="), "0", "masked");
     }
+    // Masks: the null device over /proc/keys, an empty tmpfs over /sys/firmware.
+    assert_eq!(status_field(&out, "keys="), "c", "{out}");
+    assert_eq!(status_field(&out, "firmware="), "0", "{out}");
     for want in [
         "procsys=readonly",
         "sys=readonly",
@@ -183,39 +188,53 @@ fn image_symlinks_cannot_redirect_mounts_outside_the_root() {
     let outside = tempfile::tempdir().unwrap();
     let target = outside.path().join("dev-escape");
     let proc_target = outside.path().join("proc-escape");
-    let evil = TarBuilder::new()
-        .symlink("dev", target.to_str().unwrap())
-        .symlink("proc", proc_target.to_str().unwrap())
-        .finish();
-    let img = ImageBuilder::new()
-        .layer(&busybox_tar_without(&["dev", "proc"]), Compression::Gzip)
-        .layer(&evil, Compression::Gzip)
-        .build();
+    let image = |name: &str, evil: Vec<u8>, without: &[&str]| {
+        let img = ImageBuilder::new()
+            .layer(&busybox_tar_without(without), Compression::Gzip)
+            .layer(&evil, Compression::Gzip)
+            .build();
+        let t = tempfile::tempdir().unwrap();
+        img.write_oci_layout(t.path(), "1").unwrap();
+        (img, t, name.to_string())
+    };
     let s = Store::new();
-    let t = tempfile::tempdir().unwrap();
-    img.write_oci_layout(t.path(), "1").unwrap();
-    s.store
-        .import(
-            t.path(),
-            Some("test/evil"),
-            &PullOptions::default(),
-            &NoProgress,
-        )
-        .unwrap();
-    let o = s.knode(&[
-        "run",
-        "test/evil:1",
-        "sh",
-        "-c",
-        "ls /dev/null && cat /proc/self/status | head -1",
-    ]);
+    for (_, t, name) in [
+        image(
+            "test/evil-dev",
+            TarBuilder::new()
+                .symlink("dev", target.to_str().unwrap())
+                .finish(),
+            &["dev"],
+        ),
+        image(
+            "test/evil-proc",
+            TarBuilder::new()
+                .symlink("proc", proc_target.to_str().unwrap())
+                .finish(),
+            &["proc"],
+        ),
+    ] {
+        s.store
+            .import(t.path(), Some(&name), &PullOptions::default(), &NoProgress)
+            .unwrap();
+    }
+    let o = s.knode(&["run", "test/evil-dev:1", "sh", "-c", "ls /dev/null"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The symlink was followed inside the root instead: the directory exists only there.
+    assert!(String::from_utf8_lossy(&o.stdout).contains("/dev/null"));
+    // procfs is never mounted through a symlink (runc refuses it too: CVE-2023-28642).
+    let o = s.knode(&["run", "test/evil-proc:1", "sh", "-c", "true"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("/proc is a symlink in the image: proc is not mounted through one"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(
         !target.exists() && !proc_target.exists(),
         "a mount was redirected outside the container root"
     );
-    // The symlinks were followed inside the root instead: the directories exist only there.
-    assert!(String::from_utf8_lossy(&o.stdout).contains("/dev/null"));
     assert_no_leaks(&s);
 }
 

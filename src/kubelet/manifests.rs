@@ -189,6 +189,9 @@ pub fn load(dir: &Path) -> Manifests {
 #[derive(Default)]
 pub struct Loader {
     cache: BTreeMap<PathBuf, (FileKey, Manifests)>,
+    /// The directory, kept open: listing it again needs no new descriptor, so removals are
+    /// seen even when the agent has none to spare.
+    dir: Option<(PathBuf, (u64, u64), rustix::fs::Dir)>,
     /// Whether the last load read or dropped any file.
     changed: bool,
 }
@@ -197,6 +200,35 @@ pub struct Loader {
 type FileKey = (u64, u64, i64, i64);
 
 impl Loader {
+    /// The entries of `dir`, through the descriptor kept open (opened again when the path
+    /// names another directory).
+    fn list(&mut self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        use std::os::unix::ffi::OsStrExt;
+        let st = rustix::fs::stat(dir)?;
+        let key = (st.st_dev, st.st_ino);
+        if !matches!(&self.dir, Some((p, k, _)) if p == dir && *k == key) {
+            let fd = rustix::fs::open(
+                dir,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )?;
+            self.dir = Some((dir.to_path_buf(), key, rustix::fs::Dir::new(fd)?));
+        }
+        let d = &mut self.dir.as_mut().expect("opened").2;
+        d.rewind();
+        let mut out = Vec::new();
+        for e in d {
+            let e = e?;
+            let n = e.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                out.push(dir.join(std::ffi::OsStr::from_bytes(n)));
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether the last `load` read or dropped any file.
     pub fn changed(&self) -> bool {
         self.changed
@@ -207,36 +239,34 @@ impl Loader {
     /// read, with the error reported. Only a file that is gone takes its objects with it.
     pub fn load(&mut self, dir: &Path) -> Manifests {
         let mut m = Manifests::default();
-        let mut files: Vec<PathBuf> =
-            match std::fs::read_dir(dir).and_then(|rd| rd.collect::<std::io::Result<Vec<_>>>()) {
-                Ok(rd) => rd
-                    .into_iter()
-                    .map(|e| e.path())
-                    .filter(|p| {
-                        p.extension()
-                            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
-                    })
-                    .filter(|p| {
-                        !p.file_name()
-                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-                    })
-                    .collect(),
-                Err(e) => {
-                    m.errors.push(format!(
-                        "{}: {e} (keeping what it held at the last read)",
-                        dir.display()
-                    ));
-                    for (_, parsed) in self.cache.values() {
-                        m.pods.extend(parsed.pods.iter().cloned());
-                        m.config_maps.extend(parsed.config_maps.clone());
-                        m.secrets.extend(parsed.secrets.clone());
-                        m.services.extend(parsed.services.iter().cloned());
-                        m.errors.extend(parsed.errors.iter().cloned());
-                    }
-                    self.changed = false;
-                    return finish(m);
+        let mut files: Vec<PathBuf> = match self.list(dir) {
+            Ok(rd) => rd
+                .into_iter()
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+                })
+                .filter(|p| {
+                    !p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+                .collect(),
+            Err(e) => {
+                m.errors.push(format!(
+                    "{}: {e} (keeping what it held at the last read)",
+                    dir.display()
+                ));
+                for (_, parsed) in self.cache.values() {
+                    m.pods.extend(parsed.pods.iter().cloned());
+                    m.config_maps.extend(parsed.config_maps.clone());
+                    m.secrets.extend(parsed.secrets.clone());
+                    m.services.extend(parsed.services.iter().cloned());
+                    m.errors.extend(parsed.errors.iter().cloned());
                 }
-            };
+                self.changed = false;
+                return finish(m);
+            }
+        };
         files.sort();
         let before = self.cache.len();
         self.cache.retain(|p, _| files.binary_search(p).is_ok());
@@ -394,10 +424,54 @@ fn read_bounded(f: &Path) -> std::io::Result<String> {
     String::from_utf8(buf).map_err(|_| std::io::Error::other("not UTF-8 text"))
 }
 
+/// How deep a manifest may nest (serde_yaml stops at 128 levels, but only after it has
+/// loaded the whole document).
+pub const MAX_DEPTH: usize = 64;
+/// How many YAML nodes (scalars, sequences, mappings, aliases) one manifest file may hold.
+pub const MAX_NODES: usize = 500_000;
+
+/// Measures a manifest's nesting and size with a streaming parser before serde_yaml parses
+/// it: serde_yaml 0.9 collects every parse event of a document before its own limits apply,
+/// which costs about 160 bytes of memory per byte of `[[[[...`.
+fn check_shape(text: &str) -> Result<(), String> {
+    use yaml_rust2::parser::{Event, Parser};
+    let mut p = Parser::new_from_str(text);
+    let (mut depth, mut nodes) = (0usize, 0usize);
+    loop {
+        let (ev, mark) = p.next_token().map_err(|e| e.to_string())?;
+        match ev {
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                nodes += 1;
+                if depth > MAX_DEPTH {
+                    return Err(format!(
+                        "line {}: nested more than {MAX_DEPTH} levels deep",
+                        mark.line()
+                    ));
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            Event::Scalar(..) | Event::Alias(..) => nodes += 1,
+            Event::StreamEnd => return Ok(()),
+            _ => {}
+        }
+        if nodes > MAX_NODES {
+            return Err(format!(
+                "line {}: more than {MAX_NODES} YAML nodes in one file",
+                mark.line()
+            ));
+        }
+    }
+}
+
 /// Parses one manifest file's text (all its documents).
 fn parse_text(f: &Path, text: &str) -> Manifests {
     let mut m = Manifests::default();
     let f = f.to_path_buf();
+    if let Err(e) = check_shape(text) {
+        m.errors.push(format!("{}: {e}", f.display()));
+        return m;
+    }
     {
         for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let v: serde_json::Value = match serde::Deserialize::deserialize(doc) {
@@ -707,5 +781,37 @@ mod tests {
         // The file is gone: so is the pod.
         std::fs::remove_file(dir.join("web.yaml")).unwrap();
         assert!(l.load(&dir).pods.is_empty());
+    }
+
+    #[test]
+    fn deep_or_huge_yaml_is_refused_before_it_is_loaded() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("deep.yaml"), "[".repeat(5_000_000)).unwrap();
+        std::fs::write(
+            d.path().join("deep.json"),
+            format!("{}1{}", "[".repeat(100), "]".repeat(100)),
+        )
+        .unwrap();
+        let wide = format!("[{}]", "[],".repeat(600_000));
+        std::fs::write(d.path().join("wide.yaml"), wide).unwrap();
+        let m = load(d.path());
+        let errs = m.errors.join("\n");
+        // The streaming parser's own limit may be the one that stops it.
+        assert!(
+            errs.contains("deep.yaml: line 1: nested more than 64 levels deep")
+                || errs.contains("deep.yaml: recursion limit exceeded"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("deep.json: line 1: nested more than 64 levels deep"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("wide.yaml: line 1: more than 500000 YAML nodes in one file"),
+            "{errs}"
+        );
+        // An ordinary manifest passes, JSON too.
+        let ok = "{\"kind\": \"Pod\", \"metadata\": {\"name\": \"j\"}, \"spec\": {\"containers\": [{\"name\": \"c\", \"image\": \"x\"}]}}";
+        assert!(check_shape(ok).is_ok());
     }
 }

@@ -742,14 +742,12 @@ impl Worker {
             let Some(run) = &self.ctrs[i].running else {
                 continue;
             };
-            let alive =
-                |pid: Option<i32>| pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
             let exit = match crate::shim::exit_status(&run.state) {
                 Some(e) => e,
                 // The shim and its container are both gone without a record (e.g. the shim was
                 // killed): report it as Kubernetes does and let the restart policy act.
-                None if !alive(shim_pid(&run.state))
-                    && crate::shim::container_pidfd(&run.state).is_none() =>
+                None if crate::shim::shim(&run.state).gone()
+                    && crate::shim::container(&run.state).gone() =>
                 {
                     crate::shim::ExitStatus {
                         code: 137,
@@ -759,7 +757,7 @@ impl Worker {
                 }
                 // The shim is gone but the container runs on: nobody logs its output or will
                 // record its exit. Say so once; a stop still reaches the container itself.
-                None if !alive(shim_pid(&run.state)) => {
+                None if crate::shim::shim(&run.state).gone() => {
                     let name = self.ctrs[i].spec.name.clone();
                     if self.shim_lost.insert(name.clone()) {
                         self.event(
@@ -1018,6 +1016,28 @@ impl Worker {
         self.event("Warning", "Failed", format!("Error: {e}"));
     }
 
+    /// Removes the logs of runs before the previous one (the kubelet keeps the current and
+    /// the previous run's, for `logs --previous`): a container restarting all day does not
+    /// fill the disk with logs nobody can ask for.
+    fn prune_logs(&self, container: &str, restart_count: u32) {
+        let Ok(dir) = self.ctx.logs.join(&[&self.log_name, container]) else {
+            return;
+        };
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let run: Option<u32> = name.split(".log").next().and_then(|n| n.parse().ok());
+            if run.is_some_and(|r| r + 1 < restart_count) {
+                if let Err(e) = self
+                    .ctx
+                    .logs
+                    .remove_all(&[&self.log_name, container, &name])
+                {
+                    tracing::warn!(error = %e, "removing an old log");
+                }
+            }
+        }
+    }
+
     fn start(&mut self, i: usize, m: &PodManifest) {
         if !self.image_ready(i) {
             return;
@@ -1087,10 +1107,49 @@ impl Worker {
             }
         };
         let vars: BTreeMap<String, String> = env.iter().cloned().collect();
-        let expand = |v: &Option<Vec<String>>| {
+        let expand = |v: &Option<Vec<String>>| -> Result<Option<Vec<String>>, String> {
             v.as_ref()
-                .map(|a| a.iter().map(|x| super::volumes::expand(x, &vars)).collect())
+                .map(|a| {
+                    a.iter()
+                        .map(|x| {
+                            super::volumes::expand(x, &vars).ok_or_else(|| {
+                                format!(
+                                    "an argument expands to more than {} bytes (the kernel's limit on one argument)",
+                                    super::volumes::MAX_ARG
+                                )
+                            })
+                        })
+                        .collect()
+                })
+                .transpose()
         };
+        let (command, args) = match (expand(&spec.command), expand(&spec.args)) {
+            (Ok(c), Ok(a)) => (c, a),
+            (Err(e), _) | (_, Err(e)) => {
+                self.config_error(i, e);
+                return;
+            }
+        };
+        let arg_bytes: usize = env
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>()
+            + command
+                .iter()
+                .chain(&args)
+                .flatten()
+                .map(|a| a.len() + 1)
+                .sum::<usize>();
+        if arg_bytes > super::volumes::MAX_ARGS_TOTAL {
+            self.config_error(
+                i,
+                format!(
+                    "the environment and arguments hold {arg_bytes} bytes, more than {} (knode's limit)",
+                    super::volumes::MAX_ARGS_TOTAL
+                ),
+            );
+            return;
+        }
         let caps = sc.capabilities.clone().unwrap_or_default();
         let host_pid = m
             .pod
@@ -1107,10 +1166,11 @@ impl Worker {
             self.config_error(i, e.to_string());
             return;
         }
+        self.prune_logs(&spec.name, restart_count);
         let c = PodContainerSpec {
             image: image.clone(),
-            command: expand(&spec.command),
-            args: expand(&spec.args),
+            command,
+            args,
             env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             user,
             working_dir: spec.working_dir.clone(),
@@ -1497,8 +1557,21 @@ pub fn stop_container(r: &PodContainer, grace: Duration) {
     if crate::shim::exit_status(&r.state).is_some() {
         return;
     }
-    let Some(ctr) = crate::shim::container_pidfd(&r.state) else {
-        return;
+    // Out of descriptors, the container's state may not be readable for a moment: keep
+    // trying for a while rather than leave it running.
+    let deadline = Instant::now() + grace.max(Duration::from_secs(10));
+    let ctr = loop {
+        match crate::shim::container(&r.state) {
+            crate::shim::Proc::Alive(fd) => break fd,
+            crate::shim::Proc::Gone => return,
+            crate::shim::Proc::Unknown(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            crate::shim::Proc::Unknown(e) => {
+                tracing::warn!(state = %r.state.display(), error = %e, "cannot reach a container to stop it");
+                return;
+            }
+        }
     };
     let shim = crate::shim::shim_pidfd(&r.state);
     let watch = shim.as_ref().unwrap_or(&ctr);

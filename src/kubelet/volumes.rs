@@ -148,6 +148,30 @@ fn object_volume(p: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), Strin
     write_files(p, files)
 }
 
+/// What one configMap or secret volume may hold: twice the 1 MiB an object may hold, so
+/// that `items` projecting one key many times cannot turn a small manifest into a large
+/// tmpfs (which is memory, charged to the agent).
+pub const MAX_VOLUME_BYTES: u64 = 2 << 20;
+/// What a pod's configMap and secret volumes may hold together.
+pub const MAX_POD_PROJECTED_BYTES: u64 = 16 << 20;
+
+/// Checks the bytes a configMap or secret volume would hold; adds them to the pod's total.
+fn projected(files: &[(String, Vec<u8>, u32)], total: &mut u64) -> Result<(), String> {
+    let bytes: u64 = files.iter().map(|(_, d, _)| d.len() as u64).sum();
+    if bytes > MAX_VOLUME_BYTES {
+        return Err(format!(
+            "its items hold {bytes} bytes, more than the {MAX_VOLUME_BYTES} a volume may hold"
+        ));
+    }
+    *total += bytes;
+    if *total > MAX_POD_PROJECTED_BYTES {
+        return Err(format!(
+            "the pod's configMap and secret volumes would hold {total} bytes, more than the {MAX_POD_PROJECTED_BYTES} a pod may hold"
+        ));
+    }
+    Ok(())
+}
+
 /// Creates the pod's volumes; `disk` and `mem` are the pod's directories on disk and in the
 /// runtime directory (both made by the worker, root only). Returns each volume's host path.
 /// Volume names were validated with the pod (DNS-1123 labels); `Beneath` refuses anything
@@ -160,6 +184,7 @@ pub fn prepare(
     objects: &Objects,
 ) -> Result<BTreeMap<String, PathBuf>, String> {
     let mut out = BTreeMap::new();
+    let mut total = 0;
     for v in pod
         .spec
         .as_ref()
@@ -249,6 +274,7 @@ pub fn prepare(
             let mode = cm.default_mode.unwrap_or(0o644) as u32;
             let files =
                 items(&data, cm.items.as_deref(), mode, cm.optional == Some(true)).map_err(err)?;
+            projected(&files, &mut total).map_err(err)?;
             // Written once, when its tmpfs is made (an adopted pod keeps what it has).
             if !is_mount(&p) {
                 object_volume(&p, &files).map_err(err)?;
@@ -269,6 +295,7 @@ pub fn prepare(
             let mode = sv.default_mode.unwrap_or(0o644) as u32;
             let files =
                 items(&data, sv.items.as_deref(), mode, sv.optional == Some(true)).map_err(err)?;
+            projected(&files, &mut total).map_err(err)?;
             // Written once, when its tmpfs is made (an adopted pod keeps what it has).
             if !is_mount(&p) {
                 object_volume(&p, &files).map_err(err)?;
@@ -334,13 +361,24 @@ fn items(
             .collect()),
         Some(list) => {
             let mut out = vec![];
+            let mut bytes = 0u64;
             for it in list {
                 match data.get(&it.key) {
-                    Some(v) => out.push((
-                        it.path.clone(),
-                        v.clone(),
-                        it.mode.map(|m| m as u32).unwrap_or(mode),
-                    )),
+                    Some(v) => {
+                        // Checked before each copy: a key projected thousands of times
+                        // must not be copied thousands of times first.
+                        bytes += v.len() as u64;
+                        if bytes > MAX_VOLUME_BYTES {
+                            return Err(format!(
+                                "its items hold more than the {MAX_VOLUME_BYTES} bytes a volume may hold"
+                            ));
+                        }
+                        out.push((
+                            it.path.clone(),
+                            v.clone(),
+                            it.mode.map(|m| m as u32).unwrap_or(mode),
+                        ))
+                    }
                     None if optional => {}
                     None => return Err(format!("key {:?} not found", it.key)),
                 }
@@ -492,31 +530,57 @@ fn mkdir_in_root(
     )
 }
 
+/// The longest environment string or argument the kernel takes (MAX_ARG_STRLEN).
+pub const MAX_ARG: usize = 128 << 10;
+/// The most a container's environment and arguments may hold together (knode's bound; the
+/// kernel's ARG_MAX is usually 2 MiB and the exec would fail beyond it).
+pub const MAX_ARGS_TOTAL: usize = 1 << 20;
+
 /// Expands `$(VAR)` with earlier variables; `$$(VAR)` escapes. Unknown references stay.
-pub fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
+/// None if the result would be longer than `MAX_ARG` (references doubling at every variable
+/// would otherwise cost the agent memory without bound).
+pub fn expand(s: &str, vars: &BTreeMap<String, String>) -> Option<String> {
     let mut out = String::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'$' && i + 1 < b.len() && b[i + 1] == b'$' {
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("$$") {
             out.push('$');
-            i += 2;
-            continue;
+            rest = t;
+        } else if let Some((name, after)) = tail
+            .strip_prefix("$(")
+            .and_then(|t| t.split_once(')'))
+            .filter(|(name, _)| vars.contains_key(*name))
+        {
+            out.push_str(&vars[name]);
+            rest = after;
+        } else {
+            out.push('$');
+            rest = &tail[1..];
         }
-        if b[i] == b'$' && i + 1 < b.len() && b[i + 1] == b'(' {
-            if let Some(end) = s[i + 2..].find(')') {
-                let name = &s[i + 2..i + 2 + end];
-                if let Some(v) = vars.get(name) {
-                    out.push_str(v);
-                    i += end + 3;
-                    continue;
-                }
-            }
+        if out.len() > MAX_ARG {
+            return None;
         }
-        out.push(b[i] as char);
-        i += 1;
     }
-    out
+    out.push_str(rest);
+    (out.len() <= MAX_ARG).then_some(out)
+}
+
+/// Variables in order of definition; setting one again keeps its place.
+#[derive(Default)]
+struct EnvVars {
+    order: Vec<String>,
+    map: BTreeMap<String, String>,
+}
+
+impl EnvVars {
+    fn set(&mut self, k: String, v: String) {
+        if !self.map.contains_key(&k) {
+            self.order.push(k.clone());
+        }
+        self.map.insert(k, v);
+    }
 }
 
 /// The container's environment, per Kubernetes rules.
@@ -534,14 +598,12 @@ pub fn env(
         .as_ref()
         .and_then(|s| s.enable_service_links)
         .unwrap_or(true);
-    let mut vars: Vec<(String, String)> = match links {
-        true => crate::service::endpoints::env_vars(&objects.services, ns),
-        false => vec![],
-    };
-    let set = |k: String, v: String, vars: &mut Vec<(String, String)>| {
-        vars.retain(|(x, _)| *x != k);
-        vars.push((k, v));
-    };
+    let mut vars = EnvVars::default();
+    if links {
+        for (k, v) in crate::service::endpoints::env_vars(&objects.services, ns) {
+            vars.set(k, v);
+        }
+    }
     for f in c.env_from.iter().flatten() {
         let prefix = f.prefix.clone().unwrap_or_default();
         let (data, optional, what) = if let Some(r) = &f.config_map_ref {
@@ -562,10 +624,9 @@ pub fn env(
         match data {
             Some(d) => {
                 for (k, v) in d {
-                    set(
+                    vars.set(
                         format!("{prefix}{k}"),
                         String::from_utf8_lossy(&v).into_owned(),
-                        &mut vars,
                     );
                 }
             }
@@ -574,9 +635,13 @@ pub fn env(
         }
     }
     for e in c.env.iter().flatten() {
-        let known: BTreeMap<String, String> = vars.iter().cloned().collect();
         let value = if let Some(v) = &e.value {
-            expand(v, &known)
+            expand(v, &vars.map).ok_or_else(|| {
+                format!(
+                    "env {}: its value expands to more than {MAX_ARG} bytes (the kernel's limit on one environment string)",
+                    e.name
+                )
+            })?
         } else if let Some(vf) = &e.value_from {
             if let Some(r) = &vf.config_map_key_ref {
                 match objects
@@ -639,9 +704,21 @@ pub fn env(
         } else {
             String::new()
         };
-        set(e.name.clone(), value, &mut vars);
+        vars.set(e.name.clone(), value);
     }
-    Ok(vars)
+    let mut total = 0;
+    let mut out = Vec::with_capacity(vars.order.len());
+    for k in vars.order {
+        let v = vars.map.remove(&k).unwrap_or_default();
+        total += k.len() + v.len() + 2;
+        if total > MAX_ARGS_TOTAL {
+            return Err(format!(
+                "the environment holds more than {MAX_ARGS_TOTAL} bytes (knode's limit on a container's environment and arguments)"
+            ));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -655,6 +732,22 @@ mod tests {
         assert!(bytes("12x").is_err() && bytes("-1").is_err());
         let vars: BTreeMap<String, String> =
             [("A".to_string(), "1".to_string())].into_iter().collect();
-        assert_eq!(expand("x$(A)y$(B)$$(A)", &vars), "x1y$(B)$(A)");
+        assert_eq!(expand("x$(A)y$(B)$$(A)", &vars).unwrap(), "x1y$(B)$(A)");
+        assert_eq!(expand("é$(A)ü$", &vars).unwrap(), "é1ü$");
+        // References that double at every variable stop at the kernel's limit.
+        let mut vars = BTreeMap::new();
+        vars.insert("E0".to_string(), "x".repeat(1024));
+        for k in 1..=16 {
+            match expand(&format!("$(E{})$(E{})", k - 1, k - 1), &vars) {
+                Some(v) => {
+                    vars.insert(format!("E{k}"), v);
+                }
+                None => {
+                    assert_eq!(k, 8, "1 KiB doubled 7 times is 128 KiB");
+                    return;
+                }
+            }
+        }
+        panic!("no limit");
     }
 }

@@ -5,6 +5,15 @@
 //! Mount targets come from specs built from images and manifests, so they are resolved inside
 //! the root with `openat2(RESOLVE_IN_ROOT)` and mounted through `/proc/self/fd/N`: a symlink
 //! in an image can never redirect a mount outside the container's root.
+//!
+//! Masked and read-only paths are mounted without resolving a path a container could change
+//! (the class of runc's CVE-2025-31133 and CVE-2025-52565, where a container that shares an
+//! emptyDir mounted at another container's `/dev` swaps `/dev/null` for a symlink to a
+//! sysctl while it starts): the masks are detached clones of the host's `/dev/null`, made
+//! before `pivot_root` and checked to be that device; their targets are opened beneath the
+//! container's `/proc` and `/sys`, which must be procfs and sysfs, without following
+//! anything and without crossing a mount; and every mount is attached with `move_mount`
+//! between descriptors. A volume mounted over `/proc` is refused.
 
 use std::convert::Infallible;
 use std::ffi::{CString, OsStr};
@@ -141,6 +150,32 @@ fn fd_path(fd: &OwnedFd) -> String {
 
 fn setup_mounts(p: &Plan, root: &OwnedFd) -> R<()> {
     for m in &p.mounts {
+        // As runc: nothing is bound over /proc (or the root itself), where the runtime's own
+        // masks must find procfs.
+        let clean: Vec<&[u8]> = crate::apply::clean(m.dest.as_bytes());
+        if m.bind && (clean.is_empty() || clean[0] == b"proc") {
+            return Err(format!(
+                "mount destination {:?}: a volume may not be mounted over / or /proc",
+                m.dest
+            ));
+        }
+        if !m.bind && (m.fstype == "proc" || m.fstype == "sysfs") {
+            // As runc (CVE-2023-28642): procfs and sysfs never go through an image's symlink,
+            // and the masks below must find them where they belong.
+            let rel = String::from_utf8_lossy(&clean.join(&b'/')).into_owned();
+            if let Err(Errno::LOOP) = rfs::openat2(
+                root,
+                rel.as_str(),
+                OFlags::PATH | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS,
+            ) {
+                return Err(format!(
+                    "{} is a symlink in the image: {} is not mounted through one",
+                    m.dest, m.fstype
+                ));
+            }
+        }
         let src_is_file = m.bind && std::fs::metadata(&m.source).is_ok_and(|md| !md.is_dir());
         let target = target_in_root(root, &m.dest, src_is_file)?;
         let t = fd_path(&target);
@@ -198,6 +233,14 @@ fn setup_dev(root: &OwnedFd) -> R<()> {
             Mode::empty(),
         )
         .map_err(|e| format!("/dev/{name}: {e}"))?;
+        // What was opened must be the file made above, not a symlink put there meanwhile (a
+        // volume mounted at /dev is shared with the pod's other containers).
+        let st = rfs::fstat(&target).map_err(|e| format!("/dev/{name}: {e}"))?;
+        if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
+            return Err(format!(
+                "/dev/{name}: not a regular file to mount the device on"
+            ));
+        }
         mount(
             &format!("/dev/{name}"),
             &fd_path(&target),
@@ -238,32 +281,181 @@ fn pivot(root: &OwnedFd) -> R<()> {
     rustix::process::chdir("/").map_err(|e| format!("chdir /: {e}"))
 }
 
-fn mask(path: &str) -> R<()> {
-    match std::fs::symlink_metadata(path) {
-        Err(_) => Ok(()),
-        Ok(md) if md.is_dir() => mount("tmpfs", path, "tmpfs", libc::MS_RDONLY, "size=0"),
-        Ok(_) => mount("/dev/null", path, "", libc::MS_BIND, ""),
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+const SYSFS_MAGIC: u64 = 0x6265_6572;
+
+/// Detached bind mounts of the host's `/dev/null`, one per masked path, made before
+/// `pivot_root` while the host's /dev is still reachable (and checked to be the null device:
+/// character device 1:3).
+fn null_mounts(n: usize) -> R<Vec<OwnedFd>> {
+    if n == 0 {
+        return Ok(vec![]);
+    }
+    let null = rfs::open("/dev/null", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| format!("open /dev/null: {e}"))?;
+    let st = rfs::fstat(&null).map_err(|e| format!("/dev/null: {e}"))?;
+    if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::CharacterDevice
+        || rfs::major(st.st_rdev) != 1
+        || rfs::minor(st.st_rdev) != 3
+    {
+        return Err("/dev/null is not the null device".into());
+    }
+    use rustix::mount::OpenTreeFlags as T;
+    (0..n)
+        .map(|_| {
+            rustix::mount::open_tree(
+                &null,
+                "",
+                T::OPEN_TREE_CLONE | T::OPEN_TREE_CLOEXEC | T::AT_EMPTY_PATH,
+            )
+            .map_err(|e| format!("clone /dev/null: {e}"))
+        })
+        .collect()
+}
+
+/// A masked or read-only path, opened beneath the container's procfs or sysfs without
+/// following a symlink or crossing a mount; none if it does not exist.
+fn pseudo_target(path: &str) -> R<Option<OwnedFd>> {
+    let (base, magic, rel) = if let Some(r) = path.strip_prefix("/proc/") {
+        ("proc", PROC_SUPER_MAGIC, r)
+    } else if let Some(r) = path.strip_prefix("/sys/") {
+        ("sys", SYSFS_MAGIC, r)
+    } else {
+        return Err(format!("masked path {path:?} is not under /proc or /sys"));
+    };
+    let strict = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    let dir = match rfs::openat2(
+        rfs::CWD,
+        base,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        strict,
+    ) {
+        Ok(d) => d,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(format!("/{base}: {e}")),
+    };
+    let on = |fd: &OwnedFd, what: &str| -> R<()> {
+        let fs = rfs::fstatfs(fd).map_err(|e| format!("{what}: {e}"))?;
+        if fs.f_type as u64 != magic {
+            return Err(format!(
+                "{what} is not on {}: refusing to start (is a volume mounted over it?)",
+                if magic == PROC_SUPER_MAGIC {
+                    "procfs"
+                } else {
+                    "sysfs"
+                }
+            ));
+        }
+        Ok(())
+    };
+    on(&dir, &format!("/{base}"))?;
+    match rfs::openat2(
+        &dir,
+        rel,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        strict | ResolveFlags::NO_XDEV,
+    ) {
+        Ok(t) => {
+            on(&t, path)?;
+            Ok(Some(t))
+        }
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(format!("{path}: {e}")),
     }
 }
 
-fn readonly(path: &str) -> R<()> {
-    if std::fs::symlink_metadata(path).is_err() {
-        return Ok(());
-    }
-    mount(path, path, "", libc::MS_BIND | libc::MS_REC, "")?;
-    mount(
+fn attach(tree: &OwnedFd, target: &OwnedFd, path: &str) -> R<()> {
+    use rustix::mount::MoveMountFlags as M;
+    rustix::mount::move_mount(
+        tree,
         "",
-        path,
+        target,
         "",
-        libc::MS_BIND
-            | libc::MS_REMOUNT
-            | libc::MS_REC
-            | libc::MS_RDONLY
-            | libc::MS_NOSUID
-            | libc::MS_NODEV
-            | libc::MS_NOEXEC,
-        "",
+        M::MOVE_MOUNT_F_EMPTY_PATH | M::MOVE_MOUNT_T_EMPTY_PATH,
     )
+    .map_err(|e| format!("mount over {path}: {e}"))
+}
+
+/// Hides a path: the null device over a file, an empty read-only tmpfs over a directory.
+fn mask(path: &str, nulls: &mut Vec<OwnedFd>) -> R<()> {
+    let Some(t) = pseudo_target(path)? else {
+        return Ok(());
+    };
+    let st = rfs::fstat(&t).map_err(|e| format!("{path}: {e}"))?;
+    if rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory {
+        use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
+        let fs = rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)
+            .and_then(|fs| {
+                rustix::mount::fsconfig_set_string(&fs, "size", "0")?;
+                rustix::mount::fsconfig_create(&fs)?;
+                Ok(fs)
+            })
+            .map_err(|e| format!("tmpfs for {path}: {e}"))?;
+        let m = rustix::mount::fsmount(
+            &fs,
+            FsMountFlags::FSMOUNT_CLOEXEC,
+            MountAttrFlags::MOUNT_ATTR_RDONLY,
+        )
+        .map_err(|e| format!("tmpfs for {path}: {e}"))?;
+        attach(&m, &t, path)
+    } else {
+        let null = nulls
+            .pop()
+            .ok_or_else(|| format!("no /dev/null left to mask {path}"))?;
+        attach(&null, &t, path)
+    }
+}
+
+/// `mount_setattr(2)` (rustix has no wrapper): sets attributes on a whole mount tree.
+fn set_attr(tree: &OwnedFd, attr: u64, path: &str) -> R<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let a = MountAttr {
+        attr_set: attr,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: a valid mount descriptor, an empty NUL-terminated path, and a mount_attr
+    // structure of the size passed, alive for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &a as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(r as libc::c_int, || format!("read-only {path}"))
+}
+
+/// Makes a path read-only (and nosuid, nodev, noexec): a read-only clone of it, over it.
+fn readonly(path: &str) -> R<()> {
+    let Some(t) = pseudo_target(path)? else {
+        return Ok(());
+    };
+    use rustix::mount::OpenTreeFlags as T;
+    let tree = rustix::mount::open_tree(
+        &t,
+        "",
+        T::OPEN_TREE_CLONE | T::OPEN_TREE_CLOEXEC | T::AT_EMPTY_PATH | T::AT_RECURSIVE,
+    )
+    .map_err(|e| format!("clone {path}: {e}"))?;
+    const RDONLY: u64 = 0x1;
+    const NOSUID: u64 = 0x2;
+    const NODEV: u64 = 0x4;
+    const NOEXEC: u64 = 0x8;
+    set_attr(&tree, RDONLY | NOSUID | NODEV | NOEXEC, path)?;
+    attach(&tree, &t, path)
 }
 
 /// Brings the loopback interface of a new network namespace up.
@@ -400,10 +592,11 @@ fn setup(p: &Plan) -> R<Infallible> {
     .map_err(|e| format!("open rootfs: {e}"))?;
     setup_mounts(p, &root)?;
     setup_dev(&root)?;
+    let mut nulls = null_mounts(p.masked.len())?;
     pivot(&root)?;
     drop(root);
     for m in &p.masked {
-        mask(m)?;
+        mask(m, &mut nulls)?;
     }
     for r in &p.readonly {
         readonly(r)?;
