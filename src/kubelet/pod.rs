@@ -1469,19 +1469,32 @@ pub fn teardown_pod(
         }
     }
     let grace = meta.grace_left();
+    let stopped = std::sync::atomic::AtomicBool::new(true);
     std::thread::scope(|s| {
         for r in &attempts {
+            let stopped = &stopped;
+            let stop = move |grace| {
+                if !stop_container(r, grace) {
+                    stopped.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+            };
             // A thread each (at most a pod's container limit): every container gets the
             // whole grace period, not a share of it.
             if std::thread::Builder::new()
                 .name("stop".into())
-                .spawn_scoped(s, move || stop_container(r, grace))
+                .spawn_scoped(s, move || stop(grace))
                 .is_err()
             {
-                stop_container(r, Duration::ZERO);
+                stop(Duration::ZERO);
             }
         }
     });
+    if !stopped.into_inner() {
+        // Its state is kept, so that the agent finds the pod again and retries: removing
+        // it now would leave a container nobody knows about.
+        tracing::warn!(uid, "a container of the pod could not be stopped yet; trying again later");
+        return;
+    }
     // Whatever is left in the pod's cgroup (processes a container forked into the
     // background) goes with cgroup.kill, then the cgroups themselves, before any root is
     // unmounted.
@@ -1527,14 +1540,16 @@ pub fn teardown_pod(
 fn remove_attempt(ctx: &NodeContext, dir: &Path) {
     let state = dir.join("state");
     if let Some(pid) = crate::shim::pid(&state) {
-        stop_container(
-            &PodContainer {
-                state,
-                rootfs: dir.join("rootfs"),
-                pid,
-            },
-            Duration::ZERO,
-        );
+        let pc = PodContainer {
+            state,
+            rootfs: dir.join("rootfs"),
+            pid,
+        };
+        if !stop_container(&pc, Duration::ZERO) {
+            // Kept: the pod's teardown (or the next agent) tries again.
+            tracing::warn!(dir = %dir.display(), "a container attempt could not be stopped; its state is kept");
+            return;
+        }
     }
     // Staged subPath mounts first: removing through them would empty the volumes.
     super::volumes::unmount_staged(&dir.join("subpaths"));
@@ -1552,10 +1567,11 @@ fn remove_attempt(ctx: &NodeContext, dir: &Path) {
 
 /// SIGTERM, up to `grace` for the exit, then SIGKILL. The signals go through a pidfd of the
 /// container checked against its recorded start time (never to a recycled PID); when its
-/// shim is gone, the container itself is waited for.
-pub fn stop_container(r: &PodContainer, grace: Duration) {
+/// shim is gone, the container itself is waited for. False if the container could not be
+/// reached (its state unreadable for lack of descriptors, say) and may still run.
+pub fn stop_container(r: &PodContainer, grace: Duration) -> bool {
     if crate::shim::exit_status(&r.state).is_some() {
-        return;
+        return true;
     }
     // Out of descriptors, the container's state may not be readable for a moment: keep
     // trying for a while rather than leave it running.
@@ -1563,23 +1579,24 @@ pub fn stop_container(r: &PodContainer, grace: Duration) {
     let ctr = loop {
         match crate::shim::container(&r.state) {
             crate::shim::Proc::Alive(fd) => break fd,
-            crate::shim::Proc::Gone => return,
+            crate::shim::Proc::Gone => return true,
             crate::shim::Proc::Unknown(_) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100))
             }
             crate::shim::Proc::Unknown(e) => {
                 tracing::warn!(state = %r.state.display(), error = %e, "cannot reach a container to stop it");
-                return;
+                return false;
             }
         }
     };
     let shim = crate::shim::shim_pidfd(&r.state);
     let watch = shim.as_ref().unwrap_or(&ctr);
     crate::shim::signal(&ctr, libc::SIGTERM);
-    if !crate::shim::wait_readable(watch, grace) {
-        crate::shim::signal(&ctr, libc::SIGKILL);
-        let _ = crate::shim::wait_readable(watch, Duration::from_secs(10));
+    if crate::shim::wait_readable(watch, grace) {
+        return true;
     }
+    crate::shim::signal(&ctr, libc::SIGKILL);
+    crate::shim::wait_readable(watch, Duration::from_secs(10))
 }
 
 /// Unmounts every container attempt's rootfs under a pod directory and ends its image lease
