@@ -159,21 +159,36 @@ fn main() {
 const ORPHAN_PODS: usize = 50;
 const ORPHAN_GRACE: u64 = 3;
 
-fn start_agent(knode: &str, root: &Path, run_dir: &Path, manifests: &Path, logs: &Path) -> Agent {
-    Agent(
-        Command::new(knode)
-            .arg("--root")
-            .arg(root)
-            .arg("--run-dir")
-            .arg(run_dir)
-            .args(["agent", "--manifests"])
-            .arg(manifests)
-            .arg("--log-dir")
-            .arg(logs)
-            .args(["--cni-conf", "/nonexistent", "--cgroups=disabled"])
-            .spawn()
-            .unwrap(),
-    )
+/// An agent without cgroups (in the node network namespace `net.0` with the CNI
+/// configuration `net.1`, if given).
+fn start_agent(
+    knode: &str,
+    root: &Path,
+    run_dir: &Path,
+    manifests: &Path,
+    logs: &Path,
+    net: Option<(&str, &Path)>,
+) -> Agent {
+    let mut cmd = match net {
+        Some((ns, _)) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/var/run/netns/{ns}")).arg(knode);
+            c
+        }
+        None => Command::new(knode),
+    };
+    cmd.arg("--root")
+        .arg(root)
+        .arg("--run-dir")
+        .arg(run_dir)
+        .args(["agent", "--manifests"])
+        .arg(manifests)
+        .arg("--log-dir")
+        .arg(logs)
+        .arg("--cni-conf")
+        .arg(net.map(|n| n.1).unwrap_or(Path::new("/nonexistent")))
+        .arg("--cgroups=disabled");
+    Agent(cmd.spawn().unwrap())
 }
 
 /// The restart case (see the module docs); returns (published, torn down) in ms.
@@ -184,7 +199,7 @@ fn restart_run(
     manifests: &Path,
     logs: &Path,
 ) -> (f64, f64) {
-    let agent = start_agent(knode, root, run_dir, manifests, logs);
+    let agent = start_agent(knode, root, run_dir, manifests, logs, None);
     let sock = run_dir.join("knode.sock");
     let ctr = |c: &str| {
         format!("  - name: {c}\n    image: bench/busybox:1\n    command: [sh, -c, 'trap \"\" TERM; exec sleep 3600']\n")
@@ -219,7 +234,7 @@ fn restart_run(
         std::fs::remove_file(manifests.join(format!("o{i}.yaml"))).unwrap();
     }
     let t0 = Instant::now();
-    let agent = start_agent(knode, root, run_dir, manifests, logs);
+    let agent = start_agent(knode, root, run_dir, manifests, logs, None);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let v = support::api(&sock, "/pods/default/stay");
@@ -266,26 +281,7 @@ fn knode_run(
     logs: &Path,
     net: Option<(&str, &Path)>,
 ) -> (Vec<f64>, u64, u64) {
-    let mut cmd = match net {
-        Some((ns, _)) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/var/run/netns/{ns}")).arg(knode);
-            c
-        }
-        None => Command::new(knode),
-    };
-    cmd.arg("--root")
-        .arg(root)
-        .arg("--run-dir")
-        .arg(run_dir)
-        .args(["agent", "--manifests"])
-        .arg(manifests)
-        .arg("--log-dir")
-        .arg(logs)
-        .arg("--cni-conf")
-        .arg(net.map(|n| n.1).unwrap_or(Path::new("/nonexistent")))
-        .arg("--cgroups=disabled");
-    let agent = Agent(cmd.spawn().unwrap());
+    let agent = start_agent(knode, root, run_dir, manifests, logs, net);
     let sock = run_dir.join("knode.sock");
     let deadline = Instant::now() + Duration::from_secs(30);
     while knode::kubelet::api::get(&sock, "/healthz").is_err() {

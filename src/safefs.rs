@@ -89,16 +89,7 @@ impl Beneath {
             std::fs::create_dir_all(root).map_err(|e| io("creating", root, e))?;
             set_mode(root, mode)?;
         }
-        let fd = rustix::fs::open(
-            root,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io("opening", root, e))?;
-        Ok(Beneath {
-            root: root.to_path_buf(),
-            fd,
-        })
+        Beneath::open_existing(root)
     }
 
     /// Opens `root`, which must exist.

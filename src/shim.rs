@@ -222,21 +222,26 @@ fn read_proc(p: String) -> std::io::Result<Option<Vec<u8>>> {
     }
 }
 
+/// The PID recorded in `file` and a pidfd of it; `Gone` or `Unknown` otherwise.
+fn recorded_pidfd(file: &Path) -> Result<(i32, OwnedFd), Proc> {
+    let pid = match read_state(file) {
+        Ok(Some(s)) => s.trim().parse::<i32>().map_err(|_| Proc::Gone)?,
+        Ok(None) => return Err(Proc::Gone),
+        Err(e) => return Err(Proc::Unknown(e)),
+    };
+    match open_pidfd(pid) {
+        Proc::Alive(fd) => Ok((pid, fd)),
+        other => Err(other),
+    }
+}
+
 /// The container, if it still runs and is the process the shim started (checked against the
 /// start time the shim recorded, after the pidfd is open: if it matches then, the pidfd is
 /// bound to the container, since a PID is reused only once its process is gone).
 pub fn container(state: &Path) -> Proc {
-    let pid = match read_state(&state.join("pid")) {
-        Ok(Some(s)) => match s.trim().parse::<i32>() {
-            Ok(p) => p,
-            Err(_) => return Proc::Gone,
-        },
-        Ok(None) => return Proc::Gone,
-        Err(e) => return Proc::Unknown(e),
-    };
-    let fd = match open_pidfd(pid) {
-        Proc::Alive(fd) => fd,
-        other => return other,
+    let (pid, fd) = match recorded_pidfd(&state.join("pid")) {
+        Ok(x) => x,
+        Err(p) => return p,
     };
     let recorded = match read_state(&state.join("start")) {
         Ok(s) => s.and_then(|s| s.trim().parse::<u64>().ok()),
@@ -257,17 +262,9 @@ pub fn container(state: &Path) -> Proc {
 
 /// The container's shim, if it still runs.
 pub fn shim(state: &Path) -> Proc {
-    let pid = match read_state(&state.join("shim.pid")) {
-        Ok(Some(s)) => match s.trim().parse::<i32>() {
-            Ok(p) => p,
-            Err(_) => return Proc::Gone,
-        },
-        Ok(None) => return Proc::Gone,
-        Err(e) => return Proc::Unknown(e),
-    };
-    let fd = match open_pidfd(pid) {
-        Proc::Alive(fd) => fd,
-        other => return other,
+    let (pid, fd) = match recorded_pidfd(&state.join("shim.pid")) {
+        Ok(x) => x,
+        Err(p) => return p,
     };
     // The shim is a knode process (`__shim`, or a fork of `__shim-launcher`).
     match read_proc(format!("/proc/{pid}/cmdline")) {

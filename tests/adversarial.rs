@@ -10,7 +10,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use oci::build::{ImageBuilder, TarBuilder, TarEntry};
@@ -162,25 +162,6 @@ fn adv_node() -> Node {
         )
         .unwrap();
     n
-}
-
-fn as_nobody(args: &[&str]) -> Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn logs(n: &Node, args: &[&str]) -> String {
-    String::from_utf8_lossy(&n.knode(&[&["logs"], args].concat()).stdout).into_owned()
-}
-
-fn uid_of(n: &Node, name: &str) -> String {
-    n.pod(name).unwrap()["metadata"]["uid"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 /// The agent's peak resident memory (VmHWM) in KiB.

@@ -15,23 +15,10 @@ mod support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::mpsc::channel;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::agent::*;
-use support::proxy::{Faults, Proxy};
 use support::*;
-
-/// Runs a command as `nobody`, with no supplementary groups.
-fn as_nobody(args: &[&str]) -> Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 /// Mount points at or below `p`.
 fn mounts_under(p: &Path) -> Vec<String> {
@@ -44,24 +31,6 @@ fn mounts_under(p: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Every path below `dir` whose file name is `name` (not following symlinks).
-fn find(dir: &Path, name: &str) -> Vec<PathBuf> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let ft = e.file_type().unwrap();
-            if e.file_name() == name {
-                out.push(e.path());
-            }
-            if ft.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    out
-}
-
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
 }
@@ -70,17 +39,6 @@ fn message(n: &Node, ns: &str, name: &str) -> String {
     n.pod_in(ns, name)
         .and_then(|p| p["status"]["message"].as_str().map(str::to_string))
         .unwrap_or_default()
-}
-
-fn logs(n: &Node, args: &[&str]) -> String {
-    String::from_utf8_lossy(&n.knode(&[&["logs"], args].concat()).stdout).into_owned()
-}
-
-fn uid_of(n: &Node, name: &str) -> String {
-    n.pod(name).unwrap()["metadata"]["uid"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 fn waiting(n: &Node, name: &str) -> (String, String) {
@@ -743,15 +701,7 @@ fn an_attempt_cut_short_by_a_crash_is_unmounted_and_its_lease_released() {
 fn a_pod_deleted_during_its_image_pull_goes_away_at_once() {
     let reg = registry();
     push(&reg.host(), "slow/app:1", &busybox_image());
-    let (tx, stalled) = channel();
-    let (release, rx) = channel();
-    let proxy = Proxy::start(
-        reg.addr,
-        Faults {
-            stall: Some((tx, Arc::new(Mutex::new(rx)))),
-            ..Default::default()
-        },
-    );
+    let (proxy, stalled, release) = support::proxy::stalling(reg.addr);
     let n = Node::new();
     n.write(
         "slow.yaml",

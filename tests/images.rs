@@ -3,8 +3,6 @@
 mod support;
 
 use std::process::Command;
-use std::sync::mpsc::channel;
-use std::sync::{Arc, Mutex};
 
 use oci::build::{ImageBuilder, TarBuilder};
 use oci::digest::Digest;
@@ -448,15 +446,7 @@ fn kill_9_during_a_pull_leaves_nothing_trusted() {
         .layer(&busybox_tar(), Compression::None)
         .build();
     push(&reg.host(), "crash/app:1", &img);
-    let (tx, stalled) = channel();
-    let (release, rx) = channel();
-    let proxy = Proxy::start(
-        reg.addr,
-        Faults {
-            stall: Some((tx, Arc::new(Mutex::new(rx)))),
-            ..Default::default()
-        },
-    );
+    let (proxy, stalled, release) = support::proxy::stalling(reg.addr);
     let s = Store::new();
     let r = format!("{}/crash/app:1", proxy.host());
     let mut child = Command::new(knode_bin())

@@ -1492,7 +1492,10 @@ pub fn teardown_pod(
     if !stopped.into_inner() {
         // Its state is kept, so that the agent finds the pod again and retries: removing
         // it now would leave a container nobody knows about.
-        tracing::warn!(uid, "a container of the pod could not be stopped yet; trying again later");
+        tracing::warn!(
+            uid,
+            "a container of the pod could not be stopped yet; trying again later"
+        );
         return;
     }
     // Whatever is left in the pod's cgroup (processes a container forked into the

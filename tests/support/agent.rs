@@ -234,3 +234,43 @@ pub fn container_pid(n: &Node, container: &str) -> i32 {
 pub fn alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// Runs a command as `nobody`, with no supplementary groups.
+pub fn as_nobody(args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `knode logs ARGS`'s output.
+pub fn logs(n: &Node, args: &[&str]) -> String {
+    String::from_utf8_lossy(&n.knode(&[&["logs"], args].concat()).stdout).into_owned()
+}
+
+/// A pod's UID, as the API shows it.
+pub fn uid_of(n: &Node, name: &str) -> String {
+    n.pod(name).unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Every path below `dir` whose file name is `name` (not following symlinks).
+pub fn find(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let ft = e.file_type().unwrap();
+            if e.file_name() == name {
+                out.push(e.path());
+            }
+            if ft.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}

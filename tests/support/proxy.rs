@@ -38,6 +38,21 @@ pub struct Seen {
     pub broken: usize,
 }
 
+/// A proxy whose first blob transfer stalls halfway: `stalled` receives when it does, and a
+/// send on `release` ends it.
+pub fn stalling(upstream: SocketAddr) -> (Proxy, Receiver<()>, Sender<()>) {
+    let (tx, stalled) = std::sync::mpsc::channel();
+    let (release, rx) = std::sync::mpsc::channel();
+    let proxy = Proxy::start(
+        upstream,
+        Faults {
+            stall: Some((tx, Arc::new(Mutex::new(rx)))),
+            ..Default::default()
+        },
+    );
+    (proxy, stalled, release)
+}
+
 pub struct Proxy {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Seen>>,
