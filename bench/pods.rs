@@ -191,6 +191,14 @@ fn start_agent(
     Agent(cmd.spawn().unwrap())
 }
 
+/// Waits until at most `n` pod directories are left (10 ms steps: the figure is a time).
+fn until_pod_dirs(run_dir: &Path, n: usize, deadline: Instant, what: &str) {
+    while std::fs::read_dir(run_dir.join("pods")).map_or(0, |d| d.count()) > n {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The restart case (see the module docs); returns (published, torn down) in ms.
 fn restart_run(
     knode: &str,
@@ -248,24 +256,10 @@ fn restart_run(
         std::thread::sleep(Duration::from_millis(2));
     }
     let published = t0.elapsed().as_secs_f64() * 1000.0;
-    while std::fs::read_dir(run_dir.join("pods"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-        > 1
-    {
-        assert!(Instant::now() < deadline, "the orphans were not torn down");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    until_pod_dirs(run_dir, 1, deadline, "the orphans were not torn down");
     let torn_down = t0.elapsed().as_secs_f64() * 1000.0;
     std::fs::remove_file(manifests.join("stay.yaml")).unwrap();
-    while std::fs::read_dir(run_dir.join("pods"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-        > 0
-    {
-        assert!(Instant::now() < deadline, "the last pod was not removed");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    until_pod_dirs(run_dir, 0, deadline, "the last pod was not removed");
     drop(agent);
     (published, torn_down)
 }
@@ -298,14 +292,7 @@ fn knode_run(
         let _ = std::fs::remove_file(manifests.join(format!("p{i}.yaml")));
     }
     let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_dir(run_dir.join("pods"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-        > 0
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_pod_dirs(run_dir, 0, deadline, "the pods were not removed");
     drop(agent);
 
     (kn, idle, busy)

@@ -102,17 +102,6 @@ pub fn wait_exit(state: &Path, timeout: std::time::Duration) -> Result<ExitStatu
         .with_context(|| format!("the container in {} has not exited", state.display()))
 }
 
-/// A pidfd for `pid` (it stays bound to that process, whatever reuses the number later).
-pub fn pidfd(pid: i32) -> Option<OwnedFd> {
-    if pid <= 0 {
-        return None;
-    }
-    // SAFETY: pidfd_open takes integers only.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: the kernel returned a new descriptor we now own.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// Sends `sig` through a pidfd; false if the process is gone.
 pub fn signal(fd: &OwnedFd, sig: i32) -> bool {
     // SAFETY: pidfd_send_signal with a valid descriptor, a signal number, no siginfo and no
@@ -191,7 +180,8 @@ fn read_state(p: &Path) -> std::io::Result<Option<String>> {
     }
 }
 
-/// A pidfd for `pid`, or why not (ESRCH: the process is gone).
+/// A pidfd for `pid` (bound to that process, whatever reuses the number later), or why not
+/// (ESRCH: the process is gone).
 fn open_pidfd(pid: i32) -> Proc {
     if pid <= 0 {
         return Proc::Gone;
@@ -389,7 +379,7 @@ fn oom_killed(spec: &oci::oci_spec::runtime::Spec) -> bool {
 /// (with hostPID or a shared PID namespace) keep the pipes open.
 fn copy_output(log: &mut CriWriter, out: OwnedFd, err: OwnedFd, pid: i32) {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let pidfd = pidfd(pid);
+    let pidfd = open_pidfd(pid).fd();
     let mut open = [Some(out), Some(err)];
     let mut buf = vec![0u8; 64 * 1024];
     let mut exited = false;

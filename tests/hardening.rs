@@ -484,25 +484,22 @@ fn fifos_and_devices_in_the_manifests_directory_do_not_block_the_agent() {
 #[test]
 fn objects_over_the_api_limit_are_refused_and_memory_is_given_back() {
     let n = Node::new();
-    n.write(
-        "big.yaml",
-        &format!(
-            "kind: ConfigMap\nmetadata: {{name: big}}\ndata: {{k: {}}}\n",
-            "x".repeat(50 << 20)
-        ),
-    );
+    let config_map = |name: &str, bytes: usize| {
+        n.write(
+            &format!("{name}.yaml"),
+            &format!(
+                "kind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{k: {}}}\n",
+                "x".repeat(bytes)
+            ),
+        )
+    };
+    config_map("big", 50 << 20);
     n.until("the 50 MB ConfigMap is refused", |n| {
         n.manifest_errors().contains(
             "big.yaml: 52428850 bytes: larger than the 10485760-byte limit on a manifest file",
         )
     });
-    n.write(
-        "big2.yaml",
-        &format!(
-            "kind: ConfigMap\nmetadata: {{name: big2}}\ndata: {{k: {}}}\n",
-            "x".repeat(2 << 20)
-        ),
-    );
+    config_map("big2", 2 << 20);
     n.until("the 2 MB ConfigMap is refused", |n| {
         n.manifest_errors().contains(
             "ConfigMap \\\"big2\\\" is invalid: []: Too long: may not be more than 1048576 bytes",
@@ -511,13 +508,7 @@ fn objects_over_the_api_limit_are_refused_and_memory_is_given_back() {
     // Large objects that come and go leave the agent's memory as it was.
     let before = rss_kb(n.agent_pid());
     for i in 0..20 {
-        n.write(
-            &format!("cm{i}.yaml"),
-            &format!(
-                "kind: ConfigMap\nmetadata: {{name: cm{i}}}\ndata: {{k: {}}}\n",
-                "y".repeat(1_000_000)
-            ),
-        );
+        config_map(&format!("cm{i}"), 1_000_000);
     }
     n.write(
         "uses.yaml",

@@ -209,8 +209,8 @@ impl fmt::Display for Invalid {
     }
 }
 
-/// The causes as the API server aggregates them.
-pub fn causes_text(causes: &[FieldError]) -> String {
+/// Errors as the API server aggregates them: one bare, several as `[a, b]`.
+pub fn causes_text<T: fmt::Display>(causes: &[T]) -> String {
     match causes {
         [one] => one.to_string(),
         many => format!(

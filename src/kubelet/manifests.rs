@@ -39,6 +39,17 @@ pub struct Manifests {
     pub errors: Vec<String>,
 }
 
+impl Manifests {
+    /// Adds another file's objects.
+    fn extend(&mut self, other: Manifests) {
+        self.pods.extend(other.pods);
+        self.config_maps.extend(other.config_maps);
+        self.secrets.extend(other.secrets);
+        self.services.extend(other.services);
+        self.errors.extend(other.errors);
+    }
+}
+
 const POD_SPEC_FIELDS: &[&str] = &[
     "containers",
     "initContainers",
@@ -163,11 +174,7 @@ fn check_pod(raw: &serde_json::Value, pod: &Pod) -> (Vec<String>, Option<String>
             }
         }
     }
-    let invalid = match problems.as_slice() {
-        [] => None,
-        [one] => Some(one.clone()),
-        many => Some(format!("[{}]", many.join(", "))),
-    };
+    let invalid = (!problems.is_empty()).then(|| validation::causes_text(&problems));
     (
         warnings,
         invalid.map(|why| {
@@ -257,11 +264,7 @@ impl Loader {
                     dir.display()
                 ));
                 for (_, parsed) in self.cache.values() {
-                    m.pods.extend(parsed.pods.iter().cloned());
-                    m.config_maps.extend(parsed.config_maps.clone());
-                    m.secrets.extend(parsed.secrets.clone());
-                    m.services.extend(parsed.services.iter().cloned());
-                    m.errors.extend(parsed.errors.iter().cloned());
+                    m.extend(parsed.clone());
                 }
                 self.changed = false;
                 return finish(m);
@@ -309,11 +312,7 @@ impl Loader {
                     }
                 },
             };
-            m.pods.extend(parsed.pods);
-            m.config_maps.extend(parsed.config_maps);
-            m.secrets.extend(parsed.secrets);
-            m.services.extend(parsed.services);
-            m.errors.extend(parsed.errors);
+            m.extend(parsed);
         }
         finish(m)
     }

@@ -340,6 +340,11 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
             .into_iter()
             .map(|p| (p.uid.clone(), Arc::new(p)))
             .collect();
+        // UIDs whose directories are in use by a stopping worker.
+        let stopping_uids: std::collections::BTreeSet<String> = stopping
+            .iter()
+            .map(|w| w.view.lock().expect("view").manifest.uid.clone())
+            .collect();
         // Pod directories no pod owns: a previous agent's whose manifests are gone (at
         // start), or a teardown cut short (out of descriptors, say). They are torn down in
         // the background, all at once, each within what is left of its grace period, while
@@ -352,9 +357,7 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
             let uid = e.file_name().to_string_lossy().into_owned();
             if wanted.contains_key(&uid)
                 || workers.contains_key(&uid)
-                || stopping
-                    .iter()
-                    .any(|w| w.view.lock().expect("view").manifest.uid == uid)
+                || stopping_uids.contains(&uid)
                 || orphans.iter().any(|(u, _)| *u == uid)
                 || orphan_retry
                     .get(&uid)
@@ -425,9 +428,7 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         for (uid, pm) in &wanted {
             // Not while the same UID is still being torn down: its directories are in use.
             if workers.contains_key(uid)
-                || stopping
-                    .iter()
-                    .any(|w| w.view.lock().expect("view").manifest.uid == *uid)
+                || stopping_uids.contains(uid)
                 || orphans.iter().any(|(u, _)| u == uid)
             {
                 continue;

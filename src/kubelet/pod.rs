@@ -276,12 +276,12 @@ fn spawn_pull(ctx: &Arc<NodeContext>, image: &str) -> std::io::Result<PullJob> {
 pub struct Worker {
     ctx: Arc<NodeContext>,
     view: Arc<Mutex<PodView>>,
-    /// The pod's names as path components (validated), and its directories: runtime state,
-    /// logs, and on disk (emptyDir volumes, writable layers).
+    /// The pod's names as path components (validated), and its directories: runtime state
+    /// and on disk (emptyDir volumes, writable layers); its logs are `log_name` under the
+    /// log root.
     uid: String,
     log_name: String,
     dir: PathBuf,
-    logs: PathBuf,
     disk: PathBuf,
     meta: PodMeta,
     sandbox: Option<Sandbox>,
@@ -300,16 +300,6 @@ pub struct Worker {
     cgroup: Option<String>,
 }
 
-use crate::shim::pidfd;
-
-fn shim_pid(state: &Path) -> Option<i32> {
-    std::fs::read_to_string(state.join("shim.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 impl Worker {
     /// A worker for a valid pod (the agent never makes one for an invalid pod: nothing may be
     /// built from its names). Fails only if a name cannot be a path component.
@@ -321,7 +311,7 @@ impl Worker {
         let log_name = crate::logs::pod_dir_name(&m.namespace, &m.name, &m.uid);
         let dir = ctx.run.join(&["pods", &m.uid])?;
         let disk = ctx.state.join(&["pods", &m.uid])?;
-        let logs = ctx.logs.join(&[&log_name])?;
+        ctx.logs.join(&[&log_name])?;
         for c in m
             .pod
             .spec
@@ -383,7 +373,6 @@ impl Worker {
             ctx,
             view,
             dir,
-            logs,
             meta,
             sandbox: None,
             ctrs,
@@ -511,7 +500,7 @@ impl Worker {
                 let state = d.join("state");
                 let pid = crate::shim::pid(&state)?;
                 if crate::shim::exit_status(&state).is_none()
-                    && shim_pid(&state).is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+                    && crate::shim::shim_pidfd(&state).is_some()
                 {
                     tracing::info!(container = %name, pid, "adopted a running container");
                 }
@@ -742,22 +731,20 @@ impl Worker {
             let Some(run) = &self.ctrs[i].running else {
                 continue;
             };
+            let shim_gone = || crate::shim::shim(&run.state).gone();
             let exit = match crate::shim::exit_status(&run.state) {
                 Some(e) => e,
+                None if !shim_gone() => continue,
                 // The shim and its container are both gone without a record (e.g. the shim was
                 // killed): report it as Kubernetes does and let the restart policy act.
-                None if crate::shim::shim(&run.state).gone()
-                    && crate::shim::container(&run.state).gone() =>
-                {
-                    crate::shim::ExitStatus {
-                        code: 137,
-                        finished_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-                        reason: "ContainerStatusUnknown".into(),
-                    }
-                }
+                None if crate::shim::container(&run.state).gone() => crate::shim::ExitStatus {
+                    code: 137,
+                    finished_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                    reason: "ContainerStatusUnknown".into(),
+                },
                 // The shim is gone but the container runs on: nobody logs its output or will
                 // record its exit. Say so once; a stop still reaches the container itself.
-                None if crate::shim::shim(&run.state).gone() => {
+                None => {
                     let name = self.ctrs[i].spec.name.clone();
                     if self.shim_lost.insert(name.clone()) {
                         self.event(
@@ -768,7 +755,6 @@ impl Worker {
                     }
                     continue;
                 }
-                None => continue,
             };
             let dir = run
                 .rootfs
@@ -1020,6 +1006,9 @@ impl Worker {
     /// the previous run's, for `logs --previous`): a container restarting all day does not
     /// fill the disk with logs nobody can ask for.
     fn prune_logs(&self, container: &str, restart_count: u32) {
+        if restart_count < 2 {
+            return;
+        }
         let Ok(dir) = self.ctx.logs.join(&[&self.log_name, container]) else {
             return;
         };
@@ -1158,14 +1147,17 @@ impl Worker {
             .and_then(|s| s.host_pid)
             .unwrap_or(false);
         let hostname = pod_hostname(m);
-        if let Err(e) = self
+        let log_dir = match self
             .ctx
             .logs
             .create_dir_all(&[&self.log_name, &spec.name], 0o750)
         {
-            self.config_error(i, e.to_string());
-            return;
-        }
+            Ok(d) => d,
+            Err(e) => {
+                self.config_error(i, e.to_string());
+                return;
+            }
+        };
         self.prune_logs(&spec.name, restart_count);
         let c = PodContainerSpec {
             image: image.clone(),
@@ -1174,10 +1166,7 @@ impl Worker {
             env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             user,
             working_dir: spec.working_dir.clone(),
-            log_path: self
-                .logs
-                .join(&spec.name)
-                .join(format!("{restart_count}.log")),
+            log_path: log_dir.join(format!("{restart_count}.log")),
             privileged: sc.privileged.unwrap_or(false),
             cap_add: caps.add.unwrap_or_default(),
             cap_drop: caps.drop.unwrap_or_default(),
@@ -1374,10 +1363,7 @@ impl Worker {
             // The shim's exit means the container's is recorded; if the shim is gone but the
             // container is not, wait for the container itself (never spin on a dead shim).
             .filter_map(|r| {
-                match shim_pid(&r.state).filter(|p| Path::new(&format!("/proc/{p}")).exists()) {
-                    Some(shim) => pidfd(shim),
-                    None => pidfd(r.pid),
-                }
+                crate::shim::shim_pidfd(&r.state).or_else(|| crate::shim::container_pidfd(&r.state))
             })
             .collect();
         let mut polls: Vec<rustix::event::PollFd> = fds

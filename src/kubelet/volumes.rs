@@ -155,15 +155,10 @@ pub const MAX_VOLUME_BYTES: u64 = 2 << 20;
 /// What a pod's configMap and secret volumes may hold together.
 pub const MAX_POD_PROJECTED_BYTES: u64 = 16 << 20;
 
-/// Checks the bytes a configMap or secret volume would hold; adds them to the pod's total.
+/// Adds the bytes a configMap or secret volume holds to the pod's total, and checks it (a
+/// volume's own bytes were bounded by `items` as it copied them).
 fn projected(files: &[(String, Vec<u8>, u32)], total: &mut u64) -> Result<(), String> {
-    let bytes: u64 = files.iter().map(|(_, d, _)| d.len() as u64).sum();
-    if bytes > MAX_VOLUME_BYTES {
-        return Err(format!(
-            "its items hold {bytes} bytes, more than the {MAX_VOLUME_BYTES} a volume may hold"
-        ));
-    }
-    *total += bytes;
+    *total += files.iter().map(|(_, d, _)| d.len() as u64).sum::<u64>();
     if *total > MAX_POD_PROJECTED_BYTES {
         return Err(format!(
             "the pod's configMap and secret volumes would hold {total} bytes, more than the {MAX_POD_PROJECTED_BYTES} a pod may hold"
@@ -706,19 +701,16 @@ pub fn env(
         };
         vars.set(e.name.clone(), value);
     }
-    let mut total = 0;
-    let mut out = Vec::with_capacity(vars.order.len());
-    for k in vars.order {
-        let v = vars.map.remove(&k).unwrap_or_default();
-        total += k.len() + v.len() + 2;
-        if total > MAX_ARGS_TOTAL {
-            return Err(format!(
-                "the environment holds more than {MAX_ARGS_TOTAL} bytes (knode's limit on a container's environment and arguments)"
-            ));
-        }
-        out.push((k, v));
-    }
-    Ok(out)
+    // The total with the arguments is checked where both are known (the pod worker).
+    let mut map = vars.map;
+    Ok(vars
+        .order
+        .into_iter()
+        .map(|k| {
+            let v = map.remove(&k).unwrap_or_default();
+            (k, v)
+        })
+        .collect())
 }
 
 #[cfg(test)]
