@@ -174,23 +174,6 @@ fn agent_hwm_kib(n: &Node) -> u64 {
         .unwrap()
 }
 
-/// Starts the agent as `Node::start_agent` does, without waiting for its API.
-fn spawn_agent_nowait(n: &mut Node) {
-    let child = Command::new(knode_bin())
-        .arg("--root")
-        .arg(n.s.root())
-        .arg("--run-dir")
-        .arg(n.run_dir())
-        .args(["agent", "--manifests"])
-        .arg(&n.manifests)
-        .arg("--log-dir")
-        .arg(n.s.root().join("logs"))
-        .arg("--cgroups=disabled")
-        .spawn()
-        .unwrap();
-    n.agent = Some(child);
-}
-
 fn agent_alive(n: &mut Node) -> bool {
     n.agent
         .as_mut()
@@ -353,7 +336,7 @@ fn deep_tree_teardown(depth: u32) -> (bool, bool, bool) {
     if !alive {
         // A restarted agent tears the orphan down in the background: does it die again?
         n.agent = None;
-        spawn_agent_nowait(&mut n);
+        n.spawn_agent();
         let until = Instant::now() + Duration::from_secs(20);
         while Instant::now() < until && vol.exists() {
             if !agent_alive(&mut n) {

@@ -43,7 +43,17 @@ impl Node {
         self.s.root().join("run")
     }
 
+    /// Starts the agent and waits until its API answers.
     pub fn start_agent(&mut self) {
+        self.spawn_agent();
+        // Ready when the API answers.
+        self.until("the API answers", |n| {
+            n.knode(&["get", "pods"]).status.success()
+        });
+    }
+
+    /// Starts the agent without waiting for it.
+    pub fn spawn_agent(&mut self) {
         let mut cmd = match self.wrapper.split_first() {
             Some((w, rest)) => {
                 let mut c = Command::new(w);
@@ -67,10 +77,6 @@ impl Node {
             .spawn()
             .unwrap();
         self.agent = Some(child);
-        // Ready when the API answers.
-        self.until("the API answers", |n| {
-            n.knode(&["get", "pods"]).status.success()
-        });
     }
 
     /// kill -9, as a crash would.
