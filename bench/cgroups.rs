@@ -31,7 +31,7 @@ fn main() {
         println!("cgroup benchmark: run it with `cargo bench --bench cgroups` (as root)");
         return;
     }
-    if let Err(e) = knode::cgroup::probe() {
+    if let Err(e) = knode::node::cgroup::probe() {
         if std::env::var_os("KNODE_BENCH_IN_VM").is_some() {
             panic!("no cgroup v2 in the VM either: {e}");
         }
@@ -121,7 +121,7 @@ fn knode_run(knode: &str, work: &Path, cgroups: bool, n: usize) -> (Vec<f64>, f6
     let mut agent = cmd.spawn().unwrap();
     let sock = run_dir.join("knode.sock");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while knode::kubelet::api::get(&sock, "/healthz").is_err() {
+    while knode::node::kubelet::api::get(&sock, "/healthz").is_err() {
         assert!(Instant::now() < deadline, "the agent did not start");
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -278,7 +278,7 @@ fn knode_run(
     let agent = start_agent(knode, root, run_dir, manifests, logs, net);
     let sock = run_dir.join("knode.sock");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while knode::kubelet::api::get(&sock, "/healthz").is_err() {
+    while knode::node::kubelet::api::get(&sock, "/healthz").is_err() {
         assert!(Instant::now() < deadline, "the agent did not start");
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use knode::localregistry::LocalRegistry;
+use knode::cli::demo::registry::LocalRegistry;
 use oci::build::ImageBuilder;
 use oci::reference::Reference;
 use oci::registry::{ClientOptions, RegistryClient};

@@ -18,9 +18,9 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use knode::proxy::netlink;
-use knode::proxy::nft::{count, script, Config, Proxy};
-use knode::service::{Endpoint, Protocol, ServicePort, ServiceState, ServiceView};
+use knode::api::service::{Endpoint, Protocol, ServicePort, ServiceState, ServiceView};
+use knode::node::proxy::netlink;
+use knode::node::proxy::nft::{count, script, Config, Proxy};
 
 fn states(n: usize, generation: u8) -> Vec<ServiceState> {
     (0..n)

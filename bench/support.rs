@@ -14,7 +14,7 @@ pub fn pct(v: &[f64], p: f64) -> f64 {
 
 /// The agent's JSON answer, or null.
 pub fn api(sock: &Path, path: &str) -> serde_json::Value {
-    knode::kubelet::api::get(sock, path)
+    knode::node::kubelet::api::get(sock, path)
         .ok()
         .and_then(|(_, b)| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
@@ -27,7 +27,7 @@ pub fn busybox_store(root: &Path, scratch: &Path) -> (oci::image::ImageStore, Pa
     let layout = scratch.join("layout");
     oci::build::ImageBuilder::new()
         .layer(
-            &knode::demo::busybox_layer().unwrap(),
+            &knode::cli::demo::busybox_layer().unwrap(),
             oci::spec::Compression::Gzip,
         )
         .build()

@@ -1,19 +1,17 @@
-//! knode: a Kubernetes node in one binary. This library holds the pieces the `knode` binary,
-//! the integration tests and the benchmarks share.
+//! knode: a Kubernetes cluster in one binary, on Linux kernel primitives. The library holds
+//! everything the `knode` binary, the integration tests and the benchmarks share; its folders
+//! are its layers, and imports only go down (see the README's Layout and `layout_tests`):
+//!
+//! - `cli`: clap and printing, one file per verb (only `main.rs` imports it);
+//! - `node`: everything that runs on a node (kubelet, sandbox, containers, shims, logs, pod
+//!   network, images, cgroups, service proxy);
+//! - `config`: resolved configuration handed to a component;
+//! - `api`: the Kubernetes API's rules without I/O (validation, quantities, Services).
 
 pub mod api;
-pub mod cgroup;
-pub mod container;
-pub mod demo;
-pub mod image_cli;
-pub mod kubelet;
-pub mod localregistry;
-pub mod logs;
-pub mod network;
-pub mod node_cli;
-pub mod pod_cli;
-pub mod proxy;
-pub mod safefs;
-pub mod sandbox;
-pub mod service;
-pub mod shim;
+pub mod cli;
+pub mod config;
+pub mod node;
+
+#[cfg(test)]
+mod layout_tests;

@@ -149,7 +149,7 @@ fn adv_node() -> Node {
     let img = ImageBuilder::new()
         .layer(&busybox_tar(), Compression::Gzip)
         .layer(&tar.finish(), Compression::Gzip)
-        .run_config(knode::demo::demo_run_config())
+        .run_config(knode::cli::demo::demo_run_config())
         .build();
     let lay = tempfile::tempdir().unwrap();
     img.write_oci_layout(lay.path(), "1").unwrap();
@@ -462,7 +462,7 @@ fn config_map_items_do_not_amplify_tmpfs_memory() {
     let uid = uid_of(&n, "cmp");
     let vol = n.run_dir().join("pods").join(&uid).join("volumes/cfg");
     assert!(
-        !knode::safefs::is_mount_point(&vol),
+        !knode::node::safefs::is_mount_point(&vol),
         "a tmpfs was made for the refused volume"
     );
     assert!(!n.running("cmp"));
@@ -532,7 +532,7 @@ fn restart_logs_are_bounded() {
     let dir =
         n.s.root()
             .join("logs")
-            .join(knode::logs::pod_dir_name("default", "crash", &uid))
+            .join(knode::node::logs::pod_dir_name("default", "crash", &uid))
             .join("c");
     let files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()

@@ -381,7 +381,7 @@ fn exec_runs_inside_the_container_with_its_confinement() {
             && !String::from_utf8_lossy(&o.stdout).contains("no-tty")
     );
     // The kubelet-style /run endpoint of the API: a command, its output.
-    let (code, body) = knode::kubelet::api::get(
+    let (code, body) = knode::node::kubelet::api::get(
         &n.s.root().join("run/knode.sock"),
         "/run/default/ex/main?cmd=echo+hello%20from+run",
     )
@@ -581,8 +581,8 @@ fn malformed_resources_fail_the_pod_and_name_the_field() {
 #[test]
 fn without_cgroup_v2_the_agent_refuses_unless_told_and_says_so_in_node_status() {
     // This host binds cpu, memory and pids to cgroup v1 (see environment.md): the check fails.
-    let why =
-        knode::cgroup::probe().expect_err("this test expects a host without cgroup v2 controllers");
+    let why = knode::node::cgroup::probe()
+        .expect_err("this test expects a host without cgroup v2 controllers");
     let s = Store::with_busybox();
     let o = s.knode(&["agent", "--manifests", s.root().join("m").to_str().unwrap()]);
     assert!(!o.status.success());

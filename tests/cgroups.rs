@@ -25,9 +25,9 @@ struct Node {
 impl Node {
     fn new(tag: &str) -> Node {
         assert!(
-            knode::cgroup::probe().is_ok(),
+            knode::node::cgroup::probe().is_ok(),
             "these tests need cgroup v2 with cpu, memory and pids: run them with scripts/vm-test.sh ({})",
-            knode::cgroup::probe().err().map(|e| e.to_string()).unwrap_or_default()
+            knode::node::cgroup::probe().err().map(|e| e.to_string()).unwrap_or_default()
         );
         let s = Store::with_busybox();
         let manifests = s.root().join("manifests");
@@ -74,7 +74,8 @@ impl Node {
 
     /// The API's JSON answer, or null (not found yet).
     fn api(&self, path: &str) -> Value {
-        let (_, b) = knode::kubelet::api::get(&self.s.root().join("run/knode.sock"), path).unwrap();
+        let (_, b) =
+            knode::node::kubelet::api::get(&self.s.root().join("run/knode.sock"), path).unwrap();
         serde_json::from_slice(&b).unwrap_or_default()
     }
 
@@ -335,8 +336,8 @@ fn qos_classes_weights_and_limits_land_in_the_kernel() {
     // Burstable: weight from the requests; a limit only where every container has one.
     let bu = n.pod_cgroup("burstable");
     assert_eq!(bu.parent().unwrap(), base.join("burstable"));
-    let shares = knode::cgroup::resources::cpu_shares(Some(250));
-    let w = knode::cgroup::resources::cpu_weight(shares).to_string();
+    let shares = knode::node::cgroup::resources::cpu_shares(Some(250));
+    let w = knode::node::cgroup::resources::cpu_weight(shares).to_string();
     assert_eq!(read(&bu, "cpu.weight"), w);
     assert_eq!(
         read(&base.join("burstable"), "cpu.weight"),

@@ -671,7 +671,7 @@ fn an_attempt_cut_short_by_a_crash_is_unmounted_and_its_lease_released() {
     let lease =
         n.s.root()
             .join("images/leases")
-            .join(knode::container::lease_name(&attempt));
+            .join(knode::node::container::lease_name(&attempt));
     std::fs::write(&lease, "[]").unwrap();
     let pj = pod_dir.join("pod.json");
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&pj).unwrap()).unwrap();

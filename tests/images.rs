@@ -658,12 +658,13 @@ fn https_registry_is_verified_against_a_custom_ca() {
     let t = tempfile::tempdir().unwrap();
     let name = "registry.knode.test";
     let (ca, cert, key) = make_certs(t.path(), name);
-    let reg =
-        knode::localregistry::LocalRegistry::start_with(&knode::localregistry::RegistryOptions {
+    let reg = knode::cli::demo::registry::LocalRegistry::start_with(
+        &knode::cli::demo::registry::RegistryOptions {
             tls: Some((cert, key)),
             ..Default::default()
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
     // Not a loopback name, so knode insists on HTTPS; the name resolves to the test registry.
     let resolve = vec![(name.to_string(), reg.addr)];
     let trusted = oci::registry::ClientOptions {

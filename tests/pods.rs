@@ -5,8 +5,8 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use knode::container::{PodContainer, PodContainerSpec};
-use knode::sandbox::{Sandbox, SandboxOptions};
+use knode::node::container::{PodContainer, PodContainerSpec};
+use knode::node::sandbox::{Sandbox, SandboxOptions};
 use support::*;
 
 fn start(s: &Store, sb: &Sandbox, name: &str, script: &str) -> PodContainer {
@@ -30,7 +30,7 @@ fn start(s: &Store, sb: &Sandbox, name: &str, script: &str) -> PodContainer {
 }
 
 fn log(s: &Store, name: &str) -> Vec<String> {
-    knode::logs::read(&s.root().join("logs").join(name).join("0.log"), None).unwrap()
+    knode::node::logs::read(&s.root().join("logs").join(name).join("0.log"), None).unwrap()
 }
 
 fn assert_clean(s: &Store) {
@@ -77,7 +77,7 @@ ls /only-in-a 2>/dev/null && echo sees-a-files || echo own-mounts
 echo httpd-visible=$(cat /proc/[0-9]*/comm | grep -cx httpd)
 echo env=$NAME"#,
     );
-    let st = knode::shim::wait_exit(&b.state, Duration::from_secs(30)).unwrap();
+    let st = knode::node::shim::wait_exit(&b.state, Duration::from_secs(30)).unwrap();
     assert_eq!(st.code, 0);
     let out = log(&s, "b");
     assert!(
@@ -111,7 +111,7 @@ echo env=$NAME"#,
     )
     .unwrap();
     assert_eq!(
-        knode::shim::wait_exit(&a.state, Duration::from_secs(30))
+        knode::node::shim::wait_exit(&a.state, Duration::from_secs(30))
             .unwrap()
             .code,
         137
@@ -142,12 +142,12 @@ fn exit_status_and_cri_logs() {
         "c",
         "echo out; echo err >&2; printf 'no newline'; exit 3",
     );
-    let st = knode::shim::wait_exit(&c.state, Duration::from_secs(30)).unwrap();
+    let st = knode::node::shim::wait_exit(&c.state, Duration::from_secs(30)).unwrap();
     assert_eq!((st.code, st.reason.as_str()), (3, "Error"));
     let raw = std::fs::read_to_string(s.root().join("logs/c/0.log")).unwrap();
-    let recs: Vec<knode::logs::Record> = raw
+    let recs: Vec<knode::node::logs::Record> = raw
         .lines()
-        .map(|l| knode::logs::parse_line(l).unwrap())
+        .map(|l| knode::node::logs::parse_line(l).unwrap())
         .collect();
     assert!(
         recs.iter()
@@ -202,7 +202,7 @@ fn the_shim_is_detached_from_its_starter() {
     );
     assert_eq!(sid, shim, "the shim leads its own session");
     assert!(
-        knode::shim::exit_status(&c.state).is_none(),
+        knode::node::shim::exit_status(&c.state).is_none(),
         "still running"
     );
     rustix::process::kill_process(
@@ -211,7 +211,7 @@ fn the_shim_is_detached_from_its_starter() {
     )
     .unwrap();
     assert_eq!(
-        knode::shim::wait_exit(&c.state, Duration::from_secs(30))
+        knode::node::shim::wait_exit(&c.state, Duration::from_secs(30))
             .unwrap()
             .code,
         137
@@ -256,16 +256,18 @@ fn graceful_stop_sends_sigterm_then_sigkill_after_the_grace_period() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    knode::kubelet::pod::stop_container(&polite, Duration::from_secs(30));
+    knode::node::kubelet::pod::stop_container(&polite, Duration::from_secs(30));
     assert_eq!(
-        knode::shim::exit_status(&polite.state).unwrap().code,
+        knode::node::shim::exit_status(&polite.state).unwrap().code,
         0,
         "SIGTERM was delivered and handled"
     );
     assert!(log(&s, "polite").contains(&"got TERM".to_string()));
-    knode::kubelet::pod::stop_container(&stubborn, Duration::from_millis(300));
+    knode::node::kubelet::pod::stop_container(&stubborn, Duration::from_millis(300));
     assert_eq!(
-        knode::shim::exit_status(&stubborn.state).unwrap().code,
+        knode::node::shim::exit_status(&stubborn.state)
+            .unwrap()
+            .code,
         137,
         "SIGKILL after the grace period"
     );
@@ -301,7 +303,7 @@ fn image_removal_keeps_snapshots_under_running_containers() {
         rustix::process::Signal::KILL,
     )
     .unwrap();
-    knode::shim::wait_exit(&c.state, Duration::from_secs(30)).unwrap();
+    knode::node::shim::wait_exit(&c.state, Duration::from_secs(30)).unwrap();
     c.remove().unwrap();
     c.release(&s.store);
     assert_eq!(

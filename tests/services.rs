@@ -42,7 +42,7 @@ fn wait_endpoints(n: &Node, svc: &str, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let sock = n.s.root().join("run/knode.sock");
-        let ready = knode::kubelet::api::get(&sock, "/services")
+        let ready = knode::node::kubelet::api::get(&sock, "/services")
             .ok()
             .and_then(|(_, b)| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .and_then(|v| {
@@ -304,12 +304,13 @@ fn in_pod_netns<T: Send + 'static>(
 ) -> std::thread::JoinHandle<T> {
     std::thread::spawn(move || {
         let ns = std::fs::File::open(&path).unwrap();
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on a valid network namespace descriptor; only this thread moves.
-        assert_eq!(
-            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+        use std::os::fd::AsFd;
+        // Only this thread moves.
+        rustix::thread::move_into_link_name_space(
+            ns.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap();
         f()
     })
 }

@@ -4,4 +4,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod quantity;
+pub mod service;
 pub mod validation;

@@ -116,8 +116,9 @@ impl Node {
 
     /// The agent's manifest errors.
     pub fn manifest_errors(&self) -> String {
-        let (_, body) = knode::kubelet::api::get(&knode::kubelet::socket(&self.run_dir()), "/pods")
-            .unwrap_or_default();
+        let (_, body) =
+            knode::node::kubelet::api::get(&knode::node::kubelet::socket(&self.run_dir()), "/pods")
+                .unwrap_or_default();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         v["manifestErrors"].to_string()
     }
@@ -131,9 +132,11 @@ impl Node {
         let deadline = Instant::now() + limit;
         while !f(self) {
             if Instant::now() > deadline {
-                let (_, body) =
-                    knode::kubelet::api::get(&knode::kubelet::socket(&self.run_dir()), "/pods")
-                        .unwrap_or_default();
+                let (_, body) = knode::node::kubelet::api::get(
+                    &knode::node::kubelet::socket(&self.run_dir()),
+                    "/pods",
+                )
+                .unwrap_or_default();
                 let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 let mut diag = format!("manifest errors: {}\n", v["manifestErrors"]);
                 for p in v["items"].as_array().into_iter().flatten() {
@@ -225,8 +228,8 @@ pub fn container_pid(n: &Node, container: &str) -> i32 {
         let d = uid.path().join("containers").join(container);
         if let Ok(rd) = std::fs::read_dir(&d) {
             for a in rd.flatten() {
-                if let Some(p) = knode::shim::pid(&a.path().join("state")) {
-                    if knode::shim::exit_status(&a.path().join("state")).is_none() {
+                if let Some(p) = knode::node::shim::pid(&a.path().join("state")) {
+                    if knode::node::shim::exit_status(&a.path().join("state")).is_none() {
                         return p;
                     }
                 }

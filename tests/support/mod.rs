@@ -7,7 +7,7 @@ pub mod proxy;
 
 use std::path::{Path, PathBuf};
 
-use knode::localregistry::{LocalRegistry, RegistryOptions};
+use knode::cli::demo::registry::{LocalRegistry, RegistryOptions};
 use oci::build::{BuiltImage, ImageBuilder, TarBuilder};
 use oci::image::{ImageStore, PullOptions, PullReport};
 use oci::progress::NoProgress;
@@ -58,13 +58,13 @@ pub fn push_with(host: &str, name: &str, img: &BuiltImage, opts: ClientOptions) 
 
 /// The demo's busybox layer (static busybox + applets).
 pub fn busybox_tar() -> Vec<u8> {
-    knode::demo::busybox_layer().expect("busybox layer")
+    knode::cli::demo::busybox_layer().expect("busybox layer")
 }
 
 pub fn busybox_image() -> BuiltImage {
     ImageBuilder::new()
         .layer(&busybox_tar(), Compression::Gzip)
-        .run_config(knode::demo::demo_run_config())
+        .run_config(knode::cli::demo::demo_run_config())
         .build()
 }
 

@@ -130,7 +130,8 @@ impl Node {
 
     pub fn status(&self, name: &str) -> Option<Value> {
         let sock = self.s.root().join("run/knode.sock");
-        let (_, b) = knode::kubelet::api::get(&sock, &format!("/pods/default/{name}")).ok()?;
+        let (_, b) =
+            knode::node::kubelet::api::get(&sock, &format!("/pods/default/{name}")).ok()?;
         let v: Value = serde_json::from_slice(&b).ok()?;
         Some(v["pod"]["status"].clone())
     }
@@ -138,7 +139,8 @@ impl Node {
     /// The API's answer for a pod (the Pod and its events).
     pub fn status_full(&self, name: &str) -> Value {
         let sock = self.s.root().join("run/knode.sock");
-        let (_, b) = knode::kubelet::api::get(&sock, &format!("/pods/default/{name}")).unwrap();
+        let (_, b) =
+            knode::node::kubelet::api::get(&sock, &format!("/pods/default/{name}")).unwrap();
         serde_json::from_slice(&b).unwrap()
     }
 

@@ -273,8 +273,8 @@ fn pivot(root: &OwnedFd) -> R<()> {
     let r =
         unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } as libc::c_int;
     check(r, || "pivot_root".to_string())?;
-    // SAFETY: valid NUL-terminated path.
     check(
+        // SAFETY: valid NUL-terminated path.
         unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) },
         || "detach the old root".to_string(),
     )?;
@@ -507,27 +507,27 @@ fn drop_privileges(p: &Plan) -> R<()> {
         }
     }
     if p.uid != 0 {
-        // Keep the permitted set across setuid; it is set explicitly below.
-        // SAFETY: prctl with integer arguments only.
         check(
+            // Keep the permitted set across setuid; it is set explicitly below.
+            // SAFETY: prctl with integer arguments only.
             unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) },
             || "PR_SET_KEEPCAPS".into(),
         )?;
     }
     let groups: Vec<libc::gid_t> = p.groups.clone();
-    // SAFETY: the pointer and length describe a valid gid_t array.
     check(
+        // SAFETY: the pointer and length describe a valid gid_t array.
         unsafe { libc::setgroups(groups.len(), groups.as_ptr()) },
         || "setgroups".into(),
     )?;
-    // SAFETY: integer arguments only; this process is single-threaded, so the raw per-thread
-    // syscalls cover the whole process.
     check(
+        // SAFETY: integer arguments only; this process is single-threaded, so the raw per-thread
+        // syscalls cover the whole process.
         unsafe { libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) } as i32,
         || format!("setgid {}", p.gid),
     )?;
-    // SAFETY: as above.
     check(
+        // SAFETY: as above.
         unsafe { libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) } as i32,
         || format!("setuid {}", p.uid),
     )?;
@@ -640,8 +640,8 @@ pub(crate) fn confine_and_exec(p: &Plan) -> R<Infallible> {
     }
     drop_privileges(p)?;
     if p.no_new_privs {
-        // SAFETY: prctl with integer arguments only.
         check(
+            // SAFETY: prctl with integer arguments only.
             unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
             || "PR_SET_NO_NEW_PRIVS".into(),
         )?;

@@ -246,17 +246,19 @@ mod tests {
 
     #[test]
     fn vsock_and_alg_sockets_are_refused_others_are_not() {
-        // SAFETY (in each closure): plain socket/close calls on integers.
+        // SAFETY: plain socket and close calls on integers.
         let vsock = under_policy(|| unsafe {
             (libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) < 0 && errno() == libc::EPERM)
                 as i32
         });
         assert_eq!(vsock, 1, "socket(AF_VSOCK) must fail with EPERM");
+        // SAFETY: plain socket and close calls on integers.
         let alg = under_policy(|| unsafe {
             (libc::socket(libc::AF_ALG, libc::SOCK_SEQPACKET, 0) < 0 && errno() == libc::EPERM)
                 as i32
         });
         assert_eq!(alg, 1, "socket(AF_ALG) must fail with EPERM");
+        // SAFETY: plain socket and close calls on integers.
         let unix = under_policy(|| unsafe {
             let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
             libc::close(fd);
@@ -267,12 +269,14 @@ mod tests {
 
     #[test]
     fn only_dockers_personality_values_are_allowed() {
-        // SAFETY (in each closure): personality takes an integer.
+        // SAFETY: personality takes an integer.
         let query = under_policy(|| unsafe { (libc::personality(0xffff_ffff) >= 0) as i32 });
         assert_eq!(query, 1, "querying the personality works");
+        // SAFETY: personality takes an integer.
         let linux32 = under_policy(|| unsafe { (libc::personality(0x8) >= 0) as i32 });
         assert_eq!(linux32, 1, "PER_LINUX32 is allowed");
         // READ_IMPLIES_EXEC and ADDR_NO_RANDOMIZE are not.
+        // SAFETY: plain socket and close calls on integers.
         let rie = under_policy(|| unsafe {
             (libc::personality(0x0400000) < 0 && errno() == libc::EPERM) as i32
         });
@@ -280,6 +284,7 @@ mod tests {
             rie, 1,
             "personality(READ_IMPLIES_EXEC) must fail with EPERM"
         );
+        // SAFETY: plain socket and close calls on integers.
         let norand = under_policy(|| unsafe {
             (libc::personality(0x0040000) < 0 && errno() == libc::EPERM) as i32
         });

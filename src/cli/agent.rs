@@ -1,0 +1,85 @@
+//! `knode agent --manifests DIR`: the node agent, from flags to a resolved [`NodeConfig`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::config::{CgroupConfig, NodeConfig};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum CgroupsMode {
+    Enabled,
+    Disabled,
+}
+
+#[derive(clap::Args)]
+pub struct AgentCmd {
+    /// Directory of Pod, Service, ConfigMap and Secret manifests (YAML or JSON).
+    #[arg(long)]
+    pub manifests: PathBuf,
+    /// Where container logs go (CRI layout).
+    #[arg(long, default_value = "/var/log/pods")]
+    pub log_dir: PathBuf,
+    /// The node's name [default: the hostname].
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The pod network's CNI configuration list (without it pods get loopback only).
+    #[arg(long, default_value = "/etc/knode/net.d/10-knode.conflist")]
+    pub cni_conf: PathBuf,
+    /// Where CNI plugins other than knode's own are found.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    pub cni_bin_dir: PathBuf,
+    /// The Service CIDR (ClusterIPs); the pod network must not overlap it.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: ipnet::Ipv4Net,
+    /// Resource limits through cgroup v2 (`disabled`: run pods without limits; the agent
+    /// refuses to start without cgroup v2 otherwise).
+    #[arg(long, value_enum, default_value = "enabled")]
+    pub cgroups: CgroupsMode,
+    /// The knode cgroup, below the cgroup2 mount.
+    #[arg(long, default_value = "knode")]
+    pub cgroup_root: String,
+    /// pids.max of every pod (-1: unlimited).
+    #[arg(long, default_value_t = 4096, allow_negative_numbers = true)]
+    pub pod_max_pids: i64,
+    /// Pods run at once (the kubelet's maxPods); more are rejected with OutOfpods.
+    #[arg(long, default_value_t = 110, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_pods: u16,
+}
+
+pub fn run(
+    a: AgentCmd,
+    root: &Path,
+    run_dir: &Path,
+    client: oci::registry::ClientOptions,
+) -> Result<()> {
+    let node_name = a.node_name.unwrap_or_else(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    });
+    let pod_max_pids = match a.pod_max_pids {
+        -1 => None,
+        n if n >= 1 => Some(n as u64),
+        n => anyhow::bail!("invalid --pod-max-pids {n}: must be -1 (unlimited) or at least 1"),
+    };
+    crate::node::kubelet::run(NodeConfig {
+        manifests: a.manifests,
+        root: root.to_path_buf(),
+        run_dir: run_dir.to_path_buf(),
+        log_dir: a.log_dir,
+        node_name,
+        exe: std::fs::read_link("/proc/self/exe").context("finding the knode binary")?,
+        client,
+        cni_conf: a.cni_conf,
+        cni_bin_dir: a.cni_bin_dir,
+        service_cidr: a.service_cidr,
+        cgroups: CgroupConfig {
+            enabled: matches!(a.cgroups, CgroupsMode::Enabled),
+            root: a.cgroup_root,
+            pod_max_pids,
+        },
+        max_pods: a.max_pods as usize,
+    })
+}

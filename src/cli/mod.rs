@@ -1,0 +1,338 @@
+//! The `knode` command line: clap and printing only, one file per verb. Only `main.rs`
+//! imports it; it may import everything below it (see the README's Layout).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+pub mod agent;
+pub mod demo;
+pub mod describe;
+pub mod exec;
+pub mod get;
+pub mod image;
+pub mod local;
+pub mod logs;
+pub mod print;
+pub mod run;
+pub mod top;
+
+use image::ImageCmd;
+use oci::image::PullOptions;
+use oci::registry::{ClientOptions, Credentials};
+use oci::spec::Platform;
+
+#[derive(Parser)]
+#[command(
+    name = "knode",
+    version,
+    about = "A Kubernetes node in one binary, on Linux kernel primitives"
+)]
+struct Cli {
+    /// State directory (images, snapshots).
+    #[arg(
+        long,
+        global = true,
+        default_value = "/var/lib/knode",
+        env = "KNODE_ROOT"
+    )]
+    root: PathBuf,
+    /// Runtime directory (sockets, mounts of running things).
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/knode",
+        env = "KNODE_RUN_DIR"
+    )]
+    run_dir: PathBuf,
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive).
+    #[arg(long, global = true, default_value = "warn", env = "KNODE_LOG")]
+    log: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+pub struct RegistryArgs {
+    /// Registry reached over plain HTTP although it is not on loopback (repeatable).
+    #[arg(long = "insecure-registry", global = true)]
+    insecure: Vec<String>,
+    /// Extra CA certificate (PEM) trusted for HTTPS registries (repeatable).
+    #[arg(long = "registry-ca", global = true)]
+    ca: Vec<PathBuf>,
+    /// Resolve a registry name statically: HOST:PORT:ADDRESS (as curl --resolve; repeatable).
+    #[arg(long = "registry-resolve", global = true, value_parser = parse_resolve)]
+    resolve: Vec<(String, std::net::SocketAddr)>,
+    /// Docker-style config.json with registry credentials [default: ~/.docker/config.json].
+    #[arg(long = "auth-file", global = true, env = "REGISTRY_AUTH_FILE")]
+    auth_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Run a container from an image in the foreground on knode's own runtime, then remove
+    /// it (like `docker run --rm`). Arguments after the image replace its Cmd.
+    Run(run::RunCmd),
+    /// Run the node agent: keep the pods of a manifests directory running (kubelet's static
+    /// pods) and serve the local API on <run-dir>/knode.sock.
+    Agent(agent::AgentCmd),
+    /// Show CPU and memory use: knode top node | knode top pods [--containers].
+    Top {
+        /// node or pods.
+        resource: String,
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+        #[arg(long, short = 'A')]
+        all_namespaces: bool,
+        /// Per container.
+        #[arg(long)]
+        containers: bool,
+    },
+    /// List resources (pods).
+    Get {
+        /// Resource type: pods (po), services (svc) or endpoints (ep).
+        resource: String,
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+        /// All namespaces.
+        #[arg(long, short = 'A')]
+        all_namespaces: bool,
+        /// Output: wide, yaml or json.
+        #[arg(long, short)]
+        output: Option<String>,
+    },
+    /// Show a pod in detail: spec, state and events.
+    Describe {
+        /// Resource type: pod.
+        resource: String,
+        name: String,
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+    },
+    /// Print a container's logs.
+    Logs {
+        pod: String,
+        #[arg(long, short)]
+        container: Option<String>,
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long)]
+        tail: Option<usize>,
+        #[arg(long, short)]
+        previous: bool,
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+    },
+    /// Run a command in a running container of a pod: knode exec POD [-c C] [-i] [-t] -- CMD...
+    Exec {
+        pod: String,
+        #[arg(long, short)]
+        container: Option<String>,
+        /// Pass stdin to the command.
+        #[arg(long, short = 'i')]
+        stdin: bool,
+        /// Allocate a terminal.
+        #[arg(long, short)]
+        tty: bool,
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Run the demo: start a local registry (unless --registry), push the demo image built
+    /// from busybox, pull it with knode and show it.
+    Demo {
+        /// Use this registry (host:port) instead of starting one.
+        #[arg(long)]
+        registry: Option<String>,
+    },
+}
+
+/// `get` and `describe` know pods only (so far).
+fn pods_only(resource: &str, verb: &str) -> Result<()> {
+    if ["pods", "pod", "po"].contains(&resource) {
+        Ok(())
+    } else {
+        anyhow::bail!("unknown resource type {resource:?}: knode {verb} supports pods")
+    }
+}
+
+fn parse_resolve(s: &str) -> Result<(String, std::net::SocketAddr), String> {
+    let bad = || {
+        format!("invalid --registry-resolve {s:?}: expected HOST:PORT:ADDRESS, e.g. registry.lab:5000:192.168.56.10")
+    };
+    let (host, rest) = s.split_once(':').ok_or_else(bad)?;
+    let (port, addr) = rest.split_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let ip: std::net::IpAddr = addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| bad())?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_string(), (ip, port).into()))
+}
+
+pub(crate) fn client_options(a: &RegistryArgs) -> Result<ClientOptions> {
+    let auth = a.auth_file.clone().or_else(|| {
+        std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".docker/config.json"))
+            .filter(|p| p.is_file())
+    });
+    let credentials = match auth {
+        Some(p) => Credentials::load(&p)?,
+        None => Credentials::default(),
+    };
+    Ok(ClientOptions {
+        insecure: a.insecure.clone(),
+        ca_files: a.ca.clone(),
+        credentials,
+        retries: 3,
+        resolve: a.resolve.clone(),
+    })
+}
+
+pub(crate) fn pull_options(platform: Option<&str>) -> Result<PullOptions> {
+    let mut o = PullOptions::default();
+    if let Some(p) = platform {
+        o.platform = p.parse::<Platform>().map_err(anyhow::Error::msg)?;
+    }
+    Ok(o)
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    let sock = crate::node::kubelet::socket(&cli.run_dir);
+    match cli.cmd {
+        Cmd::Agent(a) => agent::run(a, &cli.root, &cli.run_dir, client_options(&cli.registry)?),
+        Cmd::Get {
+            resource,
+            namespace,
+            all_namespaces,
+            output,
+        } => {
+            let ns = (!all_namespaces).then_some(namespace.as_str());
+            match resource.as_str() {
+                "services" | "service" | "svc" => get::get_services(&sock, ns),
+                "endpoints" | "endpoint" | "ep" => get::get_endpoints(&sock, ns),
+                "nodes" | "node" | "no" => get::get_nodes(&sock, output.as_deref()),
+                _ => {
+                    pods_only(&resource, "get")?;
+                    get::get_pods(&sock, ns, output.as_deref())
+                }
+            }
+        }
+        Cmd::Describe {
+            resource,
+            name,
+            namespace,
+        } => {
+            if ["nodes", "node", "no"].contains(&resource.as_str()) {
+                return describe::describe_node(&sock, &name);
+            }
+            pods_only(&resource, "describe")?;
+            describe::describe_pod(&sock, &namespace, &name)
+        }
+        Cmd::Top {
+            resource,
+            namespace,
+            all_namespaces,
+            containers,
+        } => match resource.as_str() {
+            "node" | "nodes" | "no" => top::top_node(&sock),
+            "pods" | "pod" | "po" => top::top_pods(
+                &sock,
+                (!all_namespaces).then_some(namespace.as_str()),
+                containers,
+            ),
+            other => {
+                anyhow::bail!("unknown resource type {other:?}: knode top supports node and pods")
+            }
+        },
+        Cmd::Logs {
+            pod,
+            container,
+            follow,
+            tail,
+            previous,
+            namespace,
+        } => logs::logs(
+            &sock,
+            &logs::LogArgs {
+                namespace: &namespace,
+                pod: &pod,
+                container: container.as_deref(),
+                follow,
+                tail,
+                previous,
+            },
+        ),
+        Cmd::Exec {
+            pod,
+            container,
+            stdin,
+            tty,
+            namespace,
+            command,
+        } => {
+            let code = exec::exec(
+                &sock,
+                &exec::ExecArgs {
+                    namespace: &namespace,
+                    pod: &pod,
+                    container: container.as_deref(),
+                    stdin,
+                    tty,
+                    argv: command,
+                },
+            )?;
+            std::process::exit(code);
+        }
+        Cmd::Run(a) => run::run(&cli.root, &cli.run_dir, a),
+        Cmd::Demo { registry } => {
+            let opts = client_options(&cli.registry)?;
+            demo::run(&cli.root, &cli.run_dir, registry.as_deref(), opts)
+        }
+        Cmd::Image(cmd) => image::run(cmd, &cli.root, &cli.registry),
+    }
+}
+
+/// The `knode` command line: parses, sets up logging, runs the verb, prints the error.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // netlink-packet-route warns about every attribute a newer kernel sends that it does not
+    // know; that is noise unless asked for.
+    let directives = match cli.log.contains("netlink_packet_route") {
+        true => cli.log.clone(),
+        false => format!("{},netlink_packet_route=error", cli.log),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes.
+            let mut msg = e.to_string();
+            for c in e.chain().skip(1) {
+                let c = c.to_string();
+                if !msg.contains(&c) {
+                    msg = format!("{msg}: {c}");
+                }
+            }
+            eprintln!("knode: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

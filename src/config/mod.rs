@@ -1,0 +1,45 @@
+//! Resolved configuration: what the command line (and later a config file) asked for, with
+//! every default applied and every value checked, handed to the component that runs. Nothing
+//! here does I/O; the components open what it names.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+/// A node agent's configuration (`knode agent`).
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The static pods' directory (Pods, Services, ConfigMaps, Secrets).
+    pub manifests: PathBuf,
+    /// State (images, snapshots, writable layers, emptyDirs): `--root`.
+    pub root: PathBuf,
+    /// Runtime state (sockets, sandboxes, mounts of running things): `--run-dir`.
+    pub run_dir: PathBuf,
+    /// Container logs, in the CRI layout.
+    pub log_dir: PathBuf,
+    pub node_name: String,
+    /// The knode binary (shims and pause processes are started from it).
+    pub exe: PathBuf,
+    /// How registries are reached.
+    pub client: oci::registry::ClientOptions,
+    /// The pod network's CNI configuration list; when it does not exist pods get a
+    /// loopback-only network namespace.
+    pub cni_conf: PathBuf,
+    /// Where CNI plugins other than knode's own are found.
+    pub cni_bin_dir: PathBuf,
+    /// Where ClusterIPs are allocated.
+    pub service_cidr: ipnet::Ipv4Net,
+    pub cgroups: CgroupConfig,
+    /// Pods admitted at once (the kubelet's `maxPods`).
+    pub max_pods: usize,
+}
+
+/// Resource limits: on (the default, cgroup v2 required) or explicitly off.
+#[derive(Clone, Debug)]
+pub struct CgroupConfig {
+    pub enabled: bool,
+    /// The knode cgroup, relative to the cgroup2 mount.
+    pub root: String,
+    /// pids.max of every pod (none: unlimited).
+    pub pod_max_pids: Option<u64>,
+}

@@ -1,0 +1,722 @@
+//! Pod volumes and container environments, as the kubelet prepares them.
+//!
+//! - `emptyDir`: a directory under the state root (disk), or a tmpfs with `medium: Memory`;
+//! - `hostPath`: the host path, checked (or created) per `type`;
+//! - `configMap` / `secret`: files written from the objects in the manifests directory
+//!   (`items`, `defaultMode`, per-item `mode`, `optional`), each volume on a tmpfs of its own
+//!   (`nosuid,nodev`, sized to its content), never on the node's `/run`;
+//! - `subPath` is resolved inside its volume without following symlinks out of it.
+//!
+//! Environment: `envFrom` first, then `env` (`value`, `valueFrom` configMapKeyRef,
+//! secretKeyRef and fieldRef), later entries winning, with `$(VAR)` references expanded.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::node::safefs::Beneath;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use oci::runtime::spec::Bind;
+
+/// ConfigMaps and Secrets, by (namespace, name).
+#[derive(Default, Clone)]
+pub struct Objects {
+    pub config_maps: BTreeMap<(String, String), Arc<ConfigMap>>,
+    pub secrets: BTreeMap<(String, String), Arc<Secret>>,
+    /// Services that exist now (for the service environment variables).
+    pub services: Vec<crate::api::service::ServiceView>,
+}
+
+impl Objects {
+    fn config_map(&self, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        let c = self.config_maps.get(&(ns.to_string(), name.to_string()))?;
+        let mut m: BTreeMap<String, Vec<u8>> = c
+            .data
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect();
+        m.extend(
+            c.binary_data
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0)),
+        );
+        Some(m)
+    }
+    fn secret(&self, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        let s = self.secrets.get(&(ns.to_string(), name.to_string()))?;
+        let mut m: BTreeMap<String, Vec<u8>> = s
+            .data
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        m.extend(
+            s.string_data
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes())),
+        );
+        Some(m)
+    }
+}
+
+use crate::node::safefs::is_mount_point as is_mount;
+
+fn tmpfs(p: &Path, opts: &str) -> Result<(), String> {
+    if is_mount(p) {
+        return Ok(());
+    }
+    let data = std::ffi::CString::new(opts).map_err(|e| e.to_string())?;
+    rustix::mount::mount(
+        "tmpfs",
+        p,
+        "tmpfs",
+        rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+        Some(data.as_c_str()),
+    )
+    .map_err(|e| format!("mounting a tmpfs at {}: {e}", p.display()))
+}
+
+/// Writes `files` (relative path -> content, mode) into the volume `dir`, which is new and
+/// empty. Paths were validated with the pod; each component is checked again and every write
+/// goes through `Beneath`, so nothing can land outside the volume.
+fn write_files(dir: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), String> {
+    let root = Beneath::open(dir, 0o755).map_err(|e| e.to_string())?;
+    for (rel, data, mode) in files {
+        let parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        if rel.starts_with('/') || parts.is_empty() || parts.contains(&"..") {
+            return Err(format!(
+                "item path {rel:?} must be relative and must not contain '..'"
+            ));
+        }
+        let (_, parents) = parts.split_last().expect("not empty");
+        root.create_dir_all(parents, 0o755)
+            .map_err(|e| e.to_string())?;
+        // Only permission bits: a setuid or setgid bit never reaches a volume file.
+        root.write(&parts, data, mode & 0o777)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The size of a tmpfs holding `files`: every file takes whole pages, plus room for its
+/// directories.
+fn tmpfs_size(files: &[(String, Vec<u8>, u32)]) -> u64 {
+    const PAGE: u64 = 4096;
+    let data: u64 = files
+        .iter()
+        .map(|(_, d, _)| (d.len() as u64).div_ceil(PAGE) * PAGE)
+        .sum();
+    data + PAGE * (files.len() as u64 * 2 + 16)
+}
+
+/// A configMap or secret volume: a tmpfs of its own at `p` with the files.
+fn object_volume(p: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), String> {
+    tmpfs(p, &format!("mode=0755,size={}", tmpfs_size(files)))?;
+    write_files(p, files)
+}
+
+/// What one configMap or secret volume may hold: twice the 1 MiB an object may hold, so
+/// that `items` projecting one key many times cannot turn a small manifest into a large
+/// tmpfs (which is memory, charged to the agent).
+pub const MAX_VOLUME_BYTES: u64 = 2 << 20;
+/// What a pod's configMap and secret volumes may hold together.
+pub const MAX_POD_PROJECTED_BYTES: u64 = 16 << 20;
+
+/// Adds the bytes a configMap or secret volume holds to the pod's total, and checks it (a
+/// volume's own bytes were bounded by `items` as it copied them).
+fn projected(files: &[(String, Vec<u8>, u32)], total: &mut u64) -> Result<(), String> {
+    *total += files.iter().map(|(_, d, _)| d.len() as u64).sum::<u64>();
+    if *total > MAX_POD_PROJECTED_BYTES {
+        return Err(format!(
+            "the pod's configMap and secret volumes would hold {total} bytes, more than the {MAX_POD_PROJECTED_BYTES} a pod may hold"
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the pod's volumes; `disk` and `mem` are the pod's directories on disk and in the
+/// runtime directory (both made by the worker, root only). Returns each volume's host path.
+/// Volume names were validated with the pod (DNS-1123 labels); `Beneath` refuses anything
+/// else again.
+pub fn prepare(
+    pod: &Pod,
+    ns: &str,
+    disk: &Beneath,
+    mem: &Beneath,
+    objects: &Objects,
+) -> Result<BTreeMap<String, PathBuf>, String> {
+    let mut out = BTreeMap::new();
+    let mut total = 0;
+    for v in pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default()
+    {
+        let name = v.name.clone();
+        let err = |m: String| format!("volume {name:?}: {m}");
+        let on_disk = disk
+            .join(&["volumes", &name])
+            .map_err(|e| err(e.to_string()))?;
+        let in_mem = mem
+            .join(&["volumes", &name])
+            .map_err(|e| err(e.to_string()))?;
+        let fresh = !on_disk.exists() && !in_mem.exists();
+        let path = if let Some(ed) = &v.empty_dir {
+            disk.create_dir_all(&["volumes"], 0o700)
+                .map_err(|e| err(e.to_string()))?;
+            // Writable by every user of the pod, as the kubelet makes it (0777); its parents
+            // are root's only, so no user of the node reaches what containers put there.
+            let p = disk
+                .create_dir_all(&["volumes", &name], 0o777)
+                .map_err(|e| err(e.to_string()))?;
+            if ed.medium.as_deref() == Some("Memory") {
+                let size = match &ed.size_limit {
+                    Some(q) => format!(
+                        ",size={}",
+                        crate::api::quantity::parse_quantity(&q.0, 1)
+                            .map_err(|e| err(format!("sizeLimit {:?} {e}", q.0)))?
+                    ),
+                    None => String::new(),
+                };
+                tmpfs(&p, &format!("mode=1777{size}")).map_err(err)?;
+            }
+            p
+        } else if let Some(hp) = &v.host_path {
+            let p = PathBuf::from(&hp.path);
+            if !p.is_absolute() {
+                return Err(err(format!("hostPath {:?} must be absolute", hp.path)));
+            }
+            let md = std::fs::metadata(&p);
+            use std::os::unix::fs::FileTypeExt;
+            let ok = match hp.type_.as_deref().unwrap_or("") {
+                "" => true,
+                "DirectoryOrCreate" => {
+                    if md.is_err() {
+                        std::fs::create_dir_all(&p).map_err(|e| err(e.to_string()))?;
+                        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+                            .map_err(|e| err(e.to_string()))?;
+                    }
+                    std::fs::metadata(&p).is_ok_and(|m| m.is_dir())
+                }
+                "Directory" => md.as_ref().is_ok_and(|m| m.is_dir()),
+                "FileOrCreate" => {
+                    if md.is_err() {
+                        std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&p)
+                            .map_err(|e| err(e.to_string()))?;
+                        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))
+                            .map_err(|e| err(e.to_string()))?;
+                    }
+                    std::fs::metadata(&p).is_ok_and(|m| m.is_file())
+                }
+                "File" => md.as_ref().is_ok_and(|m| m.is_file()),
+                "Socket" => md.as_ref().is_ok_and(|m| m.file_type().is_socket()),
+                "CharDevice" => md.as_ref().is_ok_and(|m| m.file_type().is_char_device()),
+                "BlockDevice" => md.as_ref().is_ok_and(|m| m.file_type().is_block_device()),
+                t => return Err(err(format!("unknown hostPath type {t:?}"))),
+            };
+            if !ok {
+                return Err(err(format!(
+                    "hostPath {:?} is not a {}",
+                    hp.path,
+                    hp.type_.clone().unwrap_or_default()
+                )));
+            }
+            p
+        } else if let Some(cm) = &v.config_map {
+            mem.create_dir_all(&["volumes"], 0o700)
+                .map_err(|e| err(e.to_string()))?;
+            let p = mem
+                .create_dir_all(&["volumes", &name], 0o700)
+                .map_err(|e| err(e.to_string()))?;
+            let data = match objects.config_map(ns, &cm.name) {
+                Some(d) => d,
+                None if cm.optional == Some(true) => BTreeMap::new(),
+                None => return Err(err(format!("configmap {:?} not found", cm.name))),
+            };
+            let mode = cm.default_mode.unwrap_or(0o644) as u32;
+            let files =
+                items(&data, cm.items.as_deref(), mode, cm.optional == Some(true)).map_err(err)?;
+            projected(&files, &mut total).map_err(err)?;
+            // Written once, when its tmpfs is made (an adopted pod keeps what it has).
+            if !is_mount(&p) {
+                object_volume(&p, &files).map_err(err)?;
+            }
+            p
+        } else if let Some(sv) = &v.secret {
+            mem.create_dir_all(&["volumes"], 0o700)
+                .map_err(|e| err(e.to_string()))?;
+            let p = mem
+                .create_dir_all(&["volumes", &name], 0o700)
+                .map_err(|e| err(e.to_string()))?;
+            let sname = sv.secret_name.clone().unwrap_or_default();
+            let data = match objects.secret(ns, &sname) {
+                Some(d) => d,
+                None if sv.optional == Some(true) => BTreeMap::new(),
+                None => return Err(err(format!("secret {sname:?} not found"))),
+            };
+            let mode = sv.default_mode.unwrap_or(0o644) as u32;
+            let files =
+                items(&data, sv.items.as_deref(), mode, sv.optional == Some(true)).map_err(err)?;
+            projected(&files, &mut total).map_err(err)?;
+            // Written once, when its tmpfs is made (an adopted pod keeps what it has).
+            if !is_mount(&p) {
+                object_volume(&p, &files).map_err(err)?;
+            }
+            p
+        } else {
+            return Err(err(
+                "only emptyDir, hostPath, configMap and secret volumes are supported".into(),
+            ));
+        };
+        // fsGroup: the pod's volumes belong to that group, setgid so new files do too.
+        let fs_group = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref())
+            .and_then(|c| c.fs_group);
+        // Only a volume made just now: never walk a tree a running container controls.
+        if let (Some(g), true) = (fs_group, v.host_path.is_none() && fresh) {
+            chown_group(&path, g as u32, v.empty_dir.is_some()).map_err(|e| err(e.to_string()))?;
+        }
+        out.insert(name, path);
+    }
+    Ok(out)
+}
+
+/// Gives a volume's tree to group `gid`: directories setgid (and group-writable for writable
+/// volumes), files group-readable, never following symlinks.
+fn chown_group(root: &Path, gid: u32, writable: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = std::fs::symlink_metadata(&p)?;
+        if md.file_type().is_symlink() {
+            continue;
+        }
+        std::os::unix::fs::lchown(&p, None, Some(gid))?;
+        let mode = md.mode() & 0o7777;
+        let new = if md.is_dir() {
+            mode | 0o2000 | 0o050 | if writable { 0o020 } else { 0 }
+        } else {
+            mode | 0o040 | if writable { 0o020 } else { 0 }
+        };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(new))?;
+        if md.is_dir() {
+            for e in std::fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn items(
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+    mode: u32,
+    optional: bool,
+) -> Result<Vec<(String, Vec<u8>, u32)>, String> {
+    match items {
+        None => Ok(data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone(), mode))
+            .collect()),
+        Some(list) => {
+            let mut out = vec![];
+            let mut bytes = 0u64;
+            for it in list {
+                match data.get(&it.key) {
+                    Some(v) => {
+                        // Checked before each copy: a key projected thousands of times
+                        // must not be copied thousands of times first.
+                        bytes += v.len() as u64;
+                        if bytes > MAX_VOLUME_BYTES {
+                            return Err(format!(
+                                "its items hold more than the {MAX_VOLUME_BYTES} bytes a volume may hold"
+                            ));
+                        }
+                        out.push((
+                            it.path.clone(),
+                            v.clone(),
+                            it.mode.map(|m| m as u32).unwrap_or(mode),
+                        ))
+                    }
+                    None if optional => {}
+                    None => return Err(format!("key {:?} not found", it.key)),
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Unmounts the staged subPath mounts of a container attempt.
+pub fn unmount_staged(staging: &Path) {
+    for e in std::fs::read_dir(staging).into_iter().flatten().flatten() {
+        let _ = rustix::mount::unmount(e.path(), rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// The bind mounts for a container's volumeMounts. A `subPath` is resolved inside its
+/// volume (RESOLVE_IN_ROOT): symlinks in the volume cannot point it elsewhere.
+/// `staging` is a directory of the container's own where subPaths are bind-mounted first (see
+/// below); `unmount_staged` removes those mounts.
+pub fn binds(
+    c: &Container,
+    pod: &Pod,
+    volumes: &BTreeMap<String, PathBuf>,
+    staging: &Path,
+) -> Result<Vec<Bind>, String> {
+    let ro_kinds: Vec<String> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter(|v| v.config_map.is_some() || v.secret.is_some())
+        .map(|v| v.name.clone())
+        .collect();
+    let mut out = vec![];
+    for (idx, m) in c.volume_mounts.iter().flatten().enumerate() {
+        let src = volumes
+            .get(&m.name)
+            .ok_or_else(|| format!("volumeMount {:?} refers to an unknown volume", m.name))?;
+        let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            None => src.clone(),
+            Some(sp) => {
+                if sp.starts_with('/') || sp.split('/').any(|c| c == "..") {
+                    return Err(format!(
+                        "subPath {sp:?} must be a relative path without '..'"
+                    ));
+                }
+                let root = rustix::fs::open(
+                    src,
+                    rustix::fs::OFlags::PATH
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(|e| format!("volume {:?}: {e}", m.name))?;
+                let flags = rustix::fs::ResolveFlags::IN_ROOT
+                    | rustix::fs::ResolveFlags::NO_MAGICLINKS
+                    | rustix::fs::ResolveFlags::NO_XDEV;
+                let fd = match rustix::fs::openat2(
+                    &root,
+                    sp,
+                    rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                    flags,
+                ) {
+                    Ok(fd) => fd,
+                    Err(rustix::io::Errno::NOENT) => {
+                        // Kubernetes creates a missing subPath directory: inside the volume,
+                        // one component at a time, never through a symlink.
+                        mkdir_in_root(&root, sp, flags)
+                            .map_err(|e| format!("subPath {sp:?}: {e}"))?
+                    }
+                    Err(e) => return Err(format!("subPath {sp:?}: {e}")),
+                };
+                let real = std::fs::read_link(format!(
+                    "/proc/self/fd/{}",
+                    std::os::fd::AsRawFd::as_raw_fd(&fd)
+                ))
+                .map_err(|e| e.to_string())?;
+                let canon = std::fs::canonicalize(src).map_err(|e| e.to_string())?;
+                if !real.starts_with(&canon) {
+                    return Err(format!("subPath {sp:?} resolves outside its volume"));
+                }
+                // Mount what was resolved, not a path that could be re-resolved later: bind the
+                // descriptor onto a staging point no container can change (the kubelet's fix
+                // for CVE-2021-25741); the container's mount uses the staging point.
+                std::fs::create_dir_all(staging).map_err(|e| e.to_string())?;
+                let stage = staging.join(idx.to_string());
+                let is_dir = rustix::fs::fstat(&fd)
+                    .map(|st| {
+                        rustix::fs::FileType::from_raw_mode(st.st_mode)
+                            == rustix::fs::FileType::Directory
+                    })
+                    .unwrap_or(false);
+                let made = if is_dir {
+                    std::fs::create_dir(&stage)
+                } else {
+                    std::fs::File::create(&stage).map(drop)
+                };
+                made.map_err(|e| format!("subPath {sp:?}: staging: {e}"))?;
+                rustix::mount::mount_bind(
+                    format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)).as_str(),
+                    &stage,
+                )
+                .map_err(|e| format!("subPath {sp:?}: {e}"))?;
+                stage
+            }
+        };
+        out.push(Bind {
+            source: source.to_string_lossy().into_owned(),
+            destination: m.mount_path.clone(),
+            // configMap and secret volumes are always read-only, as in Kubernetes.
+            readonly: m.read_only.unwrap_or(false) || ro_kinds.contains(&m.name),
+        });
+    }
+    Ok(out)
+}
+
+fn mkdir_in_root(
+    root: &std::os::fd::OwnedFd,
+    rel: &str,
+    flags: rustix::fs::ResolveFlags,
+) -> Result<std::os::fd::OwnedFd, rustix::io::Errno> {
+    use rustix::fs::{Mode, OFlags};
+    let parts: Vec<&str> = rel
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    let mut cur = String::from(".");
+    for p in parts {
+        let parent = rustix::fs::openat2(
+            root,
+            cur.as_str(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            flags,
+        )?;
+        match rustix::fs::mkdirat(&parent, p, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e),
+        }
+        cur = format!("{cur}/{p}");
+    }
+    rustix::fs::openat2(
+        root,
+        cur.as_str(),
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        flags,
+    )
+}
+
+/// The longest environment string or argument the kernel takes (MAX_ARG_STRLEN).
+pub const MAX_ARG: usize = 128 << 10;
+/// The most a container's environment and arguments may hold together (knode's bound; the
+/// kernel's ARG_MAX is usually 2 MiB and the exec would fail beyond it).
+pub const MAX_ARGS_TOTAL: usize = 1 << 20;
+
+/// Expands `$(VAR)` with earlier variables; `$$(VAR)` escapes. Unknown references stay.
+/// None if the result would be longer than `MAX_ARG` (references doubling at every variable
+/// would otherwise cost the agent memory without bound).
+pub fn expand(s: &str, vars: &BTreeMap<String, String>) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("$$") {
+            out.push('$');
+            rest = t;
+        } else if let Some((name, after)) = tail
+            .strip_prefix("$(")
+            .and_then(|t| t.split_once(')'))
+            .filter(|(name, _)| vars.contains_key(*name))
+        {
+            out.push_str(&vars[name]);
+            rest = after;
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+        if out.len() > MAX_ARG {
+            return None;
+        }
+    }
+    out.push_str(rest);
+    (out.len() <= MAX_ARG).then_some(out)
+}
+
+/// Variables in order of definition; setting one again keeps its place.
+#[derive(Default)]
+struct EnvVars {
+    order: Vec<String>,
+    map: BTreeMap<String, String>,
+}
+
+impl EnvVars {
+    fn set(&mut self, k: String, v: String) {
+        if !self.map.contains_key(&k) {
+            self.order.push(k.clone());
+        }
+        self.map.insert(k, v);
+    }
+}
+
+/// The container's environment, per Kubernetes rules.
+pub fn env(
+    c: &Container,
+    pod: &Pod,
+    ns: &str,
+    uid: &str,
+    node: &str,
+    objects: &Objects,
+) -> Result<Vec<(String, String)>, String> {
+    // The kubelet's service links first (unless disabled); the container's own env wins.
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    let mut vars = EnvVars::default();
+    if links {
+        for (k, v) in crate::api::service::endpoints::env_vars(&objects.services, ns) {
+            vars.set(k, v);
+        }
+    }
+    for f in c.env_from.iter().flatten() {
+        let prefix = f.prefix.clone().unwrap_or_default();
+        let (data, optional, what) = if let Some(r) = &f.config_map_ref {
+            (
+                objects.config_map(ns, &r.name),
+                r.optional == Some(true),
+                format!("configmap {:?}", r.name),
+            )
+        } else if let Some(r) = &f.secret_ref {
+            (
+                objects.secret(ns, &r.name),
+                r.optional == Some(true),
+                format!("secret {:?}", r.name),
+            )
+        } else {
+            continue;
+        };
+        match data {
+            Some(d) => {
+                for (k, v) in d {
+                    vars.set(
+                        format!("{prefix}{k}"),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    );
+                }
+            }
+            None if optional => {}
+            None => return Err(format!("{what} not found")),
+        }
+    }
+    for e in c.env.iter().flatten() {
+        let value = if let Some(v) = &e.value {
+            expand(v, &vars.map).ok_or_else(|| {
+                format!(
+                    "env {}: its value expands to more than {MAX_ARG} bytes (the kernel's limit on one environment string)",
+                    e.name
+                )
+            })?
+        } else if let Some(vf) = &e.value_from {
+            if let Some(r) = &vf.config_map_key_ref {
+                match objects
+                    .config_map(ns, &r.name)
+                    .and_then(|d| d.get(&r.key).cloned())
+                {
+                    Some(v) => String::from_utf8_lossy(&v).into_owned(),
+                    None if r.optional == Some(true) => continue,
+                    None => {
+                        return Err(format!(
+                            "couldn't find key {} in configmap {:?} (env {})",
+                            r.key, r.name, e.name
+                        ))
+                    }
+                }
+            } else if let Some(r) = &vf.secret_key_ref {
+                match objects
+                    .secret(ns, &r.name)
+                    .and_then(|d| d.get(&r.key).cloned())
+                {
+                    Some(v) => String::from_utf8_lossy(&v).into_owned(),
+                    None if r.optional == Some(true) => continue,
+                    None => {
+                        return Err(format!(
+                            "couldn't find key {} in secret {:?} (env {})",
+                            r.key, r.name, e.name
+                        ))
+                    }
+                }
+            } else if let Some(f) = &vf.field_ref {
+                let md = &pod.metadata;
+                let fp = f.field_path.as_str();
+                let label = |m: &Option<BTreeMap<String, String>>, prefix: &str| {
+                    fp.strip_prefix(prefix)
+                        .and_then(|r| r.strip_suffix("']"))
+                        .and_then(|k| m.as_ref().and_then(|m| m.get(k).cloned()))
+                };
+                match fp {
+                    "metadata.name" => md.name.clone().unwrap_or_default(),
+                    "metadata.namespace" => ns.to_string(),
+                    "metadata.uid" => uid.to_string(),
+                    "spec.nodeName" => node.to_string(),
+                    "spec.serviceAccountName" => pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.service_account_name.clone())
+                        .unwrap_or_else(|| "default".into()),
+                    "status.podIP" | "status.hostIP" => String::new(),
+                    _ if fp.starts_with("metadata.labels['") => {
+                        label(&md.labels, "metadata.labels['").unwrap_or_default()
+                    }
+                    _ if fp.starts_with("metadata.annotations['") => {
+                        label(&md.annotations, "metadata.annotations['").unwrap_or_default()
+                    }
+                    _ => return Err(format!("env {}: fieldRef {fp:?} is not supported", e.name)),
+                }
+            } else {
+                return Err(format!("env {}: valueFrom kind is not supported", e.name));
+            }
+        } else {
+            String::new()
+        };
+        vars.set(e.name.clone(), value);
+    }
+    // The total with the arguments is checked where both are known (the pod worker).
+    let mut map = vars.map;
+    Ok(vars
+        .order
+        .into_iter()
+        .map(|k| {
+            let v = map.remove(&k).unwrap_or_default();
+            (k, v)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expansion_is_bounded() {
+        let vars: BTreeMap<String, String> =
+            [("A".to_string(), "1".to_string())].into_iter().collect();
+        assert_eq!(expand("x$(A)y$(B)$$(A)", &vars).unwrap(), "x1y$(B)$(A)");
+        assert_eq!(expand("é$(A)ü$", &vars).unwrap(), "é1ü$");
+        // References that double at every variable stop at the kernel's limit.
+        let mut vars = BTreeMap::new();
+        vars.insert("E0".to_string(), "x".repeat(1024));
+        for k in 1..=16 {
+            match expand(&format!("$(E{})$(E{})", k - 1, k - 1), &vars) {
+                Some(v) => {
+                    vars.insert(format!("E{k}"), v);
+                }
+                None => {
+                    assert_eq!(k, 8, "1 KiB doubled 7 times is 128 KiB");
+                    return;
+                }
+            }
+        }
+        panic!("no limit");
+    }
+}
