@@ -256,14 +256,14 @@ fn graceful_stop_sends_sigterm_then_sigkill_after_the_grace_period() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    knode::node::kubelet::pod::stop_container(&polite, Duration::from_secs(30));
+    knode::node::kubelet::cri::stop_container(&polite, Duration::from_secs(30));
     assert_eq!(
         knode::node::shim::exit_status(&polite.state).unwrap().code,
         0,
         "SIGTERM was delivered and handled"
     );
     assert!(log(&s, "polite").contains(&"got TERM".to_string()));
-    knode::node::kubelet::pod::stop_container(&stubborn, Duration::from_millis(300));
+    knode::node::kubelet::cri::stop_container(&stubborn, Duration::from_millis(300));
     assert_eq!(
         knode::node::shim::exit_status(&stubborn.state)
             .unwrap()

@@ -17,6 +17,24 @@ use rtnetlink::packet_route::link::{
     LinkAttribute, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+
+/// A netlink or network-namespace operation of the bridge that failed, said in words (what
+/// was being done, and the kernel's answer).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BridgeError(pub String);
+
+impl From<String> for BridgeError {
+    fn from(s: String) -> BridgeError {
+        BridgeError(s)
+    }
+}
+
+impl From<&str> for BridgeError {
+    fn from(s: &str) -> BridgeError {
+        BridgeError(s.to_string())
+    }
+}
 use rtnetlink::{
     new_connection, Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth,
     RouteMessageBuilder,
@@ -51,39 +69,64 @@ pub fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
     [0x0a, 0x58, o[0], o[1], o[2], o[3]]
 }
 
-fn rt() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
+/// The runtime netlink calls run on: the caller's, given once with [`use_runtime`] (the
+/// knode agent hands over its one runtime), else one made on first use and kept for the
+/// process (the `knode-cni` binary). None is made per call.
+static SHARED: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+static OWN: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+
+/// Runs this crate's netlink calls on `rt` (a multi-thread runtime: its workers drive the
+/// sockets while the callers, plain threads, wait in `block_on`). The first call wins.
+pub fn use_runtime(rt: tokio::runtime::Handle) {
+    let _ = SHARED.set(rt);
 }
 
-/// Runs `f` with an rtnetlink handle for the calling thread's network namespace.
-fn netlink<T, Fut>(f: impl FnOnce(Handle) -> Fut) -> Result<T, String>
+fn block_on<F: Future>(f: F) -> Result<F::Output, BridgeError> {
+    if let Some(h) = SHARED.get() {
+        return Ok(h.block_on(f));
+    }
+    if OWN.get().is_none() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the netlink runtime: {e}"))?;
+        let _ = OWN.set(rt);
+    }
+    // A current-thread runtime's own block_on drives its I/O (several threads may wait in
+    // it at once; one drives, the others take turns).
+    Ok(OWN.get().expect("set above").block_on(f))
+}
+
+/// Runs `f` with an rtnetlink handle for the calling thread's network namespace (the socket
+/// is made on this thread, so in its namespace).
+fn netlink<T, Fut>(f: impl FnOnce(Handle) -> Fut) -> Result<T, BridgeError>
 where
-    Fut: Future<Output = Result<T, String>>,
+    Fut: Future<Output = Result<T, BridgeError>>,
 {
-    rt()?.block_on(async {
+    block_on(async {
         let (conn, h, _) = new_connection().map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        f(h).await
-    })
+        // The connection task runs until it is told to stop (it outlives its handles).
+        let conn = tokio::spawn(conn);
+        let r = f(h).await;
+        conn.abort();
+        r
+    })?
 }
 
 /// Runs `f` on a thread that has entered the network namespace `netns` (only that thread
 /// moves; the caller stays in the node's namespace).
 fn in_netns<T: Send + 'static>(
     netns: &File,
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    f: impl FnOnce() -> Result<T, BridgeError> + Send + 'static,
+) -> Result<T, BridgeError> {
     let fd = netns.try_clone().map_err(|e| e.to_string())?;
     std::thread::spawn(move || {
         // SAFETY: setns on a valid network namespace descriptor; it affects only this thread.
         if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!(
+            return Err(BridgeError(format!(
                 "entering the pod network namespace: {}",
                 std::io::Error::last_os_error()
-            ));
+            )));
         }
         f()
     })
@@ -91,16 +134,16 @@ fn in_netns<T: Send + 'static>(
     .map_err(|_| "the pod-side thread panicked".to_string())?
 }
 
-async fn link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, String> {
+async fn link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, BridgeError> {
     let mut links = h.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
         Ok(l) => Ok(l),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-        Err(e) => Err(format!("looking up {name}: {e}")),
+        Err(e) => Err(BridgeError(format!("looking up {name}: {e}"))),
     }
 }
 
-async fn index(h: &Handle, name: &str) -> Result<Option<u32>, String> {
+async fn index(h: &Handle, name: &str) -> Result<Option<u32>, BridgeError> {
     Ok(link(h, name).await?.map(|l| l.header.index))
 }
 
@@ -135,7 +178,7 @@ fn name_of(l: &LinkMessage) -> Option<&str> {
     })
 }
 
-async fn has_addr(h: &Handle, idx: u32, ip: Ipv4Addr) -> Result<bool, String> {
+async fn has_addr(h: &Handle, idx: u32, ip: Ipv4Addr) -> Result<bool, BridgeError> {
     let mut addrs = h.address().get().set_link_index_filter(idx).execute();
     while let Some(a) = addrs.try_next().await.map_err(|e| e.to_string())? {
         if a.attributes
@@ -151,15 +194,15 @@ async fn has_addr(h: &Handle, idx: u32, ip: Ipv4Addr) -> Result<bool, String> {
 /// The bridge, created if missing, with its pinned MAC, the gateway address and netfilter
 /// calls for bridged IPv4 (so a pod reaching a Service whose endpoint is on the same bridge
 /// gets its replies un-NATed), up. Returns its index.
-async fn ensure_bridge(h: &Handle, a: &AddArgs<'_>) -> Result<u32, String> {
+async fn ensure_bridge(h: &Handle, a: &AddArgs<'_>) -> Result<u32, BridgeError> {
     let mac = bridge_mac(a.gateway).to_vec();
     let (br, pinned) = match link(h, a.bridge).await? {
         Some(l) => {
             if kind_of(&l) != Some(&InfoKind::Bridge) {
-                return Err(format!(
+                return Err(BridgeError(format!(
                     "{} exists and is not a bridge (the conflist's bridge field names it)",
                     a.bridge
-                ));
+                )));
             }
             (l.header.index, mac_of(&l) == Some(mac.as_slice()))
         }
@@ -230,7 +273,7 @@ fn probe_bridge_netfilter() -> bool {
 }
 
 /// ADD in the current (node) network namespace.
-pub fn add(a: &AddArgs) -> Result<(), String> {
+pub fn add(a: &AddArgs) -> Result<(), BridgeError> {
     let netns =
         File::open(a.netns).map_err(|e| format!("network namespace {}: {e}", a.netns.display()))?;
     let ns = &netns;
@@ -326,7 +369,7 @@ pub fn add(a: &AddArgs) -> Result<(), String> {
 
 /// CHECK: the host veth is on the bridge, and in the pod's namespace `ifname` is up with its
 /// address and the default route via the gateway. The error says what is missing.
-pub fn check(a: &AddArgs) -> Result<(), String> {
+pub fn check(a: &AddArgs) -> Result<(), BridgeError> {
     let bridge = a.bridge.to_string();
     let host_veth = a.host_veth.to_string();
     netlink(|h| async move {
@@ -337,7 +380,9 @@ pub fn check(a: &AddArgs) -> Result<(), String> {
             .await?
             .ok_or_else(|| format!("host veth {host_veth} is missing"))?;
         if controller_of(&veth) != Some(br) {
-            return Err(format!("host veth {host_veth} is not on bridge {bridge}"));
+            return Err(BridgeError(format!(
+                "host veth {host_veth} is not on bridge {bridge}"
+            )));
         }
         Ok(())
     })?;
@@ -350,7 +395,7 @@ pub fn check(a: &AddArgs) -> Result<(), String> {
                 .await?
                 .ok_or_else(|| format!("{ifname} is missing in the pod's namespace"))?;
             if !has_addr(&h, idx, ip).await? {
-                return Err(format!("{ifname} does not hold {ip}"));
+                return Err(BridgeError(format!("{ifname} does not hold {ip}")));
             }
             let mut routes = h
                 .route()
@@ -364,14 +409,16 @@ pub fn check(a: &AddArgs) -> Result<(), String> {
                     return Ok(());
                 }
             }
-            Err(format!("the pod has no default route via {gw}"))
+            Err(BridgeError(format!(
+                "the pod has no default route via {gw}"
+            )))
         })
     })
 }
 
 /// DEL in the current (node) network namespace: removes the host veth (and with it the pod
 /// side). Missing is fine: DEL is idempotent, and works when the pod namespace is gone.
-pub fn del(host_veth: &str) -> Result<(), String> {
+pub fn del(host_veth: &str) -> Result<(), BridgeError> {
     netlink(|h| async move {
         if let Some(i) = index(&h, host_veth).await? {
             h.link()
@@ -386,7 +433,7 @@ pub fn del(host_veth: &str) -> Result<(), String> {
 
 /// GC: removes the veths on `bridge` named like knode's (`veth` + 8 hex digits) that belong
 /// to no attachment in `keep` (host veth names). Returns the names removed.
-pub fn gc(bridge: &str, keep: &HashSet<String>) -> Result<Vec<String>, String> {
+pub fn gc(bridge: &str, keep: &HashSet<String>) -> Result<Vec<String>, BridgeError> {
     netlink(|h| async move {
         let Some(br) = index(&h, bridge).await? else {
             return Ok(Vec::new());
@@ -417,7 +464,7 @@ pub fn gc(bridge: &str, keep: &HashSet<String>) -> Result<Vec<String>, String> {
 
 /// The IPv4 networks on the current namespace's interfaces (name, address/prefix), for
 /// checking that the pod subnet does not overlap the node's own networks.
-pub fn interface_networks() -> Result<Vec<(String, ipnet::Ipv4Net)>, String> {
+pub fn interface_networks() -> Result<Vec<(String, ipnet::Ipv4Net)>, BridgeError> {
     netlink(|h| async move {
         let mut names = std::collections::HashMap::new();
         let mut links = h.link().get().execute();

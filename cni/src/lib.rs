@@ -20,15 +20,6 @@ pub fn version_result() -> serde_json::Value {
     })
 }
 
-/// A CNI error result (spec section "Error").
-#[derive(Debug, thiserror::Error, serde::Serialize)]
-#[error("{msg}")]
-pub struct CniError {
-    pub code: u32,
-    pub msg: String,
-    pub details: String,
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

@@ -15,6 +15,24 @@ use std::sync::Mutex;
 
 use ipnet::Ipv4Net;
 
+/// Applying knode's masquerade table failed (`nft`'s own words), or a cluster CIDR is
+/// not valid.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MasqError(pub String);
+
+impl From<String> for MasqError {
+    fn from(s: String) -> MasqError {
+        MasqError(s)
+    }
+}
+
+impl From<&str> for MasqError {
+    fn from(s: &str) -> MasqError {
+        MasqError(s.to_string())
+    }
+}
+
 /// What the table must hold for one pod network (one base chain per bridge, so networks on
 /// one node do not overwrite each other).
 pub struct Rules<'a> {
@@ -48,7 +66,7 @@ impl Rules<'_> {
 
 /// Ensures the rules. A process applies a given rule set once (the agent runs knode's plugin
 /// in-process for every pod; the table is rebuilt whole when it does run).
-pub fn ensure(rules: &Rules) -> Result<(), String> {
+pub fn ensure(rules: &Rules) -> Result<(), MasqError> {
     static APPLIED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
     let script = rules.script();
     let mut applied = APPLIED.lock().map_err(|e| e.to_string())?;
@@ -60,7 +78,7 @@ pub fn ensure(rules: &Rules) -> Result<(), String> {
     Ok(())
 }
 
-fn apply(script: &str) -> Result<(), String> {
+fn apply(script: &str) -> Result<(), MasqError> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -75,19 +93,21 @@ fn apply(script: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(MasqError(format!(
             "nft: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        )));
     }
     Ok(())
 }
 
 /// The cluster CIDR: configured, or the pod subnet widened to a /16 (10.244.0.0/24 gives
 /// 10.244.0.0/16, Kubernetes' usual layout of per-node /24s in a cluster /16).
-pub fn cluster_cidr(pods: &Ipv4Net, configured: Option<&str>) -> Result<Ipv4Net, String> {
+pub fn cluster_cidr(pods: &Ipv4Net, configured: Option<&str>) -> Result<Ipv4Net, MasqError> {
     match configured {
-        Some(c) => c.parse().map_err(|e| format!("clusterCIDR {c:?}: {e}")),
+        Some(c) => c
+            .parse()
+            .map_err(|e| MasqError(format!("clusterCIDR {c:?}: {e}"))),
         None => Ok(Ipv4Net::new(pods.network(), pods.prefix_len().min(16))
             .map_err(|e| e.to_string())?
             .trunc()),

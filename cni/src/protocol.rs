@@ -120,7 +120,7 @@ pub fn run(env: &BTreeMap<String, String>, stdin: &str) -> Result<Option<Value>,
                 .map(|(id, ifn)| crate::bridge::host_veth_name(id, ifn))
                 .collect();
             let bridge = conf["bridge"].as_str().unwrap_or("knode0");
-            crate::bridge::gc(bridge, &keep).map_err(|e| err(code::IO, e, ""))?;
+            crate::bridge::gc(bridge, &keep).map_err(|e| err(code::IO, e.to_string(), ""))?;
         }
         return Ok(None);
     }
@@ -185,7 +185,10 @@ pub fn run(env: &BTreeMap<String, String>, stdin: &str) -> Result<Option<Value>,
                     service_fallback: fallback,
                 })
             })();
-            if let Err(e) = masq.and_then(|_| crate::bridge::add(&args)) {
+            if let Err(e) = masq
+                .map_err(|e| e.to_string())
+                .and_then(|_| crate::bridge::add(&args).map_err(|e| e.to_string()))
+            {
                 // Nothing half-done stays: no veth, no address.
                 let _ = crate::bridge::del(&host_veth);
                 let _ = store.release(&id, &ifname);
@@ -198,7 +201,7 @@ pub fn run(env: &BTreeMap<String, String>, stdin: &str) -> Result<Option<Value>,
             Ok(Some(r))
         }
         "DEL" if bridged => {
-            crate::bridge::del(&host_veth).map_err(|e| err(code::IO, e, ""))?;
+            crate::bridge::del(&host_veth).map_err(|e| err(code::IO, e.to_string(), ""))?;
             store
                 .release(&id, &ifname)
                 .map_err(|e| err(code::IO, e.to_string(), ""))?;

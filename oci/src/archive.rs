@@ -6,6 +6,23 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
+
+/// An image archive (or a file in one) that cannot be read as one, with why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ArchiveError(pub String);
+
+impl From<String> for ArchiveError {
+    fn from(s: String) -> ArchiveError {
+        ArchiveError(s)
+    }
+}
+
+impl From<&str> for ArchiveError {
+    fn from(s: &str) -> ArchiveError {
+        ArchiveError(s.to_string())
+    }
+}
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -25,7 +42,7 @@ fn mkdirs(p: &Path) -> io::Result<()> {
 }
 
 /// Extracts `r` (an uncompressed tar) into `dest`, an existing private (0700) directory.
-pub fn extract<R: Read>(r: R, dest: &Path) -> Result<(), String> {
+pub fn extract<R: Read>(r: R, dest: &Path) -> Result<(), ArchiveError> {
     let mut tr = TarReader::new(r);
     let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -93,23 +110,23 @@ pub fn extract<R: Read>(r: R, dest: &Path) -> Result<(), String> {
 }
 
 /// Reads a regular file (never a symlink, device or FIFO) of at most `limit` bytes.
-pub fn read_regular(p: &Path, limit: u64) -> Result<Vec<u8>, String> {
+pub fn read_regular(p: &Path, limit: u64) -> Result<Vec<u8>, ArchiveError> {
     let f = open_regular(p)?;
     let mut v = Vec::new();
     f.take(limit + 1)
         .read_to_end(&mut v)
         .map_err(|e| format!("{}: {e}", p.display()))?;
     if v.len() as u64 > limit {
-        return Err(format!(
+        return Err(ArchiveError(format!(
             "{} is larger than the {limit}-byte limit",
             p.display()
-        ));
+        )));
     }
     Ok(v)
 }
 
 /// Opens a regular file without following a final symlink.
-pub fn open_regular(p: &Path) -> Result<fs::File, String> {
+pub fn open_regular(p: &Path) -> Result<fs::File, ArchiveError> {
     let f = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -117,7 +134,10 @@ pub fn open_regular(p: &Path) -> Result<fs::File, String> {
         .map_err(|e| format!("{}: {e}", p.display()))?;
     let md = f.metadata().map_err(|e| format!("{}: {e}", p.display()))?;
     if !md.is_file() {
-        return Err(format!("{} is not a regular file", p.display()));
+        return Err(ArchiveError(format!(
+            "{} is not a regular file",
+            p.display()
+        )));
     }
     Ok(f)
 }

@@ -164,9 +164,26 @@ pub struct ImageStore {
     snapshots: SnapshotStore,
 }
 
+/// Why a layer's bytes could not be had (it becomes the layer's `ImageError`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+struct FetchError(String);
+
+impl From<String> for FetchError {
+    fn from(s: String) -> FetchError {
+        FetchError(s)
+    }
+}
+
+impl From<&str> for FetchError {
+    fn from(s: &str) -> FetchError {
+        FetchError(s.to_string())
+    }
+}
+
 /// Where layer bytes come from: a registry or local files (import).
 trait LayerSource: Sync {
-    fn open(&self, d: &Descriptor) -> Result<Box<dyn Read + Send + '_>, String>;
+    fn open(&self, d: &Descriptor) -> Result<Box<dyn Read + Send + '_>, FetchError>;
 }
 
 struct RegistrySource<'a> {
@@ -175,11 +192,11 @@ struct RegistrySource<'a> {
 }
 
 impl LayerSource for RegistrySource<'_> {
-    fn open(&self, d: &Descriptor) -> Result<Box<dyn Read + Send + '_>, String> {
+    fn open(&self, d: &Descriptor) -> Result<Box<dyn Read + Send + '_>, FetchError> {
         self.client
             .open_blob(self.reference, d)
             .map(|b| Box::new(b) as Box<dyn Read + Send>)
-            .map_err(|e| e.to_string())
+            .map_err(|e| FetchError(e.to_string()))
     }
 }
 
@@ -188,12 +205,12 @@ struct FileSource {
 }
 
 impl LayerSource for FileSource {
-    fn open(&self, d: &Descriptor) -> Result<Box<dyn Read + Send + '_>, String> {
+    fn open(&self, d: &Descriptor) -> Result<Box<dyn Read + Send + '_>, FetchError> {
         let p = self
             .blobs
             .get(&d.digest)
             .ok_or_else(|| "blob missing from the archive".to_string())?;
-        let f = archive::open_regular(p)?;
+        let f = archive::open_regular(p).map_err(|e| e.to_string())?;
         Ok(Box::new(f.take(d.size + 1)))
     }
 }
@@ -549,7 +566,7 @@ impl ImageStore {
         let started = std::time::Instant::now();
         let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
         let (fetched, applied) = std::thread::scope(|s| {
-            let fetcher = s.spawn(move || -> Result<(Digest, u64), String> {
+            let fetcher = s.spawn(move || -> Result<(Digest, u64), FetchError> {
                 let blob = source.open(l)?;
                 let counted = ProgressReader::new(blob, &l.digest, progress);
                 let compressed = HashingReader::new(counted);
@@ -571,7 +588,7 @@ impl ImageStore {
                         Err(e) => {
                             let msg = format!("download or decompression failed: {e}");
                             let _ = tx.send(Err(io::Error::other(msg.clone())));
-                            return Err(msg);
+                            return Err(msg.into());
                         }
                     }
                 }
@@ -605,8 +622,8 @@ impl ImageStore {
         });
         // A download or inflate failure explains any apply failure it caused.
         let (actual, size) = fetched.map_err(|e| match &applied {
-            Err(a) if e.starts_with("stopped") => layer_err(a.clone()),
-            _ => layer_err(e),
+            Err(a) if e.0.starts_with("stopped") => layer_err(a.clone()),
+            _ => layer_err(e.0),
         })?;
         let (stats, actual_diff) = applied.map_err(layer_err)?;
         if size != l.size {
@@ -704,7 +721,7 @@ impl ImageStore {
             archive::read_regular(&dir.join("index.json"), 4 << 20).map_err(|reason| {
                 ImageError::Invalid {
                     image: what.clone(),
-                    reason,
+                    reason: reason.to_string(),
                 }
             })?;
         let idx: Index = parse_json(&idx_bytes, &what, "index.json")?;
@@ -815,7 +832,7 @@ impl ImageStore {
             let cbytes = archive::read_regular(&cpath, MAX_CONFIG).map_err(|reason| {
                 ImageError::Invalid {
                     image: what.to_string(),
-                    reason,
+                    reason: reason.to_string(),
                 }
             })?;
             let config_digest = Digest::of(&cbytes);
@@ -825,7 +842,7 @@ impl ImageStore {
                 let p = inside(l)?;
                 let f = archive::open_regular(&p).map_err(|reason| ImageError::Invalid {
                     image: what.to_string(),
-                    reason,
+                    reason: reason.to_string(),
                 })?;
                 let mut head = BufReader::new(f);
                 let media_type =

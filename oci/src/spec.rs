@@ -103,12 +103,16 @@ impl std::fmt::Display for Platform {
     }
 }
 
+/// A platform string that is not `os/arch[/variant]`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid platform {0:?}: expected os/arch[/variant], e.g. linux/amd64")]
+pub struct PlatformError(pub String);
+
 impl std::str::FromStr for Platform {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = PlatformError;
+    fn from_str(s: &str) -> Result<Self, PlatformError> {
         let parts: Vec<&str> = s.split('/').collect();
-        let bad =
-            || format!("invalid platform {s:?}: expected os/arch[/variant], e.g. linux/amd64");
+        let bad = || PlatformError(s.to_string());
         if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
             return Err(bad());
         }

@@ -4,6 +4,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod error;
+pub mod pod;
 pub mod quantity;
 pub mod service;
 pub mod validation;

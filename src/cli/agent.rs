@@ -81,5 +81,6 @@ pub fn run(
             pod_max_pids,
         },
         max_pods: a.max_pods as usize,
-    })
+    })?;
+    Ok(())
 }

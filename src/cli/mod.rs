@@ -164,9 +164,9 @@ fn pods_only(resource: &str, verb: &str) -> Result<()> {
     }
 }
 
-fn parse_resolve(s: &str) -> Result<(String, std::net::SocketAddr), String> {
+fn parse_resolve(s: &str) -> Result<(String, std::net::SocketAddr)> {
     let bad = || {
-        format!("invalid --registry-resolve {s:?}: expected HOST:PORT:ADDRESS, e.g. registry.lab:5000:192.168.56.10")
+        anyhow::anyhow!("invalid --registry-resolve {s:?}: expected HOST:PORT:ADDRESS, e.g. registry.lab:5000:192.168.56.10")
     };
     let (host, rest) = s.split_once(':').ok_or_else(bad)?;
     let (port, addr) = rest.split_once(':').ok_or_else(bad)?;

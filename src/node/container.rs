@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use anyhow::{bail, Context, Result};
+use crate::node::error::{fail, Ctx, NodeError};
+
+type Result<T, E = NodeError> = std::result::Result<T, E>;
 use oci::runtime::spec::{self, ContainerConfig};
 
 /// What `knode run` was asked for.
@@ -91,9 +93,9 @@ pub fn run(root: &Path, run_dir: &Path, a: &RunArgs) -> Result<i32> {
                 .arg(root)
                 .args(["image", "pull", &a.image])
                 .status()
-                .context("starting the image pull")?;
+                .ctx("starting the image pull")?;
             if !st.success() {
-                bail!("pulling {} failed", a.image);
+                fail!("pulling {} failed", a.image);
             }
             store.get(&a.image)?
         }
@@ -104,7 +106,7 @@ pub fn run(root: &Path, run_dir: &Path, a: &RunArgs) -> Result<i32> {
     let rootfs = run_dir.join("containers").join(&id).join("rootfs");
     let (upper, work) = (state.join("upper"), state.join("work"));
     for d in [&rootfs, &upper, &work] {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        std::fs::create_dir_all(d).with_ctx(|| format!("creating {}", d.display()))?;
     }
     let mut cleanup = Cleanup {
         rootfs: rootfs.clone(),
@@ -227,7 +229,7 @@ impl PodContainer {
             dir.join("state"),
         );
         for d in [&rootfs, &upper, &work, &state] {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            std::fs::create_dir_all(d).with_ctx(|| format!("creating {}", d.display()))?;
         }
         store.lease(&lease_name(dir), &rec)?;
         if let Err(e) = store.mount(&rec, &rootfs, &upper, &work) {
@@ -317,8 +319,7 @@ impl PodContainer {
     pub fn remove_with(&self, upper_dir: Option<&Path>) -> Result<()> {
         self.remove()?;
         if let Some(u) = upper_dir {
-            crate::node::safefs::remove_tree(u)
-                .context("removing the container's writable layer")?;
+            crate::node::safefs::remove_tree(u).ctx("removing the container's writable layer")?;
         }
         Ok(())
     }
@@ -337,11 +338,11 @@ impl PodContainer {
         }
         if let Err(e) = rustix::mount::unmount(&self.rootfs, rustix::mount::UnmountFlags::DETACH) {
             if e != rustix::io::Errno::INVAL && e != rustix::io::Errno::NOENT {
-                return Err(e).context("unmounting the container rootfs");
+                return Err(e).ctx("unmounting the container rootfs");
             }
         }
         if let Some(dir) = self.rootfs.parent() {
-            crate::node::safefs::remove_tree(dir).context("removing the container directory")?;
+            crate::node::safefs::remove_tree(dir).ctx("removing the container directory")?;
         }
         Ok(())
     }

@@ -5,11 +5,13 @@
 
 pub mod cgroup;
 pub mod container;
+pub mod error;
 pub mod images;
 pub mod kubelet;
 pub mod logs;
 pub mod network;
 pub mod proxy;
+pub mod rt;
 pub mod safefs;
 pub mod sandbox;
 pub mod shim;

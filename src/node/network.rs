@@ -9,7 +9,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context, Result};
+use crate::node::error::{fail, Ctx, NodeError};
+
+type Result<T, E = NodeError> = std::result::Result<T, E>;
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 
@@ -49,7 +51,8 @@ impl Network {
             if let Some(svc) = service_cidr.filter(|s| cni::config::overlaps(s, &ipam.subnet)) {
                 return Err(overlap(format!("the Service CIDR {svc}")).into());
             }
-            let nets = cni::bridge::interface_networks().map_err(|e| anyhow::anyhow!(e))?;
+            let nets =
+                cni::bridge::interface_networks().map_err(|e| NodeError::failed(e.to_string()))?;
             if let Some((name, net)) = nets.iter().find(|(name, net)| {
                 *name != bridge
                     && !net.addr().is_loopback()
@@ -122,11 +125,14 @@ impl Network {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         if kind == "knode-bridge" {
-            return cni::protocol::run(&env, &conf.to_string())
-                .map_err(|e| anyhow::anyhow!("CNI {command} ({kind}): {} {}", e.msg, e.details));
+            return cni::protocol::run(&env, &conf.to_string()).map_err(|error| NodeError::Cni {
+                command: command.to_string(),
+                plugin: kind.clone(),
+                error,
+            });
         }
         if kind.is_empty() || kind.contains('/') {
-            bail!("network {}: plugin type {kind:?} is not valid", self.name);
+            fail!("network {}: plugin type {kind:?} is not valid", self.name);
         }
         let bin = self.bin_dir.join(&kind);
         let mut child = Command::new(&bin)
@@ -136,7 +142,7 @@ impl Network {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| {
+            .with_ctx(|| {
                 format!(
                     "network {}: CNI plugin {} (is it installed?)",
                     self.name,
@@ -146,12 +152,12 @@ impl Network {
         child
             .stdin
             .take()
-            .context("stdin")?
+            .ctx("stdin")?
             .write_all(conf.to_string().as_bytes())?;
         let out = child.wait_with_output()?;
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         if !out.status.success() {
-            bail!(
+            fail!(
                 "CNI {command} ({kind}): {} {}",
                 v["msg"]
                     .as_str()

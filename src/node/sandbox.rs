@@ -10,7 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::node::error::{fail, Ctx, NodeError};
+
+type Result<T, E = NodeError> = std::result::Result<T, E>;
 
 /// Which namespaces a pod shares with the host instead of having its own.
 #[derive(Debug, Clone, Default)]
@@ -39,7 +41,7 @@ impl Sandbox {
     /// knode binary) runs the pod's pause process when it shares one PID namespace.
     pub fn create(exe: &Path, dir: &Path, o: &SandboxOptions) -> Result<Sandbox> {
         let ns = dir.join("ns");
-        std::fs::create_dir_all(&ns).with_context(|| format!("creating {}", ns.display()))?;
+        std::fs::create_dir_all(&ns).with_ctx(|| format!("creating {}", ns.display()))?;
         let mut kinds = vec![];
         if !o.host_network {
             kinds.extend(["net", "uts"]);
@@ -63,7 +65,7 @@ impl Sandbox {
                     | rustix::mount::MountFlags::NOEXEC,
                 Some(c"mode=1777,size=65536k"),
             )
-            .context("mounting the pod's /dev/shm")?;
+            .ctx("mounting the pod's /dev/shm")?;
         }
         if o.share_pid {
             // A PID namespace dies with its init: a pause process holds it, as in Kubernetes.
@@ -71,10 +73,10 @@ impl Sandbox {
                 .arg("__pause")
                 .arg(dir)
                 .output()
-                .context("starting the pause process")?;
+                .ctx("starting the pause process")?;
             if !out.status.success() {
                 let _ = sb.remove();
-                bail!(
+                fail!(
                     "starting the pod's pause process: {}",
                     String::from_utf8_lossy(&out.stderr).trim()
                 );
@@ -92,10 +94,10 @@ impl Sandbox {
         // and pins them, with no helper process to start.
         let pinned = std::thread::spawn(move || pin_namespaces(&dir_ns, &hostname, &kinds_owned))
             .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the namespace thread panicked")));
+            .unwrap_or_else(|_| Err(NodeError::failed("the namespace thread panicked")));
         if let Err(e) = pinned {
             let _ = sb.remove();
-            bail!("creating the pod sandbox: {e:#}");
+            fail!("creating the pod sandbox: {e:#}");
         }
         Ok(sb)
     }
@@ -153,16 +155,16 @@ impl Sandbox {
         let shm = self.dir.join("shm");
         if is_pinned(&shm) {
             rustix::mount::unmount(&shm, rustix::mount::UnmountFlags::DETACH)
-                .context("unmounting the pod's /dev/shm")?;
+                .ctx("unmounting the pod's /dev/shm")?;
         }
         for (file, _, _) in KINDS {
             let p = self.dir.join("ns").join(file);
             if is_pinned(&p) {
                 rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH)
-                    .with_context(|| format!("unmounting {}", p.display()))?;
+                    .with_ctx(|| format!("unmounting {}", p.display()))?;
             }
         }
-        crate::node::safefs::remove_tree(&self.dir).context("removing the sandbox directory")
+        crate::node::safefs::remove_tree(&self.dir).ctx("removing the sandbox directory")
     }
 }
 
@@ -185,25 +187,25 @@ fn pin_namespaces(dir: &Path, hostname: &str, kinds: &[String]) -> Result<()> {
         let (_, _, f) = KINDS
             .iter()
             .find(|(file, _, _)| file == k)
-            .with_context(|| format!("unknown namespace {k}"))?;
+            .with_ctx(|| format!("unknown namespace {k}"))?;
         flags |= f;
     }
     // SAFETY: unshare takes integer flags only.
     if unsafe { libc::unshare(flags) } != 0 {
-        bail!("unshare: {}", std::io::Error::last_os_error());
+        fail!("unshare: {}", std::io::Error::last_os_error());
     }
     if flags & libc::CLONE_NEWUTS != 0 {
         rustix::system::sethostname(hostname.as_bytes())
-            .with_context(|| format!("sethostname {hostname:?}"))?;
+            .with_ctx(|| format!("sethostname {hostname:?}"))?;
     }
     if flags & libc::CLONE_NEWNET != 0 {
-        oci::runtime::init::loopback_up().map_err(anyhow::Error::msg)?;
+        oci::runtime::init::loopback_up().map_err(|e| NodeError::failed(e.0))?;
     }
     for k in kinds {
         let target = dir.join(k);
-        std::fs::File::create(&target).with_context(|| format!("creating {}", target.display()))?;
+        std::fs::File::create(&target).with_ctx(|| format!("creating {}", target.display()))?;
         rustix::mount::mount_bind(format!("/proc/thread-self/ns/{k}").as_str(), &target)
-            .with_context(|| format!("pinning the {k} namespace at {}", target.display()))?;
+            .with_ctx(|| format!("pinning the {k} namespace at {}", target.display()))?;
     }
     Ok(())
 }
@@ -213,11 +215,11 @@ fn pin_namespaces(dir: &Path, hostname: &str, kinds: &[String]) -> Result<()> {
 pub fn pause_main(dir: &Path) -> Result<()> {
     // SAFETY: unshare with integer flags; this process is single-threaded.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
-        bail!("unshare(CLONE_NEWPID): {}", std::io::Error::last_os_error());
+        fail!("unshare(CLONE_NEWPID): {}", std::io::Error::last_os_error());
     }
     // SAFETY: fork in a single-threaded process.
     match unsafe { libc::fork() } {
-        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        -1 => fail!("fork: {}", std::io::Error::last_os_error()),
         0 => pause_init(),
         pid => {
             oci::fsutil::replace(&dir.join("pause.pid"), pid.to_string().as_bytes())?;

@@ -15,7 +15,9 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context, Result};
+use crate::node::error::{fail, Ctx, NodeError};
+
+type Result<T, E = NodeError> = std::result::Result<T, E>;
 use serde::{Deserialize, Serialize};
 
 use crate::node::logs::{CriWriter, Stream};
@@ -70,16 +72,16 @@ pub fn spawn(exe: &Path, state: &Path, cfg: &ShimConfig) -> Result<i32> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().context("starting the container shim")?;
+    let mut child = cmd.spawn().ctx("starting the container shim")?;
     drop(w);
     // The shim forks into the background at once; reap the foreground half.
     child.wait()?;
     let mut msg = String::new();
     std::fs::File::from(r).read_to_string(&mut msg)?;
     match msg.strip_prefix("started ") {
-        Some(pid) => Ok(pid.trim().parse()?),
-        None if msg.is_empty() => bail!("the container shim died before reporting"),
-        None => bail!("{}", msg.trim()),
+        Some(pid) => Ok(pid.trim().parse().ctx("the shim reported a bad PID")?),
+        None if msg.is_empty() => fail!("the container shim died before reporting"),
+        None => fail!("{}", msg.trim()),
     }
 }
 
@@ -98,8 +100,7 @@ pub fn wait_exit(state: &Path, timeout: std::time::Duration) -> Result<ExitStatu
     if let Some(fd) = shim_pidfd(state) {
         wait_readable(&fd, timeout);
     }
-    exit_status(state)
-        .with_context(|| format!("the container in {} has not exited", state.display()))
+    exit_status(state).with_ctx(|| format!("the container in {} has not exited", state.display()))
 }
 
 /// Sends `sig` through a pidfd; false if the process is gone.
@@ -276,7 +277,7 @@ pub fn main(state: &Path, report_fd: i32) -> Result<()> {
     // Detach: the foreground half exits, the background half leads a new session.
     // SAFETY: fork in a single-threaded process; the child continues normally.
     match unsafe { libc::fork() } {
-        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        -1 => fail!("fork: {}", std::io::Error::last_os_error()),
         0 => {}
         // SAFETY: leaves without running exit handlers or flushing buffers that belong to the
         // process we were forked from (the launcher's).
@@ -301,7 +302,7 @@ pub fn main(state: &Path, report_fd: i32) -> Result<()> {
 fn supervise(state: &Path, report: &mut std::fs::File) -> Result<()> {
     let cfg: ShimConfig = serde_json::from_slice(&std::fs::read(state.join("config.json"))?)?;
     let mut log = CriWriter::open(&cfg.log_path, cfg.log_max_bytes, cfg.log_max_files)
-        .with_context(|| format!("opening {}", cfg.log_path.display()))?;
+        .with_ctx(|| format!("opening {}", cfg.log_path.display()))?;
     let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let null = std::fs::File::open("/dev/null")?;
@@ -313,7 +314,7 @@ fn supervise(state: &Path, report: &mut std::fs::File) -> Result<()> {
     ] {
         // SAFETY: both descriptors are valid; dup2 replaces the standard descriptor.
         if unsafe { libc::dup2(from, to) } < 0 {
-            bail!("dup2: {}", std::io::Error::last_os_error());
+            fail!("dup2: {}", std::io::Error::last_os_error());
         }
     }
     let started = oci::runtime::start(&cfg.spec);
@@ -445,7 +446,7 @@ impl Launcher {
             .stdin(Stdio::from(OwnedFd::from(theirs.try_clone()?)))
             .stdout(Stdio::from(OwnedFd::from(theirs)))
             .spawn()
-            .context("starting the shim launcher")?;
+            .ctx("starting the shim launcher")?;
         let l = Launcher {
             io: std::sync::Mutex::new((std::io::BufReader::new(ours.try_clone()?), ours)),
             _child: child,
@@ -457,17 +458,17 @@ impl Launcher {
     fn spawn(&self, state: &Path) -> Result<i32> {
         use std::io::BufRead;
         let mut io = self.io.lock().expect("launcher");
-        let line = state.to_str().context("state path is not UTF-8")?;
-        writeln!(io.1, "{line}").context("launcher: write")?;
+        let line = state.to_str().ctx("state path is not UTF-8")?;
+        writeln!(io.1, "{line}").ctx("launcher: write")?;
         let mut reply = String::new();
-        io.0.read_line(&mut reply).context("launcher: read")?;
+        io.0.read_line(&mut reply).ctx("launcher: read")?;
         if reply.is_empty() {
-            bail!("launcher: it exited");
+            fail!("launcher: it exited");
         }
         match reply.trim_end().split_once(' ') {
-            Some(("started", pid)) => Ok(pid.parse()?),
-            Some(("error", msg)) => bail!("{msg}"),
-            _ => bail!("launcher: bad reply {reply:?}"),
+            Some(("started", pid)) => Ok(pid.parse().ctx("launcher: bad PID")?),
+            Some(("error", msg)) => fail!("{msg}"),
+            _ => fail!("launcher: bad reply {reply:?}"),
         }
     }
 }

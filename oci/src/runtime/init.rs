@@ -25,7 +25,25 @@ use rustix::io::Errno;
 
 use super::Plan;
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, InitError>;
+
+/// Why the container's init could not set it up (reported to the runtime through its
+/// pipe before exec).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InitError(pub String);
+
+impl From<String> for InitError {
+    fn from(s: String) -> InitError {
+        InitError(s)
+    }
+}
+
+impl From<&str> for InitError {
+    fn from(s: &str) -> InitError {
+        InitError(s.to_string())
+    }
+}
 
 fn c(s: &str) -> CString {
     CString::new(s).unwrap_or_default()
@@ -35,7 +53,11 @@ fn check(r: libc::c_int, what: impl FnOnce() -> String) -> R<()> {
     if r == 0 {
         Ok(())
     } else {
-        Err(format!("{}: {}", what(), std::io::Error::last_os_error()))
+        Err(InitError(format!(
+            "{}: {}",
+            what(),
+            std::io::Error::last_os_error()
+        )))
     }
 }
 
@@ -75,9 +97,9 @@ fn target_in_root(root: &OwnedFd, dest: &str, file: bool) -> R<OwnedFd> {
 
 fn target_in_root_depth(root: &OwnedFd, dest: &str, file: bool, depth: u32) -> R<OwnedFd> {
     if depth > 40 {
-        return Err(format!(
+        return Err(InitError(format!(
             "mount destination {dest:?}: too many levels of symbolic links"
-        ));
+        )));
     }
     let flags = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     let open = |p: &str| {
@@ -108,7 +130,8 @@ fn target_in_root_depth(root: &OwnedFd, dest: &str, file: bool, depth: u32) -> R
         match open(&next) {
             Ok(_) => {}
             Err(Errno::NOENT) => {
-                let parent = open(&cur).map_err(|e| format!("mount destination {dest:?}: {e}"))?;
+                let parent = open(&cur)
+                    .map_err(|e| InitError(format!("mount destination {dest:?}: {e}")))?;
                 if let Ok(link) = rfs::readlinkat(&parent, p.as_str(), Vec::new()) {
                     // A dangling symlink: continue from where it points, inside the root.
                     let link = link.to_string_lossy().into_owned();
@@ -134,14 +157,18 @@ fn target_in_root_depth(root: &OwnedFd, dest: &str, file: bool, depth: u32) -> R
                 };
                 match made {
                     Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => return Err(format!("creating mount destination {dest:?}: {e}")),
+                    Err(e) => {
+                        return Err(InitError(format!(
+                            "creating mount destination {dest:?}: {e}"
+                        )))
+                    }
                 }
             }
-            Err(e) => return Err(format!("mount destination {dest:?}: {e}")),
+            Err(e) => return Err(InitError(format!("mount destination {dest:?}: {e}"))),
         }
         cur = next;
     }
-    open(&rel).map_err(|e| format!("mount destination {dest:?}: {e}"))
+    open(&rel).map_err(|e| InitError(format!("mount destination {dest:?}: {e}")))
 }
 
 fn fd_path(fd: &OwnedFd) -> String {
@@ -154,10 +181,10 @@ fn setup_mounts(p: &Plan, root: &OwnedFd) -> R<()> {
         // masks must find procfs.
         let clean: Vec<&[u8]> = crate::apply::clean(m.dest.as_bytes());
         if m.bind && (clean.is_empty() || clean[0] == b"proc") {
-            return Err(format!(
+            return Err(InitError(format!(
                 "mount destination {:?}: a volume may not be mounted over / or /proc",
                 m.dest
-            ));
+            )));
         }
         if !m.bind && (m.fstype == "proc" || m.fstype == "sysfs") {
             // As runc (CVE-2023-28642): procfs and sysfs never go through an image's symlink,
@@ -170,10 +197,10 @@ fn setup_mounts(p: &Plan, root: &OwnedFd) -> R<()> {
                 Mode::empty(),
                 ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS,
             ) {
-                return Err(format!(
+                return Err(InitError(format!(
                     "{} is a symlink in the image: {} is not mounted through one",
                     m.dest, m.fstype
-                ));
+                )));
             }
         }
         let src_is_file = m.bind && std::fs::metadata(&m.source).is_ok_and(|md| !md.is_dir());
@@ -224,7 +251,7 @@ fn setup_dev(root: &OwnedFd) -> R<()> {
             Mode::from_raw_mode(0o666),
         ) {
             Ok(_) | Err(Errno::EXIST) => {}
-            Err(e) => return Err(format!("creating /dev/{name}: {e}")),
+            Err(e) => return Err(InitError(format!("creating /dev/{name}: {e}"))),
         }
         let target = rfs::openat(
             &dev,
@@ -232,14 +259,14 @@ fn setup_dev(root: &OwnedFd) -> R<()> {
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| format!("/dev/{name}: {e}"))?;
+        .map_err(|e| InitError(format!("/dev/{name}: {e}")))?;
         // What was opened must be the file made above, not a symlink put there meanwhile (a
         // volume mounted at /dev is shared with the pod's other containers).
-        let st = rfs::fstat(&target).map_err(|e| format!("/dev/{name}: {e}"))?;
+        let st = rfs::fstat(&target).map_err(|e| InitError(format!("/dev/{name}: {e}")))?;
         if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
-            return Err(format!(
+            return Err(InitError(format!(
                 "/dev/{name}: not a regular file to mount the device on"
-            ));
+            )));
         }
         mount(
             &format!("/dev/{name}"),
@@ -259,14 +286,14 @@ fn setup_dev(root: &OwnedFd) -> R<()> {
     ] {
         match rfs::symlinkat(target, &dev, name) {
             Ok(()) | Err(Errno::EXIST) => {}
-            Err(e) => return Err(format!("symlink /dev/{name}: {e}")),
+            Err(e) => return Err(InitError(format!("symlink /dev/{name}: {e}"))),
         }
     }
     Ok(())
 }
 
 fn pivot(root: &OwnedFd) -> R<()> {
-    rustix::process::fchdir(root).map_err(|e| format!("chdir to rootfs: {e}"))?;
+    rustix::process::fchdir(root).map_err(|e| InitError(format!("chdir to rootfs: {e}")))?;
     // pivot_root(".", "."): the old root ends up on top of the new one; detach it.
     let dot = c(".");
     // SAFETY: valid NUL-terminated paths.
@@ -278,7 +305,7 @@ fn pivot(root: &OwnedFd) -> R<()> {
         unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) },
         || "detach the old root".to_string(),
     )?;
-    rustix::process::chdir("/").map_err(|e| format!("chdir /: {e}"))
+    rustix::process::chdir("/").map_err(|e| InitError(format!("chdir /: {e}")))
 }
 
 const PROC_SUPER_MAGIC: u64 = 0x9fa0;
@@ -292,8 +319,8 @@ fn null_mounts(n: usize) -> R<Vec<OwnedFd>> {
         return Ok(vec![]);
     }
     let null = rfs::open("/dev/null", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| format!("open /dev/null: {e}"))?;
-    let st = rfs::fstat(&null).map_err(|e| format!("/dev/null: {e}"))?;
+        .map_err(|e| InitError(format!("open /dev/null: {e}")))?;
+    let st = rfs::fstat(&null).map_err(|e| InitError(format!("/dev/null: {e}")))?;
     if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::CharacterDevice
         || rfs::major(st.st_rdev) != 1
         || rfs::minor(st.st_rdev) != 3
@@ -308,7 +335,7 @@ fn null_mounts(n: usize) -> R<Vec<OwnedFd>> {
                 "",
                 T::OPEN_TREE_CLONE | T::OPEN_TREE_CLOEXEC | T::AT_EMPTY_PATH,
             )
-            .map_err(|e| format!("clone /dev/null: {e}"))
+            .map_err(|e| InitError(format!("clone /dev/null: {e}")))
         })
         .collect()
 }
@@ -321,7 +348,9 @@ fn pseudo_target(path: &str) -> R<Option<OwnedFd>> {
     } else if let Some(r) = path.strip_prefix("/sys/") {
         ("sys", SYSFS_MAGIC, r)
     } else {
-        return Err(format!("masked path {path:?} is not under /proc or /sys"));
+        return Err(InitError(format!(
+            "masked path {path:?} is not under /proc or /sys"
+        )));
     };
     let strict = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
     let dir = match rfs::openat2(
@@ -333,19 +362,19 @@ fn pseudo_target(path: &str) -> R<Option<OwnedFd>> {
     ) {
         Ok(d) => d,
         Err(Errno::NOENT) => return Ok(None),
-        Err(e) => return Err(format!("/{base}: {e}")),
+        Err(e) => return Err(InitError(format!("/{base}: {e}"))),
     };
     let on = |fd: &OwnedFd, what: &str| -> R<()> {
-        let fs = rfs::fstatfs(fd).map_err(|e| format!("{what}: {e}"))?;
+        let fs = rfs::fstatfs(fd).map_err(|e| InitError(format!("{what}: {e}")))?;
         if fs.f_type as u64 != magic {
-            return Err(format!(
+            return Err(InitError(format!(
                 "{what} is not on {}: refusing to start (is a volume mounted over it?)",
                 if magic == PROC_SUPER_MAGIC {
                     "procfs"
                 } else {
                     "sysfs"
                 }
-            ));
+            )));
         }
         Ok(())
     };
@@ -362,7 +391,7 @@ fn pseudo_target(path: &str) -> R<Option<OwnedFd>> {
             Ok(Some(t))
         }
         Err(Errno::NOENT) => Ok(None),
-        Err(e) => Err(format!("{path}: {e}")),
+        Err(e) => Err(InitError(format!("{path}: {e}"))),
     }
 }
 
@@ -375,7 +404,7 @@ fn attach(tree: &OwnedFd, target: &OwnedFd, path: &str) -> R<()> {
         "",
         M::MOVE_MOUNT_F_EMPTY_PATH | M::MOVE_MOUNT_T_EMPTY_PATH,
     )
-    .map_err(|e| format!("mount over {path}: {e}"))
+    .map_err(|e| InitError(format!("mount over {path}: {e}")))
 }
 
 /// Hides a path: the null device over a file, an empty read-only tmpfs over a directory.
@@ -383,7 +412,7 @@ fn mask(path: &str, nulls: &mut Vec<OwnedFd>) -> R<()> {
     let Some(t) = pseudo_target(path)? else {
         return Ok(());
     };
-    let st = rfs::fstat(&t).map_err(|e| format!("{path}: {e}"))?;
+    let st = rfs::fstat(&t).map_err(|e| InitError(format!("{path}: {e}")))?;
     if rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory {
         use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
         let fs = rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)
@@ -392,18 +421,18 @@ fn mask(path: &str, nulls: &mut Vec<OwnedFd>) -> R<()> {
                 rustix::mount::fsconfig_create(&fs)?;
                 Ok(fs)
             })
-            .map_err(|e| format!("tmpfs for {path}: {e}"))?;
+            .map_err(|e| InitError(format!("tmpfs for {path}: {e}")))?;
         let m = rustix::mount::fsmount(
             &fs,
             FsMountFlags::FSMOUNT_CLOEXEC,
             MountAttrFlags::MOUNT_ATTR_RDONLY,
         )
-        .map_err(|e| format!("tmpfs for {path}: {e}"))?;
+        .map_err(|e| InitError(format!("tmpfs for {path}: {e}")))?;
         attach(&m, &t, path)
     } else {
         let null = nulls
             .pop()
-            .ok_or_else(|| format!("no /dev/null left to mask {path}"))?;
+            .ok_or_else(|| InitError(format!("no /dev/null left to mask {path}")))?;
         attach(&null, &t, path)
     }
 }
@@ -449,7 +478,7 @@ fn readonly(path: &str) -> R<()> {
         "",
         T::OPEN_TREE_CLONE | T::OPEN_TREE_CLOEXEC | T::AT_EMPTY_PATH | T::AT_RECURSIVE,
     )
-    .map_err(|e| format!("clone {path}: {e}"))?;
+    .map_err(|e| InitError(format!("clone {path}: {e}")))?;
     const RDONLY: u64 = 0x1;
     const NOSUID: u64 = 0x2;
     const NODEV: u64 = 0x4;
@@ -463,7 +492,10 @@ pub fn loopback_up() -> R<()> {
     // SAFETY: socket() has no memory arguments.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if s < 0 {
-        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        return Err(InitError(format!(
+            "socket: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     // SAFETY: ifreq is a plain C struct; zeroed is a valid value, and the name fits.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
@@ -483,7 +515,7 @@ pub fn loopback_up() -> R<()> {
     // SAFETY: s is a descriptor we own.
     unsafe { libc::close(s) };
     if r != 0 {
-        return Err(format!("bringing lo up: {err}"));
+        return Err(InitError(format!("bringing lo up: {err}")));
     }
     Ok(())
 }
@@ -492,8 +524,8 @@ fn drop_privileges(p: &Plan) -> R<()> {
     use caps::CapSet;
     // A container cannot get capabilities the runtime itself lacks (some hosts drop e.g.
     // CAP_SYS_RESOURCE from every bounding set): grant what is requested and available.
-    let have =
-        caps::read(None, CapSet::Permitted).map_err(|e| format!("read capabilities: {e}"))?;
+    let have = caps::read(None, CapSet::Permitted)
+        .map_err(|e| InitError(format!("read capabilities: {e}")))?;
     let only = |s: &std::collections::HashSet<caps::Capability>| -> std::collections::HashSet<caps::Capability> { s.intersection(&have).copied().collect() };
     let (effective, permitted, inheritable) =
         (only(&p.effective), only(&p.permitted), only(&p.inheritable));
@@ -502,7 +534,7 @@ fn drop_privileges(p: &Plan) -> R<()> {
             // Capabilities the kernel does not know are reported as absent: skip them.
             if caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
                 caps::drop(None, CapSet::Bounding, cap)
-                    .map_err(|e| format!("drop {cap} from the bounding set: {e}"))?;
+                    .map_err(|e| InitError(format!("drop {cap} from the bounding set: {e}")))?;
             }
         }
     }
@@ -532,15 +564,16 @@ fn drop_privileges(p: &Plan) -> R<()> {
         || format!("setuid {}", p.uid),
     )?;
     caps::set(None, CapSet::Effective, &effective)
-        .map_err(|e| format!("set effective capabilities: {e}"))?;
+        .map_err(|e| InitError(format!("set effective capabilities: {e}")))?;
     caps::set(None, CapSet::Permitted, &permitted)
-        .map_err(|e| format!("set permitted capabilities: {e}"))?;
+        .map_err(|e| InitError(format!("set permitted capabilities: {e}")))?;
     caps::set(None, CapSet::Inheritable, &inheritable)
-        .map_err(|e| format!("set inheritable capabilities: {e}"))?;
-    caps::clear(None, CapSet::Ambient).map_err(|e| format!("clear ambient capabilities: {e}"))?;
+        .map_err(|e| InitError(format!("set inheritable capabilities: {e}")))?;
+    caps::clear(None, CapSet::Ambient)
+        .map_err(|e| InitError(format!("clear ambient capabilities: {e}")))?;
     for cap in p.ambient.intersection(&inheritable) {
         caps::raise(None, CapSet::Ambient, *cap)
-            .map_err(|e| format!("raise ambient {cap}: {e}"))?;
+            .map_err(|e| InitError(format!("raise ambient {cap}: {e}")))?;
     }
     Ok(())
 }
@@ -559,7 +592,9 @@ fn find_executable(p: &Plan) -> R<CString> {
             }
         }
     }
-    Err(format!("exec {arg0:?}: executable file not found in $PATH"))
+    Err(InitError(format!(
+        "exec {arg0:?}: executable file not found in $PATH"
+    )))
 }
 
 fn setup(p: &Plan) -> R<Infallible> {
@@ -574,7 +609,8 @@ fn setup(p: &Plan) -> R<Infallible> {
         loopback_up()?;
     }
     if let Some(h) = &p.hostname {
-        rustix::system::sethostname(h.as_bytes()).map_err(|e| format!("sethostname {h:?}: {e}"))?;
+        rustix::system::sethostname(h.as_bytes())
+            .map_err(|e| InitError(format!("sethostname {h:?}: {e}")))?;
     }
     // A session of its own: the container never shares the caller's controlling terminal
     // (TIOCSTI could type into it otherwise).
@@ -589,7 +625,7 @@ fn setup(p: &Plan) -> R<Infallible> {
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| format!("open rootfs: {e}"))?;
+    .map_err(|e| InitError(format!("open rootfs: {e}")))?;
     setup_mounts(p, &root)?;
     setup_dev(&root)?;
     let mut nulls = null_mounts(p.masked.len())?;
@@ -613,7 +649,8 @@ fn setup(p: &Plan) -> R<Infallible> {
     if !p.readonly_root {
         let _ = std::fs::create_dir_all(&p.cwd);
     }
-    rustix::process::chdir(p.cwd.as_str()).map_err(|e| format!("chdir {:?}: {e}", p.cwd))?;
+    rustix::process::chdir(p.cwd.as_str())
+        .map_err(|e| InitError(format!("chdir {:?}: {e}", p.cwd)))?;
     confine_and_exec(p)
 }
 
@@ -632,11 +669,15 @@ pub(crate) fn confine_and_exec(p: &Plan) -> R<Infallible> {
         )
     } != 0
     {
-        return Err(format!("close_range: {}", std::io::Error::last_os_error()));
+        return Err(InitError(format!(
+            "close_range: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     reset_signals();
     for prog in &p.seccomp {
-        seccompiler::apply_filter(prog).map_err(|e| format!("install seccomp filter: {e}"))?;
+        seccompiler::apply_filter(prog)
+            .map_err(|e| InitError(format!("install seccomp filter: {e}")))?;
     }
     drop_privileges(p)?;
     if p.no_new_privs {
@@ -661,18 +702,18 @@ pub(crate) fn confine_and_exec(p: &Plan) -> R<Infallible> {
         .collect();
     // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
     unsafe { libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    Err(format!(
+    Err(InitError(format!(
         "exec {:?}: {}",
         OsStr::from_bytes(exe.as_bytes()),
         std::io::Error::last_os_error()
-    ))
+    )))
 }
 
 /// Runs the container setup; returns only with the reason it failed.
 pub(super) fn run(p: &Plan) -> String {
     match setup(p) {
         Ok(never) => match never {},
-        Err(e) => e,
+        Err(e) => e.0,
     }
 }
 
@@ -732,18 +773,22 @@ pub(super) fn exec_child(p: &Plan, pty: Option<&OwnedFd>) -> String {
             // SAFETY: setsid has no arguments; TIOCSCTTY and dup2 act on a valid terminal fd.
             unsafe {
                 if libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) != 0 {
-                    return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+                    return Err(InitError(format!(
+                        "TIOCSCTTY: {}",
+                        std::io::Error::last_os_error()
+                    )));
                 }
                 for fd in 0..3 {
                     libc::dup2(slave.as_raw_fd(), fd);
                 }
             }
         }
-        rustix::process::chdir(p.cwd.as_str()).map_err(|e| format!("chdir {:?}: {e}", p.cwd))?;
+        rustix::process::chdir(p.cwd.as_str())
+            .map_err(|e| InitError(format!("chdir {:?}: {e}", p.cwd)))?;
         confine_and_exec(p)
     };
     match run() {
         Ok(never) => match never {},
-        Err(e) => e,
+        Err(e) => e.0,
     }
 }

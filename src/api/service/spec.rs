@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Protocol;
+use crate::api::validation::{FieldError, Invalid};
 
 /// Where a service port sends traffic on its endpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,18 +52,26 @@ pub struct ServiceSpec {
     pub affinity_timeout: Option<u32>,
 }
 
-/// Validates a Service object.
-pub fn from_service(svc: &Service, file: PathBuf) -> Result<ServiceSpec, String> {
+/// Validates a Service object as the API server does (every problem, each a field error),
+/// within what knode's proxy implements (ClusterIP and NodePort, IPv4).
+pub fn from_service(svc: &Service, file: PathBuf) -> Result<ServiceSpec, Invalid> {
+    use crate::api::validation::{duplicate, invalid, not_supported, required};
+    let mut errs: Vec<FieldError> = Vec::new();
     let name = svc.metadata.name.clone().unwrap_or_default();
     let namespace = svc
         .metadata
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    if !crate::api::validation::is_dns_label(&name) {
-        return Err(format!(
-            "metadata.name: {name:?} is not a valid service name (a DNS-1123 label)"
+    if name.is_empty() {
+        errs.push(required(
+            "metadata.name",
+            "name or generateName is required",
         ));
+    } else {
+        for m in crate::api::validation::dns_label(&name) {
+            errs.push(invalid("metadata.name", name.as_str(), m));
+        }
     }
     let spec = svc.spec.clone().unwrap_or_default();
     let kind = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
@@ -70,115 +79,144 @@ pub fn from_service(svc: &Service, file: PathBuf) -> Result<ServiceSpec, String>
         "ClusterIP" => false,
         "NodePort" => true,
         other => {
-            return Err(format!(
-                "spec.type: {other:?} is not supported (ClusterIP or NodePort)"
-            ))
+            errs.push(not_supported(
+                "spec.type",
+                other,
+                &["ClusterIP", "NodePort"],
+            ));
+            false
         }
     };
     let cluster_ip = match spec.cluster_ip.as_deref() {
         None | Some("") => ClusterIp::Auto,
         Some("None") => ClusterIp::Headless,
-        Some(s) => ClusterIp::Fixed(
-            s.parse()
-                .map_err(|_| format!("spec.clusterIP: {s:?} is not an IPv4 address"))?,
-        ),
+        Some(s) => match s.parse() {
+            Ok(ip) => ClusterIp::Fixed(ip),
+            Err(_) => {
+                errs.push(invalid(
+                    "spec.clusterIP",
+                    s,
+                    "must be a valid IPv4 address (knode's services are IPv4), or None",
+                ));
+                ClusterIp::Auto
+            }
+        },
     };
     if node_port && cluster_ip == ClusterIp::Headless {
-        return Err("spec.clusterIP: a NodePort service cannot be headless".into());
+        errs.push(invalid(
+            "spec.clusterIP",
+            "None",
+            "may not be set to 'None' for NodePort services",
+        ));
     }
     let ports_in = spec.ports.clone().unwrap_or_default();
     if ports_in.is_empty() && cluster_ip != ClusterIp::Headless {
-        return Err("spec.ports: at least one port is required".into());
+        errs.push(required("spec.ports", "at least one port is required"));
     }
     let mut ports = Vec::new();
     for (i, p) in ports_in.iter().enumerate() {
         let at = |f: &str| format!("spec.ports[{i}].{f}");
         let pname = p.name.clone().unwrap_or_default();
         if ports_in.len() > 1 && pname.is_empty() {
-            return Err(format!(
-                "{}: required when a service has more than one port",
-                at("name")
+            errs.push(required(
+                &at("name"),
+                "required when a service has more than one port",
             ));
         }
-        if !pname.is_empty() && !crate::api::validation::is_dns_label(&pname) {
-            return Err(format!(
-                "{}: {pname:?} is not a valid port name",
-                at("name")
-            ));
+        if !pname.is_empty() {
+            for m in crate::api::validation::dns_label(&pname) {
+                errs.push(invalid(&at("name"), pname.as_str(), m));
+            }
         }
         let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
             "TCP" => Protocol::Tcp,
             "UDP" => Protocol::Udp,
             "SCTP" => Protocol::Sctp,
             other => {
-                return Err(format!(
-                    "{}: {other:?} is not TCP, UDP or SCTP",
-                    at("protocol")
-                ))
+                errs.push(not_supported(
+                    &at("protocol"),
+                    other,
+                    &["SCTP", "TCP", "UDP"],
+                ));
+                continue;
             }
         };
-        let port = u16::try_from(p.port)
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("{}: {} is not in 1-65535", at("port"), p.port))?;
+        let in_range = |n: i32| u16::try_from(n).ok().filter(|p| *p > 0);
+        let Some(port) = in_range(p.port) else {
+            errs.push(invalid(
+                &at("port"),
+                i64::from(p.port),
+                "must be between 1 and 65535, inclusive",
+            ));
+            continue;
+        };
         let target_port = match &p.target_port {
             None => TargetPort::Number(port),
-            Some(IntOrString::Int(n)) => TargetPort::Number(
-                u16::try_from(*n)
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| format!("{}: {n} is not in 1-65535", at("targetPort")))?,
-            ),
+            Some(IntOrString::Int(n)) => match in_range(*n) {
+                Some(n) => TargetPort::Number(n),
+                None => {
+                    errs.push(invalid(
+                        &at("targetPort"),
+                        i64::from(*n),
+                        "must be between 1 and 65535, inclusive",
+                    ));
+                    continue;
+                }
+            },
             Some(IntOrString::String(s)) => match s.parse::<u16>() {
                 Ok(n) if n > 0 => TargetPort::Number(n),
                 _ if crate::api::validation::is_dns_label(s) && s.len() <= 15 => {
                     TargetPort::Name(s.clone())
                 }
                 _ => {
-                    return Err(format!(
-                        "{}: {s:?} is neither a port number nor a port name",
-                        at("targetPort")
-                    ))
+                    errs.push(invalid(
+                        &at("targetPort"),
+                        s.as_str(),
+                        "must be a port number (1-65535) or a port name (an IANA_SVC_NAME: at most 15 characters, lowercase letters, digits and '-')",
+                    ));
+                    continue;
                 }
             },
         };
         let np = match p.node_port {
             None | Some(0) => None,
             Some(n) if !node_port => {
-                return Err(format!(
-                    "{}: {n} is only allowed for type NodePort",
-                    at("nodePort")
-                ))
+                errs.push(forbidden_node_port(&at("nodePort"), n));
+                None
             }
-            Some(n) => Some(
-                u16::try_from(n)
-                    .ok()
-                    .filter(|n| super::NODE_PORTS.contains(n))
-                    .ok_or_else(|| {
+            Some(n) => match u16::try_from(n)
+                .ok()
+                .filter(|n| super::NODE_PORTS.contains(n))
+            {
+                Some(n) => Some(n),
+                None => {
+                    errs.push(invalid(
+                        &at("nodePort"),
+                        i64::from(n),
                         format!(
-                            "{}: {n} is outside the node port range {}-{}",
-                            at("nodePort"),
+                            "provided port is not in the valid range. The range of valid ports is {}-{}",
                             super::NODE_PORTS.start(),
                             super::NODE_PORTS.end()
-                        )
-                    })?,
-            ),
+                        ),
+                    ));
+                    None
+                }
+            },
         };
         if ports
             .iter()
             .any(|q: &PortSpec| q.port == port && q.protocol == protocol)
         {
-            return Err(format!(
-                "{}: {port}/{} is listed twice",
-                at("port"),
-                protocol.k8s()
+            errs.push(duplicate(
+                &format!("spec.ports[{i}]"),
+                format!("{port}/{}", protocol.k8s()),
             ));
         }
         if ports
             .iter()
             .any(|q: &PortSpec| !pname.is_empty() && q.name == pname)
         {
-            return Err(format!("{}: {pname:?} is listed twice", at("name")));
+            errs.push(duplicate(&at("name"), pname.as_str()));
         }
         ports.push(PortSpec {
             name: pname,
@@ -198,18 +236,30 @@ pub fn from_service(svc: &Service, file: PathBuf) -> Result<ServiceSpec, String>
                 .and_then(|c| c.timeout_seconds)
                 .unwrap_or(10800);
             if !(1..=86400).contains(&t) {
-                return Err(format!(
-                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds: {t} is not in 1-86400"
+                errs.push(invalid(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    i64::from(t),
+                    "must be greater than 0 and less than 86400",
                 ));
             }
-            Some(t as u32)
+            Some(t.max(1) as u32)
         }
         Some(other) => {
-            return Err(format!(
-                "spec.sessionAffinity: {other:?} is not None or ClientIP"
-            ))
+            errs.push(not_supported(
+                "spec.sessionAffinity",
+                other,
+                &["ClientIP", "None"],
+            ));
+            None
         }
     };
+    if !errs.is_empty() {
+        return Err(Invalid {
+            kind: "Service".into(),
+            name,
+            causes: errs,
+        });
+    }
     Ok(ServiceSpec {
         namespace,
         name,
@@ -222,11 +272,19 @@ pub fn from_service(svc: &Service, file: PathBuf) -> Result<ServiceSpec, String>
     })
 }
 
+/// A nodePort on a service that is not of type NodePort (the API server's text).
+fn forbidden_node_port(field: &str, n: i32) -> FieldError {
+    crate::api::validation::forbidden(
+        field,
+        format!("may not be used when `type` is 'ClusterIP' (was {n})"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(yaml: &str) -> Result<ServiceSpec, String> {
+    fn parse(yaml: &str) -> Result<ServiceSpec, Invalid> {
         let svc: Service = serde_yaml::from_str(yaml).unwrap();
         from_service(&svc, "svc.yaml".into())
     }
@@ -247,21 +305,41 @@ mod tests {
     #[test]
     fn bad_input_names_the_field_and_value() {
         let cases = [
-            ("spec: {type: LoadBalancer, ports: [{port: 80}]}", "spec.type: \"LoadBalancer\""),
-            ("spec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}", "spec.clusterIP: \"10.96.0.300\""),
-            ("spec: {ports: [{port: 70000}]}", "spec.ports[0].port: 70000"),
-            ("spec: {type: NodePort, ports: [{port: 80, nodePort: 80}]}", "spec.ports[0].nodePort: 80 is outside"),
-            ("spec: {ports: [{port: 80, nodePort: 30080}]}", "only allowed for type NodePort"),
-            ("spec: {ports: [{port: 80}, {port: 81}]}", "spec.ports[0].name: required"),
-            ("spec: {ports: [{port: 80, protocol: ICMP}]}", "spec.ports[0].protocol: \"ICMP\""),
-            ("spec: {ports: [{port: 80, targetPort: \"no_such!\"}]}", "spec.ports[0].targetPort"),
-            ("spec: {sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}, ports: [{port: 80}]}", "timeoutSeconds: 0"),
-            ("spec: {ports: []}", "spec.ports: at least one"),
+            ("spec: {type: LoadBalancer, ports: [{port: 80}]}", "spec.type: Unsupported value: \"LoadBalancer\": supported values: \"ClusterIP\", \"NodePort\""),
+            ("spec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}", "spec.clusterIP: Invalid value: \"10.96.0.300\""),
+            ("spec: {ports: [{port: 70000}]}", "spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive"),
+            ("spec: {type: NodePort, ports: [{port: 80, nodePort: 80}]}", "spec.ports[0].nodePort: Invalid value: 80: provided port is not in the valid range. The range of valid ports is 30000-32767"),
+            ("spec: {ports: [{port: 80, nodePort: 30080}]}", "spec.ports[0].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'"),
+            ("spec: {ports: [{port: 80}, {port: 81}]}", "spec.ports[0].name: Required value"),
+            ("spec: {ports: [{port: 80, protocol: ICMP}]}", "spec.ports[0].protocol: Unsupported value: \"ICMP\""),
+            ("spec: {ports: [{port: 80, targetPort: \"no_such!\"}]}", "spec.ports[0].targetPort: Invalid value: \"no_such!\""),
+            ("spec: {sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}, ports: [{port: 80}]}", "timeoutSeconds: Invalid value: 0"),
+            ("spec: {ports: []}", "spec.ports: Required value"),
+            ("spec: {ports: [{name: a, port: 80}, {name: b, port: 80}]}", "spec.ports[1]: Duplicate value: \"80/TCP\""),
         ];
         for (spec, want) in cases {
-            let e = parse(&format!("metadata: {{name: s}}\n{spec}\n")).unwrap_err();
+            let e = parse(&format!("metadata: {{name: s}}\n{spec}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("Service \"s\" is invalid: "), "{e}");
             assert!(e.contains(want), "{spec}: {e}");
         }
+        // Every problem at once, as the API server reports them.
+        let e =
+            parse("metadata: {name: Bad_Name}\nspec: {type: LoadBalancer, ports: [{port: 0}]}\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.starts_with(
+                "Service \"Bad_Name\" is invalid: [metadata.name: Invalid value: \"Bad_Name\""
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("spec.type: Unsupported value")
+                && e.contains("spec.ports[0].port: Invalid value: 0"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -7,6 +7,18 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::api::quantity::parse_quantity;
 
+/// A container's requests and limits that cannot be read or do not hold together, each
+/// problem naming its field and value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct ResourceError(pub Vec<String>);
+
+impl crate::api::error::Classify for ResourceError {
+    fn class(&self) -> crate::api::error::ErrorClass {
+        crate::api::error::ErrorClass::Invalid
+    }
+}
+
 /// The period of cpu.max, as the kubelet uses it (100 ms).
 pub const CPU_PERIOD_US: u64 = 100_000;
 /// cgroup v1 cpu.shares bounds; cpu.weight is derived from shares as runc and the kubelet do.
@@ -59,7 +71,10 @@ fn hugetlb_size(name: &str) -> Option<String> {
 /// Reads and checks one container's `resources`; `at` is its path in the pod
 /// (`spec.containers[0]`). Errors name the field and the value. Warnings list resources knode
 /// does not enforce.
-pub fn container(c: &Container, at: &str) -> Result<(ContainerResources, Vec<String>), String> {
+pub fn container(
+    c: &Container,
+    at: &str,
+) -> Result<(ContainerResources, Vec<String>), ResourceError> {
     let mut r = ContainerResources::default();
     let mut warnings = Vec::new();
     let Some(res) = &c.resources else {
@@ -127,7 +142,7 @@ pub fn container(c: &Container, at: &str) -> Result<(ContainerResources, Vec<Str
         }
     }
     if !problems.is_empty() {
-        return Err(problems.join("; "));
+        return Err(ResourceError(problems));
     }
     // A zero request or limit counts as none, as in the kubelet (for QoS and for cgroups).
     let nonzero = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().filter(|v| *v > 0);
@@ -144,7 +159,7 @@ pub fn container(c: &Container, at: &str) -> Result<(ContainerResources, Vec<Str
 }
 
 /// Every container of a pod (init containers first) with its resources, or the problems.
-pub fn pod(pod: &Pod) -> Result<Vec<(String, ContainerResources)>, String> {
+pub fn pod(pod: &Pod) -> Result<Vec<(String, ContainerResources)>, ResourceError> {
     let Some(spec) = &pod.spec else {
         return Ok(vec![]);
     };
@@ -160,14 +175,14 @@ pub fn pod(pod: &Pod) -> Result<Vec<(String, ContainerResources)>, String> {
         for (i, c) in cs.iter().enumerate() {
             match container(c, &format!("spec.{list}[{i}]")) {
                 Ok((r, _)) => out.push((c.name.clone(), r)),
-                Err(e) => problems.push(e),
+                Err(e) => problems.extend(e.0),
             }
         }
     }
     if problems.is_empty() {
         Ok(out)
     } else {
-        Err(problems.join("; "))
+        Err(ResourceError(problems))
     }
 }
 
@@ -297,16 +312,21 @@ mod tests {
 
     #[test]
     fn errors_name_the_field_and_value() {
-        let e = container(&ctr(&[], &[("cpu", "12x")]), "spec.containers[1]").unwrap_err();
+        let e = container(&ctr(&[], &[("cpu", "12x")]), "spec.containers[1]")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("spec.containers[1].resources.limits.cpu"), "{e}");
         assert!(e.contains("\"12x\""), "{e}");
-        let e = container(&ctr(&[("memory", "-5Mi")], &[]), "spec.containers[0]").unwrap_err();
+        let e = container(&ctr(&[("memory", "-5Mi")], &[]), "spec.containers[0]")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("spec.containers[0].resources.requests.memory") && e.contains("\"-5Mi\""),
             "{e}"
         );
-        let e =
-            container(&ctr(&[("cpu", "2")], &[("cpu", "1")]), "spec.containers[0]").unwrap_err();
+        let e = container(&ctr(&[("cpu", "2")], &[("cpu", "1")]), "spec.containers[0]")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("resources.requests.cpu: invalid value \"2\": must be less than or equal to the cpu limit \"1\""), "{e}");
         let (_, w) = container(
             &ctr(&[("ephemeral-storage", "1Gi")], &[]),
@@ -380,7 +400,8 @@ mod tests {
             &ctr(&[("hugepages-2Mi", "2Mi")], &[("hugepages-2Mi", "4Mi")]),
             "c",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("invalid value 2097152") && e.contains("(4194304)"),
             "{e}"

@@ -8,7 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use anyhow::{bail, Context, Result};
+use crate::node::error::{fail, Ctx, NodeError};
+
+type Result<T, E = NodeError> = std::result::Result<T, E>;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -26,7 +28,7 @@ fn cstate(s: &CState) -> core::ContainerState {
     match s {
         CState::Waiting { reason, message } => core::ContainerState {
             waiting: Some(core::ContainerStateWaiting {
-                reason: Some(reason.clone()),
+                reason: Some(reason.to_string()),
                 message: (!message.is_empty()).then(|| message.clone()),
             }),
             ..Default::default()
@@ -45,7 +47,7 @@ fn cstate(s: &CState) -> core::ContainerState {
         } => core::ContainerState {
             terminated: Some(core::ContainerStateTerminated {
                 exit_code: *exit_code,
-                reason: Some(reason.clone()),
+                reason: Some(reason.to_string()),
                 started_at: started_at.map(time),
                 finished_at: Some(time(*finished_at)),
                 ..Default::default()
@@ -89,7 +91,7 @@ pub fn to_pod(v: &PodView) -> core::Pod {
         });
     pod.status = Some(core::PodStatus {
         qos_class: qos.map(|q| q.as_str().to_string()),
-        phase: Some(v.phase.clone()),
+        phase: Some(v.phase.to_string()),
         reason: v.reason.clone(),
         message: v.message.clone(),
         start_time: v.started.map(time),
@@ -160,20 +162,29 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A pod's container, or why there is none (a 404).
+/// Why a pod's container cannot be found (a 404).
+#[derive(Debug, thiserror::Error)]
+enum NotFound {
+    #[error("pod {0}/{1} not found")]
+    Pod(String, String),
+    #[error("container {0} is not valid for pod {1}")]
+    Container(String, String),
+}
+
+/// A pod's container, or why there is none.
 fn find_container(
     st: &NodeState,
     ns: &str,
     name: &str,
     container: &str,
-) -> Result<(PodView, super::pod::ContainerView), String> {
-    let v = find(st, ns, name).ok_or_else(|| format!("pod {ns}/{name} not found"))?;
+) -> Result<(PodView, super::pod::ContainerView), NotFound> {
+    let v = find(st, ns, name).ok_or_else(|| NotFound::Pod(ns.into(), name.into()))?;
     let c = v
         .containers
         .iter()
         .find(|c| c.name == container)
         .cloned()
-        .ok_or_else(|| format!("container {container} is not valid for pod {name}"))?;
+        .ok_or_else(|| NotFound::Container(container.into(), name.into()))?;
     Ok((v, c))
 }
 
@@ -281,7 +292,7 @@ async fn handle(
         },
         ["containerLogs", ns, name, container] => {
             match find_container(&st, ns, name, container) {
-                Err(e) => text(StatusCode::NOT_FOUND, e),
+                Err(e) => text(StatusCode::NOT_FOUND, e.to_string()),
                 Ok((v, c)) => {
                     let previous = query(&req, "previous").is_some_and(|x| x == "true");
                     let n = if previous {
@@ -305,7 +316,7 @@ async fn handle(
             }
         }
         ["execInfo", ns, name, container] => match find_container(&st, ns, name, container) {
-            Err(e) => text(StatusCode::NOT_FOUND, e),
+            Err(e) => text(StatusCode::NOT_FOUND, e.to_string()),
             Ok((_, c)) => match &c.running {
                 None => text(
                     StatusCode::BAD_REQUEST,
@@ -318,7 +329,7 @@ async fn handle(
             },
         },
         ["logPath", ns, name, container] => match find_container(&st, ns, name, container) {
-            Err(e) => text(StatusCode::NOT_FOUND, e),
+            Err(e) => text(StatusCode::NOT_FOUND, e.to_string()),
             Ok((v, c)) => {
                 let path =
                     container_log_dir(&st, &v, container).join(format!("{}.log", c.restart_count));
@@ -337,72 +348,60 @@ async fn handle(
     Ok(resp)
 }
 
-/// Starts the API server on its own thread (a small tokio runtime).
+/// Starts the API server on the process's runtime.
 pub fn serve(sock: PathBuf, state: Arc<RwLock<NodeState>>) -> Result<()> {
     let _ = std::fs::remove_file(&sock);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    let rt = crate::node::rt::handle()?;
     let listener = {
         let _g = rt.enter();
-        tokio::net::UnixListener::bind(&sock)
-            .with_context(|| format!("binding {}", sock.display()))?
+        tokio::net::UnixListener::bind(&sock).with_ctx(|| format!("binding {}", sock.display()))?
     };
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
-    std::thread::Builder::new()
-        .name("api".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                loop {
-                    let stream = match listener.accept().await {
-                        Ok((s, _)) => s,
-                        Err(e) => {
-                            // Out of descriptors (EMFILE) and the like: wait a little rather
-                            // than spin, and never give up serving.
-                            tracing::warn!(error = %e, "accepting an API connection");
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                            .await;
-                    });
+    rt.spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of descriptors (EMFILE) and the like: wait a little rather than
+                    // spin, and never give up serving.
+                    tracing::warn!(error = %e, "accepting an API connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
                 }
-            })
-        })?;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
     Ok(())
 }
 
 /// GET `path` from the agent at `sock`: the status and body.
 pub fn get(sock: &Path, path: &str) -> Result<(u16, Vec<u8>)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let stream = tokio::net::UnixStream::connect(sock)
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to the agent at {} (is `knode agent` running?)",
-                    sock.display()
-                )
-            })?;
+    crate::node::rt::client()?.block_on(async {
+        let stream = tokio::net::UnixStream::connect(sock).await.with_ctx(|| {
+            format!(
+                "connecting to the agent at {} (is `knode agent` running?)",
+                sock.display()
+            )
+        })?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
+        let conn = tokio::spawn(conn);
         let req = Request::get(path)
             .header("host", "knode")
             .body(http_body_util::Empty::<Bytes>::new())?;
         let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes().to_vec();
+        conn.abort();
         if status >= 500 {
-            bail!("agent error: {}", String::from_utf8_lossy(&body));
+            fail!("agent error: {}", String::from_utf8_lossy(&body));
         }
         Ok((status, body))
     })

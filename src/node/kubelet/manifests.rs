@@ -167,7 +167,7 @@ fn check_pod(raw: &serde_json::Value, pod: &Pod) -> (Vec<String>, Option<String>
                 }
                 match crate::node::cgroup::resources::container(c, &at) {
                     Ok((_, w)) => warnings.extend(w),
-                    Err(e) => problems.push(e),
+                    Err(e) => problems.push(e.to_string()),
                 }
             }
         }
@@ -430,21 +430,35 @@ pub const MAX_NODES: usize = 500_000;
 /// Measures a manifest's nesting and size with a streaming parser before serde_yaml parses
 /// it: serde_yaml 0.9 collects every parse event of a document before its own limits apply,
 /// which costs about 160 bytes of memory per byte of `[[[[...`.
-fn check_shape(text: &str) -> Result<(), String> {
+/// Why a manifest file was refused before it was parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShapeError {
+    #[error("{0}")]
+    Syntax(#[from] yaml_rust2::ScanError),
+    #[error("line {line}: nested more than {MAX_DEPTH} levels deep")]
+    TooDeep { line: usize },
+    #[error("line {line}: more than {MAX_NODES} YAML nodes in one file")]
+    TooLarge { line: usize },
+}
+
+impl crate::api::error::Classify for ShapeError {
+    fn class(&self) -> crate::api::error::ErrorClass {
+        crate::api::error::ErrorClass::Invalid
+    }
+}
+
+fn check_shape(text: &str) -> Result<(), ShapeError> {
     use yaml_rust2::parser::{Event, Parser};
     let mut p = Parser::new_from_str(text);
     let (mut depth, mut nodes) = (0usize, 0usize);
     loop {
-        let (ev, mark) = p.next_token().map_err(|e| e.to_string())?;
+        let (ev, mark) = p.next_token()?;
         match ev {
             Event::SequenceStart(..) | Event::MappingStart(..) => {
                 depth += 1;
                 nodes += 1;
                 if depth > MAX_DEPTH {
-                    return Err(format!(
-                        "line {}: nested more than {MAX_DEPTH} levels deep",
-                        mark.line()
-                    ));
+                    return Err(ShapeError::TooDeep { line: mark.line() });
                 }
             }
             Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
@@ -453,10 +467,7 @@ fn check_shape(text: &str) -> Result<(), String> {
             _ => {}
         }
         if nodes > MAX_NODES {
-            return Err(format!(
-                "line {}: more than {MAX_NODES} YAML nodes in one file",
-                mark.line()
-            ));
+            return Err(ShapeError::TooLarge { line: mark.line() });
         }
     }
 }
@@ -531,7 +542,7 @@ fn parse_text(f: &Path, text: &str) -> Manifests {
                 "Service" => match serde_json::from_value::<Service>(v) {
                     Ok(svc) => match crate::api::service::spec::from_service(&svc, f.clone()) {
                         Ok(spec) => m.services.push(spec),
-                        Err(e) => m.errors.push(at(&format!("Service {ns}/{name}: {e}"))),
+                        Err(e) => m.errors.push(at(&e.to_string())),
                     },
                     Err(e) => m.errors.push(at(&format!("invalid Service: {e}"))),
                 },

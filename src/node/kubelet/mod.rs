@@ -14,6 +14,7 @@
 //! running out of descriptors or threads delays a pod, never ends the agent.
 
 pub mod api;
+pub mod cri;
 pub mod manifests;
 pub mod node;
 pub mod pod;
@@ -26,7 +27,9 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use crate::node::error::{Ctx, NodeError};
+
+type Result<T, E = NodeError> = std::result::Result<T, E>;
 
 use crate::config::{CgroupConfig, NodeConfig};
 use crate::node::safefs::Beneath;
@@ -39,8 +42,9 @@ fn cgroups(c: &CgroupConfig) -> Result<(Option<Arc<crate::node::cgroup::Cgroups>
         tracing::warn!("{note}");
         return Ok((None, note.into()));
     }
-    let mount = crate::node::cgroup::probe()
-        .map_err(|e| anyhow::anyhow!("{e}.\nTo fix it: {}.", crate::node::cgroup::FIX))?;
+    let mount = crate::node::cgroup::probe().map_err(|e| {
+        NodeError::failed(format!("{e}.\nTo fix it: {}.", crate::node::cgroup::FIX))
+    })?;
     let cgs = crate::node::cgroup::Cgroups::setup(
         Box::new(crate::node::cgroup::fs::RealFs {
             mount: mount.clone(),
@@ -48,7 +52,7 @@ fn cgroups(c: &CgroupConfig) -> Result<(Option<Arc<crate::node::cgroup::Cgroups>
         &c.root,
         c.pod_max_pids,
     )
-    .with_context(|| format!("setting up the cgroups under {}", mount.display()))?;
+    .with_ctx(|| format!("setting up the cgroups under {}", mount.display()))?;
     let note = format!(
         "cgroup v2 at {}, pods under {}",
         mount.display(),
@@ -110,7 +114,7 @@ fn release_memory() {
 fn new_view(ctx: &NodeContext, pm: Arc<manifests::PodManifest>) -> PodView {
     PodView {
         manifest: pm,
-        phase: "Pending".into(),
+        phase: crate::api::pod::PodPhase::Pending,
         reason: None,
         message: None,
         containers: vec![],
@@ -135,7 +139,7 @@ fn failed_view(
     event_message: String,
 ) -> Running {
     let mut v = new_view(ctx, pm);
-    v.phase = "Failed".into();
+    v.phase = crate::api::pod::PodPhase::Failed;
     v.reason = Some(reason.into());
     v.message = Some(message);
     v.published = true;
@@ -169,6 +173,8 @@ fn wake(fd: &OwnedFd) {
 
 pub fn run(cfg: NodeConfig) -> Result<()> {
     raise_nofile();
+    // One tokio runtime for the agent: its API, and the pod network's netlink calls.
+    cni::bridge::use_runtime(crate::node::rt::handle()?);
     let network = if cfg.cni_conf.exists() {
         let n = crate::node::network::Network::load(
             &cfg.cni_conf,
@@ -187,18 +193,18 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
     // world-readable. The log directory may be shared (/var/log/pods): made 0750 if missing,
     // its pod directories are 0750 and its files 0640 either way.
     for d in [&cfg.root, &cfg.run_dir] {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        std::fs::create_dir_all(d).with_ctx(|| format!("creating {}", d.display()))?;
         crate::node::safefs::set_mode(d, 0o700)?;
     }
     if !cfg.log_dir.exists() {
         std::fs::create_dir_all(&cfg.log_dir)
-            .with_context(|| format!("creating {}", cfg.log_dir.display()))?;
+            .with_ctx(|| format!("creating {}", cfg.log_dir.display()))?;
         crate::node::safefs::set_mode(&cfg.log_dir, 0o750)?;
     }
     let run_root = Beneath::open(&cfg.run_dir, 0o700)?;
     run_root.create_dir_all(&["pods"], 0o700)?;
     let _lock =
-        oci::fsutil::Lock::try_exclusive(&cfg.run_dir.join("agent.lock"))?.with_context(|| {
+        oci::fsutil::Lock::try_exclusive(&cfg.run_dir.join("agent.lock"))?.with_ctx(|| {
             format!(
                 "another agent is running with --run-dir {}",
                 cfg.run_dir.display()
@@ -212,10 +218,18 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
     let (changed_r, changed_w) = rustix::pipe::pipe_with(
         rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
     )?;
+    let store = Arc::new(crate::node::images::store_at(&cfg.root)?);
     let ctx = Arc::new(NodeContext {
         changed: changed_w,
-        exe: cfg.exe.clone(),
-        store: crate::node::images::store_at(&cfg.root)?,
+        images: Arc::new(cri::NodeImages {
+            store: store.clone(),
+            client: cfg.client.clone(),
+        }),
+        runtime: Arc::new(cri::NodeRuntime {
+            exe: cfg.exe.clone(),
+            store,
+        }),
+        clock: Arc::new(cri::SystemClock),
         run: run_root,
         state: Beneath::open(&cfg.root, 0o700)?,
         logs: Beneath::open(&cfg.log_dir, 0o750)?,
@@ -223,9 +237,8 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         run_dir: cfg.run_dir.clone(),
         log_dir: cfg.log_dir.clone(),
         node_name: cfg.node_name.clone(),
-        client: cfg.client.clone(),
         objects: Default::default(),
-        network,
+        network: network.map(|n| Arc::new(cri::CniNetwork(n)) as Arc<dyn cri::PodNetwork>),
         cgroups: cgroups.clone(),
     });
     let state = Arc::new(RwLock::new(NodeState {
@@ -249,7 +262,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         rustix::fs::inotify::CreateFlags::CLOEXEC | rustix::fs::inotify::CreateFlags::NONBLOCK,
     )?;
     std::fs::create_dir_all(&cfg.manifests)
-        .with_context(|| format!("creating {}", cfg.manifests.display()))?;
+        .with_ctx(|| format!("creating {}", cfg.manifests.display()))?;
     use rustix::fs::inotify::WatchFlags as W;
     rustix::fs::inotify::add_watch(
         &inotify,
@@ -258,7 +271,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         // not: a file being written is not yet a manifest).
         W::CLOSE_WRITE | W::DELETE | W::MOVED_FROM | W::MOVED_TO | W::DELETE_SELF | W::CREATE,
     )
-    .with_context(|| format!("watching {}", cfg.manifests.display()))?;
+    .with_ctx(|| format!("watching {}", cfg.manifests.display()))?;
 
     let mut workers: BTreeMap<String, Running> = BTreeMap::new();
     let mut stopping: Vec<Running> = Vec::new();
@@ -586,7 +599,7 @@ fn orphan_teardown(ctx: &NodeContext, uid: &str) {
         ))
     };
     let log_name = log_name.unwrap_or_else(|| format!("_{uid}"));
-    pod::teardown_pod(ctx, uid, &log_name, &meta, vec![], None);
+    pod::teardown_pod(ctx, uid, &log_name, &meta, vec![]);
 }
 
 /// The socket path for a run dir.

@@ -16,10 +16,13 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde::{Deserialize, Serialize};
 
+use super::cri::{Clock, ContainerState, ImageService, PodNetwork, RuntimeService};
 use super::manifests::PodManifest;
+use super::volumes::ConfigError;
+use crate::api::pod::{PodPhase, RestartPolicy, TerminatedReason, WaitingReason};
 use crate::node::container::{PodContainer, PodContainerSpec};
 use crate::node::safefs::Beneath;
-use crate::node::sandbox::{Sandbox, SandboxOptions};
+use crate::node::sandbox::SandboxOptions;
 
 /// Kubelet restart back-off: 10 s, doubling, at most 5 min; reset after 10 min of running.
 pub const BACKOFF_START: Duration = Duration::from_secs(10);
@@ -28,8 +31,12 @@ pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
 /// What the agent shares with every pod worker.
 pub struct NodeContext {
-    pub exe: PathBuf,
-    pub store: oci::image::ImageStore,
+    /// The node below the worker: images, sandboxes and containers, the pod network (none:
+    /// pods get a loopback-only network namespace) and the clock.
+    pub images: Arc<dyn ImageService>,
+    pub runtime: Arc<dyn RuntimeService>,
+    pub network: Option<Arc<dyn PodNetwork>>,
+    pub clock: Arc<dyn Clock>,
     pub root: PathBuf,
     pub run_dir: PathBuf,
     pub log_dir: PathBuf,
@@ -39,11 +46,8 @@ pub struct NodeContext {
     pub state: Beneath,
     pub logs: Beneath,
     pub node_name: String,
-    pub client: oci::registry::ClientOptions,
     /// ConfigMaps and Secrets from the manifests directory (shared, replaced as a whole).
     pub objects: std::sync::RwLock<Arc<super::volumes::Objects>>,
-    /// The pod network.
-    pub network: Option<crate::node::network::Network>,
     /// Written to when a pod's address or readiness changes (the agent recomputes endpoints).
     pub changed: OwnedFd,
     /// Resource limits (none with `--cgroups=disabled`).
@@ -54,7 +58,7 @@ pub struct NodeContext {
 #[serde(rename_all = "camelCase")]
 pub enum CState {
     Waiting {
-        reason: String,
+        reason: WaitingReason,
         message: String,
     },
     Running {
@@ -62,7 +66,7 @@ pub enum CState {
     },
     Terminated {
         exit_code: i32,
-        reason: String,
+        reason: TerminatedReason,
         started_at: Option<DateTime<Utc>>,
         finished_at: DateTime<Utc>,
     },
@@ -96,7 +100,7 @@ pub struct Event {
 #[derive(Clone, Debug)]
 pub struct PodView {
     pub manifest: Arc<PodManifest>,
-    pub phase: String,
+    pub phase: PodPhase,
     pub reason: Option<String>,
     pub message: Option<String>,
     pub containers: Vec<ContainerView>,
@@ -116,7 +120,7 @@ impl PodView {
     /// Ready for Service traffic: running, not being deleted, every app container running.
     pub fn ready(&self) -> bool {
         !self.deleting
-            && self.phase == "Running"
+            && self.phase == PodPhase::Running
             && self
                 .containers
                 .iter()
@@ -157,16 +161,9 @@ struct Ctr {
     p: Persisted,
     running: Option<PodContainer>,
     not_before: Option<Instant>,
-    waiting: Option<(String, String)>,
+    waiting: Option<(WaitingReason, String)>,
     /// The last pull of its image failed (the next failure is ImagePullBackOff).
     pull_failed: bool,
-}
-
-fn restart_policy(pod: &Pod) -> String {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.restart_policy.clone())
-        .unwrap_or_else(|| "Always".into())
 }
 
 fn grace(pod: &Pod) -> Duration {
@@ -229,11 +226,11 @@ impl PodMeta {
     }
 
     /// The grace period left for a deletion that began earlier.
-    pub fn grace_left(&self) -> Duration {
+    pub fn grace_left(&self, now: DateTime<Utc>) -> Duration {
         let full = Duration::from_secs(self.grace_seconds);
         match self.deleting_since {
             None => full,
-            Some(t) => full.saturating_sub((Utc::now() - t).to_std().unwrap_or_default()),
+            Some(t) => full.saturating_sub((now - t).to_std().unwrap_or_default()),
         }
     }
 }
@@ -241,7 +238,7 @@ impl PodMeta {
 /// An image pull running in a thread of its own, so that a stop request never waits for it:
 /// `done` becomes readable when it ends.
 struct PullJob {
-    result: Receiver<Result<oci::image::PullReport, String>>,
+    result: Receiver<Result<usize, super::cri::CriError>>,
     done: OwnedFd,
 }
 
@@ -254,15 +251,7 @@ fn spawn_pull(ctx: &Arc<NodeContext>, image: &str) -> std::io::Result<PullJob> {
     std::thread::Builder::new()
         .name("pull".into())
         .spawn(move || {
-            let r = ctx
-                .store
-                .pull(
-                    &image,
-                    ctx.client.clone(),
-                    &oci::image::PullOptions::default(),
-                    &oci::progress::NoProgress,
-                )
-                .map_err(|e| e.to_string());
+            let r = ctx.images.pull(&image);
             // The worker may be gone (its pod deleted): then nobody reads this.
             let _ = tx.send(r);
             let _ = rustix::io::write(&w, b"x");
@@ -284,7 +273,8 @@ pub struct Worker {
     dir: PathBuf,
     disk: PathBuf,
     meta: PodMeta,
-    sandbox: Option<Sandbox>,
+    /// The sandbox is complete (made, or adopted with its `ready` mark).
+    sandbox: bool,
     volumes: Option<BTreeMap<String, PathBuf>>,
     ctrs: Vec<Ctr>,
     pulled: BTreeMap<String, ()>,
@@ -374,7 +364,7 @@ impl Worker {
             view,
             dir,
             meta,
-            sandbox: None,
+            sandbox: false,
             ctrs,
             pulled: BTreeMap::new(),
             pulls: BTreeMap::new(),
@@ -425,10 +415,10 @@ impl Worker {
                 v.message = Some(msg);
                 for c in &mut self.ctrs {
                     c.waiting = Some((
-                        "ContainerCreating".into(),
+                        WaitingReason::ContainerCreating,
                         "waiting for the pod cgroup".into(),
                     ));
-                    c.not_before = Some(Instant::now() + Duration::from_secs(2));
+                    c.not_before = Some(self.ctx.clock.now() + Duration::from_secs(2));
                 }
                 false
             }
@@ -490,28 +480,20 @@ impl Worker {
             self.view.lock().expect("view").pod_ip = a.ip.map(|i| i.to_string());
         }
         if self.dir.join("sandbox").join("ready").exists() {
-            self.sandbox = Some(Sandbox::open(&self.dir.join("sandbox")));
+            self.sandbox = true;
             self.reattach_if_lost();
         }
         for i in 0..self.ctrs.len() {
             let name = self.ctrs[i].spec.name.clone();
             let current = self.ctrs[i].p.attempt.and_then(|attempt| {
-                let d = self.attempt_dir(&name, attempt);
-                let state = d.join("state");
-                let pid = crate::node::shim::pid(&state)?;
-                if crate::node::shim::exit_status(&state).is_none()
-                    && crate::node::shim::shim_pidfd(&state).is_some()
-                {
-                    tracing::info!(container = %name, pid, "adopted a running container");
+                let pc = self
+                    .ctx
+                    .runtime
+                    .find_container(&self.attempt_dir(&name, attempt))?;
+                if self.ctx.runtime.container_state(&pc) == ContainerState::Running {
+                    tracing::info!(container = %name, pid = pc.pid, "adopted a running container");
                 }
-                Some((
-                    attempt,
-                    PodContainer {
-                        state,
-                        rootfs: d.join("rootfs"),
-                        pid,
-                    },
-                ))
+                Some((attempt, pc))
             });
             let keep = current.as_ref().map(|(a, _)| a.to_string());
             for a in std::fs::read_dir(self.dir.join("containers").join(&name))
@@ -538,7 +520,7 @@ impl Worker {
 
     /// ADD through the pod network (none for hostNetwork pods or without a network); records
     /// the attachment in the pod directory and the address in the pod's status.
-    fn attach_network(&mut self) -> anyhow::Result<()> {
+    fn attach_network(&mut self) -> Result<(), super::cri::CriError> {
         let Some(n) = self.ctx.network.as_ref().filter(|_| !self.host_network()) else {
             return Ok(());
         };
@@ -632,11 +614,11 @@ impl Worker {
     fn step(&mut self) {
         let m = self.manifest();
         let pod = &m.pod;
-        let policy = restart_policy(pod);
+        let policy = RestartPolicy::of(pod);
         if !self.ensure_cgroup() {
             return;
         }
-        if self.sandbox.is_none() {
+        if !self.sandbox {
             let spec = pod.spec.clone().unwrap_or_default();
             let o = SandboxOptions {
                 hostname: pod_hostname(&m),
@@ -652,18 +634,15 @@ impl Worker {
                 }
                 v.message = Some(msg);
                 for c in &mut self.ctrs {
-                    c.not_before = Some(Instant::now() + Duration::from_secs(2));
+                    c.not_before = Some(self.ctx.clock.now() + Duration::from_secs(2));
                 }
                 return;
             }
-            if self.dir.join("sandbox").exists() {
-                let _ = Sandbox::open(&self.dir.join("sandbox")).remove();
-            }
-            match Sandbox::create(&self.ctx.exe, &self.dir.join("sandbox"), &o) {
-                Ok(s) => {
+            match self.ctx.runtime.create_sandbox(&self.dir, &o) {
+                Ok(()) => {
                     // The pod network, before the sandbox counts as ready.
                     if let Err(e) = self.attach_network() {
-                        let _ = s.remove();
+                        let _ = self.ctx.runtime.remove_sandbox(&self.dir);
                         let msg = format!("network: {e:#}");
                         let mut v = self.view.lock().expect("view");
                         if v.message.as_deref() != Some(msg.as_str()) {
@@ -672,16 +651,16 @@ impl Worker {
                         v.message = Some(msg);
                         for c in &mut self.ctrs {
                             c.waiting = Some((
-                                "ContainerCreating".into(),
+                                WaitingReason::ContainerCreating,
                                 "waiting for the pod network".into(),
                             ));
-                            c.not_before = Some(Instant::now() + Duration::from_secs(2));
+                            c.not_before = Some(self.ctx.clock.now() + Duration::from_secs(2));
                         }
                         return;
                     }
                     // Adoption trusts only a sandbox that was completed.
                     let _ = oci::fsutil::replace(&self.dir.join("sandbox").join("ready"), b"");
-                    self.sandbox = Some(s)
+                    self.sandbox = true
                 }
                 Err(e) => {
                     self.event("Warning", "FailedCreatePodSandBox", format!("{e:#}"));
@@ -698,27 +677,32 @@ impl Worker {
             let objects = self.ctx.objects.read().expect("objects").clone();
             let prepared = Beneath::open(&self.disk, 0o700)
                 .and_then(|disk| Ok((disk, Beneath::open(&self.dir, 0o700)?)))
-                .map_err(|e| e.to_string())
+                .map_err(|e| ConfigError::from(e.to_string()))
                 .and_then(|(disk, mem)| {
                     super::volumes::prepare(pod, &m.namespace, &disk, &mem, &objects)
                 });
             match prepared.and_then(|v| {
                 let ip = self.view.lock().expect("view").pod_ip.clone();
-                write_etc_files(&self.dir, &m, ip.as_deref())
-                    .map_err(|e| format!("writing the pod's /etc files: {e}"))?;
+                self.ctx
+                    .runtime
+                    .write_pod_files(&self.dir, &m, ip.as_deref())
+                    .map_err(|e| ConfigError::from(e.to_string()))?;
                 Ok(v)
             }) {
                 Ok(v) => self.volumes = Some(v),
                 Err(e) => {
+                    let e = e.to_string();
                     let mut v = self.view.lock().expect("view");
                     if v.message.as_deref() != Some(e.as_str()) {
                         v.event("Warning", "FailedMount", e.clone());
                     }
                     v.message = Some(e);
                     for c in &mut self.ctrs {
-                        c.waiting =
-                            Some(("ContainerCreating".into(), "waiting for volumes".into()));
-                        c.not_before = Some(Instant::now() + Duration::from_secs(2));
+                        c.waiting = Some((
+                            WaitingReason::ContainerCreating,
+                            "waiting for volumes".into(),
+                        ));
+                        c.not_before = Some(self.ctx.clock.now() + Duration::from_secs(2));
                     }
                     return;
                 }
@@ -726,27 +710,17 @@ impl Worker {
             self.view.lock().expect("view").message = None;
         }
         // Collect exits.
-        let now = Instant::now();
+        let now = self.ctx.clock.now();
         for i in 0..self.ctrs.len() {
             let Some(run) = &self.ctrs[i].running else {
                 continue;
             };
-            let shim_gone = || crate::node::shim::shim(&run.state).gone();
-            let exit = match crate::node::shim::exit_status(&run.state) {
-                Some(e) => e,
-                None if !shim_gone() => continue,
-                // The shim and its container are both gone without a record (e.g. the shim was
-                // killed): report it as Kubernetes does and let the restart policy act.
-                None if crate::node::shim::container(&run.state).gone() => {
-                    crate::node::shim::ExitStatus {
-                        code: 137,
-                        finished_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-                        reason: "ContainerStatusUnknown".into(),
-                    }
-                }
+            let exit = match self.ctx.runtime.container_state(run) {
+                ContainerState::Exited(e) => e,
+                ContainerState::Running => continue,
                 // The shim is gone but the container runs on: nobody logs its output or will
                 // record its exit. Say so once; a stop still reaches the container itself.
-                None => {
+                ContainerState::ShimLost => {
                     let name = self.ctrs[i].spec.name.clone();
                     if self.shim_lost.insert(name.clone()) {
                         self.event(
@@ -778,16 +752,11 @@ impl Worker {
             c.running = None;
             let finished = DateTime::parse_from_rfc3339(&exit.finished_at)
                 .map(|t| t.with_timezone(&Utc))
-                .unwrap_or_else(|_| Utc::now());
-            let reason = match (exit.code, exit.reason.as_str()) {
-                (_, "ContainerStatusUnknown") => "ContainerStatusUnknown",
-                (_, "OOMKilled") => "OOMKilled",
-                (0, _) => "Completed",
-                _ => "Error",
-            };
+                .unwrap_or_else(|_| self.ctx.clock.utc());
+            let reason = TerminatedReason::of(exit.code, &exit.reason);
             c.p.last = Some(CState::Terminated {
                 exit_code: exit.code,
-                reason: reason.into(),
+                reason,
                 started_at: c.p.started_at,
                 finished_at: finished,
             });
@@ -795,13 +764,7 @@ impl Worker {
                 c.p.started_at
                     .map(|s| (finished - s).to_std().unwrap_or_default())
                     .unwrap_or_default();
-            let restart = match (c.init, policy.as_str()) {
-                (true, _) if exit.code == 0 => false,
-                (true, "Never") => false,
-                (_, "Always") if !c.init => true,
-                (_, "OnFailure") | (true, _) => exit.code != 0,
-                _ => false,
-            };
+            let restart = policy.restarts(c.init, exit.code);
             let name = c.spec.name.clone();
             if !restart {
                 c.p.done = true;
@@ -817,7 +780,7 @@ impl Worker {
                 let b = Duration::from_secs(c.p.backoff_secs);
                 c.not_before = Some(now + b);
                 c.waiting = Some((
-                    "CrashLoopBackOff".into(),
+                    WaitingReason::CrashLoopBackOff,
                     format!(
                         "back-off {}s restarting failed container={name} pod={}_{}({})",
                         b.as_secs(),
@@ -867,8 +830,11 @@ impl Worker {
     /// is there to start from; false while the pull runs or after it failed (back-off).
     fn image_ready(&mut self, i: usize) -> bool {
         let image = self.ctrs[i].spec.image.clone().unwrap_or_default();
-        if self.pulled.contains_key(&image)
-            || !must_pull(&self.ctrs[i].spec, self.ctx.store.get(&image).is_ok())
+        // A pull in flight is seen through first, even if the image is present by now: its
+        // result is reported, and its job (whose descriptor wakes the worker) goes.
+        if !self.pulls.contains_key(&image)
+            && (self.pulled.contains_key(&image)
+                || !must_pull(&self.ctrs[i].spec, self.ctx.images.present(&image)))
         {
             return true;
         }
@@ -878,7 +844,7 @@ impl Worker {
                     Ok(job) => {
                         self.pulls.insert(image.clone(), job);
                         self.ctrs[i].waiting = Some((
-                            "ContainerCreating".into(),
+                            WaitingReason::ContainerCreating,
                             format!("pulling image {image:?}"),
                         ));
                         self.event("Normal", "Pulling", format!("Pulling image {image:?}"));
@@ -886,18 +852,19 @@ impl Worker {
                     Err(e) => {
                         // Out of threads or descriptors: try again shortly.
                         tracing::warn!(image, error = %e, "starting an image pull");
-                        self.ctrs[i].not_before = Some(Instant::now() + Duration::from_secs(1));
+                        self.ctrs[i].not_before =
+                            Some(self.ctx.clock.now() + Duration::from_secs(1));
                     }
                 }
                 return false;
             }
             Some(Err(TryRecvError::Empty)) => return false,
             Some(Err(TryRecvError::Disconnected)) => Err("the pull ended without a result".into()),
-            Some(Ok(r)) => r,
+            Some(Ok(r)) => r.map_err(|e| e.to_string()),
         };
         self.pulls.remove(&image);
         match result {
-            Ok(rep) => {
+            Ok(layers_fetched) => {
                 self.pulled.insert(image.clone(), ());
                 self.ctrs[i].pull_failed = false;
                 self.event(
@@ -905,7 +872,7 @@ impl Worker {
                     "Pulled",
                     format!(
                         "Successfully pulled image {image:?} ({} layers fetched)",
-                        rep.layers_fetched
+                        layers_fetched
                     ),
                 );
                 true
@@ -914,17 +881,17 @@ impl Worker {
                 let c = &mut self.ctrs[i];
                 let (reason, b) = if c.pull_failed {
                     (
-                        "ImagePullBackOff",
+                        WaitingReason::ImagePullBackOff,
                         (c.p.backoff_secs * 2)
                             .clamp(BACKOFF_START.as_secs(), BACKOFF_MAX.as_secs()),
                     )
                 } else {
-                    ("ErrImagePull", BACKOFF_START.as_secs())
+                    (WaitingReason::ErrImagePull, BACKOFF_START.as_secs())
                 };
                 c.pull_failed = true;
                 c.p.backoff_secs = b;
-                c.not_before = Some(Instant::now() + Duration::from_secs(b));
-                c.waiting = Some((reason.into(), e.clone()));
+                c.not_before = Some(self.ctx.clock.now() + Duration::from_secs(b));
+                c.waiting = Some((reason, e.clone()));
                 self.event(
                     "Warning",
                     "Failed",
@@ -942,7 +909,7 @@ impl Worker {
         i: usize,
         m: &PodManifest,
         run_as_user: Option<i64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ConfigError> {
         let spec = &self.ctrs[i].spec;
         let pod_sc = m
             .pod
@@ -963,9 +930,9 @@ impl Worker {
         let ctr = &spec.name;
         match run_as_user {
             Some(0) => {
-                return Err(format!(
+                return Err(ConfigError::invalid(format!(
                     "container's runAsUser breaks non-root policy (pod: {pod}, container: {ctr})"
-                ))
+                )))
             }
             Some(_) => return Ok(()),
             None => {}
@@ -973,34 +940,32 @@ impl Worker {
         let image = spec.image.clone().unwrap_or_default();
         let user = self
             .ctx
-            .store
-            .get(&image)
-            .and_then(|rec| self.ctx.store.config(&rec))
-            .map_err(|e| format!("reading the image's user: {e}"))?
-            .config
-            .and_then(|c| c.user)
+            .images
+            .user(&image)
+            .map_err(|e| ConfigError::from(format!("reading the image's user: {e}")))?
             .unwrap_or_default();
         let name = user.split(':').next().unwrap_or("");
         match name.parse::<u64>() {
-            Ok(0) => Err(format!(
+            Ok(0) => Err(ConfigError::invalid(format!(
                 "container has runAsNonRoot and image will run as root (pod: {pod}, container: {ctr})"
-            )),
+            ))),
             Ok(_) => Ok(()),
-            Err(_) if name.is_empty() => Err(format!(
+            Err(_) if name.is_empty() => Err(ConfigError::invalid(format!(
                 "container has runAsNonRoot and image will run as root (pod: {pod}, container: {ctr})"
-            )),
-            Err(_) => Err(format!(
+            ))),
+            Err(_) => Err(ConfigError::invalid(format!(
                 "container has runAsNonRoot and image has non-numeric user ({name}), cannot verify user is non-root (pod: {pod}, container: {ctr})"
-            )),
+            ))),
         }
     }
 
     /// A configuration error (`CreateContainerConfigError`): the container waits, retried in
     /// a few seconds.
-    fn config_error(&mut self, i: usize, e: String) {
+    fn config_error(&mut self, i: usize, e: ConfigError) {
+        let e = e.to_string();
         let ctr = &mut self.ctrs[i];
-        ctr.waiting = Some(("CreateContainerConfigError".into(), e.clone()));
-        ctr.not_before = Some(Instant::now() + Duration::from_secs(2));
+        ctr.waiting = Some((WaitingReason::CreateContainerConfigError, e.clone()));
+        ctr.not_before = Some(self.ctx.clock.now() + Duration::from_secs(2));
         self.event("Warning", "Failed", format!("Error: {e}"));
     }
 
@@ -1098,16 +1063,16 @@ impl Worker {
             }
         };
         let vars: BTreeMap<String, String> = env.iter().cloned().collect();
-        let expand = |v: &Option<Vec<String>>| -> Result<Option<Vec<String>>, String> {
+        let expand = |v: &Option<Vec<String>>| -> Result<Option<Vec<String>>, ConfigError> {
             v.as_ref()
                 .map(|a| {
                     a.iter()
                         .map(|x| {
                             super::volumes::expand(x, &vars).ok_or_else(|| {
-                                format!(
+                                ConfigError::invalid(format!(
                                     "an argument expands to more than {} bytes (the kernel's limit on one argument)",
                                     super::volumes::MAX_ARG
-                                )
+                                ))
                             })
                         })
                         .collect()
@@ -1134,10 +1099,10 @@ impl Worker {
         if arg_bytes > super::volumes::MAX_ARGS_TOTAL {
             self.config_error(
                 i,
-                format!(
+                ConfigError::invalid(format!(
                     "the environment and arguments hold {arg_bytes} bytes, more than {} (knode's limit)",
                     super::volumes::MAX_ARGS_TOTAL
-                ),
+                )),
             );
             return;
         }
@@ -1156,7 +1121,7 @@ impl Worker {
         {
             Ok(d) => d,
             Err(e) => {
-                self.config_error(i, e.to_string());
+                self.config_error(i, ConfigError::from(e.to_string()));
                 return;
             }
         };
@@ -1203,14 +1168,15 @@ impl Worker {
                 let r = self.resources.get(&spec.name).cloned().unwrap_or_default();
                 cgs.create_container(pod_cg, &spec.name, attempt, &r)
                     .map(Some)
-                    .map_err(anyhow::Error::from)
+                    .map_err(super::cri::CriError::from)
             }
             _ => Ok(None),
         };
         let started = made.and_then(|cg| {
             c.cgroup = cg.clone();
-            let sandbox = self.sandbox.as_ref().expect("sandbox exists");
-            PodContainer::start(&self.ctx.exe, &self.ctx.store, sandbox, &hostname, &dir, &c)
+            self.ctx
+                .runtime
+                .start_container(&self.dir, &hostname, &dir, &c)
                 .inspect_err(|_| {
                     if let (Some(cgs), Some(cg)) = (&self.ctx.cgroups, &cg) {
                         let _ = cgs.remove(cg);
@@ -1222,7 +1188,7 @@ impl Worker {
                 let ctr = &mut self.ctrs[i];
                 ctr.p.attempt = Some(attempt);
                 ctr.p.restart_count = restart_count;
-                ctr.p.started_at = Some(Utc::now());
+                ctr.p.started_at = Some(self.ctx.clock.utc());
                 ctr.running = Some(pc);
                 ctr.waiting = None;
                 ctr.not_before = None;
@@ -1238,8 +1204,9 @@ impl Worker {
                     .p
                     .backoff_secs
                     .clamp(BACKOFF_START.as_secs(), BACKOFF_MAX.as_secs());
-                ctr.not_before = Some(Instant::now() + Duration::from_secs(ctr.p.backoff_secs));
-                ctr.waiting = Some(("CreateContainerError".into(), format!("{e:#}")));
+                ctr.not_before =
+                    Some(self.ctx.clock.now() + Duration::from_secs(ctr.p.backoff_secs));
+                ctr.waiting = Some((WaitingReason::CreateContainerError, format!("{e:#}")));
                 remove_attempt(&self.ctx, &dir);
                 self.event("Warning", "Failed", format!("Error: {e:#}"));
             }
@@ -1260,7 +1227,7 @@ impl Worker {
     }
 
     fn publish_view(&self) {
-        let policy = restart_policy(&self.manifest().pod);
+        let policy = RestartPolicy::of(&self.manifest().pod);
         let mut v = self.view.lock().expect("view");
         v.published = true;
         v.containers = self
@@ -1269,26 +1236,26 @@ impl Worker {
             .map(|c| {
                 let state = if let Some(_r) = &c.running {
                     CState::Running {
-                        started_at: c.p.started_at.unwrap_or_else(Utc::now),
+                        started_at: c.p.started_at.unwrap_or_else(|| self.ctx.clock.utc()),
                     }
                 } else if let Some((reason, message)) = &c.waiting {
                     CState::Waiting {
-                        reason: reason.clone(),
+                        reason: *reason,
                         message: message.clone(),
                     }
                 } else if c.p.done {
                     c.p.last.clone().unwrap_or(CState::Waiting {
-                        reason: "Unknown".into(),
+                        reason: WaitingReason::Unknown,
                         message: String::new(),
                     })
                 } else if c.init || self.ctrs.iter().filter(|x| x.init).all(|x| x.p.done) {
                     CState::Waiting {
-                        reason: "ContainerCreating".into(),
+                        reason: WaitingReason::ContainerCreating,
                         message: String::new(),
                     }
                 } else {
                     CState::Waiting {
-                        reason: "PodInitializing".into(),
+                        reason: WaitingReason::PodInitializing,
                         message: String::new(),
                     }
                 };
@@ -1314,20 +1281,20 @@ impl Worker {
             _ => 0,
         };
         v.phase = if init_failed {
-            "Failed".into()
-        } else if apps.iter().all(|c| c.p.done) && policy != "Always" {
+            PodPhase::Failed
+        } else if apps.iter().all(|c| c.p.done) && policy != RestartPolicy::Always {
             if apps.iter().all(|c| code(c) == 0) {
-                "Succeeded".into()
+                PodPhase::Succeeded
             } else {
-                "Failed".into()
+                PodPhase::Failed
             }
         } else if apps.iter().any(|c| c.running.is_some()) {
             if v.started.is_none() {
-                v.started = Some(Utc::now());
+                v.started = Some(self.ctx.clock.utc());
             }
-            "Running".into()
+            PodPhase::Running
         } else {
-            "Pending".into()
+            PodPhase::Pending
         };
     }
 
@@ -1347,7 +1314,7 @@ impl Worker {
 
     /// Sleeps until a container exits, a stop is requested, or the next back-off ends.
     fn wait(&self, wake: &OwnedFd) {
-        let now = Instant::now();
+        let now = self.ctx.clock.now();
         let next = self
             .ctrs
             .iter()
@@ -1362,12 +1329,7 @@ impl Worker {
             .ctrs
             .iter()
             .filter_map(|c| c.running.as_ref())
-            // The shim's exit means the container's is recorded; if the shim is gone but the
-            // container is not, wait for the container itself (never spin on a dead shim).
-            .filter_map(|r| {
-                crate::node::shim::shim_pidfd(&r.state)
-                    .or_else(|| crate::node::shim::container_pidfd(&r.state))
-            })
+            .filter_map(|r| self.ctx.runtime.exit_fd(r))
             .collect();
         let mut polls: Vec<rustix::event::PollFd> = fds
             .iter()
@@ -1401,7 +1363,7 @@ impl Worker {
         self.view.lock().expect("view").deleting = true;
         self.pulls.clear();
         if self.dir.exists() {
-            self.meta.deleting_since = Some(Utc::now());
+            self.meta.deleting_since = Some(self.ctx.clock.utc());
             self.meta.grace_seconds = grace(&self.manifest().pod).as_secs();
             self.meta.save(&self.dir);
         }
@@ -1410,15 +1372,7 @@ impl Worker {
             .iter_mut()
             .filter_map(|c| c.running.take())
             .collect();
-        let sandbox = self.sandbox.take();
-        teardown_pod(
-            &self.ctx,
-            &self.uid,
-            &self.log_name,
-            &self.meta,
-            running,
-            sandbox,
-        );
+        teardown_pod(&self.ctx, &self.uid, &self.log_name, &self.meta, running);
     }
 }
 
@@ -1431,7 +1385,6 @@ pub fn teardown_pod(
     log_name: &str,
     meta: &PodMeta,
     running: Vec<PodContainer>,
-    sandbox: Option<Sandbox>,
 ) {
     let Ok(dir) = ctx.run.join(&["pods", uid]) else {
         return;
@@ -1444,26 +1397,21 @@ pub fn teardown_pod(
         .flatten()
     {
         for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
-            let state = a.path().join("state");
-            if attempts.iter().any(|r| r.state == state) {
+            if attempts.iter().any(|r| r.state == a.path().join("state")) {
                 continue;
             }
-            if let Some(pid) = crate::node::shim::pid(&state) {
-                attempts.push(PodContainer {
-                    state,
-                    rootfs: a.path().join("rootfs"),
-                    pid,
-                });
+            if let Some(pc) = ctx.runtime.find_container(&a.path()) {
+                attempts.push(pc);
             }
         }
     }
-    let grace = meta.grace_left();
+    let grace = meta.grace_left(ctx.clock.utc());
     let stopped = std::sync::atomic::AtomicBool::new(true);
     std::thread::scope(|s| {
         for r in &attempts {
             let stopped = &stopped;
             let stop = move |grace| {
-                if !stop_container(r, grace) {
+                if !ctx.runtime.stop_container(r, grace) {
                     stopped.store(false, std::sync::atomic::Ordering::Relaxed);
                 }
             };
@@ -1504,14 +1452,8 @@ pub fn teardown_pod(
             tracing::warn!(uid, error = %e, "CNI DEL");
         }
     }
-    if let Some(sb) = sandbox.or_else(|| {
-        dir.join("sandbox")
-            .exists()
-            .then(|| Sandbox::open(&dir.join("sandbox")))
-    }) {
-        if let Err(e) = sb.remove() {
-            tracing::warn!(uid, error = %e, "removing the pod sandbox");
-        }
+    if let Err(e) = ctx.runtime.remove_sandbox(&dir) {
+        tracing::warn!(uid, error = %e, "removing the pod sandbox");
     }
     // Volumes, /etc files and anything else still mounted are detached by the removal,
     // which never descends through a mount.
@@ -1530,23 +1472,14 @@ pub fn teardown_pod(
 /// Stops what may still run in one attempt of a container, unmounts it, ends its image
 /// lease and removes its directories (runtime state, and its writable layer on disk).
 fn remove_attempt(ctx: &NodeContext, dir: &Path) {
-    let state = dir.join("state");
-    if let Some(pid) = crate::node::shim::pid(&state) {
-        let pc = PodContainer {
-            state,
-            rootfs: dir.join("rootfs"),
-            pid,
-        };
-        if !stop_container(&pc, Duration::ZERO) {
+    if let Some(pc) = ctx.runtime.find_container(dir) {
+        if !ctx.runtime.stop_container(&pc, Duration::ZERO) {
             // Kept: the pod's teardown (or the next agent) tries again.
             tracing::warn!(dir = %dir.display(), "a container attempt could not be stopped; its state is kept");
             return;
         }
     }
-    // Staged subPath mounts first: removing through them would empty the volumes.
-    super::volumes::unmount_staged(&dir.join("subpaths"));
-    let _ = rustix::mount::unmount(dir.join("rootfs"), rustix::mount::UnmountFlags::DETACH);
-    ctx.store.release(&crate::node::container::lease_name(dir));
+    ctx.runtime.release_attempt(dir);
     if let Err(e) = ctx.run.remove_path(dir) {
         tracing::warn!(error = %e, "removing a container attempt");
     }
@@ -1555,40 +1488,6 @@ fn remove_attempt(ctx: &NodeContext, dir: &Path) {
             tracing::warn!(error = %e, "removing a container's writable layer");
         }
     }
-}
-
-/// SIGTERM, up to `grace` for the exit, then SIGKILL. The signals go through a pidfd of the
-/// container checked against its recorded start time (never to a recycled PID); when its
-/// shim is gone, the container itself is waited for. False if the container could not be
-/// reached (its state unreadable for lack of descriptors, say) and may still run.
-pub fn stop_container(r: &PodContainer, grace: Duration) -> bool {
-    if crate::node::shim::exit_status(&r.state).is_some() {
-        return true;
-    }
-    // Out of descriptors, the container's state may not be readable for a moment: keep
-    // trying for a while rather than leave it running.
-    let deadline = Instant::now() + grace.max(Duration::from_secs(10));
-    let ctr = loop {
-        match crate::node::shim::container(&r.state) {
-            crate::node::shim::Proc::Alive(fd) => break fd,
-            crate::node::shim::Proc::Gone => return true,
-            crate::node::shim::Proc::Unknown(_) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(100))
-            }
-            crate::node::shim::Proc::Unknown(e) => {
-                tracing::warn!(state = %r.state.display(), error = %e, "cannot reach a container to stop it");
-                return false;
-            }
-        }
-    };
-    let shim = crate::node::shim::shim_pidfd(&r.state);
-    let watch = shim.as_ref().unwrap_or(&ctr);
-    crate::node::shim::signal(&ctr, rustix::process::Signal::TERM);
-    if crate::node::shim::wait_readable(watch, grace) {
-        return true;
-    }
-    crate::node::shim::signal(&ctr, rustix::process::Signal::KILL);
-    crate::node::shim::wait_readable(watch, Duration::from_secs(10))
 }
 
 /// Unmounts every container attempt's rootfs under a pod directory and ends its image lease
@@ -1600,13 +1499,7 @@ pub fn unmount_attempts(ctx: &NodeContext, pod_dir: &Path) {
         .flatten()
     {
         for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
-            super::volumes::unmount_staged(&a.path().join("subpaths"));
-            let _ = rustix::mount::unmount(
-                a.path().join("rootfs"),
-                rustix::mount::UnmountFlags::DETACH,
-            );
-            ctx.store
-                .release(&crate::node::container::lease_name(&a.path()));
+            ctx.runtime.release_attempt(&a.path());
         }
     }
 }
@@ -1630,7 +1523,11 @@ pub fn pod_hostname(m: &PodManifest) -> String {
 /// user of the container reads them; the kubelet writes them so), on a small tmpfs of the
 /// pod's own (`nosuid,nodev,noexec`), so that a container writing to them can neither fill
 /// the node's `/run` nor grow them without bound. An adopted pod keeps the files it has.
-fn write_etc_files(dir: &Path, m: &PodManifest, ip: Option<&str>) -> std::io::Result<()> {
+pub(super) fn write_etc_files(
+    dir: &Path,
+    m: &PodManifest,
+    ip: Option<&str>,
+) -> std::io::Result<()> {
     let spec = m.pod.spec.as_ref();
     let hostname = pod_hostname(m);
     let etc = dir.join("etc");
@@ -1663,3 +1560,6 @@ fn write_etc_files(dir: &Path, m: &PodManifest, ip: Option<&str>) -> std::io::Re
     crate::node::safefs::write_at(&d, "hostname", format!("{hostname}\n").as_bytes(), 0o644)?;
     crate::node::safefs::write_at(&d, "resolv.conf", &resolv, 0o644)
 }
+
+#[cfg(test)]
+mod tests;

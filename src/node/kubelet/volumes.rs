@@ -20,6 +20,59 @@ use crate::node::safefs::Beneath;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use oci::runtime::spec::Bind;
 
+use crate::api::error::{Classify, ErrorClass};
+
+/// A volume, environment or mount of a container that cannot be made: why, and of which
+/// class (a ConfigMap, Secret or key that does not exist is NotFound, a spec knode cannot
+/// honour is Invalid, a failed mount or write Internal). The worker reports it as
+/// `FailedMount` or `CreateContainerConfigError` and retries.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConfigError {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn not_found(message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            class: ErrorClass::NotFound,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            class: ErrorClass::Invalid,
+            message: message.into(),
+        }
+    }
+
+    /// The same error, its message prefixed with where it happened.
+    pub fn at(self, what: &str) -> ConfigError {
+        ConfigError {
+            class: self.class,
+            message: format!("{what}: {}", self.message),
+        }
+    }
+}
+
+/// Failures of the node itself (a mount, a write): Internal.
+impl From<String> for ConfigError {
+    fn from(message: String) -> ConfigError {
+        ConfigError {
+            class: ErrorClass::Internal,
+            message,
+        }
+    }
+}
+
+impl Classify for ConfigError {
+    fn class(&self) -> ErrorClass {
+        self.class
+    }
+}
+
 /// ConfigMaps and Secrets, by (namespace, name).
 #[derive(Default, Clone)]
 pub struct Objects {
@@ -70,7 +123,7 @@ impl Objects {
 
 use crate::node::safefs::is_mount_point as is_mount;
 
-fn tmpfs(p: &Path, opts: &str) -> Result<(), String> {
+fn tmpfs(p: &Path, opts: &str) -> Result<(), ConfigError> {
     if is_mount(p) {
         return Ok(());
     }
@@ -82,20 +135,20 @@ fn tmpfs(p: &Path, opts: &str) -> Result<(), String> {
         rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
         Some(data.as_c_str()),
     )
-    .map_err(|e| format!("mounting a tmpfs at {}: {e}", p.display()))
+    .map_err(|e| ConfigError::from(format!("mounting a tmpfs at {}: {e}", p.display())))
 }
 
 /// Writes `files` (relative path -> content, mode) into the volume `dir`, which is new and
 /// empty. Paths were validated with the pod; each component is checked again and every write
 /// goes through `Beneath`, so nothing can land outside the volume.
-fn write_files(dir: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), String> {
+fn write_files(dir: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), ConfigError> {
     let root = Beneath::open(dir, 0o755).map_err(|e| e.to_string())?;
     for (rel, data, mode) in files {
         let parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
         if rel.starts_with('/') || parts.is_empty() || parts.contains(&"..") {
-            return Err(format!(
+            return Err(ConfigError::from(format!(
                 "item path {rel:?} must be relative and must not contain '..'"
-            ));
+            )));
         }
         let (_, parents) = parts.split_last().expect("not empty");
         root.create_dir_all(parents, 0o755)
@@ -119,7 +172,7 @@ fn tmpfs_size(files: &[(String, Vec<u8>, u32)]) -> u64 {
 }
 
 /// A configMap or secret volume: a tmpfs of its own at `p` with the files.
-fn object_volume(p: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), String> {
+fn object_volume(p: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), ConfigError> {
     tmpfs(p, &format!("mode=0755,size={}", tmpfs_size(files)))?;
     write_files(p, files)
 }
@@ -133,12 +186,12 @@ pub const MAX_POD_PROJECTED_BYTES: u64 = 16 << 20;
 
 /// Adds the bytes a configMap or secret volume holds to the pod's total, and checks it (a
 /// volume's own bytes were bounded by `items` as it copied them).
-fn projected(files: &[(String, Vec<u8>, u32)], total: &mut u64) -> Result<(), String> {
+fn projected(files: &[(String, Vec<u8>, u32)], total: &mut u64) -> Result<(), ConfigError> {
     *total += files.iter().map(|(_, d, _)| d.len() as u64).sum::<u64>();
     if *total > MAX_POD_PROJECTED_BYTES {
-        return Err(format!(
+        return Err(ConfigError::from(format!(
             "the pod's configMap and secret volumes would hold {total} bytes, more than the {MAX_POD_PROJECTED_BYTES} a pod may hold"
-        ));
+        )));
     }
     Ok(())
 }
@@ -153,7 +206,7 @@ pub fn prepare(
     disk: &Beneath,
     mem: &Beneath,
     objects: &Objects,
-) -> Result<BTreeMap<String, PathBuf>, String> {
+) -> Result<BTreeMap<String, PathBuf>, ConfigError> {
     let mut out = BTreeMap::new();
     let mut total = 0;
     for v in pod
@@ -163,28 +216,29 @@ pub fn prepare(
         .unwrap_or_default()
     {
         let name = v.name.clone();
-        let err = |m: String| format!("volume {name:?}: {m}");
+        let err = |e: ConfigError| e.at(&format!("volume {name:?}"));
         let on_disk = disk
             .join(&["volumes", &name])
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(ConfigError::from(e.to_string())))?;
         let in_mem = mem
             .join(&["volumes", &name])
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(ConfigError::from(e.to_string())))?;
         let fresh = !on_disk.exists() && !in_mem.exists();
         let path = if let Some(ed) = &v.empty_dir {
             disk.create_dir_all(&["volumes"], 0o700)
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| err(ConfigError::from(e.to_string())))?;
             // Writable by every user of the pod, as the kubelet makes it (0777); its parents
             // are root's only, so no user of the node reaches what containers put there.
             let p = disk
                 .create_dir_all(&["volumes", &name], 0o777)
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| err(ConfigError::from(e.to_string())))?;
             if ed.medium.as_deref() == Some("Memory") {
                 let size = match &ed.size_limit {
                     Some(q) => format!(
                         ",size={}",
-                        crate::api::quantity::parse_quantity(&q.0, 1)
-                            .map_err(|e| err(format!("sizeLimit {:?} {e}", q.0)))?
+                        crate::api::quantity::parse_quantity(&q.0, 1).map_err(|e| err(
+                            ConfigError::invalid(format!("sizeLimit {:?} {e}", q.0))
+                        ))?
                     ),
                     None => String::new(),
                 };
@@ -194,7 +248,10 @@ pub fn prepare(
         } else if let Some(hp) = &v.host_path {
             let p = PathBuf::from(&hp.path);
             if !p.is_absolute() {
-                return Err(err(format!("hostPath {:?} must be absolute", hp.path)));
+                return Err(err(ConfigError::invalid(format!(
+                    "hostPath {:?} must be absolute",
+                    hp.path
+                ))));
             }
             let md = std::fs::metadata(&p);
             use std::os::unix::fs::FileTypeExt;
@@ -202,9 +259,10 @@ pub fn prepare(
                 "" => true,
                 "DirectoryOrCreate" => {
                     if md.is_err() {
-                        std::fs::create_dir_all(&p).map_err(|e| err(e.to_string()))?;
+                        std::fs::create_dir_all(&p)
+                            .map_err(|e| err(ConfigError::from(e.to_string())))?;
                         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
-                            .map_err(|e| err(e.to_string()))?;
+                            .map_err(|e| err(ConfigError::from(e.to_string())))?;
                     }
                     std::fs::metadata(&p).is_ok_and(|m| m.is_dir())
                 }
@@ -215,9 +273,9 @@ pub fn prepare(
                             .create(true)
                             .append(true)
                             .open(&p)
-                            .map_err(|e| err(e.to_string()))?;
+                            .map_err(|e| err(ConfigError::from(e.to_string())))?;
                         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))
-                            .map_err(|e| err(e.to_string()))?;
+                            .map_err(|e| err(ConfigError::from(e.to_string())))?;
                     }
                     std::fs::metadata(&p).is_ok_and(|m| m.is_file())
                 }
@@ -225,26 +283,35 @@ pub fn prepare(
                 "Socket" => md.as_ref().is_ok_and(|m| m.file_type().is_socket()),
                 "CharDevice" => md.as_ref().is_ok_and(|m| m.file_type().is_char_device()),
                 "BlockDevice" => md.as_ref().is_ok_and(|m| m.file_type().is_block_device()),
-                t => return Err(err(format!("unknown hostPath type {t:?}"))),
+                t => {
+                    return Err(err(ConfigError::invalid(format!(
+                        "unknown hostPath type {t:?}"
+                    ))))
+                }
             };
             if !ok {
-                return Err(err(format!(
+                return Err(err(ConfigError::not_found(format!(
                     "hostPath {:?} is not a {}",
                     hp.path,
                     hp.type_.clone().unwrap_or_default()
-                )));
+                ))));
             }
             p
         } else if let Some(cm) = &v.config_map {
             mem.create_dir_all(&["volumes"], 0o700)
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| err(ConfigError::from(e.to_string())))?;
             let p = mem
                 .create_dir_all(&["volumes", &name], 0o700)
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| err(ConfigError::from(e.to_string())))?;
             let data = match objects.config_map(ns, &cm.name) {
                 Some(d) => d,
                 None if cm.optional == Some(true) => BTreeMap::new(),
-                None => return Err(err(format!("configmap {:?} not found", cm.name))),
+                None => {
+                    return Err(err(ConfigError::not_found(format!(
+                        "configmap {:?} not found",
+                        cm.name
+                    ))))
+                }
             };
             let mode = cm.default_mode.unwrap_or(0o644) as u32;
             let files =
@@ -257,15 +324,19 @@ pub fn prepare(
             p
         } else if let Some(sv) = &v.secret {
             mem.create_dir_all(&["volumes"], 0o700)
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| err(ConfigError::from(e.to_string())))?;
             let p = mem
                 .create_dir_all(&["volumes", &name], 0o700)
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| err(ConfigError::from(e.to_string())))?;
             let sname = sv.secret_name.clone().unwrap_or_default();
             let data = match objects.secret(ns, &sname) {
                 Some(d) => d,
                 None if sv.optional == Some(true) => BTreeMap::new(),
-                None => return Err(err(format!("secret {sname:?} not found"))),
+                None => {
+                    return Err(err(ConfigError::not_found(format!(
+                        "secret {sname:?} not found"
+                    ))))
+                }
             };
             let mode = sv.default_mode.unwrap_or(0o644) as u32;
             let files =
@@ -277,9 +348,9 @@ pub fn prepare(
             }
             p
         } else {
-            return Err(err(
-                "only emptyDir, hostPath, configMap and secret volumes are supported".into(),
-            ));
+            return Err(err(ConfigError::invalid(
+                "only emptyDir, hostPath, configMap and secret volumes are supported",
+            )));
         };
         // fsGroup: the pod's volumes belong to that group, setgid so new files do too.
         let fs_group = pod
@@ -289,7 +360,8 @@ pub fn prepare(
             .and_then(|c| c.fs_group);
         // Only a volume made just now: never walk a tree a running container controls.
         if let (Some(g), true) = (fs_group, v.host_path.is_none() && fresh) {
-            chown_group(&path, g as u32, v.empty_dir.is_some()).map_err(|e| err(e.to_string()))?;
+            chown_group(&path, g as u32, v.empty_dir.is_some())
+                .map_err(|e| err(ConfigError::from(e.to_string())))?;
         }
         out.insert(name, path);
     }
@@ -328,7 +400,7 @@ fn items(
     items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
     mode: u32,
     optional: bool,
-) -> Result<Vec<(String, Vec<u8>, u32)>, String> {
+) -> Result<Vec<(String, Vec<u8>, u32)>, ConfigError> {
     match items {
         None => Ok(data
             .iter()
@@ -344,9 +416,9 @@ fn items(
                         // must not be copied thousands of times first.
                         bytes += v.len() as u64;
                         if bytes > MAX_VOLUME_BYTES {
-                            return Err(format!(
+                            return Err(ConfigError::from(format!(
                                 "its items hold more than the {MAX_VOLUME_BYTES} bytes a volume may hold"
-                            ));
+                            )));
                         }
                         out.push((
                             it.path.clone(),
@@ -355,7 +427,7 @@ fn items(
                         ))
                     }
                     None if optional => {}
-                    None => return Err(format!("key {:?} not found", it.key)),
+                    None => return Err(ConfigError::from(format!("key {:?} not found", it.key))),
                 }
             }
             Ok(out)
@@ -379,7 +451,7 @@ pub fn binds(
     pod: &Pod,
     volumes: &BTreeMap<String, PathBuf>,
     staging: &Path,
-) -> Result<Vec<Bind>, String> {
+) -> Result<Vec<Bind>, ConfigError> {
     let ro_kinds: Vec<String> = pod
         .spec
         .iter()
@@ -396,9 +468,9 @@ pub fn binds(
             None => src.clone(),
             Some(sp) => {
                 if sp.starts_with('/') || sp.split('/').any(|c| c == "..") {
-                    return Err(format!(
+                    return Err(ConfigError::from(format!(
                         "subPath {sp:?} must be a relative path without '..'"
-                    ));
+                    )));
                 }
                 let root = rustix::fs::open(
                     src,
@@ -425,7 +497,7 @@ pub fn binds(
                         mkdir_in_root(&root, sp, flags)
                             .map_err(|e| format!("subPath {sp:?}: {e}"))?
                     }
-                    Err(e) => return Err(format!("subPath {sp:?}: {e}")),
+                    Err(e) => return Err(ConfigError::from(format!("subPath {sp:?}: {e}"))),
                 };
                 let real = std::fs::read_link(format!(
                     "/proc/self/fd/{}",
@@ -434,7 +506,9 @@ pub fn binds(
                 .map_err(|e| e.to_string())?;
                 let canon = std::fs::canonicalize(src).map_err(|e| e.to_string())?;
                 if !real.starts_with(&canon) {
-                    return Err(format!("subPath {sp:?} resolves outside its volume"));
+                    return Err(ConfigError::from(format!(
+                        "subPath {sp:?} resolves outside its volume"
+                    )));
                 }
                 // Mount what was resolved, not a path that could be re-resolved later: bind the
                 // descriptor onto a staging point no container can change (the kubelet's fix
@@ -566,7 +640,7 @@ pub fn env(
     uid: &str,
     node: &str,
     objects: &Objects,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, ConfigError> {
     // The kubelet's service links first (unless disabled); the container's own env wins.
     let links = pod
         .spec
@@ -606,7 +680,7 @@ pub fn env(
                 }
             }
             None if optional => {}
-            None => return Err(format!("{what} not found")),
+            None => return Err(ConfigError::from(format!("{what} not found"))),
         }
     }
     for e in c.env.iter().flatten() {
@@ -626,10 +700,10 @@ pub fn env(
                     Some(v) => String::from_utf8_lossy(&v).into_owned(),
                     None if r.optional == Some(true) => continue,
                     None => {
-                        return Err(format!(
+                        return Err(ConfigError::from(format!(
                             "couldn't find key {} in configmap {:?} (env {})",
                             r.key, r.name, e.name
-                        ))
+                        )))
                     }
                 }
             } else if let Some(r) = &vf.secret_key_ref {
@@ -640,10 +714,10 @@ pub fn env(
                     Some(v) => String::from_utf8_lossy(&v).into_owned(),
                     None if r.optional == Some(true) => continue,
                     None => {
-                        return Err(format!(
+                        return Err(ConfigError::from(format!(
                             "couldn't find key {} in secret {:?} (env {})",
                             r.key, r.name, e.name
-                        ))
+                        )))
                     }
                 }
             } else if let Some(f) = &vf.field_ref {
@@ -671,10 +745,18 @@ pub fn env(
                     _ if fp.starts_with("metadata.annotations['") => {
                         label(&md.annotations, "metadata.annotations['").unwrap_or_default()
                     }
-                    _ => return Err(format!("env {}: fieldRef {fp:?} is not supported", e.name)),
+                    _ => {
+                        return Err(ConfigError::from(format!(
+                            "env {}: fieldRef {fp:?} is not supported",
+                            e.name
+                        )))
+                    }
                 }
             } else {
-                return Err(format!("env {}: valueFrom kind is not supported", e.name));
+                return Err(ConfigError::from(format!(
+                    "env {}: valueFrom kind is not supported",
+                    e.name
+                )));
             }
         } else {
             String::new()

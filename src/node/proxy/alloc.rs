@@ -7,6 +7,10 @@ use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 
+use crate::node::error::{Ctx, NodeError};
+
+type Result<T, E = NodeError> = std::result::Result<T, E>;
+
 use crate::api::service::spec::{ClusterIp, ServiceSpec};
 use crate::api::service::{ServicePort, ServiceView, NODE_PORTS};
 
@@ -35,13 +39,12 @@ fn key(s: &ServiceSpec) -> String {
 impl Allocator {
     /// Opens (or starts) the allocation file. A corrupt file is an error, never silently reset:
     /// services would change addresses under their clients.
-    pub fn open(path: PathBuf, cidr: Ipv4Net) -> anyhow::Result<Allocator> {
-        use anyhow::Context;
+    pub fn open(path: PathBuf, cidr: Ipv4Net) -> Result<Allocator> {
         let state = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b)
-                .with_context(|| format!("{}: corrupt service allocations", path.display()))?,
+                .with_ctx(|| format!("{}: corrupt service allocations", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e).with_context(|| path.display().to_string()),
+            Err(e) => return Err(e).with_ctx(|| path.display().to_string()),
         };
         Ok(Allocator { path, cidr, state })
     }
@@ -63,10 +66,7 @@ impl Allocator {
     /// Assigns addresses to `specs` (in order: earlier files win conflicts), releases those of
     /// services that are gone, and persists. Returns the services as the proxy sees them and,
     /// for the rejected ones, the service's file and the reason.
-    pub fn assign(
-        &mut self,
-        specs: &[ServiceSpec],
-    ) -> anyhow::Result<(Vec<ServiceView>, Vec<String>)> {
+    pub fn assign(&mut self, specs: &[ServiceSpec]) -> Result<(Vec<ServiceView>, Vec<String>)> {
         let before = self.state.clone();
         let wanted: std::collections::BTreeSet<String> = specs.iter().map(key).collect();
         self.state.retain(|k, _| wanted.contains(k));
@@ -98,7 +98,7 @@ impl Allocator {
             .and_then(|a| a.created.as_deref())
     }
 
-    fn assign_one(&mut self, s: &ServiceSpec, k: &str) -> Result<ServiceView, String> {
+    fn assign_one(&mut self, s: &ServiceSpec, k: &str) -> Result<ServiceView, AllocError> {
         let mut a = self.state.get(k).cloned().unwrap_or_default();
         if a.created.is_none() {
             a.created = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
@@ -111,15 +111,16 @@ impl Allocator {
             ClusterIp::Headless => None,
             ClusterIp::Fixed(ip) => {
                 if !(first..=last).contains(&u32::from(ip)) {
-                    return Err(format!(
-                        "spec.clusterIP: {ip} is not in the service CIDR {}",
-                        self.cidr
-                    ));
+                    return Err(AllocError::OutOfRange {
+                        ip,
+                        cidr: self.cidr,
+                    });
                 }
                 if let Some(other) = self.ip_in_use(ip, k) {
-                    return Err(format!(
-                        "spec.clusterIP: {ip} is already allocated to service {other}"
-                    ));
+                    return Err(AllocError::IpTaken {
+                        ip,
+                        other: other.to_string(),
+                    });
                 }
                 Some(ip)
             }
@@ -133,7 +134,7 @@ impl Allocator {
                     let ip = (0..size)
                         .map(|i| Ipv4Addr::from(first + 1 + (start + i) % size))
                         .find(|ip| self.ip_in_use(*ip, k).is_none())
-                        .ok_or_else(|| format!("the service CIDR {} is full", self.cidr))?;
+                        .ok_or(AllocError::IpsExhausted(self.cidr))?;
                     Some(ip)
                 }
             },
@@ -148,9 +149,10 @@ impl Allocator {
                 let np = match p.node_port {
                     Some(n) => {
                         if let Some(other) = self.node_port_in_use(n, k) {
-                            return Err(format!(
-                                "nodePort {n} is already allocated to service {other}"
-                            ));
+                            return Err(AllocError::NodePortTaken {
+                                port: n,
+                                other: other.to_string(),
+                            });
                         }
                         n
                     }
@@ -169,7 +171,7 @@ impl Allocator {
                                         && !node_ports.values().any(|m| m == n)
                                         && !s.ports.iter().any(|q| q.node_port == Some(*n))
                                 })
-                                .ok_or("the node port range is full")?
+                                .ok_or(AllocError::NodePortsExhausted)?
                         }
                     },
                 };
@@ -193,6 +195,34 @@ impl Allocator {
         };
         self.state.insert(k.to_string(), a);
         Ok(view)
+    }
+}
+
+/// Why a service got no address or port.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AllocError {
+    #[error("spec.clusterIP: {ip} is not in the service CIDR {cidr}")]
+    OutOfRange { ip: Ipv4Addr, cidr: Ipv4Net },
+    #[error("spec.clusterIP: {ip} is already allocated to service {other}")]
+    IpTaken { ip: Ipv4Addr, other: String },
+    #[error("nodePort {port} is already allocated to service {other}")]
+    NodePortTaken { port: u16, other: String },
+    #[error("the service CIDR {0} is full")]
+    IpsExhausted(Ipv4Net),
+    #[error("the node port range is full")]
+    NodePortsExhausted,
+}
+
+impl crate::api::error::Classify for AllocError {
+    fn class(&self) -> crate::api::error::ErrorClass {
+        use crate::api::error::ErrorClass;
+        match self {
+            AllocError::OutOfRange { .. } => ErrorClass::Invalid,
+            AllocError::IpTaken { .. } | AllocError::NodePortTaken { .. } => {
+                ErrorClass::AlreadyExists
+            }
+            AllocError::IpsExhausted(_) | AllocError::NodePortsExhausted => ErrorClass::Internal,
+        }
     }
 }
 

@@ -1747,7 +1747,7 @@ mod tests {
 
     /// Applies `scripts` in order (empty ones skipped) with `nft -f` in a fresh network
     /// namespace, then lists the table.
-    fn apply_in_netns(scripts: &[&str]) -> Result<String, String> {
+    fn apply_in_netns(scripts: &[&str]) -> std::io::Result<String> {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = String::new();
         for (i, script) in scripts.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
@@ -1765,7 +1765,9 @@ mod tests {
         if out.status.success() {
             Ok(String::from_utf8(out.stdout).unwrap())
         } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            Err(std::io::Error::other(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
         }
     }
 

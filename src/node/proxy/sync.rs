@@ -6,7 +6,9 @@
 
 use std::process::{Command, Stdio};
 
-use anyhow::Result;
+use crate::node::error::NodeError;
+
+type Result<T, E = NodeError> = std::result::Result<T, E>;
 use ipnet::Ipv4Net;
 
 use crate::api::service::endpoints::{compute, PodInfo};

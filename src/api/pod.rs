@@ -1,0 +1,191 @@
+//! A pod's life in Kubernetes' own words, as types: its phase, its restart policy, and the
+//! reasons a container waits or terminated. Each serializes as the API spells it, so the
+//! node's records and the API's JSON read the same as before they were types.
+
+use k8s_openapi::api::core::v1::Pod;
+use serde::{Deserialize, Serialize};
+
+/// `status.phase`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodPhase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+impl PodPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodPhase::Pending => "Pending",
+            PodPhase::Running => "Running",
+            PodPhase::Succeeded => "Succeeded",
+            PodPhase::Failed => "Failed",
+            PodPhase::Unknown => "Unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for PodPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `spec.restartPolicy` (validation has refused any other value).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    /// The pod's policy (`Always` when unset, as the API server defaults it).
+    pub fn of(pod: &Pod) -> RestartPolicy {
+        match pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) {
+            Some("OnFailure") => RestartPolicy::OnFailure,
+            Some("Never") => RestartPolicy::Never,
+            _ => RestartPolicy::Always,
+        }
+    }
+
+    /// Whether a container that exited with `exit_code` runs again. An init container that
+    /// succeeded is done; one that failed is retried unless the policy is `Never` (the
+    /// kubelet treats `Always` as `OnFailure` for init containers).
+    pub fn restarts(self, init: bool, exit_code: i32) -> bool {
+        match (init, self) {
+            (true, _) if exit_code == 0 => false,
+            (true, RestartPolicy::Never) => false,
+            (true, _) => true,
+            (false, RestartPolicy::Always) => true,
+            (false, RestartPolicy::OnFailure) => exit_code != 0,
+            (false, RestartPolicy::Never) => false,
+        }
+    }
+}
+
+/// `state.waiting.reason` of a container status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WaitingReason {
+    /// Its sandbox, network, volumes or image are being made ready.
+    ContainerCreating,
+    /// Init containers have not all completed.
+    PodInitializing,
+    /// It exited and waits out its restart back-off.
+    CrashLoopBackOff,
+    /// Its image's pull failed just now.
+    ErrImagePull,
+    /// Its image's pull failed again; the next try waits out a back-off.
+    ImagePullBackOff,
+    /// Its configuration cannot be built (a missing ConfigMap key, runAsNonRoot...).
+    CreateContainerConfigError,
+    /// The runtime could not start it.
+    CreateContainerError,
+    Unknown,
+}
+
+impl WaitingReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitingReason::ContainerCreating => "ContainerCreating",
+            WaitingReason::PodInitializing => "PodInitializing",
+            WaitingReason::CrashLoopBackOff => "CrashLoopBackOff",
+            WaitingReason::ErrImagePull => "ErrImagePull",
+            WaitingReason::ImagePullBackOff => "ImagePullBackOff",
+            WaitingReason::CreateContainerConfigError => "CreateContainerConfigError",
+            WaitingReason::CreateContainerError => "CreateContainerError",
+            WaitingReason::Unknown => "Unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for WaitingReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `state.terminated.reason` of a container status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TerminatedReason {
+    /// Exit code 0.
+    Completed,
+    /// Any other exit code.
+    Error,
+    /// Killed by the kernel for exceeding its memory limit.
+    #[serde(rename = "OOMKilled")]
+    OomKilled,
+    /// It vanished with its supervisor, without a record of how it ended.
+    ContainerStatusUnknown,
+}
+
+impl TerminatedReason {
+    /// The reason for an exit, from its code and what the shim recorded.
+    pub fn of(exit_code: i32, recorded: &str) -> TerminatedReason {
+        match (exit_code, recorded) {
+            (_, "ContainerStatusUnknown") => TerminatedReason::ContainerStatusUnknown,
+            (_, "OOMKilled") => TerminatedReason::OomKilled,
+            (0, _) => TerminatedReason::Completed,
+            _ => TerminatedReason::Error,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminatedReason::Completed => "Completed",
+            TerminatedReason::Error => "Error",
+            TerminatedReason::OomKilled => "OOMKilled",
+            TerminatedReason::ContainerStatusUnknown => "ContainerStatusUnknown",
+        }
+    }
+}
+
+impl std::fmt::Display for TerminatedReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies_decide_as_the_kubelet_does() {
+        use RestartPolicy::*;
+        for p in [Always, OnFailure, Never] {
+            assert!(
+                !p.restarts(true, 0),
+                "{p:?}: a completed init container is done"
+            );
+        }
+        assert!(Always.restarts(true, 1) && OnFailure.restarts(true, 1));
+        assert!(!Never.restarts(true, 1));
+        assert!(Always.restarts(false, 0) && Always.restarts(false, 3));
+        assert!(!OnFailure.restarts(false, 0) && OnFailure.restarts(false, 3));
+        assert!(!Never.restarts(false, 0) && !Never.restarts(false, 3));
+    }
+
+    #[test]
+    fn names_serialize_as_the_api_spells_them() {
+        fn j<T: Serialize>(v: &T) -> String {
+            serde_json::to_string(v).unwrap()
+        }
+        assert_eq!(j(&TerminatedReason::OomKilled), "\"OOMKilled\"");
+        assert_eq!(TerminatedReason::OomKilled.as_str(), "OOMKilled");
+        assert_eq!(j(&WaitingReason::CrashLoopBackOff), "\"CrashLoopBackOff\"");
+        assert_eq!(j(&PodPhase::Succeeded), "\"Succeeded\"");
+        let r: RestartPolicy = serde_json::from_str("\"OnFailure\"").unwrap();
+        assert_eq!(r, RestartPolicy::OnFailure);
+        assert_eq!(TerminatedReason::of(0, ""), TerminatedReason::Completed);
+        assert_eq!(
+            TerminatedReason::of(137, "OOMKilled"),
+            TerminatedReason::OomKilled
+        );
+        assert_eq!(TerminatedReason::of(2, ""), TerminatedReason::Error);
+    }
+}
