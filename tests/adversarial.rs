@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use oci::build::{ImageBuilder, TarBuilder, TarEntry};
 use oci::image::PullOptions;
 use oci::spec::Compression;
-use support::agent::*;
+use support::node::*;
 use support::*;
 
 const RACER_C: &str = r#"

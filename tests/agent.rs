@@ -6,7 +6,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::agent::*;
+use support::node::*;
 use support::*;
 
 #[test]

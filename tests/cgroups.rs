@@ -6,104 +6,49 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::node::Node;
 use support::*;
 
 const MOUNT: &str = "/sys/fs/cgroup";
 const PIDS: u64 = 64;
 
-struct Node {
-    s: Store,
-    manifests: PathBuf,
-    agent: Option<Child>,
-    root: String,
+/// A node with cgroup limits under `/sys/fs/cgroup/knode-test-<tag>` (the harness removes
+/// the root when the node goes).
+fn vm_node(tag: &str) -> Node {
+    assert!(
+        knode::node::cgroup::probe().is_ok(),
+        "these tests need cgroup v2 with cpu, memory and pids: run them with scripts/vm-test.sh ({})",
+        knode::node::cgroup::probe().err().map(|e| e.to_string()).unwrap_or_default()
+    );
+    Node::builder()
+        .cgroups(&format!("knode-test-{tag}"), PIDS)
+        .start()
 }
 
-impl Node {
-    fn new(tag: &str) -> Node {
-        assert!(
-            knode::node::cgroup::probe().is_ok(),
-            "these tests need cgroup v2 with cpu, memory and pids: run them with scripts/vm-test.sh ({})",
-            knode::node::cgroup::probe().err().map(|e| e.to_string()).unwrap_or_default()
-        );
-        let s = Store::with_busybox();
-        let manifests = s.root().join("manifests");
-        std::fs::create_dir_all(&manifests).unwrap();
-        let mut n = Node {
-            s,
-            manifests,
-            agent: None,
-            root: format!("knode-test-{tag}"),
-        };
-        n.agent = Some(
-            Command::new(knode_bin())
-                .arg("--root")
-                .arg(n.s.root())
-                .arg("--run-dir")
-                .arg(n.s.root().join("run"))
-                .args(["agent", "--manifests"])
-                .arg(&n.manifests)
-                .arg("--log-dir")
-                .arg(n.s.root().join("logs"))
-                .args([
-                    "--cgroup-root",
-                    &n.root,
-                    "--pod-max-pids",
-                    &PIDS.to_string(),
-                ])
-                .spawn()
-                .unwrap(),
-        );
-        n.until("the API answers", |n| {
-            n.knode(&["get", "pods"]).status.success()
-        });
-        n
+/// What the cgroup tests read of a node.
+trait Cgroups {
+    fn root(&self) -> PathBuf;
+    fn api_pod(&self, name: &str) -> Value;
+    fn containers_running(&self, name: &str) -> bool;
+    fn pod_cgroup(&self, name: &str) -> PathBuf;
+    fn container_cgroup(&self, pod: &str, container: &str) -> PathBuf;
+    fn delete_all(&self);
+}
+
+impl Cgroups for Node {
+    fn root(&self) -> PathBuf {
+        Path::new(MOUNT).join(&self.cgroups.as_ref().expect("cgroups on").0)
     }
 
-    fn knode(&self, args: &[&str]) -> Output {
-        Command::new(knode_bin())
-            .arg("--run-dir")
-            .arg(self.s.root().join("run"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// The API's JSON answer, or null (not found yet).
-    fn api(&self, path: &str) -> Value {
-        let (_, b) =
-            knode::node::kubelet::api::get(&self.s.root().join("run/knode.sock"), path).unwrap();
-        serde_json::from_slice(&b).unwrap_or_default()
-    }
-
-    fn pod(&self, name: &str) -> Value {
+    fn api_pod(&self, name: &str) -> Value {
         self.api(&format!("/pods/default/{name}"))["pod"].clone()
     }
 
-    fn until(&self, what: &str, f: impl Fn(&Node) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !f(self) {
-            if Instant::now() > deadline {
-                let pods =
-                    String::from_utf8_lossy(&self.knode(&["get", "pods", "-o", "yaml"]).stdout)
-                        .into_owned();
-                panic!("timed out waiting for {what}; pods:\n{pods}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn write(&self, name: &str, yaml: &str) {
-        let tmp = self.manifests.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, yaml).unwrap();
-        std::fs::rename(&tmp, self.manifests.join(format!("{name}.yaml"))).unwrap();
-    }
-
-    fn running(&self, name: &str) -> bool {
-        self.pod(name)["status"]["containerStatuses"]
+    fn containers_running(&self, name: &str) -> bool {
+        self.api_pod(name)["status"]["containerStatuses"]
             .as_array()
             .is_some_and(|cs| {
                 !cs.is_empty() && cs.iter().all(|c| c["state"]["running"].is_object())
@@ -112,11 +57,11 @@ impl Node {
 
     /// The pod's cgroup directory, found by its UID under any QoS class.
     fn pod_cgroup(&self, name: &str) -> PathBuf {
-        let uid = self.pod(name)["metadata"]["uid"]
+        let uid = self.api_pod(name)["metadata"]["uid"]
             .as_str()
             .unwrap()
             .to_string();
-        let base = Path::new(MOUNT).join(&self.root);
+        let base = self.root();
         [
             base.clone(),
             base.join("burstable"),
@@ -151,18 +96,13 @@ impl Node {
         dirs[0].clone()
     }
 
+    /// Deletes every pod and checks that no pod cgroup is left in any class.
     fn delete_all(&self) {
         for e in std::fs::read_dir(&self.manifests).unwrap().flatten() {
             std::fs::remove_file(e.path()).unwrap();
         }
-        self.until("every pod is gone", |n| {
-            std::fs::read_dir(n.s.root().join("run/pods"))
-                .map(|d| d.count())
-                .unwrap_or(0)
-                == 0
-        });
-        // No pod cgroup is left in any class.
-        let base = Path::new(MOUNT).join(&self.root);
+        self.until_no_pod_dirs();
+        let base = self.root();
         for d in [
             base.clone(),
             base.join("burstable"),
@@ -179,48 +119,6 @@ impl Node {
                 "pod cgroups left in {}: {left:?}",
                 d.display()
             );
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if self.agent.is_some() {
-            if std::thread::panicking() {
-                // Best effort after a failure: let the agent tear the pods down.
-                for e in std::fs::read_dir(&self.manifests)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    let _ = std::fs::remove_file(e.path());
-                }
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while std::fs::read_dir(self.s.root().join("run/pods"))
-                    .map(|d| d.count())
-                    .unwrap_or(0)
-                    > 0
-                    && Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            } else {
-                self.delete_all();
-            }
-        }
-        if let Some(mut a) = self.agent.take() {
-            let _ = a.kill();
-            let _ = a.wait();
-        }
-        // The QoS classes and the root stay while an agent runs (as the kubelet's); each test
-        // removes its own afterwards.
-        let base = Path::new(MOUNT).join(&self.root);
-        for d in [
-            base.join("burstable"),
-            base.join("besteffort"),
-            base.clone(),
-        ] {
-            let _ = std::fs::remove_dir(d);
         }
     }
 }
@@ -254,8 +152,8 @@ fn ctr(name: &str, cmd: &str, resources: &str) -> String {
 
 #[test]
 fn qos_classes_weights_and_limits_land_in_the_kernel() {
-    let n = Node::new("qos");
-    n.write(
+    let n = vm_node("qos");
+    n.manifest(
         "guaranteed",
         &pod(
             "guaranteed",
@@ -266,11 +164,11 @@ fn qos_classes_weights_and_limits_land_in_the_kernel() {
             ),
         ),
     );
-    n.write(
+    n.manifest(
         "besteffort",
         &pod("besteffort", &ctr("c", "sleep 1000", "")),
     );
-    n.write(
+    n.manifest(
         "burstable",
         &pod(
             "burstable",
@@ -286,16 +184,18 @@ fn qos_classes_weights_and_limits_land_in_the_kernel() {
         ),
     );
     n.until("three pods running", |n| {
-        n.running("guaranteed") && n.running("besteffort") && n.running("burstable")
+        n.containers_running("guaranteed")
+            && n.containers_running("besteffort")
+            && n.containers_running("burstable")
     });
     for (name, class) in [
         ("guaranteed", "Guaranteed"),
         ("besteffort", "BestEffort"),
         ("burstable", "Burstable"),
     ] {
-        assert_eq!(n.pod(name)["status"]["qosClass"], class, "{name}");
+        assert_eq!(n.api_pod(name)["status"]["qosClass"], class, "{name}");
     }
-    let base = Path::new(MOUNT).join(&n.root);
+    let base = n.root();
 
     // Guaranteed: directly under the root, the sum of its containers' values.
     let g = n.pod_cgroup("guaranteed");
@@ -376,17 +276,17 @@ fn qos_classes_weights_and_limits_land_in_the_kernel() {
 
 #[test]
 fn the_memory_limit_oom_kills_and_the_container_restarts() {
-    let n = Node::new("oom");
+    let n = vm_node("oom");
     // dd holds a 64 MiB buffer: over the 32 MiB limit.
-    n.write(
+    n.manifest(
         "hog",
         &pod("hog", &ctr("hog", "echo start; dd if=/dev/zero of=/dev/null bs=64M count=1; echo survived; sleep 1000", "    resources:\n      limits: {memory: 32Mi}\n")),
     );
     n.until("an OOM kill and a restart", |n| {
-        let c = &n.pod("hog")["status"]["containerStatuses"][0];
+        let c = &n.api_pod("hog")["status"]["containerStatuses"][0];
         c["restartCount"].as_u64() >= Some(1) && c["lastState"]["terminated"].is_object()
     });
-    let c = n.pod("hog")["status"]["containerStatuses"][0].clone();
+    let c = n.api_pod("hog")["status"]["containerStatuses"][0].clone();
     let t = &c["lastState"]["terminated"];
     assert_eq!(t["reason"], "OOMKilled", "{c}");
     assert_eq!(t["exitCode"], 137, "{c}");
@@ -403,8 +303,8 @@ fn the_memory_limit_oom_kills_and_the_container_restarts() {
 
 #[test]
 fn cpu_max_throttles_a_busy_loop_and_stats_are_plausible() {
-    let n = Node::new("cpu");
-    n.write(
+    let n = vm_node("cpu");
+    n.manifest(
         "busy",
         &pod(
             "busy",
@@ -419,7 +319,7 @@ fn cpu_max_throttles_a_busy_loop_and_stats_are_plausible() {
             )),
         ),
     );
-    n.until("busy running", |n| n.running("busy"));
+    n.until("busy running", |n| n.containers_running("busy"));
     let spin = n.container_cgroup("busy", "spin");
     let mem = n.container_cgroup("busy", "mem");
     n.until("the 20 MiB blob is written", |_| {
@@ -518,8 +418,8 @@ fn cpu_max_throttles_a_busy_loop_and_stats_are_plausible() {
 
 #[test]
 fn pids_max_stops_a_fork_bomb_and_the_node_stays_healthy() {
-    let n = Node::new("pids");
-    n.write(
+    let n = vm_node("pids");
+    n.manifest(
         "bomb",
         // Twenty sleepers in the background, then a classic fork bomb; PID 1 then becomes a
         // sleep, which needs no fork.
@@ -532,7 +432,7 @@ fn pids_max_stops_a_fork_bomb_and_the_node_stays_healthy() {
             ),
         ),
     );
-    n.until("bomb running", |n| n.running("bomb"));
+    n.until("bomb running", |n| n.containers_running("bomb"));
     let pc = n.pod_cgroup("bomb");
     let cc = n.container_cgroup("bomb", "bomb");
     // Kernels before 6.12 count the refused fork in the forking task's cgroup, later ones
@@ -542,8 +442,8 @@ fn pids_max_stops_a_fork_bomb_and_the_node_stays_healthy() {
     });
     assert!(read(&pc, "pids.current").parse::<u64>().unwrap() <= PIDS);
     // The node still starts and runs other pods, and answers.
-    n.write("calm", &pod("calm", &ctr("c", "echo fine; sleep 1000", "")));
-    n.until("calm running", |n| n.running("calm"));
+    n.manifest("calm", &pod("calm", &ctr("c", "echo fine; sleep 1000", "")));
+    n.until("calm running", |n| n.containers_running("calm"));
     assert!(n.knode(&["get", "pods"]).status.success());
     let bomb_procs: Vec<String> = read(&cc, "cgroup.procs")
         .lines()

@@ -17,7 +17,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::agent::*;
+use support::node::*;
 use support::*;
 
 /// Mount points at or below `p`.

@@ -14,8 +14,8 @@ const SLEEP: &str = "exec sleep 600";
 /// The pod network's promises, whatever the plugins: pod -> pod, pod -> itself, pod -> node,
 /// node -> pod, /etc/hosts, `-o wide`; and nothing left once the pods are deleted.
 fn pods_reach_each_other(n: &mut Node, subnet_prefix: &str, gateway: &str) {
-    n.pod("web", WEB);
-    n.pod("client", SLEEP);
+    n.run_pod("web", WEB);
+    n.run_pod("client", SLEEP);
     let (web, client) = (n.ready_ip("web"), n.ready_ip("client"));
     assert!(
         web.starts_with(subnet_prefix) && client.starts_with(subnet_prefix) && web != client,
@@ -46,30 +46,29 @@ fn pods_reach_each_other(n: &mut Node, subnet_prefix: &str, gateway: &str) {
     // Deleting the pods leaves no veth and no address allocated.
     n.delete_pod("web");
     n.delete_pod("client");
-    n.wait_no_pods();
+    n.until_no_pod_dirs();
     assert!(n.veths().is_empty(), "{:?}", n.veths());
     assert_eq!(n.held(), 0, "no address left allocated");
 }
 
 #[test]
 fn pods_reach_each_other_with_knodes_plugin() {
-    let mut n = Node::new(
-        "own",
-        r#"{"type":"knode-bridge","bridge":"kntest1","isGateway":true,"hairpinMode":true,"ipam":{"type":"knode-cni","subnet":"10.88.0.0/24","dataDir":"@DATA@"}}"#,
-    );
+    let mut n = Node::builder().network("own", r#"{"type":"knode-bridge","bridge":"kntest1","isGateway":true,"hairpinMode":true,"ipam":{"type":"knode-cni","subnet":"10.88.0.0/24","dataDir":"@DATA@"}}"#,
+    )
+    .build();
     // An address leaked by an earlier agent (its pod is long gone): reclaimed at start.
     let leaked = n.s.root().join("ipam/podnet/10.88.0.200");
     std::fs::create_dir_all(leaked.parent().unwrap()).unwrap();
     std::fs::write(&leaked, "gone-pod-uid\r\neth0").unwrap();
     n.start_agent();
-    n.pod("first", SLEEP);
+    n.run_pod("first", SLEEP);
     n.ready_ip("first");
     assert!(
         !leaked.exists(),
         "the leaked allocation was reclaimed at agent start"
     );
     n.delete_pod("first");
-    n.wait_no_pods();
+    n.until_no_pod_dirs();
     pods_reach_each_other(&mut n, "10.88.0.", "10.88.0.1");
 }
 
@@ -79,25 +78,23 @@ fn pods_reach_each_other_with_the_reference_plugins() {
         std::path::Path::new("/usr/lib/cni/bridge").exists(),
         "containernetworking-plugins is not installed (scripts/deps.sh --test installs it)"
     );
-    let mut n = Node::new(
-        "ref",
-        r#"{"type":"bridge","bridge":"kntest2","isGateway":true,"hairpinMode":true,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.89.0.0/24"}]],"dataDir":"@DATA@"}}"#,
-    );
+    let mut n = Node::builder().network("ref", r#"{"type":"bridge","bridge":"kntest2","isGateway":true,"hairpinMode":true,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.89.0.0/24"}]],"dataDir":"@DATA@"}}"#,
+    )
+    .build();
     n.start_agent();
     pods_reach_each_other(&mut n, "10.89.0.", "10.89.0.1");
 }
 
 #[test]
 fn an_agent_restart_reattaches_a_pod_whose_network_is_gone() {
-    let mut n = Node::new(
-        "reattach",
-        r#"{"type":"knode-bridge","bridge":"kntest3","isGateway":true,"ipam":{"type":"knode-cni","subnet":"10.93.0.0/24","dataDir":"@DATA@"}}"#,
-    );
+    let mut n = Node::builder().network("reattach", r#"{"type":"knode-bridge","bridge":"kntest3","isGateway":true,"ipam":{"type":"knode-cni","subnet":"10.93.0.0/24","dataDir":"@DATA@"}}"#,
+    )
+    .build();
     n.start_agent();
-    n.pod("web", WEB);
+    n.run_pod("web", WEB);
     let ip = n.ready_ip("web");
     assert!(n.node_get(&format!("http://{ip}:8080/")).contains("Hello"));
-    n.stop_agent();
+    n.kill_agent();
     // While no agent runs, the pod loses its veth (and with it eth0 in the pod).
     let veths = n.veths();
     assert_eq!(veths.len(), 1, "{veths:?}");
@@ -131,7 +128,7 @@ fn an_agent_restart_reattaches_a_pod_whose_network_is_gone() {
     let events = String::from_utf8(n.s.knode(&["describe", "pod", "web"]).stdout).unwrap();
     assert!(events.contains("NetworkRepaired"), "{events}");
     n.delete_pod("web");
-    n.wait_no_pods();
+    n.until_no_pod_dirs();
     assert!(n.veths().is_empty());
     assert_eq!(n.held(), 0);
 }
@@ -139,10 +136,9 @@ fn an_agent_restart_reattaches_a_pod_whose_network_is_gone() {
 #[test]
 fn bad_network_input_is_reported_and_leaves_nothing() {
     // Overlapping the Service CIDR: the agent refuses to start, naming the file and field.
-    let n = Node::new(
-        "overlap",
-        r#"{"type":"knode-bridge","ipam":{"type":"knode-cni","subnet":"10.96.0.0/24","dataDir":"@DATA@"}}"#,
-    );
+    let n = Node::builder().network("overlap", r#"{"type":"knode-bridge","ipam":{"type":"knode-cni","subnet":"10.96.0.0/24","dataDir":"@DATA@"}}"#,
+    )
+    .build();
     let o = n.agent_command().output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
@@ -154,14 +150,13 @@ fn bad_network_input_is_reported_and_leaves_nothing() {
 
     // A range of one address: the second pod shows why it has no network; once the first is
     // deleted it gets the address.
-    let mut n = Node::new(
-        "exhaust",
-        r#"{"type":"knode-bridge","bridge":"kntest4","isGateway":true,"ipam":{"type":"knode-cni","subnet":"10.95.0.0/24","rangeStart":"10.95.0.10","rangeEnd":"10.95.0.10","dataDir":"@DATA@"}}"#,
-    );
+    let mut n = Node::builder().network("exhaust", r#"{"type":"knode-bridge","bridge":"kntest4","isGateway":true,"ipam":{"type":"knode-cni","subnet":"10.95.0.0/24","rangeStart":"10.95.0.10","rangeEnd":"10.95.0.10","dataDir":"@DATA@"}}"#,
+    )
+    .build();
     n.start_agent();
-    n.pod("one", SLEEP);
+    n.run_pod("one", SLEEP);
     assert_eq!(n.ready_ip("one"), "10.95.0.10");
-    n.pod("two", SLEEP);
+    n.run_pod("two", SLEEP);
     let m = n.message("two", "no free address");
     assert!(m.contains("10.95.0.10-10.95.0.10"), "{m}");
     assert_eq!(n.veths().len(), 1, "the failed pod left no veth");
@@ -173,23 +168,22 @@ fn bad_network_input_is_reported_and_leaves_nothing() {
     n.delete_pod("one");
     assert_eq!(n.ready_ip("two"), "10.95.0.10");
     n.delete_pod("two");
-    n.wait_no_pods();
+    n.until_no_pod_dirs();
     assert!(n.veths().is_empty());
     assert_eq!(n.held(), 0);
     drop(n);
 
     // A plugin that is not installed: the pod says which; the plugin before it in the list
     // is undone (no veth, no address).
-    let mut n = Node::new(
-        "missing",
-        r#"{"type":"knode-bridge","bridge":"kntest5","isGateway":true,"ipam":{"type":"knode-cni","subnet":"10.94.0.0/24","dataDir":"@DATA@"}},{"type":"no-such-plugin"}"#,
-    );
+    let mut n = Node::builder().network("missing", r#"{"type":"knode-bridge","bridge":"kntest5","isGateway":true,"ipam":{"type":"knode-cni","subnet":"10.94.0.0/24","dataDir":"@DATA@"}},{"type":"no-such-plugin"}"#,
+    )
+    .build();
     n.start_agent();
-    n.pod("lonely", SLEEP);
+    n.run_pod("lonely", SLEEP);
     let m = n.message("lonely", "/usr/lib/cni/no-such-plugin");
     assert!(m.contains("is it installed?"), "{m}");
     assert!(n.veths().is_empty(), "{:?}", n.veths());
     assert_eq!(n.held(), 0);
     n.delete_pod("lonely");
-    n.wait_no_pods();
+    n.until_no_pod_dirs();
 }

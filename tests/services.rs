@@ -68,7 +68,7 @@ fn wait_endpoints(n: &Node, svc: &str, count: usize) {
 
 #[test]
 fn cluster_ip_and_node_port_reach_every_endpoint_and_leave_nothing() {
-    let mut n = Node::new("svc", NET);
+    let mut n = Node::builder().network("svc", NET).build();
     // Like a real node, the node has a default route (an uplink that leads nowhere here):
     // traffic to a ClusterIP without endpoints is then routed, and rejected by the proxy.
     for args in [
@@ -163,7 +163,7 @@ fn cluster_ip_and_node_port_reach_every_endpoint_and_leave_nothing() {
     assert!(age_of(&eps, "web").ends_with('s'), "{eps}");
 
     // A pod started after the services exist sees their environment variables.
-    n.pod("client", "exec sleep 600");
+    n.run_pod("client", "exec sleep 600");
     n.ready_ip("client");
     let env = String::from_utf8(n.s.knode(&["exec", "client", "--", "env"]).stdout).unwrap();
     assert!(env.contains("WEB_SERVICE_HOST=10.96.0.80"), "{env}");
@@ -211,7 +211,7 @@ fn cluster_ip_and_node_port_reach_every_endpoint_and_leave_nothing() {
     });
     to_conn.send(b"before").unwrap();
     assert_eq!(from_conn.recv().unwrap(), b"before");
-    n.stop_agent();
+    n.kill_agent();
     n.start_agent();
     wait_endpoints(&n, "echo", 1);
     to_conn.send(b"after").unwrap();
@@ -293,7 +293,7 @@ fn cluster_ip_and_node_port_reach_every_endpoint_and_leave_nothing() {
     for p in ["web-0", "web-1", "client"] {
         n.delete_pod(p);
     }
-    n.wait_no_pods();
+    n.until_no_pod_dirs();
     assert!(n.veths().is_empty());
 }
 
@@ -325,16 +325,18 @@ fn pod_netns(n: &Node, pod: &str) -> std::path::PathBuf {
 
 #[test]
 fn udp_through_a_cluster_ip_and_stale_conntrack_entries_go_with_the_endpoint() {
-    let mut n = Node::new(
-        "svcudp",
-        &NET.replace("knsvc0", "knsvc1").replace("10.87.", "10.86."),
-    );
+    let mut n = Node::builder()
+        .network(
+            "svcudp",
+            &NET.replace("knsvc0", "knsvc1").replace("10.87.", "10.86."),
+        )
+        .build();
     n.start_agent();
     n.manifest(
         "udp-0",
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: udp-0\n  labels: {app: udp}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: test/busybox:1\n    ports: [{name: dns, containerPort: 5353, protocol: UDP}]\n    command: [sleep, '600']\n",
     );
-    n.pod("client", "exec sleep 600");
+    n.run_pod("client", "exec sleep 600");
     n.manifest(
         "dns",
         "apiVersion: v1\nkind: Service\nmetadata: {name: dns}\nspec:\n  clusterIP: 10.96.0.82\n  selector: {app: udp}\n  ports: [{port: 53, protocol: UDP, targetPort: dns}]\n",
@@ -400,5 +402,5 @@ fn udp_through_a_cluster_ip_and_stale_conntrack_entries_go_with_the_endpoint() {
     }
     n.delete_pod("client");
     std::fs::remove_file(n.s.root().join("manifests/dns.yaml")).unwrap();
-    n.wait_no_pods();
+    n.until_no_pod_dirs();
 }

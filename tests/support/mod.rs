@@ -1,7 +1,6 @@
 //! Test harness: real registries, images built with knode's own builder, and a fault proxy.
 #![allow(dead_code)]
 
-pub mod agent;
 pub mod node;
 pub mod proxy;
 
