@@ -134,10 +134,20 @@ fn in_netns<T: Send + 'static>(
     .map_err(|_| "the pod-side thread panicked".to_string())?
 }
 
+/// Reads the rest of a reply whose answer is known already. The connection forwards every
+/// message of a reply to its requester; one whose stream was dropped makes it log a warning
+/// per message left (with a runtime per call, the connection died before it noticed).
+async fn drain<S: futures::TryStream + Unpin>(mut s: S) {
+    while let Ok(Some(_)) = s.try_next().await {}
+}
+
 async fn link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, BridgeError> {
     let mut links = h.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
-        Ok(l) => Ok(l),
+        Ok(l) => {
+            drain(links).await;
+            Ok(l)
+        }
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
         Err(e) => Err(BridgeError(format!("looking up {name}: {e}"))),
     }
@@ -185,6 +195,7 @@ async fn has_addr(h: &Handle, idx: u32, ip: Ipv4Addr) -> Result<bool, BridgeErro
             .iter()
             .any(|attr| matches!(attr, AddressAttribute::Address(IpAddr::V4(x)) if *x == ip))
         {
+            drain(addrs).await;
             return Ok(true);
         }
     }
@@ -406,6 +417,7 @@ pub fn check(a: &AddArgs) -> Result<(), BridgeError> {
                     |x| matches!(x, RouteAttribute::Gateway(RouteAddress::Inet(g)) if *g == gw),
                 );
                 if r.header.destination_prefix_length == 0 && via_gw {
+                    drain(routes).await;
                     return Ok(());
                 }
             }
