@@ -1,9 +1,15 @@
 //! One pod's life, in a worker thread of its own: sandbox, images, init containers in order,
 //! app containers, restarts with the kubelet's back-off, status, and teardown.
 //!
-//! The worker sleeps in poll(2) on its containers' shim pidfds (an exit wakes it at once), a
-//! wake pipe (stop requests) and the next back-off deadline. Its state is persisted in
-//! `<run-dir>/pods/<uid>/pod.json`, so a restarted agent adopts running containers.
+//! The worker sleeps in poll(2) on its containers' exit descriptors (shim pidfds: an exit
+//! wakes it at once), a wake pipe (stop requests), the pulls in flight and the next back-off
+//! deadline. Its state is persisted in `<run-dir>/pods/<uid>/pod.json`, so a restarted agent
+//! adopts running containers.
+//!
+//! It decides; the node below it acts: images, sandboxes, containers, the pod network and the
+//! clock are reached only through the traits of [`super::cri`], so `pod/tests.rs` runs its
+//! state machine against in-memory fakes. Image pulls run on threads of their own: a stop
+//! request never waits for one.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
