@@ -1,14 +1,21 @@
 //! The layering rule, checked on the sources: imports only go down.
 //!
-//! `cli` (only `main.rs` imports it) -> `node` -> `config` -> `api` -> the `oci` and `cni`
-//! crates. A module may use its own layer and the layers below it, never one above; `api` and
-//! `config` never touch the outside world, so they also stay free of `unsafe`. A layer added
-//! later (`store`, `client`, `apiserver`, ...) gets its rank here first.
+//! `cli` (only `main.rs` imports it) -> `node` -> `store` -> `config` -> `api` -> the `oci` and
+//! `cni` crates. A module may use its own layer and the layers below it, never one above nor a
+//! different layer of the same rank; `api` and `config` never touch the outside world, so they
+//! also stay free of `unsafe`. A layer added later (`client`, `apiserver`, `controllers`, ...)
+//! gets its rank here first.
 
 use std::path::{Path, PathBuf};
 
 /// Layers from the bottom up; a module may import its own and lower ranks.
-const RANKS: &[(&str, u32)] = &[("api", 0), ("config", 1), ("node", 2), ("cli", 3)];
+const RANKS: &[(&str, u32)] = &[
+    ("api", 0),
+    ("config", 1),
+    ("store", 2),
+    ("node", 3),
+    ("cli", 4),
+];
 
 fn rank(layer: &str) -> Option<u32> {
     RANKS.iter().find(|(n, _)| *n == layer).map(|(_, r)| *r)
@@ -72,6 +79,10 @@ fn violations(src: &Path) -> Vec<String> {
             match rank(&used) {
                 Some(r) if r > own => bad.push(format!(
                     "{}:{line}: `{layer}` imports `crate::{used}`, a layer above it",
+                    rel.display()
+                )),
+                Some(r) if r == own && used != layer => bad.push(format!(
+                    "{}:{line}: `{layer}` imports `crate::{used}`, a layer beside it",
                     rel.display()
                 )),
                 _ => {}

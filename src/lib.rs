@@ -5,6 +5,7 @@
 //! - `cli`: clap and printing, one file per verb (only `main.rs` imports it);
 //! - `node`: everything that runs on a node (kubelet, sandbox, containers, shims, logs, pod
 //!   network, images, cgroups, service proxy);
+//! - `store`: the API server's etcd-shaped storage (embedded, etcd) and its conformance suite;
 //! - `config`: resolved configuration handed to a component;
 //! - `api`: the Kubernetes API's rules without I/O (validation, quantities, Services).
 
@@ -12,6 +13,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod node;
+pub mod store;
 
 #[cfg(test)]
 mod layout_tests;

@@ -14,6 +14,8 @@ pub enum ErrorClass {
     AlreadyExists,
     /// It changed under the request (a stale resourceVersion, a lock held).
     Conflict,
+    /// The revision asked for is too old: it was compacted (a watch must relist).
+    Expired,
     /// The request itself is wrong; its field causes say where.
     Invalid,
     /// Try again: the node or a dependency is busy, out of something, or unreachable.
@@ -29,6 +31,7 @@ impl ErrorClass {
             ErrorClass::NotFound => "NotFound",
             ErrorClass::AlreadyExists => "AlreadyExists",
             ErrorClass::Conflict => "Conflict",
+            ErrorClass::Expired => "Expired",
             ErrorClass::Invalid => "Invalid",
             ErrorClass::Transient => "ServiceUnavailable",
             ErrorClass::Internal => "InternalError",
@@ -40,6 +43,7 @@ impl ErrorClass {
         match self {
             ErrorClass::NotFound => 404,
             ErrorClass::AlreadyExists | ErrorClass::Conflict => 409,
+            ErrorClass::Expired => 410,
             ErrorClass::Invalid => 422,
             ErrorClass::Transient => 503,
             ErrorClass::Internal => 500,
