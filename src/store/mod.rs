@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod embedded;
+pub mod etcd;
 pub mod testsuite;
 
 use crate::api::error::{Classify, ErrorClass};

@@ -384,10 +384,11 @@ async fn leases(s: &dyn Store) {
     let ev = events(&mut w, 1).await;
     assert_eq!(ev[0].kind, EventKind::Delete);
     assert_eq!(s.get(b"/l/a").await.unwrap(), None);
-    assert!(matches!(
-        s.lease_keep_alive(id).await,
-        Err(StoreError::LeaseNotFound(_))
-    ));
+    let gone = s.lease_keep_alive(id).await;
+    assert!(
+        matches!(gone, Err(StoreError::LeaseNotFound(_))),
+        "{gone:?}"
+    );
     let bogus = s
         .txn(Txn {
             success: vec![Op::Put {
