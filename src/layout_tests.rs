@@ -14,6 +14,7 @@ const RANKS: &[(&str, u32)] = &[
     ("config", 1),
     ("store", 2),
     ("node", 3),
+    ("apiserver", 3),
     ("cli", 4),
 ];
 

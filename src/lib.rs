@@ -3,6 +3,7 @@
 //! are its layers, and imports only go down (see the README's Layout and `layout_tests`):
 //!
 //! - `cli`: clap and printing, one file per verb (only `main.rs` imports it);
+//! - `apiserver`: the Kubernetes API server (beside `node`);
 //! - `node`: everything that runs on a node (kubelet, sandbox, containers, shims, logs, pod
 //!   network, images, cgroups, service proxy);
 //! - `store`: the API server's etcd-shaped storage (embedded, etcd) and its conformance suite;
@@ -10,6 +11,7 @@
 //! - `api`: the Kubernetes API's rules without I/O (validation, quantities, Services).
 
 pub mod api;
+pub mod apiserver;
 pub mod cli;
 pub mod config;
 pub mod node;

@@ -17,6 +17,7 @@ pub mod local;
 pub mod logs;
 pub mod print;
 pub mod run;
+pub mod server;
 pub mod top;
 
 use image::ImageCmd;
@@ -146,6 +147,11 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Run the Kubernetes API server (HTTPS on :6443; embedded store, or etcd with
+    /// --datastore-endpoint). It writes an admin kubeconfig to <root>/server/admin.kubeconfig.
+    Server(server::ServerCmd),
+    /// Print the API server's admin kubeconfig.
+    Kubeconfig,
     /// Run the demo: start a local registry (unless --registry), push the demo image built
     /// from busybox, pull it with knode and show it.
     Demo {
@@ -297,6 +303,8 @@ fn dispatch(cli: Cli) -> Result<()> {
             std::process::exit(code);
         }
         Cmd::Run(a) => run::run(&cli.root, &cli.run_dir, a),
+        Cmd::Server(a) => server::run(a, &cli.root),
+        Cmd::Kubeconfig => server::kubeconfig(&cli.root),
         Cmd::Demo { registry } => {
             let opts = client_options(&cli.registry)?;
             demo::run(&cli.root, &cli.run_dir, registry.as_deref(), opts)

@@ -43,3 +43,20 @@ pub struct CgroupConfig {
     /// pids.max of every pod (none: unlimited).
     pub pod_max_pids: Option<u64>,
 }
+
+/// An API server's configuration (`knode server`).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where it listens (HTTPS).
+    pub listen: std::net::SocketAddr,
+    /// Its state: `<root>/server/` (store, certificates, kubeconfig, token).
+    pub root: PathBuf,
+    /// etcd endpoints (none: the embedded store).
+    pub datastore: Vec<String>,
+    /// Where to write the admin kubeconfig besides `<root>/server/admin.kubeconfig`.
+    pub write_kubeconfig: Option<PathBuf>,
+    /// The addresses the serving certificate covers besides 127.0.0.1 and the service IP.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// The `kubernetes` Service's ClusterIP (the first address of the service CIDR).
+    pub service_ip: std::net::Ipv4Addr,
+}

@@ -1,6 +1,7 @@
 //! Test harness: real registries, images built with knode's own builder, and a fault proxy.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod node;
 pub mod proxy;
 

@@ -1,0 +1,279 @@
+//! The Kubernetes API server (`knode server`; issue 15, in progress).
+//!
+//! Built so far: the store ([`crate::store`], embedded or etcd), the cluster PKI and the admin
+//! kubeconfig ([`pki`]), HTTPS with HTTP/2 (rustls, ALPN `h2`), authentication by client
+//! certificate (CN = user, O = groups) or the static admin bearer token, `/version`,
+//! `/healthz`, `/livez` and `/readyz` (open to anonymous requests, as in Kubernetes), and the
+//! API server's `Status` for every other path (401 for anonymous requests, 404 until the
+//! resources exist).
+
+#![forbid(unsafe_code)]
+
+pub mod pki;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use tokio::net::TcpListener;
+
+use crate::config::ServerConfig;
+use crate::store::Store;
+
+/// The Kubernetes version served (k8s-openapi's newest; `kubectl version` shows it).
+pub const KUBE_VERSION: (&str, &str) = ("1", "37");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Who made a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Peer(Option<User>);
+
+struct Shared {
+    store: Arc<dyn Store>,
+    token: String,
+}
+
+/// A `Status` as the API server writes it.
+fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    (
+        code,
+        Json(serde_json::json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code.as_u16(),
+        })),
+    )
+        .into_response()
+}
+
+/// The user a bearer token or a client certificate names (none: anonymous).
+fn authenticate(shared: &Shared, peer: &Peer, headers: &HeaderMap) -> Option<User> {
+    if let Some(t) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        // Compared in constant time.
+        let (a, b) = (t.trim().as_bytes(), shared.token.as_bytes());
+        let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0;
+        return same.then(|| User {
+            name: "kubernetes-admin".into(),
+            groups: vec!["system:masters".into(), "system:authenticated".into()],
+        });
+    }
+    peer.0.clone()
+}
+
+async fn version() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "major": KUBE_VERSION.0,
+        "minor": KUBE_VERSION.1,
+        "gitVersion": format!("v{}.{}.0+knode-{}", KUBE_VERSION.0, KUBE_VERSION.1, env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("linux/{}", match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a }),
+    }))
+}
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.store.revision().await {
+        Ok(_) => "ok".into_response(),
+        Err(e) => status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            &format!("the store is not ready: {e}"),
+        ),
+    }
+}
+
+async fn fallback(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    match authenticate(&shared, &peer, &headers) {
+        None => status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"),
+        Some(_) => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!(
+                "the server could not find the requested resource ({})",
+                uri.path()
+            ),
+        ),
+    }
+}
+
+/// The user a verified client certificate names: CN, and O as groups.
+fn cert_user(der: &[u8]) -> Option<User> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let mut groups: Vec<String> = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    groups.push("system:authenticated".into());
+    Some(User { name, groups })
+}
+
+fn tls_config(p: &pki::Pki) -> Result<rustls::ServerConfig, ServerError> {
+    let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut p.ca_cert.as_bytes()) {
+        roots.add(c.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| tls(&e))?;
+    let certs = rustls_pemfile::certs(&mut p.serving_cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls(&e))?;
+    let key = rustls_pemfile::private_key(&mut p.serving_key.as_bytes())
+        .map_err(|e| tls(&e))?
+        .ok_or_else(|| ServerError::Tls("no serving key".into()))?;
+    let mut c = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| tls(&e))?;
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(c)
+}
+
+/// Runs the API server until the process ends.
+pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
+    let dir = cfg.root.join("server");
+    // The state is root's only: it holds the CA key, the admin token and every Secret.
+    for d in [&cfg.root, &dir] {
+        std::fs::create_dir_all(d).map_err(|source| pki::PkiError::Io {
+            what: "creating",
+            path: d.to_path_buf(),
+            source,
+        })?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
+            pki::PkiError::Io {
+                what: "securing",
+                path: d.to_path_buf(),
+                source,
+            }
+        })?;
+    }
+    let store: Arc<dyn Store> = if cfg.datastore.is_empty() {
+        let s = crate::store::embedded::Embedded::open(&dir.join("store"))?;
+        s.spawn_lease_reaper(std::time::Duration::from_millis(500));
+        Arc::new(s)
+    } else {
+        Arc::new(crate::store::etcd::Etcd::connect(&cfg.datastore).await?)
+    };
+    // A store that does not answer is an error at start, not a server that is never ready.
+    store.revision().await?;
+    let pki = pki::ensure(&dir.join("tls"), &cfg.addresses, IpAddr::V4(cfg.service_ip))?;
+    let host = match cfg.listen.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let kubeconfig = pki::admin_kubeconfig(&pki, &format!("https://{host}:{}", cfg.listen.port()));
+    pki::write_kubeconfig(&dir.join("admin.kubeconfig"), &kubeconfig)?;
+    if let Some(p) = &cfg.write_kubeconfig {
+        pki::write_kubeconfig(p, &kubeconfig)?;
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
+    let shared = Arc::new(Shared {
+        store,
+        token: pki.token.clone(),
+    });
+    let app = Router::new()
+        .route("/version", get(version))
+        .route("/healthz", get(ok))
+        .route("/livez", get(ok))
+        .route("/readyz", get(readyz))
+        .fallback(fallback)
+        .with_state(shared);
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    tracing::info!(listen = %cfg.listen, "API server ready");
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors and the like: wait a little, never stop serving.
+                tracing::warn!(error = %e, "accepting a connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| cert_user(c));
+            let svc =
+                hyper_util::service::TowerToHyperService::new(app.layer(Extension(Peer(user))));
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+        });
+    }
+}

@@ -1,0 +1,70 @@
+//! `knode server` (the API server) and `knode kubeconfig` (its admin kubeconfig).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::config::ServerConfig;
+
+#[derive(clap::Args)]
+pub struct ServerCmd {
+    /// Where the API server listens (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:6443")]
+    pub listen: SocketAddr,
+    /// etcd endpoints (http://HOST:2379, comma-separated) instead of the embedded store.
+    #[arg(long, value_delimiter = ',')]
+    pub datastore_endpoint: Vec<String>,
+    /// Also write the admin kubeconfig here (it is always in <root>/server/admin.kubeconfig).
+    #[arg(long)]
+    pub write_kubeconfig: Option<PathBuf>,
+    /// Another address the serving certificate must cover (repeatable; 127.0.0.1, the listen
+    /// address and the kubernetes Service's IP always are).
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<IpAddr>,
+    /// The Service CIDR (its first address is the kubernetes Service's).
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: ipnet::Ipv4Net,
+}
+
+pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
+    let mut addresses = a.tls_san;
+    if !a.listen.ip().is_unspecified() {
+        addresses.push(a.listen.ip());
+    }
+    let service_ip = a
+        .service_cidr
+        .hosts()
+        .next()
+        .context("the service CIDR has no address")?;
+    let cfg = ServerConfig {
+        listen: a.listen,
+        root: root.to_path_buf(),
+        datastore: a.datastore_endpoint,
+        write_kubeconfig: a.write_kubeconfig,
+        addresses,
+        service_ip,
+    };
+    // The server's one runtime.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("knode-server")
+        .enable_all()
+        .build()
+        .context("starting the server's runtime")?;
+    rt.block_on(crate::apiserver::run(cfg))?;
+    Ok(())
+}
+
+/// Prints the admin kubeconfig.
+pub fn kubeconfig(root: &Path) -> Result<()> {
+    let p = root.join("server/admin.kubeconfig");
+    let text = std::fs::read_to_string(&p).with_context(|| {
+        format!(
+            "reading {} (has `knode server` run with this --root?)",
+            p.display()
+        )
+    })?;
+    print!("{text}");
+    Ok(())
+}
