@@ -413,21 +413,33 @@ impl Worker {
                 true
             }
             Err(e) => {
-                let msg = format!("creating the pod cgroup: {e}");
-                let mut v = self.view.lock().expect("view");
-                if v.message.as_deref() != Some(msg.as_str()) {
-                    v.event("Warning", "FailedCreatePodCgroup", msg.clone());
-                }
-                v.message = Some(msg);
-                for c in &mut self.ctrs {
-                    c.waiting = Some((
-                        WaitingReason::ContainerCreating,
-                        "waiting for the pod cgroup".into(),
-                    ));
-                    c.not_before = Some(self.ctx.clock.now() + Duration::from_secs(2));
-                }
+                self.blocked(
+                    "FailedCreatePodCgroup",
+                    format!("creating the pod cgroup: {e}"),
+                    Some("waiting for the pod cgroup"),
+                );
                 false
             }
+        }
+    }
+
+    /// The pod cannot go on for now (`reason`, `msg`): the message is shown, the event given
+    /// once per distinct message, and every container waits 2 s (as `ContainerCreating` with
+    /// `waiting`, if given) before the next try.
+    fn blocked(&mut self, reason: &str, msg: String, waiting: Option<&str>) {
+        {
+            let mut v = self.view.lock().expect("view");
+            if v.message.as_deref() != Some(msg.as_str()) {
+                v.event("Warning", reason, msg.clone());
+            }
+            v.message = Some(msg);
+        }
+        let retry = self.ctx.clock.now() + Duration::from_secs(2);
+        for c in &mut self.ctrs {
+            if let Some(w) = waiting {
+                c.waiting = Some((WaitingReason::ContainerCreating, w.into()));
+            }
+            c.not_before = Some(retry);
         }
     }
 
@@ -633,15 +645,7 @@ impl Worker {
                 share_pid: spec.share_process_namespace.unwrap_or(false),
             };
             if let Err(e) = self.make_dirs() {
-                let msg = format!("{e}");
-                let mut v = self.view.lock().expect("view");
-                if v.message.as_deref() != Some(msg.as_str()) {
-                    v.event("Warning", "FailedCreatePodSandBox", msg.clone());
-                }
-                v.message = Some(msg);
-                for c in &mut self.ctrs {
-                    c.not_before = Some(self.ctx.clock.now() + Duration::from_secs(2));
-                }
+                self.blocked("FailedCreatePodSandBox", e.to_string(), None);
                 return;
             }
             match self.ctx.runtime.create_sandbox(&self.dir, &o) {
@@ -649,19 +653,11 @@ impl Worker {
                     // The pod network, before the sandbox counts as ready.
                     if let Err(e) = self.attach_network() {
                         let _ = self.ctx.runtime.remove_sandbox(&self.dir);
-                        let msg = format!("network: {e:#}");
-                        let mut v = self.view.lock().expect("view");
-                        if v.message.as_deref() != Some(msg.as_str()) {
-                            v.event("Warning", "FailedCreatePodSandBox", msg.clone());
-                        }
-                        v.message = Some(msg);
-                        for c in &mut self.ctrs {
-                            c.waiting = Some((
-                                WaitingReason::ContainerCreating,
-                                "waiting for the pod network".into(),
-                            ));
-                            c.not_before = Some(self.ctx.clock.now() + Duration::from_secs(2));
-                        }
+                        self.blocked(
+                            "FailedCreatePodSandBox",
+                            format!("network: {e:#}"),
+                            Some("waiting for the pod network"),
+                        );
                         return;
                     }
                     // Adoption trusts only a sandbox that was completed.
@@ -697,19 +693,7 @@ impl Worker {
             }) {
                 Ok(v) => self.volumes = Some(v),
                 Err(e) => {
-                    let e = e.to_string();
-                    let mut v = self.view.lock().expect("view");
-                    if v.message.as_deref() != Some(e.as_str()) {
-                        v.event("Warning", "FailedMount", e.clone());
-                    }
-                    v.message = Some(e);
-                    for c in &mut self.ctrs {
-                        c.waiting = Some((
-                            WaitingReason::ContainerCreating,
-                            "waiting for volumes".into(),
-                        ));
-                        c.not_before = Some(self.ctx.clock.now() + Duration::from_secs(2));
-                    }
+                    self.blocked("FailedMount", e.to_string(), Some("waiting for volumes"));
                     return;
                 }
             }

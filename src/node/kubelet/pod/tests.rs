@@ -558,3 +558,39 @@ fn a_lost_shim_is_reported_once_and_its_container_still_stopped() {
     );
     assert!(!bed.runtime.running("app"));
 }
+
+#[test]
+fn a_missing_config_map_blocks_the_pod_with_one_event_and_a_retry() {
+    let bed = Bed::new();
+    bed.images.add("img:1");
+    let (mut w, v) = bed.worker(json!({
+        "volumes": [{"name": "cfg", "configMap": {"name": "absent"}}],
+        "containers": [{"name": "app", "image": "img:1",
+                        "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]}],
+    }));
+    pass(&mut w);
+    pass(&mut w);
+    let (reason, message) = waiting(&v, 0).expect("waiting");
+    assert_eq!(
+        (reason, message.as_str()),
+        (WaitingReason::ContainerCreating, "waiting for volumes")
+    );
+    let failed = events(&v, "FailedMount");
+    assert_eq!(
+        failed.len(),
+        1,
+        "one event per distinct message: {failed:?}"
+    );
+    assert!(
+        failed[0].contains("configmap \"absent\" not found"),
+        "{failed:?}"
+    );
+    assert_eq!(
+        v.lock().unwrap().message.as_deref(),
+        Some(failed[0].as_str())
+    );
+    assert!(bed.runtime.starts().is_empty());
+    // Not retried before 2 s; a start waits for the volume.
+    use crate::node::kubelet::cri::Clock;
+    assert!(w.ctrs[0].not_before.is_some_and(|t| t > bed.clock.now()));
+}
