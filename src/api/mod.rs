@@ -8,4 +8,5 @@ pub mod error;
 pub mod pod;
 pub mod quantity;
 pub mod service;
+pub mod time;
 pub mod validation;

@@ -33,7 +33,7 @@ pub fn describe_pod(sock: &Path, namespace: &str, name: &str) -> Result<()> {
     println!(
         "Start Time:   {}",
         st.start_time
-            .map(|t| t.0.to_rfc2822())
+            .as_ref().map(crate::api::time::rfc2822)
             .unwrap_or_else(|| "<unset>".into())
     );
     println!(
@@ -88,11 +88,11 @@ pub fn describe_pod(sock: &Path, namespace: &str, name: &str) -> Result<()> {
                             "Running\n      Started:      {}",
                             r.started_at
                                 .as_ref()
-                                .map(|t| t.0.to_rfc2822())
+                                .map(crate::api::time::rfc2822)
                                 .unwrap_or_default()
                         )
                     } else if let Some(t) = &st.terminated {
-                        format!("Terminated\n      Reason:       {}\n      Exit Code:    {}\n      Finished:     {}", t.reason.clone().unwrap_or_default(), t.exit_code, t.finished_at.as_ref().map(|t| t.0.to_rfc2822()).unwrap_or_default())
+                        format!("Terminated\n      Reason:       {}\n      Exit Code:    {}\n      Finished:     {}", t.reason.clone().unwrap_or_default(), t.exit_code, t.finished_at.as_ref().map(crate::api::time::rfc2822).unwrap_or_default())
                     } else {
                         "Unknown".into()
                     }
@@ -143,7 +143,7 @@ pub fn describe_pod(sock: &Path, namespace: &str, name: &str) -> Result<()> {
                 format!("  {}", e["kind"].as_str().unwrap_or_default()),
                 e["reason"].as_str().unwrap_or_default().into(),
                 age(t
-                    .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
+                    .map(crate::api::time::time)
                     .as_ref()),
                 e["message"].as_str().unwrap_or_default().into(),
             ]);
@@ -165,7 +165,7 @@ pub fn describe_node(sock: &Path, name: &str) -> Result<()> {
         println!("Labels:             {k}={v}");
     }
     if let Some(t) = &n.metadata.creation_timestamp {
-        println!("CreationTimestamp:  {}", t.0.to_rfc2822());
+        println!("CreationTimestamp:  {}", crate::api::time::rfc2822(t));
     }
     println!("Conditions:\n  Type             Status  Reason            Message");
     for c in st.conditions.iter().flatten() {

@@ -104,7 +104,7 @@ fn service_table(
             .created
             .as_deref()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t.to_utc()));
+            .map(|t| crate::api::time::time(t.to_utc()));
         r.push(age(created.as_ref()));
         rows.push(r);
     }

@@ -3,16 +3,7 @@
 use k8s_openapi::api::core::v1::Pod;
 
 pub fn age(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> String {
-    let Some(t) = t else {
-        return "<unknown>".into();
-    };
-    let s = (chrono::Utc::now() - t.0).num_seconds().max(0);
-    match s {
-        s if s < 120 => format!("{s}s"),
-        s if s < 3600 * 2 => format!("{}m", s / 60),
-        s if s < 86400 * 2 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
-    }
+    crate::api::time::age(t, chrono::Utc::now())
 }
 
 /// The STATUS column, by kubectl's rules.

@@ -21,7 +21,7 @@ use super::pod::{CState, PodView};
 use super::NodeState;
 
 fn time(t: chrono::DateTime<chrono::Utc>) -> Time {
-    Time(t)
+    crate::api::time::time(t)
 }
 
 fn cstate(s: &CState) -> core::ContainerState {

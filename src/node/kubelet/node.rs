@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{json, Value};
 
 use super::pod::PodView;
@@ -99,8 +99,8 @@ pub fn node(info: &NodeInfo) -> core::Node {
         other => other,
     }
     .to_string();
-    let now = Time(Utc::now());
-    let since = Time(info.started);
+    let now = crate::api::time::time(Utc::now());
+    let since = crate::api::time::time(info.started);
     let enforced = info.cgroups.is_some();
     core::Node {
         metadata: ObjectMeta {
@@ -172,7 +172,7 @@ pub fn summary(info: &NodeInfo, pods: &[PodView]) -> Value {
     let node = stats::read_node().map(|(cpu, mem)| {
         json!({
             "nodeName": info.name,
-            "startTime": Time(info.started),
+            "startTime": crate::api::time::time(info.started),
             "cpu": info.rates.cpu("node", cpu),
             "memory": mem,
         })
@@ -183,7 +183,7 @@ pub fn summary(info: &NodeInfo, pods: &[PodView]) -> Value {
         .map(|v| {
             let mut pod = json!({
                 "podRef": {"name": v.manifest.name, "namespace": v.manifest.namespace, "uid": v.manifest.uid},
-                "startTime": v.started.map(Time),
+                "startTime": v.started.map(crate::api::time::time),
             });
             if let Some((cpu, mem)) = v.cgroup.as_deref().and_then(|cg| usage(info, cg)) {
                 keys.push(v.cgroup.clone().unwrap_or_default());
@@ -198,7 +198,7 @@ pub fn summary(info: &NodeInfo, pods: &[PodView]) -> Value {
                     let (cpu, mem) = usage(info, cg)?;
                     keys.push(cg.to_string());
                     let started = match &c.state {
-                        super::pod::CState::Running { started_at } => Some(Time(*started_at)),
+                        super::pod::CState::Running { started_at } => Some(crate::api::time::time(*started_at)),
                         _ => None,
                     };
                     Some(json!({"name": c.name, "startTime": started, "cpu": cpu, "memory": mem}))
