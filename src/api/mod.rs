@@ -7,6 +7,7 @@
 pub mod error;
 pub mod pod;
 pub mod quantity;
+pub mod selector;
 pub mod service;
 pub mod time;
 pub mod validation;

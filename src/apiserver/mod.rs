@@ -9,7 +9,21 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alloc;
+pub mod bootstrap;
+pub mod discovery;
+pub mod handlers;
+pub mod openapi;
+pub mod patch;
 pub mod pki;
+pub mod printers;
+pub mod registry;
+pub mod request;
+pub mod resources;
+pub mod schema;
+pub mod status;
+pub mod strategy;
+pub mod watch;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -33,6 +47,8 @@ pub enum ServerError {
     Pki(#[from] pki::PkiError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("creating the cluster's first objects: {0}")]
+    Bootstrap(String),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("listening on {addr}: {source}")]
@@ -56,6 +72,9 @@ struct Peer(Option<User>);
 struct Shared {
     store: Arc<dyn Store>,
     token: String,
+    api: Arc<handlers::Api>,
+    /// host:port clients reach this server at (`/api`'s serverAddressByClientCIDRs).
+    address: String,
 }
 
 /// A `Status` as the API server writes it.
@@ -125,19 +144,102 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 async fn fallback(
     State(shared): State<Arc<Shared>>,
     Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
+    req: axum::extract::Request,
 ) -> Response {
-    match authenticate(&shared, &peer, &headers) {
-        None => status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"),
-        Some(_) => status(
+    let Some(user) = authenticate(&shared, &peer, req.headers()) else {
+        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    };
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, handlers::MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => return status::ApiError::too_large(handlers::MAX_BODY).into_response(),
+    };
+    let path = parts.uri.path().to_string();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let accept = parts
+        .headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let json = |v: serde_json::Value| {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            serde_json::to_vec(&v).unwrap_or_default(),
+        )
+            .into_response()
+    };
+    let discovery_doc = |core: bool| match discovery::wants_aggregated(&accept) {
+        Some(v) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                discovery::aggregated_content_type(v),
+            )],
+            serde_json::to_vec(&discovery::aggregated(core, v)).unwrap_or_default(),
+        )
+            .into_response(),
+        None if core => json(discovery::api_versions(&shared.address)),
+        None => json(discovery::api_group_list()),
+    };
+    let not_found = || {
+        status(
             StatusCode::NOT_FOUND,
             "NotFound",
-            &format!(
-                "the server could not find the requested resource ({})",
-                uri.path()
-            ),
-        ),
+            "the server could not find the requested resource",
+        )
+    };
+    let query = request::Query::parse(parts.uri.query());
+    let resource = |group: &str, version: &str, rest: &[&str]| {
+        request::parse(group, version, rest).map(|t| (t, query.clone()))
+    };
+    let target = match segs.as_slice() {
+        ["api"] => return discovery_doc(true),
+        ["apis"] => return discovery_doc(false),
+        ["api", "v1"] => return discovery::resource_list("", "v1").map_or_else(not_found, json),
+        ["apis", g] => return discovery::api_group(g).map_or_else(not_found, json),
+        ["apis", g, v] => return discovery::resource_list(g, v).map_or_else(not_found, json),
+        ["openapi", "v3"] => {
+            return (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                openapi::index(),
+            )
+                .into_response()
+        }
+        ["openapi", "v3", rest @ ..] => {
+            return match openapi::group_version(&rest.join("/")) {
+                Some(doc) => (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    doc,
+                )
+                    .into_response(),
+                None => not_found(),
+            }
+        }
+        ["openapi", "v2"] => {
+            return (
+                [(axum::http::header::CONTENT_TYPE, openapi::V2_PROTOBUF)],
+                Vec::<u8>::new(),
+            )
+                .into_response()
+        }
+        ["api", "v1", rest @ ..] => resource("", "v1", rest),
+        ["apis", g, v, rest @ ..] => resource(g, v, rest),
+        _ => return not_found(),
+    };
+    match target {
+        Ok((t, q)) => {
+            handlers::serve(
+                shared.api.clone(),
+                t,
+                parts.method,
+                q,
+                parts.headers,
+                body,
+                user,
+            )
+            .await
+        }
+        Err(e) => e.into_response(),
     }
 }
 
@@ -229,9 +331,18 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         pki::write_kubeconfig(p, &kubeconfig)?;
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
+    let api = Arc::new(handlers::Api {
+        reg: registry::Registry {
+            store: store.clone(),
+        },
+        service_cidr: cfg.service_cidr,
+    });
+    bootstrap::ensure(&api, &cfg).await?;
     let shared = Arc::new(Shared {
         store,
         token: pki.token.clone(),
+        api,
+        address: format!("{host}:{}", cfg.listen.port()),
     });
     let app = Router::new()
         .route("/version", get(version))

@@ -33,7 +33,8 @@ pub fn describe_pod(sock: &Path, namespace: &str, name: &str) -> Result<()> {
     println!(
         "Start Time:   {}",
         st.start_time
-            .as_ref().map(crate::api::time::rfc2822)
+            .as_ref()
+            .map(crate::api::time::rfc2822)
             .unwrap_or_else(|| "<unset>".into())
     );
     println!(
@@ -142,9 +143,7 @@ pub fn describe_pod(sock: &Path, namespace: &str, name: &str) -> Result<()> {
             rows.push(vec![
                 format!("  {}", e["kind"].as_str().unwrap_or_default()),
                 e["reason"].as_str().unwrap_or_default().into(),
-                age(t
-                    .map(crate::api::time::time)
-                    .as_ref()),
+                age(t.map(crate::api::time::time).as_ref()),
                 e["message"].as_str().unwrap_or_default().into(),
             ]);
         }

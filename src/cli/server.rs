@@ -44,6 +44,7 @@ pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
         write_kubeconfig: a.write_kubeconfig,
         addresses,
         service_ip,
+        service_cidr: a.service_cidr,
     };
     // The server's one runtime.
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -59,4 +59,6 @@ pub struct ServerConfig {
     pub addresses: Vec<std::net::IpAddr>,
     /// The `kubernetes` Service's ClusterIP (the first address of the service CIDR).
     pub service_ip: std::net::Ipv4Addr,
+    /// Where Services' ClusterIPs come from.
+    pub service_cidr: ipnet::Ipv4Net,
 }

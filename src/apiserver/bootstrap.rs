@@ -1,0 +1,109 @@
+//! What a new cluster has before anyone writes to it: the namespaces `default`,
+//! `kube-system`, `kube-public` and `kube-node-lease`, their `default` ServiceAccounts, and the
+//! `kubernetes` Service (the first address of the service CIDR, port 443) with the endpoints
+//! of this server. Created at every start when missing; never overwritten.
+
+use serde_json::{json, Value};
+
+use super::handlers::Api;
+use super::request::{Query, Target};
+use super::resources;
+use super::ServerError;
+use super::User;
+use crate::config::ServerConfig;
+
+pub const NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+async fn ensure_one(
+    api: &Api,
+    plural: &str,
+    group: &str,
+    ns: Option<&str>,
+    obj: Value,
+) -> Result<(), ServerError> {
+    let r = resources::find(group, "v1", plural).expect("a served resource");
+    let t = Target {
+        resource: r,
+        namespace: ns.map(str::to_string),
+        name: None,
+        sub: None,
+        rest: String::new(),
+        watch_prefix: false,
+    };
+    let user = User {
+        name: "system:apiserver".into(),
+        groups: vec!["system:masters".into()],
+    };
+    let mut q = Query::default();
+    q.0.insert("fieldManager".into(), "knode-server".into());
+    match api.create(&t, &q, obj, &user, &mut Vec::new()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 409 => Ok(()),
+        Err(e) => Err(ServerError::Bootstrap(format!("{plural}: {e}"))),
+    }
+}
+
+/// Creates what is missing.
+pub async fn ensure(api: &Api, cfg: &ServerConfig) -> Result<(), ServerError> {
+    for ns in NAMESPACES {
+        ensure_one(
+            api,
+            "namespaces",
+            "",
+            None,
+            json!({"metadata": {"name": ns}}),
+        )
+        .await?;
+    }
+    for ns in NAMESPACES {
+        ensure_one(
+            api,
+            "serviceaccounts",
+            "",
+            Some(ns),
+            json!({"metadata": {"name": "default"}}),
+        )
+        .await?;
+    }
+    let port = cfg.listen.port();
+    ensure_one(
+        api,
+        "services",
+        "",
+        Some("default"),
+        json!({"metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+               "spec": {"type": "ClusterIP", "clusterIP": cfg.service_ip.to_string(), "sessionAffinity": "None",
+                        "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}}),
+    )
+    .await?;
+    let ip = cfg
+        .addresses
+        .iter()
+        .find(|a| a.is_ipv4() && !a.is_loopback())
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| match cfg.listen.ip() {
+            a if a.is_unspecified() => "127.0.0.1".into(),
+            a => a.to_string(),
+        });
+    ensure_one(
+        api,
+        "endpoints",
+        "",
+        Some("default"),
+        json!({"metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+               "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]}),
+    )
+    .await?;
+    ensure_one(
+        api,
+        "endpointslices",
+        "discovery.k8s.io",
+        Some("default"),
+        json!({"metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+               "addressType": "IPv4",
+               "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+               "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}),
+    )
+    .await?;
+    Ok(())
+}

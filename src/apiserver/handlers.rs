@@ -1,0 +1,1363 @@
+//! The REST verbs on every resource: get, list, watch, create, update, patch, delete,
+//! deletecollection, and the subresources status, scale, binding and eviction, with the
+//! request bodies, content negotiation (JSON objects or `Table`s) and the API's semantics.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
+
+use super::registry::{self, ListOptions, Registry};
+use super::request::{Query, Target};
+use super::resources::{self, Resource};
+use super::status::{ApiError, ApiResult};
+use super::{patch, printers, strategy, watch, User};
+use crate::api::selector;
+
+/// The largest request body accepted (the real API server's limit).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+pub struct Api {
+    pub reg: Registry,
+    pub service_cidr: Ipv4Net,
+}
+
+/// The response's JSON body with the status code.
+fn reply(code: StatusCode, v: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.contains("as=Table") && first.contains("g=meta.k8s.io"))
+        })
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// A request body as a JSON value (JSON or YAML).
+pub fn decode_body(ct: &str, body: &[u8]) -> ApiResult<Value> {
+    let v: Value = match ct {
+        "application/json" | "" => serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "couldn't get version/kind; json parse error: {e}"
+            ))
+        })?,
+        "application/yaml" | "application/apply-patch+yaml" => serde_yaml::from_slice(body)
+            .map_err(|e| {
+                ApiError::bad_request(format!("error converting YAML to JSON: {e}"))
+            })?,
+        "application/vnd.kubernetes.protobuf" => {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "knode does not decode protobuf bodies yet (issue 15, in progress); send application/json",
+            ))
+        }
+        other => return Err(ApiError::unsupported_media(other)),
+    };
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "the body of the request must be a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+fn check_kind(r: &Resource, body: &Value, kind: &str, api_version: &str) -> ApiResult<()> {
+    if let Some(av) = body["apiVersion"].as_str().filter(|s| !s.is_empty()) {
+        if av != api_version {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({api_version})"
+            )));
+        }
+    }
+    if let Some(k) = body["kind"].as_str().filter(|s| !s.is_empty()) {
+        if k != kind {
+            return Err(ApiError::bad_request(format!(
+                "{k} in version \"{}\" cannot be handled as a {kind}: the kind in the body does not match the resource {}",
+                r.version,
+                r.qualified()
+            )));
+        }
+    }
+    if !body["metadata"].is_null() && !body["metadata"].is_object() {
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version \"{}\" cannot be handled as a {kind}: metadata must be an object",
+            r.version
+        )));
+    }
+    Ok(())
+}
+
+/// `fieldValidation`: Strict (400 on unknown fields), Warn (a Warning header), Ignore.
+fn field_validation(
+    r: &Resource,
+    q: &Query,
+    obj: &Value,
+    warnings: &mut Vec<String>,
+) -> ApiResult<()> {
+    let mode = q.get("fieldValidation").unwrap_or("Warn");
+    if !matches!(mode, "Strict" | "Warn" | "Ignore") {
+        return Err(ApiError::bad_request(format!(
+            "fieldValidation parameter unsupported: {mode}; valid values: Ignore, Warn, Strict"
+        )));
+    }
+    let kept = strategy::typed(r, obj).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            r.kind, r.version, r.kind
+        ))
+    })?;
+    if mode == "Ignore" {
+        return Ok(());
+    }
+    let mut unknown = Vec::new();
+    strategy::unknown_fields(obj, &kept, "", &mut unknown);
+    unknown.retain(|f| !f.starts_with("metadata.managedFields"));
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    if mode == "Strict" {
+        let list: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
+        return Err(ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+            r.kind,
+            r.version,
+            r.kind,
+            list.join(", ")
+        )));
+    }
+    warnings.extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")));
+    Ok(())
+}
+
+fn meta_str<'a>(v: &'a Value, k: &str) -> &'a str {
+    v["metadata"][k].as_str().unwrap_or("")
+}
+
+/// The namespace the object goes to: the URL's; the body may repeat it but not contradict it.
+fn namespace_of(r: &Resource, t: &Target, obj: &mut Value) -> ApiResult<Option<String>> {
+    if !r.namespaced {
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            m.remove("namespace");
+        }
+        return Ok(None);
+    }
+    let url_ns = t.namespace.clone().ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{} must be created in a namespace: use /namespaces/<namespace>/{}",
+            r.plural, r.plural
+        ))
+    })?;
+    let body_ns = meta_str(obj, "namespace");
+    if !body_ns.is_empty() && body_ns != url_ns {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    if obj["metadata"].is_null() {
+        obj["metadata"] = json!({});
+    }
+    obj["metadata"]["namespace"] = json!(url_ns);
+    Ok(Some(url_ns))
+}
+
+impl Api {
+    /// The namespace must exist (and not be terminating) before anything is created in it.
+    async fn namespace_open(&self, ns: &str) -> ApiResult<()> {
+        let nsr = resources::find("", "v1", "namespaces").expect("namespaces are served");
+        match self.reg.get_kv(nsr, None, ns).await? {
+            None => Err(ApiError::not_found(nsr, ns)),
+            Some((v, _)) if v["status"]["phase"] == "Terminating" => {
+                Err(ApiError::forbidden(format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                )))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Validation, strict decoding and defaulting of an object about to be written.
+    fn check(
+        &self,
+        r: &Resource,
+        q: &Query,
+        obj: &mut Value,
+        warnings: &mut Vec<String>,
+    ) -> ApiResult<()> {
+        field_validation(r, q, obj, warnings)?;
+        strategy::defaults(r, obj);
+        let errs = strategy::validate(r, obj);
+        if !errs.is_empty() {
+            return Err(ApiError::invalid(r, meta_str(obj, "name"), errs));
+        }
+        Ok(())
+    }
+
+    async fn allocate(
+        &self,
+        r: &Resource,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> ApiResult<(Vec<crate::store::Compare>, Vec<crate::store::Op>)> {
+        if r.plural != "services" || !r.group.is_empty() {
+            return Ok(Default::default());
+        }
+        let name = meta_str(obj, "name").to_string();
+        super::alloc::assign(&*self.reg.store, self.service_cidr, obj, old)
+            .await
+            .map_err(|errs| ApiError::invalid(r, &name, errs))
+    }
+
+    /// POST to a collection.
+    pub async fn create(
+        &self,
+        t: &Target,
+        q: &Query,
+        mut obj: Value,
+        user: &User,
+        warnings: &mut Vec<String>,
+    ) -> ApiResult<(StatusCode, Value)> {
+        let r = t.resource;
+        check_kind(r, &obj, r.kind, &r.api_version())?;
+        match r.plural {
+            "selfsubjectaccessreviews" | "selfsubjectrulesreviews" | "selfsubjectreviews" => {
+                return Ok((StatusCode::CREATED, review(r, obj, user)));
+            }
+            "bindings" => {
+                let ns = t.namespace.clone().unwrap_or_default();
+                let name = meta_str(&obj, "name").to_string();
+                return self.bind(&ns, &name, &obj, q).await;
+            }
+            _ => {}
+        }
+        let ns = namespace_of(r, t, &mut obj)?;
+        if obj["metadata"].is_null() {
+            obj["metadata"] = json!({});
+        }
+        let meta = obj["metadata"]
+            .as_object_mut()
+            .expect("metadata is an object");
+        if meta
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+        {
+            return Err(ApiError::bad_request(
+                "resourceVersion should not be set on objects to be created",
+            ));
+        }
+        let name = meta.get("name").and_then(Value::as_str).unwrap_or("");
+        if name.is_empty() {
+            if let Some(base) = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|g| !g.is_empty())
+            {
+                let base: String = base.chars().take(58).collect();
+                meta.insert(
+                    "name".into(),
+                    json!(format!("{base}{}", strategy::random_suffix(5))),
+                );
+            }
+        }
+        meta.insert("uid".into(), json!(strategy::new_uid()));
+        meta.insert("creationTimestamp".into(), json!(registry::now()));
+        for k in [
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            meta.remove(k);
+        }
+        if r.generation() {
+            meta.insert("generation".into(), json!(1));
+        } else {
+            meta.remove("generation");
+        }
+        let name = meta_str(&obj, "name").to_string();
+        if !name.is_empty() {
+            super::request::path_segment(&name).map_err(|_| {
+                ApiError::invalid(
+                    r,
+                    &name,
+                    vec![crate::api::validation::invalid(
+                        "metadata.name",
+                        name.as_str(),
+                        "must not contain '/' or '%' or be '.' or '..'",
+                    )],
+                )
+            })?;
+        }
+        self.check(r, q, &mut obj, warnings)?;
+        if let Some(st) = strategy::initial_status(r, &obj) {
+            obj["status"] = st;
+        }
+        managed_fields(&mut obj, q, "Update", None, r);
+        if let Some(ns) = &ns {
+            self.namespace_open(ns).await?;
+        }
+        let extra = self.allocate(r, &mut obj, None).await?;
+        if q.dry_run()? {
+            return Ok((StatusCode::CREATED, obj));
+        }
+        let created = self.reg.create(r, ns.as_deref(), obj, extra).await?;
+        Ok((StatusCode::CREATED, created))
+    }
+
+    /// pods/binding (and the `bindings` resource): sets the pod's node, once.
+    async fn bind(
+        &self,
+        ns: &str,
+        name: &str,
+        binding: &Value,
+        q: &Query,
+    ) -> ApiResult<(StatusCode, Value)> {
+        let pods = resources::find("", "v1", "pods").expect("pods are served");
+        let node = binding["target"]["name"].as_str().unwrap_or("");
+        if node.is_empty() {
+            let br = resources::find("", "v1", "bindings").expect("bindings are served");
+            return Err(ApiError::invalid(
+                br,
+                name,
+                vec![crate::api::validation::required("target.name", "")],
+            ));
+        }
+        let (mut pod, rev) = self
+            .reg
+            .get_kv(pods, Some(ns), name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(pods, name))?;
+        if let Some(n) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            return Err(ApiError::conflict(
+                pods,
+                name,
+                &format!("pod {name} is already assigned to node \"{n}\""),
+            ));
+        }
+        if !pod["metadata"]["deletionTimestamp"].is_null() {
+            return Err(ApiError::conflict(
+                pods,
+                name,
+                "pod is being deleted, cannot be assigned to a host",
+            ));
+        }
+        pod["spec"]["nodeName"] = json!(node);
+        let conds = pod["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut conds: Vec<Value> = conds
+            .into_iter()
+            .filter(|c| c["type"] != "PodScheduled")
+            .collect();
+        conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": registry::now()}));
+        pod["status"]["conditions"] = json!(conds);
+        if !q.dry_run()? {
+            self.reg
+                .update(pods, Some(ns), pod, rev, Default::default())
+                .await?;
+        }
+        Ok((StatusCode::CREATED, success_status(None)))
+    }
+
+    /// POST to a subresource of an object: binding, eviction; the streaming ones wait for
+    /// the node agent.
+    pub async fn create_sub(
+        &self,
+        t: &Target,
+        q: &Query,
+        body: Option<Value>,
+    ) -> ApiResult<(StatusCode, Value)> {
+        let r = t.resource;
+        let (ns, name) = (
+            t.namespace.clone().unwrap_or_default(),
+            t.name.clone().unwrap_or_default(),
+        );
+        match t.sub.as_deref() {
+            Some("binding") => {
+                let body = body.unwrap_or_default();
+                check_kind(r, &body, "Binding", "v1")?;
+                self.bind(&ns, &name, &body, q).await
+            }
+            Some("eviction") => {
+                let body = body.unwrap_or_default();
+                let opts = body.get("deleteOptions").cloned().unwrap_or(json!({}));
+                self.delete(t, q, opts).await?;
+                Ok((StatusCode::CREATED, success_status(None)))
+            }
+            Some(s @ ("exec" | "attach" | "portforward" | "proxy")) => Err(no_agent(s)),
+            _ => Err(ApiError::method_not_allowed("create", r)),
+        }
+    }
+
+    /// GET of one object or its status/scale.
+    pub async fn get(&self, t: &Target) -> ApiResult<Value> {
+        let r = t.resource;
+        let name = t.name.as_deref().unwrap_or_default();
+        let obj = self.reg.get(r, t.namespace.as_deref(), name).await?;
+        match t.sub.as_deref() {
+            None | Some("status") => Ok(obj),
+            Some("scale") => Ok(to_scale(r, &obj)),
+            Some(s) => Err(no_agent(s)),
+        }
+    }
+
+    /// PUT of an object (or its status or scale).
+    pub async fn update(
+        &self,
+        t: &Target,
+        q: &Query,
+        body: Value,
+        warnings: &mut Vec<String>,
+    ) -> ApiResult<(StatusCode, Value)> {
+        let r = t.resource;
+        let ns = t.namespace.as_deref();
+        let name = t.name.clone().unwrap_or_default();
+        if t.sub.as_deref() == Some("scale") {
+            check_kind(r, &body, "Scale", "autoscaling/v1")?;
+        } else {
+            check_kind(r, &body, r.kind, &r.api_version())?;
+        }
+        let body_name = meta_str(&body, "name");
+        if !body_name.is_empty() && body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        if r.namespaced {
+            let bns = meta_str(&body, "namespace");
+            if !bns.is_empty() && Some(bns) != ns {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+        }
+        let want_rv = meta_str(&body, "resourceVersion").to_string();
+        let (old, rev) = self
+            .reg
+            .get_kv(r, ns, &name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(r, &name))?;
+        if !want_rv.is_empty() && want_rv != rev.to_string() {
+            return Err(ApiError::modified(r, &name));
+        }
+        self.write(t, q, old, rev, body, warnings, "Update").await
+    }
+
+    /// Writes `body` over `old` (at `rev`) as a PUT of `t` would; shared by PUT and PATCH.
+    #[allow(clippy::too_many_arguments)]
+    async fn write(
+        &self,
+        t: &Target,
+        q: &Query,
+        old: Value,
+        rev: i64,
+        body: Value,
+        warnings: &mut Vec<String>,
+        operation: &str,
+    ) -> ApiResult<(StatusCode, Value)> {
+        let r = t.resource;
+        let ns = t.namespace.as_deref();
+        let name = t.name.clone().unwrap_or_default();
+        let mut new = match t.sub.as_deref() {
+            Some("status") => {
+                let mut n = old.clone();
+                n["status"] = body["status"].clone();
+                n
+            }
+            Some("scale") => {
+                let replicas = body["spec"]["replicas"].as_i64().unwrap_or(0);
+                if replicas < 0 {
+                    return Err(ApiError::invalid(
+                        &SCALE,
+                        &name,
+                        vec![crate::api::validation::invalid(
+                            "spec.replicas",
+                            replicas,
+                            "must be greater than or equal to 0",
+                        )],
+                    ));
+                }
+                let mut n = old.clone();
+                n["spec"]["replicas"] = json!(replicas);
+                n
+            }
+            None => {
+                let mut n = body;
+                if n["metadata"].is_null() {
+                    n["metadata"] = json!({});
+                }
+                if r.has_status() {
+                    n["status"] = old["status"].clone();
+                }
+                n
+            }
+            Some(_) => return Err(ApiError::method_not_allowed("update", r)),
+        };
+        // The server's fields.
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "name",
+            "namespace",
+        ] {
+            match old["metadata"].get(k) {
+                Some(v) => new["metadata"][k] = v.clone(),
+                None => {
+                    if let Some(m) = new["metadata"].as_object_mut() {
+                        m.remove(k);
+                    }
+                }
+            }
+        }
+        if t.sub.is_none() {
+            self.check(r, q, &mut new, warnings)?;
+        } else {
+            field_validation(r, q, &new, warnings)?;
+        }
+        immutable(r, &old, &new)?;
+        if r.generation() && old["spec"] != new["spec"] {
+            let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+            new["metadata"]["generation"] = json!(g + 1);
+        }
+        managed_fields(&mut new, q, operation, t.sub.as_deref(), r);
+        let extra = self.allocate(r, &mut new, Some(&old)).await?;
+        if q.dry_run()? {
+            registry::stamp(r, &mut new, rev);
+            return Ok((StatusCode::OK, shape(t, &new)));
+        }
+        // The last finalizer removed from an object being deleted: it goes.
+        let finalizing = !new["metadata"]["deletionTimestamp"].is_null()
+            && new["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(Vec::is_empty)
+            && !(r.plural == "pods" && pod_waits_for_node(&new));
+        if finalizing && r.plural != "namespaces" {
+            let release = if r.plural == "services" {
+                super::alloc::release(&old)
+            } else {
+                vec![]
+            };
+            let gone = self.reg.delete(r, ns, new, rev, release).await?;
+            return Ok((StatusCode::OK, shape(t, &gone)));
+        }
+        let stored = self.reg.update(r, ns, new, rev, extra).await?;
+        Ok((StatusCode::OK, shape(t, &stored)))
+    }
+
+    /// PATCH: JSON patch, merge patch, strategic merge patch, or apply.
+    pub async fn patch(
+        &self,
+        t: &Target,
+        q: &Query,
+        ct: &str,
+        body: &[u8],
+        user: &User,
+        warnings: &mut Vec<String>,
+    ) -> ApiResult<(StatusCode, Value)> {
+        let r = t.resource;
+        let ns = t.namespace.as_deref();
+        let name = t.name.clone().unwrap_or_default();
+        let kind = patch::Kind::of(ct).ok_or_else(|| ApiError::unsupported_media(ct))?;
+        if kind == patch::Kind::Apply && q.get("fieldManager").is_none() {
+            return Err(ApiError::bad_request(
+                "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+            ));
+        }
+        let patch_doc: Value = match kind {
+            patch::Kind::Apply => decode_body("application/yaml", body)?,
+            _ => serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?,
+        };
+        for _attempt in 0..8 {
+            let Some((current, rev)) = self.reg.get_kv(r, ns, &name).await? else {
+                if kind == patch::Kind::Apply && t.sub.is_none() {
+                    let mut obj = patch_doc.clone();
+                    if obj["metadata"]["name"].is_null() {
+                        obj["metadata"]["name"] = json!(name);
+                    }
+                    let t2 = Target {
+                        name: None,
+                        ..t.clone()
+                    };
+                    let mut q2 = q.clone();
+                    q2.0.entry("fieldValidation".into())
+                        .or_insert_with(|| "Strict".into());
+                    let (_, mut created) = self.create(&t2, &q2, obj, user, warnings).await?;
+                    if !q.dry_run()? {
+                        managed_fields(&mut created, q, "Apply", None, r);
+                    }
+                    return Ok((StatusCode::CREATED, created));
+                }
+                return Err(ApiError::not_found(r, &name));
+            };
+            let view = shape(t, &current);
+            let patched = patch::apply(kind, &view, &patch_doc, r)?;
+            let want_rv = meta_str(&patched, "resourceVersion").to_string();
+            if !want_rv.is_empty() && want_rv != rev.to_string() {
+                return Err(ApiError::modified(r, &name));
+            }
+            let op = if kind == patch::Kind::Apply {
+                "Apply"
+            } else {
+                "Update"
+            };
+            match self.write(t, q, current, rev, patched, warnings, op).await {
+                Err(e) if e.reason == "Conflict" && want_rv.is_empty() => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::modified(r, &name))
+    }
+
+    /// DELETE of one object.
+    pub async fn delete(
+        &self,
+        t: &Target,
+        q: &Query,
+        opts: Value,
+    ) -> ApiResult<(StatusCode, Value)> {
+        let r = t.resource;
+        let ns = t.namespace.as_deref();
+        let name = t.name.clone().unwrap_or_default();
+        if r.plural == "namespaces"
+            && matches!(name.as_str(), "default" | "kube-system" | "kube-public")
+        {
+            return Err(ApiError::forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
+        }
+        let policy = opts["propagationPolicy"]
+            .as_str()
+            .or(q.get("propagationPolicy"))
+            .unwrap_or("");
+        if !matches!(policy, "" | "Orphan" | "Background" | "Foreground") {
+            return Err(ApiError::bad_request(format!(
+                "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{policy}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+            )));
+        }
+        let grace_opt = match opts["gracePeriodSeconds"].as_i64() {
+            Some(g) => Some(g),
+            None => q.int("gracePeriodSeconds")?,
+        };
+        if grace_opt.is_some_and(|g| g < 0) {
+            return Err(ApiError::bad_request(
+                "DeleteOptions.meta.k8s.io \"\" is invalid: gracePeriodSeconds: Invalid value: -1: must be greater than or equal to 0",
+            ));
+        }
+        let dry = q.dry_run()?
+            || opts["dryRun"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|d| d == "All"));
+        for _attempt in 0..8 {
+            let (mut obj, rev) = self
+                .reg
+                .get_kv(r, ns, &name)
+                .await?
+                .ok_or_else(|| ApiError::not_found(r, &name))?;
+            let pre = &opts["preconditions"];
+            if let Some(uid) = pre["uid"].as_str() {
+                if uid != meta_str(&obj, "uid") {
+                    return Err(ApiError::conflict(r, &name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&obj, "uid"))));
+                }
+            }
+            if let Some(rv) = pre["resourceVersion"].as_str() {
+                if rv != rev.to_string() {
+                    return Err(ApiError::conflict(r, &name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {rev}")));
+                }
+            }
+            let is_pod = r.plural == "pods" && r.group.is_empty();
+            let grace = if is_pod {
+                grace_opt.unwrap_or_else(|| {
+                    obj["spec"]["terminationGracePeriodSeconds"]
+                        .as_i64()
+                        .unwrap_or(30)
+                })
+            } else {
+                0
+            };
+            let finalizers = obj["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty());
+            let graceful = is_pod && grace > 0 && pod_waits_for_node(&obj);
+            let is_ns = r.plural == "namespaces";
+            if finalizers || graceful || is_ns {
+                let already = !obj["metadata"]["deletionTimestamp"].is_null();
+                let cur_grace = obj["metadata"]["deletionGracePeriodSeconds"].as_i64();
+                if already && !(graceful && cur_grace.is_some_and(|c| grace < c)) {
+                    return Ok((StatusCode::OK, obj));
+                }
+                let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
+                obj["metadata"]["deletionTimestamp"] = json!(crate::api::time::rfc3339(at));
+                obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                if is_ns {
+                    obj["status"]["phase"] = json!("Terminating");
+                }
+                if dry {
+                    return Ok((StatusCode::OK, obj));
+                }
+                match self.reg.update(r, ns, obj, rev, Default::default()).await {
+                    Ok(v) => {
+                        return Ok((
+                            if is_ns {
+                                StatusCode::OK
+                            } else {
+                                StatusCode::ACCEPTED
+                            },
+                            v,
+                        ))
+                    }
+                    Err(e) if e.reason == "Conflict" => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            if dry {
+                return Ok((StatusCode::OK, deleted_reply(r, &obj)));
+            }
+            let release = if r.plural == "services" && r.group.is_empty() {
+                super::alloc::release(&obj)
+            } else {
+                vec![]
+            };
+            match self.reg.delete(r, ns, obj, rev, release).await {
+                Ok(gone) => return Ok((StatusCode::OK, deleted_reply(r, &gone))),
+                Err(e) if e.reason == "Conflict" => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::modified(r, &name))
+    }
+
+    /// DELETE of a collection: every selected object, deleted as one by one.
+    pub async fn delete_collection(&self, t: &Target, q: &Query, opts: Value) -> ApiResult<Value> {
+        let r = t.resource;
+        let lo = list_options(r, q)?;
+        let list = self
+            .reg
+            .list(
+                r,
+                t.namespace.as_deref(),
+                &ListOptions {
+                    limit: 0,
+                    continue_token: None,
+                    ..lo
+                },
+            )
+            .await?;
+        let mut items = Vec::new();
+        for o in list.items {
+            let t1 = Target {
+                namespace: o["metadata"]["namespace"].as_str().map(str::to_string),
+                name: Some(meta_str(&o, "name").to_string()),
+                ..t.clone()
+            };
+            match self.delete(&t1, q, opts.clone()).await {
+                Ok((_, v)) => items.push(if v["kind"] == "Status" { o } else { v }),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(
+            json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": {"resourceVersion": list.revision.to_string()}, "items": items}),
+        )
+    }
+
+    /// A LIST, as objects or as a Table.
+    pub async fn list(&self, t: &Target, q: &Query, table: bool) -> ApiResult<Value> {
+        let r = t.resource;
+        let lo = list_options(r, q)?;
+        let res = self.reg.list(r, t.namespace.as_deref(), &lo).await?;
+        let rv = res.revision.to_string();
+        if table {
+            return Ok(printers::table(
+                r,
+                &res.items,
+                Some(rv),
+                res.continue_token,
+                true,
+            ));
+        }
+        let mut meta = json!({"resourceVersion": rv});
+        if let Some(c) = res.continue_token {
+            meta["continue"] = json!(c);
+        }
+        if let Some(n) = res.remaining {
+            meta["remainingItemCount"] = json!(n);
+        }
+        Ok(
+            json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": meta, "items": res.items}),
+        )
+    }
+}
+
+const SCALE: Resource = Resource {
+    group: "autoscaling",
+    version: "v1",
+    kind: "Scale",
+    plural: "scale",
+    singular: "",
+    namespaced: true,
+    short: &[],
+    categories: &[],
+    verbs: &[],
+    subs: &[],
+    storage: "",
+    definition: "",
+};
+
+/// A pod bound to a node waits for its agent to stop it before it goes (graceful deletion).
+fn pod_waits_for_node(p: &Value) -> bool {
+    let phase = p["status"]["phase"].as_str().unwrap_or("");
+    p["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty())
+        && phase != "Succeeded"
+        && phase != "Failed"
+}
+
+fn no_agent(sub: &str) -> ApiError {
+    ApiError::unavailable(format!(
+        "no node agent: {sub} needs the pod's node agent, which this server does not have yet"
+    ))
+}
+
+/// Fields that may not change after creation.
+fn immutable(r: &Resource, old: &Value, new: &Value) -> ApiResult<()> {
+    let name = meta_str(new, "name");
+    let mut errs = Vec::new();
+    let field = |errs: &mut Vec<_>, path: &str, a: &Value, b: &Value, msg: &str| {
+        if a != b {
+            errs.push(crate::api::validation::invalid(path, "", msg));
+        }
+    };
+    match (r.group, r.kind) {
+        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet") => field(
+            &mut errs,
+            "spec.selector",
+            &old["spec"]["selector"],
+            &new["spec"]["selector"],
+            "field is immutable",
+        ),
+        ("", "ConfigMap" | "Secret") if old["immutable"] == true => {
+            for f in ["data", "binaryData", "stringData"] {
+                if old[f] != new[f] {
+                    errs.push(crate::api::validation::forbidden(
+                        f,
+                        "field is immutable when `immutable` is set",
+                    ));
+                }
+            }
+        }
+        ("", "Service") => {
+            let (a, b) = (&old["spec"]["clusterIP"], &new["spec"]["clusterIP"]);
+            if a != b
+                && old["spec"]["type"] != "ExternalName"
+                && new["spec"]["type"] != "ExternalName"
+            {
+                errs.push(crate::api::validation::invalid(
+                    "spec.clusterIPs[0]",
+                    b.as_str().unwrap_or(""),
+                    "may not change once set",
+                ));
+            }
+        }
+        ("", "Pod") => {
+            let strip = |p: &Value| {
+                let mut s = p["spec"].clone();
+                for c in ["containers", "initContainers"] {
+                    for x in s[c].as_array_mut().into_iter().flatten() {
+                        x["image"] = Value::Null;
+                    }
+                }
+                for k in [
+                    "activeDeadlineSeconds",
+                    "tolerations",
+                    "terminationGracePeriodSeconds",
+                    "nodeName",
+                ] {
+                    s[k] = Value::Null;
+                }
+                s
+            };
+            if strip(old) != strip(new) {
+                errs.push(crate::api::validation::forbidden(
+                    "spec",
+                    "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+                ));
+            }
+            if old["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty())
+                && old["spec"]["nodeName"] != new["spec"]["nodeName"]
+            {
+                errs.push(crate::api::validation::forbidden(
+                    "spec.nodeName",
+                    "field is immutable",
+                ));
+            }
+        }
+        _ => {}
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(r, name, errs))
+    }
+}
+
+/// Records the manager of a write in `managedFields` (operation, time, subresource).
+fn managed_fields(obj: &mut Value, q: &Query, op: &str, sub: Option<&str>, r: &Resource) {
+    let Some(manager) = q
+        .get("fieldManager")
+        .map(str::to_string)
+        .or_else(|| Some("unknown".into()))
+    else {
+        return;
+    };
+    let mut entries: Vec<Value> = obj["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    entries.retain(|e| {
+        !(e["manager"] == manager.as_str()
+            && e["operation"] == op
+            && e["subresource"].as_str() == sub)
+    });
+    let mut e = json!({"manager": manager, "operation": op, "apiVersion": r.api_version(), "time": registry::now(), "fieldsType": "FieldsV1", "fieldsV1": {}});
+    if let Some(s) = sub {
+        e["subresource"] = json!(s);
+    }
+    entries.push(e);
+    obj["metadata"]["managedFields"] = json!(entries);
+}
+
+/// The object as the target shows it: itself, or its Scale.
+fn shape(t: &Target, obj: &Value) -> Value {
+    match t.sub.as_deref() {
+        Some("scale") => to_scale(t.resource, obj),
+        _ => obj.clone(),
+    }
+}
+
+/// The autoscaling/v1 Scale of a workload.
+pub fn to_scale(r: &Resource, obj: &Value) -> Value {
+    let m = &obj["metadata"];
+    let selector = if r.kind == "ReplicationController" {
+        let sel: Vec<String> = obj["spec"]["selector"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
+        sel.join(",")
+    } else {
+        printers::format_selector(&obj["spec"]["selector"]).replace("<none>", "")
+    };
+    json!({
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
+                     "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"]},
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
+    })
+}
+
+fn success_status(details: Option<Value>) -> Value {
+    let mut s = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"});
+    if let Some(d) = details {
+        s["details"] = d;
+    }
+    s
+}
+
+/// What a DELETE answers: the object for pods and service accounts, else a Status.
+fn deleted_reply(r: &Resource, obj: &Value) -> Value {
+    if matches!(r.plural, "pods" | "serviceaccounts") && r.group.is_empty() {
+        return obj.clone();
+    }
+    success_status(Some(json!({
+        "name": obj["metadata"]["name"], "group": r.group, "kind": r.plural, "uid": obj["metadata"]["uid"]
+    })))
+}
+
+/// SelfSubjectAccessReview / SelfSubjectRulesReview / SelfSubjectReview, answered for the
+/// caller: admins (group system:masters) may do anything, others nothing yet.
+fn review(r: &Resource, mut body: Value, user: &User) -> Value {
+    let admin = user.groups.iter().any(|g| g == "system:masters");
+    body["kind"] = json!(r.kind);
+    body["apiVersion"] = json!(r.api_version());
+    if body["metadata"].is_null() {
+        body["metadata"] = json!({});
+    }
+    body["metadata"]["creationTimestamp"] = json!(registry::now());
+    match r.plural {
+        "selfsubjectaccessreviews" => {
+            body["status"] = if admin {
+                json!({"allowed": true, "reason": "the user is in group system:masters"})
+            } else {
+                json!({"allowed": false, "reason": "knode grants access to group system:masters only"})
+            };
+        }
+        "selfsubjectrulesreviews" => {
+            let rules = if admin {
+                json!([{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}])
+            } else {
+                json!([])
+            };
+            body["status"] = json!({"resourceRules": rules, "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": false});
+        }
+        _ => {
+            body["status"] = json!({"userInfo": {"username": user.name, "groups": user.groups}});
+        }
+    }
+    body
+}
+
+/// List options from the query: selectors, limit, continue, resourceVersion.
+pub fn list_options(r: &Resource, q: &Query) -> ApiResult<ListOptions> {
+    let labels = selector::parse_labels(q.get("labelSelector").unwrap_or("")).map_err(|e| {
+        ApiError::bad_request(format!("unable to parse requirement: {e}").replace(
+            "unable to parse requirement: unable to parse requirement",
+            "unable to parse requirement",
+        ))
+    })?;
+    let fields = selector::parse_fields(q.get("fieldSelector").unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    registry::check_fields(r, &fields)?;
+    let limit = q.int("limit")?.unwrap_or(0);
+    let limit = usize::try_from(limit.max(0)).unwrap_or(0);
+    let revision = match (q.get("resourceVersion"), q.get("resourceVersionMatch")) {
+        (Some(rv), Some("Exact")) => rv
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?,
+        (Some(rv), _) if rv != "0" => {
+            rv.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
+            0
+        }
+        _ => 0,
+    };
+    if q.get("continue").is_some() && q.get("resourceVersion").is_some_and(|v| v != "0") {
+        return Err(ApiError::bad_request(
+            "specifying resource version is not allowed when using continue",
+        ));
+    }
+    Ok(ListOptions {
+        labels,
+        fields,
+        limit,
+        continue_token: q.get("continue").map(str::to_string),
+        revision,
+    })
+}
+
+/// The body of a watch: one JSON event per line, flushed as it happens.
+pub async fn watch_response(
+    api: Arc<Api>,
+    t: Target,
+    q: Query,
+    table: bool,
+) -> ApiResult<Response> {
+    let r = t.resource;
+    let lo = list_options(r, &q)?;
+    let send_initial = q
+        .get("sendInitialEvents")
+        .map(|_| q.flag("sendInitialEvents"))
+        .transpose()?;
+    let bookmarks = q.flag("allowWatchBookmarks")?;
+    let rv = q.get("resourceVersion").map(str::to_string);
+    if send_initial.is_some() {
+        if q.get("resourceVersionMatch") != Some("NotOlderThan") {
+            return Err(ApiError::new(422, "Invalid", "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"));
+        }
+        if send_initial == Some(true) && !bookmarks {
+            return Err(ApiError::new(422, "Invalid", "ListOptions.meta.k8s.io \"\" is invalid: allowWatchBookmarks: Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true"));
+        }
+    } else if q.get("resourceVersionMatch").is_some() {
+        return Err(ApiError::new(422, "Invalid", "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"));
+    }
+    let timeout = q
+        .int("timeoutSeconds")?
+        .filter(|s| *s > 0)
+        .unwrap_or_else(|| {
+            1800 + i64::from(
+                strategy::random_suffix(2)
+                    .bytes()
+                    .map(u32::from)
+                    .sum::<u32>()
+                    % 1800,
+            )
+        });
+    // Initial events: all current objects for resourceVersion unset or "0", or when asked.
+    let initial = send_initial.unwrap_or(matches!(rv.as_deref(), None | Some("0")));
+    let (mut first, after) = if initial {
+        let res = api
+            .reg
+            .list(
+                r,
+                t.namespace.as_deref(),
+                &ListOptions {
+                    limit: 0,
+                    continue_token: None,
+                    revision: 0,
+                    ..lo.clone()
+                },
+            )
+            .await?;
+        let evs: Vec<watch::WatchEvent> = res
+            .items
+            .into_iter()
+            .map(|o| watch::WatchEvent {
+                kind: "ADDED",
+                object: o,
+            })
+            .collect();
+        (evs, res.revision)
+    } else {
+        let n = rv.as_deref().unwrap_or("0").parse::<i64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "invalid resource version: {}",
+                rv.as_deref().unwrap_or("")
+            ))
+        })?;
+        (Vec::new(), n)
+    };
+    if send_initial == Some(true) {
+        first.push(watch::bookmark(r, after, true));
+    }
+    let started = watch::Watch::start(
+        &api.reg,
+        r,
+        t.namespace.as_deref(),
+        after,
+        lo.labels,
+        lo.fields,
+    )
+    .await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let encode = move |ev: &watch::WatchEvent, headers: bool| -> Bytes {
+        let object = if table && ev.kind != "BOOKMARK" && ev.kind != "ERROR" {
+            printers::table(r, std::slice::from_ref(&ev.object), None, None, headers)
+        } else {
+            ev.object.clone()
+        };
+        let mut line =
+            serde_json::to_vec(&json!({"type": ev.kind, "object": object})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    };
+    tokio::spawn(async move {
+        let mut headers = true;
+        for ev in &first {
+            if tx.send(Ok(encode(ev, headers))).await.is_err() {
+                return;
+            }
+            headers = headers && ev.kind == "BOOKMARK";
+        }
+        let mut w = match started {
+            Ok(w) => w,
+            Err(e) => {
+                let ev = watch::WatchEvent {
+                    kind: "ERROR",
+                    object: e.status_json(),
+                };
+                let _ = tx.send(Ok(encode(&ev, false))).await;
+                return;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout as u64);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = tx.closed() => return,
+                _ = tick.tick(), if bookmarks => {
+                    let ev = watch::bookmark(r, w.last, false);
+                    if tx.send(Ok(encode(&ev, false))).await.is_err() { return; }
+                }
+                ev = w.next() => match ev {
+                    None => return,
+                    Some(Ok(ev)) => {
+                        let h = headers;
+                        headers = false;
+                        if tx.send(Ok(encode(&ev, h))).await.is_err() { return; }
+                    }
+                    Some(Err(e)) => {
+                        let ev = watch::WatchEvent { kind: "ERROR", object: e.status_json() };
+                        let _ = tx.send(Ok(encode(&ev, false))).await;
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache, private"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Dispatches a resource request.
+pub async fn serve(
+    api: Arc<Api>,
+    t: Target,
+    method: Method,
+    q: Query,
+    headers: HeaderMap,
+    body: Bytes,
+    user: User,
+) -> Response {
+    let mut warnings = Vec::new();
+    let table = wants_table(&headers);
+    let ct = content_type(&headers);
+    let r = t.resource;
+    let verb_ok = |v: &str| r.verbs.contains(&v);
+    if method == Method::GET && (t.watch_prefix || q.flag("watch").unwrap_or(false)) {
+        if !verb_ok("watch") {
+            return ApiError::method_not_allowed("watch", r).into_response();
+        }
+        return match watch_response(api, t, q, table).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
+    let res: ApiResult<(StatusCode, Value)> = async {
+        match (method.clone(), t.name.is_some(), t.sub.as_deref()) {
+            (Method::GET, false, _) => {
+                if !verb_ok("list") {
+                    return Err(ApiError::method_not_allowed("list", r));
+                }
+                Ok((StatusCode::OK, api.list(&t, &q, table).await?))
+            }
+            (Method::GET, true, sub) => {
+                if !verb_ok("get") {
+                    return Err(ApiError::method_not_allowed("get", r));
+                }
+                let v = api.get(&t).await?;
+                if table && sub.is_none() {
+                    let rv = v["metadata"]["resourceVersion"]
+                        .as_str()
+                        .map(str::to_string);
+                    return Ok((StatusCode::OK, printers::table(r, &[v], rv, None, true)));
+                }
+                Ok((StatusCode::OK, v))
+            }
+            (Method::POST, false, _) => {
+                if !verb_ok("create") {
+                    return Err(ApiError::method_not_allowed("create", r));
+                }
+                let obj = decode_body(&ct, &body)?;
+                api.create(&t, &q, obj, &user, &mut warnings).await
+            }
+            (Method::POST, true, Some(_)) => {
+                let obj = if body.is_empty() {
+                    None
+                } else {
+                    Some(decode_body(&ct, &body)?)
+                };
+                api.create_sub(&t, &q, obj).await
+            }
+            (Method::PUT, true, sub) => {
+                if !verb_ok("update") {
+                    return Err(ApiError::method_not_allowed("update", r));
+                }
+                if matches!(sub, Some("proxy")) {
+                    return Err(no_agent("proxy"));
+                }
+                let obj = decode_body(&ct, &body)?;
+                api.update(&t, &q, obj, &mut warnings).await
+            }
+            (Method::PATCH, true, sub) => {
+                if !verb_ok("patch") {
+                    return Err(ApiError::method_not_allowed("patch", r));
+                }
+                if matches!(sub, Some("proxy")) {
+                    return Err(no_agent("proxy"));
+                }
+                api.patch(&t, &q, &ct, &body, &user, &mut warnings).await
+            }
+            (Method::DELETE, true, None) => {
+                if !verb_ok("delete") {
+                    return Err(ApiError::method_not_allowed("delete", r));
+                }
+                let opts = if body.is_empty() {
+                    json!({})
+                } else {
+                    decode_body(&ct, &body)?
+                };
+                api.delete(&t, &q, opts).await
+            }
+            (Method::DELETE, false, None) => {
+                if !verb_ok("deletecollection") {
+                    return Err(ApiError::method_not_allowed("deletecollection", r));
+                }
+                let opts = if body.is_empty() {
+                    json!({})
+                } else {
+                    decode_body(&ct, &body)?
+                };
+                Ok((StatusCode::OK, api.delete_collection(&t, &q, opts).await?))
+            }
+            (Method::DELETE, true, Some("proxy")) => Err(no_agent("proxy")),
+            (m, _, _) => Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                format!(
+                    "the server does not allow this method on the requested resource ({m} {})",
+                    r.qualified()
+                ),
+            )),
+        }
+    }
+    .await;
+    let mut resp = match res {
+        Ok((code, v)) => reply(code, &v),
+        Err(e) => e.into_response(),
+    };
+    for w in warnings.iter().take(20) {
+        if let Ok(v) = format!("299 - \"{}\"", w.replace('"', "'")).parse() {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}

@@ -1,0 +1,76 @@
+//! The Kubernetes 1.37 API definitions (vendored, see `openapi/NOTICE`): the schemas behind
+//! strategic merge patches (patch strategies and merge keys), and later OpenAPI and
+//! `kubectl explain`. Decompressed and parsed once, on first use.
+
+use std::sync::OnceLock;
+
+use serde_json::{Map, Value};
+
+static DEFINITIONS: &[u8] = include_bytes!("openapi/definitions.json.gz");
+
+/// Every definition by name (`io.k8s.api.apps.v1.Deployment`).
+pub fn definitions() -> &'static Map<String, Value> {
+    static DEFS: OnceLock<Map<String, Value>> = OnceLock::new();
+    DEFS.get_or_init(|| {
+        use std::io::Read;
+        let mut s = String::new();
+        let parsed = flate2::read::GzDecoder::new(DEFINITIONS)
+            .read_to_string(&mut s)
+            .ok()
+            .and_then(|_| serde_json::from_str::<Map<String, Value>>(&s).ok());
+        // The file is part of the binary and checked by a unit test; an empty map only
+        // degrades strategic merge to plain merge.
+        parsed.unwrap_or_default()
+    })
+}
+
+/// The definition a schema refers to (through `$ref`, possibly inside `allOf`).
+pub fn resolve(s: &Value) -> Option<&'static Value> {
+    let r = s["$ref"].as_str().or_else(|| {
+        s["allOf"]
+            .as_array()?
+            .iter()
+            .find_map(|x| x["$ref"].as_str())
+    })?;
+    definitions().get(r.strip_prefix("#/$defs/")?)
+}
+
+/// A definition by name.
+pub fn get(name: &str) -> Option<&'static Value> {
+    definitions().get(name)
+}
+
+/// The schema of property `key` of an object schema (a definition, or a property that
+/// refers to one).
+pub fn property(s: &'static Value, key: &str) -> Option<&'static Value> {
+    let d = if s.get("properties").is_some() {
+        s
+    } else {
+        resolve(s)?
+    };
+    d.get("properties")?.get(key)
+}
+
+/// The schema of the elements of an array schema, or of the values of a map schema.
+pub fn items(s: &'static Value) -> Option<&'static Value> {
+    s.get("items")
+        .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vendored_definitions_load_and_carry_merge_keys() {
+        let pod_spec = get("io.k8s.api.core.v1.PodSpec").expect("PodSpec");
+        let c = &pod_spec["properties"]["containers"];
+        assert_eq!(c["x-kubernetes-patch-merge-key"], "name");
+        assert_eq!(c["x-kubernetes-patch-strategy"], "merge");
+        let dep = get("io.k8s.api.apps.v1.Deployment").unwrap();
+        assert!(resolve(&dep["properties"]["spec"]).is_some());
+        for r in crate::apiserver::resources::RESOURCES {
+            assert!(get(r.definition).is_some(), "{} missing", r.definition);
+        }
+    }
+}

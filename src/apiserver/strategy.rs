@@ -1,0 +1,707 @@
+//! What the API server does to an object of each kind before it is stored: defaulting
+//! (`pkg/apis/*/v1/defaults.go`), the fields the server owns (uid, creationTimestamp,
+//! generation, status on the main resource), validation, and strict decoding.
+
+use serde_json::{json, Map, Value};
+
+use super::resources::Resource;
+use crate::api::validation::{self as v, FieldError};
+
+/// The alphabet of generated name suffixes (apimachinery `util/rand`: no vowels, no 0/1/3).
+const ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // getrandom(2) does not fail for small requests once the pool is initialised; a zeroed
+    // buffer would still yield a valid (if predictable) suffix.
+    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    b
+}
+
+/// `n` random characters of the name alphabet.
+pub fn random_suffix(n: usize) -> String {
+    random_bytes::<16>()
+        .iter()
+        .take(n)
+        .map(|b| ALPHANUMS[*b as usize % ALPHANUMS.len()] as char)
+        .collect()
+}
+
+/// A random (version 4) UUID.
+pub fn new_uid() -> String {
+    let mut b = random_bytes::<16>();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Decodes the object into its k8s-openapi type and back: what Go's decoder keeps.
+fn roundtrip<T>(obj: &Value) -> Result<Value, String>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let t: T = serde_json::from_value(obj.clone()).map_err(|e| e.to_string())?;
+    serde_json::to_value(t).map_err(|e| e.to_string())
+}
+
+/// The typed round trip of `obj` as `r`'s kind.
+pub fn typed(r: &Resource, obj: &Value) -> Result<Value, String> {
+    use k8s_openapi::api::*;
+    match r.definition {
+        "io.k8s.api.core.v1.Binding" => roundtrip::<core::v1::Binding>(obj),
+        "io.k8s.api.core.v1.ConfigMap" => roundtrip::<core::v1::ConfigMap>(obj),
+        "io.k8s.api.core.v1.Endpoints" => roundtrip::<core::v1::Endpoints>(obj),
+        "io.k8s.api.core.v1.Event" => roundtrip::<core::v1::Event>(obj),
+        "io.k8s.api.core.v1.Namespace" => roundtrip::<core::v1::Namespace>(obj),
+        "io.k8s.api.core.v1.Node" => roundtrip::<core::v1::Node>(obj),
+        "io.k8s.api.core.v1.Pod" => roundtrip::<core::v1::Pod>(obj),
+        "io.k8s.api.core.v1.ReplicationController" => {
+            roundtrip::<core::v1::ReplicationController>(obj)
+        }
+        "io.k8s.api.core.v1.Secret" => roundtrip::<core::v1::Secret>(obj),
+        "io.k8s.api.core.v1.ServiceAccount" => roundtrip::<core::v1::ServiceAccount>(obj),
+        "io.k8s.api.core.v1.Service" => roundtrip::<core::v1::Service>(obj),
+        "io.k8s.api.apps.v1.ControllerRevision" => roundtrip::<apps::v1::ControllerRevision>(obj),
+        "io.k8s.api.apps.v1.DaemonSet" => roundtrip::<apps::v1::DaemonSet>(obj),
+        "io.k8s.api.apps.v1.Deployment" => roundtrip::<apps::v1::Deployment>(obj),
+        "io.k8s.api.apps.v1.ReplicaSet" => roundtrip::<apps::v1::ReplicaSet>(obj),
+        "io.k8s.api.apps.v1.StatefulSet" => roundtrip::<apps::v1::StatefulSet>(obj),
+        "io.k8s.api.authentication.v1.SelfSubjectReview" => {
+            roundtrip::<authentication::v1::SelfSubjectReview>(obj)
+        }
+        "io.k8s.api.authorization.v1.SelfSubjectAccessReview" => {
+            roundtrip::<authorization::v1::SelfSubjectAccessReview>(obj)
+        }
+        "io.k8s.api.authorization.v1.SelfSubjectRulesReview" => {
+            roundtrip::<authorization::v1::SelfSubjectRulesReview>(obj)
+        }
+        "io.k8s.api.batch.v1.CronJob" => roundtrip::<batch::v1::CronJob>(obj),
+        "io.k8s.api.batch.v1.Job" => roundtrip::<batch::v1::Job>(obj),
+        "io.k8s.api.coordination.v1.Lease" => roundtrip::<coordination::v1::Lease>(obj),
+        "io.k8s.api.discovery.v1.EndpointSlice" => roundtrip::<discovery::v1::EndpointSlice>(obj),
+        "io.k8s.api.events.v1.Event" => roundtrip::<events::v1::Event>(obj),
+        other => Err(format!("no type for {other}")),
+    }
+}
+
+/// Fields of `orig` that the typed decoder dropped: unknown fields, as
+/// `spec.template.spec.containers[0].bogus`.
+pub fn unknown_fields(orig: &Value, kept: &Value, path: &str, out: &mut Vec<String>) {
+    match (orig, kept) {
+        (Value::Object(o), Value::Object(k)) => {
+            for (key, val) in o {
+                let p = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match k.get(key) {
+                    Some(kv) => unknown_fields(val, kv, &p, out),
+                    None if val.is_null() => {}
+                    // Empty values the typed form omits are not unknown.
+                    None if is_empty(val) => {}
+                    None => out.push(p),
+                }
+            }
+        }
+        (Value::Array(o), Value::Array(k)) => {
+            for (i, (a, b)) in o.iter().zip(k).enumerate() {
+                unknown_fields(a, b, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.values().all(is_empty),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+fn obj<'a>(v: &'a mut Value, key: &str) -> Option<&'a mut Map<String, Value>> {
+    let m = v.as_object_mut()?;
+    m.entry(key.to_string())
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+}
+
+fn set_default(m: &mut Map<String, Value>, key: &str, val: Value) {
+    if m.get(key).is_none_or(Value::is_null) {
+        m.insert(key.to_string(), val);
+    }
+}
+
+/// `pkg/apis/core/v1/defaults.go` for a pod spec (also inside templates).
+fn default_pod_spec(spec: &mut Map<String, Value>) {
+    set_default(spec, "restartPolicy", json!("Always"));
+    set_default(spec, "terminationGracePeriodSeconds", json!(30));
+    set_default(spec, "dnsPolicy", json!("ClusterFirst"));
+    set_default(spec, "securityContext", json!({}));
+    set_default(spec, "schedulerName", json!("default-scheduler"));
+    set_default(spec, "enableServiceLinks", json!(true));
+    for list in ["containers", "initContainers"] {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let Some(c) = c.as_object_mut() else { continue };
+            set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
+            set_default(c, "terminationMessagePolicy", json!("File"));
+            set_default(c, "resources", json!({}));
+            let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+            let last = image.rsplit('/').next().unwrap_or(image);
+            let latest = !image.contains('@') && (!last.contains(':') || last.ends_with(":latest"));
+            set_default(
+                c,
+                "imagePullPolicy",
+                json!(if latest { "Always" } else { "IfNotPresent" }),
+            );
+            for p in c
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(p) = p.as_object_mut() {
+                    set_default(p, "protocol", json!("TCP"));
+                }
+            }
+        }
+    }
+    for vol in spec
+        .get_mut("volumes")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        let Some(vol) = vol.as_object_mut() else {
+            continue;
+        };
+        for (src, key) in [("configMap", "defaultMode"), ("secret", "defaultMode")] {
+            if let Some(s) = vol.get_mut(src).and_then(Value::as_object_mut) {
+                set_default(s, key, json!(0o644));
+            }
+        }
+    }
+}
+
+fn default_template(spec: &mut Map<String, Value>) {
+    if let Some(ps) = spec
+        .get_mut("template")
+        .and_then(|t| t.as_object_mut())
+        .and_then(|t| t.entry("spec").or_insert_with(|| json!({})).as_object_mut())
+    {
+        default_pod_spec(ps);
+    }
+}
+
+/// Defaults for `r`'s kind, in place.
+pub fn defaults(r: &Resource, o: &mut Value) {
+    match (r.group, r.kind) {
+        ("", "Pod") => {
+            if let Some(spec) = obj(o, "spec") {
+                default_pod_spec(spec);
+                set_default(spec, "serviceAccountName", json!("default"));
+                // The DefaultTolerationSeconds admission plugin.
+                let tol = spec.entry("tolerations").or_insert_with(|| json!([]));
+                for key in [
+                    "node.kubernetes.io/not-ready",
+                    "node.kubernetes.io/unreachable",
+                ] {
+                    if let Some(list) = tol.as_array_mut() {
+                        if !list.iter().any(|t| t["key"] == key) {
+                            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+                        }
+                    }
+                }
+            }
+        }
+        ("", "Service") => {
+            if let Some(spec) = obj(o, "spec") {
+                set_default(spec, "type", json!("ClusterIP"));
+                set_default(spec, "sessionAffinity", json!("None"));
+                set_default(spec, "internalTrafficPolicy", json!("Cluster"));
+                let ty = spec["type"].as_str().unwrap_or("").to_string();
+                if ty == "NodePort" || ty == "LoadBalancer" {
+                    set_default(spec, "externalTrafficPolicy", json!("Cluster"));
+                }
+                if ty != "ExternalName" {
+                    set_default(spec, "ipFamilies", json!(["IPv4"]));
+                    set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
+                }
+                for p in spec
+                    .get_mut("ports")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(p) = p.as_object_mut() {
+                        set_default(p, "protocol", json!("TCP"));
+                        if let Some(port) = p.get("port").cloned() {
+                            set_default(p, "targetPort", port);
+                        }
+                    }
+                }
+            }
+        }
+        ("", "Namespace") => {
+            let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+            if let Some(labels) = obj(o, "metadata").and_then(|m| {
+                m.entry("labels")
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut()
+            }) {
+                labels.insert("kubernetes.io/metadata.name".into(), json!(name));
+            }
+            if let Some(spec) = obj(o, "spec") {
+                set_default(spec, "finalizers", json!(["kubernetes"]));
+            }
+        }
+        ("", "ReplicationController") => {
+            let labels = o["spec"]["template"]["metadata"]["labels"].clone();
+            if let Some(spec) = obj(o, "spec") {
+                set_default(spec, "replicas", json!(1));
+                set_default(spec, "minReadySeconds", json!(0));
+                if labels.is_object() {
+                    set_default(spec, "selector", labels.clone());
+                }
+                default_template(spec);
+            }
+            if labels.is_object() {
+                if let Some(m) = obj(o, "metadata") {
+                    set_default(m, "labels", labels);
+                }
+            }
+        }
+        ("", "Secret") => {
+            if let Some(m) = o.as_object_mut() {
+                set_default(m, "type", json!("Opaque"));
+            }
+        }
+        ("apps", "Deployment") => {
+            if let Some(spec) = obj(o, "spec") {
+                set_default(spec, "replicas", json!(1));
+                set_default(spec, "revisionHistoryLimit", json!(10));
+                set_default(spec, "progressDeadlineSeconds", json!(600));
+                let strategy = spec.entry("strategy").or_insert_with(|| json!({}));
+                if let Some(s) = strategy.as_object_mut() {
+                    set_default(s, "type", json!("RollingUpdate"));
+                    if s["type"] == "RollingUpdate" {
+                        let ru = s.entry("rollingUpdate").or_insert_with(|| json!({}));
+                        if let Some(ru) = ru.as_object_mut() {
+                            set_default(ru, "maxUnavailable", json!("25%"));
+                            set_default(ru, "maxSurge", json!("25%"));
+                        }
+                    }
+                }
+                default_template(spec);
+            }
+        }
+        ("apps", "ReplicaSet") => {
+            if let Some(spec) = obj(o, "spec") {
+                set_default(spec, "replicas", json!(1));
+                default_template(spec);
+            }
+        }
+        ("apps", "DaemonSet") => {
+            if let Some(spec) = obj(o, "spec") {
+                set_default(spec, "revisionHistoryLimit", json!(10));
+                let st = spec.entry("updateStrategy").or_insert_with(|| json!({}));
+                if let Some(s) = st.as_object_mut() {
+                    set_default(s, "type", json!("RollingUpdate"));
+                    if s["type"] == "RollingUpdate" {
+                        set_default(
+                            s,
+                            "rollingUpdate",
+                            json!({"maxUnavailable": 1, "maxSurge": 0}),
+                        );
+                    }
+                }
+                default_template(spec);
+            }
+        }
+        ("apps", "StatefulSet") => {
+            if let Some(spec) = obj(o, "spec") {
+                set_default(spec, "replicas", json!(1));
+                set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+                set_default(spec, "revisionHistoryLimit", json!(10));
+                set_default(
+                    spec,
+                    "updateStrategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+                );
+                set_default(
+                    spec,
+                    "persistentVolumeClaimRetentionPolicy",
+                    json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+                );
+                default_template(spec);
+            }
+        }
+        ("batch", "Job") => {
+            if let Some(spec) = obj(o, "spec") {
+                job_defaults(spec);
+            }
+        }
+        ("batch", "CronJob") => {
+            if let Some(spec) = obj(o, "spec") {
+                set_default(spec, "concurrencyPolicy", json!("Allow"));
+                set_default(spec, "suspend", json!(false));
+                set_default(spec, "successfulJobsHistoryLimit", json!(3));
+                set_default(spec, "failedJobsHistoryLimit", json!(1));
+                if let Some(js) = spec
+                    .get_mut("jobTemplate")
+                    .and_then(Value::as_object_mut)
+                    .and_then(|t| t.entry("spec").or_insert_with(|| json!({})).as_object_mut())
+                {
+                    job_defaults(js);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn job_defaults(spec: &mut Map<String, Value>) {
+    set_default(spec, "parallelism", json!(1));
+    set_default(spec, "completions", json!(1));
+    set_default(spec, "backoffLimit", json!(6));
+    set_default(spec, "completionMode", json!("NonIndexed"));
+    set_default(spec, "suspend", json!(false));
+    set_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    default_template(spec);
+}
+
+/// The status a new object starts with (the client's is ignored).
+pub fn initial_status(r: &Resource, o: &Value) -> Option<Value> {
+    if !r.has_status() {
+        return None;
+    }
+    Some(match (r.group, r.kind) {
+        ("", "Pod") => json!({"phase": "Pending", "qosClass": qos_class(o)}),
+        ("", "Service") => json!({"loadBalancer": {}}),
+        ("", "Namespace") => json!({"phase": "Active"}),
+        ("", "Node") => return o.get("status").cloned(),
+        _ => json!({}),
+    })
+}
+
+/// The pod's QoS class from its containers' requests and limits.
+pub fn qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|l| pod["spec"][*l].as_array().into_iter().flatten())
+        .collect();
+    let (mut any, mut guaranteed) = (false, !containers.is_empty());
+    for c in containers {
+        let (req, lim) = (&c["resources"]["requests"], &c["resources"]["limits"]);
+        for res in ["cpu", "memory"] {
+            let (rq, lm) = (&req[res], &lim[res]);
+            if !rq.is_null() || !lm.is_null() {
+                any = true;
+            }
+            if lm.is_null() || (!rq.is_null() && rq != lm) {
+                guaranteed = false;
+            }
+        }
+    }
+    if guaranteed && any {
+        "Guaranteed"
+    } else if any {
+        "Burstable"
+    } else {
+        "BestEffort"
+    }
+}
+
+/// Name rules per kind: DNS labels for namespaces and services, subdomains otherwise.
+fn name_errors(r: &Resource, name: &str) -> Vec<String> {
+    match r.plural {
+        "namespaces" | "services" => v::dns_label(name),
+        _ => v::dns_subdomain(name),
+    }
+}
+
+/// Metadata every object is checked for: name, namespace, labels, annotations.
+fn validate_meta(r: &Resource, o: &Value, errs: &mut Vec<FieldError>) {
+    let m = &o["metadata"];
+    match m["name"].as_str() {
+        None | Some("") => errs.push(v::required(
+            "metadata.name",
+            "name or generateName is required",
+        )),
+        Some(n) => {
+            for e in name_errors(r, n) {
+                errs.push(v::invalid("metadata.name", n, e));
+            }
+        }
+    }
+    if let Some(labels) = m["labels"].as_object() {
+        for (k, val) in labels {
+            let s = val.as_str().unwrap_or("");
+            if crate::api::selector::parse_labels(k).is_err() {
+                errs.push(v::invalid(
+                    "metadata.labels",
+                    k.as_str(),
+                    "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')",
+                ));
+            }
+            if !crate::api::selector::label_value_ok(s) {
+                errs.push(v::invalid(
+                    "metadata.labels",
+                    s,
+                    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')",
+                ));
+            }
+        }
+    }
+    if let Some(ann) = m["annotations"].as_object() {
+        let total: usize = ann
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
+        if total > 256 * 1024 {
+            errs.push(v::too_long("metadata.annotations", 256 * 1024));
+        }
+    }
+}
+
+fn as_typed<T: serde::de::DeserializeOwned>(o: &Value) -> Option<T> {
+    serde_json::from_value(o.clone()).ok()
+}
+
+fn replicas(o: &Value, errs: &mut Vec<FieldError>) {
+    if let Some(n) = o["spec"]["replicas"].as_i64() {
+        if n < 0 {
+            errs.push(v::invalid(
+                "spec.replicas",
+                n,
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+}
+
+/// The selector must be non-empty and select the template's labels.
+fn selects_template(o: &Value, errs: &mut Vec<FieldError>, legacy: bool) {
+    let tl: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(o["spec"]["template"]["metadata"]["labels"].clone())
+            .unwrap_or_default();
+    let sel = if legacy {
+        let m: std::collections::BTreeMap<String, String> =
+            serde_json::from_value(o["spec"]["selector"].clone()).unwrap_or_default();
+        Ok(crate::api::selector::Labels(
+            m.into_iter()
+                .map(|(k, v)| crate::api::selector::Requirement::Equals(k, v))
+                .collect(),
+        ))
+    } else {
+        match as_typed::<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>(
+            &o["spec"]["selector"],
+        ) {
+            Some(s) => crate::api::selector::from_label_selector(&s),
+            None => {
+                errs.push(v::required("spec.selector", ""));
+                return;
+            }
+        }
+    };
+    match sel {
+        Ok(s) if s.is_empty() => errs.push(v::invalid(
+            "spec.selector",
+            "",
+            "empty selector is invalid for deployment",
+        )),
+        Ok(s) if !s.matches(&tl) => errs.push(v::invalid(
+            "spec.template.metadata.labels",
+            crate::api::selector::Labels(
+                tl.iter()
+                    .map(|(k, v)| crate::api::selector::Requirement::Equals(k.clone(), v.clone()))
+                    .collect(),
+            )
+            .to_string(),
+            "`selector` does not match template `labels`",
+        )),
+        Ok(_) => {}
+        Err(e) => errs.push(v::invalid("spec.selector", "", e.to_string())),
+    }
+}
+
+/// A pod template's spec, checked as a pod's, with its errors under `prefix`.
+fn template(o: &Value, prefix: &str, errs: &mut Vec<FieldError>) {
+    let t = &o["spec"]["template"];
+    if t.is_null() {
+        errs.push(v::required(prefix, ""));
+        return;
+    }
+    let mut pod = json!({"metadata": {"name": "template"}, "spec": t["spec"]});
+    if let Some(m) = t["metadata"].as_object() {
+        pod["metadata"]["labels"] = m.get("labels").cloned().unwrap_or(Value::Null);
+    }
+    match as_typed::<k8s_openapi::api::core::v1::Pod>(&pod) {
+        Some(p) => {
+            for mut e in v::pod(&p) {
+                if let Some(rest) = e.field.strip_prefix("spec.") {
+                    e.field = format!("{prefix}.spec.{rest}");
+                    errs.push(e);
+                }
+            }
+        }
+        None => errs.push(v::invalid(
+            &format!("{prefix}.spec"),
+            "",
+            "cannot be decoded",
+        )),
+    }
+}
+
+/// Validation for `r`'s kind.
+pub fn validate(r: &Resource, o: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    validate_meta(r, o, &mut errs);
+    match (r.group, r.kind) {
+        ("", "Pod") => {
+            if let Some(p) = as_typed::<k8s_openapi::api::core::v1::Pod>(o) {
+                errs.extend(
+                    v::pod(&p)
+                        .into_iter()
+                        .filter(|e| e.field != "metadata.name"),
+                );
+            }
+        }
+        ("", "ConfigMap") => {
+            if let Some(c) = as_typed(o) {
+                errs.extend(
+                    v::config_map(&c)
+                        .into_iter()
+                        .filter(|e| !e.field.starts_with("metadata.")),
+                );
+            }
+        }
+        ("", "Secret") => {
+            if let Some(s) = as_typed(o) {
+                errs.extend(
+                    v::secret(&s)
+                        .into_iter()
+                        .filter(|e| !e.field.starts_with("metadata.")),
+                );
+            }
+        }
+        ("", "Service") => {
+            if let Some(s) = as_typed::<k8s_openapi::api::core::v1::Service>(o) {
+                if let Err(inv) = crate::api::service::spec::from_service(&s, Default::default()) {
+                    errs.extend(
+                        inv.causes
+                            .into_iter()
+                            .filter(|e| !e.field.starts_with("metadata.")),
+                    );
+                }
+            }
+        }
+        ("", "ReplicationController") => {
+            replicas(o, &mut errs);
+            selects_template(o, &mut errs, true);
+            template(o, "spec.template", &mut errs);
+        }
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
+            replicas(o, &mut errs);
+            selects_template(o, &mut errs, false);
+            template(o, "spec.template", &mut errs);
+        }
+        ("batch", "Job") => {
+            if o["spec"]["template"]["spec"]["restartPolicy"] == "Always" {
+                errs.push(v::not_supported(
+                    "spec.template.spec.restartPolicy",
+                    "Always",
+                    &["Never", "OnFailure"],
+                ));
+            }
+            template(o, "spec.template", &mut errs);
+        }
+        ("batch", "CronJob") => {
+            let s = o["spec"]["schedule"].as_str().unwrap_or("");
+            if s.is_empty() {
+                errs.push(v::required("spec.schedule", ""));
+            } else if s.split_whitespace().count() != 5 && !s.starts_with('@') {
+                errs.push(v::invalid(
+                    "spec.schedule",
+                    s,
+                    format!(
+                        "unparseable schedule: expected exactly 5 fields, found {}: {s}",
+                        s.split_whitespace().count()
+                    ),
+                ));
+            }
+        }
+        _ => {}
+    }
+    errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::resources::find;
+
+    #[test]
+    fn deployments_get_the_real_defaults() {
+        let r = find("apps", "v1", "deployments").unwrap();
+        let mut d = json!({"metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "nginx", "ports": [{"containerPort": 80}]}]}}}});
+        defaults(r, &mut d);
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["imagePullPolicy"], "Always");
+        assert_eq!(c["ports"][0]["protocol"], "TCP");
+        assert_eq!(d["spec"]["template"]["spec"]["dnsPolicy"], "ClusterFirst");
+        assert!(validate(r, &d).is_empty(), "{:?}", validate(r, &d));
+    }
+
+    #[test]
+    fn a_selector_that_misses_the_template_is_invalid() {
+        let r = find("apps", "v1", "deployments").unwrap();
+        let d = json!({"metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"app": "x"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}});
+        let errs = validate(r, &d);
+        assert!(
+            errs.iter()
+                .any(|e| e.field == "spec.template.metadata.labels"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_found_where_they_are() {
+        let r = find("", "v1", "pods").unwrap();
+        let p = json!({"metadata": {"name": "p", "labels": {}}, "spec": {"bogus": 1, "containers": [{"name": "c", "image": "i", "imagePolicy": "x"}]}});
+        let kept = typed(r, &p).unwrap();
+        let mut out = Vec::new();
+        unknown_fields(&p, &kept, "", &mut out);
+        assert_eq!(out, ["spec.bogus", "spec.containers[0].imagePolicy"]);
+    }
+
+    #[test]
+    fn generated_names_and_uids_have_the_right_shape() {
+        let s = random_suffix(5);
+        assert_eq!(s.len(), 5);
+        assert!(s.bytes().all(|b| ALPHANUMS.contains(&b)));
+        let u = new_uid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert_ne!(new_uid(), u);
+    }
+}
