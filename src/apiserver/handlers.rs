@@ -62,21 +62,13 @@ fn content_type(headers: &HeaderMap) -> String {
 pub fn decode_body(ct: &str, body: &[u8]) -> ApiResult<Value> {
     let v: Value = match ct {
         "application/json" | "" => serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!(
-                "couldn't get version/kind; json parse error: {e}"
-            ))
+            ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
         })?,
         "application/yaml" | "application/apply-patch+yaml" => serde_yaml::from_slice(body)
-            .map_err(|e| {
-                ApiError::bad_request(format!("error converting YAML to JSON: {e}"))
-            })?,
-        "application/vnd.kubernetes.protobuf" => {
-            return Err(ApiError::new(
-                415,
-                "UnsupportedMediaType",
-                "knode does not decode protobuf bodies yet (issue 15, in progress); send application/json",
-            ))
-        }
+            .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?,
+        "application/vnd.kubernetes.protobuf" => super::protobuf::decode(body).map_err(|e| {
+            ApiError::bad_request(format!("failed to decode the protobuf body: {e}"))
+        })?,
         other => return Err(ApiError::unsupported_media(other)),
     };
     if !v.is_object() {

@@ -149,7 +149,6 @@ fn default_pod_spec(spec: &mut Map<String, Value>) {
     set_default(spec, "dnsPolicy", json!("ClusterFirst"));
     set_default(spec, "securityContext", json!({}));
     set_default(spec, "schedulerName", json!("default-scheduler"));
-    set_default(spec, "enableServiceLinks", json!(true));
     for list in ["containers", "initContainers"] {
         for c in spec
             .get_mut(list)
@@ -214,6 +213,28 @@ pub fn defaults(r: &Resource, o: &mut Value) {
         ("", "Pod") => {
             if let Some(spec) = obj(o, "spec") {
                 default_pod_spec(spec);
+                // SetDefaults_Pod: only pods, not templates.
+                set_default(spec, "enableServiceLinks", json!(true));
+                for list in ["containers", "initContainers"] {
+                    for c in spec
+                        .get_mut(list)
+                        .and_then(Value::as_array_mut)
+                        .into_iter()
+                        .flatten()
+                    {
+                        let limits = c["resources"]["limits"].clone();
+                        if let (Some(l), Some(res)) =
+                            (limits.as_object(), c["resources"].as_object_mut())
+                        {
+                            let req = res.entry("requests").or_insert_with(|| json!({}));
+                            if let Some(req) = req.as_object_mut() {
+                                for (k, v) in l {
+                                    req.entry(k.clone()).or_insert_with(|| v.clone());
+                                }
+                            }
+                        }
+                    }
+                }
                 set_default(spec, "serviceAccountName", json!("default"));
                 // The DefaultTolerationSeconds admission plugin.
                 let tol = spec.entry("tolerations").or_insert_with(|| json!([]));
