@@ -23,6 +23,9 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 pub struct Api {
     pub reg: Registry,
     pub service_cidr: Ipv4Net,
+    /// Namespaces to empty and remove ([`super::namespaces`]).
+    pub terminating: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<String>>,
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 /// The response's JSON body with the status code.
@@ -128,7 +131,10 @@ fn field_validation(
         return Ok(());
     }
     let mut unknown = Vec::new();
-    strategy::unknown_fields(obj, &kept, "", &mut unknown);
+    match super::schema::get(r.definition) {
+        Some(def) => super::schema::unknown_fields(def, obj, "", &mut unknown),
+        None => strategy::unknown_fields(obj, &kept, "", &mut unknown),
+    }
     unknown.retain(|f| !f.starts_with("metadata.managedFields"));
     if unknown.is_empty() {
         return Ok(());
@@ -315,6 +321,11 @@ impl Api {
         managed_fields(&mut obj, q, "Update", None, r);
         if let Some(ns) = &ns {
             self.namespace_open(ns).await?;
+        }
+        // Taken names fail as AlreadyExists before anything is allocated (the transaction
+        // below still decides races).
+        if !name.is_empty() && self.reg.get_kv(r, ns.as_deref(), &name).await?.is_some() {
+            return Err(ApiError::already_exists(r, &name));
         }
         let extra = self.allocate(r, &mut obj, None).await?;
         if q.dry_run()? {
@@ -721,6 +732,11 @@ impl Api {
                 }
                 match self.reg.update(r, ns, obj, rev, Default::default()).await {
                     Ok(v) => {
+                        if is_ns {
+                            if let Some(tx) = self.terminating.get() {
+                                let _ = tx.send(name.clone());
+                            }
+                        }
                         return Ok((
                             if is_ns {
                                 StatusCode::OK
@@ -728,7 +744,7 @@ impl Api {
                                 StatusCode::ACCEPTED
                             },
                             v,
-                        ))
+                        ));
                     }
                     Err(e) if e.reason == "Conflict" => continue,
                     Err(e) => return Err(e),
@@ -1169,7 +1185,16 @@ pub async fn watch_response(
         line.push(b'\n');
         Bytes::from(line)
     };
+    let metrics = api.metrics.clone();
+    metrics.watch(r.group, r.plural, 1);
+    struct Open(Arc<super::metrics::Metrics>, &'static Resource);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.watch(self.1.group, self.1.plural, -1);
+        }
+    }
     tokio::spawn(async move {
+        let _open = Open(metrics, r);
         let mut headers = true;
         for ev in &first {
             if tx.send(Ok(encode(ev, headers))).await.is_err() {
@@ -1231,6 +1256,55 @@ pub async fn watch_response(
 
 /// Dispatches a resource request.
 pub async fn serve(
+    api: Arc<Api>,
+    t: Target,
+    method: Method,
+    q: Query,
+    headers: HeaderMap,
+    body: Bytes,
+    user: User,
+) -> Response {
+    let started = std::time::Instant::now();
+    let watching = method == Method::GET && (t.watch_prefix || q.flag("watch").unwrap_or(false));
+    let verb = match (&method, t.name.is_some()) {
+        _ if watching => "WATCH",
+        (&Method::GET, false) => "LIST",
+        (&Method::GET, true) => "GET",
+        (&Method::POST, _) => "POST",
+        (&Method::PUT, _) => "PUT",
+        (&Method::PATCH, _) => {
+            if headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|c| c.as_bytes().starts_with(b"application/apply-patch"))
+            {
+                "APPLY"
+            } else {
+                "PATCH"
+            }
+        }
+        (&Method::DELETE, true) => "DELETE",
+        (&Method::DELETE, false) => "DELETECOLLECTION",
+        _ => "OTHER",
+    };
+    let metrics = api.metrics.clone();
+    let (group, resource, sub) = (
+        t.resource.group,
+        t.resource.plural,
+        t.sub.clone().unwrap_or_default(),
+    );
+    let resp = serve_inner(api, t, method, q, headers, body, user).await;
+    metrics.request(
+        verb,
+        group,
+        resource,
+        &sub,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+async fn serve_inner(
     api: Arc<Api>,
     t: Target,
     method: Method,

@@ -13,6 +13,8 @@ pub mod alloc;
 pub mod bootstrap;
 pub mod discovery;
 pub mod handlers;
+pub mod metrics;
+pub mod namespaces;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
@@ -199,6 +201,16 @@ async fn fallback(
         ["api", "v1"] => return discovery::resource_list("", "v1").map_or_else(not_found, json),
         ["apis", g] => return discovery::api_group(g).map_or_else(not_found, json),
         ["apis", g, v] => return discovery::resource_list(g, v).map_or_else(not_found, json),
+        ["metrics"] => {
+            return (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                shared.api.metrics.render(),
+            )
+                .into_response()
+        }
         ["openapi", "v3"] => {
             return (
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -332,13 +344,19 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         pki::write_kubeconfig(p, &kubeconfig)?;
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
+    let metrics = Arc::new(metrics::Metrics::default());
+    let metered: Arc<dyn Store> = Arc::new(metrics::Metered {
+        inner: store.clone(),
+        metrics: metrics.clone(),
+    });
     let api = Arc::new(handlers::Api {
-        reg: registry::Registry {
-            store: store.clone(),
-        },
+        reg: registry::Registry { store: metered },
+        metrics,
         service_cidr: cfg.service_cidr,
+        terminating: Default::default(),
     });
     bootstrap::ensure(&api, &cfg).await?;
+    let _ = api.terminating.set(namespaces::start(api.clone()));
     let shared = Arc::new(Shared {
         store,
         token: pki.token.clone(),

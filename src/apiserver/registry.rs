@@ -30,8 +30,44 @@ pub fn decode(r: &Resource, kv: &KeyValue) -> ApiResult<Value> {
             String::from_utf8_lossy(&kv.key)
         ))
     })?;
+    if r.group == "events.k8s.io" {
+        v = rename(v, EVENT_FIELDS, false);
+    }
     stamp(r, &mut v, kv.mod_revision);
     Ok(v)
+}
+
+/// core/v1 Event fields and their events.k8s.io/v1 names: both groups' Events are one
+/// object in the store, kept in the core form (as Kubernetes converts them).
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("reportingComponent", "reportingController"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+];
+
+fn rename(mut v: Value, pairs: &[(&str, &str)], to_core: bool) -> Value {
+    if let Some(m) = v.as_object_mut() {
+        for (core, ev) in pairs {
+            let (from, to) = if to_core { (ev, core) } else { (core, ev) };
+            if let Some(x) = m.remove(*from) {
+                m.insert(to.to_string(), x);
+            }
+        }
+    }
+    v
+}
+
+/// The stored form of an object of `r`.
+pub fn to_storage(r: &Resource, v: &Value) -> Vec<u8> {
+    if r.group == "events.k8s.io" {
+        encode(&rename(v.clone(), EVENT_FIELDS, true))
+    } else {
+        encode(v)
+    }
 }
 
 /// Sets kind, apiVersion and resourceVersion.
@@ -332,7 +368,7 @@ impl Registry {
         let key = r.key(ns, Some(&name));
         let mut compare = vec![Compare::mod_revision(key.clone(), 0)];
         compare.extend(extra.0);
-        let mut success = vec![Op::put(key.clone(), encode(&obj))];
+        let mut success = vec![Op::put(key.clone(), to_storage(r, &obj))];
         success.extend(extra.1);
         let resp = self
             .store
@@ -372,7 +408,7 @@ impl Registry {
         let key = r.key(ns, Some(&name));
         let mut compare = vec![Compare::mod_revision(key.clone(), rev)];
         compare.extend(extra.0);
-        let mut success = vec![Op::put(key.clone(), encode(&obj))];
+        let mut success = vec![Op::put(key.clone(), to_storage(r, &obj))];
         success.extend(extra.1);
         let resp = self
             .store

@@ -57,6 +57,52 @@ pub fn items(s: &'static Value) -> Option<&'static Value> {
         .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
 }
 
+/// Fields of `v` its schema does not have (strict decoding), as
+/// `spec.template.spec.containers[0].bogus`.
+pub fn unknown_fields(s: &'static Value, v: &Value, path: &str, out: &mut Vec<String>) {
+    let s =
+        if s.get("properties").is_none() && (s.get("$ref").is_some() || s.get("allOf").is_some()) {
+            match resolve(s) {
+                Some(d) => d,
+                None => return,
+            }
+        } else {
+            s
+        };
+    if s.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        return;
+    }
+    match v {
+        Value::Object(m) => {
+            if let Some(props) = s.get("properties").and_then(Value::as_object) {
+                for (k, x) in m {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    match props.get(k) {
+                        Some(ps) => unknown_fields(ps, x, &p, out),
+                        None => out.push(p),
+                    }
+                }
+            } else if let Some(ap) = s.get("additionalProperties").filter(|a| a.is_object()) {
+                for (k, x) in m {
+                    unknown_fields(ap, x, &format!("{path}[{k}]"), out);
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = s.get("items") {
+                for (i, x) in a.iter().enumerate() {
+                    unknown_fields(items, x, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +118,23 @@ mod tests {
         for r in crate::apiserver::resources::RESOURCES {
             assert!(get(r.definition).is_some(), "{} missing", r.definition);
         }
+    }
+
+    #[test]
+    fn unknown_fields_are_found_by_the_schema_even_when_empty() {
+        let pod = get("io.k8s.api.core.v1.Pod").unwrap();
+        let v = serde_json::json!({"metadata": {"name": "p", "labels": {"a": "b"}, "bogus": {}},
+            "spec": {"containers": [{"name": "c", "image": "i", "imagePolicy": "x",
+                     "resources": {"limits": {"cpu": "1"}}}], "datta": {}}});
+        let mut out = Vec::new();
+        unknown_fields(pod, &v, "", &mut out);
+        assert_eq!(
+            out,
+            [
+                "metadata.bogus",
+                "spec.containers[0].imagePolicy",
+                "spec.datta"
+            ]
+        );
     }
 }

@@ -4,6 +4,7 @@
 pub mod etcd;
 pub mod node;
 pub mod proxy;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 

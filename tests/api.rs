@@ -1,0 +1,1034 @@
+//! The Kubernetes API of `knode server`, driven by the real clients as users drive any
+//! cluster: kubectl 1.37 (and 1.35, 1.20), helm 4 and the official Python client, on the
+//! embedded store and on etcd. Outputs are checked against what a real API server makes
+//! kubectl print; bad input must get the real server's status and change nothing.
+
+mod support;
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+use support::server::{Server, HELM, KUBECTL, KUBECTL_120, KUBECTL_135, PYTHON};
+
+const TUTORIAL: &str = r#"
+apiVersion: v1
+kind: ReplicationController
+metadata:
+  name: redis-master
+  labels: {name: redis-master}
+spec:
+  replicas: 1
+  selector: {name: redis-master}
+  template:
+    metadata:
+      labels: {name: redis-master}
+    spec:
+      containers:
+      - name: master
+        image: redis
+        ports: [{containerPort: 6379}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: frontend
+  labels: {name: frontend}
+spec:
+  type: NodePort
+  ports: [{port: 80, nodePort: 30001}]
+  selector: {name: frontend}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: mysql-config}
+data: {MYSQL_DATABASE: app}
+"#;
+
+fn json_of(s: &Server, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&s.ok(&a)).unwrap()
+}
+
+/// The header and rows of a kubectl table, split on runs of spaces.
+fn table(out: &str) -> Vec<Vec<String>> {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.split("   ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .collect()
+}
+
+/// The bootcamp's and the guestbook's commands and objects, on any store.
+fn tutorial_objects(s: &Server) {
+    // Typed (protobuf) creates, as the bootcamp types them.
+    assert_eq!(
+        s.ok(&[
+            "create",
+            "deployment",
+            "kubernetes-bootcamp",
+            "--image=gcr.io/google-samples/kubernetes-bootcamp:v1"
+        ]),
+        "deployment.apps/kubernetes-bootcamp created\n"
+    );
+    s.ok(&[
+        "expose",
+        "deployment/kubernetes-bootcamp",
+        "--type=NodePort",
+        "--port",
+        "8080",
+    ]);
+    let svc = json_of(s, &["get", "service", "kubernetes-bootcamp"]);
+    let np = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert!((30000..=32767).contains(&np), "{np}");
+    let ip = svc["spec"]["clusterIP"].as_str().unwrap();
+    assert!(ip.starts_with("10.") && ip != "10.96.0.1", "{ip}");
+    assert_eq!(svc["spec"]["clusterIPs"], json!([ip]));
+    assert_eq!(
+        svc["spec"]["selector"],
+        json!({"app": "kubernetes-bootcamp"})
+    );
+
+    let rows = table(&s.ok(&["get", "services"]));
+    assert_eq!(
+        rows[0],
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ]
+    );
+    let boot = rows.iter().find(|r| r[0] == "kubernetes-bootcamp").unwrap();
+    assert_eq!(
+        boot[1..5],
+        [
+            "NodePort".to_string(),
+            ip.to_string(),
+            "<none>".into(),
+            format!("8080:{np}/TCP")
+        ]
+    );
+    let k8s = rows.iter().find(|r| r[0] == "kubernetes").unwrap();
+    assert_eq!(k8s[1..5], ["ClusterIP", "10.96.0.1", "<none>", "443/TCP"]);
+
+    // scale goes through /scale; set image is a strategic merge that keeps the rest.
+    assert_eq!(
+        s.ok(&["scale", "deployments/kubernetes-bootcamp", "--replicas=4"]),
+        "deployment.apps/kubernetes-bootcamp scaled\n"
+    );
+    s.ok(&[
+        "set",
+        "image",
+        "deployments/kubernetes-bootcamp",
+        "kubernetes-bootcamp=jocatalin/kubernetes-bootcamp:v2",
+    ]);
+    let d = json_of(s, &["get", "deployment", "kubernetes-bootcamp"]);
+    assert_eq!(d["spec"]["replicas"], 4);
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "jocatalin/kubernetes-bootcamp:v2");
+    assert_eq!(c["name"], "kubernetes-bootcamp");
+    assert_eq!(c["terminationMessagePath"], "/dev/termination-log");
+    // Spec changes: create (1), scale (2), set image (3).
+    assert_eq!(d["metadata"]["generation"], 3);
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+    let rows = table(&s.ok(&["get", "deployments", "-o", "wide"]));
+    assert_eq!(
+        rows[0],
+        [
+            "NAME",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "AGE",
+            "CONTAINERS",
+            "IMAGES",
+            "SELECTOR"
+        ]
+    );
+    assert_eq!(rows[1][0..4], ["kubernetes-bootcamp", "0/4", "0", "0"]);
+    assert_eq!(
+        rows[1][5..],
+        [
+            "kubernetes-bootcamp",
+            "jocatalin/kubernetes-bootcamp:v2",
+            "app=kubernetes-bootcamp"
+        ]
+    );
+
+    // The guestbook from YAML: an RC, a NodePort 30001 service.
+    let out = s.ok_with(KUBECTL, &["create", "-f", "-"], Some(TUTORIAL));
+    assert_eq!(
+        out,
+        "replicationcontroller/redis-master created\nservice/frontend created\nconfigmap/mysql-config created\n"
+    );
+    let rows = table(&s.ok(&["get", "rc"]));
+    assert_eq!(rows[0], ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]);
+    assert_eq!(rows[1][0..4], ["redis-master", "1", "0", "0"]);
+    s.ok(&["scale", "rc", "redis-master", "--replicas=2"]);
+    assert_eq!(
+        json_of(s, &["get", "rc", "redis-master"])["spec"]["replicas"],
+        2
+    );
+    assert!(s.ok(&["get", "svc", "frontend"]).contains("80:30001/TCP"));
+    // 30001 is taken: a second service asking for it is refused, and nothing is stored.
+    let e = s.fails(
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: Service\nmetadata: {name: other}\nspec: {type: NodePort, ports: [{port: 81, nodePort: 30001}]}\n"),
+    );
+    assert!(e.contains("The Service \"other\" is invalid: spec.ports[0].nodePort: Invalid value: 30001: provided port is already allocated"), "{e}");
+    assert!(s
+        .fails(&["get", "svc", "other"], None)
+        .contains("services \"other\" not found"));
+    // Deleting the service frees the port.
+    s.ok(&["delete", "svc", "frontend"]);
+    s.ok_with(KUBECTL, &["create", "-f", "-"], Some("apiVersion: v1\nkind: Service\nmetadata: {name: other}\nspec: {type: NodePort, ports: [{port: 81, nodePort: 30001}]}\n"));
+
+    // get all, namespaces, configmaps, endpoints.
+    let all = s.ok(&["get", "all"]);
+    for want in [
+        "deployment.apps/kubernetes-bootcamp",
+        "replicationcontroller/redis-master",
+        "service/kubernetes",
+    ] {
+        assert!(all.contains(want), "{want} not in {all}");
+    }
+    let rows = table(&s.ok(&["get", "namespace"]));
+    assert_eq!(rows[0], ["NAME", "STATUS", "AGE"]);
+    let names: Vec<&str> = rows[1..].iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        names,
+        ["default", "kube-node-lease", "kube-public", "kube-system"]
+    );
+    assert!(rows[1..].iter().all(|r| r[1] == "Active"));
+    assert!(s
+        .ok(&["get", "endpoints", "kubernetes"])
+        .contains(&format!("127.0.0.1:{}", s.port)));
+    let rows = table(&s.ok(&["get", "configmaps"]));
+    assert_eq!(rows[0], ["NAME", "DATA", "AGE"]);
+    assert_eq!(rows[1][0..2], ["mysql-config", "1"]);
+
+    // Secrets (protobuf) keep their bytes.
+    s.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "mysql-pass",
+        "--from-literal=password=s3cr3t!",
+    ]);
+    let sec = json_of(s, &["get", "secret", "mysql-pass"]);
+    assert_eq!(sec["data"]["password"], "czNjcjN0IQ==");
+    assert_eq!(sec["type"], "Opaque");
+
+    // Delete with --wait returns once it is gone.
+    assert_eq!(
+        s.ok(&["delete", "deployment", "kubernetes-bootcamp"]),
+        "deployment.apps \"kubernetes-bootcamp\" deleted from default namespace\n"
+    );
+    let e = s.fails(&["get", "deployment", "kubernetes-bootcamp"], None);
+    assert_eq!(
+        e.trim(),
+        "Error from server (NotFound): deployments.apps \"kubernetes-bootcamp\" not found"
+    );
+}
+
+#[test]
+fn the_tutorials_objects_work_on_the_embedded_store() {
+    tutorial_objects(&Server::start(&[]));
+}
+
+#[test]
+fn the_tutorials_objects_work_on_etcd() {
+    tutorial_objects(&Server::on_etcd());
+}
+
+#[test]
+fn discovery_openapi_and_explain_answer_as_kubectl_expects() {
+    let s = Server::start(&[]);
+    let res = s.ok(&["api-resources"]);
+    for line in [
+        "pods                       po           v1                         true         Pod",
+        "deployments                deploy       apps/v1                    true         Deployment",
+        "replicationcontrollers     rc           v1                         true         ReplicationController",
+    ] {
+        let want: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            res.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == want),
+            "{line} not in\n{res}"
+        );
+    }
+    let versions = s.ok(&["api-versions"]);
+    for v in [
+        "apps/v1",
+        "batch/v1",
+        "v1",
+        "events.k8s.io/v1",
+        "coordination.k8s.io/v1",
+    ] {
+        assert!(versions.lines().any(|l| l == v), "{v} not in {versions}");
+    }
+    let explain = s.ok(&["explain", "deployment.spec.strategy"]);
+    assert!(explain.contains("KIND:       Deployment"), "{explain}");
+    assert!(
+        explain.contains("rollingUpdate\t<RollingUpdateDeployment>"),
+        "{explain}"
+    );
+    assert_eq!(s.ok(&["auth", "can-i", "create", "pods"]), "yes\n");
+    let who = s.ok(&["auth", "whoami", "-o", "json"]);
+    let who: Value = serde_json::from_str(&who).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], "kubernetes-admin");
+    let info = s.ok(&["cluster-info"]);
+    assert!(
+        info.contains(&format!(
+            "Kubernetes control plane is running at https://127.0.0.1:{}",
+            s.port
+        )),
+        "{info}"
+    );
+
+    // Aggregated discovery only when asked for, recognised by its content type.
+    let client = s.client(Some(&s.token()));
+    let r = client
+        .get(s.url("/apis"))
+        .header(
+            "Accept",
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json",
+        )
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+    );
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["kind"], "APIGroupDiscoveryList");
+    let r = client
+        .get(s.url("/apis"))
+        .header("Accept", "application/json")
+        .send()
+        .unwrap();
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["kind"], "APIGroupList");
+    let (code, v) = s.raw("GET", "/apis/apps/v1", "application/json", vec![]);
+    assert_eq!(code, 200);
+    let scale = v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "deployments/scale")
+        .unwrap();
+    assert_eq!(
+        (scale["group"].as_str(), scale["kind"].as_str()),
+        (Some("autoscaling"), Some("Scale"))
+    );
+    // /openapi/v2 for kubectl 1.20: the dotted protobuf content type.
+    let r = client.get(s.url("/openapi/v2")).send().unwrap();
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+    );
+    // kubectl proxy reaches the server.
+    let port = support::etcd::free_port();
+    let mut proxy = Command::new(KUBECTL)
+        .env("KUBECONFIG", s.kubeconfig())
+        .args(["proxy", "--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(proxy.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("Starting to serve on"), "{line}");
+    let v: Value = reqwest::blocking::get(format!("http://127.0.0.1:{port}/version"))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        v["gitVersion"].as_str().unwrap().split('+').next(),
+        Some("v1.37.0")
+    );
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+}
+
+#[test]
+fn apply_patch_label_annotate_and_edit() {
+    let s = Server::start(&[]);
+    let dep = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - {name: web, image: nginx:1, ports: [{containerPort: 80}], env: [{name: A, value: '1'}]}\n";
+    assert_eq!(
+        s.ok_with(KUBECTL, &["apply", "-f", "-"], Some(dep)),
+        "deployment.apps/web created\n"
+    );
+    assert_eq!(
+        s.ok_with(KUBECTL, &["apply", "-f", "-"], Some(dep)),
+        "deployment.apps/web unchanged\n"
+    );
+    // A field removed from the file is removed from the object (three-way strategic merge).
+    let dep2 = dep
+        .replace(", env: [{name: A, value: '1'}]", "")
+        .replace("replicas: 2", "replicas: 3");
+    assert_eq!(
+        s.ok_with(KUBECTL, &["apply", "-f", "-"], Some(&dep2)),
+        "deployment.apps/web configured\n"
+    );
+    let d = json_of(&s, &["get", "deploy", "web"]);
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert!(
+        d["spec"]["template"]["spec"]["containers"][0]
+            .get("env")
+            .is_none(),
+        "{d}"
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+        80
+    );
+    // Server-side apply: creates, then updates, and records the manager.
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: '1'}\n";
+    assert_eq!(
+        s.ok_with(KUBECTL, &["apply", "--server-side", "-f", "-"], Some(cm)),
+        "configmap/ssa serverside-applied\n"
+    );
+    s.ok_with(
+        KUBECTL,
+        &["apply", "--server-side", "-f", "-"],
+        Some(&cm.replace("'1'", "'2'")),
+    );
+    let c = json_of(&s, &["get", "cm", "ssa", "--show-managed-fields"]);
+    assert_eq!(c["data"]["a"], "2");
+    assert!(
+        c["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["manager"] == "kubectl" && m["operation"] == "Apply"),
+        "{c}"
+    );
+
+    s.ok(&["label", "deploy", "web", "tier=front"]);
+    s.ok(&["annotate", "deploy", "web", "note=hello"]);
+    let d = json_of(&s, &["get", "deploy", "web"]);
+    assert_eq!(d["metadata"]["labels"]["tier"], "front");
+    assert_eq!(d["metadata"]["annotations"]["note"], "hello");
+    assert_eq!(
+        table(&s.ok(&["get", "deploy", "-l", "tier=front"])).len(),
+        2
+    );
+    assert!(s.ok(&["get", "deploy", "-l", "tier!=front"]).is_empty());
+    s.ok(&["label", "deploy", "web", "tier-"]);
+    assert!(json_of(&s, &["get", "deploy", "web"])["metadata"]["labels"]
+        .get("tier")
+        .is_none());
+
+    s.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":5}}"#,
+    ]);
+    s.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/minReadySeconds","value":7}]"#,
+    ]);
+    s.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"side","image":"busybox"}]}}}}"#,
+    ]);
+    let d = json_of(&s, &["get", "deploy", "web"]);
+    assert_eq!(
+        (
+            d["spec"]["replicas"].as_i64(),
+            d["spec"]["minReadySeconds"].as_i64()
+        ),
+        (Some(5), Some(7))
+    );
+    let names: Vec<&str> = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web", "side"]);
+    let e = s.fails(
+        &[
+            "patch",
+            "deploy",
+            "web",
+            "--type=json",
+            "-p",
+            r#"[{"op":"test","path":"/spec/replicas","value":1}]"#,
+        ],
+        None,
+    );
+    assert!(e.contains("The request is invalid"), "{e}");
+    assert_eq!(
+        json_of(&s, &["get", "deploy", "web"])["spec"]["replicas"],
+        5
+    );
+
+    // edit through $EDITOR.
+    let editor = s.dir.path().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/replicas: 5/replicas: 6/' \"$1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let o = Command::new(KUBECTL)
+        .env("KUBECONFIG", s.kubeconfig())
+        .env("KUBE_EDITOR", &editor)
+        .args(["edit", "deploy", "web"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "deployment.apps/web edited\n"
+    );
+    assert_eq!(
+        json_of(&s, &["get", "deploy", "web"])["spec"]["replicas"],
+        6
+    );
+    // generation counted every spec change: create, apply, merge, json, strategic, edit.
+    assert_eq!(
+        json_of(&s, &["get", "deploy", "web"])["metadata"]["generation"],
+        6
+    );
+}
+
+#[test]
+fn bad_input_gets_the_real_servers_status_and_changes_nothing() {
+    let s = Server::start(&[]);
+    s.ok(&["create", "configmap", "keep", "--from-literal=a=b"]);
+    let rv = |s: &Server| {
+        json_of(s, &["get", "configmaps"])["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let before = rv(&s);
+    let cm_path = "/api/v1/namespaces/default/configmaps";
+    // (method, path, content type, body, status, text in the message)
+    type Case<'a> = (&'a str, &'a str, &'a str, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            cm_path,
+            "application/json",
+            b"{\"kind\":".to_vec(),
+            400,
+            "json parse error",
+        ),
+        (
+            "POST",
+            cm_path,
+            "application/yaml",
+            b"a: [".to_vec(),
+            400,
+            "YAML",
+        ),
+        (
+            "POST",
+            cm_path,
+            "application/vnd.kubernetes.protobuf",
+            b"k8s\x00\x0a\xff\xff".to_vec(),
+            400,
+            "protobuf",
+        ),
+        (
+            "POST",
+            cm_path,
+            "text/plain",
+            b"x".to_vec(),
+            415,
+            "unknown format",
+        ),
+        (
+            "POST",
+            cm_path,
+            "application/json",
+            br#"{"metadata":{"name":"Bad_Name"}}"#.to_vec(),
+            422,
+            "ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\"",
+        ),
+        (
+            "POST",
+            cm_path,
+            "application/json",
+            br#"{"metadata":{"name":"x","namespace":"other"}}"#.to_vec(),
+            400,
+            "does not match the namespace",
+        ),
+        (
+            "POST",
+            cm_path,
+            "application/json",
+            br#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"x"}}"#.to_vec(),
+            400,
+            "Pod",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
+            "application/json",
+            br#"{"metadata":{"name":"x"},"bogus":1}"#.to_vec(),
+            400,
+            "strict decoding error: unknown field \"bogus\"",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/nosuch/configmaps",
+            "application/json",
+            br#"{"metadata":{"name":"x"}}"#.to_vec(),
+            404,
+            "namespaces \"nosuch\" not found",
+        ),
+        (
+            "POST",
+            cm_path,
+            "application/json",
+            vec![b' '; 3 * 1024 * 1024 + 10],
+            413,
+            "Request entity too large",
+        ),
+        (
+            "PUT",
+            "/api/v1/namespaces/default/configmaps/keep",
+            "application/json",
+            br#"{"metadata":{"name":"keep","resourceVersion":"1"},"data":{"a":"c"}}"#.to_vec(),
+            409,
+            "the object has been modified",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/configmaps?labelSelector=a%20in%20(",
+            "application/json",
+            vec![],
+            400,
+            "unable to parse requirement",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/pods?fieldSelector=spec.bogus%3Dx",
+            "application/json",
+            vec![],
+            400,
+            "field label not supported: spec.bogus",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/nosuchkind",
+            "application/json",
+            vec![],
+            404,
+            "could not find the requested resource",
+        ),
+        (
+            "DELETE",
+            "/api/v1/namespaces/default",
+            "application/json",
+            vec![],
+            403,
+            "this namespace may not be deleted",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true",
+            "application/json",
+            vec![],
+            422,
+            "resourceVersionMatch",
+        ),
+    ];
+    for (method, path, ct, body, code, text) in cases {
+        let (got, status) = s.raw(method, path, ct, body);
+        assert_eq!(got, code, "{method} {path}: {status}");
+        assert_eq!(status["kind"], "Status", "{method} {path}");
+        assert_eq!(status["code"], code, "{method} {path}");
+        let msg = status["message"].as_str().unwrap();
+        assert!(
+            msg.contains(text),
+            "{method} {path}: {msg:?} lacks {text:?}"
+        );
+    }
+    // kubectl prints the real texts.
+    let e = s.fails(&["create", "configmap", "Bad_Name"], None);
+    assert!(e.starts_with("error: failed to create configmap: ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"), "{e}");
+    let e = s.fails(&["create", "configmap", "keep"], None);
+    assert!(e.contains("configmaps \"keep\" already exists"), "{e}");
+    let e = s.fails(&["get", "pods", "nosuch"], None);
+    assert_eq!(
+        e.trim(),
+        "Error from server (NotFound): pods \"nosuch\" not found"
+    );
+    let e = s.fails(
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: typo}\ndata: {a: b}\ndatta: {}\n"),
+    );
+    assert!(
+        e.contains("strict decoding error: unknown field \"datta\""),
+        "{e}"
+    );
+    // Nothing was written by any of it.
+    assert_eq!(rv(&s), before);
+    assert_eq!(json_of(&s, &["get", "cm", "keep"])["data"]["a"], "b");
+}
+
+#[test]
+fn lists_page_and_select_and_watches_follow() {
+    let s = Server::start(&[]);
+    for i in 0..7 {
+        let tier = if i % 2 == 0 { "front" } else { "back" };
+        s.ok(&[
+            "create",
+            "configmap",
+            &format!("c{i}"),
+            "--from-literal=k=v",
+        ]);
+        s.ok(&["label", "cm", &format!("c{i}"), &format!("tier={tier}")]);
+    }
+    // kubectl follows continue tokens.
+    let names = s.ok(&["get", "cm", "--chunk-size=2", "-o", "name"]);
+    assert_eq!(names.lines().count(), 7, "{names}");
+    let (_, page) = s.raw(
+        "GET",
+        "/api/v1/namespaces/default/configmaps?limit=3",
+        "application/json",
+        vec![],
+    );
+    assert_eq!(page["items"].as_array().unwrap().len(), 3);
+    assert_eq!(page["metadata"]["remainingItemCount"], 4);
+    let tok = page["metadata"]["continue"].as_str().unwrap();
+    let (_, next) = s.raw(
+        "GET",
+        &format!("/api/v1/namespaces/default/configmaps?limit=10&continue={tok}"),
+        "application/json",
+        vec![],
+    );
+    assert_eq!(next["items"].as_array().unwrap().len(), 4);
+    assert!(next["metadata"].get("continue").is_none());
+    assert_eq!(
+        s.ok(&["get", "cm", "-l", "tier in (front)", "-o", "name"])
+            .lines()
+            .count(),
+        4
+    );
+    assert_eq!(
+        s.ok(&["get", "cm", "-l", "tier notin (front),tier", "-o", "name"])
+            .lines()
+            .count(),
+        3
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "cm",
+            "--field-selector",
+            "metadata.name=c3",
+            "-o",
+            "name"
+        ]),
+        "configmap/c3\n"
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "cm",
+            "-A",
+            "--field-selector",
+            "metadata.namespace=kube-system",
+            "-o",
+            "name"
+        ]),
+        ""
+    );
+
+    // kubectl get -w: the list, then each change as it happens.
+    let mut w = Command::new(KUBECTL)
+        .env("KUBECONFIG", s.kubeconfig())
+        .args([
+            "get",
+            "configmaps",
+            "-l",
+            "tier=front",
+            "-w",
+            "--output-watch-events",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(w.stdout.take().unwrap()).lines();
+    let header = lines.next().unwrap().unwrap();
+    assert!(
+        header.contains("EVENT") && header.contains("NAME") && header.contains("DATA"),
+        "{header}"
+    );
+    for _ in 0..4 {
+        assert!(lines.next().unwrap().unwrap().starts_with("ADDED"));
+    }
+    s.ok(&["label", "cm", "c1", "tier=front", "--overwrite"]);
+    s.ok(&["annotate", "cm", "c0", "x=y"]);
+    s.ok(&["delete", "cm", "c2"]);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let l = lines.next().unwrap().unwrap();
+        let cols: Vec<String> = l.split_whitespace().map(str::to_string).collect();
+        seen.push((cols[0].clone(), cols[1].clone()));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("ADDED".into(), "c1".into()),
+            ("MODIFIED".into(), "c0".into()),
+            ("DELETED".into(), "c2".into())
+        ]
+    );
+    let _ = w.kill();
+    let _ = w.wait();
+
+    // watch-list: the initial events, the bookmark that ends them, then changes.
+    let client = s.client(Some(&s.token()));
+    let r = client
+        .get(s.url("/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&labelSelector=tier%3Dback&timeoutSeconds=5"))
+        .send()
+        .unwrap();
+    let mut events = std::io::BufReader::new(r).lines();
+    let mut added = 0;
+    loop {
+        let e: Value = serde_json::from_str(&events.next().unwrap().unwrap()).unwrap();
+        if e["type"] == "BOOKMARK" {
+            assert_eq!(
+                e["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+                "true"
+            );
+            break;
+        }
+        assert_eq!(e["type"], "ADDED");
+        added += 1;
+    }
+    assert_eq!(added, 2, "c3, c5 (c1 moved to front)");
+}
+
+#[test]
+fn the_python_client_lists_watches_creates_patches_and_deletes() {
+    let s = Server::start(&[]);
+    let script = r#"
+import sys
+from kubernetes import client, config, watch
+config.load_kube_config(sys.argv[1])
+v1 = client.CoreV1Api()
+rv = v1.list_namespaced_config_map("default").metadata.resource_version
+v1.create_namespaced_config_map("default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="py", labels={"a": "b"}), data={"k": "v"}))
+v1.patch_namespaced_config_map("py", "default", {"data": {"k2": "v2"}})
+assert v1.read_namespaced_config_map("py", "default").data == {"k": "v", "k2": "v2"}
+v1.delete_namespaced_config_map("py", "default")
+w = watch.Watch()
+seen = []
+for ev in w.stream(v1.list_namespaced_config_map, "default", resource_version=rv, timeout_seconds=10):
+    seen.append(ev["type"] + ":" + ev["object"].metadata.name)
+    if ev["type"] == "DELETED":
+        w.stop()
+print(" ".join(seen))
+print(len(v1.list_namespace().items), len(client.AppsV1Api().list_deployment_for_all_namespaces().items))
+try:
+    v1.read_namespaced_config_map("py", "default")
+except client.exceptions.ApiException as e:
+    print(e.status, e.reason)
+"#;
+    let out = s.ok_with(
+        PYTHON,
+        &["-c", script, s.kubeconfig().to_str().unwrap()],
+        None,
+    );
+    assert_eq!(out, "ADDED:py MODIFIED:py DELETED:py\n4 0\n404 Not Found\n");
+}
+
+#[test]
+fn older_kubectls_and_helm_work_too() {
+    let s = Server::start(&[]);
+    // kubectl 1.35: typed protobuf create, the same tables.
+    s.ok_with(
+        KUBECTL_135,
+        &["create", "deployment", "web", "--image=nginx"],
+        None,
+    );
+    s.ok_with(KUBECTL_135, &["scale", "deploy/web", "--replicas=2"], None);
+    assert_eq!(
+        table(&s.ok_with(KUBECTL_135, &["get", "deploy"], None))[1][0..2],
+        ["web", "0/2"]
+    );
+    // kubectl 1.20: legacy discovery, JSON bodies, the v2 OpenAPI.
+    let out = s.ok_with(KUBECTL_120, &["create", "-f", "-"], Some(TUTORIAL));
+    assert!(
+        out.contains("replicationcontroller/redis-master created"),
+        "{out}"
+    );
+    s.ok_with(
+        KUBECTL_120,
+        &["scale", "rc", "redis-master", "--replicas=3"],
+        None,
+    );
+    assert_eq!(
+        table(&s.ok_with(KUBECTL_120, &["get", "rc"], None))[1][0..2],
+        ["redis-master", "3"]
+    );
+    assert!(s
+        .ok_with(KUBECTL_120, &["get", "svc", "frontend"], None)
+        .contains("80:30001/TCP"));
+    s.ok_with(KUBECTL_120, &["delete", "-f", "-"], Some(TUTORIAL));
+    assert!(s
+        .fails(&["get", "rc", "redis-master"], None)
+        .contains("not found"));
+
+    // helm 4: install, upgrade, rollback, uninstall (server-side apply, protobuf Secrets).
+    let chart = s.dir.path().join("chart");
+    std::fs::create_dir_all(chart.join("templates")).unwrap();
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        "apiVersion: v2\nname: demo\nversion: 0.1.0\nkubeVersion: \">=1.20.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(chart.join("values.yaml"), "greeting: hello\n").unwrap();
+    std::fs::write(
+        chart.join("templates/all.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: {{ .Release.Name }}-cfg}\ndata: {greeting: {{ .Values.greeting | quote }}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: {{ .Release.Name }}-svc}\nspec: {selector: {app: demo}, ports: [{port: 80}]}\n",
+    )
+    .unwrap();
+    let c = chart.to_str().unwrap();
+    let greeting = |s: &Server| {
+        json_of(s, &["get", "cm", "demo-cfg"])["data"]["greeting"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    s.ok_with(HELM, &["install", "demo", c], None);
+    assert_eq!(greeting(&s), "hello");
+    s.ok_with(HELM, &["upgrade", "demo", c, "--set", "greeting=bye"], None);
+    assert_eq!(greeting(&s), "bye");
+    s.ok_with(HELM, &["rollback", "demo", "1"], None);
+    assert_eq!(greeting(&s), "hello");
+    let releases = s.ok(&["get", "secrets", "-l", "owner=helm", "-o", "name"]);
+    assert_eq!(releases.lines().count(), 3, "{releases}");
+    s.ok_with(HELM, &["uninstall", "demo"], None);
+    assert!(s
+        .ok(&["get", "cm,svc,secrets", "-l", "owner=helm", "-o", "name"])
+        .is_empty());
+    assert!(s
+        .fails(&["get", "svc", "demo-svc"], None)
+        .contains("not found"));
+}
+
+#[test]
+fn pods_delete_gracefully_and_namespaces_empty_before_they_go() {
+    let s = Server::start(&[]);
+    s.ok(&["create", "namespace", "team"]);
+    s.ok(&[
+        "-n",
+        "team",
+        "create",
+        "configmap",
+        "c",
+        "--from-literal=a=b",
+    ]);
+    s.ok(&["-n", "team", "run", "web", "--image=nginx"]);
+    let rows = table(&s.ok(&["get", "pods", "-n", "team", "-o", "wide"]));
+    assert_eq!(
+        rows[0],
+        [
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE",
+            "NOMINATED NODE",
+            "READINESS GATES"
+        ]
+    );
+    assert_eq!(rows[1][0..4], ["web", "0/1", "Pending", "0"]);
+    let pod = json_of(&s, &["get", "pod", "web", "-n", "team"]);
+    assert_eq!(pod["spec"]["serviceAccountName"], "default");
+    assert_eq!(pod["status"]["qosClass"], "BestEffort");
+    // Bound to a node, a pod waits for its agent: Terminating, with a deletion timestamp.
+    let (code, st) = s.raw("POST", "/api/v1/namespaces/team/pods/web/binding", "application/json",
+        serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "web"}, "target": {"kind": "Node", "name": "n1"}})).unwrap());
+    assert_eq!(code, 201, "{st}");
+    let (code, _) = s.raw(
+        "POST",
+        "/api/v1/namespaces/team/pods/web/binding",
+        "application/json",
+        serde_json::to_vec(&json!({"metadata": {"name": "web"}, "target": {"name": "n2"}}))
+            .unwrap(),
+    );
+    assert_eq!(code, 409);
+    assert_eq!(
+        s.ok(&["delete", "pod", "web", "-n", "team", "--wait=false"]),
+        "pod \"web\" deleted from team namespace\n"
+    );
+    let pod = json_of(&s, &["get", "pod", "web", "-n", "team"]);
+    assert!(pod["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(pod["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert_eq!(
+        table(&s.ok(&["get", "pods", "-n", "team"]))[1][2],
+        "Terminating"
+    );
+    // Delete the namespace: Terminating, no new objects, then gone once emptied (the
+    // force-deleted pod lets it finish).
+    s.ok(&["delete", "namespace", "team", "--wait=false"]);
+    assert_eq!(
+        json_of(&s, &["get", "ns", "team"])["status"]["phase"],
+        "Terminating"
+    );
+    let e = s.fails(&["-n", "team", "create", "configmap", "late"], None);
+    assert!(e.contains("because it is being terminated"), "{e}");
+    s.ok(&[
+        "delete",
+        "pod",
+        "web",
+        "-n",
+        "team",
+        "--grace-period=0",
+        "--force",
+    ]);
+    s.ok(&["wait", "--for=delete", "namespace/team", "--timeout=60s"]);
+    assert!(s
+        .fails(&["get", "cm", "c", "-n", "team"], None)
+        .contains("not found"));
+}
+
+#[test]
+fn metrics_count_requests_and_store_calls() {
+    let s = Server::start(&[]);
+    s.ok(&["get", "pods"]);
+    s.fails(&["get", "pods", "nosuch"], None);
+    let m = s.ok(&["get", "--raw", "/metrics"]);
+    assert!(m.contains("apiserver_request_total{verb=\"LIST\",group=\"\",resource=\"pods\",subresource=\"\",code=\"200\"} 1"), "{m}");
+    assert!(m.contains("apiserver_request_total{verb=\"GET\",group=\"\",resource=\"pods\",subresource=\"\",code=\"404\"} 1"), "{m}");
+    assert!(
+        m.contains("etcd_request_duration_seconds_count{operation=\"range\"}"),
+        "{m}"
+    );
+    let anon = s.client(None).get(s.url("/metrics")).send().unwrap();
+    assert_eq!(anon.status(), 401);
+}

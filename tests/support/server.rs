@@ -1,0 +1,232 @@
+//! A `knode server` for tests: started on a free port with its own root, ready when
+//! `/readyz` answers over TLS; the real kubectl (1.37, 1.35, 1.20), helm and the Python
+//! client pointed at it; raw requests with the admin token.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::etcd::free_port;
+
+pub const KUBECTL_135: &str = "/opt/knode-clients/bin/kubectl-1.35";
+pub const KUBECTL_120: &str = "/opt/knode-clients/bin/kubectl-1.20";
+pub const HELM: &str = "/opt/knode-clients/bin/helm";
+pub const PYTHON: &str = "/opt/knode-clients/bin/python3";
+
+pub const KUBECTL: &str = "/opt/knode-clients/bin/kubectl";
+
+pub struct Server {
+    pub etcd: Option<super::etcd::EtcdProcess>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Server {
+    pub fn start(extra: &[&str]) -> Server {
+        let mut s = Server {
+            etcd: None,
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_knode"))
+            .arg("--root")
+            .arg(self.root())
+            .args(["server", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--write-kubeconfig")
+            .arg(self.kubeconfig())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        // Ready when /readyz answers 200 over TLS with the cluster's CA.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.root().join("server/tls/ca.crt").exists() {
+                if let Ok(r) = self.client(None).get(self.url("/readyz")).send() {
+                    if r.status() == 200 {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not become ready:\n{}",
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// An HTTPS client trusting only the cluster's CA (so the serving certificate's SANs are
+    /// checked), with a bearer token or none.
+    pub fn client(&self, token: Option<&str>) -> reqwest::blocking::Client {
+        let ca = std::fs::read(self.root().join("server/tls/ca.crt")).unwrap();
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().unwrap(),
+            );
+        }
+        reqwest::blocking::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .default_headers(headers)
+            .build()
+            .unwrap()
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        assert!(
+            Path::new(KUBECTL).exists(),
+            "{KUBECTL} is missing: scripts/deps.sh --test installs kubectl 1.37 there"
+        );
+        Command::new(KUBECTL)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Server {
+    /// A server on a fresh etcd (started for it, stopped with it).
+    pub fn on_etcd() -> Server {
+        let e = super::etcd::start_etcd();
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(super::etcd::connect(&e));
+        let mut s = Server::start(&["--datastore-endpoint", &e.endpoint.clone()]);
+        s.etcd = Some(e);
+        s
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// A client binary (kubectl of any version, helm) with this server's kubeconfig.
+    pub fn run(&self, bin: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        assert!(
+            Path::new(bin).exists(),
+            "{bin} is missing: scripts/deps.sh --test installs the real clients"
+        );
+        let mut c = Command::new(bin)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", self.dir.path())
+            .env("KUBECACHEDIR", self.dir.path().join("cache"))
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        c.wait_with_output().unwrap()
+    }
+
+    /// kubectl 1.37; asserts success and returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        self.ok_with(KUBECTL, args, None)
+    }
+
+    pub fn ok_with(&self, bin: &str, args: &[&str], stdin: Option<&str>) -> String {
+        let o = self.run(bin, args, stdin);
+        assert!(
+            o.status.success(),
+            "{bin} {args:?} failed:\n{}{}\nserver log tail:\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.log()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// kubectl 1.37 that must fail; returns stderr.
+    pub fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let o = self.run(KUBECTL, args, stdin);
+        assert!(
+            !o.status.success(),
+            "kubectl {args:?} succeeded:\n{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.root().join("server/tls/admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// A raw request as the admin: (status, body as JSON or Null).
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .client(Some(&self.token()))
+            .request(method.parse().unwrap(), self.url(path))
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .unwrap();
+        let code = r.status().as_u16();
+        let v = r.json().unwrap_or(serde_json::Value::Null);
+        (code, v)
+    }
+}
