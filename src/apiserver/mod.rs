@@ -304,6 +304,28 @@ fn tls_config(p: &pki::Pki) -> Result<rustls::ServerConfig, ServerError> {
     Ok(c)
 }
 
+/// Compacts the store's history every `every`, to the revision seen one interval before
+/// (as kube-apiserver does), so that watches can resume across a short disconnection while
+/// the files stay bounded.
+async fn compactor(store: Arc<dyn Store>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let (mut last, mut done): (Option<i64>, i64) = (None, 0);
+    loop {
+        tick.tick().await;
+        if let Some(rev) = last.filter(|r| *r > done) {
+            match store.compact(rev).await {
+                Ok(()) => {
+                    done = rev;
+                    tracing::debug!(revision = rev, "compacted the store")
+                }
+                Err(e) => tracing::warn!(error = %e, "compacting the store"),
+            }
+        }
+        last = store.revision().await.ok();
+    }
+}
+
 /// Runs the API server until the process ends.
 pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     let dir = cfg.root.join("server");
@@ -357,6 +379,9 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     });
     bootstrap::ensure(&api, &cfg).await?;
     let _ = api.terminating.set(namespaces::start(api.clone()));
+    if !cfg.compaction_interval.is_zero() {
+        tokio::spawn(compactor(store.clone(), cfg.compaction_interval));
+    }
     let shared = Arc::new(Shared {
         store,
         token: pki.token.clone(),

@@ -25,6 +25,10 @@ pub struct ServerCmd {
     /// The Service CIDR (its first address is the kubernetes Service's).
     #[arg(long, default_value = "10.96.0.0/12")]
     pub service_cidr: ipnet::Ipv4Net,
+    /// How often to compact the store's history, in seconds (kube-apiserver's
+    /// --etcd-compaction-interval; watches can resume within about this long); 0: never.
+    #[arg(long = "etcd-compaction-interval", default_value_t = 300)]
+    pub compaction_interval: u64,
 }
 
 pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
@@ -45,6 +49,7 @@ pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
         addresses,
         service_ip,
         service_cidr: a.service_cidr,
+        compaction_interval: std::time::Duration::from_secs(a.compaction_interval),
     };
     // The server's one runtime.
     let rt = tokio::runtime::Builder::new_multi_thread()

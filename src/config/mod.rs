@@ -61,4 +61,6 @@ pub struct ServerConfig {
     pub service_ip: std::net::Ipv4Addr,
     /// Where Services' ClusterIPs come from.
     pub service_cidr: ipnet::Ipv4Net,
+    /// How often the store's history is compacted (keeping one interval of it); zero: never.
+    pub compaction_interval: std::time::Duration,
 }

@@ -200,14 +200,20 @@ impl Store for Etcd {
     ) -> Result<WatchStream, StoreError> {
         // etcd reports a compacted start only in the watch's first response; a read at that
         // revision tells at once, as the embedded store does.
+        // (A start after the current revision is a watch for the next writes: fine.)
         if start > 0 {
-            self.range(RangeRequest {
-                range: range.clone(),
-                revision: start,
-                count_only: true,
-                ..Default::default()
-            })
-            .await?;
+            match self
+                .range(RangeRequest {
+                    range: range.clone(),
+                    revision: start,
+                    count_only: true,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(_) | Err(StoreError::FutureRevision { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         let mut o = WatchOptions::new();
         if !range.end.is_empty() {

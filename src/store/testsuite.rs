@@ -321,6 +321,18 @@ async fn watches(s: &dyn Store) {
             .collect();
         assert_eq!(got, revs);
     }
+    // From the revision after the current one (a client resuming at the latest revision it
+    // saw): the next write.
+    let next = s.revision().await.unwrap() + 1;
+    let mut w = s
+        .watch(KeyRange::prefix(*b"/w/next/"), next, true)
+        .await
+        .unwrap();
+    let e = s.put(b"/w/next/a", b"1").await.unwrap();
+    assert_eq!(
+        summary(&events(&mut w, 1).await),
+        [(EventKind::Put, "/w/next/a".into(), e)]
+    );
 }
 
 async fn compaction(s: &dyn Store) {

@@ -15,6 +15,7 @@ pub struct EtcdProcess {
     child: Child,
     _dir: tempfile::TempDir,
     log: PathBuf,
+    peer_url: String,
     pub endpoint: String,
 }
 
@@ -43,23 +44,48 @@ pub fn start_etcd() -> EtcdProcess {
     let endpoint = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let log = dir.path().join("etcd.log");
-    let child = Command::new(ETCD)
-        .args(["--name", "knode-test", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(["--listen-client-urls", &endpoint])
-        .args(["--advertise-client-urls", &endpoint])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("knode-test={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let child = spawn(&dir.path().join("data"), &endpoint, &peer_url, &log);
     EtcdProcess {
         child,
         _dir: dir,
         log,
+        peer_url,
         endpoint,
+    }
+}
+
+fn spawn(data: &std::path::Path, endpoint: &str, peer_url: &str, log: &std::path::Path) -> Child {
+    Command::new(ETCD)
+        .args(["--name", "knode-test", "--data-dir"])
+        .arg(data)
+        .args(["--listen-client-urls", endpoint])
+        .args(["--advertise-client-urls", endpoint])
+        .args(["--listen-peer-urls", peer_url])
+        .args(["--initial-advertise-peer-urls", peer_url])
+        .args(["--initial-cluster", &format!("knode-test={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        )
+        .spawn()
+        .unwrap()
+}
+
+impl EtcdProcess {
+    /// Kills etcd (SIGKILL) and starts it again on the same data and ports.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(
+            &self._dir.path().join("data"),
+            &self.endpoint,
+            &self.peer_url,
+            &self.log,
+        );
     }
 }
 

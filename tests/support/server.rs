@@ -19,7 +19,7 @@ pub struct Server {
     pub etcd: Option<super::etcd::EtcdProcess>,
     pub dir: tempfile::TempDir,
     pub port: u16,
-    extra: Vec<String>,
+    pub extra: Vec<String>,
     child: Option<Child>,
 }
 
