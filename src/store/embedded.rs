@@ -106,8 +106,19 @@ impl Record {
     }
 }
 
+/// A transaction waiting for the group commit.
+struct Pending {
+    txn: Txn,
+    reply: tokio::sync::oneshot::Sender<Result<TxnResponse, StoreError>>,
+}
+
+/// The most transactions one commit takes.
+const MAX_BATCH: usize = 256;
+
 struct Inner {
     db: Database,
+    /// Transactions for the writer thread (group commit).
+    queue: std::sync::mpsc::Sender<Pending>,
     /// Serializes writers with the broadcast of their events (so events leave in revision
     /// order).
     writer: Mutex<()>,
@@ -175,13 +186,31 @@ impl Embedded {
         }
         w.commit().map_err(backend)?;
         let (events, _) = broadcast::channel(1024);
+        let (queue, rx) = std::sync::mpsc::channel::<Pending>();
         let s = Embedded {
             inner: Arc::new(Inner {
                 db,
+                queue,
                 writer: Mutex::new(()),
                 events,
             }),
         };
+        // The writer thread holds the store weakly: it ends when the store is dropped (the
+        // queue's sender with it).
+        let weak = Arc::downgrade(&s.inner);
+        std::thread::Builder::new()
+            .name("knode-store".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+                    match weak.upgrade() {
+                        Some(inner) => Embedded { inner }.write_batch(batch),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("starting the store's writer: {e}")))?;
         Ok(s)
     }
 
@@ -315,10 +344,68 @@ impl Embedded {
         })
     }
 
+    /// One transaction, alone: its own redb transaction and commit.
     fn write(&self, t: &Txn) -> Result<TxnResponse, StoreError> {
         let _w = self.inner.writer.lock().expect("writer");
         let w = self.inner.db.begin_write().map_err(backend)?;
-        let (resp, events) = {
+        let (resp, events) = self.apply(&w, t)?;
+        w.commit().map_err(backend)?;
+        if !events.is_empty() {
+            // Nobody listening is fine.
+            let _ = self.inner.events.send(Arc::new(events));
+        }
+        Ok(resp)
+    }
+
+    /// Group commit: the transactions waiting are applied one after another, each at its
+    /// own revision, in one redb transaction and one fsync; then each is answered and its
+    /// events sent, in order. A transaction that fails (a missing lease) fails before it
+    /// changes anything, so the others still commit; a failed commit fails them all.
+    fn write_batch(&self, batch: Vec<Pending>) {
+        let _w = self.inner.writer.lock().expect("writer");
+        let mut results = Vec::with_capacity(batch.len());
+        let w = match self.inner.db.begin_write() {
+            Ok(w) => w,
+            Err(e) => {
+                let e = backend(e);
+                for p in batch {
+                    let _ = p.reply.send(Err(StoreError::Backend(e.to_string())));
+                }
+                return;
+            }
+        };
+        for p in &batch {
+            results.push(self.apply(&w, &p.txn));
+        }
+        if let Err(e) = w.commit() {
+            let e = backend(e).to_string();
+            for p in batch {
+                let _ = p.reply.send(Err(StoreError::Backend(e.clone())));
+            }
+            return;
+        }
+        for (p, r) in batch.into_iter().zip(results) {
+            match r {
+                Ok((resp, events)) => {
+                    if !events.is_empty() {
+                        let _ = self.inner.events.send(Arc::new(events));
+                    }
+                    let _ = p.reply.send(Ok(resp));
+                }
+                Err(e) => {
+                    let _ = p.reply.send(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Applies `t` inside the open write transaction `w`.
+    fn apply(
+        &self,
+        w: &redb::WriteTransaction,
+        t: &Txn,
+    ) -> Result<(TxnResponse, Vec<Event>), StoreError> {
+        {
             let mut m = w.open_table(META).map_err(backend)?;
             let mut log = w.open_table(LOG).map_err(backend)?;
             let mut hist = w.open_table(HIST).map_err(backend)?;
@@ -348,6 +435,15 @@ impl Embedded {
                 }
             }
             let ops = if ok { &t.success } else { &t.failure };
+            // Checked before anything is written: in a group commit, a failed transaction
+            // must leave no trace.
+            for op in ops {
+                if let Op::Put { lease, .. } = op {
+                    if *lease != 0 && leases.get(*lease as u64).map_err(backend)?.is_none() {
+                        return Err(StoreError::LeaseNotFound(*lease));
+                    }
+                }
+            }
             let writes = ops.iter().any(|o| !matches!(o, Op::Get(_)));
             let rev = if writes { current + 1 } else { current };
             let mut idx = 0u32;
@@ -468,21 +564,15 @@ impl Embedded {
             if writes {
                 m.insert(REVISION, rev).map_err(backend)?;
             }
-            (
+            Ok((
                 TxnResponse {
                     succeeded: ok,
                     revision: rev as i64,
                     responses,
                 },
                 events,
-            )
-        };
-        w.commit().map_err(backend)?;
-        if !events.is_empty() {
-            // Nobody listening is fine.
-            let _ = self.inner.events.send(Arc::new(events));
+            ))
         }
-        Ok(resp)
     }
 
     /// The events of revisions `from..=to` for keys in `range`, from the log.
@@ -692,8 +782,13 @@ impl Store for Embedded {
     }
 
     async fn txn(&self, t: Txn) -> Result<TxnResponse, StoreError> {
-        let s = self.clone();
-        blocking(move || s.write(&t)).await
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.inner
+            .queue
+            .send(Pending { txn: t, reply })
+            .map_err(|_| StoreError::Backend("the store's writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("the store's writer has stopped".into()))?
     }
 
     async fn watch(
