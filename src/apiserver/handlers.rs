@@ -121,19 +121,26 @@ fn field_validation(
             "fieldValidation parameter unsupported: {mode}; valid values: Ignore, Warn, Strict"
         )));
     }
-    let kept = strategy::typed(r, obj).map_err(|e| {
+    let cannot = |e: String| {
         ApiError::bad_request(format!(
             "{} in version \"{}\" cannot be handled as a {}: {e}",
             r.kind, r.version, r.kind
         ))
-    })?;
+    };
+    let schema = super::schema::get(r.definition);
+    if schema.is_some() {
+        strategy::decodes(r, obj).map_err(cannot)?;
+    }
     if mode == "Ignore" {
         return Ok(());
     }
     let mut unknown = Vec::new();
-    match super::schema::get(r.definition) {
+    match schema {
         Some(def) => super::schema::unknown_fields(def, obj, "", &mut unknown),
-        None => strategy::unknown_fields(obj, &kept, "", &mut unknown),
+        None => {
+            let kept = strategy::typed(r, obj).map_err(cannot)?;
+            strategy::unknown_fields(obj, &kept, "", &mut unknown)
+        }
     }
     unknown.retain(|f| !f.starts_with("metadata.managedFields"));
     if unknown.is_empty() {
@@ -324,7 +331,10 @@ impl Api {
         }
         // Taken names fail as AlreadyExists before anything is allocated (the transaction
         // below still decides races).
-        if !name.is_empty() && self.reg.get_kv(r, ns.as_deref(), &name).await?.is_some() {
+        if r.plural == "services"
+            && !name.is_empty()
+            && self.reg.get_kv(r, ns.as_deref(), &name).await?.is_some()
+        {
             return Err(ApiError::already_exists(r, &name));
         }
         let extra = self.allocate(r, &mut obj, None).await?;
@@ -802,30 +812,67 @@ impl Api {
     }
 
     /// A LIST, as objects or as a Table.
-    pub async fn list(&self, t: &Target, q: &Query, table: bool) -> ApiResult<Value> {
+    /// A LIST, as objects or as a Table, written as the store is read (no tree of the
+    /// whole collection in memory).
+    pub async fn list(&self, t: &Target, q: &Query, table: bool) -> ApiResult<Vec<u8>> {
         let r = t.resource;
         let lo = list_options(r, q)?;
-        let res = self.reg.list(r, t.namespace.as_deref(), &lo).await?;
-        let rv = res.revision.to_string();
+        let filtering = !lo.labels.is_empty() || !lo.fields.0.is_empty();
+        let mut body = Vec::with_capacity(64 * 1024);
+        let now = chrono::Utc::now();
         if table {
-            return Ok(printers::table(
-                r,
-                &res.items,
-                Some(rv),
-                res.continue_token,
-                true,
-            ));
+            body.extend_from_slice(
+                b"{\"kind\":\"Table\",\"apiVersion\":\"meta.k8s.io/v1\",\"columnDefinitions\":",
+            );
+            serde_json::to_writer(&mut body, &printers::column_definitions(r))
+                .map_err(ApiError::internal)?;
+            body.extend_from_slice(b",\"rows\":[");
+        } else {
+            body.extend_from_slice(
+                format!(
+                    "{{\"kind\":\"{}List\",\"apiVersion\":\"{}\",\"items\":[",
+                    r.kind,
+                    r.api_version()
+                )
+                .as_bytes(),
+            );
         }
-        let mut meta = json!({"resourceVersion": rv});
+        let mut first = true;
+        let res = self
+            .reg
+            .scan(r, t.namespace.as_deref(), &lo, |kv| {
+                let v = if table || filtering {
+                    let v = registry::decode(r, kv)?;
+                    if filtering && !registry::selected(r, &v, &lo.labels, &lo.fields) {
+                        return Ok(false);
+                    }
+                    Some(v)
+                } else {
+                    None
+                };
+                if !first {
+                    body.push(b',');
+                }
+                first = false;
+                match (&v, table) {
+                    (Some(v), true) => serde_json::to_writer(&mut body, &printers::row(r, v, now))
+                        .map_err(ApiError::internal)?,
+                    _ => registry::write_item(r, kv, &mut body)?,
+                }
+                Ok(true)
+            })
+            .await?;
+        let mut meta = json!({"resourceVersion": res.revision.to_string()});
         if let Some(c) = res.continue_token {
             meta["continue"] = json!(c);
         }
-        if let Some(n) = res.remaining {
+        if let Some(n) = res.remaining.filter(|_| !table) {
             meta["remainingItemCount"] = json!(n);
         }
-        Ok(
-            json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": meta, "items": res.items}),
-        )
+        body.extend_from_slice(b"],\"metadata\":");
+        serde_json::to_writer(&mut body, &meta).map_err(ApiError::internal)?;
+        body.push(b'}');
+        Ok(body)
     }
 }
 
@@ -1318,6 +1365,24 @@ async fn serve_inner(
     let ct = content_type(&headers);
     let r = t.resource;
     let verb_ok = |v: &str| r.verbs.contains(&v);
+    if method == Method::GET
+        && t.name.is_none()
+        && !t.watch_prefix
+        && !q.flag("watch").unwrap_or(false)
+    {
+        if !verb_ok("list") {
+            return ApiError::method_not_allowed("list", r).into_response();
+        }
+        return match api.list(&t, &q, table).await {
+            Ok(body) => (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response(),
+            Err(e) => e.into_response(),
+        };
+    }
     if method == Method::GET && (t.watch_prefix || q.flag("watch").unwrap_or(false)) {
         if !verb_ok("watch") {
             return ApiError::method_not_allowed("watch", r).into_response();
@@ -1329,12 +1394,6 @@ async fn serve_inner(
     }
     let res: ApiResult<(StatusCode, Value)> = async {
         match (method.clone(), t.name.is_some(), t.sub.as_deref()) {
-            (Method::GET, false, _) => {
-                if !verb_ok("list") {
-                    return Err(ApiError::method_not_allowed("list", r));
-                }
-                Ok((StatusCode::OK, api.list(&t, &q, table).await?))
-            }
             (Method::GET, true, sub) => {
                 if !verb_ok("get") {
                     return Err(ApiError::method_not_allowed("get", r));
@@ -1418,6 +1477,7 @@ async fn serve_inner(
     .await;
     let mut resp = match res {
         Ok((code, v)) => reply(code, &v),
+
         Err(e) => e.into_response(),
     };
     for w in warnings.iter().take(20) {

@@ -878,6 +878,11 @@ fn partial(o: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
 }
 
+/// One row of a Table: its cells and the object's metadata.
+pub fn row(r: &Resource, o: &Value, now: DateTime<Utc>) -> Value {
+    json!({"cells": cells(r, o, now), "object": partial(o)})
+}
+
 /// A Table of `items`; `headers` false for watch events after the first.
 pub fn table(
     r: &Resource,
@@ -887,10 +892,7 @@ pub fn table(
     headers: bool,
 ) -> Value {
     let now = Utc::now();
-    let rows: Vec<Value> = items
-        .iter()
-        .map(|o| json!({"cells": cells(r, o, now), "object": partial(o)}))
-        .collect();
+    let rows: Vec<Value> = items.iter().map(|o| row(r, o, now)).collect();
     let mut meta = json!({});
     if let Some(rv) = rv {
         meta["resourceVersion"] = json!(rv);

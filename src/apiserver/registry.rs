@@ -61,13 +61,24 @@ fn rename(mut v: Value, pairs: &[(&str, &str)], to_core: bool) -> Value {
     v
 }
 
-/// The stored form of an object of `r`.
+/// The stored form of an object of `r`: with its kind and apiVersion (the core ones for
+/// events.k8s.io Events), without its resourceVersion.
 pub fn to_storage(r: &Resource, v: &Value) -> Vec<u8> {
-    if r.group == "events.k8s.io" {
-        encode(&rename(v.clone(), EVENT_FIELDS, true))
+    let mut v = if r.group == "events.k8s.io" {
+        rename(v.clone(), EVENT_FIELDS, true)
     } else {
-        encode(v)
+        v.clone()
+    };
+    if let Some(m) = v.as_object_mut() {
+        let (kind, api_version) = if r.group == "events.k8s.io" {
+            ("Event".to_string(), "v1".to_string())
+        } else {
+            (r.kind.to_string(), r.api_version())
+        };
+        m.insert("kind".into(), json!(kind));
+        m.insert("apiVersion".into(), json!(api_version));
     }
+    encode(&v)
 }
 
 /// Sets kind, apiVersion and resourceVersion.
@@ -79,6 +90,59 @@ pub fn stamp(r: &Resource, v: &mut Value, rev: Revision) {
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), json!(rev.to_string()));
     }
+}
+
+/// The stored bytes of an object of `r` as an item of a list response, with its
+/// resourceVersion, written to `out` without building the object: the stored form is
+/// compact JSON whose top-level `metadata` object gets the field spliced in. Events of the
+/// events.k8s.io group (stored in the core form) and anything unexpected go the slow way.
+pub fn write_item(r: &Resource, kv: &KeyValue, out: &mut Vec<u8>) -> ApiResult<()> {
+    if r.group != "events.k8s.io" {
+        if let Some(at) = metadata_body(&kv.value) {
+            out.extend_from_slice(&kv.value[..at]);
+            out.extend_from_slice(
+                format!("\"resourceVersion\":\"{}\"", kv.mod_revision).as_bytes(),
+            );
+            if kv.value.get(at) != Some(&b'}') {
+                out.push(b',');
+            }
+            out.extend_from_slice(&kv.value[at..]);
+            return Ok(());
+        }
+    }
+    let v = decode(r, kv)?;
+    serde_json::to_writer(&mut *out, &v).map_err(ApiError::internal)?;
+    Ok(())
+}
+
+/// Where the top-level `"metadata":{` object's body starts, scanning strings and depth.
+fn metadata_body(b: &[u8]) -> Option<usize> {
+    const KEY: &[u8] = b"\"metadata\":{";
+    let (mut depth, mut i, mut in_str) = (0i32, 0usize, false);
+    while i < b.len() {
+        let c = b[i];
+        if in_str {
+            match c {
+                b'\\' => i += 1,
+                b'"' => in_str = false,
+                _ => {}
+            }
+        } else {
+            match c {
+                b'"' => {
+                    if depth == 1 && b[i..].starts_with(KEY) {
+                        return Some(i + KEY.len());
+                    }
+                    in_str = true;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => depth -= 1,
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
 }
 
 /// The bytes stored for an object (no resourceVersion).
@@ -245,6 +309,33 @@ impl Registry {
         ns: Option<&str>,
         o: &ListOptions,
     ) -> ApiResult<ListResult> {
+        let mut items = Vec::new();
+        let filtering = !o.labels.is_empty() || !o.fields.0.is_empty();
+        let mut res = self
+            .scan(r, ns, o, |kv| {
+                let v = decode(r, kv)?;
+                if !filtering || selected(r, &v, &o.labels, &o.fields) {
+                    items.push(v);
+                    return Ok(true);
+                }
+                Ok(false)
+            })
+            .await?;
+        res.items = items;
+        Ok(res)
+    }
+
+    /// Walks the stored objects a list selects, page by page from the store, handing each to
+    /// `visit`, which says whether it selected it (it counts against the limit). The result
+    /// has no items: the visitor keeps what it wants (a LIST writes its response as it goes,
+    /// so that memory follows one page, not the whole collection).
+    pub async fn scan(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        o: &ListOptions,
+        mut visit: impl FnMut(&KeyValue) -> ApiResult<bool> + Send,
+    ) -> ApiResult<ListResult> {
         let prefix = r.key(ns, None);
         let mut range = KeyRange::prefix(prefix.as_bytes().to_vec());
         let mut revision = o.revision;
@@ -267,15 +358,17 @@ impl Registry {
             revision = t.rv;
         }
         let filtering = !o.labels.is_empty() || !o.fields.0.is_empty();
-        let mut items = Vec::new();
+        let mut count = 0usize;
         let mut read_rev = revision;
         let mut next: Option<Vec<u8>> = None;
         let mut remaining = None;
         loop {
+            // Read in pages even for an unlimited list: etcd answers at most a few MiB at a
+            // time, and memory stays bounded by the page, not the collection.
             let batch = if o.limit > 0 {
-                (o.limit - items.len()).max(if filtering { 256 } else { 1 })
+                (o.limit - count).max(if filtering { 256 } else { 1 })
             } else {
-                0
+                1000
             };
             let resp = match self
                 .store
@@ -300,18 +393,15 @@ impl Registry {
             let mut last_key = None;
             for kv in &resp.kvs {
                 last_key = Some(kv.key.clone());
-                let v = decode(r, kv)?;
                 // A namespaced list must not reach into another namespace's keys.
-                if (ns.is_none() || kv.key.starts_with(prefix.as_bytes()))
-                    && (!filtering || selected(r, &v, &o.labels, &o.fields))
-                {
-                    items.push(v);
+                if (ns.is_none() || kv.key.starts_with(prefix.as_bytes())) && visit(kv)? {
+                    count += 1;
                 }
-                if o.limit > 0 && items.len() >= o.limit {
+                if o.limit > 0 && count >= o.limit {
                     break;
                 }
             }
-            let stopped_early = o.limit > 0 && items.len() >= o.limit;
+            let stopped_early = o.limit > 0 && count >= o.limit;
             let consumed_all = last_key.as_ref() == resp.kvs.last().map(|k| &k.key);
             if stopped_early {
                 let lk = last_key.unwrap_or_default();
@@ -348,7 +438,7 @@ impl Registry {
             remaining = None;
         }
         Ok(ListResult {
-            items,
+            items: Vec::new(),
             revision: read_rev,
             continue_token,
             remaining: remaining.filter(|n| *n > 0),
@@ -451,5 +541,40 @@ impl Registry {
         }
         stamp(r, &mut last, resp.revision);
         Ok(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::resources::find;
+
+    fn kv(value: &str) -> KeyValue {
+        KeyValue {
+            key: b"/registry/configmaps/default/x".to_vec(),
+            value: value.as_bytes().to_vec(),
+            create_revision: 1,
+            mod_revision: 42,
+            version: 1,
+            lease: 0,
+        }
+    }
+
+    #[test]
+    fn list_items_get_their_resource_version_spliced_in_the_right_place() {
+        let r = find("", "v1", "configmaps").unwrap();
+        for stored in [
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}"#,
+            r#"{"binaryData":{"k":"\"metadata\":{"},"data":{"a":"\"metadata\":{\\"},"metadata":{"name":"x"}}"#,
+            r#"{"data":{"nested":"x"},"deep":{"metadata":{"name":"wrong"}},"metadata":{}}"#,
+        ] {
+            let mut out = Vec::new();
+            write_item(r, &kv(stored), &mut out).unwrap();
+            let got: Value = serde_json::from_slice(&out)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+            let mut want: Value = serde_json::from_str(stored).unwrap();
+            want["metadata"]["resourceVersion"] = json!("42");
+            assert_eq!(got, want, "{stored}");
+        }
     }
 }

@@ -48,8 +48,25 @@ fn roundtrip<T>(obj: &Value) -> Result<Value, String>
 where
     T: serde::de::DeserializeOwned + serde::Serialize,
 {
-    let t: T = serde_json::from_value(obj.clone()).map_err(|e| e.to_string())?;
+    let t = T::deserialize(obj).map_err(|e| e.to_string())?;
     serde_json::to_value(t).map_err(|e| e.to_string())
+}
+
+/// Whether the object decodes as `r`'s kind (the type check of the API server's decoder).
+pub fn decodes(r: &Resource, obj: &Value) -> Result<(), String> {
+    use k8s_openapi::api::*;
+    fn check<T: serde::de::DeserializeOwned>(obj: &Value) -> Result<(), String> {
+        T::deserialize(obj).map(|_| ()).map_err(|e| e.to_string())
+    }
+    match r.definition {
+        "io.k8s.api.core.v1.Pod" => check::<core::v1::Pod>(obj),
+        "io.k8s.api.core.v1.Service" => check::<core::v1::Service>(obj),
+        "io.k8s.api.core.v1.ConfigMap" => check::<core::v1::ConfigMap>(obj),
+        "io.k8s.api.core.v1.Secret" => check::<core::v1::Secret>(obj),
+        "io.k8s.api.apps.v1.Deployment" => check::<apps::v1::Deployment>(obj),
+        "io.k8s.api.apps.v1.ReplicaSet" => check::<apps::v1::ReplicaSet>(obj),
+        _ => typed(r, obj).map(|_| ()),
+    }
 }
 
 /// The typed round trip of `obj` as `r`'s kind.
@@ -501,7 +518,7 @@ fn validate_meta(r: &Resource, o: &Value, errs: &mut Vec<FieldError>) {
 }
 
 fn as_typed<T: serde::de::DeserializeOwned>(o: &Value) -> Option<T> {
-    serde_json::from_value(o.clone()).ok()
+    T::deserialize(o).ok()
 }
 
 fn replicas(o: &Value, errs: &mut Vec<FieldError>) {

@@ -54,6 +54,8 @@ pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
     // The server's one runtime.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Store reads run on blocking threads; a few suffice, and each thread costs memory.
+        .max_blocking_threads(16)
         .thread_name("knode-server")
         .enable_all()
         .build()
