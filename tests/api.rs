@@ -1292,3 +1292,111 @@ fn an_etcd_restart_under_a_watch_loses_no_event() {
     }
     assert_eq!(seen, ["before", "after"]);
 }
+
+/// Events are one store seen through two groups; describe shows them; other output formats.
+#[test]
+fn events_describe_and_output_formats() {
+    let s = Server::start(&[]);
+    s.ok(&["run", "web", "--image=nginx"]);
+    let uid = json_of(&s, &["get", "pod", "web"])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let core = json!({"metadata": {"name": "web.1"}, "involvedObject": {"kind": "Pod", "namespace": "default", "name": "web", "uid": uid},
+        "reason": "Scheduled", "message": "Successfully assigned default/web to n1", "type": "Normal",
+        "source": {"component": "default-scheduler"}, "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:00:00Z", "count": 1});
+    let (code, _) = s.raw(
+        "POST",
+        "/api/v1/namespaces/default/events",
+        "application/json",
+        serde_json::to_vec(&core).unwrap(),
+    );
+    assert_eq!(code, 201);
+    let newer = json!({"metadata": {"name": "web.2"}, "regarding": {"kind": "Pod", "namespace": "default", "name": "web", "uid": uid},
+        "reason": "Pulling", "note": "Pulling image \"nginx\"", "type": "Normal", "action": "Pull",
+        "reportingController": "kubelet", "reportingInstance": "n1", "eventTime": "2026-01-01T00:00:01.000000Z"});
+    let (code, st) = s.raw(
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+        "application/json",
+        serde_json::to_vec(&newer).unwrap(),
+    );
+    assert_eq!(code, 201, "{st}");
+    // Each group sees both, in its own shape.
+    let (_, v1) = s.raw(
+        "GET",
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+        "application/json",
+        vec![],
+    );
+    let notes: Vec<&str> = v1["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["note"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        notes,
+        [
+            "Successfully assigned default/web to n1",
+            "Pulling image \"nginx\""
+        ]
+    );
+    assert_eq!(v1["items"][0]["regarding"]["name"], "web");
+    let core_list = json_of(&s, &["get", "events"]);
+    assert_eq!(core_list["items"][1]["message"], "Pulling image \"nginx\"");
+    assert_eq!(core_list["items"][1]["involvedObject"]["name"], "web");
+    let rows = table(&s.ok(&["get", "events"]));
+    assert_eq!(
+        rows[0],
+        ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    );
+    assert_eq!(
+        rows[1][1..],
+        [
+            "Normal",
+            "Scheduled",
+            "pod/web",
+            "Successfully assigned default/web to n1"
+        ]
+    );
+    let d = s.ok(&["describe", "pod", "web"]);
+    for want in [
+        "Name:             web",
+        "Namespace:        default",
+        "Status:           Pending",
+        "    Image:        nginx",
+        "QoS Class:        BestEffort",
+        "Scheduled",
+        "Successfully assigned default/web to n1",
+        "Pulling image \"nginx\"",
+    ] {
+        assert!(d.contains(want), "{want:?} not in\n{d}");
+    }
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "pods",
+            "-o",
+            "go-template",
+            "--template",
+            "{{range .items}}{{.metadata.name}}:{{.status.phase}} {{end}}"
+        ]),
+        "web:Pending "
+    );
+    let y = s.ok(&["get", "pod", "web", "-o", "yaml"]);
+    assert!(y.starts_with("apiVersion: v1\nkind: Pod\n"), "{y}");
+    s.ok(&["create", "service", "nodeport", "np", "--tcp=80:8080"]);
+    let rows = table(&s.ok(&["get", "svc", "np"]));
+    assert!(
+        rows[1][4].starts_with("80:3") && rows[1][4].ends_with("/TCP"),
+        "{rows:?}"
+    );
+    let (_, leases) = s.raw("POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", "application/json",
+        serde_json::to_vec(&json!({"metadata": {"name": "n1"}, "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 40}})).unwrap());
+    assert_eq!(leases["spec"]["holderIdentity"], "n1");
+    assert_eq!(
+        table(&s.ok(&["get", "leases", "-n", "kube-node-lease"]))[1][0..2],
+        ["n1", "n1"]
+    );
+}
