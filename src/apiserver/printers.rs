@@ -648,7 +648,12 @@ pub fn cells(r: &Resource, o: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 name,
                 json!(s(&spec["schedule"])),
                 json!(none_if_empty(s(&spec["timeZone"]))),
-                json!(spec["suspend"].as_bool().unwrap_or(false)),
+                // printBoolPtr: a string cell.
+                json!(match spec["suspend"].as_bool() {
+                    Some(true) => "True",
+                    Some(false) => "False",
+                    None => "<unset>",
+                }),
                 json!(st["active"].as_array().map_or(0, Vec::len)),
                 json!(last),
                 age,

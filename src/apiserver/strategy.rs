@@ -327,6 +327,20 @@ pub fn defaults(r: &Resource, o: &mut Value) {
         ("", "Secret") => {
             if let Some(m) = o.as_object_mut() {
                 set_default(m, "type", json!("Opaque"));
+                // stringData is write-only: merged into data (base64), where it wins.
+                if let Some(Value::Object(sd)) = m.remove("stringData") {
+                    use base64::Engine;
+                    let data = m.entry("data").or_insert_with(|| json!({}));
+                    if let Some(data) = data.as_object_mut() {
+                        for (k, v) in sd {
+                            let text = v.as_str().unwrap_or("").as_bytes().to_vec();
+                            data.insert(
+                                k,
+                                json!(base64::engine::general_purpose::STANDARD.encode(text)),
+                            );
+                        }
+                    }
+                }
             }
         }
         ("apps", "Deployment") => {

@@ -106,10 +106,12 @@ impl Record {
     }
 }
 
+type Reply = tokio::sync::oneshot::Sender<Result<TxnResponse, StoreError>>;
+
 /// A transaction waiting for the group commit.
 struct Pending {
     txn: Txn,
-    reply: tokio::sync::oneshot::Sender<Result<TxnResponse, StoreError>>,
+    reply: Reply,
 }
 
 /// The most transactions one commit takes.
@@ -204,9 +206,12 @@ impl Embedded {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-                    match weak.upgrade() {
+                    let answers = match weak.upgrade() {
                         Some(inner) => Embedded { inner }.write_batch(batch),
                         None => return,
+                    };
+                    for (reply, r) in answers {
+                        let _ = reply.send(r);
                     }
                 }
             })
@@ -361,42 +366,40 @@ impl Embedded {
     /// own revision, in one redb transaction and one fsync; then each is answered and its
     /// events sent, in order. A transaction that fails (a missing lease) fails before it
     /// changes anything, so the others still commit; a failed commit fails them all.
-    fn write_batch(&self, batch: Vec<Pending>) {
+    /// Returns the answers, to be sent once the caller no longer holds the store (so that a
+    /// caller who drops the store after its last write finds the file closed).
+    fn write_batch(&self, batch: Vec<Pending>) -> Vec<(Reply, Result<TxnResponse, StoreError>)> {
         let _w = self.inner.writer.lock().expect("writer");
         let mut results = Vec::with_capacity(batch.len());
+        let fail_all = |batch: Vec<Pending>, e: String| {
+            batch
+                .into_iter()
+                .map(|p| (p.reply, Err(StoreError::Backend(e.clone()))))
+                .collect()
+        };
         let w = match self.inner.db.begin_write() {
             Ok(w) => w,
-            Err(e) => {
-                let e = backend(e);
-                for p in batch {
-                    let _ = p.reply.send(Err(StoreError::Backend(e.to_string())));
-                }
-                return;
-            }
+            Err(e) => return fail_all(batch, backend(e).to_string()),
         };
         for p in &batch {
             results.push(self.apply(&w, &p.txn));
         }
         if let Err(e) = w.commit() {
-            let e = backend(e).to_string();
-            for p in batch {
-                let _ = p.reply.send(Err(StoreError::Backend(e.clone())));
-            }
-            return;
+            return fail_all(batch, backend(e).to_string());
         }
-        for (p, r) in batch.into_iter().zip(results) {
-            match r {
+        batch
+            .into_iter()
+            .zip(results)
+            .map(|(p, r)| match r {
                 Ok((resp, events)) => {
                     if !events.is_empty() {
                         let _ = self.inner.events.send(Arc::new(events));
                     }
-                    let _ = p.reply.send(Ok(resp));
+                    (p.reply, Ok(resp))
                 }
-                Err(e) => {
-                    let _ = p.reply.send(Err(e));
-                }
-            }
-        }
+                Err(e) => (p.reply, Err(e)),
+            })
+            .collect()
     }
 
     /// Applies `t` inside the open write transaction `w`.
