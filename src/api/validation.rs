@@ -393,6 +393,19 @@ fn metadata_namespace(errs: &mut Vec<FieldError>, ns: Option<&str>) {
     }
 }
 
+/// 32 or more hex digits in a UUID's 8-4-4-4-12 shape (the first 32 are used).
+pub fn uuid_shape(hex: &str) -> String {
+    let h = |a: usize, b: usize| hex.get(a..b).unwrap_or("0");
+    format!(
+        "{}-{}-{}-{}-{}",
+        h(0, 8),
+        h(8, 12),
+        h(12, 16),
+        h(16, 20),
+        h(20, 32)
+    )
+}
+
 /// The UID names directories on the node: letters, digits and '-' (a UUID's alphabet).
 pub fn uid(errs: &mut Vec<FieldError>, uid: &str) {
     if uid.is_empty()

@@ -127,22 +127,15 @@ fn field_validation(
             r.kind, r.version, r.kind
         ))
     };
-    let schema = super::schema::get(r.definition);
-    if schema.is_some() {
-        strategy::decodes(r, obj).map_err(cannot)?;
-    }
+    strategy::decodes(r, obj).map_err(cannot)?;
     if mode == "Ignore" {
         return Ok(());
     }
+    // Every served kind has its schema (a unit test of `schema` checks it).
     let mut unknown = Vec::new();
-    match schema {
-        Some(def) => super::schema::unknown_fields(def, obj, "", &mut unknown),
-        None => {
-            let kept = strategy::typed(r, obj).map_err(cannot)?;
-            strategy::unknown_fields(obj, &kept, "", &mut unknown)
-        }
+    if let Some(def) = super::schema::get(r.definition) {
+        super::schema::unknown_fields(def, obj, "", &mut unknown);
     }
-    unknown.retain(|f| !f.starts_with("metadata.managedFields"));
     if unknown.is_empty() {
         return Ok(());
     }

@@ -33,116 +33,48 @@ pub fn new_uid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    crate::api::validation::uuid_shape(&h)
 }
 
-/// Decodes the object into its k8s-openapi type and back: what Go's decoder keeps.
-fn roundtrip<T>(obj: &Value) -> Result<Value, String>
-where
-    T: serde::de::DeserializeOwned + serde::Serialize,
-{
-    let t = T::deserialize(obj).map_err(|e| e.to_string())?;
-    serde_json::to_value(t).map_err(|e| e.to_string())
-}
-
-/// Whether the object decodes as `r`'s kind (the type check of the API server's decoder).
+/// Whether the object decodes as `r`'s kind (the type check of the API server's decoder;
+/// unknown fields are the schemas' business, [`super::schema::unknown_fields`]).
 pub fn decodes(r: &Resource, obj: &Value) -> Result<(), String> {
     use k8s_openapi::api::*;
     fn check<T: serde::de::DeserializeOwned>(obj: &Value) -> Result<(), String> {
         T::deserialize(obj).map(|_| ()).map_err(|e| e.to_string())
     }
     match r.definition {
-        "io.k8s.api.core.v1.Pod" => check::<core::v1::Pod>(obj),
-        "io.k8s.api.core.v1.Service" => check::<core::v1::Service>(obj),
+        "io.k8s.api.core.v1.Binding" => check::<core::v1::Binding>(obj),
         "io.k8s.api.core.v1.ConfigMap" => check::<core::v1::ConfigMap>(obj),
+        "io.k8s.api.core.v1.Endpoints" => check::<core::v1::Endpoints>(obj),
+        "io.k8s.api.core.v1.Event" => check::<core::v1::Event>(obj),
+        "io.k8s.api.core.v1.Namespace" => check::<core::v1::Namespace>(obj),
+        "io.k8s.api.core.v1.Node" => check::<core::v1::Node>(obj),
+        "io.k8s.api.core.v1.Pod" => check::<core::v1::Pod>(obj),
+        "io.k8s.api.core.v1.ReplicationController" => check::<core::v1::ReplicationController>(obj),
         "io.k8s.api.core.v1.Secret" => check::<core::v1::Secret>(obj),
+        "io.k8s.api.core.v1.ServiceAccount" => check::<core::v1::ServiceAccount>(obj),
+        "io.k8s.api.core.v1.Service" => check::<core::v1::Service>(obj),
+        "io.k8s.api.apps.v1.ControllerRevision" => check::<apps::v1::ControllerRevision>(obj),
+        "io.k8s.api.apps.v1.DaemonSet" => check::<apps::v1::DaemonSet>(obj),
         "io.k8s.api.apps.v1.Deployment" => check::<apps::v1::Deployment>(obj),
         "io.k8s.api.apps.v1.ReplicaSet" => check::<apps::v1::ReplicaSet>(obj),
-        _ => typed(r, obj).map(|_| ()),
-    }
-}
-
-/// The typed round trip of `obj` as `r`'s kind.
-pub fn typed(r: &Resource, obj: &Value) -> Result<Value, String> {
-    use k8s_openapi::api::*;
-    match r.definition {
-        "io.k8s.api.core.v1.Binding" => roundtrip::<core::v1::Binding>(obj),
-        "io.k8s.api.core.v1.ConfigMap" => roundtrip::<core::v1::ConfigMap>(obj),
-        "io.k8s.api.core.v1.Endpoints" => roundtrip::<core::v1::Endpoints>(obj),
-        "io.k8s.api.core.v1.Event" => roundtrip::<core::v1::Event>(obj),
-        "io.k8s.api.core.v1.Namespace" => roundtrip::<core::v1::Namespace>(obj),
-        "io.k8s.api.core.v1.Node" => roundtrip::<core::v1::Node>(obj),
-        "io.k8s.api.core.v1.Pod" => roundtrip::<core::v1::Pod>(obj),
-        "io.k8s.api.core.v1.ReplicationController" => {
-            roundtrip::<core::v1::ReplicationController>(obj)
-        }
-        "io.k8s.api.core.v1.Secret" => roundtrip::<core::v1::Secret>(obj),
-        "io.k8s.api.core.v1.ServiceAccount" => roundtrip::<core::v1::ServiceAccount>(obj),
-        "io.k8s.api.core.v1.Service" => roundtrip::<core::v1::Service>(obj),
-        "io.k8s.api.apps.v1.ControllerRevision" => roundtrip::<apps::v1::ControllerRevision>(obj),
-        "io.k8s.api.apps.v1.DaemonSet" => roundtrip::<apps::v1::DaemonSet>(obj),
-        "io.k8s.api.apps.v1.Deployment" => roundtrip::<apps::v1::Deployment>(obj),
-        "io.k8s.api.apps.v1.ReplicaSet" => roundtrip::<apps::v1::ReplicaSet>(obj),
-        "io.k8s.api.apps.v1.StatefulSet" => roundtrip::<apps::v1::StatefulSet>(obj),
+        "io.k8s.api.apps.v1.StatefulSet" => check::<apps::v1::StatefulSet>(obj),
         "io.k8s.api.authentication.v1.SelfSubjectReview" => {
-            roundtrip::<authentication::v1::SelfSubjectReview>(obj)
+            check::<authentication::v1::SelfSubjectReview>(obj)
         }
         "io.k8s.api.authorization.v1.SelfSubjectAccessReview" => {
-            roundtrip::<authorization::v1::SelfSubjectAccessReview>(obj)
+            check::<authorization::v1::SelfSubjectAccessReview>(obj)
         }
         "io.k8s.api.authorization.v1.SelfSubjectRulesReview" => {
-            roundtrip::<authorization::v1::SelfSubjectRulesReview>(obj)
+            check::<authorization::v1::SelfSubjectRulesReview>(obj)
         }
-        "io.k8s.api.batch.v1.CronJob" => roundtrip::<batch::v1::CronJob>(obj),
-        "io.k8s.api.batch.v1.Job" => roundtrip::<batch::v1::Job>(obj),
-        "io.k8s.api.coordination.v1.Lease" => roundtrip::<coordination::v1::Lease>(obj),
-        "io.k8s.api.discovery.v1.EndpointSlice" => roundtrip::<discovery::v1::EndpointSlice>(obj),
-        "io.k8s.api.events.v1.Event" => roundtrip::<events::v1::Event>(obj),
+        "io.k8s.api.batch.v1.CronJob" => check::<batch::v1::CronJob>(obj),
+        "io.k8s.api.batch.v1.Job" => check::<batch::v1::Job>(obj),
+        "io.k8s.api.coordination.v1.Lease" => check::<coordination::v1::Lease>(obj),
+        "io.k8s.api.discovery.v1.EndpointSlice" => check::<discovery::v1::EndpointSlice>(obj),
+        "io.k8s.api.events.v1.Event" => check::<events::v1::Event>(obj),
         other => Err(format!("no type for {other}")),
-    }
-}
-
-/// Fields of `orig` that the typed decoder dropped: unknown fields, as
-/// `spec.template.spec.containers[0].bogus`.
-pub fn unknown_fields(orig: &Value, kept: &Value, path: &str, out: &mut Vec<String>) {
-    match (orig, kept) {
-        (Value::Object(o), Value::Object(k)) => {
-            for (key, val) in o {
-                let p = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
-                match k.get(key) {
-                    Some(kv) => unknown_fields(val, kv, &p, out),
-                    None if val.is_null() => {}
-                    // Empty values the typed form omits are not unknown.
-                    None if is_empty(val) => {}
-                    None => out.push(p),
-                }
-            }
-        }
-        (Value::Array(o), Value::Array(k)) => {
-            for (i, (a, b)) in o.iter().zip(k).enumerate() {
-                unknown_fields(a, b, &format!("{path}[{i}]"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Object(m) => m.values().all(is_empty),
-        Value::Array(a) => a.is_empty(),
-        _ => false,
     }
 }
 
@@ -734,16 +666,6 @@ mod tests {
                 .any(|e| e.field == "spec.template.metadata.labels"),
             "{errs:?}"
         );
-    }
-
-    #[test]
-    fn unknown_fields_are_found_where_they_are() {
-        let r = find("", "v1", "pods").unwrap();
-        let p = json!({"metadata": {"name": "p", "labels": {}}, "spec": {"bogus": 1, "containers": [{"name": "c", "image": "i", "imagePolicy": "x"}]}});
-        let kept = typed(r, &p).unwrap();
-        let mut out = Vec::new();
-        unknown_fields(&p, &kept, "", &mut out);
-        assert_eq!(out, ["spec.bogus", "spec.containers[0].imagePolicy"]);
     }
 
     #[test]

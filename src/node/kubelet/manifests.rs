@@ -598,15 +598,7 @@ fn yaml11_octal_modes(v: &mut serde_json::Value) {
 /// A UUID-shaped UID from the pod's identity and content.
 fn static_uid(ns: &str, name: &str, v: &serde_json::Value) -> String {
     let d = oci::digest::Digest::of(format!("{ns}/{name}/{v}").as_bytes());
-    let h = d.hex();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    crate::api::validation::uuid_shape(d.hex())
 }
 
 #[cfg(test)]
