@@ -445,20 +445,22 @@ impl Registry {
         })
     }
 
-    /// Stores a new object; fails if the name is taken. `extra` writes (allocations) commit
-    /// with it, under their own conditions.
-    pub async fn create(
+    /// Writes `obj` if its key is still at `rev` (0: absent), with the `extra` writes
+    /// (allocations) under their own conditions, all in one transaction. On failure, the
+    /// key's current value (if any) is returned.
+    async fn put_if(
         &self,
         r: &Resource,
         ns: Option<&str>,
-        mut obj: Value,
+        obj: &mut Value,
+        rev: Revision,
         extra: (Vec<Compare>, Vec<Op>),
-    ) -> ApiResult<Value> {
+    ) -> ApiResult<Result<(), bool>> {
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
         let key = r.key(ns, Some(&name));
-        let mut compare = vec![Compare::mod_revision(key.clone(), 0)];
+        let mut compare = vec![Compare::mod_revision(key.clone(), rev)];
         compare.extend(extra.0);
-        let mut success = vec![Op::put(key.clone(), to_storage(r, &obj))];
+        let mut success = vec![Op::put(key.clone(), to_storage(r, obj))];
         success.extend(extra.1);
         let resp = self
             .store
@@ -471,18 +473,33 @@ impl Registry {
         if !resp.succeeded {
             let exists =
                 matches!(resp.responses.first(), Some(OpResponse::Get { kvs }) if !kvs.is_empty());
-            return Err(if exists {
-                ApiError::already_exists(r, &name)
-            } else {
-                ApiError::new(
-                    409,
-                    "Conflict",
-                    "an address or port was taken while this object was created; try again",
-                )
-            });
+            return Ok(Err(exists));
         }
-        stamp(r, &mut obj, resp.revision);
-        Ok(obj)
+        stamp(r, obj, resp.revision);
+        Ok(Ok(()))
+    }
+
+    /// Stores a new object; fails if the name is taken. `extra` writes (allocations) commit
+    /// with it, under their own conditions.
+    pub async fn create(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        mut obj: Value,
+        extra: (Vec<Compare>, Vec<Op>),
+    ) -> ApiResult<Value> {
+        match self.put_if(r, ns, &mut obj, 0, extra).await? {
+            Ok(()) => Ok(obj),
+            Err(true) => Err(ApiError::already_exists(
+                r,
+                obj["metadata"]["name"].as_str().unwrap_or(""),
+            )),
+            Err(false) => Err(ApiError::new(
+                409,
+                "Conflict",
+                "an address or port was taken while this object was created; try again",
+            )),
+        }
     }
 
     /// Replaces the object if it is still at `rev`.
@@ -494,25 +511,13 @@ impl Registry {
         rev: Revision,
         extra: (Vec<Compare>, Vec<Op>),
     ) -> ApiResult<Value> {
-        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-        let key = r.key(ns, Some(&name));
-        let mut compare = vec![Compare::mod_revision(key.clone(), rev)];
-        compare.extend(extra.0);
-        let mut success = vec![Op::put(key.clone(), to_storage(r, &obj))];
-        success.extend(extra.1);
-        let resp = self
-            .store
-            .txn(Txn {
-                compare,
-                success,
-                failure: vec![],
-            })
-            .await?;
-        if !resp.succeeded {
-            return Err(ApiError::modified(r, &name));
+        match self.put_if(r, ns, &mut obj, rev, extra).await? {
+            Ok(()) => Ok(obj),
+            Err(_) => Err(ApiError::modified(
+                r,
+                obj["metadata"]["name"].as_str().unwrap_or(""),
+            )),
         }
-        stamp(r, &mut obj, resp.revision);
-        Ok(obj)
     }
 
     /// Removes the object if it is still at `rev`; returns its last state.
