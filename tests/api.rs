@@ -516,6 +516,128 @@ fn apply_patch_label_annotate_and_edit() {
 }
 
 #[test]
+fn server_side_apply_owns_fields_conflicts_and_forces() {
+    let s = Server::start(&[]);
+    let dep = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: ssa, labels: {app: ssa, tier: front}}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: ssa}}\n  template:\n    metadata: {labels: {app: ssa}}\n    spec:\n      containers:\n      - {name: web, image: nginx:1, ports: [{containerPort: 80}]}\n";
+    let alice = ["apply", "--server-side", "--field-manager=alice", "-f", "-"];
+    assert_eq!(
+        s.ok_with(KUBECTL, &alice, Some(dep)),
+        "deployment.apps/ssa serverside-applied\n"
+    );
+    let managers = |s: &Server| -> Vec<(String, String, Value)> {
+        let d = json_of(s, &["get", "deploy", "ssa", "--show-managed-fields"]);
+        d["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["manager"].as_str().unwrap().to_string(),
+                    m["operation"].as_str().unwrap().to_string(),
+                    m["fieldsV1"].clone(),
+                )
+            })
+            .collect()
+    };
+    let m = managers(&s);
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!((m[0].0.as_str(), m[0].1.as_str()), ("alice", "Apply"));
+    let containers = &m[0].2["f:spec"]["f:template"]["f:spec"]["f:containers"];
+    assert!(
+        containers["k:{\"name\":\"web\"}"]["f:ports"]
+            .get("k:{\"containerPort\":80,\"protocol\":\"TCP\"}")
+            .is_some(),
+        "{containers}"
+    );
+
+    // kubectl scale changes a field alice applied: it becomes the scaler's, and alice's
+    // next apply of her 2 replicas is a conflict that changes nothing.
+    s.ok(&["scale", "deploy", "ssa", "--replicas=5"]);
+    let before = json_of(&s, &["get", "deploy", "ssa"]);
+    let err = s.fails(&alice, Some(dep));
+    assert!(
+        err.starts_with("error: Apply failed with 1 conflict: conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas\n"),
+        "{err}"
+    );
+    assert!(err.contains("--force-conflicts"), "{err}");
+    let after = json_of(&s, &["get", "deploy", "ssa"]);
+    assert_eq!(
+        before["metadata"]["resourceVersion"],
+        after["metadata"]["resourceVersion"]
+    );
+    assert_eq!(after["spec"]["replicas"], 5);
+
+    // The same value is shared, not a conflict: bob applies replicas 5 and an annotation.
+    let bob = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: ssa, annotations: {owner: bob}}\nspec: {replicas: 5}\n";
+    s.ok_with(
+        KUBECTL,
+        &["apply", "--server-side", "--field-manager=bob", "-f", "-"],
+        Some(bob),
+    );
+
+    // Forced: alice takes replicas back from both, and the scaler's entry goes.
+    s.ok_with(
+        KUBECTL,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=alice",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        Some(dep),
+    );
+    let d = json_of(&s, &["get", "deploy", "ssa"]);
+    assert_eq!(d["spec"]["replicas"], 2);
+    let m = managers(&s);
+    assert!(!m.iter().any(|(n, _, _)| n == "kubectl"), "{m:?}");
+    let bob_fields = &m.iter().find(|(n, _, _)| n == "bob").unwrap().2;
+    assert!(bob_fields["f:spec"].get("f:replicas").is_none(), "{m:?}");
+    assert_eq!(
+        bob_fields["f:metadata"]["f:annotations"]["f:owner"],
+        json!({})
+    );
+
+    // A label dropped from alice's file goes; bob's annotation and set image's change stay.
+    s.ok(&["set", "image", "deploy/ssa", "web=nginx:2"]);
+    // (alice's file follows the image to nginx:2: the same value, so shared, no conflict.)
+    let dep2 = dep
+        .replace(", tier: front", "")
+        .replace("nginx:1", "nginx:2");
+    s.ok_with(KUBECTL, &alice, Some(&dep2));
+    let d = json_of(&s, &["get", "deploy", "ssa"]);
+    assert_eq!(d["metadata"]["labels"], json!({"app": "ssa"}), "{d}");
+    assert_eq!(d["metadata"]["annotations"]["owner"], "bob");
+    // A new image in alice's file conflicts with set image, which still co-owns the field.
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "nginx:2");
+    assert!(s
+        .fails(&alice, Some(&dep2.replace("nginx:2", "nginx:3")))
+        .contains("conflict with \"kubectl-set\" using apps/v1: .spec.template.spec.containers[name=\"web\"].image"));
+
+    // Bad options: force on a non-apply patch, apply without a manager.
+    let (code, body) = s.raw(
+        "PATCH",
+        "/apis/apps/v1/namespaces/default/deployments/ssa?force=true",
+        "application/merge-patch+json",
+        b"{}".to_vec(),
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("force: Forbidden: may not be specified for non-apply patch"));
+    let (code, body) = s.raw(
+        "PATCH",
+        "/apis/apps/v1/namespaces/default/deployments/ssa",
+        "application/apply-patch+yaml",
+        b"{apiVersion: apps/v1, kind: Deployment}".to_vec(),
+    );
+    assert_eq!(code, 400, "{body}");
+}
+
+#[test]
 fn bad_input_gets_the_real_servers_status_and_changes_nothing() {
     let s = Server::start(&[]);
     s.ok(&["create", "configmap", "keep", "--from-literal=a=b"]);

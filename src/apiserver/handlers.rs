@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 
+use super::fieldmanager;
 use super::registry::{self, ListOptions, Registry};
 use super::request::{Query, Target};
 use super::resources::{self, Resource};
@@ -239,9 +240,22 @@ impl Api {
         &self,
         t: &Target,
         q: &Query,
+        obj: Value,
+        user: &User,
+        warnings: &mut Vec<String>,
+    ) -> ApiResult<(StatusCode, Value)> {
+        self.create_as(t, q, obj, user, warnings, false).await
+    }
+
+    /// A create; `applied`: by a server-side apply, whose managedFields `obj` carries.
+    async fn create_as(
+        &self,
+        t: &Target,
+        q: &Query,
         mut obj: Value,
         user: &User,
         warnings: &mut Vec<String>,
+        applied: bool,
     ) -> ApiResult<(StatusCode, Value)> {
         let r = t.resource;
         check_kind(r, &obj, r.kind, &r.api_version())?;
@@ -318,7 +332,15 @@ impl Api {
         if let Some(st) = strategy::initial_status(r, &obj) {
             obj["status"] = st;
         }
-        managed_fields(&mut obj, q, "Update", None, r);
+        if !applied {
+            let manager = q.manager()?;
+            let w = fieldmanager::Writer {
+                manager: &manager,
+                apply: false,
+                subresource: None,
+            };
+            fieldmanager::update(r, None, &mut obj, &w);
+        }
         if let Some(ns) = &ns {
             self.namespace_open(ns).await?;
         }
@@ -493,6 +515,7 @@ impl Api {
         let r = t.resource;
         let ns = t.namespace.as_deref();
         let name = t.name.clone().unwrap_or_default();
+        let applied_fields = body["metadata"]["managedFields"].clone();
         let mut new = match t.sub.as_deref() {
             Some("status") => {
                 let mut n = old.clone();
@@ -557,7 +580,17 @@ impl Api {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
             new["metadata"]["generation"] = json!(g + 1);
         }
-        managed_fields(&mut new, q, operation, t.sub.as_deref(), r);
+        if operation == "Apply" {
+            new["metadata"]["managedFields"] = applied_fields;
+        } else {
+            let manager = q.manager()?;
+            let w = fieldmanager::Writer {
+                manager: &manager,
+                apply: false,
+                subresource: t.sub.as_deref(),
+            };
+            fieldmanager::update(r, Some(&old), &mut new, &w);
+        }
         let extra = self.allocate(r, &mut new, Some(&old)).await?;
         if q.dry_run()? {
             registry::stamp(r, &mut new, rev);
@@ -606,10 +639,29 @@ impl Api {
             _ => serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?,
         };
+        let force = q.flag("force")?;
+        if force && kind != patch::Kind::Apply {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch",
+            ));
+        }
+        // Server-side apply of an object or its status; the scale view patches as before.
+        let ssa = kind == patch::Kind::Apply && t.sub.as_deref() != Some("scale");
+        let manager = q.manager()?;
+        let applier = fieldmanager::Writer {
+            manager: &manager,
+            apply: true,
+            subresource: t.sub.as_deref(),
+        };
+        if ssa {
+            check_kind(r, &patch_doc, r.kind, &r.api_version())?;
+        }
         for _attempt in 0..8 {
             let Some((current, rev)) = self.reg.get_kv(r, ns, &name).await? else {
                 if kind == patch::Kind::Apply && t.sub.is_none() {
-                    let mut obj = patch_doc.clone();
+                    let mut obj = fieldmanager::apply(r, None, &patch_doc, &applier, force)?;
                     if obj["metadata"]["name"].is_null() {
                         obj["metadata"]["name"] = json!(name);
                     }
@@ -620,25 +672,20 @@ impl Api {
                     let mut q2 = q.clone();
                     q2.0.entry("fieldValidation".into())
                         .or_insert_with(|| "Strict".into());
-                    let (_, mut created) = self.create(&t2, &q2, obj, user, warnings).await?;
-                    if !q.dry_run()? {
-                        managed_fields(&mut created, q, "Apply", None, r);
-                    }
-                    return Ok((StatusCode::CREATED, created));
+                    return self.create_as(&t2, &q2, obj, user, warnings, true).await;
                 }
                 return Err(ApiError::not_found(r, &name));
             };
-            let view = shape(t, &current);
-            let patched = patch::apply(kind, &view, &patch_doc, r)?;
+            let patched = if ssa {
+                fieldmanager::apply(r, Some(&current), &patch_doc, &applier, force)?
+            } else {
+                patch::apply(kind, &shape(t, &current), &patch_doc, r)?
+            };
             let want_rv = meta_str(&patched, "resourceVersion").to_string();
             if !want_rv.is_empty() && want_rv != rev.to_string() {
                 return Err(ApiError::modified(r, &name));
             }
-            let op = if kind == patch::Kind::Apply {
-                "Apply"
-            } else {
-                "Update"
-            };
+            let op = if ssa { "Apply" } else { "Update" };
             match self.write(t, q, current, rev, patched, warnings, op).await {
                 Err(e) if e.reason == "Conflict" && want_rv.is_empty() => continue,
                 other => return other,
@@ -984,32 +1031,6 @@ fn immutable(r: &Resource, old: &Value, new: &Value) -> ApiResult<()> {
     }
 }
 
-/// Records the manager of a write in `managedFields` (operation, time, subresource).
-fn managed_fields(obj: &mut Value, q: &Query, op: &str, sub: Option<&str>, r: &Resource) {
-    let Some(manager) = q
-        .get("fieldManager")
-        .map(str::to_string)
-        .or_else(|| Some("unknown".into()))
-    else {
-        return;
-    };
-    let mut entries: Vec<Value> = obj["metadata"]["managedFields"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    entries.retain(|e| {
-        !(e["manager"] == manager.as_str()
-            && e["operation"] == op
-            && e["subresource"].as_str() == sub)
-    });
-    let mut e = json!({"manager": manager, "operation": op, "apiVersion": r.api_version(), "time": registry::now(), "fieldsType": "FieldsV1", "fieldsV1": {}});
-    if let Some(s) = sub {
-        e["subresource"] = json!(s);
-    }
-    entries.push(e);
-    obj["metadata"]["managedFields"] = json!(entries);
-}
-
 /// The object as the target shows it: itself, or its Scale.
 fn shape(t: &Target, obj: &Value) -> Value {
     match t.sub.as_deref() {
@@ -1299,12 +1320,17 @@ pub async fn serve(
     api: Arc<Api>,
     t: Target,
     method: Method,
-    q: Query,
+    mut q: Query,
     headers: HeaderMap,
     body: Bytes,
     user: User,
 ) -> Response {
     let started = std::time::Instant::now();
+    q.set_user_agent(
+        headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+    );
     let watching = method == Method::GET && (t.watch_prefix || q.flag("watch").unwrap_or(false));
     let verb = match (&method, t.name.is_some()) {
         _ if watching => "WATCH",

@@ -12,6 +12,7 @@
 pub mod alloc;
 pub mod bootstrap;
 pub mod discovery;
+pub mod fieldmanager;
 pub mod handlers;
 pub mod metrics;
 pub mod namespaces;

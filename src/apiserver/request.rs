@@ -94,6 +94,8 @@ pub fn path_segment(s: &str) -> ApiResult<()> {
 #[derive(Debug, Default, Clone)]
 pub struct Query(pub HashMap<String, String>);
 
+const USER_AGENT: &str = "\u{0}user-agent";
+
 impl Query {
     pub fn parse(q: Option<&str>) -> Query {
         let mut m = HashMap::new();
@@ -106,6 +108,44 @@ impl Query {
 
     pub fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// The manager a write is recorded under: `fieldManager`, or else the client's
+    /// User-Agent up to its first `/` (as the API server names `kubectl` or
+    /// `OpenAPI-Generator`), set by the server under a key no query string can keep.
+    pub fn manager(&self) -> ApiResult<String> {
+        match self.get("fieldManager") {
+            Some(m) if m.chars().count() > 128 => Err(ApiError::bad_request(
+                "fieldManager: Too long: may not be more than 128 bytes",
+            )),
+            Some(m) if m.chars().any(char::is_control) => Err(ApiError::bad_request(format!(
+                "fieldManager: Invalid value: {m:?}: invalid characters"
+            ))),
+            Some(m) => Ok(m.to_string()),
+            None => Ok(self
+                .0
+                .get(USER_AGENT)
+                .cloned()
+                .unwrap_or_else(|| "unknown".into())),
+        }
+    }
+
+    /// Records the client's User-Agent for [`Query::manager`].
+    pub fn set_user_agent(&mut self, ua: Option<&str>) {
+        let prefix: String = ua
+            .unwrap_or("")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(128)
+            .collect();
+        if prefix.is_empty() {
+            self.0.remove(USER_AGENT);
+        } else {
+            self.0.insert(USER_AGENT.into(), prefix);
+        }
     }
 
     /// A boolean as Go's `strconv.ParseBool` reads it (the Python client sends `True`).
