@@ -1021,6 +1021,35 @@ fn older_kubectls_and_helm_work_too() {
     assert!(s
         .fails(&["get", "rc", "redis-master"], None)
         .contains("not found"));
+    // The v2 OpenAPI in protobuf: explain, client-side validation, and apply's patch
+    // strategies (a port changed in a keyed list, not appended).
+    let ex = s.ok_with(KUBECTL_120, &["explain", "deployment.spec.strategy"], None);
+    assert!(ex.contains("RESOURCE: strategy <Object>"), "{ex}");
+    assert!(ex.contains("rollingUpdate\t<Object>"), "{ex}");
+    let ex = s.ok_with(KUBECTL_120, &["explain", "svc.spec.ports.targetPort"], None);
+    assert!(ex.contains("FIELD:    targetPort <string>"), "{ex}");
+    let dep = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: old}\nspec:\n  selector: {matchLabels: {app: old}}\n  template:\n    metadata: {labels: {app: old}}\n    spec:\n      containers:\n      - {name: web, image: nginx:1, ports: [{containerPort: 80}], resources: {limits: {cpu: 1}}}\n";
+    let o = s.run(
+        KUBECTL_120,
+        &["apply", "-f", "-"],
+        Some(&dep.replace("spec:\n  selector", "spec:\n  bogus: 1\n  selector")),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("unknown field \"bogus\" in io.k8s.api.apps.v1.DeploymentSpec"),
+        "{err}"
+    );
+    s.ok_with(KUBECTL_120, &["apply", "-f", "-"], Some(dep));
+    s.ok_with(
+        KUBECTL_120,
+        &["apply", "-f", "-"],
+        Some(&dep.replace("containerPort: 80", "containerPort: 81")),
+    );
+    let d = json_of(&s, &["get", "deploy", "old"]);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["ports"],
+        json!([{"containerPort": 81, "protocol": "TCP"}])
+    );
 
     // helm 4: install, upgrade, rollback, uninstall (server-side apply, protobuf Secrets).
     let chart = s.dir.path().join("chart");

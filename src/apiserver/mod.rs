@@ -232,7 +232,7 @@ async fn fallback(
         ["openapi", "v2"] => {
             return (
                 [(axum::http::header::CONTENT_TYPE, openapi::V2_PROTOBUF)],
-                Vec::<u8>::new(),
+                openapi::v2(),
             )
                 .into_response()
         }

@@ -172,14 +172,197 @@ pub fn group_version(key: &str) -> Option<&'static [u8]> {
     docs().by_gv.get(key).map(Vec::as_slice)
 }
 
-/// The Content-Type of `/openapi/v2` in protobuf. An empty document tells kubectl 1.20 (the
-/// only client still reading v2) that there is nothing to validate against client-side; the
-/// server validates every write itself.
+/// The Content-Type of `/openapi/v2` in protobuf.
 pub const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+/// `/openapi/v2`: the definitions as a gnostic `openapi.v2.Document` in protobuf, the form
+/// kubectl 1.20 (the one client still reading v2) asks for. It reads the models by their
+/// `x-kubernetes-group-version-kind` for `explain`, client-side validation and the patch
+/// strategies of `apply`; it never reads v2's paths, so the document has none. Encoded by
+/// hand from gnostic's `OpenAPIv2.proto` (field numbers below): the few messages needed do
+/// not justify a protobuf code generator in the build.
+pub fn v2() -> &'static [u8] {
+    static DOC: OnceLock<Vec<u8>> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut info = Vec::new();
+        pb::string(&mut info, 1, "Kubernetes");
+        pb::string(&mut info, 2, "v1.37.0");
+        let mut defs = Vec::new();
+        for (name, d) in schema::definitions() {
+            let mut named = Vec::new();
+            pb::string(&mut named, 1, name);
+            pb::message(&mut named, 2, &v2_schema(d));
+            pb::message(&mut defs, 1, &named);
+        }
+        let mut doc = Vec::new();
+        pb::string(&mut doc, 1, "2.0");
+        pb::message(&mut doc, 2, &info);
+        pb::message(&mut doc, 8, &[]);
+        pb::message(&mut doc, 9, &defs);
+        doc
+    })
+}
+
+/// One definition as an `openapi.v2.Schema`.
+fn v2_schema(s: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    let reference = s["$ref"].as_str().or_else(|| {
+        s["allOf"]
+            .as_array()?
+            .iter()
+            .find_map(|x| x["$ref"].as_str())
+    });
+    if let Some(r) = reference {
+        pb::string(&mut out, 1, &r.replace("#/$defs/", "#/definitions/"));
+    }
+    if let Some(f) = s["format"].as_str() {
+        pb::string(&mut out, 2, f);
+    }
+    if let Some(d) = s["description"].as_str() {
+        pb::string(&mut out, 4, d);
+    }
+    for r in s["required"].as_array().into_iter().flatten() {
+        if let Some(r) = r.as_str() {
+            pb::string(&mut out, 19, r);
+        }
+    }
+    if let Some(ap) = s.get("additionalProperties").filter(|a| a.is_object()) {
+        let mut item = Vec::new();
+        pb::message(&mut item, 1, &v2_schema(ap));
+        pb::message(&mut out, 21, &item);
+    }
+    let mut types: Vec<&str> = match &s["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    // IntOrString and Quantity are `oneOf` in the JSON schemas; v2 calls both strings,
+    // IntOrString with its own format (which v2 readers accept numbers for).
+    if let Some(alts) = s["oneOf"].as_array() {
+        types = vec!["string"];
+        if alts.iter().any(|a| {
+            a["type"]
+                .as_array()
+                .is_some_and(|t| t.contains(&json!("integer")))
+        }) {
+            pb::string(&mut out, 2, "int-or-string");
+        }
+    }
+    let mut type_item = Vec::new();
+    for t in types.into_iter().filter(|t| *t != "null") {
+        pb::string(&mut type_item, 1, t);
+    }
+    if !type_item.is_empty() {
+        pb::message(&mut out, 22, &type_item);
+    }
+    if let Some(items) = s.get("items").filter(|i| i.is_object()) {
+        let mut item = Vec::new();
+        pb::message(&mut item, 1, &v2_schema(items));
+        pb::message(&mut out, 23, &item);
+    }
+    if let Some(props) = s["properties"].as_object() {
+        let mut p = Vec::new();
+        for (name, ps) in props {
+            let mut named = Vec::new();
+            pb::string(&mut named, 1, name);
+            pb::message(&mut named, 2, &v2_schema(ps));
+            pb::message(&mut p, 1, &named);
+        }
+        pb::message(&mut out, 25, &p);
+    }
+    for (k, v) in s.as_object().into_iter().flatten() {
+        if k.starts_with("x-") {
+            // NamedAny { name, Any { yaml } }: JSON is YAML.
+            let mut any = Vec::new();
+            pb::string(&mut any, 2, &v.to_string());
+            let mut named = Vec::new();
+            pb::string(&mut named, 1, k);
+            pb::message(&mut named, 2, &any);
+            pb::message(&mut out, 31, &named);
+        }
+    }
+    out
+}
+
+/// Protobuf wire encoding: length-delimited fields only.
+mod pb {
+    fn varint(buf: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        buf.push(v as u8);
+    }
+
+    pub fn message(buf: &mut Vec<u8>, field: u32, body: &[u8]) {
+        varint(buf, (u64::from(field) << 3) | 2);
+        varint(buf, body.len() as u64);
+        buf.extend_from_slice(body);
+    }
+
+    pub fn string(buf: &mut Vec<u8>, field: u32, s: &str) {
+        message(buf, field, s.as_bytes());
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads a length-delimited field's occurrences (enough to check the encoding).
+    fn fields(mut b: &[u8], want: u32) -> Vec<&[u8]> {
+        fn varint(b: &mut &[u8]) -> u64 {
+            let mut v = 0u64;
+            for shift in (0..64).step_by(7) {
+                let byte = b[0];
+                *b = &b[1..];
+                v |= u64::from(byte & 0x7f) << shift;
+                if byte < 0x80 {
+                    break;
+                }
+            }
+            v
+        }
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let key = varint(&mut b);
+            assert_eq!(key & 7, 2, "only length-delimited fields");
+            let len = varint(&mut b) as usize;
+            if key >> 3 == u64::from(want) {
+                out.push(&b[..len]);
+            }
+            b = &b[len..];
+        }
+        out
+    }
+
+    #[test]
+    fn the_v2_document_carries_every_definition_with_its_extensions() {
+        let doc = v2();
+        assert_eq!(fields(doc, 1), [b"2.0".as_slice()]);
+        let defs = fields(fields(doc, 9)[0], 1);
+        assert_eq!(defs.len(), schema::definitions().len());
+        let dep = defs
+            .iter()
+            .find(|d| fields(d, 1)[0] == b"io.k8s.api.apps.v1.Deployment")
+            .expect("Deployment is there");
+        let body = fields(dep, 2)[0];
+        let ext = fields(body, 31);
+        let gvk = ext
+            .iter()
+            .find(|e| fields(e, 1)[0] == b"x-kubernetes-group-version-kind")
+            .expect("the GVK extension");
+        let yaml = std::str::from_utf8(fields(fields(gvk, 2)[0], 2)[0]).unwrap();
+        let v: Value = serde_json::from_str(yaml).unwrap();
+        assert_eq!(v[0]["kind"], "Deployment");
+        // spec refers to its definition, v2-style.
+        let props = fields(fields(body, 25)[0], 1);
+        let spec = props.iter().find(|p| fields(p, 1)[0] == b"spec").unwrap();
+        assert_eq!(
+            fields(fields(spec, 2)[0], 1)[0],
+            b"#/definitions/io.k8s.api.apps.v1.DeploymentSpec"
+        );
+    }
 
     #[test]
     fn every_group_version_document_names_its_kinds_on_patch() {
