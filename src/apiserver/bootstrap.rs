@@ -1,7 +1,8 @@
 //! What a new cluster has before anyone writes to it: the namespaces `default`,
 //! `kube-system`, `kube-public` and `kube-node-lease`, their `default` ServiceAccounts, and the
 //! `kubernetes` Service (the first address of the service CIDR, port 443) with the endpoints
-//! of this server. Created at every start when missing; never overwritten.
+//! of this server; the node join token (`<root>/server/node-token`) and its bootstrap token
+//! Secret. Created at every start when missing; never overwritten.
 
 use serde_json::{json, Value};
 
@@ -105,5 +106,14 @@ pub async fn ensure(api: &Api, cfg: &ServerConfig) -> Result<(), ServerError> {
                "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}),
     )
     .await?;
+    // The node join token, made once (deleting its Secret revokes it for good).
+    let dir = cfg.root.join("server");
+    if super::auth::node_token(&dir).is_none() {
+        let io = |e: std::io::Error| ServerError::Bootstrap(format!("node token: {e}"));
+        let token = super::auth::new_token().map_err(io)?;
+        let secret = super::auth::token_secret(&token).expect("a token of the right shape");
+        ensure_one(api, "secrets", "", Some("kube-system"), secret).await?;
+        super::auth::save_node_token(&dir, &token).map_err(io)?;
+    }
     Ok(())
 }

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 
+use super::auth;
 use super::fieldmanager;
 use super::registry::{self, ListOptions, Registry};
 use super::request::{Query, Target};
@@ -1082,8 +1083,34 @@ fn deleted_reply(r: &Resource, obj: &Value) -> Value {
 
 /// SelfSubjectAccessReview / SelfSubjectRulesReview / SelfSubjectReview, answered for the
 /// caller: admins (group system:masters) may do anything, others nothing yet.
+/// Whether `user` may make this request (403 with the upstream text if not).
+pub fn authorize(user: &User, t: &Target, method: &Method, q: &Query) -> ApiResult<()> {
+    let watching = *method == Method::GET && (t.watch_prefix || q.flag("watch").unwrap_or(false));
+    let named = t.name.is_some();
+    let verb = match *method {
+        _ if watching => "watch",
+        Method::GET | Method::HEAD if named => "get",
+        Method::GET | Method::HEAD => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if named => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "unknown",
+    };
+    let a = auth::Attributes {
+        verb,
+        group: t.resource.group,
+        resource: t.resource.plural,
+        subresource: t.sub.as_deref().unwrap_or(""),
+        namespace: t.namespace.as_deref().unwrap_or(""),
+        name: t.name.as_deref().unwrap_or(""),
+    };
+    auth::authorize(user, &a).map_err(ApiError::forbidden)
+}
+
 fn review(r: &Resource, mut body: Value, user: &User) -> Value {
-    let admin = user.groups.iter().any(|g| g == "system:masters");
+    let admin = user.groups.iter().any(|g| g == auth::MASTERS);
     body["kind"] = json!(r.kind);
     body["apiVersion"] = json!(r.api_version());
     if body["metadata"].is_null() {
@@ -1092,19 +1119,65 @@ fn review(r: &Resource, mut body: Value, user: &User) -> Value {
     body["metadata"]["creationTimestamp"] = json!(registry::now());
     match r.plural {
         "selfsubjectaccessreviews" => {
-            body["status"] = if admin {
-                json!({"allowed": true, "reason": "the user is in group system:masters"})
+            let ra = &body["spec"]["resourceAttributes"];
+            let field = |k: &str| ra[k].as_str().unwrap_or("").to_string();
+            let allowed = if admin {
+                Ok(())
+            } else if ra.is_object() {
+                let (verb, group, resource, sub, ns, name) = (
+                    field("verb"),
+                    field("group"),
+                    field("resource"),
+                    field("subresource"),
+                    field("namespace"),
+                    field("name"),
+                );
+                auth::authorize(
+                    user,
+                    &auth::Attributes {
+                        verb: &verb,
+                        group: &group,
+                        resource: &resource,
+                        subresource: &sub,
+                        namespace: &ns,
+                        name: &name,
+                    },
+                )
             } else {
-                json!({"allowed": false, "reason": "knode grants access to group system:masters only"})
+                // Non-resource URLs: discovery, OpenAPI and health are everyone's.
+                let path = body["spec"]["nonResourceAttributes"]["path"]
+                    .as_str()
+                    .unwrap_or("");
+                let open = [
+                    "/api", "/apis", "/openapi", "/version", "/healthz", "/livez", "/readyz",
+                ]
+                .iter()
+                .any(|p| path == *p || path.starts_with(&format!("{p}/")));
+                if open {
+                    Ok(())
+                } else {
+                    Err(String::new())
+                }
+            };
+            body["status"] = match allowed {
+                Ok(()) if admin => {
+                    json!({"allowed": true, "reason": "the user is in group system:masters"})
+                }
+                Ok(()) => {
+                    json!({"allowed": true, "reason": "knode's built-in rules for the user's groups"})
+                }
+                Err(_) => json!({"allowed": false}),
             };
         }
         "selfsubjectrulesreviews" => {
-            let rules = if admin {
-                json!([{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}])
+            let ns = body["spec"]["namespace"].as_str().unwrap_or("").to_string();
+            let rules = auth::resource_rules(user, &ns);
+            let non_resource = if admin {
+                json!([{"verbs": ["*"], "nonResourceURLs": ["*"]}])
             } else {
-                json!([])
+                json!([{"verbs": ["get"], "nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/openapi", "/openapi/*", "/version", "/healthz", "/livez", "/readyz"]}])
             };
-            body["status"] = json!({"resourceRules": rules, "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": false});
+            body["status"] = json!({"resourceRules": rules, "nonResourceRules": non_resource, "incomplete": false});
         }
         _ => {
             body["status"] = json!({"userInfo": {"username": user.name, "groups": user.groups}});

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alloc;
+pub mod auth;
 pub mod bootstrap;
 pub mod discovery;
 pub mod fieldmanager;
@@ -98,8 +99,9 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// The user a bearer token or a client certificate names (none: anonymous).
-fn authenticate(shared: &Shared, peer: &Peer, headers: &HeaderMap) -> Option<User> {
+/// The user a bearer token or a client certificate names (none: anonymous, or a token that
+/// names no one).
+async fn authenticate(shared: &Shared, peer: &Peer, headers: &HeaderMap) -> Option<User> {
     if let Some(t) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -108,10 +110,13 @@ fn authenticate(shared: &Shared, peer: &Peer, headers: &HeaderMap) -> Option<Use
         // Compared in constant time.
         let (a, b) = (t.trim().as_bytes(), shared.token.as_bytes());
         let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0;
-        return same.then(|| User {
-            name: "kubernetes-admin".into(),
-            groups: vec!["system:masters".into(), "system:authenticated".into()],
-        });
+        if same {
+            return Some(User {
+                name: "kubernetes-admin".into(),
+                groups: vec!["system:masters".into(), "system:authenticated".into()],
+            });
+        }
+        return auth::bootstrap_user(&shared.api.reg, t.trim()).await;
     }
     peer.0.clone()
 }
@@ -150,7 +155,7 @@ async fn fallback(
     Extension(peer): Extension<Peer>,
     req: axum::extract::Request,
 ) -> Response {
-    let Some(user) = authenticate(&shared, &peer, req.headers()) else {
+    let Some(user) = authenticate(&shared, &peer, req.headers()).await else {
         return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     };
     let (parts, body) = req.into_parts();
@@ -202,6 +207,16 @@ async fn fallback(
         ["api", "v1"] => return discovery::resource_list("", "v1").map_or_else(not_found, json),
         ["apis", g] => return discovery::api_group(g).map_or_else(not_found, json),
         ["apis", g, v] => return discovery::resource_list(g, v).map_or_else(not_found, json),
+        ["metrics"] if !user.groups.iter().any(|g| g == auth::MASTERS) => {
+            return status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!(
+                    "forbidden: User \"{}\" cannot get path \"/metrics\"",
+                    user.name
+                ),
+            );
+        }
         ["metrics"] => {
             return (
                 [(
@@ -242,6 +257,9 @@ async fn fallback(
     };
     match target {
         Ok((t, q)) => {
+            if let Err(e) = handlers::authorize(&user, &t, &parts.method, &q) {
+                return e.into_response();
+            }
             handlers::serve(
                 shared.api.clone(),
                 t,

@@ -232,6 +232,11 @@ pub fn admin_kubeconfig(pki: &Pki, server: &str) -> String {
     )
 }
 
+/// Writes a file only root may read, atomically.
+pub fn write_secret_file(path: &Path, text: &str) -> std::io::Result<()> {
+    write_private(path, text, 0o600).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
 /// Writes a kubeconfig (0600: it holds a key).
 pub fn write_kubeconfig(path: &Path, text: &str) -> Result<(), PkiError> {
     if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

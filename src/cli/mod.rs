@@ -152,6 +152,8 @@ enum Cmd {
     Server(server::ServerCmd),
     /// Print the API server's admin kubeconfig.
     Kubeconfig,
+    /// Print the node join token (a bootstrap token, `<id>.<secret>`) for `--token`.
+    Token,
     /// Run the demo: start a local registry (unless --registry), push the demo image built
     /// from busybox, pull it with knode and show it.
     Demo {
@@ -305,6 +307,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Run(a) => run::run(&cli.root, &cli.run_dir, a),
         Cmd::Server(a) => server::run(a, &cli.root),
         Cmd::Kubeconfig => server::kubeconfig(&cli.root),
+        Cmd::Token => server::token(&cli.root),
         Cmd::Demo { registry } => {
             let opts = client_options(&cli.registry)?;
             demo::run(&cli.root, &cli.run_dir, registry.as_deref(), opts)

@@ -64,6 +64,19 @@ pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Prints the node join token.
+pub fn token(root: &Path) -> Result<()> {
+    let dir = root.join("server");
+    let t = crate::apiserver::auth::node_token(&dir).with_context(|| {
+        format!(
+            "no node token in {} (has `knode server` run with this --root?)",
+            dir.display()
+        )
+    })?;
+    println!("{t}");
+    Ok(())
+}
+
 /// Prints the admin kubeconfig.
 pub fn kubeconfig(root: &Path) -> Result<()> {
     let p = root.join("server/admin.kubeconfig");
