@@ -209,9 +209,13 @@ fn tutorial_objects(s: &Server) {
         ["default", "kube-node-lease", "kube-public", "kube-system"]
     );
     assert!(rows[1..].iter().all(|r| r[1] == "Active"));
-    assert!(s
-        .ok(&["get", "endpoints", "kubernetes"])
-        .contains(&format!("127.0.0.1:{}", s.port)));
+    let o = s.run(KUBECTL, &["get", "endpoints", "kubernetes"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("127.0.0.1:{}", s.port)));
+    // The deprecation warning a 1.33+ server gives on v1 Endpoints.
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "Warning: v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice\n"
+    );
     let rows = table(&s.ok(&["get", "configmaps"]));
     assert_eq!(rows[0], ["NAME", "DATA", "AGE"]);
     assert_eq!(rows[1][0..2], ["mysql-config", "1"]);

@@ -288,6 +288,7 @@ impl Api {
             ));
         }
         let name = meta.get("name").and_then(Value::as_str).unwrap_or("");
+        let mut generated: Option<String> = None;
         if name.is_empty() {
             if let Some(base) = meta
                 .get("generateName")
@@ -299,6 +300,7 @@ impl Api {
                     "name".into(),
                     json!(format!("{base}{}", strategy::random_suffix(5))),
                 );
+                generated = Some(base);
             }
         }
         meta.insert("uid".into(), json!(strategy::new_uid()));
@@ -357,8 +359,28 @@ impl Api {
         if q.dry_run()? {
             return Ok((StatusCode::CREATED, obj));
         }
-        let created = self.reg.create(r, ns.as_deref(), obj, extra).await?;
-        Ok((StatusCode::CREATED, created))
+        // A generated name already taken is drawn again, up to 8 times in all (as the API
+        // server does since 1.32; 5 random characters collide once in a few thousand names).
+        let Some(base) = generated else {
+            let created = self.reg.create(r, ns.as_deref(), obj, extra).await?;
+            return Ok((StatusCode::CREATED, created));
+        };
+        let mut attempt = 1;
+        loop {
+            match self
+                .reg
+                .create(r, ns.as_deref(), obj.clone(), extra.clone())
+                .await
+            {
+                Err(e) if e.reason == "AlreadyExists" && attempt < 8 => {
+                    obj["metadata"]["name"] =
+                        json!(format!("{base}{}", strategy::random_suffix(5)));
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+                Ok(created) => return Ok((StatusCode::CREATED, created)),
+            }
+        }
     }
 
     /// pods/binding (and the `bindings` resource): sets the pod's node, once.
@@ -1431,7 +1453,16 @@ pub async fn serve(
         t.resource.plural,
         t.sub.clone().unwrap_or_default(),
     );
-    let resp = serve_inner(api, t, method, q, headers, body, user).await;
+    let mut resp = serve_inner(api, t, method, q, headers, body, user).await;
+    // As the real server warns on every request to a deprecated resource.
+    if group.is_empty() && resource == "endpoints" {
+        resp.headers_mut().append(
+            header::WARNING,
+            header::HeaderValue::from_static(
+                "299 - \"v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice\"",
+            ),
+        );
+    }
     metrics.request(
         verb,
         group,

@@ -775,11 +775,18 @@ async fn blocking<T: Send + 'static>(
 #[async_trait::async_trait]
 impl Store for Embedded {
     async fn revision(&self) -> Result<Revision, StoreError> {
-        let s = self.clone();
-        blocking(move || s.current().map(|r| r as i64)).await
+        // One key of a read transaction: read here (see `range`).
+        self.current().map(|r| r as i64)
     }
 
     async fn range(&self, r: RangeRequest) -> Result<RangeResponse, StoreError> {
+        // A single key is one B-tree lookup in pages the kernel almost always has cached:
+        // read here rather than hand it to a blocking thread and back (two context switches
+        // per read, a fifth of the server's time under 50 concurrent creates). Ranges may be
+        // long and go to a blocking thread.
+        if r.range.end.is_empty() {
+            return self.read_range(&r);
+        }
         let s = self.clone();
         blocking(move || s.read_range(&r)).await
     }
