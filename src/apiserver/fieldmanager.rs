@@ -294,7 +294,7 @@ fn compare(
     old: Option<&Value>,
     new: Option<&Value>,
     t: Ty,
-    path: &[String],
+    path: &mut Vec<String>,
     changed: &mut Set,
     removed: &mut Set,
 ) {
@@ -319,8 +319,7 @@ fn compare(
             keys.sort();
             keys.dedup();
             for k in keys {
-                let mut sub = path.to_vec();
-                sub.push(format!("f:{k}"));
+                path.push(format!("f:{k}"));
                 let (o, n) = (om.get(k), nm.get(k));
                 let child = field_ty(t, k);
                 // An empty object is a leaf of its own (to_set marks it too).
@@ -329,12 +328,13 @@ fn compare(
                 };
                 if o != n && (leafish(o) || leafish(n)) && !matches!(child, Ty::Leaf) {
                     if n.is_none() {
-                        removed.insert(&sub);
+                        removed.insert(path);
                     } else {
-                        changed.insert(&sub);
+                        changed.insert(path);
                     }
                 }
-                compare(o, n, child, &sub, changed, removed);
+                compare(o, n, child, path, changed, removed);
+                path.pop();
             }
         }
         Ty::List(items, kind)
@@ -348,14 +348,14 @@ fn compare(
             for pe in pes {
                 let o = oi.iter().find(|(p, _)| p == pe).map(|(_, v)| *v);
                 let n = ni.iter().find(|(p, _)| p == pe).map(|(_, v)| *v);
-                let mut sub = path.to_vec();
-                sub.push(pe.clone());
+                path.push(pe.clone());
                 if o.is_none() {
-                    changed.insert(&sub);
+                    changed.insert(path);
                 } else if n.is_none() {
-                    removed.insert(&sub);
+                    removed.insert(path);
                 }
-                compare(o, n, ty(Some(items)), &sub, changed, removed);
+                compare(o, n, ty(Some(items)), path, changed, removed);
+                path.pop();
             }
         }
         _ => {
@@ -504,44 +504,48 @@ fn write(obj: &mut Value, entries: Vec<Entry>) {
     }
 }
 
-/// The fields no manager owns: the server's own, and those of the other half of a
-/// resource with a status subresource.
-fn ignored(r: &Resource, sub: Option<&str>) -> Set {
-    let mut s = Set::default();
-    for f in ["apiVersion", "kind"] {
-        s.insert(&[format!("f:{f}")]);
-    }
-    for f in [
-        "name",
-        "namespace",
-        "creationTimestamp",
-        "selfLink",
-        "uid",
-        "generation",
-        "managedFields",
-        "resourceVersion",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-    ] {
-        s.insert(&["f:metadata".into(), format!("f:{f}")]);
-    }
-    if sub.is_none() && r.has_status() {
-        s.insert(&["f:status".into()]);
-    }
-    s
-}
-
-/// Keeps only what a write through `sub` may own.
-fn filter(set: Set, r: &Resource, sub: Option<&str>) -> Set {
-    let mut set = set.difference(&ignored(r, sub));
-    match sub {
-        Some("status") => {
-            set.children.retain(|k, _| k == "f:status");
+/// Keeps only what a write through `sub` may own: not the server's own fields, nor those of
+/// the other half of a resource with a status subresource.
+fn filter(mut set: Set, r: &Resource, sub: Option<&str>) -> Set {
+    set.children.remove("f:apiVersion");
+    set.children.remove("f:kind");
+    if let Some(m) = set.children.get_mut("f:metadata") {
+        m.member = false;
+        for f in [
+            "f:name",
+            "f:namespace",
+            "f:creationTimestamp",
+            "f:selfLink",
+            "f:uid",
+            "f:generation",
+            "f:managedFields",
+            "f:resourceVersion",
+            "f:deletionTimestamp",
+            "f:deletionGracePeriodSeconds",
+        ] {
+            m.children.remove(f);
         }
+    }
+    match sub {
+        None if r.has_status() => {
+            set.children.remove("f:status");
+        }
+        Some("status") => set.children.retain(|k, _| k == "f:status"),
         Some("scale") => {
-            let mut only = Set::default();
-            only.insert(&["f:spec".into(), "f:replicas".into()]);
-            set = set.intersection(&only);
+            let replicas = set
+                .children
+                .get_mut("f:spec")
+                .and_then(|s| s.children.remove("f:replicas"));
+            set = Set::default();
+            if let Some(r) = replicas {
+                set.children.insert(
+                    "f:spec".into(),
+                    Set {
+                        member: false,
+                        children: [("f:replicas".to_string(), r)].into(),
+                    },
+                );
+            }
         }
         _ => {}
     }
@@ -570,7 +574,7 @@ pub fn update(r: &Resource, old: Option<&Value>, new: &mut Value, w: &Writer) {
         Some(old.unwrap_or(&empty)),
         Some(new),
         root(r),
-        &[],
+        &mut Vec::new(),
         &mut changed,
         &mut removed,
     );
@@ -641,7 +645,7 @@ pub fn apply(
         Some(live),
         Some(&merged),
         t,
-        &[],
+        &mut Vec::new(),
         &mut changed,
         &mut removed,
     );

@@ -2,6 +2,7 @@
 //! strategic merge patches (patch strategies and merge keys), and later OpenAPI and
 //! `kubectl explain`. Decompressed and parsed once, on first use.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
@@ -24,6 +25,20 @@ pub fn definitions() -> &'static Map<String, Value> {
     })
 }
 
+/// The definitions by their `$ref` (`#/$defs/io.k8s...`) and by name, hashed: every write
+/// resolves references at each level of its object, and the sorted map's lookups (long
+/// names sharing their first 20 bytes) were a visible part of a create.
+fn index() -> &'static HashMap<&'static str, &'static Value> {
+    static INDEX: OnceLock<HashMap<&'static str, &'static Value>> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut m = HashMap::new();
+        for (k, v) in definitions() {
+            m.insert(k.as_str(), v);
+        }
+        m
+    })
+}
+
 /// The definition a schema refers to (through `$ref`, possibly inside `allOf`).
 pub fn resolve(s: &Value) -> Option<&'static Value> {
     let r = s["$ref"].as_str().or_else(|| {
@@ -32,12 +47,12 @@ pub fn resolve(s: &Value) -> Option<&'static Value> {
             .iter()
             .find_map(|x| x["$ref"].as_str())
     })?;
-    definitions().get(r.strip_prefix("#/$defs/")?)
+    index().get(r.strip_prefix("#/$defs/")?).copied()
 }
 
 /// A definition by name.
 pub fn get(name: &str) -> Option<&'static Value> {
-    definitions().get(name)
+    index().get(name).copied()
 }
 
 /// The schema of property `key` of an object schema (a definition, or a property that
