@@ -13,8 +13,10 @@ const RANKS: &[(&str, u32)] = &[
     ("api", 0),
     ("config", 1),
     ("store", 2),
+    ("client", 2),
     ("node", 3),
     ("apiserver", 3),
+    ("scheduler", 3),
     ("cli", 4),
 ];
 

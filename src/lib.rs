@@ -13,8 +13,10 @@
 pub mod api;
 pub mod apiserver;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod node;
+pub mod scheduler;
 pub mod store;
 
 #[cfg(test)]

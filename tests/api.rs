@@ -1174,7 +1174,8 @@ fn pods_delete_gracefully_and_namespaces_empty_before_they_go() {
 
 #[test]
 fn metrics_count_requests_and_store_calls() {
-    let s = Server::start(&[]);
+    // The API alone: exact counts and events, with no scheduler writing its own.
+    let s = Server::start(&["--disable-scheduler"]);
     s.ok(&["get", "pods"]);
     s.fails(&["get", "pods", "nosuch"], None);
     let m = s.ok(&["get", "--raw", "/metrics"]);
@@ -1451,7 +1452,8 @@ fn an_etcd_restart_under_a_watch_loses_no_event() {
 /// Events are one store seen through two groups; describe shows them; other output formats.
 #[test]
 fn events_describe_and_output_formats() {
-    let s = Server::start(&[]);
+    // The API alone: exact counts and events, with no scheduler writing its own.
+    let s = Server::start(&["--disable-scheduler"]);
     s.ok(&["run", "web", "--image=nginx"]);
     let uid = json_of(&s, &["get", "pod", "web"])["metadata"]["uid"]
         .as_str()

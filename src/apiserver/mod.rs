@@ -347,6 +347,14 @@ async fn compactor(store: Arc<dyn Store>, every: std::time::Duration) {
 
 /// Runs the API server until the process ends.
 pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
+    serve(cfg, None).await
+}
+
+/// Runs the API server; `ready` hears once it listens (its admin kubeconfig is written).
+pub async fn serve(
+    cfg: ServerConfig,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(), ServerError> {
     let dir = cfg.root.join("server");
     // The state is root's only: it holds the CA key, the admin token and every Secret.
     for d in [&cfg.root, &dir] {
@@ -421,6 +429,9 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
             source,
         })?;
     tracing::info!(listen = %cfg.listen, "API server ready");
+    if let Some(r) = ready {
+        let _ = r.send(());
+    }
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,

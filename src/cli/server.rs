@@ -29,6 +29,9 @@ pub struct ServerCmd {
     /// --etcd-compaction-interval; watches can resume within about this long); 0: never.
     #[arg(long = "etcd-compaction-interval", default_value_t = 300)]
     pub compaction_interval: u64,
+    /// Do not run the scheduler (pods stay unbound unless something else binds them).
+    #[arg(long)]
+    pub disable_scheduler: bool,
 }
 
 pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
@@ -60,7 +63,22 @@ pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the server's runtime")?;
-    rt.block_on(crate::apiserver::run(cfg))?;
+    let kubeconfig = root.join("server/admin.kubeconfig");
+    let scheduler = !a.disable_scheduler;
+    rt.block_on(async move {
+        let (ready, listening) = tokio::sync::oneshot::channel();
+        // The control loops reach the server as any client does, once it listens.
+        tokio::spawn(async move {
+            if listening.await.is_err() || !scheduler {
+                return;
+            }
+            match crate::client::from_kubeconfig(&kubeconfig).await {
+                Ok(client) => crate::scheduler::run(client).await,
+                Err(e) => tracing::error!(error = %e, "the scheduler cannot reach the server"),
+            }
+        });
+        crate::apiserver::serve(cfg, Some(ready)).await
+    })?;
     Ok(())
 }
 

@@ -1,0 +1,162 @@
+//! The scheduler's loop: pods and nodes watched into reflector caches, a scheduling pass after
+//! every change (and every 10 s, for pods that failed on a transient error), each decision
+//! applied through the client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::Client;
+use serde_json::json;
+
+use super::{event, node_states, pending, schedule, NAME};
+
+/// Runs until the client's server goes away for good (it retries with backoff meanwhile).
+pub async fn run(client: Client) {
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let w = wake.clone();
+    let node_watch = reflector(
+        node_writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    tokio::spawn(async move {
+        let mut s = std::pin::pin!(node_watch);
+        while s.next().await.is_some() {
+            w.notify_one();
+        }
+    });
+    let w = wake.clone();
+    let pod_watch = reflector(
+        pod_writer,
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    tokio::spawn(async move {
+        let mut s = std::pin::pin!(pod_watch);
+        while s.next().await.is_some() {
+            w.notify_one();
+        }
+    });
+    if nodes.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
+        return;
+    }
+    tracing::info!("scheduler started");
+    // The last FailedScheduling message per pod uid: an unchanged one is not repeated.
+    let mut told: HashMap<String, String> = HashMap::new();
+    loop {
+        pass(&client, &nodes.state(), pods.state(), &mut told).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), wake.notified()).await;
+    }
+}
+
+async fn pass(
+    client: &Client,
+    nodes: &[Arc<Node>],
+    mut all: Vec<Arc<Pod>>,
+    told: &mut HashMap<String, String>,
+) {
+    let mut waiting: Vec<Arc<Pod>> = all.iter().filter(|p| pending(p)).cloned().collect();
+    waiting.sort_by(|a, b| {
+        (&a.metadata.creation_timestamp, &a.metadata.name)
+            .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+    });
+    let live: std::collections::HashSet<&str> = all
+        .iter()
+        .filter_map(|p| p.metadata.uid.as_deref())
+        .collect();
+    told.retain(|uid, _| live.contains(uid.as_str()));
+    for pod in waiting {
+        let (Some(ns), Some(name), Some(uid)) = (
+            pod.metadata.namespace.clone(),
+            pod.metadata.name.clone(),
+            pod.metadata.uid.clone(),
+        ) else {
+            continue;
+        };
+        let states = node_states(nodes, &all);
+        match schedule(&pod, &states) {
+            Ok(node) => {
+                let binding = json!({
+                    "apiVersion": "v1", "kind": "Binding",
+                    "metadata": {"name": name, "namespace": ns, "uid": uid},
+                    "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+                });
+                let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                match api
+                    .create_subresource::<_, serde_json::Value>(
+                        "binding",
+                        &name,
+                        &PostParams::default(),
+                        &binding,
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::debug!(pod = %format!("{ns}/{name}"), %node, "bound");
+                        told.remove(&uid);
+                        // Counted on its node for the rest of this pass.
+                        let mut bound = (*pod).clone();
+                        if let Some(s) = bound.spec.as_mut() {
+                            s.node_name = Some(node.clone());
+                        }
+                        all.retain(|p| p.metadata.uid.as_deref() != Some(uid.as_str()));
+                        all.push(Arc::new(bound));
+                        emit(
+                            client,
+                            &pod,
+                            "Normal",
+                            "Scheduled",
+                            &format!("Successfully assigned {ns}/{name} to {node}"),
+                        )
+                        .await;
+                    }
+                    // Bound meanwhile, or gone: the next pass sees it.
+                    Err(e) => tracing::debug!(pod = %format!("{ns}/{name}"), error = %e, "binding"),
+                }
+            }
+            Err(message) => {
+                if told.get(&uid) == Some(&message) {
+                    continue;
+                }
+                let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                let now = crate::api::time::rfc3339(chrono::Utc::now());
+                let patch = json!({"status": {"conditions": [{
+                    "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "message": message, "lastProbeTime": null, "lastTransitionTime": now}]}});
+                let pp = PatchParams {
+                    field_manager: Some(NAME.into()),
+                    ..Default::default()
+                };
+                if let Err(e) = api
+                    .patch_status(&name, &pp, &Patch::Strategic(&patch))
+                    .await
+                {
+                    tracing::debug!(pod = %format!("{ns}/{name}"), error = %e, "pod status");
+                    continue;
+                }
+                emit(client, &pod, "Warning", "FailedScheduling", &message).await;
+                told.insert(uid, message);
+            }
+        }
+    }
+}
+
+async fn emit(client: &Client, pod: &Pod, kind: &str, reason: &str, message: &str) {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let Ok(ev) = serde_json::from_value::<Event>(event(pod, kind, reason, message)) else {
+        return;
+    };
+    let api: Api<Event> = Api::namespaced(client.clone(), &ns);
+    if let Err(e) = api.create(&PostParams::default(), &ev).await {
+        tracing::debug!(error = %e, "event");
+    }
+}
