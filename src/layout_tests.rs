@@ -17,6 +17,7 @@ const RANKS: &[(&str, u32)] = &[
     ("node", 3),
     ("apiserver", 3),
     ("scheduler", 3),
+    ("controllers", 3),
     ("cli", 4),
 ];
 

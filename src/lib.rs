@@ -15,6 +15,7 @@ pub mod apiserver;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod controllers;
 pub mod node;
 pub mod scheduler;
 pub mod store;

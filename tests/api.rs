@@ -9,7 +9,7 @@ use std::io::BufRead;
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
-use support::server::{Server, HELM, KUBECTL, KUBECTL_120, KUBECTL_135, PYTHON};
+use support::server::{Server, API_ONLY, HELM, KUBECTL, KUBECTL_120, KUBECTL_135, PYTHON};
 
 const TUTORIAL: &str = r#"
 apiVersion: v1
@@ -246,12 +246,12 @@ fn tutorial_objects(s: &Server) {
 
 #[test]
 fn the_tutorials_objects_work_on_the_embedded_store() {
-    tutorial_objects(&Server::start(&[]));
+    tutorial_objects(&Server::start(API_ONLY));
 }
 
 #[test]
 fn the_tutorials_objects_work_on_etcd() {
-    tutorial_objects(&Server::on_etcd());
+    tutorial_objects(&Server::on_etcd_with(API_ONLY));
 }
 
 #[test]
@@ -1174,8 +1174,8 @@ fn pods_delete_gracefully_and_namespaces_empty_before_they_go() {
 
 #[test]
 fn metrics_count_requests_and_store_calls() {
-    // The API alone: exact counts and events, with no scheduler writing its own.
-    let s = Server::start(&["--disable-scheduler"]);
+    // The API alone: exact counts and events, with no control loop writing its own.
+    let s = Server::start(API_ONLY);
     s.ok(&["get", "pods"]);
     s.fails(&["get", "pods", "nosuch"], None);
     let m = s.ok(&["get", "--raw", "/metrics"]);
@@ -1452,8 +1452,8 @@ fn an_etcd_restart_under_a_watch_loses_no_event() {
 /// Events are one store seen through two groups; describe shows them; other output formats.
 #[test]
 fn events_describe_and_output_formats() {
-    // The API alone: exact counts and events, with no scheduler writing its own.
-    let s = Server::start(&["--disable-scheduler"]);
+    // The API alone: exact counts and events, with no control loop writing its own.
+    let s = Server::start(API_ONLY);
     s.ok(&["run", "web", "--image=nginx"]);
     let uid = json_of(&s, &["get", "pod", "web"])["metadata"]["uid"]
         .as_str()
@@ -1640,7 +1640,7 @@ spec: {holderIdentity: me}
 /// Every kind from YAML: create, apply twice, its table header, delete -f.
 #[test]
 fn every_kind_round_trips_from_yaml_with_its_columns() {
-    let s = Server::start(&[]);
+    let s = Server::start(API_ONLY);
     let out = s.ok_with(KUBECTL, &["create", "-f", "-"], Some(EVERY_KIND));
     assert_eq!(out.lines().count(), 11, "{out}");
     let out = s.ok_with(KUBECTL, &["apply", "-f", "-"], Some(EVERY_KIND));

@@ -14,27 +14,6 @@ fn json_of(s: &Server, args: &[&str]) -> Value {
     serde_json::from_str(&s.ok(&a)).unwrap()
 }
 
-fn node(s: &Server, name: &str, cpu: &str) {
-    let yaml = format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{kubernetes.io/hostname: {name}}}}}\n");
-    s.ok_with(
-        support::server::KUBECTL,
-        &["create", "-f", "-"],
-        Some(&yaml),
-    );
-    let status = format!(
-        r#"{{"status": {{"allocatable": {{"cpu": "{cpu}", "memory": "2Gi", "pods": "110"}}, "capacity": {{"cpu": "{cpu}", "memory": "2Gi", "pods": "110"}}, "conditions": [{{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "ready"}}]}}}}"#
-    );
-    s.ok(&[
-        "patch",
-        "node",
-        name,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &status,
-    ]);
-}
-
 /// The messages of a pod's events with `reason`, oldest first, once there is one (a watch
 /// until the first arrives: events are written after the change they report).
 fn events(s: &Server, pod: &str, reason: &str) -> Vec<String> {
@@ -110,7 +89,7 @@ fn pods_wait_for_a_fitting_node_and_are_bound_to_it() {
     );
 
     // A node appears: the waiting pod is bound to it.
-    node(&s, "n1", "1");
+    s.fake_node("n1", "1");
     wait(&s, "first", "PodScheduled");
     assert_eq!(
         json_of(&s, &["get", "pod", "first"])["spec"]["nodeName"],
@@ -142,7 +121,7 @@ fn pods_wait_for_a_fitting_node_and_are_bound_to_it() {
         events(&s, "second", "FailedScheduling"),
         ["0/1 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."]
     );
-    node(&s, "n2", "4");
+    s.fake_node("n2", "4");
     wait(&s, "second", "PodScheduled");
     wait(&s, "big", "PodScheduled");
     assert_eq!(

@@ -32,6 +32,9 @@ pub struct ServerCmd {
     /// Do not run the scheduler (pods stay unbound unless something else binds them).
     #[arg(long)]
     pub disable_scheduler: bool,
+    /// Do not run the controllers (ReplicaSets and ReplicationControllers make no pods).
+    #[arg(long)]
+    pub disable_controllers: bool,
 }
 
 pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
@@ -64,17 +67,24 @@ pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
         .build()
         .context("starting the server's runtime")?;
     let kubeconfig = root.join("server/admin.kubeconfig");
-    let scheduler = !a.disable_scheduler;
+    let (scheduler, controllers) = (!a.disable_scheduler, !a.disable_controllers);
     rt.block_on(async move {
         let (ready, listening) = tokio::sync::oneshot::channel();
         // The control loops reach the server as any client does, once it listens.
         tokio::spawn(async move {
-            if listening.await.is_err() || !scheduler {
+            if listening.await.is_err() || !(scheduler || controllers) {
                 return;
             }
             match crate::client::from_kubeconfig(&kubeconfig).await {
-                Ok(client) => crate::scheduler::run(client).await,
-                Err(e) => tracing::error!(error = %e, "the scheduler cannot reach the server"),
+                Ok(client) => {
+                    if scheduler {
+                        tokio::spawn(crate::scheduler::run(client.clone()));
+                    }
+                    if controllers {
+                        tokio::spawn(crate::controllers::run(client));
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "the control loops cannot reach the server"),
             }
         });
         crate::apiserver::serve(cfg, Some(ready)).await

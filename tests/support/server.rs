@@ -13,6 +13,9 @@ pub const KUBECTL_120: &str = "/opt/knode-clients/bin/kubectl-1.20";
 pub const HELM: &str = "/opt/knode-clients/bin/helm";
 pub const PYTHON: &str = "/opt/knode-clients/bin/python3";
 
+/// `knode server` as the API alone: no scheduler or controllers writing beside a test that
+/// checks exact stored objects, tables, events or counts.
+pub const API_ONLY: &[&str] = &["--disable-scheduler", "--disable-controllers"];
 pub const KUBECTL: &str = "/opt/knode-clients/bin/kubectl";
 
 pub struct Server {
@@ -90,6 +93,25 @@ impl Server {
         }
     }
 
+    /// A Node object that reports Ready with `cpu` cores, 2 GiB and 110 pods (no agent
+    /// behind it: what the scheduler and controllers go by).
+    pub fn fake_node(&self, name: &str, cpu: &str) {
+        let yaml = format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{kubernetes.io/hostname: {name}}}}}\n");
+        self.ok_with(KUBECTL, &["create", "-f", "-"], Some(&yaml));
+        let status = format!(
+            r#"{{"status": {{"allocatable": {{"cpu": "{cpu}", "memory": "2Gi", "pods": "110"}}, "capacity": {{"cpu": "{cpu}", "memory": "2Gi", "pods": "110"}}, "conditions": [{{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "ready"}}]}}}}"#
+        );
+        self.ok(&[
+            "patch",
+            "node",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ]);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("https://127.0.0.1:{}{path}", self.port)
     }
@@ -130,11 +152,18 @@ impl Server {
 impl Server {
     /// A server on a fresh etcd (started for it, stopped with it).
     pub fn on_etcd() -> Server {
+        Server::on_etcd_with(&[])
+    }
+
+    pub fn on_etcd_with(extra: &[&str]) -> Server {
         let e = super::etcd::start_etcd();
         tokio::runtime::Runtime::new()
             .unwrap()
             .block_on(super::etcd::connect(&e));
-        let mut s = Server::start(&["--datastore-endpoint", &e.endpoint.clone()]);
+        let endpoint = e.endpoint.clone();
+        let mut args = vec!["--datastore-endpoint", endpoint.as_str()];
+        args.extend_from_slice(extra);
+        let mut s = Server::start(&args);
         s.etcd = Some(e);
         s
     }

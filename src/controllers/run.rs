@@ -1,0 +1,208 @@
+//! The loop of the ReplicaSet and ReplicationController controllers and the pod garbage
+//! collector: owners and pods watched into reflector caches, a pass after every change (and
+//! every 10 s), each owner's [`plan`] applied through the client.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::Client;
+
+use super::replicaset::{owned_by, plan, Kind, Owner};
+
+const MANAGER: &str = "replicaset-controller";
+/// How long a write the cache has not shown yet holds its owner's next pass.
+const EXPECTATION_TTL: Duration = Duration::from_secs(30);
+
+fn watch<K>(client: &Client, wake: Arc<tokio::sync::Notify>) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let stream = reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    tokio::spawn(async move {
+        let mut s = std::pin::pin!(stream);
+        while s.next().await.is_some() {
+            wake.notify_one();
+        }
+    });
+    store
+}
+
+/// Writes asked for and not yet seen, per owner uid.
+#[derive(Default)]
+struct Expectations {
+    creating: HashSet<String>,
+    deleting: HashSet<String>,
+    since: Option<Instant>,
+}
+
+/// Runs the controllers until the process ends (watches retry with backoff).
+pub async fn run(client: Client) {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let rs_store = watch::<ReplicaSet>(&client, wake.clone());
+    let rc_store = watch::<ReplicationController>(&client, wake.clone());
+    let pod_store = watch::<Pod>(&client, wake.clone());
+    for ready in [
+        rs_store.wait_until_ready().await.is_ok(),
+        rc_store.wait_until_ready().await.is_ok(),
+        pod_store.wait_until_ready().await.is_ok(),
+    ] {
+        if !ready {
+            return;
+        }
+    }
+    tracing::info!("replicaset and replicationcontroller controllers started");
+    let mut expect: HashMap<String, Expectations> = HashMap::new();
+    loop {
+        let owners: Vec<Owner> = rs_store
+            .state()
+            .iter()
+            .filter_map(|r| Owner::from_replica_set(r))
+            .chain(
+                rc_store
+                    .state()
+                    .iter()
+                    .filter_map(|r| Owner::from_replication_controller(r)),
+            )
+            .collect();
+        let pods = pod_store.state();
+        pass(&client, &owners, &pods, &mut expect).await;
+        collect_garbage(&client, &owners, &pods).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), wake.notified()).await;
+    }
+}
+
+async fn pass(
+    client: &Client,
+    owners: &[Owner],
+    pods: &[Arc<Pod>],
+    expect: &mut HashMap<String, Expectations>,
+) {
+    let live: HashSet<&str> = owners.iter().map(|o| o.uid.as_str()).collect();
+    expect.retain(|uid, _| live.contains(uid.as_str()));
+    let now = chrono::Utc::now();
+    for o in owners {
+        let owned: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(o.namespace.as_str()))
+            .filter(|p| owned_by(p, &o.uid))
+            .map(|p| p.as_ref())
+            .collect();
+        if let Some(e) = expect.get_mut(&o.uid) {
+            let seen: HashSet<&str> = owned
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| p.metadata.name.as_deref())
+                .collect();
+            e.creating.retain(|n| !seen.contains(n.as_str()));
+            e.deleting.retain(|n| seen.contains(n.as_str()));
+            let stale = e.since.is_some_and(|t| t.elapsed() > EXPECTATION_TTL);
+            if (!e.creating.is_empty() || !e.deleting.is_empty()) && !stale {
+                continue;
+            }
+            expect.remove(&o.uid);
+        }
+        let p = plan(o, &owned, now);
+        let api: Api<Pod> = Api::namespaced(client.clone(), &o.namespace);
+        let mut e = Expectations {
+            since: Some(Instant::now()),
+            ..Default::default()
+        };
+        for body in &p.create {
+            let Ok(pod) = serde_json::from_value::<Pod>(body.clone()) else {
+                continue;
+            };
+            match api.create(&PostParams::default(), &pod).await {
+                Ok(made) => {
+                    if let Some(n) = made.metadata.name {
+                        e.creating.insert(n);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(owner = %format!("{}/{}", o.namespace, o.name), error = %err, "creating a pod");
+                    break;
+                }
+            }
+        }
+        for name in &p.delete {
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {
+                    e.deleting.insert(name.clone());
+                }
+                Err(err) => tracing::debug!(pod = %name, error = %err, "deleting a pod"),
+            }
+        }
+        if !e.creating.is_empty() || !e.deleting.is_empty() {
+            expect.insert(o.uid.clone(), e);
+        }
+        if let Some(status) = p.status {
+            let patch = serde_json::json!({ "status": status });
+            let pp = PatchParams {
+                field_manager: Some(MANAGER.into()),
+                ..Default::default()
+            };
+            let res = match o.kind {
+                Kind::ReplicaSet => Api::<ReplicaSet>::namespaced(client.clone(), &o.namespace)
+                    .patch_status(&o.name, &pp, &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ()),
+                Kind::ReplicationController => {
+                    Api::<ReplicationController>::namespaced(client.clone(), &o.namespace)
+                        .patch_status(&o.name, &pp, &Patch::Merge(&patch))
+                        .await
+                        .map(|_| ())
+                }
+            };
+            if let Err(err) = res {
+                tracing::debug!(owner = %o.name, error = %err, "status");
+            }
+        }
+    }
+}
+
+/// Pods whose controlling ReplicaSet or ReplicationController is gone go too (the garbage
+/// collector's background propagation; an orphaning delete has already taken the pods'
+/// ownerReferences away).
+async fn collect_garbage(client: &Client, owners: &[Owner], pods: &[Arc<Pod>]) {
+    let live: HashSet<&str> = owners.iter().map(|o| o.uid.as_str()).collect();
+    for p in pods {
+        if p.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let gone = p.metadata.owner_references.iter().flatten().any(|r| {
+            r.controller == Some(true)
+                && matches!(r.kind.as_str(), "ReplicaSet" | "ReplicationController")
+                && !live.contains(r.uid.as_str())
+        });
+        let (Some(ns), Some(name)) = (&p.metadata.namespace, &p.metadata.name) else {
+            continue;
+        };
+        if gone {
+            let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+            let dp = DeleteParams {
+                propagation_policy: Some(PropagationPolicy::Background),
+                ..Default::default()
+            };
+            if let Err(e) = api.delete(name, &dp).await {
+                tracing::debug!(pod = %name, error = %e, "collecting a pod");
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The controllers in `knode server`, driven by the real kubectl 1.37: ReplicationControllers
+//! (the guestbook's) and ReplicaSets keep their pod counts, their status columns follow, and
+//! their pods go with them. Nodes here are API objects only (no agent), so pods are bound but
+//! never run: READY stays 0.
+
+mod support;
+
+use serde_json::Value;
+use support::server::{Server, KUBECTL};
+
+fn json_of(s: &Server, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&s.ok(&a)).unwrap()
+}
+
+/// Waits (a watch, in kubectl) until `jsonpath` of `what` has `value`.
+fn wait_for(s: &Server, what: &str, jsonpath: &str, value: &str) {
+    s.ok(&[
+        "wait",
+        what,
+        &format!("--for=jsonpath={{{jsonpath}}}={value}"),
+        "--timeout=60s",
+    ]);
+}
+
+/// The names of the live (not terminating) pods with `selector`.
+fn live_pods(s: &Server, selector: &str) -> Vec<String> {
+    json_of(s, &["get", "pods", "-l", selector])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const REDIS_MASTER: &str = "apiVersion: v1
+kind: ReplicationController
+metadata:
+  name: redis-master
+  labels: {name: redis-master}
+spec:
+  replicas: 1
+  selector: {name: redis-master}
+  template:
+    metadata:
+      labels: {name: redis-master}
+    spec:
+      containers:
+      - name: master
+        image: redis
+        ports: [{containerPort: 6379}]
+";
+
+#[test]
+fn replication_controllers_keep_their_pods_as_the_guestbook_scales_them() {
+    let s = Server::start(&[]);
+    s.fake_node("n1", "4");
+    s.ok_with(KUBECTL, &["create", "-f", "-"], Some(REDIS_MASTER));
+    wait_for(&s, "rc/redis-master", ".status.replicas", "1");
+    let pods = json_of(&s, &["get", "pods", "-l", "name=redis-master"]);
+    let pod = &pods["items"][0];
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    assert!(
+        name.starts_with("redis-master-") && name.len() == "redis-master-".len() + 5,
+        "{name}"
+    );
+    let owner = &pod["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "ReplicationController");
+    assert_eq!(owner["name"], "redis-master");
+    assert_eq!(owner["controller"], true);
+    assert_eq!(pod["spec"]["containers"][0]["image"], "redis");
+    // The scheduler binds it to the node.
+    s.ok(&[
+        "wait",
+        &format!("pod/{name}"),
+        "--for=condition=PodScheduled",
+        "--timeout=60s",
+    ]);
+    let rows = s.ok(&["get", "rc", "redis-master"]);
+    let row: Vec<&str> = rows.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..4], ["redis-master", "1", "1", "0"], "{rows}");
+
+    // `kubectl scale rc`: two more.
+    s.ok(&["scale", "rc", "redis-master", "--replicas=3"]);
+    wait_for(&s, "rc/redis-master", ".status.replicas", "3");
+    assert_eq!(live_pods(&s, "name=redis-master").len(), 3);
+
+    // A pod removed is replaced.
+    let before = live_pods(&s, "name=redis-master");
+    s.ok(&["delete", "pod", &before[0], "--force", "--grace-period=0"]);
+    wait_for(&s, "rc/redis-master", ".status.replicas", "3");
+    let after = live_pods(&s, "name=redis-master");
+    assert_eq!(after.len(), 3);
+    assert!(!after.contains(&before[0]), "{after:?}");
+
+    // Down to one: two go (they wait for their node to stop them: no agent here).
+    s.ok(&["scale", "rc", "redis-master", "--replicas=1"]);
+    wait_for(&s, "rc/redis-master", ".status.replicas", "1");
+    assert_eq!(live_pods(&s, "name=redis-master").len(), 1);
+    let rc = json_of(&s, &["get", "rc", "redis-master"]);
+    assert_eq!(
+        rc["status"]["observedGeneration"],
+        rc["metadata"]["generation"]
+    );
+}
+
+#[test]
+fn replica_sets_make_and_take_their_pods_and_the_collector_follows_the_owner() {
+    let s = Server::start(&[]);
+    // No node: the pods stay unscheduled, so deleting them is immediate.
+    let rs = "apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: front}
+spec:
+  replicas: 2
+  selector: {matchLabels: {tier: front}}
+  template:
+    metadata: {labels: {tier: front}}
+    spec:
+      containers: [{name: php, image: php}]
+";
+    s.ok_with(KUBECTL, &["create", "-f", "-"], Some(rs));
+    wait_for(&s, "rs/front", ".status.replicas", "2");
+    assert_eq!(live_pods(&s, "tier=front").len(), 2);
+    let rows = s.ok(&["get", "rs", "front"]);
+    let row: Vec<&str> = rows.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..4], ["front", "2", "2", "0"], "{rows}");
+    // A pod of someone else with the same labels is not counted nor touched.
+    s.ok(&[
+        "run",
+        "stray",
+        "--image=php",
+        "--labels=tier=front,run=stray",
+    ]);
+    s.ok(&["scale", "rs", "front", "--replicas=1"]);
+    wait_for(&s, "rs/front", ".status.replicas", "1");
+    let left = live_pods(&s, "tier=front");
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&"stray".to_string()));
+    // Deleting the owner takes its pods (background propagation), not the stray one.
+    s.ok(&["delete", "rs", "front"]);
+    s.ok(&[
+        "wait",
+        "--for=delete",
+        "pod",
+        "-l",
+        "tier=front,!run",
+        "--timeout=60s",
+    ]);
+    assert_eq!(live_pods(&s, "tier=front"), ["stray"]);
+}
