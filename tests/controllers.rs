@@ -104,6 +104,20 @@ fn replication_controllers_keep_their_pods_as_the_guestbook_scales_them() {
         rc["status"]["observedGeneration"],
         rc["metadata"]["generation"]
     );
+
+    // --cascade=orphan: the RC goes, its pod stays, no longer owned.
+    let kept = live_pods(&s, "name=redis-master");
+    s.ok(&["delete", "rc", "redis-master", "--cascade=orphan"]);
+    // Another RC's pod appearing shows the controllers have run since the delete.
+    s.ok_with(
+        KUBECTL,
+        &["create", "-f", "-"],
+        Some(&REDIS_MASTER.replace("redis-master", "redis-slave")),
+    );
+    wait_for(&s, "rc/redis-slave", ".status.replicas", "1");
+    assert_eq!(live_pods(&s, "name=redis-master"), kept);
+    let pod = json_of(&s, &["get", "pod", &kept[0]]);
+    assert!(pod["metadata"].get("ownerReferences").is_none(), "{pod}");
 }
 
 #[test]

@@ -439,6 +439,62 @@ impl Api {
         Ok((StatusCode::CREATED, success_status(None)))
     }
 
+    /// Removes references to the owner `uid` from the objects that can depend on one
+    /// (pods, ReplicaSets, ControllerRevisions) in namespace `ns`.
+    async fn orphan_dependents(&self, ns: Option<&str>, uid: &str) -> ApiResult<()> {
+        let Some(ns) = ns else { return Ok(()) };
+        for (group, plural) in [
+            ("", "pods"),
+            ("apps", "replicasets"),
+            ("apps", "controllerrevisions"),
+        ] {
+            let dr = resources::find(group, "v1", plural).expect("a served resource");
+            let list = self.reg.list(dr, Some(ns), &ListOptions::default()).await?;
+            for mut item in list.items {
+                let Some(refs) = item["metadata"]["ownerReferences"].as_array() else {
+                    continue;
+                };
+                if !refs.iter().any(|o| o["uid"] == uid) {
+                    continue;
+                }
+                let kept: Vec<Value> = refs.iter().filter(|o| o["uid"] != uid).cloned().collect();
+                let rev: i64 = meta_str(&item, "resourceVersion").parse().unwrap_or(0);
+                if kept.is_empty() {
+                    if let Some(m) = item["metadata"].as_object_mut() {
+                        m.remove("ownerReferences");
+                    }
+                } else {
+                    item["metadata"]["ownerReferences"] = json!(kept);
+                }
+                let name = meta_str(&item, "name").to_string();
+                // A concurrent change is re-read once; the owner's deletion waits for it.
+                if let Err(e) = self
+                    .reg
+                    .update(dr, Some(ns), item, rev, Default::default())
+                    .await
+                {
+                    if e.reason != "Conflict" {
+                        return Err(e);
+                    }
+                    if let Some((mut cur, rev)) = self.reg.get_kv(dr, Some(ns), &name).await? {
+                        let kept: Vec<Value> = cur["metadata"]["ownerReferences"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter(|o| o["uid"] != uid)
+                            .cloned()
+                            .collect();
+                        cur["metadata"]["ownerReferences"] = json!(kept);
+                        self.reg
+                            .update(dr, Some(ns), cur, rev, Default::default())
+                            .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// POST to a subresource of an object: binding, eviction; the streaming ones wait for
     /// the node agent.
     pub async fn create_sub(
@@ -772,6 +828,16 @@ impl Api {
                 if rv != rev.to_string() {
                     return Err(ApiError::conflict(r, &name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {rev}")));
                 }
+            }
+            // Orphaning: the dependents lose their reference to this owner before it goes
+            // (the garbage collector's orphan finalizer, done here at once). Core v1
+            // ReplicationControllers orphan by default, as upstream's strategy says.
+            let orphan = policy == "Orphan"
+                || (policy.is_empty()
+                    && (opts["orphanDependents"] == true
+                        || (r.plural == "replicationcontrollers" && r.group.is_empty())));
+            if orphan && !dry {
+                self.orphan_dependents(ns, meta_str(&obj, "uid")).await?;
             }
             let is_pod = r.plural == "pods" && r.group.is_empty();
             let grace = if is_pod {
