@@ -521,7 +521,8 @@ fn apply_patch_label_annotate_and_edit() {
 
 #[test]
 fn server_side_apply_owns_fields_conflicts_and_forces() {
-    let s = Server::start(&[]);
+    // Exact manager lists: no controller writing its own.
+    let s = Server::start(API_ONLY);
     let dep = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: ssa, labels: {app: ssa, tier: front}}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: ssa}}\n  template:\n    metadata: {labels: {app: ssa}}\n    spec:\n      containers:\n      - {name: web, image: nginx:1, ports: [{containerPort: 80}]}\n";
     let alice = ["apply", "--server-side", "--field-manager=alice", "-f", "-"];
     assert_eq!(

@@ -165,3 +165,197 @@ spec:
     ]);
     assert_eq!(live_pods(&s, "tier=front"), ["stray"]);
 }
+
+/// Stands in for the node agent (issue 16's next step): every pod bound to a node is marked
+/// Running and Ready, and every pod being deleted is removed, as soon as a watch shows it.
+fn fake_kubelet(s: &Server) -> std::thread::JoinHandle<()> {
+    use std::io::BufRead;
+    let token = s.token();
+    let client = reqwest::blocking::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(
+                &std::fs::read(s.root().join("server/tls/ca.crt")).unwrap(),
+            )
+            .unwrap(),
+        )
+        .timeout(None)
+        .build()
+        .unwrap();
+    let base = s.url("");
+    std::thread::spawn(move || {
+        let Ok(resp) = client
+            .get(format!(
+                "{base}/api/v1/namespaces/default/pods?watch=1&timeoutSeconds=300"
+            ))
+            .bearer_auth(&token)
+            .send()
+        else {
+            return;
+        };
+        for line in std::io::BufReader::new(resp).lines() {
+            let Ok(line) = line else { return };
+            let Ok(ev) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let pod = &ev["object"];
+            let name = pod["metadata"]["name"].as_str().unwrap_or("");
+            let path = format!("{base}/api/v1/namespaces/default/pods/{name}");
+            if !pod["metadata"]["deletionTimestamp"].is_null() {
+                let _ = client
+                    .delete(&path)
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({"gracePeriodSeconds": 0}))
+                    .send();
+                continue;
+            }
+            let ready = pod["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            if ev["type"] == "DELETED" || pod["spec"]["nodeName"].is_null() || ready {
+                continue;
+            }
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let patch = serde_json::json!({"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": now}]}});
+            let _ = client
+                .patch(format!("{path}/status"))
+                .bearer_auth(&token)
+                .header("Content-Type", "application/strategic-merge-patch+json")
+                .body(patch.to_string())
+                .send();
+        }
+    })
+}
+
+fn images(s: &Server, selector: &str) -> Vec<String> {
+    let mut v: Vec<String> = json_of(s, &["get", "pods", "-l", selector])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+        .map(|p| {
+            p["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn deployments_scale_roll_out_and_roll_back_as_the_bootcamp_does() {
+    let s = Server::start(&[]);
+    s.fake_node("n1", "8");
+    let _kubelet = fake_kubelet(&s);
+    let app = "app=kubernetes-bootcamp";
+    s.ok(&[
+        "create",
+        "deployment",
+        "kubernetes-bootcamp",
+        "--image=gcr.io/google-samples/kubernetes-bootcamp:v1",
+    ]);
+    let status = s.ok(&[
+        "rollout",
+        "status",
+        "deployment/kubernetes-bootcamp",
+        "--timeout=60s",
+    ]);
+    assert!(
+        status.ends_with("deployment \"kubernetes-bootcamp\" successfully rolled out\n"),
+        "{status}"
+    );
+    // The ReplicaSet: <deployment>-<hash>, the hash in its selector and its pods' names.
+    let rs = json_of(&s, &["get", "rs", "-l", app]);
+    let rs1 = rs["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hash = rs["items"][0]["spec"]["selector"]["matchLabels"]["pod-template-hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(rs1, format!("kubernetes-bootcamp-{hash}"));
+    assert_eq!(
+        rs["items"][0]["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "1"
+    );
+    assert!(live_pods(&s, app)[0].starts_with(&format!("{rs1}-")));
+
+    s.ok(&["scale", "deployments/kubernetes-bootcamp", "--replicas=4"]);
+    s.ok(&[
+        "rollout",
+        "status",
+        "deployment/kubernetes-bootcamp",
+        "--timeout=60s",
+    ]);
+    let rows = s.ok(&["get", "deployments"]);
+    let row: Vec<&str> = rows.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..4], ["kubernetes-bootcamp", "4/4", "4", "4"], "{rows}");
+
+    // set image: a second ReplicaSet takes over.
+    let out = s.ok(&[
+        "set",
+        "image",
+        "deployments/kubernetes-bootcamp",
+        "kubernetes-bootcamp=jocatalin/kubernetes-bootcamp:v2",
+    ]);
+    assert_eq!(out, "deployment.apps/kubernetes-bootcamp image updated\n");
+    s.ok(&[
+        "rollout",
+        "status",
+        "deployment/kubernetes-bootcamp",
+        "--timeout=60s",
+    ]);
+    assert_eq!(images(&s, app), vec!["jocatalin/kubernetes-bootcamp:v2"; 4]);
+    let history = s.ok(&["rollout", "history", "deployment/kubernetes-bootcamp"]);
+    assert!(
+        history.contains("\n1         <none>\n2         <none>\n"),
+        "{history}"
+    );
+
+    // rollout undo: the first ReplicaSet again, with revision 3.
+    let out = s.ok(&["rollout", "undo", "deployments/kubernetes-bootcamp"]);
+    assert_eq!(out, "deployment.apps/kubernetes-bootcamp rolled back\n");
+    s.ok(&[
+        "rollout",
+        "status",
+        "deployment/kubernetes-bootcamp",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        images(&s, app),
+        vec!["gcr.io/google-samples/kubernetes-bootcamp:v1"; 4]
+    );
+    let again = json_of(&s, &["get", "rs", &rs1]);
+    assert_eq!(
+        again["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "3"
+    );
+    assert_eq!(again["spec"]["replicas"], 4);
+    assert_eq!(
+        json_of(&s, &["get", "rs", "-l", app])["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let d = json_of(&s, &["get", "deploy", "kubernetes-bootcamp"]);
+    assert_eq!(
+        d["status"]["observedGeneration"],
+        d["metadata"]["generation"]
+    );
+    assert_eq!(
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "3"
+    );
+
+    // Deleting the Deployment takes its ReplicaSets and their pods.
+    s.ok(&["delete", "deployment", "kubernetes-bootcamp"]);
+    s.ok(&["wait", "--for=delete", "rs", "-l", app, "--timeout=60s"]);
+    s.ok(&["wait", "--for=delete", "pods", "-l", app, "--timeout=60s"]);
+}

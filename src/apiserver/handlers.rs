@@ -765,8 +765,14 @@ impl Api {
                 return Err(ApiError::modified(r, &name));
             }
             let op = if ssa { "Apply" } else { "Update" };
+            // A patch that names a resourceVersion is a precondition; any other is applied
+            // again to the object as it is now when a write raced it (as upstream retries).
+            let precondition = match &patch_doc {
+                Value::Array(ops) => ops.iter().any(|o| o["path"] == "/metadata/resourceVersion"),
+                doc => !doc["metadata"]["resourceVersion"].is_null(),
+            };
             match self.write(t, q, current, rev, patched, warnings, op).await {
-                Err(e) if e.reason == "Conflict" && want_rv.is_empty() => continue,
+                Err(e) if e.reason == "Conflict" && !precondition => continue,
                 other => return other,
             }
         }

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod deployment;
 pub mod replicaset;
 mod run;
 

@@ -247,10 +247,14 @@ pub fn plan(o: &Owner, owned: &[&Pod], now: chrono::DateTime<chrono::Utc>) -> Pl
         "availableReplicas": counted.iter().filter(|x| available(x, o.min_ready_seconds, now)).count(),
         "observedGeneration": o.generation,
     });
-    // Zero counts are left out, as Go's omitempty does; the stored status has them so.
+    // Zero counts are left out, as Go's omitempty stores them: null in the merge patch.
     let mut status = status;
     if let Some(m) = status.as_object_mut() {
-        m.retain(|k, v| k == "replicas" || v != &json!(0));
+        for (k, v) in m.iter_mut() {
+            if k != "replicas" && v == &json!(0) {
+                *v = Value::Null;
+            }
+        }
     }
     let same = [
         "replicas",

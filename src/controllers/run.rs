@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::Client;
 
+use super::deployment::{self, Rs, Write};
 use super::replicaset::{owned_by, plan, Kind, Owner};
 
 const MANAGER: &str = "replicaset-controller";
@@ -59,7 +60,9 @@ pub async fn run(client: Client) {
     let rs_store = watch::<ReplicaSet>(&client, wake.clone());
     let rc_store = watch::<ReplicationController>(&client, wake.clone());
     let pod_store = watch::<Pod>(&client, wake.clone());
+    let dep_store = watch::<Deployment>(&client, wake.clone());
     for ready in [
+        dep_store.wait_until_ready().await.is_ok(),
         rs_store.wait_until_ready().await.is_ok(),
         rc_store.wait_until_ready().await.is_ok(),
         pod_store.wait_until_ready().await.is_ok(),
@@ -83,8 +86,12 @@ pub async fn run(client: Client) {
             )
             .collect();
         let pods = pod_store.state();
+        let deployments = dep_store.state();
+        let replica_sets = rs_store.state();
+        deployments_pass(&client, &deployments, &replica_sets).await;
         pass(&client, &owners, &pods, &mut expect).await;
         collect_garbage(&client, &owners, &pods).await;
+        collect_replica_sets(&client, &deployments, &replica_sets).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), wake.notified()).await;
     }
 }
@@ -202,6 +209,109 @@ async fn collect_garbage(client: &Client, owners: &[Owner], pods: &[Arc<Pod>]) {
             };
             if let Err(e) = api.delete(name, &dp).await {
                 tracing::debug!(pod = %name, error = %e, "collecting a pod");
+            }
+        }
+    }
+}
+
+fn controlled_by(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    uid: &str,
+) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+/// Each Deployment's plan, applied.
+async fn deployments_pass(
+    client: &Client,
+    deployments: &[Arc<Deployment>],
+    rss: &[Arc<ReplicaSet>],
+) {
+    for d in deployments {
+        let (Some(ns), Some(name), Some(uid)) = (
+            d.metadata.namespace.as_deref(),
+            d.metadata.name.as_deref(),
+            d.metadata.uid.as_deref(),
+        ) else {
+            continue;
+        };
+        if d.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let Ok(dv) = serde_json::to_value(d.as_ref()) else {
+            continue;
+        };
+        let mine: Vec<Rs> = rss
+            .iter()
+            .filter(|r| {
+                r.metadata.namespace.as_deref() == Some(ns) && controlled_by(&r.metadata, uid)
+            })
+            .filter_map(|r| serde_json::to_value(r.as_ref()).ok())
+            .map(|v| Rs::from_value(&v))
+            .collect();
+        let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+        let pp = PatchParams {
+            field_manager: Some("deployment-controller".into()),
+            ..Default::default()
+        };
+        for w in deployment::plan(&dv, &mine) {
+            let res = match w {
+                Write::Create(body) => match serde_json::from_value::<ReplicaSet>(body) {
+                    Ok(rs) => rs_api.create(&PostParams::default(), &rs).await.map(|_| ()),
+                    Err(_) => Ok(()),
+                },
+                Write::Scale { name: rs, replicas, annotations } => {
+                    let mut patch = serde_json::json!({"spec": {"replicas": replicas}});
+                    if let Some(a) = annotations {
+                        patch["metadata"] = serde_json::json!({"annotations": a});
+                    }
+                    rs_api.patch(&rs, &pp, &Patch::Merge(&patch)).await.map(|_| ())
+                }
+                Write::Delete(rs) => rs_api.delete(&rs, &DeleteParams::background()).await.map(|_| ()),
+                Write::Revision(rev) => Api::<Deployment>::namespaced(client.clone(), ns)
+                    .patch(
+                        name,
+                        &pp,
+                        &Patch::Merge(&serde_json::json!({"metadata": {"annotations": {deployment::REVISION: rev}}})),
+                    )
+                    .await
+                    .map(|_| ()),
+                Write::Status(status) => Api::<Deployment>::namespaced(client.clone(), ns)
+                    .patch_status(name, &pp, &Patch::Merge(&serde_json::json!({ "status": status })))
+                    .await
+                    .map(|_| ()),
+            };
+            if let Err(e) = res {
+                tracing::debug!(deployment = %format!("{ns}/{name}"), error = %e, "deployment write");
+            }
+        }
+    }
+}
+
+/// ReplicaSets whose controlling Deployment is gone go too.
+async fn collect_replica_sets(
+    client: &Client,
+    deployments: &[Arc<Deployment>],
+    rss: &[Arc<ReplicaSet>],
+) {
+    let live: HashSet<&str> = deployments
+        .iter()
+        .filter_map(|d| d.metadata.uid.as_deref())
+        .collect();
+    for r in rss {
+        if r.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let gone = r.metadata.owner_references.iter().flatten().any(|o| {
+            o.controller == Some(true) && o.kind == "Deployment" && !live.contains(o.uid.as_str())
+        });
+        if let (true, Some(ns), Some(name)) = (gone, &r.metadata.namespace, &r.metadata.name) {
+            let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+            if let Err(e) = api.delete(name, &DeleteParams::background()).await {
+                tracing::debug!(replicaset = %name, error = %e, "collecting a replica set");
             }
         }
     }
