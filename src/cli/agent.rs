@@ -45,6 +45,10 @@ pub struct AgentCmd {
     /// Pods run at once (the kubelet's maxPods); more are rejected with OutOfpods.
     #[arg(long, default_value_t = 110, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_pods: u16,
+    /// Register this node with the API server of this kubeconfig (the admin's, or one with
+    /// the server's node join token): its Node and Lease are kept fresh every 10 s.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 pub fn run(
@@ -81,6 +85,7 @@ pub fn run(
             pod_max_pids,
         },
         max_pods: a.max_pods as usize,
+        kubeconfig: a.kubeconfig,
     })?;
     Ok(())
 }

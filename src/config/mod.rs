@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub cgroups: CgroupConfig,
     /// Pods admitted at once (the kubelet's `maxPods`).
     pub max_pods: usize,
+    /// A kubeconfig for the API server the node registers with (none: a standalone node).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Resource limits: on (the default, cgroup v2 required) or explicitly off.

@@ -18,6 +18,7 @@ pub mod cri;
 pub mod manifests;
 pub mod node;
 pub mod pod;
+pub mod register;
 pub mod volumes;
 
 use std::collections::BTreeMap;
@@ -256,6 +257,15 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
     }
     let sock = cfg.run_dir.join("knode.sock");
     api::serve(sock.clone(), state.clone())?;
+    if let Some(kc) = cfg.kubeconfig.clone() {
+        let (st, name) = (state.clone(), cfg.node_name.clone());
+        crate::node::rt::handle()?.spawn(async move {
+            match crate::client::from_kubeconfig(&kc).await {
+                Ok(client) => register::heartbeat(client, st, name).await,
+                Err(e) => tracing::error!(error = %e, "cannot register with the API server"),
+            }
+        });
+    }
     tracing::info!(socket = %sock.display(), manifests = %cfg.manifests.display(), "agent started");
 
     let inotify = rustix::fs::inotify::init(
