@@ -45,12 +45,6 @@ metadata: {name: mysql-config}
 data: {MYSQL_DATABASE: app}
 "#;
 
-fn json_of(s: &Server, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    serde_json::from_str(&s.ok(&a)).unwrap()
-}
-
 /// The header and rows of a kubectl table, split on runs of spaces.
 fn table(out: &str) -> Vec<Vec<String>> {
     out.lines()
@@ -84,7 +78,7 @@ fn tutorial_objects(s: &Server) {
         "--port",
         "8080",
     ]);
-    let svc = json_of(s, &["get", "service", "kubernetes-bootcamp"]);
+    let svc = s.json(&["get", "service", "kubernetes-bootcamp"]);
     let np = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
     assert!((30000..=32767).contains(&np), "{np}");
     let ip = svc["spec"]["clusterIP"].as_str().unwrap();
@@ -131,7 +125,7 @@ fn tutorial_objects(s: &Server) {
         "deployments/kubernetes-bootcamp",
         "kubernetes-bootcamp=jocatalin/kubernetes-bootcamp:v2",
     ]);
-    let d = json_of(s, &["get", "deployment", "kubernetes-bootcamp"]);
+    let d = s.json(&["get", "deployment", "kubernetes-bootcamp"]);
     assert_eq!(d["spec"]["replicas"], 4);
     let c = &d["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["image"], "jocatalin/kubernetes-bootcamp:v2");
@@ -175,7 +169,7 @@ fn tutorial_objects(s: &Server) {
     assert_eq!(rows[1][0..4], ["redis-master", "1", "0", "0"]);
     s.ok(&["scale", "rc", "redis-master", "--replicas=2"]);
     assert_eq!(
-        json_of(s, &["get", "rc", "redis-master"])["spec"]["replicas"],
+        s.json(&["get", "rc", "redis-master"])["spec"]["replicas"],
         2
     );
     assert!(s.ok(&["get", "svc", "frontend"]).contains("80:30001/TCP"));
@@ -228,7 +222,7 @@ fn tutorial_objects(s: &Server) {
         "mysql-pass",
         "--from-literal=password=s3cr3t!",
     ]);
-    let sec = json_of(s, &["get", "secret", "mysql-pass"]);
+    let sec = s.json(&["get", "secret", "mysql-pass"]);
     assert_eq!(sec["data"]["password"], "czNjcjN0IQ==");
     assert_eq!(sec["type"], "Opaque");
 
@@ -385,7 +379,7 @@ fn apply_patch_label_annotate_and_edit() {
         s.ok_with(KUBECTL, &["apply", "-f", "-"], Some(&dep2)),
         "deployment.apps/web configured\n"
     );
-    let d = json_of(&s, &["get", "deploy", "web"]);
+    let d = s.json(&["get", "deploy", "web"]);
     assert_eq!(d["spec"]["replicas"], 3);
     assert!(
         d["spec"]["template"]["spec"]["containers"][0]
@@ -408,7 +402,7 @@ fn apply_patch_label_annotate_and_edit() {
         &["apply", "--server-side", "-f", "-"],
         Some(&cm.replace("'1'", "'2'")),
     );
-    let c = json_of(&s, &["get", "cm", "ssa", "--show-managed-fields"]);
+    let c = s.json(&["get", "cm", "ssa", "--show-managed-fields"]);
     assert_eq!(c["data"]["a"], "2");
     assert!(
         c["metadata"]["managedFields"]
@@ -421,7 +415,7 @@ fn apply_patch_label_annotate_and_edit() {
 
     s.ok(&["label", "deploy", "web", "tier=front"]);
     s.ok(&["annotate", "deploy", "web", "note=hello"]);
-    let d = json_of(&s, &["get", "deploy", "web"]);
+    let d = s.json(&["get", "deploy", "web"]);
     assert_eq!(d["metadata"]["labels"]["tier"], "front");
     assert_eq!(d["metadata"]["annotations"]["note"], "hello");
     assert_eq!(
@@ -430,7 +424,7 @@ fn apply_patch_label_annotate_and_edit() {
     );
     assert!(s.ok(&["get", "deploy", "-l", "tier!=front"]).is_empty());
     s.ok(&["label", "deploy", "web", "tier-"]);
-    assert!(json_of(&s, &["get", "deploy", "web"])["metadata"]["labels"]
+    assert!(s.json(&["get", "deploy", "web"])["metadata"]["labels"]
         .get("tier")
         .is_none());
 
@@ -457,7 +451,7 @@ fn apply_patch_label_annotate_and_edit() {
         "-p",
         r#"{"spec":{"template":{"spec":{"containers":[{"name":"side","image":"busybox"}]}}}}"#,
     ]);
-    let d = json_of(&s, &["get", "deploy", "web"]);
+    let d = s.json(&["get", "deploy", "web"]);
     assert_eq!(
         (
             d["spec"]["replicas"].as_i64(),
@@ -484,10 +478,7 @@ fn apply_patch_label_annotate_and_edit() {
         None,
     );
     assert!(e.contains("The request is invalid"), "{e}");
-    assert_eq!(
-        json_of(&s, &["get", "deploy", "web"])["spec"]["replicas"],
-        5
-    );
+    assert_eq!(s.json(&["get", "deploy", "web"])["spec"]["replicas"], 5);
 
     // edit through $EDITOR.
     let editor = s.dir.path().join("editor.sh");
@@ -508,13 +499,10 @@ fn apply_patch_label_annotate_and_edit() {
         String::from_utf8_lossy(&o.stdout),
         "deployment.apps/web edited\n"
     );
-    assert_eq!(
-        json_of(&s, &["get", "deploy", "web"])["spec"]["replicas"],
-        6
-    );
+    assert_eq!(s.json(&["get", "deploy", "web"])["spec"]["replicas"], 6);
     // generation counted every spec change: create, apply, merge, json, strategic, edit.
     assert_eq!(
-        json_of(&s, &["get", "deploy", "web"])["metadata"]["generation"],
+        s.json(&["get", "deploy", "web"])["metadata"]["generation"],
         6
     );
 }
@@ -530,7 +518,7 @@ fn server_side_apply_owns_fields_conflicts_and_forces() {
         "deployment.apps/ssa serverside-applied\n"
     );
     let managers = |s: &Server| -> Vec<(String, String, Value)> {
-        let d = json_of(s, &["get", "deploy", "ssa", "--show-managed-fields"]);
+        let d = s.json(&["get", "deploy", "ssa", "--show-managed-fields"]);
         d["metadata"]["managedFields"]
             .as_array()
             .unwrap()
@@ -558,14 +546,14 @@ fn server_side_apply_owns_fields_conflicts_and_forces() {
     // kubectl scale changes a field alice applied: it becomes the scaler's, and alice's
     // next apply of her 2 replicas is a conflict that changes nothing.
     s.ok(&["scale", "deploy", "ssa", "--replicas=5"]);
-    let before = json_of(&s, &["get", "deploy", "ssa"]);
+    let before = s.json(&["get", "deploy", "ssa"]);
     let err = s.fails(&alice, Some(dep));
     assert!(
         err.starts_with("error: Apply failed with 1 conflict: conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas\n"),
         "{err}"
     );
     assert!(err.contains("--force-conflicts"), "{err}");
-    let after = json_of(&s, &["get", "deploy", "ssa"]);
+    let after = s.json(&["get", "deploy", "ssa"]);
     assert_eq!(
         before["metadata"]["resourceVersion"],
         after["metadata"]["resourceVersion"]
@@ -593,7 +581,7 @@ fn server_side_apply_owns_fields_conflicts_and_forces() {
         ],
         Some(dep),
     );
-    let d = json_of(&s, &["get", "deploy", "ssa"]);
+    let d = s.json(&["get", "deploy", "ssa"]);
     assert_eq!(d["spec"]["replicas"], 2);
     let m = managers(&s);
     assert!(!m.iter().any(|(n, _, _)| n == "kubectl"), "{m:?}");
@@ -611,7 +599,7 @@ fn server_side_apply_owns_fields_conflicts_and_forces() {
         .replace(", tier: front", "")
         .replace("nginx:1", "nginx:2");
     s.ok_with(KUBECTL, &alice, Some(&dep2));
-    let d = json_of(&s, &["get", "deploy", "ssa"]);
+    let d = s.json(&["get", "deploy", "ssa"]);
     assert_eq!(d["metadata"]["labels"], json!({"app": "ssa"}), "{d}");
     assert_eq!(d["metadata"]["annotations"]["owner"], "bob");
     // A new image in alice's file conflicts with set image, which still co-owns the field.
@@ -647,7 +635,7 @@ fn bad_input_gets_the_real_servers_status_and_changes_nothing() {
     let s = Server::start(&[]);
     s.ok(&["create", "configmap", "keep", "--from-literal=a=b"]);
     let rv = |s: &Server| {
-        json_of(s, &["get", "configmaps"])["metadata"]["resourceVersion"]
+        s.json(&["get", "configmaps"])["metadata"]["resourceVersion"]
             .as_str()
             .unwrap()
             .to_string()
@@ -817,7 +805,7 @@ fn bad_input_gets_the_real_servers_status_and_changes_nothing() {
     );
     // Nothing was written by any of it.
     assert_eq!(rv(&s), before);
-    assert_eq!(json_of(&s, &["get", "cm", "keep"])["data"]["a"], "b");
+    assert_eq!(s.json(&["get", "cm", "keep"])["data"]["a"], "b");
 }
 
 #[test]
@@ -1050,7 +1038,7 @@ fn older_kubectls_and_helm_work_too() {
         &["apply", "-f", "-"],
         Some(&dep.replace("containerPort: 80", "containerPort: 81")),
     );
-    let d = json_of(&s, &["get", "deploy", "old"]);
+    let d = s.json(&["get", "deploy", "old"]);
     assert_eq!(
         d["spec"]["template"]["spec"]["containers"][0]["ports"],
         json!([{"containerPort": 81, "protocol": "TCP"}])
@@ -1072,7 +1060,7 @@ fn older_kubectls_and_helm_work_too() {
     .unwrap();
     let c = chart.to_str().unwrap();
     let greeting = |s: &Server| {
-        json_of(s, &["get", "cm", "demo-cfg"])["data"]["greeting"]
+        s.json(&["get", "cm", "demo-cfg"])["data"]["greeting"]
             .as_str()
             .unwrap()
             .to_string()
@@ -1123,7 +1111,7 @@ fn pods_delete_gracefully_and_namespaces_empty_before_they_go() {
         ]
     );
     assert_eq!(rows[1][0..4], ["web", "0/1", "Pending", "0"]);
-    let pod = json_of(&s, &["get", "pod", "web", "-n", "team"]);
+    let pod = s.json(&["get", "pod", "web", "-n", "team"]);
     assert_eq!(pod["spec"]["serviceAccountName"], "default");
     assert_eq!(pod["status"]["qosClass"], "BestEffort");
     // Bound to a node, a pod waits for its agent: Terminating, with a deletion timestamp.
@@ -1142,7 +1130,7 @@ fn pods_delete_gracefully_and_namespaces_empty_before_they_go() {
         s.ok(&["delete", "pod", "web", "-n", "team", "--wait=false"]),
         "pod \"web\" deleted from team namespace\n"
     );
-    let pod = json_of(&s, &["get", "pod", "web", "-n", "team"]);
+    let pod = s.json(&["get", "pod", "web", "-n", "team"]);
     assert!(pod["metadata"]["deletionTimestamp"].is_string());
     assert_eq!(pod["metadata"]["deletionGracePeriodSeconds"], 30);
     assert_eq!(
@@ -1153,7 +1141,7 @@ fn pods_delete_gracefully_and_namespaces_empty_before_they_go() {
     // force-deleted pod lets it finish).
     s.ok(&["delete", "namespace", "team", "--wait=false"]);
     assert_eq!(
-        json_of(&s, &["get", "ns", "team"])["status"]["phase"],
+        s.json(&["get", "ns", "team"])["status"]["phase"],
         "Terminating"
     );
     let e = s.fails(&["-n", "team", "create", "configmap", "late"], None);
@@ -1326,7 +1314,7 @@ fn acknowledged_writes_survive_kill_9() {
         w.join().unwrap();
     }
     s.spawn();
-    let list = json_of(&s, &["get", "configmaps"]);
+    let list = s.json(&["get", "configmaps"]);
     let stored: std::collections::HashMap<String, Value> = list["items"]
         .as_array()
         .unwrap()
@@ -1456,7 +1444,7 @@ fn events_describe_and_output_formats() {
     // The API alone: exact counts and events, with no control loop writing its own.
     let s = Server::start(API_ONLY);
     s.ok(&["run", "web", "--image=nginx"]);
-    let uid = json_of(&s, &["get", "pod", "web"])["metadata"]["uid"]
+    let uid = s.json(&["get", "pod", "web"])["metadata"]["uid"]
         .as_str()
         .unwrap()
         .to_string();
@@ -1501,7 +1489,7 @@ fn events_describe_and_output_formats() {
         ]
     );
     assert_eq!(v1["items"][0]["regarding"]["name"], "web");
-    let core_list = json_of(&s, &["get", "events"]);
+    let core_list = s.json(&["get", "events"]);
     assert_eq!(core_list["items"][1]["message"], "Pulling image \"nginx\"");
     assert_eq!(core_list["items"][1]["involvedObject"]["name"], "web");
     let rows = table(&s.ok(&["get", "events"]));
@@ -1721,7 +1709,7 @@ fn every_kind_round_trips_from_yaml_with_its_columns() {
     }
     // A Secret's stringData is stored as data.
     assert_eq!(
-        json_of(&s, &["get", "secret", "sec"])["data"]["password"],
+        s.json(&["get", "secret", "sec"])["data"]["password"],
         "aHVudGVyMg=="
     );
     let out = s.ok_with(KUBECTL, &["delete", "-f", "-"], Some(EVERY_KIND));

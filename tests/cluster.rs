@@ -4,17 +4,8 @@
 
 mod support;
 
-use std::io::BufRead;
-
-use serde_json::Value;
 use support::node::Node;
-use support::server::{Server, KUBECTL};
-
-fn json_of(s: &Server, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    serde_json::from_str(&s.ok(&a)).unwrap()
-}
+use support::server::Server;
 
 #[test]
 fn an_agent_with_the_node_token_registers_and_renews_its_lease() {
@@ -48,7 +39,7 @@ fn an_agent_with_the_node_token_registers_and_renews_its_lease() {
     let rows = s.ok(&["get", "nodes"]);
     let row: Vec<&str> = rows.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row[..3], ["worker-1", "Ready", "<none>"], "{rows}");
-    let n = json_of(&s, &["get", "node", "worker-1"]);
+    let n = s.json(&["get", "node", "worker-1"]);
     let cpus = std::thread::available_parallelism().unwrap().get();
     assert_eq!(n["status"]["capacity"]["cpu"], cpus.to_string());
     assert_eq!(n["status"]["capacity"]["pods"], "110");
@@ -58,7 +49,7 @@ fn an_agent_with_the_node_token_registers_and_renews_its_lease() {
     );
     assert_eq!(n["status"]["nodeInfo"]["operatingSystem"], "linux");
 
-    let lease = json_of(&s, &["get", "lease", "-n", "kube-node-lease", "worker-1"]);
+    let lease = s.json(&["get", "lease", "-n", "kube-node-lease", "worker-1"]);
     assert_eq!(lease["spec"]["holderIdentity"], "worker-1");
     assert_eq!(lease["spec"]["leaseDurationSeconds"], 40);
     assert_eq!(
@@ -66,32 +57,18 @@ fn an_agent_with_the_node_token_registers_and_renews_its_lease() {
         n["metadata"]["uid"]
     );
     // The lease is renewed: a watch sees it change (within the 10 s beat).
-    let mut w = std::process::Command::new(KUBECTL)
-        .arg("--kubeconfig")
-        .arg(s.kubeconfig())
-        .args([
-            "get",
-            "lease",
-            "-n",
-            "kube-node-lease",
-            "worker-1",
-            "--watch-only",
-            "-o",
-            "name",
-        ])
-        .arg("--request-timeout=30s")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(w.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _ = w.kill();
-    let _ = w.wait();
+    let line = s.first_watched(&[
+        "get",
+        "lease",
+        "-n",
+        "kube-node-lease",
+        "worker-1",
+        "--watch-only",
+        "-o",
+        "name",
+    ]);
     assert_eq!(line, "lease.coordination.k8s.io/worker-1\n");
-    let renewed = json_of(&s, &["get", "lease", "-n", "kube-node-lease", "worker-1"]);
+    let renewed = s.json(&["get", "lease", "-n", "kube-node-lease", "worker-1"]);
     assert!(
         renewed["spec"]["renewTime"].as_str() > lease["spec"]["renewTime"].as_str(),
         "{renewed}"
@@ -105,8 +82,5 @@ fn an_agent_with_the_node_token_registers_and_renews_its_lease() {
         "pod/p",
         "--timeout=60s",
     ]);
-    assert_eq!(
-        json_of(&s, &["get", "pod", "p"])["spec"]["nodeName"],
-        "worker-1"
-    );
+    assert_eq!(s.json(&["get", "pod", "p"])["spec"]["nodeName"], "worker-1");
 }

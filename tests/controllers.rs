@@ -8,12 +8,6 @@ mod support;
 use serde_json::Value;
 use support::server::{Server, KUBECTL};
 
-fn json_of(s: &Server, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    serde_json::from_str(&s.ok(&a)).unwrap()
-}
-
 /// Waits (a watch, in kubectl) until `jsonpath` of `what` has `value`.
 fn wait_for(s: &Server, what: &str, jsonpath: &str, value: &str) {
     s.ok(&[
@@ -26,7 +20,7 @@ fn wait_for(s: &Server, what: &str, jsonpath: &str, value: &str) {
 
 /// The names of the live (not terminating) pods with `selector`.
 fn live_pods(s: &Server, selector: &str) -> Vec<String> {
-    json_of(s, &["get", "pods", "-l", selector])["items"]
+    s.json(&["get", "pods", "-l", selector])["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -59,7 +53,7 @@ fn replication_controllers_keep_their_pods_as_the_guestbook_scales_them() {
     s.fake_node("n1", "4");
     s.ok_with(KUBECTL, &["create", "-f", "-"], Some(REDIS_MASTER));
     wait_for(&s, "rc/redis-master", ".status.replicas", "1");
-    let pods = json_of(&s, &["get", "pods", "-l", "name=redis-master"]);
+    let pods = s.json(&["get", "pods", "-l", "name=redis-master"]);
     let pod = &pods["items"][0];
     let name = pod["metadata"]["name"].as_str().unwrap();
     assert!(
@@ -99,7 +93,7 @@ fn replication_controllers_keep_their_pods_as_the_guestbook_scales_them() {
     s.ok(&["scale", "rc", "redis-master", "--replicas=1"]);
     wait_for(&s, "rc/redis-master", ".status.replicas", "1");
     assert_eq!(live_pods(&s, "name=redis-master").len(), 1);
-    let rc = json_of(&s, &["get", "rc", "redis-master"]);
+    let rc = s.json(&["get", "rc", "redis-master"]);
     assert_eq!(
         rc["status"]["observedGeneration"],
         rc["metadata"]["generation"]
@@ -116,7 +110,7 @@ fn replication_controllers_keep_their_pods_as_the_guestbook_scales_them() {
     );
     wait_for(&s, "rc/redis-slave", ".status.replicas", "1");
     assert_eq!(live_pods(&s, "name=redis-master"), kept);
-    let pod = json_of(&s, &["get", "pod", &kept[0]]);
+    let pod = s.json(&["get", "pod", &kept[0]]);
     assert!(pod["metadata"].get("ownerReferences").is_none(), "{pod}");
 }
 
@@ -231,7 +225,7 @@ fn fake_kubelet(s: &Server) -> std::thread::JoinHandle<()> {
 }
 
 fn images(s: &Server, selector: &str) -> Vec<String> {
-    let mut v: Vec<String> = json_of(s, &["get", "pods", "-l", selector])["items"]
+    let mut v: Vec<String> = s.json(&["get", "pods", "-l", selector])["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -270,7 +264,7 @@ fn deployments_scale_roll_out_and_roll_back_as_the_bootcamp_does() {
         "{status}"
     );
     // The ReplicaSet: <deployment>-<hash>, the hash in its selector and its pods' names.
-    let rs = json_of(&s, &["get", "rs", "-l", app]);
+    let rs = s.json(&["get", "rs", "-l", app]);
     let rs1 = rs["items"][0]["metadata"]["name"]
         .as_str()
         .unwrap()
@@ -331,20 +325,20 @@ fn deployments_scale_roll_out_and_roll_back_as_the_bootcamp_does() {
         images(&s, app),
         vec!["gcr.io/google-samples/kubernetes-bootcamp:v1"; 4]
     );
-    let again = json_of(&s, &["get", "rs", &rs1]);
+    let again = s.json(&["get", "rs", &rs1]);
     assert_eq!(
         again["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
         "3"
     );
     assert_eq!(again["spec"]["replicas"], 4);
     assert_eq!(
-        json_of(&s, &["get", "rs", "-l", app])["items"]
+        s.json(&["get", "rs", "-l", app])["items"]
             .as_array()
             .unwrap()
             .len(),
         2
     );
-    let d = json_of(&s, &["get", "deploy", "kubernetes-bootcamp"]);
+    let d = s.json(&["get", "deploy", "kubernetes-bootcamp"]);
     assert_eq!(
         d["status"]["observedGeneration"],
         d["metadata"]["generation"]

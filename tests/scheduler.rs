@@ -5,57 +5,32 @@
 
 mod support;
 
-use serde_json::Value;
 use support::server::Server;
-
-fn json_of(s: &Server, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    serde_json::from_str(&s.ok(&a)).unwrap()
-}
 
 /// The messages of a pod's events with `reason`, oldest first, once there is one (a watch
 /// until the first arrives: events are written after the change they report).
 fn events(s: &Server, pod: &str, reason: &str) -> Vec<String> {
-    use std::io::BufRead;
     let selector = format!("involvedObject.name={pod},reason={reason}");
-    let mut child = std::process::Command::new(support::server::KUBECTL)
-        .arg("--kubeconfig")
-        .arg(s.kubeconfig())
-        .args([
-            "get",
-            "events",
-            "--field-selector",
-            &selector,
-            "--watch",
-            "-o",
-            "name",
-        ])
-        .args(["--request-timeout=60s"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    let line = s.first_watched(&[
+        "get",
+        "events",
+        "--field-selector",
+        &selector,
+        "--watch",
+        "-o",
+        "name",
+    ]);
     assert!(!line.is_empty(), "no {reason} event for {pod}");
     events_now(s, pod, reason)
 }
 
 fn events_now(s: &Server, pod: &str, reason: &str) -> Vec<String> {
-    let list = json_of(
-        s,
-        &[
-            "get",
-            "events",
-            "--field-selector",
-            &format!("involvedObject.name={pod},reason={reason}"),
-        ],
-    );
+    let list = s.json(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={pod},reason={reason}"),
+    ]);
     list["items"]
         .as_array()
         .unwrap()
@@ -79,7 +54,7 @@ fn pods_wait_for_a_fitting_node_and_are_bound_to_it() {
     // No node at all.
     s.ok(&["run", "first", "--image=nginx"]);
     wait(&s, "first", "PodScheduled=False");
-    let p = json_of(&s, &["get", "pod", "first"]);
+    let p = s.json(&["get", "pod", "first"]);
     let cond = &p["status"]["conditions"][0];
     assert_eq!(cond["reason"], "Unschedulable");
     assert_eq!(cond["message"], "no nodes available to schedule pods");
@@ -91,10 +66,7 @@ fn pods_wait_for_a_fitting_node_and_are_bound_to_it() {
     // A node appears: the waiting pod is bound to it.
     s.fake_node("n1", "1");
     wait(&s, "first", "PodScheduled");
-    assert_eq!(
-        json_of(&s, &["get", "pod", "first"])["spec"]["nodeName"],
-        "n1"
-    );
+    assert_eq!(s.json(&["get", "pod", "first"])["spec"]["nodeName"], "n1");
     assert_eq!(
         events(&s, "first", "Scheduled"),
         ["Successfully assigned default/first to n1"]
@@ -124,14 +96,8 @@ fn pods_wait_for_a_fitting_node_and_are_bound_to_it() {
     s.fake_node("n2", "4");
     wait(&s, "second", "PodScheduled");
     wait(&s, "big", "PodScheduled");
-    assert_eq!(
-        json_of(&s, &["get", "pod", "second"])["spec"]["nodeName"],
-        "n2"
-    );
-    assert_eq!(
-        json_of(&s, &["get", "pod", "big"])["spec"]["nodeName"],
-        "n2"
-    );
+    assert_eq!(s.json(&["get", "pod", "second"])["spec"]["nodeName"], "n2");
+    assert_eq!(s.json(&["get", "pod", "big"])["spec"]["nodeName"], "n2");
     // Pods naming their node, or another scheduler, are left alone.
     let other = "apiVersion: v1\nkind: Pod\nmetadata: {name: other}\nspec:\n  schedulerName: my-scheduler\n  containers:\n  - {name: c, image: nginx}\n";
     s.ok_with(
@@ -141,7 +107,7 @@ fn pods_wait_for_a_fitting_node_and_are_bound_to_it() {
     );
     s.ok(&["run", "third", "--image=nginx"]);
     wait(&s, "third", "PodScheduled");
-    let o = json_of(&s, &["get", "pod", "other"]);
+    let o = s.json(&["get", "pod", "other"]);
     assert!(o["spec"].get("nodeName").is_none(), "{o}");
     assert!(events_now(&s, "other", "FailedScheduling").is_empty());
 }

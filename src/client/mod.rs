@@ -5,6 +5,10 @@
 //! component takes, so nothing is tested only in-process.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 
 pub use kube::Client;
 
@@ -41,4 +45,35 @@ pub async fn from_kubeconfig(path: &Path) -> Result<Client, ClientError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// A cache of every `K` in the cluster, kept by a watch (re-listing with backoff when the
+/// server goes away); `wake` hears every change. The control loops' shared building block.
+pub fn cache<K>(client: &Client, wake: Arc<tokio::sync::Notify>) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let stream = reflector(
+        writer,
+        watcher(
+            kube::Api::<K>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    tokio::spawn(async move {
+        let mut s = std::pin::pin!(stream);
+        while s.next().await.is_some() {
+            wake.notify_one();
+        }
+    });
+    store
 }

@@ -6,12 +6,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
-use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::Client;
+
+use crate::client::cache;
 
 use super::deployment::{self, Rs, Write};
 use super::replicaset::{owned_by, plan, Kind, Owner};
@@ -19,32 +19,6 @@ use super::replicaset::{owned_by, plan, Kind, Owner};
 const MANAGER: &str = "replicaset-controller";
 /// How long a write the cache has not shown yet holds its owner's next pass.
 const EXPECTATION_TTL: Duration = Duration::from_secs(30);
-
-fn watch<K>(client: &Client, wake: Arc<tokio::sync::Notify>) -> reflector::Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store::<K>();
-    let stream = reflector(
-        writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    tokio::spawn(async move {
-        let mut s = std::pin::pin!(stream);
-        while s.next().await.is_some() {
-            wake.notify_one();
-        }
-    });
-    store
-}
 
 /// Writes asked for and not yet seen, per owner uid.
 #[derive(Default)]
@@ -57,10 +31,10 @@ struct Expectations {
 /// Runs the controllers until the process ends (watches retry with backoff).
 pub async fn run(client: Client) {
     let wake = Arc::new(tokio::sync::Notify::new());
-    let rs_store = watch::<ReplicaSet>(&client, wake.clone());
-    let rc_store = watch::<ReplicationController>(&client, wake.clone());
-    let pod_store = watch::<Pod>(&client, wake.clone());
-    let dep_store = watch::<Deployment>(&client, wake.clone());
+    let rs_store = cache::<ReplicaSet>(&client, wake.clone());
+    let rc_store = cache::<ReplicationController>(&client, wake.clone());
+    let pod_store = cache::<Pod>(&client, wake.clone());
+    let dep_store = cache::<Deployment>(&client, wake.clone());
     for ready in [
         dep_store.wait_until_ready().await.is_ok(),
         rs_store.wait_until_ready().await.is_ok(),

@@ -96,6 +96,19 @@ pub struct NodeState<'a> {
     pub by_owner: HashMap<String, u32>,
 }
 
+impl NodeState<'_> {
+    /// Counts `pod` as bound here.
+    pub fn add(&mut self, pod: &Pod) {
+        let r = requests(pod);
+        self.used.cpu += r.cpu;
+        self.used.memory += r.memory;
+        self.used.pods += 1;
+        if let Some(o) = owner(pod) {
+            *self.by_owner.entry(o).or_default() += 1;
+        }
+    }
+}
+
 /// Why a node does not fit, as upstream's filter plugins say it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Misfit {
@@ -371,14 +384,7 @@ pub fn node_states<'a>(nodes: &'a [Arc<Node>], pods: &[Arc<Pod>]) -> Vec<NodeSta
         if done {
             continue;
         }
-        let r = requests(p);
-        let st = &mut out[i];
-        st.used.cpu += r.cpu;
-        st.used.memory += r.memory;
-        st.used.pods += 1;
-        if let Some(o) = owner(p) {
-            *st.by_owner.entry(o).or_default() += 1;
-        }
+        out[i].add(p);
     }
     out
 }

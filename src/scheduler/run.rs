@@ -6,46 +6,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::Client;
 use serde_json::json;
+
+use crate::client::cache;
 
 use super::{event, node_states, pending, schedule, NAME};
 
 /// Runs until the client's server goes away for good (it retries with backoff meanwhile).
 pub async fn run(client: Client) {
-    let (nodes, node_writer) = reflector::store::<Node>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let wake = Arc::new(tokio::sync::Notify::new());
-    let w = wake.clone();
-    let node_watch = reflector(
-        node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    tokio::spawn(async move {
-        let mut s = std::pin::pin!(node_watch);
-        while s.next().await.is_some() {
-            w.notify_one();
-        }
-    });
-    let w = wake.clone();
-    let pod_watch = reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    tokio::spawn(async move {
-        let mut s = std::pin::pin!(pod_watch);
-        while s.next().await.is_some() {
-            w.notify_one();
-        }
-    });
+    let nodes = cache::<Node>(&client, wake.clone());
+    let pods = cache::<Pod>(&client, wake.clone());
     if nodes.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
         return;
     }
@@ -61,7 +35,7 @@ pub async fn run(client: Client) {
 async fn pass(
     client: &Client,
     nodes: &[Arc<Node>],
-    mut all: Vec<Arc<Pod>>,
+    all: Vec<Arc<Pod>>,
     told: &mut HashMap<String, String>,
 ) {
     let mut waiting: Vec<Arc<Pod>> = all.iter().filter(|p| pending(p)).cloned().collect();
@@ -74,6 +48,8 @@ async fn pass(
         .filter_map(|p| p.metadata.uid.as_deref())
         .collect();
     told.retain(|uid, _| live.contains(uid.as_str()));
+    // What each node has taken, updated as this pass binds pods.
+    let mut states = node_states(nodes, &all);
     for pod in waiting {
         let (Some(ns), Some(name), Some(uid)) = (
             pod.metadata.namespace.clone(),
@@ -82,7 +58,6 @@ async fn pass(
         ) else {
             continue;
         };
-        let states = node_states(nodes, &all);
         match schedule(&pod, &states) {
             Ok(node) => {
                 let binding = json!({
@@ -104,12 +79,12 @@ async fn pass(
                         tracing::debug!(pod = %format!("{ns}/{name}"), %node, "bound");
                         told.remove(&uid);
                         // Counted on its node for the rest of this pass.
-                        let mut bound = (*pod).clone();
-                        if let Some(s) = bound.spec.as_mut() {
-                            s.node_name = Some(node.clone());
+                        if let Some(st) = states
+                            .iter_mut()
+                            .find(|st| st.node.metadata.name.as_deref() == Some(node.as_str()))
+                        {
+                            st.add(&pod);
                         }
-                        all.retain(|p| p.metadata.uid.as_deref() != Some(uid.as_str()));
-                        all.push(Arc::new(bound));
                         emit(
                             client,
                             &pod,

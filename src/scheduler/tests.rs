@@ -157,3 +157,21 @@ fn only_our_unbound_live_pods_are_pending() {
         json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}})
     )));
 }
+
+#[test]
+fn a_pod_bound_in_a_pass_counts_for_the_next_one() {
+    // A 1-cpu node takes two 500m pods; once both are counted, a third does not fit.
+    let nodes = [node(
+        "a",
+        json!({"status": {"allocatable": {"cpu": "1", "memory": "4Gi", "pods": "110"}}}),
+    )];
+    let mut states = node_states(&nodes, &[]);
+    for name in ["p1", "p2"] {
+        let p = pod(name, json!({}));
+        assert_eq!(schedule(&p, &states), Ok("a".into()));
+        states[0].add(&p);
+    }
+    assert!(schedule(&pod("p3", json!({})), &states)
+        .unwrap_err()
+        .contains("1 Insufficient cpu"));
+}

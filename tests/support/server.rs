@@ -221,6 +221,35 @@ impl Server {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// kubectl 1.37 `args -o json`, parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// The first line kubectl 1.37 prints for a watch (`args` with `--watch` or
+    /// `--watch-only`), within 60 s; the watch is then stopped.
+    pub fn first_watched(&self, args: &[&str]) -> String {
+        use std::io::BufRead;
+        let mut child = Command::new(KUBECTL)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .arg("--request-timeout=60s")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        line
+    }
+
     /// kubectl 1.37 that must fail; returns stderr.
     pub fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
         let o = self.run(KUBECTL, args, stdin);
