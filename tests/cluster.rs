@@ -1,6 +1,7 @@
 //! A node agent on the API server: `knode agent --kubeconfig` with the server's node join
 //! token registers its Node, shows Ready in `kubectl get nodes`, renews its Lease, and the
-//! scheduler places pods on it. (Running the pods bound to it is the next step.)
+//! scheduler places pods on it; the agent runs the pods bound to it, reports their status
+//! and events, and finishes their deletion.
 
 mod support;
 
@@ -83,4 +84,111 @@ fn an_agent_with_the_node_token_registers_and_renews_its_lease() {
         "--timeout=60s",
     ]);
     assert_eq!(s.json(&["get", "pod", "p"])["spec"]["nodeName"], "worker-1");
+}
+
+/// The pod directories the agent of `n` holds.
+fn pod_dirs(n: &Node) -> Vec<String> {
+    std::fs::read_dir(n.run_dir().join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn an_agent_runs_the_pods_bound_to_it_and_reports_them() {
+    let s = Server::start(&[]);
+    let n = Node::builder()
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig().to_str().unwrap())
+        .arg("--node-name")
+        .arg("node-1")
+        .start();
+    s.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "node/node-1",
+        "--timeout=60s",
+    ]);
+    // A container that stops at once on SIGTERM (busybox's sleep as PID 1 would not).
+    s.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=test/busybox:1",
+        "--replicas=2",
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+    ]);
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let rows = s.ok(&["get", "pods", "-l", "app=web", "-o", "wide"]);
+    let lines: Vec<Vec<&str>> = rows
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 2, "{rows}");
+    for l in &lines {
+        assert_eq!(l[1..4], ["1/1", "Running", "0"], "{rows}");
+        assert_eq!(l[6], "node-1", "{rows}");
+    }
+    let pods = s.json(&["get", "pods", "-l", "app=web"]);
+    let pod = &pods["items"][0];
+    let st = &pod["status"];
+    assert_eq!(st["phase"], "Running", "{st}");
+    assert_eq!(st["qosClass"], "BestEffort");
+    assert!(st["startTime"].is_string(), "{st}");
+    let c = &st["containerStatuses"][0];
+    assert_eq!(
+        (c["name"].as_str(), c["ready"].as_bool()),
+        (Some("busybox"), Some(true)),
+        "{c}"
+    );
+    assert!(c["state"]["running"]["startedAt"].is_string(), "{c}");
+    let conds: Vec<(String, String)> = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap().into(),
+                c["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for t in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        assert!(conds.contains(&(t.into(), "True".into())), "{t}: {conds:?}");
+    }
+    let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    assert!(pod_dirs(&n).contains(&uid));
+    // The kubelet's events, as describe shows them.
+    let d = s.ok(&["describe", "pod", &name]);
+    for reason in ["Scheduled", "Started"] {
+        assert!(d.contains(reason), "{reason} missing:\n{d}");
+    }
+    assert!(d.contains("kubelet"), "{d}");
+
+    // A deleted pod stops, its object goes (kubectl waits for that) and it is replaced.
+    s.ok(&["delete", "pod", &name, "--timeout=60s"]);
+    assert!(!pod_dirs(&n).contains(&uid), "{:?}", pod_dirs(&n));
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let live = s.json(&["get", "pods", "-l", "app=web"]);
+    assert_eq!(live["items"].as_array().unwrap().len(), 2, "{live}");
+
+    // The Deployment's deletion takes its pods, and the node lets them go.
+    let names: Vec<String> = live["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("pod/{}", p["metadata"]["name"].as_str().unwrap()))
+        .collect();
+    s.ok(&["delete", "deployment", "web"]);
+    let mut wait = vec!["wait", "--for=delete", "--timeout=60s"];
+    wait.extend(names.iter().map(String::as_str));
+    s.ok(&wait);
+    assert_eq!(pod_dirs(&n), Vec::<String>::new());
 }

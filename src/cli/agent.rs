@@ -14,9 +14,10 @@ pub enum CgroupsMode {
 
 #[derive(clap::Args)]
 pub struct AgentCmd {
-    /// Directory of Pod, Service, ConfigMap and Secret manifests (YAML or JSON).
-    #[arg(long)]
-    pub manifests: PathBuf,
+    /// Directory of Pod, Service, ConfigMap and Secret manifests (YAML or JSON) [default
+    /// with --kubeconfig: <root>/manifests].
+    #[arg(long, required_unless_present = "kubeconfig")]
+    pub manifests: Option<PathBuf>,
     /// Where container logs go (CRI layout).
     #[arg(long, default_value = "/var/log/pods")]
     pub log_dir: PathBuf,
@@ -45,8 +46,9 @@ pub struct AgentCmd {
     /// Pods run at once (the kubelet's maxPods); more are rejected with OutOfpods.
     #[arg(long, default_value_t = 110, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_pods: u16,
-    /// Register this node with the API server of this kubeconfig (the admin's, or one with
-    /// the server's node join token): its Node and Lease are kept fresh every 10 s.
+    /// Join the API server of this kubeconfig (the admin's, or one with the server's node
+    /// join token): the Node and its Lease are kept fresh every 10 s, the pods bound to it
+    /// run here and their status goes back to the API.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
 }
@@ -69,7 +71,7 @@ pub fn run(
         n => anyhow::bail!("invalid --pod-max-pids {n}: must be -1 (unlimited) or at least 1"),
     };
     crate::node::kubelet::run(NodeConfig {
-        manifests: a.manifests,
+        manifests: a.manifests.unwrap_or_else(|| root.join("manifests")),
         root: root.to_path_buf(),
         run_dir: run_dir.to_path_buf(),
         log_dir: a.log_dir,

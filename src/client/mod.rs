@@ -59,16 +59,32 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store::<K>();
-    let stream = reflector(
-        writer,
-        watcher(
-            kube::Api::<K>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+    cache_of(
+        kube::Api::<K>::all(client.clone()),
+        watcher::Config::default(),
+        wake,
     )
-    .default_backoff()
-    .touched_objects();
+}
+
+/// A cache of the `K`s `api` and `config` (a field or label selector) select, as [`cache`].
+pub fn cache_of<K>(
+    api: kube::Api<K>,
+    config: watcher::Config,
+    wake: Arc<tokio::sync::Notify>,
+) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let stream = reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects();
     tokio::spawn(async move {
         let mut s = std::pin::pin!(stream);
         while s.next().await.is_some() {

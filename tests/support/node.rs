@@ -423,6 +423,12 @@ impl Drop for Node {
         {
             let _ = std::fs::remove_file(e.path());
         }
+        // An agent on an API server keeps the pods bound to it (the server may be gone by
+        // now): the one that cleans up reads no API.
+        if let Some(i) = self.args.iter().position(|a| a == "--kubeconfig") {
+            self.kill_agent();
+            self.args.drain(i..i + 2);
+        }
         if self.pod_dirs() > 0 {
             if self.agent.is_none() {
                 self.spawn_agent();

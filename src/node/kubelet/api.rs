@@ -90,6 +90,7 @@ pub fn to_pod(v: &PodView) -> core::Pod {
             crate::node::cgroup::resources::qos(&rs.into_iter().map(|(_, r)| r).collect::<Vec<_>>())
         });
     pod.status = Some(core::PodStatus {
+        conditions: Some(conditions(v)),
         qos_class: qos.map(|q| q.as_str().to_string()),
         phase: Some(v.phase.to_string()),
         reason: v.reason.clone(),
@@ -111,6 +112,59 @@ pub fn to_pod(v: &PodView) -> core::Pod {
         pod.metadata.deletion_timestamp = Some(time(chrono::Utc::now()));
     }
     pod
+}
+
+/// The pod's conditions, as the kubelet sets them. Transition times come from the
+/// containers' own times, so the same state always gives the same conditions.
+fn conditions(v: &PodView) -> Vec<core::PodCondition> {
+    let ready = v.ready();
+    let init_done = v.containers.iter().filter(|c| c.init).all(|c| {
+        matches!(c.state, CState::Terminated { exit_code: 0, .. })
+            || matches!(c.last_state, Some(CState::Terminated { exit_code: 0, .. }))
+    }) || v.phase != crate::api::pod::PodPhase::Pending;
+    let apps = || v.containers.iter().filter(|c| !c.init);
+    let since = if ready {
+        apps()
+            .filter_map(|c| match c.state {
+                CState::Running { started_at } => Some(started_at),
+                _ => None,
+            })
+            .max()
+    } else {
+        apps()
+            .filter_map(|c| match &c.state {
+                CState::Terminated { finished_at, .. } => Some(*finished_at),
+                _ => None,
+            })
+            .max()
+    }
+    .unwrap_or(v.created);
+    let not_ready: Vec<&str> = apps()
+        .filter(|c| !matches!(c.state, CState::Running { .. }))
+        .map(|c| c.name.as_str())
+        .collect();
+    let cond = |type_: &str, ok: bool, at: chrono::DateTime<chrono::Utc>, reason: Option<&str>| {
+        core::PodCondition {
+            type_: type_.into(),
+            status: if ok { "True" } else { "False" }.into(),
+            last_transition_time: Some(time(at)),
+            reason: reason.filter(|_| !ok).map(str::to_string),
+            message: (!ok && !not_ready.is_empty() && reason == Some("ContainersNotReady"))
+                .then(|| format!("containers with unready status: [{}]", not_ready.join(" "))),
+            ..Default::default()
+        }
+    };
+    vec![
+        cond(
+            "Initialized",
+            init_done,
+            v.created,
+            Some("ContainersNotInitialized"),
+        ),
+        cond("Ready", ready, since, Some("ContainersNotReady")),
+        cond("ContainersReady", ready, since, Some("ContainersNotReady")),
+        cond("PodScheduled", true, v.created, None),
+    ]
 }
 
 fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {

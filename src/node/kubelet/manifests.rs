@@ -41,7 +41,7 @@ pub struct Manifests {
 
 impl Manifests {
     /// Adds another file's objects.
-    fn extend(&mut self, other: Manifests) {
+    pub fn extend(&mut self, other: Manifests) {
         self.pods.extend(other.pods);
         self.config_maps.extend(other.config_maps);
         self.secrets.extend(other.secrets);
@@ -117,7 +117,7 @@ fn unsupported(obj: &serde_json::Value, known: &[&str], at: &str, out: &mut Vec<
     }
 }
 
-fn check_pod(raw: &serde_json::Value, pod: &Pod) -> (Vec<String>, Option<String>) {
+pub(crate) fn check_pod(raw: &serde_json::Value, pod: &Pod) -> (Vec<String>, Option<String>) {
     let mut warnings = Vec::new();
     let spec = &raw["spec"];
     unsupported(spec, POD_SPEC_FIELDS, "spec", &mut warnings);

@@ -19,6 +19,7 @@ pub mod manifests;
 pub mod node;
 pub mod pod;
 pub mod register;
+pub mod source;
 pub mod volumes;
 
 use std::collections::BTreeMap;
@@ -127,6 +128,7 @@ fn new_view(ctx: &NodeContext, pm: Arc<manifests::PodManifest>) -> PodView {
         pod_ip: None,
         published: false,
         cgroup: None,
+        event_seq: 0,
     }
 }
 
@@ -257,15 +259,31 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
     }
     let sock = cfg.run_dir.join("knode.sock");
     api::serve(sock.clone(), state.clone())?;
-    if let Some(kc) = cfg.kubeconfig.clone() {
-        let (st, name) = (state.clone(), cfg.node_name.clone());
-        crate::node::rt::handle()?.spawn(async move {
-            match crate::client::from_kubeconfig(&kc).await {
-                Ok(client) => register::heartbeat(client, st, name).await,
-                Err(e) => tracing::error!(error = %e, "cannot register with the API server"),
-            }
-        });
-    }
+    // On an API server: the node registers, its pods come from the API and their statuses
+    // go back to it.
+    let published = Arc::new(tokio::sync::Notify::new());
+    let api: Option<Arc<source::ApiSource>> = match cfg.kubeconfig.clone() {
+        None => None,
+        Some(kc) => {
+            let rt = crate::node::rt::handle()?;
+            let client = rt
+                .block_on(crate::client::from_kubeconfig(&kc))
+                .map_err(|e| NodeError::failed(format!("cannot reach the API server: {e}")))?;
+            let (st, name) = (state.clone(), cfg.node_name.clone());
+            rt.spawn(register::heartbeat(client.clone(), st, name));
+            let wake = changed_w_api(&ctx)?;
+            let src =
+                Arc::new(rt.block_on(source::ApiSource::start(&client, &cfg.node_name, wake)));
+            rt.spawn(source::publish(
+                client,
+                src.clone(),
+                state.clone(),
+                cfg.run_dir.clone(),
+                published.clone(),
+            ));
+            Some(src)
+        }
+    };
     tracing::info!(socket = %sock.display(), manifests = %cfg.manifests.display(), "agent started");
 
     let inotify = rustix::fs::inotify::init(
@@ -296,7 +314,13 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
     loop {
         // Something to try again soon (a worker that could not start for lack of resources).
         let mut retry = false;
-        let m = loader.load(&cfg.manifests);
+        let mut m = loader.load(&cfg.manifests);
+        let mut api_deleting = BTreeMap::new();
+        if let Some(src) = &api {
+            let (from_api, deleting) = src.snapshot();
+            m.extend(from_api);
+            api_deleting = deleting;
+        }
         for e in &m.errors {
             if !state.read().expect("state").manifest_errors.contains(e) {
                 tracing::warn!(error = %e, "manifest");
@@ -332,7 +356,6 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
                 tracing::warn!(error = %e, "service");
             }
         }
-        let mut m = m;
         m.errors.extend(service_errors);
         let listed = states
             .into_iter()
@@ -427,6 +450,10 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         for uid in workers.keys().cloned().collect::<Vec<_>>() {
             if !wanted.contains_key(&uid) {
                 let w = workers.remove(&uid).expect("present");
+                // Deleted through the API: the worker stops within the deletion's grace.
+                if let Some(pm) = api_deleting.get(&uid) {
+                    w.view.lock().expect("view").manifest = pm.clone();
+                }
                 if let Some((stop, wake_fd, _)) = &w.worker {
                     let _ = stop.send(());
                     wake(wake_fd);
@@ -514,6 +541,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         if loader.changed() {
             release_memory();
         }
+        published.notify_one();
         // A CPU sample of the node and every pod every few seconds, so usage rates cover the
         // last few seconds whenever they are asked for (not on every pass: a burst of
         // manifest changes must not wait behind file reads for every pod).
@@ -610,6 +638,11 @@ fn orphan_teardown(ctx: &NodeContext, uid: &str) {
     };
     let log_name = log_name.unwrap_or_else(|| format!("_{uid}"));
     pod::teardown_pod(ctx, uid, &log_name, &meta, vec![]);
+}
+
+/// Another writer of the loop's wake pipe (for the API source).
+fn changed_w_api(ctx: &NodeContext) -> Result<OwnedFd> {
+    Ok(ctx.changed.try_clone()?)
 }
 
 /// The socket path for a run dir.

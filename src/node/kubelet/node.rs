@@ -88,6 +88,15 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
+/// The node's address: the one its default route leaves from (a UDP socket connected to a
+/// public address, which sends nothing), or none when there is no such route.
+pub fn internal_ip() -> Option<String> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then(|| ip.to_string())
+}
+
 /// The Node object.
 pub fn node(info: &NodeInfo) -> core::Node {
     let (cpus, mem) = capacity();
@@ -145,6 +154,19 @@ pub fn node(info: &NodeInfo) -> core::Node {
                     last_transition_time: Some(since),
                 },
             ]),
+            addresses: Some(
+                internal_ip()
+                    .map(|ip| core::NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: ip,
+                    })
+                    .into_iter()
+                    .chain([core::NodeAddress {
+                        type_: "Hostname".into(),
+                        address: info.name.clone(),
+                    }])
+                    .collect(),
+            ),
             node_info: Some(core::NodeSystemInfo {
                 architecture: arch,
                 kernel_version: kernel,

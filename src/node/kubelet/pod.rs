@@ -120,6 +120,8 @@ pub struct PodView {
     pub published: bool,
     /// The pod's cgroup, once made.
     pub cgroup: Option<String>,
+    /// Events ever recorded (the list keeps the last 100): what is new since a count.
+    pub event_seq: u64,
 }
 
 impl PodView {
@@ -136,6 +138,7 @@ impl PodView {
 
     pub fn event(&mut self, kind: &str, reason: &str, message: String) {
         tracing::info!(pod = %self.manifest.name, reason, %message, "event");
+        self.event_seq += 1;
         self.events.push(Event {
             time: Utc::now(),
             kind: kind.into(),
@@ -172,11 +175,16 @@ struct Ctr {
     pull_failed: bool,
 }
 
+/// The grace period: the deletion's (`kubectl delete --grace-period`), else the pod's.
 fn grace(pod: &Pod) -> Duration {
     Duration::from_secs(
-        pod.spec
-            .as_ref()
-            .and_then(|s| s.termination_grace_period_seconds)
+        pod.metadata
+            .deletion_grace_period_seconds
+            .or_else(|| {
+                pod.spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
             .unwrap_or(30)
             .max(0) as u64,
     )

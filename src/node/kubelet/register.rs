@@ -5,8 +5,7 @@
 //! the scheduler places pods on it. The credentials are a kubeconfig: the admin's, or one
 //! with the server's node join token (`knode token`), whose rights are a node's.
 //!
-//! Pods still come from `--manifests`; taking the pods bound to this node from the API is the
-//! next step of the cluster issue.
+//! The pods bound to the node come from the API too (`source`).
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

@@ -1,0 +1,404 @@
+//! The node on an API server: its pods come from the API (the pods bound to it, by the field
+//! selector `spec.nodeName=<node>`, as the kubelet watches them), with the ConfigMaps, Secrets
+//! and Services they use; what the workers see goes back as `pods/status` patches and Events,
+//! and a pod being deleted is stopped within its grace period and then removed from the API.
+//!
+//! The sync loop stays the one of static pods: [`ApiSource::snapshot`] yields the same
+//! [`Manifests`] a directory does, and the loop merges the two. The caches are kube-runtime
+//! reflectors over the agent's client; each change wakes the loop through its pipe.
+//!
+//! Secrets are cached only when the credentials may list them (the admin's, as `knode up`'s
+//! agent has): a node join token may not, and its pods that mount a Secret wait with the
+//! missing-Secret event until it can (a per-node authorizer is not written yet).
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::{reflector::Store, watcher};
+use kube::Client;
+use serde_json::{json, Value};
+
+use super::manifests::{Manifests, PodManifest};
+use super::pod::PodView;
+use super::NodeState;
+
+/// The `file` of a pod from the API (static pods have their manifest's path).
+pub const API_SOURCE: &str = "api";
+const MANAGER: &str = "knode-agent";
+
+/// Whether a pod came from the API server (not from the manifests directory).
+pub fn from_api(m: &PodManifest) -> bool {
+    m.file == Path::new(API_SOURCE)
+}
+
+/// The API's objects this node needs, kept by watches.
+pub struct ApiSource {
+    pods: Store<Pod>,
+    config_maps: Store<ConfigMap>,
+    secrets: Option<Store<Secret>>,
+    services: Store<Service>,
+}
+
+impl ApiSource {
+    /// Starts the watches (on the current tokio runtime); every change writes to `wake`.
+    pub async fn start(client: &Client, node: &str, wake: OwnedFd) -> ApiSource {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let pods = crate::client::cache_of(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+            notify.clone(),
+        );
+        let config_maps = crate::client::cache(client, notify.clone());
+        let services = crate::client::cache(client, notify.clone());
+        let secrets = match Api::<Secret>::all(client.clone())
+            .list_metadata(&ListParams::default().limit(1))
+            .await
+        {
+            Ok(_) => Some(crate::client::cache(client, notify.clone())),
+            Err(e) => {
+                tracing::warn!(error = %e, "these credentials may not read Secrets: pods that use one wait for it");
+                None
+            }
+        };
+        tokio::spawn(async move {
+            loop {
+                notify.notified().await;
+                let _ = rustix::io::write(&wake, b"a");
+            }
+        });
+        ApiSource {
+            pods,
+            config_maps,
+            secrets,
+            services,
+        }
+    }
+
+    /// The objects as the sync loop takes them: the pods to run, and apart the pods being
+    /// deleted (their worker stops with the grace period these carry).
+    pub fn snapshot(&self) -> (Manifests, BTreeMap<String, Arc<PodManifest>>) {
+        let mut m = Manifests::default();
+        let mut deleting = BTreeMap::new();
+        for p in self.pods.state() {
+            let Some(pm) = manifest(&p) else { continue };
+            if p.metadata.deletion_timestamp.is_some() {
+                deleting.insert(pm.uid.clone(), Arc::new(pm));
+            } else if !finished(&p) {
+                m.pods.push(pm);
+            }
+        }
+        for c in self.config_maps.state() {
+            let (ns, name) = key(&c.metadata);
+            m.config_maps.insert((ns, name), c);
+        }
+        for s in self.secrets.iter().flat_map(|s| s.state()) {
+            let (ns, name) = key(&s.metadata);
+            m.secrets.insert((ns, name), s);
+        }
+        for s in self.services.state() {
+            let kind = s.spec.as_ref().and_then(|s| s.type_.as_deref());
+            if !matches!(kind, None | Some("ClusterIP") | Some("NodePort")) {
+                continue;
+            }
+            match crate::api::service::spec::from_service(&s, PathBuf::from(API_SOURCE)) {
+                Ok(spec) => m.services.push(spec),
+                Err(e) => m.errors.push(e.to_string()),
+            }
+        }
+        (m, deleting)
+    }
+
+    /// The pods bound to this node, as the API has them.
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        self.pods.state()
+    }
+}
+
+fn key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
+    )
+}
+
+/// A pod the API reports finished before this agent saw it run (after a restart of the
+/// node, say): it is not started again.
+fn finished(p: &Pod) -> bool {
+    matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    ) && p
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .is_some()
+        && p.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) != Some("Always")
+}
+
+/// A pod from the API as a manifest; its UID must be a plain name (it names directories).
+fn manifest(p: &Pod) -> Option<PodManifest> {
+    let (namespace, name) = key(&p.metadata);
+    let uid = p.metadata.uid.clone()?;
+    if crate::node::safefs::check_name(&uid).is_err() || namespace.is_empty() || name.is_empty() {
+        return None;
+    }
+    let raw = serde_json::to_value(p).ok()?;
+    let (warnings, invalid) = super::manifests::check_pod(&raw, p);
+    let mut pod = p.clone();
+    pod.status = None;
+    pod.metadata.managed_fields = None;
+    Some(PodManifest {
+        pod,
+        namespace,
+        name,
+        uid,
+        file: PathBuf::from(API_SOURCE),
+        warnings,
+        invalid,
+    })
+}
+
+/// The pod's status as the kubelet reports it.
+pub fn status(v: &PodView, host_ip: Option<&str>) -> Value {
+    let pod = super::api::to_pod(v);
+    let mut s = serde_json::to_value(pod.status.unwrap_or_default()).unwrap_or_default();
+    if let Some(ip) = host_ip {
+        s["hostIP"] = json!(ip);
+        s["hostIPs"] = json!([{ "ip": ip }]);
+    }
+    s
+}
+
+/// A merge patch from what was last sent to `new`: fields that went away become null.
+fn status_patch(old: Option<&Value>, new: &Value) -> Value {
+    let mut patch = new.clone();
+    if let (Some(Value::Object(o)), Value::Object(p)) = (old, &mut patch) {
+        for k in o.keys() {
+            if !p.contains_key(k) {
+                p.insert(k.clone(), Value::Null);
+            }
+        }
+    }
+    json!({ "status": patch })
+}
+
+/// What was published of each pod (by UID).
+#[derive(Default)]
+struct Published {
+    status: HashMap<String, Value>,
+    /// Events posted (the view's `event_seq` then).
+    events: HashMap<String, u64>,
+}
+
+/// Publishes the pods' statuses and events, and removes the API objects of pods whose
+/// deletion finished, until the process ends. `wake` hears the loop's passes.
+pub async fn publish(
+    client: Client,
+    source: Arc<ApiSource>,
+    state: Arc<RwLock<NodeState>>,
+    run_dir: PathBuf,
+    wake: Arc<tokio::sync::Notify>,
+) {
+    let mut done = Published::default();
+    loop {
+        if let Err(e) = publish_once(&client, &source, &state, &run_dir, &mut done).await {
+            tracing::warn!(error = %e, "publishing pod statuses");
+        }
+        // At once on a change; at least every second (a container's state changes too).
+        let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+    }
+}
+
+async fn publish_once(
+    client: &Client,
+    source: &ApiSource,
+    state: &RwLock<NodeState>,
+    run_dir: &Path,
+    done: &mut Published,
+) -> Result<(), kube::Error> {
+    let (views, node, host_ip): (Vec<PodView>, String, Option<String>) = {
+        let st = state.read().expect("state");
+        (
+            st.pods
+                .values()
+                .map(|v| v.lock().expect("view").clone())
+                .filter(|v| from_api(&v.manifest))
+                .collect(),
+            st.node.name.clone(),
+            super::node::internal_ip(),
+        )
+    };
+    let pp = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    let api_pods = source.pods();
+    let by_uid: HashMap<&str, &Pod> = api_pods
+        .iter()
+        .filter_map(|p| Some((p.metadata.uid.as_deref()?, &**p)))
+        .collect();
+    for v in &views {
+        let uid = v.manifest.uid.as_str();
+        let Some(p) = by_uid.get(uid) else { continue };
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &v.manifest.namespace);
+        let new = status(v, host_ip.as_deref());
+        if done.status.get(uid) != Some(&new) {
+            let mut patch = status_patch(done.status.get(uid), &new);
+            // Conditions the scheduler set (PodScheduled) stay unless the agent has its own.
+            if let Some(c) = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .filter(|_| new.get("conditions").is_none())
+            {
+                patch["status"]["conditions"] = json!(c);
+            }
+            patch["metadata"] = json!({ "uid": uid });
+            match pods
+                .patch_status(&v.manifest.name, &pp, &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    done.status.insert(uid.to_string(), new);
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let posted = done.events.get(uid).copied().unwrap_or(0);
+        if v.event_seq > posted {
+            let fresh = ((v.event_seq - posted) as usize).min(v.events.len());
+            let events: Api<CoreEvent> = Api::namespaced(client.clone(), &v.manifest.namespace);
+            for e in &v.events[v.events.len() - fresh..] {
+                let ev = event(v, p, e, &node);
+                if let Err(err) = events.create(&PostParams::default(), &ev).await {
+                    tracing::warn!(pod = %v.manifest.name, error = %err, "posting an event");
+                }
+            }
+            done.events.insert(uid.to_string(), v.event_seq);
+        }
+    }
+    // Pods whose deletion finished here (no worker, no pod directory): their objects go.
+    let running: std::collections::HashSet<&str> =
+        views.iter().map(|v| v.manifest.uid.as_str()).collect();
+    for p in &api_pods {
+        let (Some(uid), Some(_)) = (
+            p.metadata.uid.as_deref(),
+            p.metadata.deletion_timestamp.as_ref(),
+        ) else {
+            continue;
+        };
+        if running.contains(uid)
+            || crate::node::safefs::check_name(uid).is_err()
+            || run_dir.join("pods").join(uid).exists()
+        {
+            continue;
+        }
+        let (ns, name) = key(&p.metadata);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match pods.delete(&name, &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let live: std::collections::HashSet<&str> = by_uid.keys().copied().collect();
+    done.status.retain(|u, _| live.contains(u.as_str()));
+    done.events.retain(|u, _| live.contains(u.as_str()));
+    Ok(())
+}
+
+/// A core v1 Event about the pod, from the kubelet.
+fn event(v: &PodView, p: &Pod, e: &super::pod::Event, node: &str) -> CoreEvent {
+    let time = crate::api::time::time(e.time);
+    let nanos = e.time.timestamp_nanos_opt().unwrap_or(0);
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("{}.{:x}", v.manifest.name, nanos),
+            "namespace": v.manifest.namespace,
+        },
+        "involvedObject": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "namespace": v.manifest.namespace,
+            "name": v.manifest.name,
+            "uid": v.manifest.uid,
+            "resourceVersion": p.metadata.resource_version,
+        },
+        "reason": e.reason,
+        "message": e.message,
+        "type": e.kind,
+        "source": { "component": "kubelet", "host": node },
+        "firstTimestamp": time,
+        "lastTimestamp": time,
+        "count": 1,
+        "reportingComponent": "kubelet",
+        "reportingInstance": node,
+    }))
+    .expect("a valid Event")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_patch_clears_what_went_away() {
+        let old = json!({"phase": "Pending", "reason": "X", "podIP": "10.0.0.2"});
+        let new = json!({"phase": "Running", "podIP": "10.0.0.2"});
+        assert_eq!(
+            status_patch(Some(&old), &new),
+            json!({"status": {"phase": "Running", "podIP": "10.0.0.2", "reason": null}})
+        );
+        assert_eq!(
+            status_patch(None, &new),
+            json!({"status": {"phase": "Running", "podIP": "10.0.0.2"}})
+        );
+    }
+
+    #[test]
+    fn pods_from_the_api_keep_their_uid_and_lose_their_status() {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "3f1c2a9e-0000-4000-8000-000000000001"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+            "status": {"phase": "Pending"},
+        }))
+        .unwrap();
+        let m = manifest(&p).unwrap();
+        assert!(from_api(&m));
+        assert_eq!(m.uid, "3f1c2a9e-0000-4000-8000-000000000001");
+        assert!(m.pod.status.is_none());
+        assert!(m.invalid.is_none(), "{:?}", m.invalid);
+        // A UID that is not a plain name never becomes a directory.
+        let mut bad = p.clone();
+        bad.metadata.uid = Some("../x".into());
+        assert!(manifest(&bad).is_none());
+    }
+
+    #[test]
+    fn a_finished_pod_is_not_run_again_unless_it_always_restarts() {
+        let p = |policy: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": "j", "namespace": "default", "uid": "u1"},
+                "spec": {"restartPolicy": policy, "containers": [{"name": "c", "image": "busybox"}]},
+                "status": {"phase": "Succeeded", "startTime": "2026-01-01T00:00:00Z"},
+            }))
+            .unwrap()
+        };
+        assert!(finished(&p("Never")));
+        assert!(!finished(&p("Always")));
+    }
+}
