@@ -85,9 +85,11 @@ pub fn run(
             enabled: matches!(a.cgroups, CgroupsMode::Enabled),
             root: a.cgroup_root,
             pod_max_pids,
+            off_reason: None,
         },
         max_pods: a.max_pods as usize,
         kubeconfig: a.kubeconfig,
+        drain: false,
     })?;
     Ok(())
 }

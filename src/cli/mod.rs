@@ -19,6 +19,7 @@ pub mod print;
 pub mod run;
 pub mod server;
 pub mod top;
+pub mod up;
 
 use image::ImageCmd;
 use oci::image::PullOptions;
@@ -147,6 +148,13 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Start a one-node cluster in the background (API server, controllers, scheduler and
+    /// this node with the pod network), merge a `knode` context into ~/.kube/config, and
+    /// return once the node is Ready.
+    Up(up::UpCmd),
+    /// Stop the cluster `knode up` started and remove its pods, mounts, veths, cgroups,
+    /// bridge and nftables tables (the API's objects stay in --root).
+    Down(up::DownCmd),
     /// Run the Kubernetes API server (HTTPS on :6443; embedded store, or etcd with
     /// --datastore-endpoint). It writes an admin kubeconfig to <root>/server/admin.kubeconfig.
     Server(server::ServerCmd),
@@ -306,6 +314,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Cmd::Run(a) => run::run(&cli.root, &cli.run_dir, a),
         Cmd::Server(a) => server::run(a, &cli.root),
+        Cmd::Up(a) => up::up(a, &cli.root, &cli.run_dir, client_options(&cli.registry)?),
+        Cmd::Down(a) => up::down(a, &cli.root, &cli.run_dir, client_options(&cli.registry)?),
         Cmd::Kubeconfig => server::kubeconfig(&cli.root),
         Cmd::Token => server::token(&cli.root),
         Cmd::Demo { registry } => {
@@ -330,6 +340,7 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,

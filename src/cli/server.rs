@@ -38,6 +38,12 @@ pub struct ServerCmd {
 }
 
 pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
+    let (scheduler, controllers) = (!a.disable_scheduler, !a.disable_controllers);
+    serve(config(a, root)?, scheduler, controllers, None)
+}
+
+/// The server's configuration from its flags.
+pub(crate) fn config(a: ServerCmd, root: &Path) -> Result<ServerConfig> {
     let mut addresses = a.tls_san;
     if !a.listen.ip().is_unspecified() {
         addresses.push(a.listen.ip());
@@ -47,7 +53,7 @@ pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
         .hosts()
         .next()
         .context("the service CIDR has no address")?;
-    let cfg = ServerConfig {
+    Ok(ServerConfig {
         listen: a.listen,
         root: root.to_path_buf(),
         datastore: a.datastore_endpoint,
@@ -56,7 +62,17 @@ pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
         service_ip,
         service_cidr: a.service_cidr,
         compaction_interval: std::time::Duration::from_secs(a.compaction_interval),
-    };
+    })
+}
+
+/// Runs the API server, with the scheduler and controllers unless they are off, on a
+/// runtime of its own until it fails; `ready` hears when it listens.
+pub(crate) fn serve(
+    cfg: ServerConfig,
+    scheduler: bool,
+    controllers: bool,
+    ready: Option<std::sync::mpsc::Sender<()>>,
+) -> Result<()> {
     // The server's one runtime.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -66,13 +82,18 @@ pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the server's runtime")?;
-    let kubeconfig = root.join("server/admin.kubeconfig");
-    let (scheduler, controllers) = (!a.disable_scheduler, !a.disable_controllers);
+    let kubeconfig = cfg.root.join("server/admin.kubeconfig");
     rt.block_on(async move {
-        let (ready, listening) = tokio::sync::oneshot::channel();
+        let (tx, listening) = tokio::sync::oneshot::channel();
         // The control loops reach the server as any client does, once it listens.
         tokio::spawn(async move {
-            if listening.await.is_err() || !(scheduler || controllers) {
+            if listening.await.is_err() {
+                return;
+            }
+            if let Some(r) = ready {
+                let _ = r.send(());
+            }
+            if !(scheduler || controllers) {
                 return;
             }
             match crate::client::from_kubeconfig(&kubeconfig).await {
@@ -87,7 +108,7 @@ pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
                 Err(e) => tracing::error!(error = %e, "the control loops cannot reach the server"),
             }
         });
-        crate::apiserver::serve(cfg, Some(ready)).await
+        crate::apiserver::serve(cfg, Some(tx)).await
     })?;
     Ok(())
 }

@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub max_pods: usize,
     /// A kubeconfig for the API server the node registers with (none: a standalone node).
     pub kubeconfig: Option<PathBuf>,
+    /// Tear every pod down, remove the node's cgroups and return (`knode down`).
+    pub drain: bool,
 }
 
 /// Resource limits: on (the default, cgroup v2 required) or explicitly off.
@@ -44,6 +46,8 @@ pub struct CgroupConfig {
     pub root: String,
     /// pids.max of every pod (none: unlimited).
     pub pod_max_pids: Option<u64>,
+    /// Why limits are off, when `enabled` is false (default: the --cgroups=disabled flag).
+    pub off_reason: Option<String>,
 }
 
 /// An API server's configuration (`knode server`).

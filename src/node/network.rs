@@ -261,3 +261,10 @@ impl Attachment {
         )
     }
 }
+
+/// Removes the pod network's bridge (`knode down`, once no pod is left); missing is fine.
+pub fn remove_bridge(name: &str) -> Result<()> {
+    cni::bridge::use_runtime(crate::node::rt::handle()?);
+    cni::bridge::del(name)
+        .map_err(|e| NodeError::failed(format!("removing the bridge {name}: {e}")))
+}

@@ -40,9 +40,14 @@ use pod::{NodeContext, PodView, Worker};
 /// Sets up the cgroup manager, or explains why the agent cannot start.
 fn cgroups(c: &CgroupConfig) -> Result<(Option<Arc<crate::node::cgroup::Cgroups>>, String)> {
     if !c.enabled {
-        let note = "started with --cgroups=disabled: pods run without resource limits";
+        let note = format!(
+            "{}: pods run without resource limits",
+            c.off_reason
+                .as_deref()
+                .unwrap_or("started with --cgroups=disabled")
+        );
         tracing::warn!("{note}");
-        return Ok((None, note.into()));
+        return Ok((None, note));
     }
     let mount = crate::node::cgroup::probe().map_err(|e| {
         NodeError::failed(format!("{e}.\nTo fix it: {}.", crate::node::cgroup::FIX))
@@ -263,6 +268,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
     // go back to it.
     let published = Arc::new(tokio::sync::Notify::new());
     let api: Option<Arc<source::ApiSource>> = match cfg.kubeconfig.clone() {
+        _ if cfg.drain => None,
         None => None,
         Some(kc) => {
             let rt = crate::node::rt::handle()?;
@@ -314,7 +320,11 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
     loop {
         // Something to try again soon (a worker that could not start for lack of resources).
         let mut retry = false;
-        let mut m = loader.load(&cfg.manifests);
+        let mut m = if cfg.drain {
+            manifests::Manifests::default()
+        } else {
+            loader.load(&cfg.manifests)
+        };
         let mut api_deleting = BTreeMap::new();
         if let Some(src) = &api {
             let (from_api, deleting) = src.snapshot();
@@ -554,6 +564,27 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
                 .map(|v| v.lock().expect("view").clone())
                 .collect();
             let _ = node::summary(&st.node, &views);
+        }
+        if cfg.drain
+            && workers.is_empty()
+            && stopping.is_empty()
+            && orphans.is_empty()
+            && !retry
+            && std::fs::read_dir(cfg.run_dir.join("pods"))
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(true)
+        {
+            if let Some(cgs) = &ctx.cgroups {
+                cgs.remove(cgs.root())
+                    .with_ctx(|| format!("removing the cgroup {}", cgs.root()))?;
+            }
+            return Ok(());
+        }
+        if cfg.drain && started.elapsed() > Duration::from_secs(180) {
+            return Err(NodeError::failed(format!(
+                "pods still not torn down after 3 minutes: {}",
+                cfg.run_dir.join("pods").display()
+            )));
         }
         // Wait for a change in the directory (or a worker to finish stopping).
         let t = if retry || !stopping.is_empty() || !orphans.is_empty() || !orphan_retry.is_empty()

@@ -13,3 +13,18 @@ pub mod nft;
 pub mod sync;
 
 pub use nft::{render_diff, render_full, Config};
+
+/// Removes knode's nftables tables of family `ip` with these names (`knode down`); missing
+/// ones are fine.
+pub fn remove_tables(names: &[&str]) -> Result<(), netlink::NetlinkError> {
+    let mut socket = netlink::Socket::open()?;
+    for t in names {
+        let cfg = Config {
+            table: t.to_string(),
+            ..Default::default()
+        };
+        // Adding an existing table is a no-op: the pair never fails on a missing one.
+        socket.apply(&[nft::Op::AddTable, nft::Op::DeleteTable], &cfg)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! `knode up` and `knode down`, in a network namespace of their own (the node's, linked to an
+//! "outside" namespace by a veth, as a lab VM is to its host), driven by the real kubectl as
+//! the bootcamp tutorial drives a cluster: `get nodes`, `create deployment`, `expose
+//! --type=NodePort`, requests from outside, `scale`, `delete`; then `knode down` leaves no
+//! process, pod directory, mount, veth, bridge or nftables table behind.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use support::server::KUBECTL;
+use support::{knode_bin, Store};
+
+struct Up {
+    s: Store,
+    ns: String,
+    outside: String,
+}
+
+impl Up {
+    /// A node namespace (lo up, a veth to the outside namespace, a default route through
+    /// it) and an outside namespace.
+    fn new() -> Up {
+        let ns = format!("kn-up-{:x}", std::process::id());
+        let outside = format!("kn-upout-{:x}", std::process::id());
+        for n in [&ns, &outside] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", n])
+                .stderr(std::process::Stdio::null())
+                .status();
+            assert!(Command::new("ip")
+                .args(["netns", "add", n])
+                .status()
+                .unwrap()
+                .success());
+        }
+        let u = Up {
+            s: Store::with_busybox(),
+            ns,
+            outside,
+        };
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec![
+                "link", "add", "knup0", "type", "veth", "peer", "name", "knup1", "netns",
+                &u.outside,
+            ],
+            vec!["addr", "add", "192.0.2.1/24", "dev", "knup0"],
+            vec!["link", "set", "knup0", "up"],
+            vec!["route", "add", "default", "via", "192.0.2.2"],
+        ] {
+            let mut a = vec!["ip", "-n", &u.ns];
+            a.extend(args);
+            assert!(run(&a).status.success(), "{a:?}");
+        }
+        for args in [
+            vec!["addr", "add", "192.0.2.2/24", "dev", "knup1"],
+            vec!["link", "set", "knup1", "up"],
+        ] {
+            let mut a = vec!["ip", "-n", &u.outside];
+            a.extend(args);
+            assert!(run(&a).status.success(), "{a:?}");
+        }
+        u
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.s.root().join("kubeconfig")
+    }
+
+    /// `knode ARGS` in the node's namespace, on this store.
+    fn knode(&self, args: &[&str]) -> Output {
+        let mut a = vec![
+            "nsenter".to_string(),
+            format!("--net=/var/run/netns/{}", self.ns),
+            knode_bin().to_string(),
+            "--root".into(),
+            self.s.root().display().to_string(),
+            "--run-dir".into(),
+            self.s.root().join("run").display().to_string(),
+        ];
+        a.extend(args.iter().map(|s| s.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        run(&a)
+    }
+
+    fn up(&self) -> String {
+        let o = self.knode(&[
+            "up",
+            "--listen",
+            "127.0.0.1:6443",
+            "--write-kubeconfig",
+            self.kubeconfig().to_str().unwrap(),
+            "--log-dir",
+            self.s.root().join("logs").to_str().unwrap(),
+            "--node-name",
+            "knode-test",
+        ]);
+        assert!(o.status.success(), "knode up: {}", text(&o.stderr));
+        text(&o.stdout)
+    }
+
+    /// kubectl 1.37 in the node's namespace; must succeed.
+    fn kubectl(&self, args: &[&str]) -> String {
+        let mut a = vec![
+            "nsenter".to_string(),
+            format!("--net=/var/run/netns/{}", self.ns),
+            KUBECTL.to_string(),
+            "--kubeconfig".into(),
+            self.kubeconfig().display().to_string(),
+        ];
+        a.extend(args.iter().map(|s| s.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let o = run(&a);
+        assert!(
+            o.status.success(),
+            "kubectl {args:?}: {}\n--- knode.log:\n{}",
+            text(&o.stderr),
+            std::fs::read_to_string(self.s.root().join("knode.log")).unwrap_or_default()
+        );
+        text(&o.stdout)
+    }
+
+    /// GET from the outside namespace.
+    fn outside_get(&self, url: &str) -> String {
+        let o = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.outside,
+            "timeout",
+            "5",
+            "busybox",
+            "wget",
+            "-qO-",
+            url,
+        ]);
+        text(&o.stdout)
+    }
+
+    fn pod_dirs(&self) -> usize {
+        std::fs::read_dir(self.s.root().join("run/pods"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.knode(&[
+            "down",
+            "--log-dir",
+            self.s.root().join("logs").to_str().unwrap(),
+        ]);
+        for n in [&self.ns, &self.outside] {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn run(argv: &[&str]) -> Output {
+    Command::new(argv[0]).args(&argv[1..]).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn up_runs_the_bootcamp_and_down_leaves_nothing() {
+    let u = Up::new();
+    let out = u.up();
+    assert!(out.contains("Node knode-test is Ready"), "{out}");
+    // Ready means ready: no wait needed before the tutorial's first command.
+    let nodes = u.kubectl(&["get", "nodes", "-o", "wide"]);
+    let row: Vec<&str> = nodes.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..2], ["knode-test", "Ready"], "{nodes}");
+    assert_eq!(row[5], "192.0.2.1", "INTERNAL-IP: {nodes}");
+    // A second `knode up` finds it running.
+    assert!(u.up().contains("already up"));
+
+    u.kubectl(&[
+        "create",
+        "deployment",
+        "kubernetes-bootcamp",
+        "--image=test/busybox:1",
+        "--replicas=3",
+        "--",
+        "sh",
+        "-c",
+        // httpd in the background, and a shell that exits at once on SIGTERM.
+        "mkdir -p /tmp/w && hostname > /tmp/w/index.html && httpd -p 8080 -h /tmp/w && trap 'exit 0' TERM && while true; do sleep 0.2; done",
+    ]);
+    u.kubectl(&[
+        "rollout",
+        "status",
+        "deployment/kubernetes-bootcamp",
+        "--timeout=60s",
+    ]);
+    let pods = u.kubectl(&["get", "pods", "-o", "wide"]);
+    let names: Vec<String> = pods
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f[1..3], ["1/1", "Running"], "{pods}");
+            assert!(f[5].starts_with("10.244.0."), "pod IP: {pods}");
+            f[0].to_string()
+        })
+        .collect();
+    assert_eq!(names.len(), 3, "{pods}");
+
+    u.kubectl(&[
+        "expose",
+        "deployment/kubernetes-bootcamp",
+        "--type=NodePort",
+        "--port",
+        "8080",
+    ]);
+    let port = u.kubectl(&[
+        "get",
+        "services/kubernetes-bootcamp",
+        "-o",
+        "go-template={{(index .spec.ports 0).nodePort}}",
+    ]);
+    let url = format!("http://192.0.2.1:{port}/");
+    // Requests from outside reach every replica (the proxy picks at random).
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let page = u.outside_get(&url);
+        assert!(
+            names.contains(&page.trim().to_string()),
+            "{page:?} from {url}"
+        );
+        seen.insert(page.trim().to_string());
+        if seen.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+
+    // Scale down: two pods stop, and their directories go.
+    u.kubectl(&["scale", "deployment/kubernetes-bootcamp", "--replicas=1"]);
+    u.kubectl(&[
+        "wait",
+        "deployment/kubernetes-bootcamp",
+        "--for=jsonpath={.status.replicas}=1",
+        "--timeout=60s",
+    ]);
+    let all: serde_json::Value =
+        serde_json::from_str(&u.kubectl(&["get", "pods", "-o", "json"])).unwrap();
+    let terminating: Vec<String> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"].get("deletionTimestamp").is_some())
+        .map(|p| format!("pod/{}", p["metadata"]["name"].as_str().unwrap()))
+        .collect();
+    // (Those that stopped already are gone from the API too.)
+    assert!(terminating.len() <= 2, "{all}");
+    if !terminating.is_empty() {
+        let mut wait = vec!["wait", "--for=delete", "--timeout=60s"];
+        wait.extend(terminating.iter().map(String::as_str));
+        u.kubectl(&wait);
+    }
+    assert_eq!(u.pod_dirs(), 1);
+    u.kubectl(&[
+        "wait",
+        "--for=jsonpath={.status.availableReplicas}=1",
+        "deployment/kubernetes-bootcamp",
+        "--timeout=60s",
+    ]);
+    assert!(u
+        .outside_get(&url)
+        .trim()
+        .starts_with("kubernetes-bootcamp-"));
+
+    // Down: nothing of the cluster is left in the node's namespace or on the host.
+    let o = u.knode(&[
+        "down",
+        "--log-dir",
+        u.s.root().join("logs").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "knode down: {}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("Stopped knode"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert_eq!(u.pod_dirs(), 0);
+    let links = text(&run(&["ip", "-n", &u.ns, "-o", "link"]).stdout);
+    assert!(
+        !links.contains("knode0") && !links.contains("veth"),
+        "{links}"
+    );
+    let tables = text(
+        &run(&[
+            "nsenter",
+            &format!("--net=/var/run/netns/{}", u.ns),
+            "nft",
+            "list",
+            "tables",
+        ])
+        .stdout,
+    );
+    assert!(tables.trim().is_empty(), "{tables}");
+    let root = u.s.root().display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&root), "mounts left under {root}");
+    let ps = text(&run(&["ps", "-eo", "args"]).stdout);
+    assert!(!ps.lines().any(|l| l.contains(&root)), "{ps}");
+    // The IP addresses went back to the pool.
+    let ipam = u.s.root().join("cni/networks/knode");
+    let held = std::fs::read_dir(&ipam)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+        .count();
+    assert_eq!(held, 0, "addresses still held in {}", ipam.display());
+}
