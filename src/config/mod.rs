@@ -34,8 +34,9 @@ pub struct NodeConfig {
     pub max_pods: usize,
     /// A kubeconfig for the API server the node registers with (none: a standalone node).
     pub kubeconfig: Option<PathBuf>,
-    /// Tear every pod down, remove the node's cgroups and return (`knode down`).
-    pub drain: bool,
+    /// Tear every pod down, each within at most this many seconds of grace, remove the
+    /// node's cgroups and return (`knode down`).
+    pub drain: Option<u64>,
 }
 
 /// Resource limits: on (the default, cgroup v2 required) or explicitly off.

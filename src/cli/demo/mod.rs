@@ -1,5 +1,7 @@
 //! The main job on embedded defaults: start a registry (unless one is given), build the demo
-//! image from the host's static busybox, push it, pull it with knode and show it.
+//! image from the host's static busybox, push it, pull it with knode and show it; then bring
+//! a cluster up with `knode up` (in a network namespace of its own, so the host's network is
+//! left alone) and drive it with kubectl as the bootcamp tutorial does, and `knode down`.
 
 pub mod registry;
 
@@ -93,9 +95,10 @@ pub fn demo_run_config() -> RunConfig {
     }
 }
 
-/// Builds the demo image and pushes it to `registry` as `knode/demo:latest`.
+/// Builds the demo image and pushes it to `registry` as `knode/demo:v1` (a tag other than
+/// `latest`: pods use the pulled copy instead of pulling again).
 pub fn push_demo_image(registry: &str) -> Result<Reference> {
-    let r: Reference = format!("{registry}/{DEMO_REPO}:latest").parse()?;
+    let r: Reference = format!("{registry}/{DEMO_REPO}:v1").parse()?;
     let img = ImageBuilder::new()
         .layer(&busybox_layer()?, Compression::Gzip)
         .run_config(demo_run_config())
@@ -111,7 +114,9 @@ pub fn run(
     run_dir: &Path,
     registry: Option<&str>,
     client: ClientOptions,
+    kubectl: Option<&Path>,
 ) -> Result<()> {
+    let cluster_client = client.clone();
     let local;
     let registry = match registry {
         Some(r) => r.to_string(),
@@ -174,25 +179,22 @@ pub fn run(
         .context("unmounting the demo rootfs")?;
     std::fs::remove_dir_all(&work)?;
     shown?;
-    run_pod(root, run_dir, &r.to_string())
+    let kubectl = kubectl
+        .map(Path::to_path_buf)
+        .or_else(find_kubectl)
+        .context("no kubectl: install it (scripts/deps.sh does) or pass --kubectl")?;
+    run_cluster(root, run_dir, &r, cluster_client, &kubectl)
 }
 
-const DEMO_POD: &str = r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: web
-  labels: {app: web}
-spec:
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: server
-    image: IMAGE
-    imagePullPolicy: IfNotPresent
-  - name: client
-    image: IMAGE
-    imagePullPolicy: IfNotPresent
-    command: [sleep, "3600"]
-"#;
+/// kubectl on the PATH, or the one scripts/deps.sh installs.
+fn find_kubectl() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("kubectl"))
+        .chain([std::path::PathBuf::from("/opt/knode-clients/bin/kubectl")])
+        .find(|p| p.is_file())
+}
 
 /// The demo node's network namespace: the demo's node (its bridge, pods and nftables table)
 /// lives there, so the demo never changes the host's own network.
@@ -214,169 +216,197 @@ fn ip_netns(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Brings up a node agent in a network namespace of its own, runs the demo pod on the pod
-/// network and shows it answering.
-fn run_pod(root: &Path, run_dir: &Path, image: &str) -> Result<()> {
+/// Brings up a cluster with `knode up` in a network namespace of its own and drives it with
+/// kubectl as the bootcamp tutorial does; then `knode down`.
+fn run_cluster(
+    root: &Path,
+    run_dir: &Path,
+    image: &Reference,
+    client: ClientOptions,
+    kubectl: &Path,
+) -> Result<()> {
     let _ = ip_netns(&["del", DEMO_NETNS]);
     ip_netns(&["add", DEMO_NETNS])?;
-    let r = run_pod_in_netns(root, run_dir, image);
+    ip_netns(&["exec", DEMO_NETNS, "ip", "link", "set", "lo", "up"])?;
+    // The demo cluster's state is its own (a scratch root under the run dir), so it leaves
+    // nothing in the API of a cluster the user may run later.
+    let demo = Demo {
+        root: run_dir.join("demo-cluster"),
+        kubectl: kubectl.to_path_buf(),
+        netns: format!("--net=/var/run/netns/{DEMO_NETNS}"),
+    };
+    let r = (|| -> Result<()> {
+        let store = crate::node::images::store_at(&demo.root)?;
+        store.pull(
+            &image.to_string(),
+            client,
+            &PullOptions::default(),
+            &oci::progress::NoProgress,
+        )?;
+        demo.run_bootcamp(&image.to_string())
+    })();
+    let down = demo.knode(&[
+        "down",
+        "--log-dir",
+        &demo.root.join("logs").display().to_string(),
+    ]);
     let _ = ip_netns(&["del", DEMO_NETNS]);
-    r
+    let _ = std::fs::remove_dir_all(&demo.root);
+    r?;
+    down?;
+    let _ = root;
+    println!("==> done");
+    Ok(())
 }
 
-fn run_pod_in_netns(root: &Path, run_dir: &Path, image: &str) -> Result<()> {
-    let exe = std::fs::read_link("/proc/self/exe")?;
-    let manifests = run_dir.join("demo-manifests");
-    let _ = std::fs::remove_dir_all(&manifests);
-    std::fs::create_dir_all(&manifests)?;
-    let log_dir = run_dir.join("demo-logs");
-    let ipam = run_dir.join("demo-ipam");
-    let _ = std::fs::remove_dir_all(&ipam);
-    let conf = run_dir.join("demo-net.conflist");
-    let conf_text = include_str!("../../../cni/10-knode.conflist")
-        .replace("/var/lib/knode/cni/networks", &ipam.display().to_string());
-    oci::fsutil::write_atomic(&conf, conf_text.as_bytes())?;
-    println!(
-        "==> knode agent --manifests {} --cni-conf {} (in network namespace {DEMO_NETNS})",
-        manifests.display(),
-        conf.display()
-    );
-    // Resource limits where the host has cgroup v2; said plainly where it has not.
-    let cgroups = match crate::node::cgroup::probe() {
-        Ok(m) => {
-            println!(
-                "==> resource limits: cgroup v2 at {} (pods under knode-demo/)",
-                m.display()
-            );
-            vec!["--cgroup-root", "knode-demo"]
-        }
-        Err(e) => {
-            println!("==> resource limits off (--cgroups=disabled): {e}");
-            vec!["--cgroups=disabled"]
-        }
-    };
-    let netns_arg = format!("--net=/var/run/netns/{DEMO_NETNS}");
-    let mut agent = Command::new("nsenter")
-        .arg(&netns_arg)
-        .arg(&exe)
-        .arg("--root")
-        .arg(root)
-        .arg("--run-dir")
-        .arg(run_dir)
-        .args(["agent", "--manifests"])
-        .arg(&manifests)
-        .arg("--log-dir")
-        .arg(&log_dir)
-        .arg("--cni-conf")
-        .arg(&conf)
-        .args(&cgroups)
-        .spawn()
-        .context("starting the agent (nsenter is in util-linux)")?;
-    let result = (|| -> Result<()> {
-        std::fs::write(manifests.join("web.yaml"), DEMO_POD.replace("IMAGE", image))?;
-        println!("==> a pod manifest in the manifests directory: web (server: busybox httpd on :8080, client)");
-        let sock = crate::node::kubelet::socket(run_dir);
-        let t = std::time::Instant::now();
-        let deadline = t + std::time::Duration::from_secs(60);
-        loop {
-            if let Ok((200, body)) = crate::node::kubelet::api::get(&sock, "/pods/default/web") {
-                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let statuses = v["pod"]["status"]["containerStatuses"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                if statuses.len() == 2 && statuses.iter().all(|c| c["ready"] == true) {
-                    break;
-                }
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("the demo pod did not start within 60 s (see `knode describe pod web`)");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        println!(
-            "pod running {:.0} ms after its manifest appeared",
-            t.elapsed().as_secs_f64() * 1000.0
-        );
-        println!("==> knode get pods -o wide");
-        crate::cli::get::get_pods(&sock, Some("default"), Some("wide"))?;
-        let ip = match crate::node::kubelet::api::get(&sock, "/pods/default/web") {
-            Ok((200, body)) => serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["pod"]["status"]["podIP"].as_str().map(str::to_string)),
-            _ => None,
-        }
-        .context("the demo pod has no IP")?;
-        let url = format!("http://{ip}:8080/");
-        println!("==> knode exec web -c client -- wget -qO- {url}   (the pod's own IP)");
-        let out = Command::new(&exe)
+/// The demo cluster: its root, kubectl, and the node's network namespace.
+struct Demo {
+    root: std::path::PathBuf,
+    kubectl: std::path::PathBuf,
+    netns: String,
+}
+
+impl Demo {
+    fn kubeconfig(&self) -> std::path::PathBuf {
+        self.root.join("kubeconfig")
+    }
+
+    /// `knode ARGS` on the demo cluster, printing its output.
+    fn knode(&self, args: &[&str]) -> Result<()> {
+        println!("==> knode {}", args.join(" "));
+        let status = Command::new("nsenter")
+            .arg(&self.netns)
+            .arg(std::fs::read_link("/proc/self/exe")?)
+            .arg("--root")
+            .arg(&self.root)
             .arg("--run-dir")
-            .arg(run_dir)
-            .args(["exec", "web", "-c", "client", "--", "wget", "-qO-", &url])
-            .output()?;
+            .arg(self.root.join("run"))
+            .args(args)
+            .status()
+            .context("running knode in the demo's namespace (nsenter is in util-linux)")?;
+        if !status.success() {
+            bail!("knode {} failed", args.join(" "));
+        }
+        Ok(())
+    }
+
+    /// `kubectl ARGS`, printed as a user would type it; returns its output.
+    fn kubectl(&self, args: &[&str], show: bool) -> Result<String> {
+        if show {
+            println!("==> kubectl {}", args.join(" "));
+        }
+        let out = Command::new("nsenter")
+            .arg(&self.netns)
+            .arg(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", self.kubectl.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             bail!(
-                "the server did not answer: {}",
-                String::from_utf8_lossy(&out.stderr)
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        println!("==> wget -qO- {url}   (from the node, over the knode0 bridge)");
+        if show {
+            print!("{text}");
+        }
+        Ok(text)
+    }
+
+    fn run_bootcamp(&self, image: &str) -> Result<()> {
+        self.knode(&[
+            "up",
+            "--listen",
+            "127.0.0.1:6443",
+            "--write-kubeconfig",
+            &self.kubeconfig().display().to_string(),
+            "--log-dir",
+            &self.root.join("logs").display().to_string(),
+            "--node-name",
+            "knode-demo",
+        ])?;
+        self.kubectl(&["get", "nodes", "-o", "wide"], true)?;
+        let t = std::time::Instant::now();
+        self.kubectl(
+            &[
+                "create",
+                "deployment",
+                "kubernetes-bootcamp",
+                &format!("--image={image}"),
+                "--replicas=2",
+            ],
+            true,
+        )?;
+        self.kubectl(
+            &[
+                "rollout",
+                "status",
+                "deployment/kubernetes-bootcamp",
+                "--timeout=60s",
+            ],
+            true,
+        )?;
+        println!(
+            "2 replicas available {:.0} ms after kubectl create",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+        self.kubectl(&["get", "pods", "-o", "wide"], true)?;
+        self.kubectl(
+            &[
+                "expose",
+                "deployment/kubernetes-bootcamp",
+                "--type=NodePort",
+                "--port",
+                "8080",
+            ],
+            true,
+        )?;
+        self.kubectl(&["get", "services"], true)?;
+        let port = self.kubectl(
+            &[
+                "get",
+                "services/kubernetes-bootcamp",
+                "-o",
+                "go-template={{(index .spec.ports 0).nodePort}}",
+            ],
+            false,
+        )?;
+        // The node's address on the pod bridge (the namespace has no other).
+        let url = format!("http://10.244.0.1:{}/", port.trim());
+        println!("==> wget -qO- {url}   (the NodePort, from the node)");
         let out = Command::new("nsenter")
-            .arg(&netns_arg)
+            .arg(&self.netns)
             .args([BUSYBOX, "wget", "-qO-", &url])
             .output()?;
         if !out.status.success() {
             bail!(
-                "the pod did not answer the node: {}",
+                "the service did not answer: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
         print!("{}", String::from_utf8_lossy(&out.stdout));
-        println!("==> knode logs web -c server");
-        crate::cli::logs::logs(
-            &sock,
-            &crate::cli::logs::LogArgs {
-                namespace: "default",
-                pod: "web",
-                container: Some("server"),
-                follow: false,
-                tail: None,
-                previous: false,
-            },
+        self.kubectl(
+            &["scale", "deployment/kubernetes-bootcamp", "--replicas=3"],
+            true,
         )?;
-        std::fs::remove_file(manifests.join("web.yaml"))?;
-        println!("==> manifest removed: the pod is stopped and cleaned up");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while std::fs::read_dir(run_dir.join("pods"))
-            .map(|d| d.count())
-            .unwrap_or(0)
-            > 0
-        {
-            if std::time::Instant::now() > deadline {
-                bail!("the demo pod was not cleaned up within 60 s");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        self.kubectl(
+            &[
+                "rollout",
+                "status",
+                "deployment/kubernetes-bootcamp",
+                "--timeout=60s",
+            ],
+            true,
+        )?;
+        self.kubectl(&["get", "deployments"], true)?;
+        self.kubectl(
+            &["delete", "service,deployment", "kubernetes-bootcamp"],
+            true,
+        )?;
         Ok(())
-    })();
-    let _ = agent.kill();
-    let _ = agent.wait();
-    let _ = std::fs::remove_dir_all(&manifests);
-    let _ = std::fs::remove_dir_all(&log_dir);
-    let _ = std::fs::remove_dir_all(&ipam);
-    let _ = std::fs::remove_file(&conf);
-    // The demo's (now empty) QoS and root cgroups.
-    if let Some(m) = oci::runtime::cgroup2_mount().filter(|_| cgroups.len() == 2) {
-        for d in [
-            "knode-demo/burstable",
-            "knode-demo/besteffort",
-            "knode-demo",
-        ] {
-            let _ = std::fs::remove_dir(m.join(d));
-        }
     }
-    result?;
-    println!("==> done");
-    Ok(())
 }

@@ -38,7 +38,10 @@ use crate::node::safefs::Beneath;
 use pod::{NodeContext, PodView, Worker};
 
 /// Sets up the cgroup manager, or explains why the agent cannot start.
-fn cgroups(c: &CgroupConfig) -> Result<(Option<Arc<crate::node::cgroup::Cgroups>>, String)> {
+fn cgroups(
+    c: &CgroupConfig,
+    quiet: bool,
+) -> Result<(Option<Arc<crate::node::cgroup::Cgroups>>, String)> {
     if !c.enabled {
         let note = format!(
             "{}: pods run without resource limits",
@@ -46,7 +49,9 @@ fn cgroups(c: &CgroupConfig) -> Result<(Option<Arc<crate::node::cgroup::Cgroups>
                 .as_deref()
                 .unwrap_or("started with --cgroups=disabled")
         );
-        tracing::warn!("{note}");
+        if !quiet {
+            tracing::warn!("{note}");
+        }
         return Ok((None, note));
     }
     let mount = crate::node::cgroup::probe().map_err(|e| {
@@ -218,7 +223,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
                 cfg.run_dir.display()
             )
         })?;
-    let (cgroups, cgroup_note) = cgroups(&cfg.cgroups)?;
+    let (cgroups, cgroup_note) = cgroups(&cfg.cgroups, cfg.drain.is_some())?;
     let cluster_cidr = network.as_ref().and_then(|n| n.cluster_cidr());
     let mut services =
         crate::node::proxy::sync::Services::new(&cfg.root, cfg.service_cidr, cluster_cidr)?;
@@ -268,7 +273,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
     // go back to it.
     let published = Arc::new(tokio::sync::Notify::new());
     let api: Option<Arc<source::ApiSource>> = match cfg.kubeconfig.clone() {
-        _ if cfg.drain => None,
+        _ if cfg.drain.is_some() => None,
         None => None,
         Some(kc) => {
             let rt = crate::node::rt::handle()?;
@@ -320,7 +325,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
     loop {
         // Something to try again soon (a worker that could not start for lack of resources).
         let mut retry = false;
-        let mut m = if cfg.drain {
+        let mut m = if cfg.drain.is_some() {
             manifests::Manifests::default()
         } else {
             loader.load(&cfg.manifests)
@@ -415,10 +420,10 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
                 uid.clone(),
                 std::time::Instant::now() + Duration::from_secs(5),
             );
-            let (c, u) = (ctx.clone(), uid.clone());
+            let (c, u, cap) = (ctx.clone(), uid.clone(), cfg.drain);
             match std::thread::Builder::new()
                 .name("orphan".into())
-                .spawn(move || orphan_teardown(&c, &u))
+                .spawn(move || orphan_teardown(&c, &u, cap))
             {
                 Ok(t) => orphans.push((uid, t)),
                 Err(e) => {
@@ -565,7 +570,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
                 .collect();
             let _ = node::summary(&st.node, &views);
         }
-        if cfg.drain
+        if cfg.drain.is_some()
             && workers.is_empty()
             && stopping.is_empty()
             && orphans.is_empty()
@@ -580,7 +585,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             }
             return Ok(());
         }
-        if cfg.drain && started.elapsed() > Duration::from_secs(180) {
+        if cfg.drain.is_some() && started.elapsed() > Duration::from_secs(180) {
             return Err(NodeError::failed(format!(
                 "pods still not torn down after 3 minutes: {}",
                 cfg.run_dir.join("pods").display()
@@ -640,7 +645,7 @@ fn wait_for_change(inotify: &OwnedFd, dir: &Path, changed: &OwnedFd, secs: i64) 
 
 /// Tears down a pod directory no manifest wants any more (left by an earlier agent), with
 /// the grace period its pod had (what is left of it, if its deletion had begun).
-fn orphan_teardown(ctx: &NodeContext, uid: &str) {
+fn orphan_teardown(ctx: &NodeContext, uid: &str, grace_cap: Option<u64>) {
     let Ok(dir) = ctx.run.join(&["pods", uid]) else {
         return;
     };
@@ -652,6 +657,10 @@ fn orphan_teardown(ctx: &NodeContext, uid: &str) {
         grace_seconds: 30,
         deleting_since: None,
     });
+    let mut meta = meta;
+    if let Some(cap) = grace_cap {
+        meta.grace_seconds = meta.grace_seconds.min(cap);
+    }
     // Its log directory: by name, or (recorded by an older agent) by the UID it ends with.
     let log_name = if meta.name.is_empty() {
         std::fs::read_dir(&ctx.log_dir)
