@@ -224,6 +224,45 @@ fn up_runs_the_bootcamp_and_down_leaves_nothing() {
         "-o",
         "go-template={{(index .spec.ports 0).nodePort}}",
     ]);
+    // The endpoints controllers list the three ready pods, as describe shows them.
+    u.kubectl(&[
+        "wait",
+        "endpoints/kubernetes-bootcamp",
+        "--for=jsonpath={.subsets[0].addresses[2].targetRef.kind}=Pod",
+        "--timeout=60s",
+    ]);
+    let ep = u.kubectl(&["get", "endpoints", "kubernetes-bootcamp"]);
+    let row: Vec<&str> = ep.lines().nth(1).unwrap().split_whitespace().collect();
+    let mut addrs: Vec<&str> = row[1].split(',').collect();
+    addrs.sort();
+    assert_eq!(addrs.len(), 3, "{ep}");
+    assert!(
+        addrs
+            .iter()
+            .all(|a| a.starts_with("10.244.0.") && a.ends_with(":8080")),
+        "{ep}"
+    );
+    let describe = u.kubectl(&["describe", "services/kubernetes-bootcamp"]);
+    assert!(
+        describe.contains("Endpoints:") && describe.contains(":8080,"),
+        "{describe}"
+    );
+    let slices: serde_json::Value = serde_json::from_str(&u.kubectl(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=kubernetes-bootcamp",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let slice = &slices["items"][0];
+    assert_eq!(slices["items"].as_array().unwrap().len(), 1, "{slices}");
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(slice["endpoints"].as_array().unwrap().len(), 3, "{slice}");
+    assert_eq!(slice["endpoints"][0]["conditions"]["ready"], true);
+    assert_eq!(slice["ports"][0]["port"], 8080);
+    assert_eq!(slice["metadata"]["ownerReferences"][0]["kind"], "Service");
     let url = format!("http://192.0.2.1:{port}/");
     // Requests from outside reach every replica (the proxy picks at random).
     let mut seen = std::collections::BTreeSet::new();
@@ -275,6 +314,15 @@ fn up_runs_the_bootcamp_and_down_leaves_nothing() {
         .outside_get(&url)
         .trim()
         .starts_with("kubernetes-bootcamp-"));
+    // The endpoints follow: the one pod left is the one address.
+    let last = u.kubectl(&["get", "pods", "-o", "jsonpath={.items[*].metadata.name}"]);
+    assert!(!last.contains(' '), "{last}");
+    u.kubectl(&[
+        "wait",
+        "endpoints/kubernetes-bootcamp",
+        &format!("--for=jsonpath={{.subsets[0].addresses[*].targetRef.name}}={last}"),
+        "--timeout=60s",
+    ]);
 
     // Down: nothing of the cluster is left in the node's namespace or on the host.
     let o = u.knode(&[

@@ -290,3 +290,159 @@ async fn collect_replica_sets(
         }
     }
 }
+
+/// The Endpoints and EndpointSlice controllers: services and pods watched, every service with
+/// a selector given the Endpoints and slices of [`super::endpoints::groups`].
+pub async fn endpoints(client: Client) {
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let svc_store = cache::<Service>(&client, wake.clone());
+    let pod_store = cache::<Pod>(&client, wake.clone());
+    let ep_store = cache::<Endpoints>(&client, wake.clone());
+    let slice_store = cache::<EndpointSlice>(&client, wake.clone());
+    for ready in [
+        svc_store.wait_until_ready().await.is_ok(),
+        pod_store.wait_until_ready().await.is_ok(),
+        ep_store.wait_until_ready().await.is_ok(),
+        slice_store.wait_until_ready().await.is_ok(),
+    ] {
+        if !ready {
+            return;
+        }
+    }
+    tracing::info!("endpoints and endpointslice controllers started");
+    loop {
+        let pods = pod_store.state();
+        let pods: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
+        let eps = ep_store.state();
+        let slices = slice_store.state();
+        for svc in svc_store.state() {
+            if super::endpoints::selector(&svc).is_none() {
+                continue;
+            }
+            if let Err(e) = sync_endpoints(&client, &svc, &pods, &eps, &slices).await {
+                tracing::debug!(service = ?svc.metadata.name, error = %e, "endpoints");
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), wake.notified()).await;
+    }
+}
+
+async fn sync_endpoints(
+    client: &Client,
+    svc: &k8s_openapi::api::core::v1::Service,
+    pods: &[&Pod],
+    eps: &[Arc<k8s_openapi::api::core::v1::Endpoints>],
+    slices: &[Arc<k8s_openapi::api::discovery::v1::EndpointSlice>],
+) -> Result<(), kube::Error> {
+    use super::endpoints as e;
+    use k8s_openapi::api::core::v1::Endpoints;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let ns = svc.metadata.namespace.clone().unwrap_or_default();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let groups = e::groups(svc, pods);
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+
+    // Endpoints: one object named as the service.
+    let subsets = e::subsets(&groups, &ns);
+    let labels = e::labels(svc);
+    let current = eps.iter().find(|x| {
+        x.metadata.namespace.as_deref() == Some(ns.as_str())
+            && x.metadata.name.as_deref() == Some(name.as_str())
+    });
+    let same = current.is_some_and(|c| {
+        serde_json::to_value(&c.subsets).unwrap_or_default() == subsets
+            && c.metadata.labels.clone().unwrap_or_default() == labels
+    });
+    let api: Api<Endpoints> = Api::namespaced(client.clone(), &ns);
+    if !same {
+        let mut body = serde_json::json!({
+            "metadata": {"name": name, "namespace": ns, "labels": labels,
+                         "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": now}},
+        });
+        if !subsets.is_null() {
+            body["subsets"] = subsets;
+        }
+        match current {
+            None => {
+                let ep: Endpoints =
+                    serde_json::from_value(body).map_err(kube::Error::SerdeError)?;
+                api.create(&PostParams::default(), &ep).await?;
+            }
+            Some(c) => {
+                body["metadata"]["resourceVersion"] =
+                    serde_json::json!(c.metadata.resource_version);
+                let ep: Endpoints =
+                    serde_json::from_value(body).map_err(kube::Error::SerdeError)?;
+                api.replace(&name, &PostParams::default(), &ep).await?;
+            }
+        }
+    }
+
+    // EndpointSlices: one per group (one empty slice when there is no group).
+    let uid = svc.metadata.uid.clone().unwrap_or_default();
+    let mut mine: Vec<&EndpointSlice> = slices
+        .iter()
+        .map(|s| s.as_ref())
+        .filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
+        .filter(|s| {
+            let l = s.metadata.labels.clone().unwrap_or_default();
+            l.get(e::SERVICE_NAME) == Some(&name)
+                && l.get(e::MANAGED_BY).map(String::as_str) == Some(e::SLICE_CONTROLLER)
+        })
+        .collect();
+    mine.sort_by_key(|s| s.metadata.name.clone());
+    let wanted: Vec<e::Group> = if groups.is_empty() {
+        vec![e::Group::default()]
+    } else {
+        groups
+    };
+    let slice_labels = e::slice_labels(svc);
+    let sapi: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    for (i, g) in wanted.iter().enumerate() {
+        let (endpoints, ports) = e::slice_body(g, &ns);
+        let mut body = serde_json::json!({
+            "metadata": {
+                "namespace": ns,
+                "labels": slice_labels,
+                "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": now},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name,
+                                      "uid": uid, "controller": true, "blockOwnerDeletion": true}],
+            },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": ports,
+        });
+        match mine.get(i) {
+            Some(cur) => {
+                let same = serde_json::to_value(&cur.endpoints).unwrap_or_default()
+                    == body["endpoints"]
+                    && serde_json::to_value(&cur.ports).unwrap_or_default() == body["ports"]
+                    && cur.metadata.labels.clone().unwrap_or_default() == slice_labels;
+                if same {
+                    continue;
+                }
+                let n = cur.metadata.name.clone().unwrap_or_default();
+                body["metadata"]["name"] = serde_json::json!(n);
+                body["metadata"]["resourceVersion"] =
+                    serde_json::json!(cur.metadata.resource_version);
+                let s: EndpointSlice =
+                    serde_json::from_value(body).map_err(kube::Error::SerdeError)?;
+                sapi.replace(&n, &PostParams::default(), &s).await?;
+            }
+            None => {
+                body["metadata"]["generateName"] = serde_json::json!(format!("{name}-"));
+                let s: EndpointSlice =
+                    serde_json::from_value(body).map_err(kube::Error::SerdeError)?;
+                sapi.create(&PostParams::default(), &s).await?;
+            }
+        }
+    }
+    for extra in mine.iter().skip(wanted.len()) {
+        if let Some(n) = &extra.metadata.name {
+            sapi.delete(n, &DeleteParams::default()).await?;
+        }
+    }
+    Ok(())
+}
