@@ -29,6 +29,8 @@ fn an_agent_with_the_node_token_registers_and_renews_its_lease() {
         .arg(kubeconfig.to_str().unwrap())
         .arg("--node-name")
         .arg("worker-1")
+        .arg("--kubelet-port")
+        .arg("0")
         .start();
     s.ok(&["wait", "--for=create", "node/worker-1", "--timeout=60s"]);
     s.ok(&[
@@ -75,6 +77,28 @@ fn an_agent_with_the_node_token_registers_and_renews_its_lease() {
         "{renewed}"
     );
 
+    // Its kubelet API answers the API server's client certificate and no other: not the
+    // admin's (signed by the same CA), not a client without one.
+    let port = n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_i64()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{port}/healthz");
+    let tls = s.root().join("server/tls");
+    let with = |cert: Option<&str>| {
+        let mut b = reqwest::blocking::Client::builder().danger_accept_invalid_certs(true);
+        if let Some(c) = cert {
+            let mut pem = std::fs::read(tls.join(format!("{c}.crt"))).unwrap();
+            pem.extend(std::fs::read(tls.join(format!("{c}.key"))).unwrap());
+            b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        b.build().unwrap().get(&url).send()
+    };
+    let ok = with(Some("kubelet-client")).unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().unwrap(), "ok");
+    assert!(with(Some("admin")).is_err());
+    assert!(with(None).is_err());
+
     // The scheduler places pods on it.
     s.ok(&["run", "p", "--image=busybox"]);
     s.ok(&[
@@ -104,6 +128,8 @@ fn an_agent_runs_the_pods_bound_to_it_and_reports_them() {
         .arg(s.kubeconfig().to_str().unwrap())
         .arg("--node-name")
         .arg("node-1")
+        .arg("--kubelet-port")
+        .arg("0")
         .start();
     s.ok(&[
         "wait",

@@ -122,6 +122,47 @@ impl Up {
         text(&o.stdout)
     }
 
+    /// kubectl 1.37 in the node's namespace with `input` on its stdin; its output.
+    fn kubectl_with_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut c = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.ns))
+            .arg(KUBECTL)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
+    }
+
+    /// The first line kubectl 1.37 prints (a follow or a watch), then it is stopped.
+    fn first_line(&self, args: &[&str]) -> String {
+        use std::io::BufRead;
+        let mut c = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.ns))
+            .arg(KUBECTL)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .arg("--request-timeout=60s")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(c.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+        line
+    }
+
     /// GET from the outside namespace.
     fn outside_get(&self, url: &str) -> String {
         let o = run(&[
@@ -190,7 +231,7 @@ fn up_runs_the_bootcamp_and_down_leaves_nothing() {
         "sh",
         "-c",
         // httpd in the background, and a shell that exits at once on SIGTERM.
-        "mkdir -p /tmp/w && hostname > /tmp/w/index.html && httpd -p 8080 -h /tmp/w && trap 'exit 0' TERM && while true; do sleep 0.2; done",
+        "mkdir -p /tmp/w && hostname > /tmp/w/index.html && httpd -p 8080 -h /tmp/w && echo serving $(hostname) && echo on port 8080 >&2 && trap 'exit 0' TERM && while true; do sleep 0.2; done",
     ]);
     u.kubectl(&[
         "rollout",
@@ -278,6 +319,61 @@ fn up_runs_the_bootcamp_and_down_leaves_nothing() {
         }
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
+
+    // Logs and exec through the API server and the node's kubelet API (the bootcamp's
+    // `kubectl logs $POD_NAME` and `kubectl exec -ti $POD_NAME -- bash` steps).
+    let pod = &names[0];
+    assert_eq!(
+        u.kubectl(&["logs", pod]),
+        format!("serving {pod}\non port 8080\n")
+    );
+    assert_eq!(u.kubectl(&["logs", pod, "--tail=1"]), "on port 8080\n");
+    let stamped = u.kubectl(&["logs", pod, "--timestamps", "--tail=1"]);
+    assert!(
+        stamped.ends_with("Z on port 8080\n") && stamped.starts_with("20"),
+        "{stamped:?}"
+    );
+    let first = u.first_line(&["logs", "-f", pod]);
+    assert_eq!(first, format!("serving {pod}\n"));
+    let env = u.kubectl(&["exec", pod, "--", "env"]);
+    assert!(env.lines().any(|l| l == format!("HOSTNAME={pod}")), "{env}");
+    assert!(env.contains("KUBERNETES_SERVICE_HOST=10.96.0.1"), "{env}");
+    let page = u.kubectl(&["exec", pod, "--", "cat", "/tmp/w/index.html"]);
+    assert_eq!(page, format!("{pod}\n"));
+    // stdin, and a command's exit code as kubectl reports it.
+    let o = u.kubectl_with_stdin(
+        &["exec", "-i", pod, "--", "sh", "-c", "tr a-z A-Z; exit 3"],
+        "hello\n",
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "HELLO\n");
+    assert!(
+        text(&o.stderr).contains("command terminated with exit code 3"),
+        "{}",
+        text(&o.stderr)
+    );
+    // -ti under a terminal (script gives kubectl one): the command has a terminal too.
+    let line = format!(
+        "{KUBECTL} --kubeconfig {} exec -ti {pod} -- sh -c 'test -t 0 && test -t 1 && echo on a terminal'",
+        u.kubeconfig().display()
+    );
+    let o = run(&[
+        "nsenter",
+        &format!("--net=/var/run/netns/{}", u.ns),
+        "script",
+        "-qec",
+        &line,
+        "/dev/null",
+    ]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out} {}", text(&o.stderr));
+    assert!(out.contains("on a terminal\r\n"), "{out:?}");
+    let o = u.kubectl_with_stdin(&["logs", "nosuchpod"], "");
+    assert!(
+        text(&o.stderr).contains("pods \"nosuchpod\" not found"),
+        "{}",
+        text(&o.stderr)
+    );
 
     // Scale down: two pods stop, and their directories go.
     u.kubectl(&["scale", "deployment/kubernetes-bootcamp", "--replicas=1"]);

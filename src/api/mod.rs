@@ -11,3 +11,7 @@ pub mod selector;
 pub mod service;
 pub mod time;
 pub mod validation;
+
+/// The common name of the API server's client certificate toward node agents (kubeadm's
+/// name); a node agent's kubelet API accepts no other.
+pub const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";

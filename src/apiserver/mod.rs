@@ -17,6 +17,7 @@ pub mod fieldmanager;
 pub mod handlers;
 pub mod metrics;
 pub mod namespaces;
+pub mod nodeproxy;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
@@ -80,6 +81,8 @@ struct Shared {
     api: Arc<handlers::Api>,
     /// host:port clients reach this server at (`/api`'s serverAddressByClientCIDRs).
     address: String,
+    /// TLS toward node agents' kubelet API (logs, exec).
+    kubelet_tls: Arc<rustls::ClientConfig>,
 }
 
 /// A `Status` as the API server writes it.
@@ -158,6 +161,27 @@ async fn fallback(
     let Some(user) = authenticate(&shared, &peer, req.headers()).await else {
         return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     };
+    // Logs and exec go to the pod's node agent, with the request whole (an exec upgrades).
+    let streamed = {
+        let segs: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
+        match segs.as_slice() {
+            ["api", "v1", "namespaces", _, "pods", _, "log" | "exec"] => {
+                Some(request::parse("", "v1", &segs[2..]))
+            }
+            _ => None,
+        }
+    };
+    if let Some(t) = streamed {
+        let q = request::Query::parse(req.uri().query());
+        let t = match t {
+            Ok(t) => t,
+            Err(e) => return e.into_response(),
+        };
+        if let Err(e) = handlers::authorize(&user, &t, req.method(), &q) {
+            return e.into_response();
+        }
+        return nodeproxy::serve(&shared.api, shared.kubelet_tls.clone(), &t, &q, req).await;
+    }
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, handlers::MAX_BODY).await {
         Ok(b) => b,
@@ -414,6 +438,10 @@ pub async fn serve(
         token: pki.token.clone(),
         api,
         address: format!("{host}:{}", cfg.listen.port()),
+        kubelet_tls: Arc::new(
+            nodeproxy::client_config(&pki.kubelet_client_cert, &pki.kubelet_client_key)
+                .map_err(|e| ServerError::Tls(format!("the kubelet client: {e}")))?,
+        ),
     });
     let app = Router::new()
         .route("/version", get(version))
@@ -457,7 +485,7 @@ pub async fn serve(
                 hyper_util::service::TowerToHyperService::new(app.layer(Extension(Peer(user))));
             let _ =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
                     .await;
         });
     }

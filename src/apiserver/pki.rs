@@ -35,6 +35,9 @@ pub struct Pki {
     pub serving_key: String,
     pub admin_cert: String,
     pub admin_key: String,
+    /// The API server's client certificate toward node agents (their kubelet API).
+    pub kubelet_client_cert: String,
+    pub kubelet_client_key: String,
     /// The admin bearer token.
     pub token: String,
 }
@@ -155,7 +158,7 @@ pub fn ensure(dir: &Path, addresses: &[IpAddr], service_ip: IpAddr) -> Result<Pk
             write_private(&path("ca.key"), &key.serialize_pem(), 0o600)?;
             write_private(&path("ca.crt"), &cert.pem(), 0o644)?;
             // Everything signed by an older CA is made again.
-            for f in ["serving.crt", "admin.crt"] {
+            for f in ["serving.crt", "admin.crt", "kubelet-client.crt"] {
                 let _ = std::fs::remove_file(path(f));
             }
             (cert.pem(), key)
@@ -193,6 +196,20 @@ pub fn ensure(dir: &Path, addresses: &[IpAddr], service_ip: IpAddr) -> Result<Pk
             (cert.pem(), key.serialize_pem())
         }
     };
+    let kubelet_client = match (
+        read(&path("kubelet-client.crt"))?,
+        read(&path("kubelet-client.key"))?,
+    ) {
+        (Some(c), Some(k)) => (c, k),
+        _ => {
+            let key = KeyPair::generate()?;
+            let p = leaf(crate::api::KUBELET_CLIENT, Some("system:masters"), false)?;
+            let cert = p.signed_by(&key, &issuer)?;
+            write_private(&path("kubelet-client.key"), &key.serialize_pem(), 0o600)?;
+            write_private(&path("kubelet-client.crt"), &cert.pem(), 0o644)?;
+            (cert.pem(), key.serialize_pem())
+        }
+    };
     let token = match read(&path("admin.token"))? {
         Some(t) if t.trim().len() >= 32 => t.trim().to_string(),
         _ => {
@@ -215,6 +232,8 @@ pub fn ensure(dir: &Path, addresses: &[IpAddr], service_ip: IpAddr) -> Result<Pk
         serving_key: serving.1,
         admin_cert: admin.0,
         admin_key: admin.1,
+        kubelet_client_cert: kubelet_client.0,
+        kubelet_client_key: kubelet_client.1,
         token,
     })
 }

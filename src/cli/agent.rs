@@ -51,6 +51,10 @@ pub struct AgentCmd {
     /// run here and their status goes back to the API.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// The kubelet API's port (logs and exec for the API server; HTTPS, the API server's
+    /// client certificate only), with --kubeconfig; 0: any free port.
+    #[arg(long, default_value_t = crate::node::kubelet::server::DEFAULT_PORT)]
+    pub kubelet_port: u16,
 }
 
 pub fn run(
@@ -90,6 +94,7 @@ pub fn run(
         max_pods: a.max_pods as usize,
         kubeconfig: a.kubeconfig,
         drain: None,
+        kubelet_port: a.kubelet_port,
     })?;
     Ok(())
 }

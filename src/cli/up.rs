@@ -361,6 +361,7 @@ fn node_config(
         max_pods: 110,
         kubeconfig: Some(root.join("server/admin.kubeconfig")),
         drain,
+        kubelet_port: crate::node::kubelet::server::DEFAULT_PORT,
     })
 }
 

@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub max_pods: usize,
     /// A kubeconfig for the API server the node registers with (none: a standalone node).
     pub kubeconfig: Option<PathBuf>,
+    /// The kubelet API's port on an API server (0: any free port).
+    pub kubelet_port: u16,
     /// Tear every pod down, each within at most this many seconds of grace, remove the
     /// node's cgroups and return (`knode down`).
     pub drain: Option<u64>,

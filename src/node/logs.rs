@@ -171,17 +171,15 @@ pub fn parse_line(line: &str) -> Option<Record> {
     })
 }
 
-/// The container's output as it wrote it (records joined back), optionally only the last
-/// `tail` lines, from the rotated files and the current one in order.
-pub fn read(path: &Path, tail: Option<usize>) -> io::Result<Vec<String>> {
+/// Every record of a container's log: the rotated files' and the current one's, in order.
+pub fn records(path: &Path) -> io::Result<Vec<Record>> {
     let mut files: Vec<PathBuf> = (1..100)
         .map(|i| PathBuf::from(format!("{}.{i}", path.display())))
         .filter(|p| p.exists())
         .collect();
     files.reverse();
     files.push(path.to_path_buf());
-    let mut lines = Vec::new();
-    let mut cur = String::new();
+    let mut out = Vec::new();
     for f in files {
         let Ok(file) = File::open(&f) else { continue };
         // Containers write bytes, not always UTF-8: decode lossily rather than fail.
@@ -193,13 +191,23 @@ pub fn read(path: &Path, tail: Option<usize>) -> io::Result<Vec<String>> {
                 break;
             }
             let l = String::from_utf8_lossy(&raw);
-            let Some(r) = parse_line(l.trim_end_matches('\n')) else {
-                continue;
-            };
-            cur.push_str(&r.msg);
-            if !r.partial {
-                lines.push(std::mem::take(&mut cur));
+            if let Some(rec) = parse_line(l.trim_end_matches('\n')) {
+                out.push(rec);
             }
+        }
+    }
+    Ok(out)
+}
+
+/// The container's output as it wrote it (records joined back), optionally only the last
+/// `tail` lines, from the rotated files and the current one in order.
+pub fn read(path: &Path, tail: Option<usize>) -> io::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for r in records(path)? {
+        cur.push_str(&r.msg);
+        if !r.partial {
+            lines.push(std::mem::take(&mut cur));
         }
     }
     if let Some(t) = tail {

@@ -195,7 +195,7 @@ fn find(state: &NodeState, ns: &str, name: &str) -> Option<PodView> {
 }
 
 /// Decodes `%XX` escapes and `+` (a space) of a query value.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -218,7 +218,7 @@ fn percent_decode(s: &str) -> String {
 
 /// Why a pod's container cannot be found (a 404).
 #[derive(Debug, thiserror::Error)]
-enum NotFound {
+pub(crate) enum NotFound {
     #[error("pod {0}/{1} not found")]
     Pod(String, String),
     #[error("container {0} is not valid for pod {1}")]
@@ -226,7 +226,7 @@ enum NotFound {
 }
 
 /// A pod's container, or why there is none.
-fn find_container(
+pub(crate) fn find_container(
     st: &NodeState,
     ns: &str,
     name: &str,
@@ -243,7 +243,11 @@ fn find_container(
 }
 
 /// `<log-dir>/<ns>_<pod>_<uid>/<container>`.
-fn container_log_dir(st: &NodeState, v: &PodView, container: &str) -> std::path::PathBuf {
+pub(crate) fn container_log_dir(
+    st: &NodeState,
+    v: &PodView,
+    container: &str,
+) -> std::path::PathBuf {
     st.log_dir
         .join(crate::node::logs::pod_dir_name(
             &v.manifest.namespace,

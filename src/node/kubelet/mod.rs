@@ -19,6 +19,7 @@ pub mod manifests;
 pub mod node;
 pub mod pod;
 pub mod register;
+pub mod server;
 pub mod source;
 pub mod volumes;
 
@@ -280,6 +281,15 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             let client = rt
                 .block_on(crate::client::from_kubeconfig(&kc))
                 .map_err(|e| NodeError::failed(format!("cannot reach the API server: {e}")))?;
+            // The kubelet API, for logs and exec through the API server.
+            match source::cluster_ca(&kc)
+                .and_then(|ca| server::serve(cfg.kubelet_port, &cfg.node_name, &ca, state.clone()))
+            {
+                Ok(port) => state.write().expect("state").node.kubelet_port = Some(port),
+                Err(e) => {
+                    tracing::error!(error = %e, "no kubelet API: kubectl logs and exec cannot reach this node's pods")
+                }
+            }
             let (st, name) = (state.clone(), cfg.node_name.clone());
             rt.spawn(register::heartbeat(client.clone(), st, name));
             let wake = changed_w_api(&ctx)?;

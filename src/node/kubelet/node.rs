@@ -28,6 +28,8 @@ pub struct NodeInfo {
     pub rates: Rates,
     /// Pods admitted at once (`--max-pods`).
     pub max_pods: u64,
+    /// The kubelet API's port, once it listens.
+    pub kubelet_port: Option<u16>,
 }
 
 impl NodeInfo {
@@ -43,6 +45,7 @@ impl NodeInfo {
             cgroup_note,
             rates: Rates::default(),
             max_pods: MAX_PODS,
+            kubelet_port: None,
         }
     }
 }
@@ -88,8 +91,14 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
-/// The node's address: the one its default route leaves from (a UDP socket connected to a
-/// public address, which sends nothing), or none when there is no such route.
+/// The node's address: the one its default route leaves from, or, on a node without one (an
+/// isolated lab namespace), 127.0.0.1.
+pub fn node_ip() -> String {
+    internal_ip().unwrap_or_else(|| "127.0.0.1".into())
+}
+
+/// The address the default route leaves from (a UDP socket connected to a public address,
+/// which sends nothing), or none when there is no such route.
 pub fn internal_ip() -> Option<String> {
     let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
     s.connect("192.0.2.1:9").ok()?;
@@ -154,19 +163,19 @@ pub fn node(info: &NodeInfo) -> core::Node {
                     last_transition_time: Some(since),
                 },
             ]),
-            addresses: Some(
-                internal_ip()
-                    .map(|ip| core::NodeAddress {
-                        type_: "InternalIP".into(),
-                        address: ip,
-                    })
-                    .into_iter()
-                    .chain([core::NodeAddress {
-                        type_: "Hostname".into(),
-                        address: info.name.clone(),
-                    }])
-                    .collect(),
-            ),
+            addresses: Some(vec![
+                core::NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: node_ip(),
+                },
+                core::NodeAddress {
+                    type_: "Hostname".into(),
+                    address: info.name.clone(),
+                },
+            ]),
+            daemon_endpoints: info.kubelet_port.map(|p| core::NodeDaemonEndpoints {
+                kubelet_endpoint: Some(core::DaemonEndpoint { port: p as i32 }),
+            }),
             node_info: Some(core::NodeSystemInfo {
                 architecture: arch,
                 kernel_version: kernel,

@@ -31,6 +31,38 @@ use super::NodeState;
 pub const API_SOURCE: &str = "api";
 const MANAGER: &str = "knode-agent";
 
+/// The cluster's CA (PEM) from a kubeconfig's current cluster: the kubelet API trusts the
+/// client certificates it signed.
+pub fn cluster_ca(kubeconfig: &Path) -> Result<Vec<u8>, crate::node::error::NodeError> {
+    use base64::Engine;
+    let bad =
+        |m: String| crate::node::error::NodeError::failed(format!("{}: {m}", kubeconfig.display()));
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| bad(e.to_string()))?;
+    let ctx_name = kc.current_context.clone().unwrap_or_default();
+    let cluster_name = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == ctx_name)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone())
+        .ok_or_else(|| bad(format!("no context {ctx_name:?}")))?;
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster_name)
+        .and_then(|c| c.cluster.as_ref())
+        .ok_or_else(|| bad(format!("no cluster {cluster_name:?}")))?;
+    if let Some(d) = &cluster.certificate_authority_data {
+        return base64::engine::general_purpose::STANDARD
+            .decode(d.trim())
+            .map_err(|e| bad(format!("certificate-authority-data: {e}")));
+    }
+    if let Some(f) = &cluster.certificate_authority {
+        return std::fs::read(f).map_err(|e| bad(format!("certificate-authority {f}: {e}")));
+    }
+    Err(bad("the cluster has no certificate authority".into()))
+}
+
 /// Whether a pod came from the API server (not from the manifests directory).
 pub fn from_api(m: &PodManifest) -> bool {
     m.file == Path::new(API_SOURCE)
@@ -230,7 +262,7 @@ async fn publish_once(
                 .filter(|v| from_api(&v.manifest))
                 .collect(),
             st.node.name.clone(),
-            super::node::internal_ip(),
+            Some(super::node::node_ip()),
         )
     };
     let pp = PatchParams {
