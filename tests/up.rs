@@ -368,6 +368,49 @@ fn up_runs_the_bootcamp_and_down_leaves_nothing() {
     let out = text(&o.stdout);
     assert!(o.status.success(), "{out} {}", text(&o.stderr));
     assert!(out.contains("on a terminal\r\n"), "{out:?}");
+    // `kubectl proxy`, then the pod and the service through the API server's proxy.
+    {
+        use std::io::BufRead;
+        let mut proxy = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", u.ns))
+            .arg(KUBECTL)
+            .arg("--kubeconfig")
+            .arg(u.kubeconfig())
+            .args(["proxy", "--port=8001"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(proxy.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("Starting to serve on 127.0.0.1:8001"),
+            "{line}"
+        );
+        let get = |path: &str| {
+            let o = run(&[
+                "nsenter",
+                &format!("--net=/var/run/netns/{}", u.ns),
+                "busybox",
+                "wget",
+                "-qO-",
+                &format!("http://127.0.0.1:8001{path}"),
+            ]);
+            text(&o.stdout)
+        };
+        let pod_page = get(&format!(
+            "/api/v1/namespaces/default/pods/{pod}:8080/proxy/"
+        ));
+        let svc_page = get("/api/v1/namespaces/default/services/kubernetes-bootcamp:8080/proxy/");
+        let version = get("/version");
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+        assert_eq!(pod_page, format!("{pod}\n"));
+        assert!(names.contains(&svc_page.trim().to_string()), "{svc_page:?}");
+        assert!(version.contains("\"gitVersion\""), "{version}");
+    }
     let o = u.kubectl_with_stdin(&["logs", "nosuchpod"], "");
     assert!(
         text(&o.stderr).contains("pods \"nosuchpod\" not found"),

@@ -165,7 +165,8 @@ async fn fallback(
     let streamed = {
         let segs: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
         match segs.as_slice() {
-            ["api", "v1", "namespaces", _, "pods", _, "log" | "exec"] => {
+            ["api", "v1", "namespaces", _, "pods", _, "log" | "exec"]
+            | ["api", "v1", "namespaces", _, "pods" | "services", _, "proxy", ..] => {
                 Some(request::parse("", "v1", &segs[2..]))
             }
             _ => None,
@@ -179,6 +180,9 @@ async fn fallback(
         };
         if let Err(e) = handlers::authorize(&user, &t, req.method(), &q) {
             return e.into_response();
+        }
+        if t.sub.as_deref() == Some("proxy") {
+            return nodeproxy::proxy(&shared.api, &t, req).await;
         }
         return nodeproxy::serve(&shared.api, shared.kubelet_tls.clone(), &t, &q, req).await;
     }

@@ -1,3 +1,7 @@
+//! `pods/proxy` and `services/proxy`: an HTTP reverse proxy to the pod's IP (for a service,
+//! a ready endpoint's), as kube-apiserver's proxy subresources are (the Kubernetes Basics
+//! tutorial's `curl localhost:8001/api/v1/namespaces/default/pods/$POD_NAME:8080/proxy/`).
+//!
 //! `pods/log` and `pods/exec`: the API server finds the pod's container and node, and hands
 //! the request to the node agent's kubelet API (`/containerLogs/...`, `/exec/...`, as
 //! kube-apiserver's `LogLocation` and `ExecLocation` build them), streaming the answer back;
@@ -316,6 +320,178 @@ pub async fn serve(
     }
 }
 
+/// `[scheme:]name[:port]` of a proxy path.
+fn proxy_target(id: &str) -> ApiResult<(String, String, String)> {
+    let parts: Vec<&str> = id.split(':').collect();
+    let (scheme, name, port) = match parts.as_slice() {
+        [n] => ("", *n, ""),
+        [n, p] => ("", *n, *p),
+        [s, n, p] => (*s, *n, *p),
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "invalid proxy target {id:?}: expected [scheme:]name[:port]"
+            )))
+        }
+    };
+    if !matches!(scheme, "" | "http") {
+        return Err(ApiError::bad_request(format!(
+            "proxy scheme {scheme:?} is not supported (http only)"
+        )));
+    }
+    Ok(("http".into(), name.to_string(), port.to_string()))
+}
+
+/// A pod's `IP:port` for a port given by number, by container port name, or not at all (80).
+fn pod_address(pod: &Value, name: &str, port: &str) -> ApiResult<String> {
+    let ip = pod["status"]["podIP"]
+        .as_str()
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| ApiError::unavailable(format!("pod {name} has no IP address yet")))?;
+    let number = if port.is_empty() {
+        80
+    } else if let Ok(n) = port.parse::<u16>() {
+        n
+    } else {
+        pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+            .find(|p| p["name"] == port)
+            .and_then(|p| p["containerPort"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("no container port named {port:?} in pod {name}"))
+            })?
+    };
+    Ok(format!("{ip}:{number}"))
+}
+
+/// A ready endpoint of a service's port (by name or number; none: its only or first port).
+fn service_address(svc: &Value, ep: &Value, name: &str, port: &str) -> ApiResult<String> {
+    let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    let sp = if port.is_empty() {
+        ports.first()
+    } else {
+        ports.iter().find(|p| {
+            p["name"] == port || p["port"].as_u64().map(|n| n.to_string()).as_deref() == Some(port)
+        })
+    }
+    .ok_or_else(|| {
+        ApiError::unavailable(format!(
+            "no service port {port:?} found for service {name:?}"
+        ))
+    })?;
+    let port_name = sp["name"].as_str().unwrap_or("");
+    for subset in ep["subsets"].as_array().into_iter().flatten() {
+        let Some(p) = subset["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"].as_str().unwrap_or("") == port_name)
+        else {
+            continue;
+        };
+        if let Some(a) = subset["addresses"].as_array().and_then(|a| a.first()) {
+            return Ok(format!("{}:{}", a["ip"].as_str().unwrap_or(""), p["port"]));
+        }
+    }
+    Err(ApiError::unavailable(format!(
+        "no endpoints available for service {name:?}"
+    )))
+}
+
+/// Serves `pods/proxy` and `services/proxy`.
+pub async fn proxy(
+    api: &super::handlers::Api,
+    t: &Target,
+    req: axum::extract::Request,
+) -> Response {
+    let run = async {
+        let ns = t.namespace.clone().unwrap_or_default();
+        let (_, name, port) = proxy_target(t.name.as_deref().unwrap_or(""))?;
+        let addr = if t.resource.plural == "pods" {
+            let pod = api.reg.get(t.resource, Some(&ns), &name).await?;
+            pod_address(&pod, &name, &port)?
+        } else {
+            let svc = api.reg.get(t.resource, Some(&ns), &name).await?;
+            let eps = super::resources::find("", "v1", "endpoints").expect("endpoints are served");
+            let ep = api
+                .reg
+                .get(eps, Some(&ns), &name)
+                .await
+                .unwrap_or(Value::Null);
+            service_address(&svc, &ep, &name, &port)?
+        };
+        let mut path = format!("/{}", t.rest);
+        if req.uri().path().ends_with('/') && !path.ends_with('/') {
+            path.push('/');
+        }
+        if let Some(q) = req.uri().query() {
+            path = format!("{path}?{q}");
+        }
+        let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(|e| {
+            ApiError::unavailable(format!(
+                "error trying to reach {} {name}: dial tcp {addr}: {e}",
+                t.resource.kind.to_lowercase()
+            ))
+        })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| ApiError::unavailable(format!("proxying to {addr}: {e}")))?;
+        tokio::spawn(conn);
+        let (parts, body) = req.into_parts();
+        let mut out = hyper::Request::builder()
+            .method(parts.method)
+            .uri(&path)
+            .header("host", &addr);
+        for (k, v) in &parts.headers {
+            // Hop-by-hop headers and the caller's credentials stay here.
+            if matches!(
+                k.as_str(),
+                "authorization"
+                    | "connection"
+                    | "keep-alive"
+                    | "proxy-connection"
+                    | "te"
+                    | "trailer"
+                    | "transfer-encoding"
+                    | "upgrade"
+                    | "host"
+            ) {
+                continue;
+            }
+            out = out.header(k, v);
+        }
+        let out = out
+            .body(body)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let resp = sender
+            .send_request(out)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("proxying to {addr}: {e}")))?;
+        let (parts, body) = resp.into_parts();
+        let mut r = axum::http::Response::builder().status(parts.status);
+        for (k, v) in &parts.headers {
+            if !matches!(
+                k.as_str(),
+                "connection" | "keep-alive" | "transfer-encoding"
+            ) {
+                r = r.header(k, v);
+            }
+        }
+        Ok::<_, ApiError>(
+            r.body(axum::body::Body::new(body))
+                .expect("a valid response"),
+        )
+    };
+    match run.await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,5 +530,35 @@ mod tests {
         let node = json!({"status": {"addresses": [{"type": "Hostname", "address": "n"}, {"type": "InternalIP", "address": "10.0.0.4"}],
                                      "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}}}});
         assert_eq!(kubelet_address(&node).as_deref(), Some("10.0.0.4:10250"));
+    }
+
+    #[test]
+    fn proxy_targets_resolve_to_addresses() {
+        assert_eq!(
+            proxy_target("web:8080").unwrap(),
+            ("http".into(), "web".into(), "8080".into())
+        );
+        assert!(proxy_target("https:web:443").is_err());
+        let pod = json!({"spec": {"containers": [{"ports": [{"name": "http", "containerPort": 8080}]}]},
+                         "status": {"podIP": "10.244.0.5"}});
+        assert_eq!(pod_address(&pod, "p", "").unwrap(), "10.244.0.5:80");
+        assert_eq!(pod_address(&pod, "p", "9000").unwrap(), "10.244.0.5:9000");
+        assert_eq!(pod_address(&pod, "p", "http").unwrap(), "10.244.0.5:8080");
+        assert!(pod_address(&pod, "p", "grpc").is_err());
+        let svc = json!({"spec": {"ports": [{"name": "web", "port": 80}]}});
+        let ep = json!({"subsets": [{"addresses": [{"ip": "10.244.0.5"}], "ports": [{"name": "web", "port": 8080}]}]});
+        assert_eq!(
+            service_address(&svc, &ep, "s", "").unwrap(),
+            "10.244.0.5:8080"
+        );
+        assert_eq!(
+            service_address(&svc, &ep, "s", "web").unwrap(),
+            "10.244.0.5:8080"
+        );
+        assert_eq!(
+            service_address(&svc, &ep, "s", "80").unwrap(),
+            "10.244.0.5:8080"
+        );
+        assert!(service_address(&svc, &json!({}), "s", "").is_err());
     }
 }

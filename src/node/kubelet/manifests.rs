@@ -69,13 +69,6 @@ const POD_SPEC_FIELDS: &[&str] = &[
     "enableServiceLinks",
     "priority",
     "volumes",
-    // The scheduler's, which the agent has nothing to do with once the pod is bound to it.
-    "tolerations",
-    "nodeSelector",
-    "affinity",
-    "priorityClassName",
-    "preemptionPolicy",
-    "topologySpreadConstraints",
 ];
 
 const CONTAINER_FIELDS: &[&str] = &[

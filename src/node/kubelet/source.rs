@@ -172,6 +172,17 @@ fn finished(p: &Pod) -> bool {
         && p.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) != Some("Always")
 }
 
+/// Pod spec fields only the scheduler reads.
+const SCHEDULER_FIELDS: &[&str] = &[
+    "tolerations",
+    "nodeSelector",
+    "affinity",
+    "priorityClassName",
+    "preemptionPolicy",
+    "topologySpreadConstraints",
+    "schedulingGates",
+];
+
 /// A pod from the API as a manifest; its UID must be a plain name (it names directories).
 fn manifest(p: &Pod) -> Option<PodManifest> {
     let (namespace, name) = key(&p.metadata);
@@ -179,7 +190,14 @@ fn manifest(p: &Pod) -> Option<PodManifest> {
     if crate::node::safefs::check_name(&uid).is_err() || namespace.is_empty() || name.is_empty() {
         return None;
     }
-    let raw = serde_json::to_value(p).ok()?;
+    let mut raw = serde_json::to_value(p).ok()?;
+    // The scheduler's fields did their work when the pod was bound here: not the agent's to
+    // report as unsupported (the API server also adds default tolerations to every pod).
+    if let Some(spec) = raw["spec"].as_object_mut() {
+        for f in SCHEDULER_FIELDS {
+            spec.remove(*f);
+        }
+    }
     let (warnings, invalid) = super::manifests::check_pod(&raw, p);
     let mut pod = p.clone();
     pod.status = None;
@@ -414,6 +432,10 @@ mod tests {
         assert_eq!(m.uid, "3f1c2a9e-0000-4000-8000-000000000001");
         assert!(m.pod.status.is_none());
         assert!(m.invalid.is_none(), "{:?}", m.invalid);
+        // The scheduler's fields are no warnings on a bound pod.
+        let mut t = p.clone();
+        t.spec.as_mut().unwrap().tolerations = Some(vec![Default::default()]);
+        assert!(manifest(&t).unwrap().warnings.is_empty());
         // A UID that is not a plain name never becomes a directory.
         let mut bad = p.clone();
         bad.metadata.uid = Some("../x".into());
