@@ -89,7 +89,7 @@ impl Up {
         let o = self.knode(&[
             "up",
             "--listen",
-            "127.0.0.1:6443",
+            "0.0.0.0:6443",
             "--write-kubeconfig",
             self.kubeconfig().to_str().unwrap(),
             "--log-dir",
@@ -368,6 +368,17 @@ fn up_runs_the_bootcamp_and_down_leaves_nothing() {
     let out = text(&o.stdout);
     assert!(o.status.success(), "{out} {}", text(&o.stderr));
     assert!(out.contains("on a terminal\r\n"), "{out:?}");
+    // A pod reaches the API server through the `kubernetes` Service (its endpoint the node's
+    // address, from the API's EndpointSlice).
+    let o = u.kubectl(&[
+        "exec",
+        pod,
+        "--",
+        "sh",
+        "-c",
+        "echo | nc -w 5 10.96.0.1 443 >/dev/null; echo exit=$?",
+    ]);
+    assert_eq!(o, "exit=0\n");
     // `kubectl proxy`, then the pod and the service through the API server's proxy.
     {
         use std::io::BufRead;

@@ -297,12 +297,20 @@ fn foreground(
     write_private(&pid_file(run_dir), &format!("{}\n", std::process::id()))?;
     let conf = network_conf(root)?;
     let service_cidr: ipnet::Ipv4Net = SERVICE_CIDR.parse().expect("a CIDR");
+    // The node's address is the API server's too: the certificate covers it, and the
+    // `kubernetes` Service leads pods to it.
+    let mut tls_san = a.tls_san.clone();
+    if let Ok(ip) = crate::node::kubelet::node::node_ip().parse::<std::net::IpAddr>() {
+        if !ip.is_loopback() && !tls_san.contains(&ip) {
+            tls_san.insert(0, ip);
+        }
+    }
     let cfg = super::server::config(
         super::server::ServerCmd {
             listen: a.listen,
             datastore_endpoint: vec![],
             write_kubeconfig: None,
-            tls_san: a.tls_san.clone(),
+            tls_san,
             service_cidr,
             compaction_interval: 300,
             disable_scheduler: false,

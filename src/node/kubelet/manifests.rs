@@ -35,6 +35,9 @@ pub struct Manifests {
     pub secrets: BTreeMap<(String, String), Arc<Secret>>,
     /// Valid Service manifests, in file order.
     pub services: Vec<crate::api::service::spec::ServiceSpec>,
+    /// Endpoints the API has for a service (namespace, name), per port in its order; a
+    /// service without is given endpoints from this node's pods.
+    pub endpoints: BTreeMap<(String, String), Vec<Vec<crate::api::service::Endpoint>>>,
     /// Files or documents that could not be used, with the reason.
     pub errors: Vec<String>,
 }
@@ -46,6 +49,7 @@ impl Manifests {
         self.config_maps.extend(other.config_maps);
         self.secrets.extend(other.secrets);
         self.services.extend(other.services);
+        self.endpoints.extend(other.endpoints);
         self.errors.extend(other.errors);
     }
 }

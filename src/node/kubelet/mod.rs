@@ -375,7 +375,8 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
                     .get(&p.uid)
                     .is_some_and(|w| w.view.lock().expect("view").published)
             });
-        let (states, views, service_errors) = services.sync(&m.services, &pods, settled);
+        let (states, views, service_errors) =
+            services.sync(&m.services, &pods, &m.endpoints, settled);
         for e in &service_errors {
             if !state.read().expect("state").manifest_errors.contains(e) {
                 tracing::warn!(error = %e, "service");

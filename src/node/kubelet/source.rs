@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::{reflector::Store, watcher};
 use kube::Client;
@@ -74,6 +75,7 @@ pub struct ApiSource {
     config_maps: Store<ConfigMap>,
     secrets: Option<Store<Secret>>,
     services: Store<Service>,
+    slices: Store<EndpointSlice>,
 }
 
 impl ApiSource {
@@ -87,6 +89,7 @@ impl ApiSource {
         );
         let config_maps = crate::client::cache(client, notify.clone());
         let services = crate::client::cache(client, notify.clone());
+        let slices = crate::client::cache(client, notify.clone());
         let secrets = match Api::<Secret>::all(client.clone())
             .list_metadata(&ListParams::default().limit(1))
             .await
@@ -108,6 +111,7 @@ impl ApiSource {
             config_maps,
             secrets,
             services,
+            slices,
         }
     }
 
@@ -132,13 +136,20 @@ impl ApiSource {
             let (ns, name) = key(&s.metadata);
             m.secrets.insert((ns, name), s);
         }
+        let slices = self.slices.state();
         for s in self.services.state() {
             let kind = s.spec.as_ref().and_then(|s| s.type_.as_deref());
             if !matches!(kind, None | Some("ClusterIP") | Some("NodePort")) {
                 continue;
             }
             match crate::api::service::spec::from_service(&s, PathBuf::from(API_SOURCE)) {
-                Ok(spec) => m.services.push(spec),
+                Ok(spec) => {
+                    let key = (spec.namespace.clone(), spec.name.clone());
+                    if let Some(eps) = slice_endpoints(&spec, &slices) {
+                        m.endpoints.insert(key, eps);
+                    }
+                    m.services.push(spec)
+                }
                 Err(e) => m.errors.push(e.to_string()),
             }
         }
@@ -156,6 +167,59 @@ fn key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (Strin
         m.namespace.clone().unwrap_or_default(),
         m.name.clone().unwrap_or_default(),
     )
+}
+
+/// A service's endpoints per port (in the spec's order) from its EndpointSlices, or None when
+/// it has none yet (its endpoints then come from this node's pods).
+fn slice_endpoints(
+    spec: &crate::api::service::spec::ServiceSpec,
+    slices: &[Arc<EndpointSlice>],
+) -> Option<Vec<Vec<crate::api::service::Endpoint>>> {
+    let mine: Vec<&EndpointSlice> = slices
+        .iter()
+        .map(|s| s.as_ref())
+        .filter(|s| s.metadata.namespace.as_deref() == Some(spec.namespace.as_str()))
+        .filter(|s| s.address_type == "IPv4")
+        .filter(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+                == Some(&spec.name)
+        })
+        .collect();
+    if mine.is_empty() {
+        return None;
+    }
+    let per_port = spec
+        .ports
+        .iter()
+        .map(|p| {
+            let mut eps: Vec<crate::api::service::Endpoint> = mine
+                .iter()
+                .flat_map(|s| {
+                    let port = s
+                        .ports
+                        .iter()
+                        .flatten()
+                        .find(|sp| sp.name.as_deref().unwrap_or("") == p.name)
+                        .and_then(|sp| sp.port)
+                        .and_then(|n| u16::try_from(n).ok());
+                    s.endpoints.iter().flatten().filter_map(move |e| {
+                        Some(crate::api::service::Endpoint {
+                            ip: e.addresses.first()?.parse().ok()?,
+                            port: port?,
+                            ready: e.conditions.as_ref().and_then(|c| c.ready) != Some(false),
+                        })
+                    })
+                })
+                .collect();
+            eps.sort();
+            eps.dedup();
+            eps
+        })
+        .collect();
+    Some(per_port)
 }
 
 /// A pod the API reports finished before this agent saw it run (after a restart of the
@@ -440,6 +504,57 @@ mod tests {
         let mut bad = p.clone();
         bad.metadata.uid = Some("../x".into());
         assert!(manifest(&bad).is_none());
+    }
+
+    #[test]
+    fn endpoint_slices_give_each_service_port_its_endpoints() {
+        let spec = crate::api::service::spec::from_service(
+            &serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"selector": {"app": "web"}, "clusterIP": "10.96.0.9",
+                         "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+            }))
+            .unwrap(),
+            PathBuf::from(API_SOURCE),
+        )
+        .unwrap();
+        let slice = |name: &str, ns: &str, eps: Value| -> Arc<EndpointSlice> {
+            Arc::new(
+                serde_json::from_value(json!({
+                    "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": "web"}},
+                    "addressType": "IPv4",
+                    "endpoints": eps,
+                    "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                }))
+                .unwrap(),
+            )
+        };
+        assert_eq!(slice_endpoints(&spec, &[]), None);
+        let slices = [
+            slice(
+                "web-a",
+                "default",
+                json!([{"addresses": ["10.244.1.2"], "conditions": {"ready": true}}]),
+            ),
+            slice(
+                "web-b",
+                "default",
+                json!([{"addresses": ["10.244.0.3"], "conditions": {"ready": false}}]),
+            ),
+            slice("web-c", "other", json!([{"addresses": ["10.9.9.9"]}])),
+        ];
+        let eps = slice_endpoints(&spec, &slices).unwrap();
+        let got: Vec<(String, u16, bool)> = eps[0]
+            .iter()
+            .map(|e| (e.ip.to_string(), e.port, e.ready))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.244.0.3".to_string(), 8080, false),
+                ("10.244.1.2".to_string(), 8080, true)
+            ]
+        );
     }
 
     #[test]

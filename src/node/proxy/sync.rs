@@ -29,6 +29,10 @@ enum Table {
     Synced,
 }
 
+/// Endpoints known from elsewhere (the API's EndpointSlices), per service and port.
+pub type Known =
+    std::collections::BTreeMap<(String, String), Vec<Vec<crate::api::service::Endpoint>>>;
+
 pub struct Services {
     alloc: Allocator,
     /// What the table holds, per service.
@@ -64,12 +68,14 @@ impl Services {
         self.alloc.created(namespace, name).map(str::to_string)
     }
 
-    /// Allocates, computes endpoints and (with `sync_proxy`) syncs the proxy. Returns the services with their
+    /// Allocates, computes endpoints (those `known` has for a service, from the API; else from
+    /// `pods`) and (with `sync_proxy`) syncs the proxy. Returns the services with their
     /// endpoints, the views (for environment variables) and the problems to report.
     pub fn sync(
         &mut self,
         specs: &[ServiceSpec],
         pods: &[PodInfo],
+        known: &Known,
         sync_proxy: bool,
     ) -> (Vec<ServiceState>, Vec<ServiceView>, Vec<String>) {
         let (views, mut errors) = match self.alloc.assign(specs) {
@@ -82,9 +88,13 @@ impl Services {
                 let spec = specs
                     .iter()
                     .find(|s| s.namespace == v.namespace && s.name == v.name)?;
+                let endpoints = match known.get(&(v.namespace.clone(), v.name.clone())) {
+                    Some(e) => e.clone(),
+                    None => compute(spec, pods),
+                };
                 Some(ServiceState {
                     service: v.clone(),
-                    endpoints: compute(spec, pods),
+                    endpoints,
                 })
             })
             .collect();
