@@ -218,3 +218,203 @@ fn an_agent_runs_the_pods_bound_to_it_and_reports_them() {
     s.ok(&wait);
     assert_eq!(pod_dirs(&n), Vec::<String>::new());
 }
+
+/// Reads `kubectl get ... --watch` output (kubectl 1.37) until a line satisfies `done`.
+fn watch_until(s: &Server, args: &[&str], done: impl Fn(&str) -> bool) -> String {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(support::server::KUBECTL)
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig())
+        .args(args)
+        .arg("--watch")
+        .arg("--request-timeout=60s")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut found = None;
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if done(&line) {
+            found = Some(line);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    found.expect("the watch ended before the awaited change")
+}
+
+const STAY_AND_GO: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: stay}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: 'test/busybox:1', command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.2; done']}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: go}
+spec:
+  terminationGracePeriodSeconds: 1
+  tolerations:
+  - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}
+  containers:
+  - {name: c, image: 'test/busybox:1', command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.2; done']}
+";
+
+#[test]
+fn a_node_whose_agent_dies_goes_unknown_evicts_and_comes_back_with_its_pods() {
+    // A quick heartbeat and a short grace (upstream's are 10 s and 40 s), so the test is short.
+    let s = Server::start(&["--node-monitor-grace-period=3s"]);
+    let mut n = Node::builder()
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig().to_str().unwrap())
+        .arg("--node-status-update-frequency=1s")
+        .arg("--node-name")
+        .arg("node-1")
+        .arg("--kubelet-port")
+        .arg("0")
+        .start();
+    s.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "node/node-1",
+        "--timeout=60s",
+    ]);
+    s.ok_with(
+        support::server::KUBECTL,
+        &["create", "-f", "-"],
+        Some(STAY_AND_GO),
+    );
+    s.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/stay",
+        "pod/go",
+        "--timeout=60s",
+    ]);
+    let before = s.json(&["get", "pod", "stay"]);
+    let started = before["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].clone();
+
+    // The agent dies: the node goes Unknown and is tainted; the pod that tolerates that for
+    // 1 s is evicted, the other (300 s by default) stays.
+    n.kill_agent();
+    s.ok(&[
+        "wait",
+        "--for=condition=Ready=Unknown",
+        "node/node-1",
+        "--timeout=60s",
+    ]);
+    let node = s.json(&["get", "node", "node-1"]);
+    let ready = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["reason"], "NodeStatusUnknown", "{ready}");
+    assert_eq!(ready["message"], "Kubelet stopped posting node status.");
+    let taints = node["spec"]["taints"].to_string();
+    assert!(
+        taints.contains("node.kubernetes.io/unreachable") && taints.contains("NoExecute"),
+        "{taints}"
+    );
+    let rows = s.ok(&["get", "nodes"]);
+    assert!(rows.contains("node-1   NotReady"), "{rows}");
+    s.ok(&[
+        "wait",
+        "--for=jsonpath={.metadata.deletionTimestamp}",
+        "pod/go",
+        "--timeout=60s",
+    ]);
+    assert!(s.json(&["get", "pod", "stay"])["metadata"]
+        .get("deletionTimestamp")
+        .is_none());
+
+    // The agent is back: Ready, untainted; it finishes the eviction, and the pod that stayed
+    // kept running (the same start, no restart).
+    n.start_agent();
+    s.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "node/node-1",
+        "--timeout=60s",
+    ]);
+    watch_until(
+        &s,
+        &[
+            "get",
+            "node",
+            "node-1",
+            "-o",
+            "jsonpath={.spec.taints}{\"\\n\"}",
+        ],
+        |l| !l.contains("unreachable"),
+    );
+    s.ok(&["wait", "--for=delete", "pod/go", "--timeout=60s"]);
+    let after = s.json(&["get", "pod", "stay"]);
+    let c = &after["status"]["containerStatuses"][0];
+    assert_eq!(c["state"]["running"]["startedAt"], started, "{c}");
+    assert_eq!(c["restartCount"], 0);
+    assert_eq!(after["status"]["phase"], "Running");
+    s.ok(&["delete", "pod", "stay", "--timeout=60s"]);
+}
+
+#[test]
+fn a_server_killed_and_restarted_finds_its_pods_running_and_the_agent_resumes() {
+    let mut s = Server::start(&[]);
+    let n = Node::builder()
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig().to_str().unwrap())
+        .arg("--node-name")
+        .arg("node-1")
+        .arg("--kubelet-port")
+        .arg("0")
+        .start();
+    s.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "node/node-1",
+        "--timeout=60s",
+    ]);
+    s.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=test/busybox:1",
+        "--replicas=2",
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+    ]);
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let names = |s: &Server| -> Vec<String> {
+        let mut v: Vec<String> = s.json(&["get", "pods", "-l", "app=web"])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["metadata"]["uid"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = names(&s);
+
+    // kill -9 of the server; a new one on the same store.
+    s.stop();
+    s.spawn();
+    // The controllers start again from the store: no pod is made twice, none lost.
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert_eq!(names(&s), before);
+    let mut dirs = pod_dirs(&n);
+    dirs.sort();
+    assert_eq!(dirs, before);
+    // The agent's watches resumed: a third replica runs here.
+    s.ok(&["scale", "deployment/web", "--replicas=3"]);
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert_eq!(pod_dirs(&n).len(), 3);
+    s.ok(&["delete", "deployment", "web"]);
+}

@@ -55,6 +55,10 @@ pub struct AgentCmd {
     /// client certificate only), with --kubeconfig; 0: any free port.
     #[arg(long, default_value_t = crate::node::kubelet::server::DEFAULT_PORT)]
     pub kubelet_port: u16,
+    /// How often the Node's status is posted and its Lease renewed (the kubelet's
+    /// nodeStatusUpdateFrequency): `10s`.
+    #[arg(long, default_value = "10s", value_parser = super::server::parse_seconds)]
+    pub node_status_update_frequency: std::time::Duration,
 }
 
 pub fn run(
@@ -95,6 +99,7 @@ pub fn run(
         kubeconfig: a.kubeconfig,
         drain: None,
         kubelet_port: a.kubelet_port,
+        heartbeat: a.node_status_update_frequency,
     })?;
     Ok(())
 }

@@ -35,11 +35,37 @@ pub struct ServerCmd {
     /// Do not run the controllers (ReplicaSets and ReplicationControllers make no pods).
     #[arg(long)]
     pub disable_controllers: bool,
+    /// How long a node's agent may stay quiet before the node is marked Unknown and tainted
+    /// unreachable (kube-controller-manager's flag): `40s`, `2m`.
+    #[arg(long, default_value = "40s", value_parser = parse_seconds)]
+    pub node_monitor_grace_period: std::time::Duration,
+}
+
+/// `40s`, `2m` or `40` (seconds).
+pub(crate) fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = match s.strip_suffix('m') {
+        Some(n) => (n, 60),
+        None => (s.strip_suffix('s').unwrap_or(s), 1),
+    };
+    match n.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(std::time::Duration::from_secs(n * unit)),
+        _ => Err(format!(
+            "invalid duration {s:?}: expected seconds like 40s or minutes like 2m"
+        )),
+    }
 }
 
 pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
     let (scheduler, controllers) = (!a.disable_scheduler, !a.disable_controllers);
-    serve(config(a, root)?, scheduler, controllers, None)
+    let opts = crate::controllers::Options {
+        node_monitor_grace: a.node_monitor_grace_period,
+    };
+    serve(
+        config(a, root)?,
+        scheduler,
+        controllers.then_some(opts),
+        None,
+    )
 }
 
 /// The server's configuration from its flags.
@@ -70,7 +96,7 @@ pub(crate) fn config(a: ServerCmd, root: &Path) -> Result<ServerConfig> {
 pub(crate) fn serve(
     cfg: ServerConfig,
     scheduler: bool,
-    controllers: bool,
+    controllers: Option<crate::controllers::Options>,
     ready: Option<std::sync::mpsc::Sender<()>>,
 ) -> Result<()> {
     // The server's one runtime.
@@ -93,7 +119,7 @@ pub(crate) fn serve(
             if let Some(r) = ready {
                 let _ = r.send(());
             }
-            if !(scheduler || controllers) {
+            if !scheduler && controllers.is_none() {
                 return;
             }
             match crate::client::from_kubeconfig(&kubeconfig).await {
@@ -101,8 +127,8 @@ pub(crate) fn serve(
                     if scheduler {
                         tokio::spawn(crate::scheduler::run(client.clone()));
                     }
-                    if controllers {
-                        tokio::spawn(crate::controllers::run(client));
+                    if let Some(opts) = controllers {
+                        tokio::spawn(crate::controllers::run(client, opts));
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "the control loops cannot reach the server"),

@@ -315,6 +315,7 @@ fn foreground(
             compaction_interval: 300,
             disable_scheduler: false,
             disable_controllers: false,
+            node_monitor_grace_period: std::time::Duration::from_secs(40),
         },
         root,
     )?;
@@ -322,7 +323,7 @@ fn foreground(
     std::thread::Builder::new()
         .name("server".into())
         .spawn(move || {
-            if let Err(e) = super::server::serve(cfg, true, true, Some(tx)) {
+            if let Err(e) = super::server::serve(cfg, true, Some(Default::default()), Some(tx)) {
                 tracing::error!(error = format!("{e:#}"), "the API server stopped");
                 eprintln!("knode: error: the API server stopped: {e:#}");
                 std::process::exit(1);
@@ -370,6 +371,7 @@ fn node_config(
         kubeconfig: Some(root.join("server/admin.kubeconfig")),
         drain,
         kubelet_port: crate::node::kubelet::server::DEFAULT_PORT,
+        heartbeat: crate::node::kubelet::register::HEARTBEAT,
     })
 }
 

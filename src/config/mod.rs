@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub kubeconfig: Option<PathBuf>,
     /// The kubelet API's port on an API server (0: any free port).
     pub kubelet_port: u16,
+    /// How often the Node's status is posted and its Lease renewed.
+    pub heartbeat: std::time::Duration,
     /// Tear every pod down, each within at most this many seconds of grace, remove the
     /// node's cgroups and return (`knode down`).
     pub drain: Option<u64>,

@@ -1,17 +1,36 @@
 //! The controllers `knode server` runs, each a pure plan (`reconcile(owner, cache) ->
 //! writes`) and a loop applying it through the client, as the scheduler is. So far: the
 //! ReplicaSet and ReplicationController controllers, and the garbage collector's part for
-//! their pods; Deployments; Endpoints and EndpointSlices.
+//! their pods; Deployments; Endpoints and EndpointSlices; node lifecycle (unreachable nodes and
+//! the eviction of their pods).
 
 #![forbid(unsafe_code)]
 
 pub mod deployment;
 pub mod endpoints;
+pub mod nodelifecycle;
 pub mod replicaset;
 mod run;
 
+/// What the controllers are configured with.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long a node's agent may stay quiet before the node is Unknown
+    /// (`--node-monitor-grace-period`, 40 s).
+    pub node_monitor_grace: std::time::Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            node_monitor_grace: std::time::Duration::from_secs(40),
+        }
+    }
+}
+
 /// Runs every controller until the process ends.
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, opts: Options) {
     tokio::spawn(run::endpoints(client.clone()));
+    tokio::spawn(run::node_lifecycle(client.clone(), opts.node_monitor_grace));
     run::run(client).await
 }

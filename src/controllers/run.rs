@@ -446,3 +446,104 @@ async fn sync_endpoints(
     }
     Ok(())
 }
+
+/// The node lifecycle controller: nodes and their Leases watched, a pass every second (a
+/// lease expires without an event), each node's [`super::nodelifecycle::plan`] applied, and
+/// pods on NoExecute-tainted nodes evicted when their toleration runs out.
+pub async fn node_lifecycle(client: Client, grace: Duration) {
+    use super::nodelifecycle::{eviction_time, plan, Action};
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Node;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let nodes = cache::<Node>(&client, wake.clone());
+    let leases = crate::client::cache_of(
+        Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
+        Default::default(),
+        wake.clone(),
+    );
+    let pods = cache::<Pod>(&client, wake.clone());
+    for ready in [
+        nodes.wait_until_ready().await.is_ok(),
+        leases.wait_until_ready().await.is_ok(),
+        pods.wait_until_ready().await.is_ok(),
+    ] {
+        if !ready {
+            return;
+        }
+    }
+    tracing::info!("node lifecycle controller started");
+    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::seconds(40));
+    let node_api: Api<Node> = Api::all(client.clone());
+    let pp = PatchParams {
+        field_manager: Some("node-controller".into()),
+        ..Default::default()
+    };
+    loop {
+        let now = chrono::Utc::now();
+        let leases = leases.state();
+        let pods = pods.state();
+        for node in nodes.state() {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            let lease = leases
+                .iter()
+                .find(|l| l.metadata.name.as_deref() == Some(name.as_str()));
+            match plan(&node, lease.map(|l| l.as_ref()), now, grace) {
+                Some(Action::Unreachable { status, taints }) => {
+                    tracing::info!(node = %name, "node stopped posting its status: Unknown, tainted unreachable");
+                    if let Err(e) = node_api
+                        .patch_status(&name, &pp, &Patch::Merge(&status))
+                        .await
+                    {
+                        tracing::warn!(node = %name, error = %e, "marking the node Unknown");
+                        continue;
+                    }
+                    let _ = node_api
+                        .patch(
+                            &name,
+                            &pp,
+                            &Patch::Merge(serde_json::json!({"spec": {"taints": taints}})),
+                        )
+                        .await;
+                }
+                Some(Action::Reachable { taints }) => {
+                    tracing::info!(node = %name, "node is back: unreachable taints removed");
+                    let _ = node_api
+                        .patch(
+                            &name,
+                            &pp,
+                            &Patch::Merge(serde_json::json!({"spec": {"taints": taints}})),
+                        )
+                        .await;
+                }
+                None => {}
+            }
+            // Eviction from a NoExecute taint of ours.
+            let Some(taint) = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .and_then(|t| {
+                    t.iter().find(|t| {
+                        t.key == super::nodelifecycle::UNREACHABLE && t.effect == "NoExecute"
+                    })
+                })
+            else {
+                continue;
+            };
+            for p in pods.iter().filter(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())
+                    && p.metadata.deletion_timestamp.is_none()
+            }) {
+                if eviction_time(p, taint).is_some_and(|t| t <= now) {
+                    let ns = p.metadata.namespace.clone().unwrap_or_default();
+                    let pod = p.metadata.name.clone().unwrap_or_default();
+                    tracing::info!(node = %name, pod = %format!("{ns}/{pod}"), "evicting a pod from an unreachable node");
+                    let _ = Api::<Pod>::namespaced(client.clone(), &ns)
+                        .delete(&pod, &DeleteParams::default())
+                        .await;
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+    }
+}

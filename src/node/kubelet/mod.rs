@@ -291,7 +291,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
                 }
             }
             let (st, name) = (state.clone(), cfg.node_name.clone());
-            rt.spawn(register::heartbeat(client.clone(), st, name));
+            rt.spawn(register::heartbeat(client.clone(), st, name, cfg.heartbeat));
             let wake = changed_w_api(&ctx)?;
             let src =
                 Arc::new(rt.block_on(source::ApiSource::start(&client, &cfg.node_name, wake)));

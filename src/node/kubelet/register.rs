@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::NodeState;
 
-/// How often the Node's status is posted and its Lease renewed.
+/// How often the Node's status is posted and its Lease renewed, by default.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// The Lease's duration (the kubelet's default, 40 s).
 const LEASE_SECONDS: i32 = 40;
@@ -26,7 +26,12 @@ const MANAGER: &str = "knode-agent";
 
 /// Registers the node and keeps it fresh, until the process ends. Errors (the server away,
 /// a refused write) are logged and tried again at the next beat.
-pub async fn heartbeat(client: Client, state: Arc<RwLock<NodeState>>, name: String) {
+pub async fn heartbeat(
+    client: Client,
+    state: Arc<RwLock<NodeState>>,
+    name: String,
+    every: Duration,
+) {
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     let mut told = false;
@@ -43,7 +48,7 @@ pub async fn heartbeat(client: Client, state: Arc<RwLock<NodeState>>, name: Stri
             Ok(()) => {}
             Err(e) => tracing::warn!(node = %name, error = %e, "node status"),
         }
-        tokio::time::sleep(HEARTBEAT).await;
+        tokio::time::sleep(every).await;
     }
 }
 
