@@ -10,7 +10,7 @@ use support::server::Server;
 
 #[test]
 fn an_agent_with_the_node_token_registers_and_renews_its_lease() {
-    let s = Server::start(&[]);
+    let s = Server::start_in_netns(&[]);
     // A kubeconfig with the node join token: a node's rights, not an admin's.
     let token = std::fs::read_to_string(s.root().join("server/node-token")).unwrap();
     let kubeconfig = s.dir.path().join("node.kubeconfig");
@@ -25,6 +25,7 @@ fn an_agent_with_the_node_token_registers_and_renews_its_lease() {
     )
     .unwrap();
     let _node = Node::builder()
+        .join_netns(s.netns.as_deref().unwrap())
         .arg("--kubeconfig")
         .arg(kubeconfig.to_str().unwrap())
         .arg("--node-name")
@@ -85,17 +86,27 @@ fn an_agent_with_the_node_token_registers_and_renews_its_lease() {
     let url = format!("https://127.0.0.1:{port}/healthz");
     let tls = s.root().join("server/tls");
     let with = |cert: Option<&str>| {
-        let mut b = reqwest::blocking::Client::builder().danger_accept_invalid_certs(true);
-        if let Some(c) = cert {
+        let pem = cert.map(|c| {
             let mut pem = std::fs::read(tls.join(format!("{c}.crt"))).unwrap();
             pem.extend(std::fs::read(tls.join(format!("{c}.key"))).unwrap());
-            b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
-        }
-        b.build().unwrap().get(&url).send()
+            pem
+        });
+        let url = url.clone();
+        // Made on the thread in the namespace (reqwest connects from a thread of its own).
+        s.in_netns(move || {
+            let mut b = reqwest::blocking::Client::builder().danger_accept_invalid_certs(true);
+            if let Some(pem) = pem {
+                b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
+            }
+            b.build()
+                .unwrap()
+                .get(&url)
+                .send()
+                .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+                .map_err(|e| e.to_string())
+        })
     };
-    let ok = with(Some("kubelet-client")).unwrap();
-    assert_eq!(ok.status(), 200);
-    assert_eq!(ok.text().unwrap(), "ok");
+    assert_eq!(with(Some("kubelet-client")), Ok((200, "ok".to_string())));
     assert!(with(Some("admin")).is_err());
     assert!(with(None).is_err());
 
@@ -122,8 +133,9 @@ fn pod_dirs(n: &Node) -> Vec<String> {
 
 #[test]
 fn an_agent_runs_the_pods_bound_to_it_and_reports_them() {
-    let s = Server::start(&[]);
+    let s = Server::start_in_netns(&[]);
     let n = Node::builder()
+        .join_netns(s.netns.as_deref().unwrap())
         .arg("--kubeconfig")
         .arg(s.kubeconfig().to_str().unwrap())
         .arg("--node-name")
@@ -222,7 +234,8 @@ fn an_agent_runs_the_pods_bound_to_it_and_reports_them() {
 /// Reads `kubectl get ... --watch` output (kubectl 1.37) until a line satisfies `done`.
 fn watch_until(s: &Server, args: &[&str], done: impl Fn(&str) -> bool) -> String {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(support::server::KUBECTL)
+    let mut child = s
+        .command(support::server::KUBECTL)
         .arg("--kubeconfig")
         .arg(s.kubeconfig())
         .args(args)
@@ -267,8 +280,9 @@ spec:
 #[test]
 fn a_node_whose_agent_dies_goes_unknown_evicts_and_comes_back_with_its_pods() {
     // A quick heartbeat and a short grace (upstream's are 10 s and 40 s), so the test is short.
-    let s = Server::start(&["--node-monitor-grace-period=3s"]);
+    let s = Server::start_in_netns(&["--node-monitor-grace-period=3s"]);
     let mut n = Node::builder()
+        .join_netns(s.netns.as_deref().unwrap())
         .arg("--kubeconfig")
         .arg(s.kubeconfig().to_str().unwrap())
         .arg("--node-status-update-frequency=1s")
@@ -364,8 +378,9 @@ fn a_node_whose_agent_dies_goes_unknown_evicts_and_comes_back_with_its_pods() {
 
 #[test]
 fn a_server_killed_and_restarted_finds_its_pods_running_and_the_agent_resumes() {
-    let mut s = Server::start(&[]);
+    let mut s = Server::start_in_netns(&[]);
     let n = Node::builder()
+        .join_netns(s.netns.as_deref().unwrap())
         .arg("--kubeconfig")
         .arg(s.kubeconfig().to_str().unwrap())
         .arg("--node-name")
@@ -417,4 +432,79 @@ fn a_server_killed_and_restarted_finds_its_pods_running_and_the_agent_resumes() 
     s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     assert_eq!(pod_dirs(&n).len(), 3);
     s.ok(&["delete", "deployment", "web"]);
+}
+
+#[test]
+fn helm_waits_for_a_chart_and_every_client_reads_logs() {
+    use support::server::{HELM, KUBECTL_120, KUBECTL_135, PYTHON};
+    let s = Server::start_in_netns(&[]);
+    let _n = Node::builder()
+        .join_netns(s.netns.as_deref().unwrap())
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig().to_str().unwrap())
+        .arg("--node-name")
+        .arg("node-1")
+        .arg("--kubelet-port")
+        .arg("0")
+        .start();
+    s.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "node/node-1",
+        "--timeout=60s",
+    ]);
+    // helm 4 install --wait: it returns once the Deployment's pods are ready.
+    let chart = s.dir.path().join("chart");
+    std::fs::create_dir_all(chart.join("templates")).unwrap();
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        "apiVersion: v2\nname: web\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        chart.join("templates/all.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: {{ .Release.Name }}}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: web\n        image: test/busybox:1\n        command: [sh, -c, 'echo hello from $(hostname); trap \"exit 0\" TERM; while true; do sleep 0.2; done']\n---\napiVersion: v1\nkind: Service\nmetadata: {name: {{ .Release.Name }}}\nspec: {selector: {app: web}, ports: [{port: 80}]}\n",
+    )
+    .unwrap();
+    let o = s.run(
+        HELM,
+        &[
+            "install",
+            "web",
+            chart.to_str().unwrap(),
+            "--wait",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    assert!(
+        o.status.success(),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        s.ok(&["get", "deploy,rs,pods", "-o", "wide"]),
+        s.log()
+    );
+    let d = s.json(&["get", "deployment", "web"]);
+    assert_eq!(d["status"]["readyReplicas"], 2, "{}", d["status"]);
+    let pod = s.json(&["get", "pods", "-l", "app=web"])["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let want = format!("hello from {pod}\n");
+    // Logs with kubectl 1.37, 1.35 and 1.20, and the Python client.
+    assert_eq!(s.ok(&["logs", &pod]), want);
+    assert_eq!(s.ok_with(KUBECTL_135, &["logs", &pod], None), want);
+    assert_eq!(s.ok_with(KUBECTL_120, &["logs", &pod], None), want);
+    assert_eq!(s.ok(&["logs", "deployment/web"]).lines().count(), 1);
+    let script = format!(
+        "from kubernetes import client, config\nconfig.load_kube_config({:?})\nprint(client.CoreV1Api().read_namespaced_pod_log({pod:?}, 'default'), end='')\n",
+        s.kubeconfig().display().to_string()
+    );
+    assert_eq!(s.ok_with(PYTHON, &["-c", &script], None), want);
+    // exec with kubectl 1.35 (WebSocket too).
+    assert_eq!(
+        s.ok_with(KUBECTL_135, &["exec", &pod, "--", "echo", "hi"], None),
+        "hi\n"
+    );
+    s.ok_with(HELM, &["uninstall", "web", "--wait", "--timeout=60s"], None);
 }

@@ -204,6 +204,11 @@ async fn deployments_pass(
     deployments: &[Arc<Deployment>],
     rss: &[Arc<ReplicaSet>],
 ) {
+    tracing::debug!(
+        deployments = deployments.len(),
+        replica_sets = rss.len(),
+        "deployments pass"
+    );
     for d in deployments {
         let (Some(ns), Some(name), Some(uid)) = (
             d.metadata.namespace.as_deref(),
@@ -235,7 +240,10 @@ async fn deployments_pass(
             let res = match w {
                 Write::Create(body) => match serde_json::from_value::<ReplicaSet>(body) {
                     Ok(rs) => rs_api.create(&PostParams::default(), &rs).await.map(|_| ()),
-                    Err(_) => Ok(()),
+                    Err(e) => {
+                        tracing::warn!(deployment = %format!("{ns}/{name}"), error = %e, "a ReplicaSet the plan made does not parse");
+                        Ok(())
+                    }
                 },
                 Write::Scale { name: rs, replicas, annotations } => {
                     let mut patch = serde_json::json!({"spec": {"replicas": replicas}});

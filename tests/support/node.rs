@@ -24,6 +24,8 @@ pub const WAIT: Duration = Duration::from_secs(120);
 #[derive(Default)]
 pub struct Builder {
     network: Option<(String, String)>,
+    /// A network namespace someone else owns (a server's), without a pod network.
+    joined: Option<String>,
     cgroups: Option<(String, u64)>,
     args: Vec<String>,
     wrapper: Vec<String>,
@@ -34,6 +36,13 @@ impl Builder {
     /// `plugins` (JSON, `@DATA@` standing for the IPAM store directory).
     pub fn network(mut self, tag: &str, plugins: &str) -> Builder {
         self.network = Some((tag.into(), plugins.into()));
+        self
+    }
+
+    /// The agent in the network namespace `ns` (a test server's: `Server::start_in_netns`),
+    /// with loopback-only pods; the namespace stays when the node goes.
+    pub fn join_netns(mut self, ns: &str) -> Builder {
+        self.joined = Some(ns.into());
         self
     }
 
@@ -63,7 +72,7 @@ impl Builder {
         let manifests = s.root().join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
         let (ns, conf) = match &self.network {
-            None => (None, None),
+            None => (self.joined.clone(), None),
             Some((tag, plugins)) => {
                 let ns = format!("kn-{tag}-{:x}", std::process::id());
                 assert!(Command::new("ip")
@@ -90,6 +99,7 @@ impl Builder {
             agent: None,
             args: self.args,
             wrapper: self.wrapper,
+            own_ns: self.joined.is_none(),
             ns,
             conf,
             cgroups: self.cgroups,
@@ -114,6 +124,8 @@ pub struct Node {
     pub wrapper: Vec<String>,
     /// The node's network namespace and CNI configuration, if it has a pod network.
     pub ns: Option<String>,
+    /// Whether the namespace is the node's own (removed with it).
+    pub own_ns: bool,
     pub conf: Option<PathBuf>,
     /// The cgroup root and pods' pids.max, if limits are on.
     pub cgroups: Option<(String, u64)>,
@@ -439,7 +451,7 @@ impl Drop for Node {
             }
         }
         self.kill_agent();
-        if let Some(ns) = &self.ns {
+        if let Some(ns) = self.ns.as_ref().filter(|_| self.own_ns) {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         // The QoS classes and the root stay while an agent runs (as the kubelet's).

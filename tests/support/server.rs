@@ -24,25 +24,88 @@ pub struct Server {
     pub port: u16,
     pub extra: Vec<String>,
     child: Option<Child>,
+    /// The network namespace the server and its clients run in (for tests with node agents,
+    /// whose proxies must not touch the host's nftables).
+    pub netns: Option<String>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+        if let Some(ns) = &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
     }
 }
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_with(extra, None)
+    }
+
+    /// A server in a network namespace of its own (loopback only), with its clients run
+    /// there too: node agents join it ([`super::node::Builder::join_netns`]).
+    pub fn start_in_netns(extra: &[&str]) -> Server {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let ns = format!(
+            "kn-srv-{:x}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(Stdio::null())
+            .status();
+        for args in [
+            vec!["netns", "add", ns.as_str()],
+            vec!["-n", ns.as_str(), "link", "set", "lo", "up"],
+        ] {
+            assert!(Command::new("ip").args(&args).status().unwrap().success());
+        }
+        Server::start_with(extra, Some(ns))
+    }
+
+    fn start_with(extra: &[&str], netns: Option<String>) -> Server {
         let mut s = Server {
             etcd: None,
             dir: tempfile::tempdir().unwrap(),
             port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
+            netns,
         };
         s.spawn();
         s
+    }
+
+    /// `bin` as a command in the server's network namespace.
+    pub fn command(&self, bin: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}")).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        }
+    }
+
+    /// Runs `f` on a thread in the server's network namespace.
+    pub fn in_netns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = self.netns.clone();
+        std::thread::spawn(move || {
+            if let Some(ns) = ns {
+                let fd = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+                rustix::thread::move_into_link_name_space(
+                    std::os::fd::AsFd::as_fd(&fd),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .unwrap();
+            }
+            f()
+        })
+        .join()
+        .unwrap()
     }
 
     pub fn root(&self) -> PathBuf {
@@ -55,7 +118,8 @@ impl Server {
 
     pub fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_knode"))
+        let child = self
+            .command(env!("CARGO_BIN_EXE_knode"))
             .arg("--root")
             .arg(self.root())
             .args(["server", "--listen", &format!("127.0.0.1:{}", self.port)])
@@ -71,10 +135,22 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if self.root().join("server/tls/ca.crt").exists() {
-                if let Ok(r) = self.client(None).get(self.url("/readyz")).send() {
-                    if r.status() == 200 {
-                        return;
-                    }
+                let ca = std::fs::read(self.root().join("server/tls/ca.crt")).unwrap();
+                let url = self.url("/readyz");
+                // The client is made on the thread in the namespace: reqwest's blocking
+                // client connects from a thread of its own, started when it is built.
+                let ready = self.in_netns(move || {
+                    reqwest::blocking::Client::builder()
+                        .tls_built_in_root_certs(false)
+                        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+                        .build()
+                        .unwrap()
+                        .get(url)
+                        .send()
+                        .is_ok_and(|r| r.status() == 200)
+                });
+                if ready {
+                    return;
                 }
             }
             assert!(
@@ -140,7 +216,7 @@ impl Server {
             Path::new(KUBECTL).exists(),
             "{KUBECTL} is missing: scripts/deps.sh --test installs kubectl 1.37 there"
         );
-        Command::new(KUBECTL)
+        self.command(KUBECTL)
             .arg("--kubeconfig")
             .arg(self.kubeconfig())
             .args(args)
@@ -178,7 +254,8 @@ impl Server {
             Path::new(bin).exists(),
             "{bin} is missing: scripts/deps.sh --test installs the real clients"
         );
-        let mut c = Command::new(bin)
+        let mut c = self
+            .command(bin)
             .env("KUBECONFIG", self.kubeconfig())
             .env("HOME", self.dir.path())
             .env("KUBECACHEDIR", self.dir.path().join("cache"))
@@ -232,7 +309,8 @@ impl Server {
     /// `--watch-only`), within 60 s; the watch is then stopped.
     pub fn first_watched(&self, args: &[&str]) -> String {
         use std::io::BufRead;
-        let mut child = Command::new(KUBECTL)
+        let mut child = self
+            .command(KUBECTL)
             .arg("--kubeconfig")
             .arg(self.kubeconfig())
             .args(args)

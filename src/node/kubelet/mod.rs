@@ -400,6 +400,9 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             .into_iter()
             .map(|p| (p.uid.clone(), Arc::new(p)))
             .collect();
+        // Until the API's pods are known, a pod directory may be one of theirs: none is
+        // removed and no address released yet.
+        let known = api.as_ref().is_none_or(|a| a.synced());
         // UIDs whose directories are in use by a stopping worker.
         let stopping_uids: std::collections::BTreeSet<String> = stopping
             .iter()
@@ -413,6 +416,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             .into_iter()
             .flatten()
             .flatten()
+            .filter(|_| known)
         {
             let uid = e.file_name().to_string_lossy().into_owned();
             if wanted.contains_key(&uid)
@@ -444,7 +448,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             }
         }
         orphan_retry.retain(|u, _| cfg.run_dir.join("pods").join(u).exists());
-        if first {
+        if first && known {
             // Pod cgroups with neither a pod nor a pod directory (a crash mid-teardown).
             if let Some(cgs) = &ctx.cgroups {
                 let keep: Vec<String> = wanted

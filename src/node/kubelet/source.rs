@@ -76,6 +76,9 @@ pub struct ApiSource {
     secrets: Option<Store<Secret>>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
+    /// Whether the first list of the pods (and what they use) is in: until then the agent
+    /// neither removes pod directories nor releases addresses (they may be API pods').
+    synced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ApiSource {
@@ -100,6 +103,27 @@ impl ApiSource {
                 None
             }
         };
+        let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let (pods, cms, svcs, secrets, synced) = (
+                pods.clone(),
+                config_maps.clone(),
+                services.clone(),
+                secrets.clone(),
+                synced.clone(),
+            );
+            let notify = notify.clone();
+            tokio::spawn(async move {
+                let _ = pods.wait_until_ready().await;
+                let _ = cms.wait_until_ready().await;
+                let _ = svcs.wait_until_ready().await;
+                if let Some(s) = &secrets {
+                    let _ = s.wait_until_ready().await;
+                }
+                synced.store(true, std::sync::atomic::Ordering::SeqCst);
+                notify.notify_one();
+            });
+        }
         tokio::spawn(async move {
             loop {
                 notify.notified().await;
@@ -112,7 +136,13 @@ impl ApiSource {
             secrets,
             services,
             slices,
+            synced,
         }
+    }
+
+    /// Whether the pods bound to this node are known (the first list is in).
+    pub fn synced(&self) -> bool {
+        self.synced.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The objects as the sync loop takes them: the pods to run, and apart the pods being
@@ -206,8 +236,14 @@ fn slice_endpoints(
                         .and_then(|sp| sp.port)
                         .and_then(|n| u16::try_from(n).ok());
                     s.endpoints.iter().flatten().filter_map(move |e| {
+                        let ip: std::net::Ipv4Addr = e.addresses.first()?.parse().ok()?;
+                        // A loopback endpoint (a server listening on 127.0.0.1 only) is no
+                        // backend a pod can reach; the API server refuses such addresses.
+                        if ip.is_loopback() || ip.is_unspecified() {
+                            return None;
+                        }
                         Some(crate::api::service::Endpoint {
-                            ip: e.addresses.first()?.parse().ok()?,
+                            ip,
                             port: port?,
                             ready: e.conditions.as_ref().and_then(|c| c.ready) != Some(false),
                         })
@@ -542,6 +578,7 @@ mod tests {
                 json!([{"addresses": ["10.244.0.3"], "conditions": {"ready": false}}]),
             ),
             slice("web-c", "other", json!([{"addresses": ["10.9.9.9"]}])),
+            slice("web-d", "default", json!([{"addresses": ["127.0.0.1"]}])),
         ];
         let eps = slice_endpoints(&spec, &slices).unwrap();
         let got: Vec<(String, u16, bool)> = eps[0]
