@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use support::rss_kb;
 
 const NETNS: &str = "kn-bench-up";
 
@@ -69,17 +70,6 @@ fn down(root: &Path) {
         root,
         &["down", "--log-dir", root.join("logs").to_str().unwrap()],
     );
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// The RSS of the `knode up` process, and of it with every other knode process (shims,

@@ -121,6 +121,30 @@ fn an_agent_with_the_node_token_registers_and_renews_its_lease() {
     assert_eq!(s.json(&["get", "pod", "p"])["spec"]["nodeName"], "worker-1");
 }
 
+/// A node agent `node-1` on the server `s` (admin credentials, in the server's network
+/// namespace, its kubelet API on a free port), Ready.
+fn agent(s: &Server, extra: &[&str]) -> Node {
+    let mut b = Node::builder()
+        .join_netns(s.netns.as_deref().unwrap())
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig().to_str().unwrap())
+        .arg("--node-name")
+        .arg("node-1")
+        .arg("--kubelet-port")
+        .arg("0");
+    for a in extra {
+        b = b.arg(a);
+    }
+    let n = b.start();
+    s.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "node/node-1",
+        "--timeout=60s",
+    ]);
+    n
+}
+
 /// The pod directories the agent of `n` holds.
 fn pod_dirs(n: &Node) -> Vec<String> {
     std::fs::read_dir(n.run_dir().join("pods"))
@@ -134,21 +158,7 @@ fn pod_dirs(n: &Node) -> Vec<String> {
 #[test]
 fn an_agent_runs_the_pods_bound_to_it_and_reports_them() {
     let s = Server::start_in_netns(&[]);
-    let n = Node::builder()
-        .join_netns(s.netns.as_deref().unwrap())
-        .arg("--kubeconfig")
-        .arg(s.kubeconfig().to_str().unwrap())
-        .arg("--node-name")
-        .arg("node-1")
-        .arg("--kubelet-port")
-        .arg("0")
-        .start();
-    s.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "node/node-1",
-        "--timeout=60s",
-    ]);
+    let n = agent(&s, &[]);
     // A container that stops at once on SIGTERM (busybox's sleep as PID 1 would not).
     s.ok(&[
         "create",
@@ -281,22 +291,7 @@ spec:
 fn a_node_whose_agent_dies_goes_unknown_evicts_and_comes_back_with_its_pods() {
     // A quick heartbeat and a short grace (upstream's are 10 s and 40 s), so the test is short.
     let s = Server::start_in_netns(&["--node-monitor-grace-period=3s"]);
-    let mut n = Node::builder()
-        .join_netns(s.netns.as_deref().unwrap())
-        .arg("--kubeconfig")
-        .arg(s.kubeconfig().to_str().unwrap())
-        .arg("--node-status-update-frequency=1s")
-        .arg("--node-name")
-        .arg("node-1")
-        .arg("--kubelet-port")
-        .arg("0")
-        .start();
-    s.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "node/node-1",
-        "--timeout=60s",
-    ]);
+    let mut n = agent(&s, &["--node-status-update-frequency=1s"]);
     s.ok_with(
         support::server::KUBECTL,
         &["create", "-f", "-"],
@@ -379,21 +374,7 @@ fn a_node_whose_agent_dies_goes_unknown_evicts_and_comes_back_with_its_pods() {
 #[test]
 fn a_server_killed_and_restarted_finds_its_pods_running_and_the_agent_resumes() {
     let mut s = Server::start_in_netns(&[]);
-    let n = Node::builder()
-        .join_netns(s.netns.as_deref().unwrap())
-        .arg("--kubeconfig")
-        .arg(s.kubeconfig().to_str().unwrap())
-        .arg("--node-name")
-        .arg("node-1")
-        .arg("--kubelet-port")
-        .arg("0")
-        .start();
-    s.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "node/node-1",
-        "--timeout=60s",
-    ]);
+    let n = agent(&s, &[]);
     s.ok(&[
         "create",
         "deployment",
@@ -438,21 +419,7 @@ fn a_server_killed_and_restarted_finds_its_pods_running_and_the_agent_resumes() 
 fn helm_waits_for_a_chart_and_every_client_reads_logs() {
     use support::server::{HELM, KUBECTL_120, KUBECTL_135, PYTHON};
     let s = Server::start_in_netns(&[]);
-    let _n = Node::builder()
-        .join_netns(s.netns.as_deref().unwrap())
-        .arg("--kubeconfig")
-        .arg(s.kubeconfig().to_str().unwrap())
-        .arg("--node-name")
-        .arg("node-1")
-        .arg("--kubelet-port")
-        .arg("0")
-        .start();
-    s.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "node/node-1",
-        "--timeout=60s",
-    ]);
+    let _n = agent(&s, &[]);
     // helm 4 install --wait: it returns once the Deployment's pods are ready.
     let chart = s.dir.path().join("chart");
     std::fs::create_dir_all(chart.join("templates")).unwrap();

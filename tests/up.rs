@@ -122,14 +122,21 @@ impl Up {
         text(&o.stdout)
     }
 
+    /// kubectl 1.37 in the node's namespace, with the cluster's kubeconfig.
+    fn kubectl_command(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/{}", self.ns))
+            .arg(KUBECTL)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig());
+        c
+    }
+
     /// kubectl 1.37 in the node's namespace with `input` on its stdin; its output.
     fn kubectl_with_stdin(&self, args: &[&str], input: &str) -> Output {
         use std::io::Write;
-        let mut c = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", self.ns))
-            .arg(KUBECTL)
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
+        let mut c = self
+            .kubectl_command()
             .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -143,11 +150,8 @@ impl Up {
     /// The first line kubectl 1.37 prints (a follow or a watch), then it is stopped.
     fn first_line(&self, args: &[&str]) -> String {
         use std::io::BufRead;
-        let mut c = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", self.ns))
-            .arg(KUBECTL)
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
+        let mut c = self
+            .kubectl_command()
             .args(args)
             .arg("--request-timeout=60s")
             .stdout(std::process::Stdio::piped())
@@ -382,11 +386,8 @@ fn up_runs_the_bootcamp_and_down_leaves_nothing() {
     // `kubectl proxy`, then the pod and the service through the API server's proxy.
     {
         use std::io::BufRead;
-        let mut proxy = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", u.ns))
-            .arg(KUBECTL)
-            .arg("--kubeconfig")
-            .arg(u.kubeconfig())
+        let mut proxy = u
+            .kubectl_command()
             .args(["proxy", "--port=8001"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())

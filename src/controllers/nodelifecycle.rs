@@ -22,7 +22,8 @@ pub enum Action {
     Reachable { taints: Vec<Taint> },
 }
 
-/// The last sign of life of the node's agent: its Lease's renewal, else its Ready heartbeat.
+/// The last sign of life of the node's agent: its Lease's renewal or Ready heartbeat, or its
+/// registration.
 fn last_seen(node: &Node, lease: Option<&Lease>) -> Option<DateTime<Utc>> {
     let renew = lease
         .and_then(|l| l.spec.as_ref())
@@ -32,7 +33,13 @@ fn last_seen(node: &Node, lease: Option<&Lease>) -> Option<DateTime<Utc>> {
         });
     let beat =
         ready(node).and_then(|c| c.last_heartbeat_time.as_ref().map(crate::api::time::chrono));
-    renew.into_iter().chain(beat).max()
+    // A node that never showed a sign of life gets the grace period from its registration.
+    let created = node
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(crate::api::time::chrono);
+    renew.into_iter().chain(beat).chain(created).max()
 }
 
 fn ready(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondition> {
@@ -207,6 +214,13 @@ mod tests {
             ]
         );
         assert!(taints[2].time_added.is_some());
+        // A node that never posted a heartbeat has the grace period from its registration.
+        let mut fresh = node("True", "2026-01-01T00:00:00Z", json!([]));
+        fresh.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].last_heartbeat_time = None;
+        fresh.metadata.creation_timestamp =
+            Some(crate::api::time::time(at("2026-01-01T00:00:30Z")));
+        assert_eq!(plan(&fresh, None, at("2026-01-01T00:01:00Z"), g), None);
+        assert!(plan(&fresh, None, at("2026-01-01T00:01:11Z"), g).is_some());
         // Unknown already: nothing more to do until the agent is back.
         let unknown = node("Unknown", "2026-01-01T00:00:00Z", json!([]));
         assert_eq!(plan(&unknown, None, at("2026-01-02T00:00:00Z"), g), None);

@@ -20,6 +20,18 @@ const MANAGER: &str = "replicaset-controller";
 /// How long a write the cache has not shown yet holds its owner's next pass.
 const EXPECTATION_TTL: Duration = Duration::from_secs(30);
 
+/// Waits until every cache has its first list; returns from the loop if one never will (its
+/// writer is gone: the process is ending).
+macro_rules! all_ready {
+    ($($store:expr),+ $(,)?) => {
+        $(
+            if $store.wait_until_ready().await.is_err() {
+                return;
+            }
+        )+
+    };
+}
+
 /// Writes asked for and not yet seen, per owner uid.
 #[derive(Default)]
 struct Expectations {
@@ -35,16 +47,7 @@ pub async fn run(client: Client) {
     let rc_store = cache::<ReplicationController>(&client, wake.clone());
     let pod_store = cache::<Pod>(&client, wake.clone());
     let dep_store = cache::<Deployment>(&client, wake.clone());
-    for ready in [
-        dep_store.wait_until_ready().await.is_ok(),
-        rs_store.wait_until_ready().await.is_ok(),
-        rc_store.wait_until_ready().await.is_ok(),
-        pod_store.wait_until_ready().await.is_ok(),
-    ] {
-        if !ready {
-            return;
-        }
-    }
+    all_ready!(dep_store, rs_store, rc_store, pod_store);
     tracing::info!("replicaset and replicationcontroller controllers started");
     let mut expect: HashMap<String, Expectations> = HashMap::new();
     loop {
@@ -309,16 +312,7 @@ pub async fn endpoints(client: Client) {
     let pod_store = cache::<Pod>(&client, wake.clone());
     let ep_store = cache::<Endpoints>(&client, wake.clone());
     let slice_store = cache::<EndpointSlice>(&client, wake.clone());
-    for ready in [
-        svc_store.wait_until_ready().await.is_ok(),
-        pod_store.wait_until_ready().await.is_ok(),
-        ep_store.wait_until_ready().await.is_ok(),
-        slice_store.wait_until_ready().await.is_ok(),
-    ] {
-        if !ready {
-            return;
-        }
-    }
+    all_ready!(svc_store, pod_store, ep_store, slice_store);
     tracing::info!("endpoints and endpointslice controllers started");
     loop {
         let pods = pod_store.state();
@@ -470,15 +464,7 @@ pub async fn node_lifecycle(client: Client, grace: Duration) {
         wake.clone(),
     );
     let pods = cache::<Pod>(&client, wake.clone());
-    for ready in [
-        nodes.wait_until_ready().await.is_ok(),
-        leases.wait_until_ready().await.is_ok(),
-        pods.wait_until_ready().await.is_ok(),
-    ] {
-        if !ready {
-            return;
-        }
-    }
+    all_ready!(nodes, leases, pods);
     tracing::info!("node lifecycle controller started");
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::seconds(40));
     let node_api: Api<Node> = Api::all(client.clone());

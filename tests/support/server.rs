@@ -170,12 +170,14 @@ impl Server {
     }
 
     /// A Node object that reports Ready with `cpu` cores, 2 GiB and 110 pods (no agent
-    /// behind it: what the scheduler and controllers go by).
+    /// behind it: what the scheduler and controllers go by). Its heartbeat is dated a day
+    /// ahead, so that the node lifecycle controller does not find it quiet during a test.
     pub fn fake_node(&self, name: &str, cpu: &str) {
         let yaml = format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{kubernetes.io/hostname: {name}}}}}\n");
         self.ok_with(KUBECTL, &["create", "-f", "-"], Some(&yaml));
         let status = format!(
-            r#"{{"status": {{"allocatable": {{"cpu": "{cpu}", "memory": "2Gi", "pods": "110"}}, "capacity": {{"cpu": "{cpu}", "memory": "2Gi", "pods": "110"}}, "conditions": [{{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "ready"}}]}}}}"#
+            r#"{{"status": {{"allocatable": {{"cpu": "{cpu}", "memory": "2Gi", "pods": "110"}}, "capacity": {{"cpu": "{cpu}", "memory": "2Gi", "pods": "110"}}, "conditions": [{{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "ready", "lastHeartbeatTime": "{beat}"}}]}}}}"#,
+            beat = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%dT%H:%M:%SZ")
         );
         self.ok(&[
             "patch",

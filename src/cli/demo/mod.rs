@@ -317,6 +317,18 @@ impl Demo {
         Ok(text)
     }
 
+    fn rollout_status(&self) -> Result<String> {
+        self.kubectl(
+            &[
+                "rollout",
+                "status",
+                "deployment/kubernetes-bootcamp",
+                "--timeout=60s",
+            ],
+            true,
+        )
+    }
+
     fn run_bootcamp(&self, image: &str) -> Result<()> {
         self.knode(&[
             "up",
@@ -341,15 +353,7 @@ impl Demo {
             ],
             true,
         )?;
-        self.kubectl(
-            &[
-                "rollout",
-                "status",
-                "deployment/kubernetes-bootcamp",
-                "--timeout=60s",
-            ],
-            true,
-        )?;
+        self.rollout_status()?;
         println!(
             "2 replicas available {:.0} ms after kubectl create",
             t.elapsed().as_secs_f64() * 1000.0
@@ -393,15 +397,7 @@ impl Demo {
             &["scale", "deployment/kubernetes-bootcamp", "--replicas=3"],
             true,
         )?;
-        self.kubectl(
-            &[
-                "rollout",
-                "status",
-                "deployment/kubernetes-bootcamp",
-                "--timeout=60s",
-            ],
-            true,
-        )?;
+        self.rollout_status()?;
         self.kubectl(&["get", "deployments"], true)?;
         self.kubectl(
             &["delete", "service,deployment", "kubernetes-bootcamp"],
