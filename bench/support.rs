@@ -13,6 +13,7 @@ pub fn pct(v: &[f64], p: f64) -> f64 {
 }
 
 /// A process's resident memory, in KiB (0 when it is gone).
+#[allow(dead_code)] // the cgroups benchmark includes this file and measures no memory
 pub fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
