@@ -353,3 +353,36 @@ fn deployments_scale_roll_out_and_roll_back_as_the_bootcamp_does() {
     s.ok(&["wait", "--for=delete", "rs", "-l", app, "--timeout=60s"]);
     s.ok(&["wait", "--for=delete", "pods", "-l", app, "--timeout=60s"]);
 }
+
+#[test]
+fn every_namespace_gets_a_default_service_account_and_keeps_it() {
+    let s = Server::start(&[]);
+    s.ok(&["create", "namespace", "team"]);
+    s.ok(&[
+        "wait",
+        "--for=create",
+        "serviceaccount/default",
+        "-n",
+        "team",
+        "--timeout=60s",
+    ]);
+    let rows = s.ok(&["get", "serviceaccounts", "-n", "team"]);
+    assert!(
+        rows.lines().nth(1).unwrap().starts_with("default "),
+        "{rows}"
+    );
+    let uid =
+        |s: &Server| s.json(&["get", "sa", "default", "-n", "team"])["metadata"]["uid"].clone();
+    let first = uid(&s);
+    // Deleted, it is made again (a new object).
+    s.ok(&["delete", "serviceaccount", "default", "-n", "team"]);
+    s.ok(&[
+        "wait",
+        "--for=create",
+        "serviceaccount/default",
+        "-n",
+        "team",
+        "--timeout=60s",
+    ]);
+    assert_ne!(uid(&s), first);
+}

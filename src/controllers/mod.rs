@@ -2,7 +2,7 @@
 //! writes`) and a loop applying it through the client, as the scheduler is. So far: the
 //! ReplicaSet and ReplicationController controllers, and the garbage collector's part for
 //! their pods; Deployments; Endpoints and EndpointSlices; node lifecycle (unreachable nodes and
-//! the eviction of their pods).
+//! the eviction of their pods); the default ServiceAccount of every namespace.
 
 #![forbid(unsafe_code)]
 
@@ -32,5 +32,6 @@ impl Default for Options {
 pub async fn run(client: kube::Client, opts: Options) {
     tokio::spawn(run::endpoints(client.clone()));
     tokio::spawn(run::node_lifecycle(client.clone(), opts.node_monitor_grace));
+    tokio::spawn(run::service_accounts(client.clone()));
     run::run(client).await
 }

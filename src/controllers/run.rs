@@ -541,3 +541,45 @@ pub async fn node_lifecycle(client: Client, grace: Duration) {
         let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
     }
 }
+
+/// The service account controller's part that users see: every namespace that is not being
+/// deleted has a ServiceAccount `default` (made again if it is deleted), as upstream's
+/// ServiceAccountsController keeps it.
+pub async fn service_accounts(client: Client) {
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let namespaces = cache::<Namespace>(&client, wake.clone());
+    let accounts = cache::<ServiceAccount>(&client, wake.clone());
+    all_ready!(namespaces, accounts);
+    loop {
+        let have: HashSet<String> = accounts
+            .state()
+            .iter()
+            .filter(|a| a.metadata.name.as_deref() == Some("default"))
+            .filter_map(|a| a.metadata.namespace.clone())
+            .collect();
+        for ns in namespaces.state() {
+            let Some(name) = ns.metadata.name.clone() else {
+                continue;
+            };
+            let terminating = ns.metadata.deletion_timestamp.is_some()
+                || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
+            if terminating || have.contains(&name) {
+                continue;
+            }
+            let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "default", "namespace": name}
+            }))
+            .expect("a valid ServiceAccount");
+            match Api::<ServiceAccount>::namespaced(client.clone(), &name)
+                .create(&PostParams::default(), &sa)
+                .await
+            {
+                Ok(_) => tracing::debug!(namespace = %name, "made the default service account"),
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => tracing::debug!(namespace = %name, error = %e, "default service account"),
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), wake.notified()).await;
+    }
+}
