@@ -491,8 +491,10 @@ impl Worker {
                 Err(TryRecvError::Empty) => {}
             }
             self.step();
-            self.publish();
+            // Recorded before it is shown: an agent killed right after a container is
+            // reported running finds its start time again.
             self.persist();
+            self.publish();
             self.wait(&wake);
         }
         self.teardown();
