@@ -368,6 +368,7 @@ fn a_node_whose_agent_dies_goes_unknown_evicts_and_comes_back_with_its_pods() {
     assert_eq!(c["state"]["running"]["startedAt"], started, "{c}");
     assert_eq!(c["restartCount"], 0);
     assert_eq!(after["status"]["phase"], "Running");
+    assert_eq!(after["status"]["startTime"], before["status"]["startTime"]);
     s.ok(&["delete", "pod", "stay", "--timeout=60s"]);
 }
 

@@ -671,6 +671,7 @@ fn orphan_teardown(ctx: &NodeContext, uid: &str, grace_cap: Option<u64>) {
         created: chrono::Utc::now(),
         grace_seconds: 30,
         deleting_since: None,
+        started: None,
     });
     let mut meta = meta;
     if let Some(cap) = grace_cap {

@@ -223,6 +223,9 @@ pub struct PodMeta {
     /// period).
     #[serde(default)]
     pub deleting_since: Option<DateTime<Utc>>,
+    /// When a container of the pod first ran (its status' startTime), kept across restarts.
+    #[serde(default)]
+    pub started: Option<DateTime<Utc>>,
 }
 
 impl PodMeta {
@@ -355,7 +358,10 @@ impl Worker {
         // whose manifest is back is simply wanted again.
         let meta = match PodMeta::load(&dir) {
             Some(mut old) => {
-                view.lock().expect("view").created = old.created;
+                let mut v = view.lock().expect("view");
+                v.created = old.created;
+                v.started = v.started.or(old.started);
+                drop(v);
                 old.deleting_since = None;
                 old.grace_seconds = grace(&m.pod).as_secs();
                 old
@@ -367,6 +373,7 @@ impl Worker {
                 created: view.lock().expect("view").created,
                 grace_seconds: grace(&m.pod).as_secs(),
                 deleting_since: None,
+                started: None,
             },
         };
         Ok(Worker {
@@ -1226,7 +1233,7 @@ impl Worker {
         }
     }
 
-    fn publish_view(&self) {
+    fn publish_view(&mut self) {
         let policy = RestartPolicy::of(&self.manifest().pod);
         let mut v = self.view.lock().expect("view");
         v.published = true;
@@ -1290,7 +1297,13 @@ impl Worker {
             }
         } else if apps.iter().any(|c| c.running.is_some()) {
             if v.started.is_none() {
-                v.started = Some(self.ctx.clock.utc());
+                // Recorded before it is shown, as the containers' state is.
+                let now = self.ctx.clock.utc();
+                v.started = Some(now);
+                self.meta.started = Some(now);
+                if self.dir.exists() {
+                    self.meta.save(&self.dir);
+                }
             }
             PodPhase::Running
         } else {
