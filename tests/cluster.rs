@@ -145,6 +145,23 @@ fn agent(s: &Server, extra: &[&str]) -> Node {
     n
 }
 
+/// A Deployment `web` of 2 replicas rolled out, whose container stops at once on SIGTERM
+/// (busybox's sleep as PID 1 would not).
+fn web_deployment(s: &Server) {
+    s.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=test/busybox:1",
+        "--replicas=2",
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+    ]);
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+}
+
 /// The pod directories the agent of `n` holds.
 fn pod_dirs(n: &Node) -> Vec<String> {
     std::fs::read_dir(n.run_dir().join("pods"))
@@ -159,19 +176,7 @@ fn pod_dirs(n: &Node) -> Vec<String> {
 fn an_agent_runs_the_pods_bound_to_it_and_reports_them() {
     let s = Server::start_in_netns(&[]);
     let n = agent(&s, &[]);
-    // A container that stops at once on SIGTERM (busybox's sleep as PID 1 would not).
-    s.ok(&[
-        "create",
-        "deployment",
-        "web",
-        "--image=test/busybox:1",
-        "--replicas=2",
-        "--",
-        "sh",
-        "-c",
-        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
-    ]);
-    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    web_deployment(&s);
     let rows = s.ok(&["get", "pods", "-l", "app=web", "-o", "wide"]);
     let lines: Vec<Vec<&str>> = rows
         .lines()
@@ -376,18 +381,7 @@ fn a_node_whose_agent_dies_goes_unknown_evicts_and_comes_back_with_its_pods() {
 fn a_server_killed_and_restarted_finds_its_pods_running_and_the_agent_resumes() {
     let mut s = Server::start_in_netns(&[]);
     let n = agent(&s, &[]);
-    s.ok(&[
-        "create",
-        "deployment",
-        "web",
-        "--image=test/busybox:1",
-        "--replicas=2",
-        "--",
-        "sh",
-        "-c",
-        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
-    ]);
-    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    web_deployment(&s);
     let names = |s: &Server| -> Vec<String> {
         let mut v: Vec<String> = s.json(&["get", "pods", "-l", "app=web"])["items"]
             .as_array()
