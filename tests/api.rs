@@ -535,6 +535,20 @@ fn server_side_apply_owns_fields_conflicts_and_forces() {
     let m = managers(&s);
     assert_eq!(m.len(), 1, "{m:?}");
     assert_eq!((m[0].0.as_str(), m[0].1.as_str()), ("alice", "Apply"));
+    // The same apply again changes nothing: no write, the same resourceVersion.
+    let rv = |s: &Server| {
+        s.ok(&[
+            "get",
+            "deploy",
+            "ssa",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+    };
+    let before = rv(&s);
+    s.ok_with(KUBECTL, &alice, Some(dep));
+    s.ok(&["label", "deploy", "ssa", "tier=front", "--overwrite"]);
+    assert_eq!(rv(&s), before);
     let containers = &m[0].2["f:spec"]["f:template"]["f:spec"]["f:containers"];
     assert!(
         containers["k:{\"name\":\"web\"}"]["f:ports"]
@@ -810,7 +824,8 @@ fn bad_input_gets_the_real_servers_status_and_changes_nothing() {
 
 #[test]
 fn lists_page_and_select_and_watches_follow() {
-    let s = Server::start(&[]);
+    // Exact counts of ConfigMaps: no root CA publisher writing its own.
+    let s = Server::start(API_ONLY);
     for i in 0..7 {
         let tier = if i % 2 == 0 { "front" } else { "back" };
         s.ok(&[
@@ -1344,7 +1359,8 @@ fn acknowledged_writes_survive_kill_9() {
 /// revision it saw as informers do, misses nothing and sees nothing twice.
 #[test]
 fn an_etcd_restart_under_a_watch_loses_no_event() {
-    let mut s = Server::on_etcd();
+    // No controller writing ConfigMaps (the root CA publisher) beside the watched ones.
+    let mut s = Server::on_etcd_with(API_ONLY);
     let (_, list) = s.raw(
         "GET",
         "/api/v1/namespaces/default/configmaps",
@@ -1512,7 +1528,9 @@ fn events_describe_and_output_formats() {
         "Namespace:        default",
         "Status:           Pending",
         "    Image:        nginx",
-        "QoS Class:        BestEffort",
+        // Aligned with the ServiceAccount volume's fields, as on any cluster.
+        "QoS Class:                   BestEffort",
+        "    Type:                    Projected (a volume that contains injected data from multiple sources)",
         "Scheduled",
         "Successfully assigned default/web to n1",
         "Pulling image \"nginx\"",

@@ -293,3 +293,203 @@ fn the_node_token_joins_with_node_rights_only_and_can_be_revoked() {
     ]);
     unauthorized(&token);
 }
+
+#[test]
+fn service_account_tokens_authenticate_rbac_authorizes_and_pods_get_them_mounted() {
+    // The API alone: the admission and the tokens need no controller (the bootstrap makes
+    // `default`'s ServiceAccount).
+    let s = Server::start(support::server::API_ONLY);
+    let out = |o: std::process::Output| {
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let token = s.ok(&["create", "token", "default"]).trim().to_string();
+    let (ok, who) = out(kubectl_with_token(
+        &s,
+        &token,
+        &["auth", "whoami", "-o", "json"],
+    ));
+    assert!(ok, "{who}");
+    let who: Value = serde_json::from_str(&who).unwrap();
+    assert_eq!(
+        who["status"]["userInfo"]["username"],
+        "system:serviceaccount:default:default"
+    );
+    assert_eq!(
+        who["status"]["userInfo"]["groups"],
+        serde_json::json!([
+            "system:serviceaccounts",
+            "system:serviceaccounts:default",
+            "system:authenticated"
+        ])
+    );
+    // Nothing until RBAC grants it.
+    let (ok, text) = out(kubectl_with_token(&s, &token, &["get", "pods"]));
+    assert!(!ok);
+    assert_eq!(
+        text,
+        "Error from server (Forbidden): pods is forbidden: User \"system:serviceaccount:default:default\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\"\n"
+    );
+    s.ok(&[
+        "create",
+        "rolebinding",
+        "viewers",
+        "--clusterrole=view",
+        "--serviceaccount=default:default",
+    ]);
+    let rows = s.ok(&["get", "rolebinding", "viewers", "-o", "wide"]);
+    let row: Vec<&str> = rows.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        (row[0], row[1], row[3]),
+        ("viewers", "ClusterRole/view", "default/default"),
+        "{rows}"
+    );
+    assert!(out(kubectl_with_token(&s, &token, &["get", "pods"])).0);
+    let can = |args: &[&str]| out(kubectl_with_token(&s, &token, args)).1;
+    assert_eq!(can(&["auth", "can-i", "list", "deployments.apps"]), "yes\n");
+    assert_eq!(can(&["auth", "can-i", "delete", "pods"]), "no\n");
+    assert_eq!(can(&["auth", "can-i", "get", "secrets"]), "no\n");
+    assert_eq!(
+        can(&["auth", "can-i", "list", "pods", "-n", "kube-system"]),
+        "no\n"
+    );
+    // A Role of one verb on one named object.
+    s.ok(&[
+        "create",
+        "role",
+        "one",
+        "--verb=get",
+        "--resource=secrets",
+        "--resource-name=app",
+    ]);
+    s.ok(&[
+        "create",
+        "rolebinding",
+        "one",
+        "--role=one",
+        "--serviceaccount=default:default",
+    ]);
+    assert_eq!(can(&["auth", "can-i", "get", "secrets/app"]), "yes\n");
+    assert_eq!(can(&["auth", "can-i", "get", "secrets/other"]), "no\n");
+    // Whoever may write bindings still may not grant what it lacks.
+    s.ok(&[
+        "create",
+        "rolebinding",
+        "admins",
+        "--clusterrole=admin",
+        "--serviceaccount=default:default",
+    ]);
+    let (ok, text) = out(kubectl_with_token(
+        &s,
+        &token,
+        &[
+            "create",
+            "rolebinding",
+            "root",
+            "--clusterrole=cluster-admin",
+            "--serviceaccount=default:default",
+        ],
+    ));
+    assert!(!ok);
+    assert!(
+        text.contains("is attempting to grant RBAC permissions not currently held")
+            && text.contains("\"bind\""),
+        "{text}"
+    );
+    // Bad RBAC objects are refused with the fields named; roleRef never changes.
+    let bad = s.fails(
+        &["create", "-f", "-"],
+        Some("apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: bad}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: x}\nsubjects: [{kind: ServiceAccount, name: bot}]\n"),
+    );
+    assert!(
+        bad.contains("roleRef.kind: Unsupported value: \"Role\"")
+            && bad.contains("subjects[0].namespace: Required value"),
+        "{bad}"
+    );
+    let changed = s.fails(
+        &[
+            "patch",
+            "rolebinding",
+            "viewers",
+            "--type=merge",
+            "-p",
+            r#"{"roleRef":{"name":"edit"}}"#,
+        ],
+        None,
+    );
+    assert!(changed.contains("cannot change roleRef"), "{changed}");
+
+    // TokenRequest validation, and tokens bound to a pod live as long as it does.
+    let short = s.fails(&["create", "token", "default", "--duration=1m"], None);
+    assert!(
+        short.contains("may not specify a duration less than 10 minutes"),
+        "{short}"
+    );
+    let missing = s.fails(&["create", "token", "nobody"], None);
+    assert!(
+        missing.contains("serviceaccounts \"nobody\" not found"),
+        "{missing}"
+    );
+    s.ok(&["run", "p", "--image=test/busybox:1"]);
+    let bound = s
+        .ok(&[
+            "create",
+            "token",
+            "default",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=p",
+        ])
+        .trim()
+        .to_string();
+    assert!(out(kubectl_with_token(&s, &bound, &["get", "pods"])).0);
+    let unauthorized = |t: &str| {
+        let (ok, text) = out(kubectl_with_token(&s, t, &["get", "pods"]));
+        assert!(!ok && text.contains("(Unauthorized)"), "{text}");
+    };
+    // A forged token (another signature) names no one.
+    let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+    parts[2] = parts[2].chars().rev().collect();
+    unauthorized(&parts.join("."));
+
+    // The ServiceAccount admission: the token, CA and namespace mounted in every container.
+    let pod = s.json(&["get", "pod", "p"]);
+    let vol = &pod["spec"]["volumes"][0];
+    let vname = vol["name"].as_str().unwrap();
+    assert!(
+        vname.starts_with("kube-api-access-") && vname.len() == 21,
+        "{vol}"
+    );
+    let sources = &vol["projected"]["sources"];
+    assert_eq!(sources[0]["serviceAccountToken"]["expirationSeconds"], 3607);
+    assert_eq!(sources[1]["configMap"]["name"], "kube-root-ca.crt");
+    assert_eq!(
+        sources[2]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["volumeMounts"][0],
+        serde_json::json!({"name": vname, "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"})
+    );
+    s.ok(&[
+        "run",
+        "quiet",
+        "--image=test/busybox:1",
+        "--overrides",
+        r#"{"spec":{"automountServiceAccountToken":false}}"#,
+    ]);
+    assert!(s.json(&["get", "pod", "quiet"])["spec"]["volumes"].is_null());
+    s.ok(&["create", "namespace", "empty"]);
+    let refused = s.fails(&["run", "x", "-n", "empty", "--image=test/busybox:1"], None);
+    assert!(
+        refused.contains("pods \"x\" is forbidden: error looking up service account empty/default: serviceaccount \"default\" not found"),
+        "{refused}"
+    );
+    // Deleting the pod, or the ServiceAccount, revokes the tokens bound to them.
+    s.ok(&["delete", "pod", "p", "--wait=false"]);
+    unauthorized(&bound);
+    s.ok(&["delete", "serviceaccount", "default"]);
+    unauthorized(&token);
+    assert_eq!(mode(&s.root().join("server/tls/sa.key")), 0o600);
+}

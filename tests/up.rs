@@ -189,6 +189,17 @@ impl Up {
             .map(|d| d.count())
             .unwrap_or(0)
     }
+
+    /// Waits until the node holds `n` pod directories: the API shows a terminal pod gone at
+    /// once (it is deleted without grace, as upstream), and the node then removes its
+    /// directory on its own; nothing in the API marks that moment.
+    fn await_pod_dirs(&self, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.pod_dirs() != n && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(self.pod_dirs(), n);
+    }
 }
 
 impl Drop for Up {
@@ -215,6 +226,7 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn up_runs_the_bootcamp_and_down_leaves_nothing() {
     let u = Up::new();
+    u.s.import("test/kubectl", &support::kubectl_image());
     let out = u.up();
     assert!(out.contains("Node knode-test is Ready"), "{out}");
     // Ready means ready: no wait needed before the tutorial's first command.
@@ -383,6 +395,54 @@ fn up_runs_the_bootcamp_and_down_leaves_nothing() {
         "echo | nc -w 5 10.96.0.1 443 >/dev/null; echo exit=$?",
     ]);
     assert_eq!(o, "exit=0\n");
+    // An in-cluster client: kubectl in a pod finds the API server from the `kubernetes`
+    // Service's variables and authenticates with the ServiceAccount token mounted in it,
+    // checking the server against the mounted CA; RBAC decides what it may do.
+    let in_cluster = |name: &str, phase: &str| {
+        u.kubectl(&[
+            "run",
+            name,
+            "--image=test/kubectl:1",
+            "--restart=Never",
+            "--command",
+            "--",
+            "kubectl",
+            "get",
+            "pods",
+            "-o",
+            "name",
+        ]);
+        u.kubectl(&[
+            "wait",
+            &format!("pod/{name}"),
+            &format!("--for=jsonpath={{.status.phase}}={phase}"),
+            "--timeout=60s",
+        ]);
+        u.kubectl(&["logs", name])
+    };
+    let denied = in_cluster("denied", "Failed");
+    assert!(
+        denied.contains("Error from server (Forbidden): pods is forbidden: User \"system:serviceaccount:default:default\" cannot list resource \"pods\""),
+        "{denied}"
+    );
+    u.kubectl(&[
+        "create",
+        "rolebinding",
+        "pod-reader",
+        "--clusterrole=view",
+        "--serviceaccount=default:default",
+    ]);
+    let listed = in_cluster("allowed", "Succeeded");
+    assert!(listed.contains(&format!("pod/{pod}\n")), "{listed}");
+    // Finished pods keep their logs until deleted; then they leave nothing.
+    let before = u.pod_dirs();
+    u.kubectl(&["delete", "pod", "denied", "allowed", "--timeout=60s"]);
+    u.await_pod_dirs(before - 2);
+    const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let file = |f: &str| u.kubectl(&["exec", pod, "--", "cat", &format!("{SA}/{f}")]);
+    assert_eq!(file("namespace"), "default");
+    let ca = std::fs::read_to_string(u.s.root().join("server/tls/ca.crt")).unwrap();
+    assert_eq!(file("ca.crt"), ca);
     // `kubectl proxy`, then the pod and the service through the API server's proxy.
     {
         use std::io::BufRead;

@@ -87,6 +87,13 @@ const NODE: &[Rule] = &[
         resources: &["pods/status"],
         namespace: None,
     },
+    // Only tokens bound to pods on a node (checked by the TokenRequest itself).
+    Rule {
+        verbs: &["create"],
+        group: "",
+        resources: &["serviceaccounts/token"],
+        namespace: None,
+    },
     Rule {
         verbs: &["create", "update", "patch"],
         group: "",
@@ -151,6 +158,16 @@ pub fn authorize(user: &User, a: &Attributes) -> Result<(), String> {
         "{what} is forbidden: User \"{}\" cannot {} resource \"{full}\" in API group \"{}\" {scope}",
         user.name, a.verb, a.group
     ))
+}
+
+/// Whether `user` may do `a` by the built-in rules or by RBAC (the rules bound to it by
+/// RoleBindings and ClusterRoleBindings).
+pub async fn authorize_all(reg: &Registry, user: &User, a: &Attributes<'_>) -> Result<(), String> {
+    let builtin = authorize(user, a);
+    if builtin.is_err() && super::rbac::allows(reg, user, a).await {
+        return Ok(());
+    }
+    builtin
 }
 
 /// A SelfSubjectRulesReview's `status.resourceRules` for `user` in `namespace`.

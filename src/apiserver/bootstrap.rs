@@ -1,5 +1,7 @@
 //! What a new cluster has before anyone writes to it: the namespaces `default`,
-//! `kube-system`, `kube-public` and `kube-node-lease`, their `default` ServiceAccounts, and the
+//! `kube-system`, `kube-public` and `kube-node-lease`, their `default` ServiceAccounts, the
+//! ClusterRoles `cluster-admin`, `admin`, `edit` and `view` (and `system:masters` bound to the
+//! first), and the
 //! `kubernetes` Service (the first address of the service CIDR, port 443) with the endpoints
 //! of this server; the node join token (`<root>/server/node-token`) and its bootstrap token
 //! Secret. Created at every start when missing; never overwritten.
@@ -65,6 +67,9 @@ pub async fn ensure(api: &Api, cfg: &ServerConfig) -> Result<(), ServerError> {
             json!({"metadata": {"name": "default"}}),
         )
         .await?;
+    }
+    for (plural, obj) in super::rbac::bootstrap() {
+        ensure_one(api, plural, super::rbac::GROUP, None, obj).await?;
     }
     let port = cfg.listen.port();
     ensure_one(

@@ -28,6 +28,8 @@ pub struct Api {
     /// Namespaces to empty and remove ([`super::namespaces`]).
     pub terminating: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<String>>,
     pub metrics: Arc<super::metrics::Metrics>,
+    /// Signs and checks ServiceAccount tokens.
+    pub tokens: Arc<super::tokens::Signer>,
 }
 
 /// The response's JSON body with the status code.
@@ -221,6 +223,68 @@ impl Api {
         Ok(())
     }
 
+    /// The ServiceAccount admission plugin: the pod's ServiceAccount must exist, and unless
+    /// the pod or the ServiceAccount opts out, a projected volume `kube-api-access-<5>` with a
+    /// token, the cluster CA and the namespace is mounted in every container at
+    /// `/var/run/secrets/kubernetes.io/serviceaccount` (what in-cluster clients read).
+    async fn admit_service_account(&self, ns: &str, obj: &mut Value) -> ApiResult<()> {
+        const PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+        if obj["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string() {
+            return Ok(());
+        }
+        let pod = meta_str(obj, "name").to_string();
+        let name = obj["spec"]["serviceAccountName"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default")
+            .to_string();
+        let sar = resources::find("", "v1", "serviceaccounts").expect("served");
+        let Some((sa, _)) = self.reg.get_kv(sar, Some(ns), &name).await? else {
+            return Err(ApiError::forbidden(format!(
+                "pods \"{pod}\" is forbidden: error looking up service account {ns}/{name}: serviceaccount \"{name}\" not found"
+            )));
+        };
+        let automount = obj["spec"]["automountServiceAccountToken"]
+            .as_bool()
+            .or(sa["automountServiceAccountToken"].as_bool())
+            .unwrap_or(true);
+        if !automount {
+            return Ok(());
+        }
+        let volume = format!("kube-api-access-{}", strategy::random_suffix(5));
+        let mut needed = false;
+        for list in ["initContainers", "containers"] {
+            for c in obj["spec"][list].as_array_mut().into_iter().flatten() {
+                let has = c["volumeMounts"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m["mountPath"] == PATH));
+                if has {
+                    continue;
+                }
+                if !c["volumeMounts"].is_array() {
+                    c["volumeMounts"] = json!([]);
+                }
+                if let Some(m) = c["volumeMounts"].as_array_mut() {
+                    m.push(json!({"name": volume, "readOnly": true, "mountPath": PATH}));
+                    needed = true;
+                }
+            }
+        }
+        if needed {
+            if !obj["spec"]["volumes"].is_array() {
+                obj["spec"]["volumes"] = json!([]);
+            }
+            if let Some(v) = obj["spec"]["volumes"].as_array_mut() {
+                v.push(json!({"name": volume, "projected": {"defaultMode": 420, "sources": [
+                    {"serviceAccountToken": {"expirationSeconds": super::tokens::KUBELET_EXPIRATION, "path": "token"}},
+                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+                ]}}));
+            }
+        }
+        Ok(())
+    }
+
     async fn allocate(
         &self,
         r: &Resource,
@@ -262,7 +326,7 @@ impl Api {
         check_kind(r, &obj, r.kind, &r.api_version())?;
         match r.plural {
             "selfsubjectaccessreviews" | "selfsubjectrulesreviews" | "selfsubjectreviews" => {
-                return Ok((StatusCode::CREATED, review(r, obj, user)));
+                return Ok((StatusCode::CREATED, review(&self.reg, r, obj, user).await));
             }
             "bindings" => {
                 let ns = t.namespace.clone().unwrap_or_default();
@@ -332,6 +396,12 @@ impl Api {
             })?;
         }
         self.check(r, q, &mut obj, warnings)?;
+        super::rbac::check_escalation(&self.reg, user, r, ns.as_deref().unwrap_or(""), &obj)
+            .await?;
+        if r.group.is_empty() && r.plural == "pods" {
+            self.admit_service_account(ns.as_deref().unwrap_or("default"), &mut obj)
+                .await?;
+        }
         if let Some(st) = strategy::initial_status(r, &obj) {
             obj["status"] = st;
         }
@@ -502,6 +572,7 @@ impl Api {
         t: &Target,
         q: &Query,
         body: Option<Value>,
+        user: &User,
     ) -> ApiResult<(StatusCode, Value)> {
         let r = t.resource;
         let (ns, name) = (
@@ -519,6 +590,18 @@ impl Api {
                 let opts = body.get("deleteOptions").cloned().unwrap_or(json!({}));
                 self.delete(t, q, opts).await?;
                 Ok((StatusCode::CREATED, success_status(None)))
+            }
+            Some("token") if r.plural == "serviceaccounts" => {
+                let out = super::tokens::request(
+                    &self.tokens,
+                    &self.reg,
+                    user,
+                    &ns,
+                    &name,
+                    body.unwrap_or_else(|| json!({})),
+                )
+                .await?;
+                Ok((StatusCode::CREATED, out))
             }
             Some(s @ ("exec" | "attach" | "portforward" | "proxy")) => Err(no_agent(s)),
             _ => Err(ApiError::method_not_allowed("create", r)),
@@ -543,6 +626,7 @@ impl Api {
         t: &Target,
         q: &Query,
         body: Value,
+        user: &User,
         warnings: &mut Vec<String>,
     ) -> ApiResult<(StatusCode, Value)> {
         let r = t.resource;
@@ -576,7 +660,8 @@ impl Api {
         if !want_rv.is_empty() && want_rv != rev.to_string() {
             return Err(ApiError::modified(r, &name));
         }
-        self.write(t, q, old, rev, body, warnings, "Update").await
+        self.write(t, q, old, rev, body, user, warnings, "Update")
+            .await
     }
 
     /// Writes `body` over `old` (at `rev`) as a PUT of `t` would; shared by PUT and PATCH.
@@ -588,11 +673,13 @@ impl Api {
         old: Value,
         rev: i64,
         body: Value,
+        user: &User,
         warnings: &mut Vec<String>,
         operation: &str,
     ) -> ApiResult<(StatusCode, Value)> {
         let r = t.resource;
         let ns = t.namespace.as_deref();
+        super::rbac::check_escalation(&self.reg, user, r, ns.unwrap_or(""), &body).await?;
         let name = t.name.clone().unwrap_or_default();
         let applied_fields = body["metadata"]["managedFields"].clone();
         let mut new = match t.sub.as_deref() {
@@ -690,6 +777,26 @@ impl Api {
             let gone = self.reg.delete(r, ns, new, rev, release).await?;
             return Ok((StatusCode::OK, shape(t, &gone)));
         }
+        // Nothing changed: no write, no new resourceVersion and no watch event, as the API
+        // server compares the objects before it writes (a manager's time moves only when its
+        // fields change).
+        let unchanged = |v: &Value| {
+            let mut v = v.clone();
+            v["metadata"]["resourceVersion"] = Value::Null;
+            for m in v["metadata"]["managedFields"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                m["time"] = Value::Null;
+            }
+            v
+        };
+        if extra.0.is_empty() && extra.1.is_empty() && unchanged(&old) == unchanged(&new) {
+            let mut same = old;
+            registry::stamp(r, &mut same, rev);
+            return Ok((StatusCode::OK, shape(t, &same)));
+        }
         let stored = self.reg.update(r, ns, new, rev, extra).await?;
         Ok((StatusCode::OK, shape(t, &stored)))
     }
@@ -771,7 +878,10 @@ impl Api {
                 Value::Array(ops) => ops.iter().any(|o| o["path"] == "/metadata/resourceVersion"),
                 doc => !doc["metadata"]["resourceVersion"].is_null(),
             };
-            match self.write(t, q, current, rev, patched, warnings, op).await {
+            match self
+                .write(t, q, current, rev, patched, user, warnings, op)
+                .await
+            {
                 Err(e) if e.reason == "Conflict" && !precondition => continue,
                 other => return other,
             }
@@ -1059,6 +1169,13 @@ fn immutable(r: &Resource, old: &Value, new: &Value) -> ApiResult<()> {
             &new["spec"]["selector"],
             "field is immutable",
         ),
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => field(
+            &mut errs,
+            "roleRef",
+            &old["roleRef"],
+            &new["roleRef"],
+            "cannot change roleRef",
+        ),
         ("", "ConfigMap" | "Secret") if old["immutable"] == true => {
             for f in ["data", "binaryData", "stringData"] {
                 if old[f] != new[f] {
@@ -1178,7 +1295,13 @@ fn deleted_reply(r: &Resource, obj: &Value) -> Value {
 /// SelfSubjectAccessReview / SelfSubjectRulesReview / SelfSubjectReview, answered for the
 /// caller: admins (group system:masters) may do anything, others nothing yet.
 /// Whether `user` may make this request (403 with the upstream text if not).
-pub fn authorize(user: &User, t: &Target, method: &Method, q: &Query) -> ApiResult<()> {
+pub async fn authorize(
+    reg: &Registry,
+    user: &User,
+    t: &Target,
+    method: &Method,
+    q: &Query,
+) -> ApiResult<()> {
     let watching = *method == Method::GET && (t.watch_prefix || q.flag("watch").unwrap_or(false));
     let named = t.name.is_some();
     let verb = match *method {
@@ -1200,10 +1323,12 @@ pub fn authorize(user: &User, t: &Target, method: &Method, q: &Query) -> ApiResu
         namespace: t.namespace.as_deref().unwrap_or(""),
         name: t.name.as_deref().unwrap_or(""),
     };
-    auth::authorize(user, &a).map_err(ApiError::forbidden)
+    auth::authorize_all(reg, user, &a)
+        .await
+        .map_err(ApiError::forbidden)
 }
 
-fn review(r: &Resource, mut body: Value, user: &User) -> Value {
+async fn review(reg: &Registry, r: &Resource, mut body: Value, user: &User) -> Value {
     let admin = user.groups.iter().any(|g| g == auth::MASTERS);
     body["kind"] = json!(r.kind);
     body["apiVersion"] = json!(r.api_version());
@@ -1226,7 +1351,8 @@ fn review(r: &Resource, mut body: Value, user: &User) -> Value {
                     field("namespace"),
                     field("name"),
                 );
-                auth::authorize(
+                auth::authorize_all(
+                    reg,
                     user,
                     &auth::Attributes {
                         verb: &verb,
@@ -1237,6 +1363,7 @@ fn review(r: &Resource, mut body: Value, user: &User) -> Value {
                         name: &name,
                     },
                 )
+                .await
             } else {
                 // Non-resource URLs: discovery, OpenAPI and health are everyone's.
                 let path = body["spec"]["nonResourceAttributes"]["path"]
@@ -1258,14 +1385,30 @@ fn review(r: &Resource, mut body: Value, user: &User) -> Value {
                     json!({"allowed": true, "reason": "the user is in group system:masters"})
                 }
                 Ok(()) => {
-                    json!({"allowed": true, "reason": "knode's built-in rules for the user's groups"})
+                    json!({"allowed": true, "reason": "knode's built-in rules for the user's groups, or RBAC"})
                 }
                 Err(_) => json!({"allowed": false}),
             };
         }
         "selfsubjectrulesreviews" => {
             let ns = body["spec"]["namespace"].as_str().unwrap_or("").to_string();
-            let rules = auth::resource_rules(user, &ns);
+            let mut rules = auth::resource_rules(user, &ns);
+            if !admin {
+                for rule in super::rbac::rules_of(reg, user, &ns)
+                    .await
+                    .unwrap_or_default()
+                {
+                    if rule["nonResourceURLs"].is_null() {
+                        if let Some(list) = rules.as_array_mut() {
+                            let mut r = json!({"verbs": rule["verbs"], "apiGroups": rule["apiGroups"], "resources": rule["resources"]});
+                            if !rule["resourceNames"].is_null() {
+                                r["resourceNames"] = rule["resourceNames"].clone();
+                            }
+                            list.push(r);
+                        }
+                    }
+                }
+            }
             let non_resource = if admin {
                 json!([{"verbs": ["*"], "nonResourceURLs": ["*"]}])
             } else {
@@ -1615,7 +1758,7 @@ async fn serve_inner(
                 } else {
                     Some(decode_body(&ct, &body)?)
                 };
-                api.create_sub(&t, &q, obj).await
+                api.create_sub(&t, &q, obj, &user).await
             }
             (Method::PUT, true, sub) => {
                 if !verb_ok("update") {
@@ -1625,7 +1768,7 @@ async fn serve_inner(
                     return Err(no_agent("proxy"));
                 }
                 let obj = decode_body(&ct, &body)?;
-                api.update(&t, &q, obj, &mut warnings).await
+                api.update(&t, &q, obj, &user, &mut warnings).await
             }
             (Method::PATCH, true, sub) => {
                 if !verb_ok("patch") {

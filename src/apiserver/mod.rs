@@ -23,12 +23,14 @@ pub mod patch;
 pub mod pki;
 pub mod printers;
 pub mod protobuf;
+pub mod rbac;
 pub mod registry;
 pub mod request;
 pub mod resources;
 pub mod schema;
 pub mod status;
 pub mod strategy;
+pub mod tokens;
 pub mod watch;
 
 use std::net::IpAddr;
@@ -57,6 +59,8 @@ pub enum ServerError {
     Bootstrap(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Tokens(#[from] tokens::TokenError),
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -119,7 +123,11 @@ async fn authenticate(shared: &Shared, peer: &Peer, headers: &HeaderMap) -> Opti
                 groups: vec!["system:masters".into(), "system:authenticated".into()],
             });
         }
-        return auth::bootstrap_user(&shared.api.reg, t.trim()).await;
+        let t = t.trim();
+        if tokens::jwt_shape(t) {
+            return tokens::user(&shared.api.tokens, &shared.api.reg, t).await;
+        }
+        return auth::bootstrap_user(&shared.api.reg, t).await;
     }
     peer.0.clone()
 }
@@ -178,7 +186,7 @@ async fn fallback(
             Ok(t) => t,
             Err(e) => return e.into_response(),
         };
-        if let Err(e) = handlers::authorize(&user, &t, req.method(), &q) {
+        if let Err(e) = handlers::authorize(&shared.api.reg, &user, &t, req.method(), &q).await {
             return e.into_response();
         }
         if t.sub.as_deref() == Some("proxy") {
@@ -285,7 +293,8 @@ async fn fallback(
     };
     match target {
         Ok((t, q)) => {
-            if let Err(e) = handlers::authorize(&user, &t, &parts.method, &q) {
+            if let Err(e) = handlers::authorize(&shared.api.reg, &user, &t, &parts.method, &q).await
+            {
                 return e.into_response();
             }
             handlers::serve(
@@ -431,6 +440,7 @@ pub async fn serve(
         metrics,
         service_cidr: cfg.service_cidr,
         terminating: Default::default(),
+        tokens: Arc::new(tokens::Signer::load_or_create(&dir.join("tls"))?),
     });
     bootstrap::ensure(&api, &cfg).await?;
     let _ = api.terminating.set(namespaces::start(api.clone()));
@@ -465,7 +475,7 @@ pub async fn serve(
         let _ = r.send(());
     }
     loop {
-        let (tcp, _) = match listener.accept().await {
+        let (tcp, peer_addr) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // Out of descriptors and the like: wait a little, never stop serving.
@@ -476,8 +486,12 @@ pub async fn serve(
         };
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(peer = %peer_addr, error = %e, "TLS handshake failed");
+                    return;
+                }
             };
             let user = tls
                 .get_ref()

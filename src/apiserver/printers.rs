@@ -161,6 +161,14 @@ fn columns(r: &Resource) -> &'static [Col] {
             ("Holder", "string", 0),
             ("Age", "string", 0),
         ],
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => &[
+            ("Name", "string", 0),
+            ("Role", "string", 0),
+            ("Age", "string", 0),
+            ("Users", "string", 1),
+            ("Groups", "string", 1),
+            ("ServiceAccounts", "string", 1),
+        ],
         _ => &[("Name", "string", 0), ("Created At", "date", 0)],
     }
 }
@@ -807,6 +815,36 @@ pub fn cells(r: &Resource, o: &Value, now: DateTime<Utc>) -> Vec<Value> {
         }
         ("coordination.k8s.io", "Lease") => {
             vec![name, json!(s(&spec["holderIdentity"])), age]
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            let of = |kind: &str| -> String {
+                o["subjects"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|x| x["kind"] == kind)
+                    .map(|x| {
+                        if kind == "ServiceAccount" {
+                            format!("{}/{}", s(&x["namespace"]), s(&x["name"]))
+                        } else {
+                            s(&x["name"]).to_string()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    s(&o["roleRef"]["kind"]),
+                    s(&o["roleRef"]["name"])
+                )),
+                age,
+                json!(of("User")),
+                json!(of("Group")),
+                json!(of("ServiceAccount")),
+            ]
         }
         _ => vec![name, json!(s(&m["creationTimestamp"]))],
     }

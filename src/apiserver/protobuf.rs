@@ -339,7 +339,11 @@ fn package(api_version: &str) -> Option<String> {
     if group == "meta.k8s.io" {
         return Some(format!("k8s.io.apimachinery.pkg.apis.meta.{version}"));
     }
-    let short = group.strip_suffix(".k8s.io").unwrap_or(group);
+    // The Go package is the group's first label (`rbac.authorization.k8s.io`: `rbac`).
+    let short = match group.strip_suffix(".k8s.io") {
+        Some(g) => g.split('.').next().unwrap_or(g),
+        None => group,
+    };
     if short.is_empty() || !short.bytes().all(|b| b.is_ascii_lowercase()) {
         return None;
     }

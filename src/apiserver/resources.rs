@@ -296,7 +296,13 @@ pub static RESOURCES: &[Resource] = &[
         &["sa"],
         &[],
         CRUD,
-        &[],
+        &[Sub {
+            name: "token",
+            group: "authentication.k8s.io",
+            version: "v1",
+            kind: "TokenRequest",
+            verbs: CREATE,
+        }],
         "serviceaccounts",
         "io.k8s.api.core.v1.ServiceAccount"
     ),
@@ -504,6 +510,62 @@ pub static RESOURCES: &[Resource] = &[
         &[],
         "events",
         "io.k8s.api.events.v1.Event"
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        false,
+        &[],
+        &[],
+        CRUD,
+        &[],
+        "clusterrolebindings",
+        "io.k8s.api.rbac.v1.ClusterRoleBinding"
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRole",
+        "clusterroles",
+        "clusterrole",
+        false,
+        &[],
+        &[],
+        CRUD,
+        &[],
+        "clusterroles",
+        "io.k8s.api.rbac.v1.ClusterRole"
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "RoleBinding",
+        "rolebindings",
+        "rolebinding",
+        true,
+        &[],
+        &[],
+        CRUD,
+        &[],
+        "rolebindings",
+        "io.k8s.api.rbac.v1.RoleBinding"
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "Role",
+        "roles",
+        "role",
+        true,
+        &[],
+        &[],
+        CRUD,
+        &[],
+        "roles",
+        "io.k8s.api.rbac.v1.Role"
     ),
 ];
 

@@ -80,8 +80,17 @@ impl ApiError {
     }
 
     pub fn invalid(r: &Resource, name: &str, causes: Vec<FieldError>) -> ApiError {
+        ApiError::invalid_kind(r.group, r.kind, name, causes)
+    }
+
+    /// 422 Invalid for a kind that is not a stored resource (a TokenRequest).
+    pub fn invalid_kind(group: &str, kind: &str, name: &str, causes: Vec<FieldError>) -> ApiError {
         let message = Invalid {
-            kind: r.qualified_kind(),
+            kind: if group.is_empty() {
+                kind.to_string()
+            } else {
+                format!("{kind}.{group}")
+            },
             name: name.to_string(),
             causes: causes.clone(),
         }
@@ -98,7 +107,7 @@ impl ApiError {
             })
             .collect();
         ApiError::new(422, "Invalid", message).details(json!({
-            "name": name, "group": r.group, "kind": r.kind, "causes": causes
+            "name": name, "group": group, "kind": kind, "causes": causes
         }))
     }
 

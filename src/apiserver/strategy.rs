@@ -74,6 +74,10 @@ pub fn decodes(r: &Resource, obj: &Value) -> Result<(), String> {
         "io.k8s.api.coordination.v1.Lease" => check::<coordination::v1::Lease>(obj),
         "io.k8s.api.discovery.v1.EndpointSlice" => check::<discovery::v1::EndpointSlice>(obj),
         "io.k8s.api.events.v1.Event" => check::<events::v1::Event>(obj),
+        "io.k8s.api.rbac.v1.ClusterRole" => check::<rbac::v1::ClusterRole>(obj),
+        "io.k8s.api.rbac.v1.ClusterRoleBinding" => check::<rbac::v1::ClusterRoleBinding>(obj),
+        "io.k8s.api.rbac.v1.Role" => check::<rbac::v1::Role>(obj),
+        "io.k8s.api.rbac.v1.RoleBinding" => check::<rbac::v1::RoleBinding>(obj),
         other => Err(format!("no type for {other}")),
     }
 }
@@ -615,6 +619,7 @@ pub fn validate(r: &Resource, o: &Value) -> Vec<FieldError> {
             }
             template(o, "spec.template", &mut errs);
         }
+        ("rbac.authorization.k8s.io", kind) => super::rbac::validate(kind, o, &mut errs),
         ("batch", "CronJob") => {
             let s = o["spec"]["schedule"].as_str().unwrap_or("");
             if s.is_empty() {

@@ -59,6 +59,7 @@ pub fn run(a: ServerCmd, root: &Path) -> Result<()> {
     let (scheduler, controllers) = (!a.disable_scheduler, !a.disable_controllers);
     let opts = crate::controllers::Options {
         node_monitor_grace: a.node_monitor_grace_period,
+        root_ca: None,
     };
     serve(
         config(a, root)?,
@@ -109,6 +110,7 @@ pub(crate) fn serve(
         .build()
         .context("starting the server's runtime")?;
     let kubeconfig = cfg.root.join("server/admin.kubeconfig");
+    let ca_path = cfg.root.join("server/tls/ca.crt");
     rt.block_on(async move {
         let (tx, listening) = tokio::sync::oneshot::channel();
         // The control loops reach the server as any client does, once it listens.
@@ -127,7 +129,10 @@ pub(crate) fn serve(
                     if scheduler {
                         tokio::spawn(crate::scheduler::run(client.clone()));
                     }
-                    if let Some(opts) = controllers {
+                    if let Some(mut opts) = controllers {
+                        if opts.root_ca.is_none() {
+                            opts.root_ca = std::fs::read_to_string(ca_path).ok();
+                        }
                         tokio::spawn(crate::controllers::run(client, opts));
                     }
                 }

@@ -18,12 +18,15 @@ pub struct Options {
     /// How long a node's agent may stay quiet before the node is Unknown
     /// (`--node-monitor-grace-period`, 40 s).
     pub node_monitor_grace: std::time::Duration,
+    /// The cluster CA (PEM) published in every namespace as the ConfigMap `kube-root-ca.crt`.
+    pub root_ca: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Options {
         Options {
             node_monitor_grace: std::time::Duration::from_secs(40),
+            root_ca: None,
         }
     }
 }
@@ -32,6 +35,6 @@ impl Default for Options {
 pub async fn run(client: kube::Client, opts: Options) {
     tokio::spawn(run::endpoints(client.clone()));
     tokio::spawn(run::node_lifecycle(client.clone(), opts.node_monitor_grace));
-    tokio::spawn(run::service_accounts(client.clone()));
+    tokio::spawn(run::service_accounts(client.clone(), opts.root_ca.clone()));
     run::run(client).await
 }

@@ -545,13 +545,54 @@ pub async fn node_lifecycle(client: Client, grace: Duration) {
 /// The service account controller's part that users see: every namespace that is not being
 /// deleted has a ServiceAccount `default` (made again if it is deleted), as upstream's
 /// ServiceAccountsController keeps it.
-pub async fn service_accounts(client: Client) {
-    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+pub async fn service_accounts(client: Client, root_ca: Option<String>) {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+    const ROOT_CA: &str = "kube-root-ca.crt";
     let wake = Arc::new(tokio::sync::Notify::new());
     let namespaces = cache::<Namespace>(&client, wake.clone());
     let accounts = cache::<ServiceAccount>(&client, wake.clone());
-    all_ready!(namespaces, accounts);
+    let cas = crate::client::cache_of(
+        Api::<ConfigMap>::all(client.clone()),
+        kube::runtime::watcher::Config::default().fields(&format!("metadata.name={ROOT_CA}")),
+        wake.clone(),
+    );
+    all_ready!(namespaces, accounts, cas);
     loop {
+        // The root CA publisher: `kube-root-ca.crt` in every namespace, kept as the CA.
+        if let Some(ca) = &root_ca {
+            let good: HashSet<String> = cas
+                .state()
+                .iter()
+                .filter(|c| {
+                    c.data
+                        .as_ref()
+                        .and_then(|d| d.get("ca.crt"))
+                        .is_some_and(|d| d == ca)
+                })
+                .filter_map(|c| c.metadata.namespace.clone())
+                .collect();
+            for ns in namespaces.state() {
+                let Some(name) = ns.metadata.name.clone() else {
+                    continue;
+                };
+                if ns.metadata.deletion_timestamp.is_some() || good.contains(&name) {
+                    continue;
+                }
+                let cm = serde_json::json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": ROOT_CA, "namespace": name, "annotations": {
+                        "kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+                    "data": {"ca.crt": ca},
+                });
+                let pp = PatchParams::apply("root-ca-cert-publisher").force();
+                if let Err(e) = Api::<ConfigMap>::namespaced(client.clone(), &name)
+                    .patch(ROOT_CA, &pp, &Patch::Apply(&cm))
+                    .await
+                {
+                    tracing::debug!(namespace = %name, error = %e, "publishing the root CA");
+                }
+            }
+        }
         let have: HashSet<String> = accounts
             .state()
             .iter()

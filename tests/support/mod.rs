@@ -69,6 +69,22 @@ pub fn busybox_image() -> BuiltImage {
         .build()
 }
 
+/// busybox with kubectl 1.37 (a static binary) in `/usr/local/bin`: an in-cluster client.
+pub fn kubectl_image() -> BuiltImage {
+    let bin = std::fs::read(server::KUBECTL).expect("kubectl 1.37 (scripts/deps.sh --test)");
+    let layer = TarBuilder::new()
+        .dir("usr", 0o755)
+        .dir("usr/local", 0o755)
+        .dir("usr/local/bin", 0o755)
+        .file("usr/local/bin/kubectl", 0o755, &bin)
+        .finish();
+    ImageBuilder::new()
+        .layer(&busybox_tar(), Compression::Gzip)
+        .layer(&layer, Compression::None)
+        .run_config(knode::cli::demo::demo_run_config())
+        .build()
+}
+
 /// A small extra layer on top of a base.
 pub fn app_tar(tag: &str) -> Vec<u8> {
     TarBuilder::new()
@@ -107,6 +123,20 @@ impl Store {
             )
             .unwrap();
         s
+    }
+
+    /// Imports `img` as `<name>:1`.
+    pub fn import(&self, name: &str, img: &BuiltImage) {
+        let t = tempfile::tempdir().unwrap();
+        img.write_oci_layout(t.path(), "1").unwrap();
+        self.store
+            .import(
+                t.path(),
+                Some(name),
+                &PullOptions::default(),
+                &oci::progress::NoProgress,
+            )
+            .unwrap();
     }
 
     /// Runs the knode binary on this store (`--root`, and `--run-dir` below it).

@@ -40,6 +40,11 @@ pub struct Manifests {
     pub endpoints: BTreeMap<(String, String), Vec<Vec<crate::api::service::Endpoint>>>,
     /// Files or documents that could not be used, with the reason.
     pub errors: Vec<String>,
+    /// ServiceAccount tokens issued for the API's pods, by (pod uid, audience).
+    pub tokens: BTreeMap<(String, String), String>,
+    /// API pods that ran to completion and are not deleted: a worker that ran them stays,
+    /// so that their logs and status stay until the pod is deleted (no new one starts).
+    pub finished: std::collections::BTreeSet<String>,
 }
 
 impl Manifests {
@@ -51,6 +56,8 @@ impl Manifests {
         self.services.extend(other.services);
         self.endpoints.extend(other.endpoints);
         self.errors.extend(other.errors);
+        self.tokens.extend(other.tokens);
+        self.finished.extend(other.finished);
     }
 }
 

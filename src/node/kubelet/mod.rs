@@ -395,6 +395,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             config_maps: std::mem::take(&mut m.config_maps),
             secrets: std::mem::take(&mut m.secrets),
             services: views,
+            tokens: std::mem::take(&mut m.tokens),
         });
         let wanted: BTreeMap<String, Arc<manifests::PodManifest>> = std::mem::take(&mut m.pods)
             .into_iter()
@@ -478,7 +479,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             first = false;
         }
         for uid in workers.keys().cloned().collect::<Vec<_>>() {
-            if !wanted.contains_key(&uid) {
+            if !wanted.contains_key(&uid) && !m.finished.contains(&uid) {
                 let w = workers.remove(&uid).expect("present");
                 // Deleted through the API: the worker stops within the deletion's grace.
                 if let Some(pm) = api_deleting.get(&uid) {

@@ -79,6 +79,89 @@ pub struct ApiSource {
     /// Whether the first list of the pods (and what they use) is in: until then the agent
     /// neither removes pod directories nor releases addresses (they may be API pods').
     synced: Arc<std::sync::atomic::AtomicBool>,
+    tokens: Tokens,
+}
+
+/// (pod uid, audience).
+type TokenKey = (String, String);
+
+/// The ServiceAccount tokens of this node's pods, requested from the API (TokenRequest bound
+/// to the pod, as the kubelet asks for them) as pods that project one appear.
+struct Tokens {
+    client: Client,
+    runtime: tokio::runtime::Handle,
+    notify: Arc<tokio::sync::Notify>,
+    /// (pod uid, audience) -> the token, or None while it is asked for.
+    have: Arc<std::sync::Mutex<BTreeMap<TokenKey, Option<String>>>>,
+}
+
+impl Tokens {
+    /// The tokens `pod` projects that are issued; asks for the others.
+    fn of(&self, pod: &Pod, out: &mut BTreeMap<(String, String), String>) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let spec = pod.spec.as_ref();
+        let sa = spec
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let sources = spec
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.projected.as_ref())
+            .flat_map(|p| p.sources.iter().flatten())
+            .filter_map(|s| s.service_account_token.as_ref());
+        for t in sources {
+            let aud = t.audience.clone().unwrap_or_default();
+            let key = (uid.clone(), aud.clone());
+            let mut have = self.have.lock().expect("tokens");
+            match have.get(&key) {
+                Some(Some(tok)) => {
+                    out.insert(key, tok.clone());
+                    continue;
+                }
+                Some(None) => continue,
+                None => {
+                    have.insert(key.clone(), None);
+                }
+            }
+            let req: k8s_openapi::api::authentication::v1::TokenRequest =
+                serde_json::from_value(json!({"spec": {
+                    "audiences": if aud.is_empty() { json!(null) } else { json!([aud]) },
+                    "expirationSeconds": t.expiration_seconds.unwrap_or(3607),
+                    "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid},
+                }}))
+                .expect("a valid TokenRequest");
+            let (client, have, notify) =
+                (self.client.clone(), self.have.clone(), self.notify.clone());
+            let (ns, sa, pod_name) = (ns.clone(), sa.clone(), name.clone());
+            self.runtime.spawn(async move {
+                let api = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client, &ns);
+                match api.create_token_request(&sa, &PostParams::default(), &req).await {
+                    Ok(r) => {
+                        let tok = r.status.and_then(|s| s.token).unwrap_or_default();
+                        have.lock().expect("tokens").insert(key, Some(tok));
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %format!("{ns}/{pod_name}"), serviceaccount = %sa, error = %e, "requesting a service account token; retrying in 5 s");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        have.lock().expect("tokens").remove(&key);
+                    }
+                }
+                notify.notify_one();
+            });
+        }
+    }
+
+    /// Forgets the tokens of pods that are gone.
+    fn keep(&self, uids: &std::collections::HashSet<String>) {
+        self.have
+            .lock()
+            .expect("tokens")
+            .retain(|(uid, _), _| uids.contains(uid));
+    }
 }
 
 impl ApiSource {
@@ -124,12 +207,19 @@ impl ApiSource {
                 notify.notify_one();
             });
         }
+        let notify_tokens = notify.clone();
         tokio::spawn(async move {
             loop {
                 notify.notified().await;
                 let _ = rustix::io::write(&wake, b"a");
             }
         });
+        let tokens = Tokens {
+            client: client.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            notify: notify_tokens,
+            have: Default::default(),
+        };
         ApiSource {
             pods,
             config_maps,
@@ -137,6 +227,7 @@ impl ApiSource {
             services,
             slices,
             synced,
+            tokens,
         }
     }
 
@@ -150,13 +241,21 @@ impl ApiSource {
     pub fn snapshot(&self) -> (Manifests, BTreeMap<String, Arc<PodManifest>>) {
         let mut m = Manifests::default();
         let mut deleting = BTreeMap::new();
+        let mut uids = std::collections::HashSet::new();
         for p in self.pods.state() {
             let Some(pm) = manifest(&p) else { continue };
+            uids.insert(pm.uid.clone());
             if p.metadata.deletion_timestamp.is_some() {
                 deleting.insert(pm.uid.clone(), Arc::new(pm));
             } else if !finished(&p) {
+                self.tokens.of(&p, &mut m.tokens);
                 m.pods.push(pm);
+            } else {
+                m.finished.insert(pm.uid.clone());
             }
+        }
+        if self.synced() {
+            self.tokens.keep(&uids);
         }
         for c in self.config_maps.state() {
             let (ns, name) = key(&c.metadata);

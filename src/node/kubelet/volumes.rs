@@ -80,6 +80,117 @@ pub struct Objects {
     pub secrets: BTreeMap<(String, String), Arc<Secret>>,
     /// Services that exist now (for the service environment variables).
     pub services: Vec<crate::api::service::ServiceView>,
+    /// ServiceAccount tokens issued for pods, by (pod uid, audience; "" for the API server).
+    pub tokens: BTreeMap<(String, String), String>,
+}
+
+/// A downward API file's content (`pkg/volume/downwardapi`): labels and annotations as
+/// `key="value"` lines, sorted.
+fn downward_field(pod: &Pod, ns: &str, fp: &str) -> Option<String> {
+    let md = &pod.metadata;
+    let lines = |m: &Option<BTreeMap<String, String>>| {
+        m.iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let one = |m: &Option<BTreeMap<String, String>>, prefix: &str| {
+        fp.strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix("']"))
+            .map(|k| {
+                m.as_ref()
+                    .and_then(|m| m.get(k).cloned())
+                    .unwrap_or_default()
+            })
+    };
+    match fp {
+        "metadata.name" => md.name.clone(),
+        "metadata.namespace" => Some(ns.to_string()),
+        "metadata.uid" => md.uid.clone(),
+        "metadata.labels" => Some(lines(&md.labels)),
+        "metadata.annotations" => Some(lines(&md.annotations)),
+        _ if fp.starts_with("metadata.labels['") => one(&md.labels, "metadata.labels['"),
+        _ if fp.starts_with("metadata.annotations['") => {
+            one(&md.annotations, "metadata.annotations['")
+        }
+        _ => None,
+    }
+}
+
+/// The files of a projected volume: its configMap, secret, downwardAPI and
+/// serviceAccountToken sources.
+fn projected_files(
+    pod: &Pod,
+    ns: &str,
+    pj: &k8s_openapi::api::core::v1::ProjectedVolumeSource,
+    objects: &Objects,
+) -> Result<Vec<(String, Vec<u8>, u32)>, ConfigError> {
+    let mode = pj.default_mode.unwrap_or(0o644) as u32;
+    let mut files = Vec::new();
+    for s in pj.sources.iter().flatten() {
+        if let Some(cm) = &s.config_map {
+            let optional = cm.optional == Some(true);
+            let data = match objects.config_map(ns, &cm.name) {
+                Some(d) => d,
+                None if optional => BTreeMap::new(),
+                None => {
+                    return Err(ConfigError::not_found(format!(
+                        "configmap {:?} not found",
+                        cm.name
+                    )))
+                }
+            };
+            files.extend(items(&data, cm.items.as_deref(), mode, optional)?);
+        } else if let Some(sv) = &s.secret {
+            let optional = sv.optional == Some(true);
+            let data = match objects.secret(ns, &sv.name) {
+                Some(d) => d,
+                None if optional => BTreeMap::new(),
+                None => {
+                    return Err(ConfigError::not_found(format!(
+                        "secret {:?} not found",
+                        sv.name
+                    )))
+                }
+            };
+            files.extend(items(&data, sv.items.as_deref(), mode, optional)?);
+        } else if let Some(d) = &s.downward_api {
+            for it in d.items.iter().flatten() {
+                let Some(f) = &it.field_ref else {
+                    return Err(ConfigError::invalid(format!(
+                        "downwardAPI item {:?}: only fieldRef is supported",
+                        it.path
+                    )));
+                };
+                let v = downward_field(pod, ns, &f.field_path).ok_or_else(|| {
+                    ConfigError::invalid(format!(
+                        "downwardAPI item {:?}: fieldRef {:?} is not supported",
+                        it.path, f.field_path
+                    ))
+                })?;
+                files.push((
+                    it.path.clone(),
+                    v.into_bytes(),
+                    it.mode.map(|m| m as u32).unwrap_or(mode),
+                ));
+            }
+        } else if let Some(t) = &s.service_account_token {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let aud = t.audience.clone().unwrap_or_default();
+            let token = objects.tokens.get(&(uid, aud)).ok_or_else(|| {
+                ConfigError::not_found(
+                    "its service account token is not issued yet (it needs the API server)",
+                )
+            })?;
+            files.push((t.path.clone(), token.clone().into_bytes(), mode));
+        } else {
+            return Err(ConfigError::invalid(
+                "a projected volume source must be a configMap, secret, downwardAPI or serviceAccountToken",
+            ));
+        }
+    }
+    Ok(files)
 }
 
 impl Objects {
@@ -347,9 +458,22 @@ pub fn prepare(
                 object_volume(&p, &files).map_err(err)?;
             }
             p
+        } else if let Some(pj) = &v.projected {
+            mem.create_dir_all(&["volumes"], 0o700)
+                .map_err(|e| err(ConfigError::from(e.to_string())))?;
+            let p = mem
+                .create_dir_all(&["volumes", &name], 0o700)
+                .map_err(|e| err(ConfigError::from(e.to_string())))?;
+            // Written once, when its tmpfs is made (an adopted pod keeps what it has).
+            if !is_mount(&p) {
+                let files = projected_files(pod, ns, pj, objects).map_err(err)?;
+                projected(&files, &mut total).map_err(err)?;
+                object_volume(&p, &files).map_err(err)?;
+            }
+            p
         } else {
             return Err(err(ConfigError::invalid(
-                "only emptyDir, hostPath, configMap and secret volumes are supported",
+                "only emptyDir, hostPath, configMap, secret and projected volumes are supported",
             )));
         };
         // fsGroup: the pod's volumes belong to that group, setgid so new files do too.
