@@ -124,9 +124,14 @@ impl Up {
 
     /// kubectl 1.37 in the node's namespace, with the cluster's kubeconfig.
     fn kubectl_command(&self) -> Command {
+        self.kubectl_of(KUBECTL)
+    }
+
+    /// `bin` (any kubectl) in the node's namespace with the cluster's kubeconfig.
+    fn kubectl_of(&self, bin: &str) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/var/run/netns/{}", self.ns))
-            .arg(KUBECTL)
+            .arg(bin)
             .arg("--kubeconfig")
             .arg(self.kubeconfig());
         c
@@ -482,6 +487,77 @@ fn up_runs_the_bootcamp_and_down_leaves_nothing() {
         assert_eq!(pod_page, format!("{pod}\n"));
         assert!(names.contains(&svc_page.trim().to_string()), "{svc_page:?}");
         assert!(version.contains("\"gitVersion\""), "{version}");
+    }
+    // `kubectl port-forward` to the pod's port 8080 and to a port its container binds on
+    // 127.0.0.1 only (reachable only from inside the pod's network namespace): kubectl 1.37
+    // tunnels SPDY in a WebSocket, 1.35 too, 1.20 upgrades to SPDY/3.1 itself.
+    u.kubectl(&[
+        "exec",
+        pod,
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/l && echo local > /tmp/l/index.html && httpd -p 127.0.0.1:9090 -h /tmp/l",
+    ]);
+    for (i, bin) in [
+        KUBECTL,
+        support::server::KUBECTL_135,
+        support::server::KUBECTL_120,
+    ]
+    .iter()
+    .enumerate()
+    {
+        use std::io::BufRead;
+        let (a, b, c) = (18080 + i * 10, 18081 + i * 10, 18082 + i * 10);
+        let mut pf = u
+            .kubectl_of(bin)
+            .args([
+                "port-forward",
+                &format!("pod/{pod}"),
+                &format!("{a}:8080"),
+                &format!("{b}:9090"),
+                &format!("{c}:9999"),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(pf.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with(&format!("Forwarding from 127.0.0.1:{a} -> 8080")),
+            "{bin}: {line}"
+        );
+        let get = |port: usize| {
+            let o = run(&[
+                "nsenter",
+                &format!("--net=/var/run/netns/{}", u.ns),
+                "busybox",
+                "wget",
+                "-qO-",
+                &format!("http://127.0.0.1:{port}/"),
+            ]);
+            text(&o.stdout)
+        };
+        // Several connections over one session, to both ports.
+        let pages = [get(a), get(b), get(a)];
+        // A port nothing listens on: that connection fails and kubectl says why (1.29 and
+        // later then end the whole session, as on any cluster; 1.20 goes on).
+        assert_eq!(get(c), "");
+        let _ = pf.kill();
+        let o = pf.wait_with_output().unwrap();
+        let err = text(&o.stderr);
+        assert!(
+            err.contains("error forwarding port 9999 to pod default/")
+                && err.contains("dial tcp4 127.0.0.1:9999: connect: connection refused"),
+            "{bin}: {err}"
+        );
+        assert_eq!(
+            pages,
+            [format!("{pod}\n"), "local\n".into(), format!("{pod}\n")],
+            "{bin}"
+        );
     }
     let o = u.kubectl_with_stdin(&["logs", "nosuchpod"], "");
     assert!(

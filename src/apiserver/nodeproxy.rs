@@ -155,6 +155,7 @@ fn enc(s: &str) -> String {
 fn kubelet_path(sub: &str, ns: &str, pod: &str, c: &str, q: &Query, commands: &[String]) -> String {
     let mut params: Vec<String> = vec![];
     match sub {
+        "portforward" => format!("/portForward/{ns}/{pod}"),
         "log" => {
             for k in [
                 "follow",
@@ -203,7 +204,11 @@ pub async fn serve(
         let ns = t.namespace.clone().unwrap_or_default();
         let name = t.name.clone().unwrap_or_default();
         let pod = api.reg.get(t.resource, Some(&ns), &name).await?;
-        let c = container(&pod, q, &name)?;
+        let c = if sub == "portforward" {
+            String::new()
+        } else {
+            container(&pod, q, &name)?
+        };
         let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
         if node_name.is_empty() {
             return Err(ApiError::bad_request(format!(
@@ -247,8 +252,14 @@ pub async fn serve(
                 .await
                 .map_err(|e| ApiError::unavailable(format!("kubelet of node {node_name}: {e}")))?;
         tokio::spawn(conn.with_upgrades());
+        // SPDY upgrades are POSTs (kubectl 1.20, and port-forward's fallback).
+        let method = if req.method() == axum::http::Method::POST {
+            hyper::Method::POST
+        } else {
+            hyper::Method::GET
+        };
         let mut out = hyper::Request::builder()
-            .method(hyper::Method::GET)
+            .method(method)
             .uri(&path)
             .header("host", &addr);
         for h in [
@@ -257,8 +268,9 @@ pub async fn serve(
             "sec-websocket-key",
             "sec-websocket-version",
             "sec-websocket-protocol",
+            "x-stream-protocol-version",
         ] {
-            if let Some(v) = req.headers().get(h) {
+            for v in req.headers().get_all(h) {
                 out = out.header(h, v);
             }
         }
@@ -277,7 +289,7 @@ pub async fn serve(
                 let (a, b) = match (from_client.await, to_node.await) {
                     (Ok(a), Ok(b)) => (a, b),
                     (a, b) => {
-                        tracing::warn!(client = ?a.err(), node = ?b.err(), "an exec's upgrade failed");
+                        tracing::warn!(client = ?a.err(), node = ?b.err(), "a stream's upgrade failed");
                         return;
                     }
                 };

@@ -185,7 +185,7 @@ fn text(status: StatusCode, t: String) -> Response<Full<Bytes>> {
         .expect("valid response")
 }
 
-fn find(state: &NodeState, ns: &str, name: &str) -> Option<PodView> {
+pub(crate) fn find(state: &NodeState, ns: &str, name: &str) -> Option<PodView> {
     state
         .pods
         .values()

@@ -18,9 +18,11 @@ pub mod cri;
 pub mod manifests;
 pub mod node;
 pub mod pod;
+pub mod portforward;
 pub mod register;
 pub mod server;
 pub mod source;
+pub mod spdy;
 pub mod volumes;
 
 use std::collections::BTreeMap;

@@ -183,6 +183,10 @@ async fn handle(
     Ok(match p.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok".into()),
         ["containerLogs", ns, pod, container] => logs(&state, ns, pod, container, &query(&req)),
+        ["portForward", ns, pod] => {
+            let (ns, pod) = (ns.to_string(), pod.to_string());
+            super::portforward::handle(state, req, ns, pod).await
+        }
         ["exec", ns, pod, container] => {
             let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
             exec(state, req, ns, pod, container).await
