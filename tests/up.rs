@@ -139,9 +139,13 @@ impl Up {
 
     /// kubectl 1.37 in the node's namespace with `input` on its stdin; its output.
     fn kubectl_with_stdin(&self, args: &[&str], input: &str) -> Output {
+        self.kubectl_of_with_stdin(self.kubectl_command(), args, input)
+    }
+
+    /// `kubectl` (a command from [`Up::kubectl_of`]) with `input` on its stdin; its output.
+    fn kubectl_of_with_stdin(&self, mut kubectl: Command, args: &[&str], input: &str) -> Output {
         use std::io::Write;
-        let mut c = self
-            .kubectl_command()
+        let mut c = kubectl
             .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -373,22 +377,67 @@ fn up_runs_the_bootcamp_and_down_leaves_nothing() {
         "{}",
         text(&o.stderr)
     );
-    // -ti under a terminal (script gives kubectl one): the command has a terminal too.
-    let line = format!(
-        "{KUBECTL} --kubeconfig {} exec -ti {pod} -- sh -c 'test -t 0 && test -t 1 && echo on a terminal'",
-        u.kubeconfig().display()
-    );
-    let o = run(&[
-        "nsenter",
-        &format!("--net=/var/run/netns/{}", u.ns),
-        "script",
-        "-qec",
-        &line,
-        "/dev/null",
-    ]);
-    let out = text(&o.stdout);
-    assert!(o.status.success(), "{out} {}", text(&o.stderr));
-    assert!(out.contains("on a terminal\r\n"), "{out:?}");
+    // The same over SPDY/3.1: kubectl 1.20 speaks nothing else, and 1.37 falls back to it
+    // (here forced, as with a proxy that does not pass WebSockets).
+    for (bin, env) in [
+        (support::server::KUBECTL_120, ""),
+        (KUBECTL, "KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false"),
+    ] {
+        let mut k = u.kubectl_of(bin);
+        if let Some((n, v)) = env.split_once('=') {
+            k.env(n, v);
+        }
+        let o = u.kubectl_of_with_stdin(
+            k,
+            &[
+                "exec",
+                "-i",
+                pod,
+                "--",
+                "sh",
+                "-c",
+                "tr a-z A-Z; echo err >&2; exit 3",
+            ],
+            "hello\n",
+        );
+        assert_eq!(o.status.code(), Some(3), "{bin}: {}", text(&o.stderr));
+        assert_eq!(text(&o.stdout), "HELLO\n", "{bin}");
+        let err = text(&o.stderr);
+        assert!(
+            err.starts_with("err\n") && err.contains("command terminated with exit code 3"),
+            "{bin}: {err}"
+        );
+        let env_out = text(
+            &u.kubectl_of(bin)
+                .args(["exec", pod, "--", "env"])
+                .output()
+                .unwrap()
+                .stdout,
+        );
+        assert!(
+            env_out.lines().any(|l| l == format!("HOSTNAME={pod}")),
+            "{bin}: {env_out}"
+        );
+    }
+    // -ti under a terminal (script gives kubectl one): the command has a terminal too
+    // (kubectl 1.20: over SPDY, with a resize stream and no stderr).
+    for bin in [KUBECTL, support::server::KUBECTL_120] {
+        let line = format!(
+            "{bin} --kubeconfig {} exec -ti {pod} -- sh -c 'test -t 0 && test -t 1 && echo on a terminal'",
+            u.kubeconfig().display()
+        );
+        let o = run(&[
+            "nsenter",
+            &format!("--net=/var/run/netns/{}", u.ns),
+            "script",
+            "-qec",
+            &line,
+            "/dev/null",
+        ]);
+        let out = text(&o.stdout);
+        assert!(o.status.success(), "{bin}: {out} {}", text(&o.stderr));
+        assert!(out.contains("on a terminal\r\n"), "{bin}: {out:?}");
+    }
     // A pod reaches the API server through the `kubernetes` Service (its endpoint the node's
     // address, from the API's EndpointSlice).
     let o = u.kubectl(&[

@@ -11,7 +11,10 @@
 //! `--kubelet-certificate-authority`, the API server does not verify it.
 //!
 //! An exec runs `knode exec` (the same confinement as the CLI's) with its standard streams
-//! piped to the WebSocket's channels: 0 stdin, 1 stdout, 2 stderr, 3 the final Status.
+//! piped to the WebSocket's channels: 0 stdin, 1 stdout, 2 stderr, 3 the final Status; or,
+//! for kubectl 1.20 (and any client that falls back), to the streams of a SPDY/3.1 session
+//! (`v4.channel.k8s.io`: streams `error`, `stdin`, `stdout`, `stderr`, `resize`), as the
+//! kubelet's remotecommand server does. Port forwarding is in [`super::portforward`].
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -442,22 +445,6 @@ async fn exec(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let offered = header("sec-websocket-protocol").unwrap_or_default();
-    let Some(proto) = EXEC_PROTOCOLS
-        .iter()
-        .find(|p| offered.split(',').any(|o| o.trim() == **p))
-    else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "exec needs a WebSocket with one of the subprotocols {}",
-                EXEC_PROTOCOLS.join(", ")
-            ),
-        );
-    };
-    let Some(key) = header("sec-websocket-key") else {
-        return text(StatusCode::BAD_REQUEST, "not a WebSocket upgrade".into());
-    };
     let (exe, run_dir) = {
         let st = state.read().expect("state");
         (st.exe.clone(), st.run_dir.clone())
@@ -483,6 +470,63 @@ async fn exec(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
+    let spdy = header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("SPDY/3.1"));
+    if spdy {
+        let offered: Vec<String> = req
+            .headers()
+            .get_all("x-stream-protocol-version")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|v| v.trim().to_string())
+            .collect();
+        if !offered.iter().any(|p| p == SPDY_EXEC_PROTOCOL) {
+            return Response::builder()
+                .status(StatusCode::FORBIDDEN)
+                .header("x-accepted-stream-protocol-versions", SPDY_EXEC_PROTOCOL)
+                .body(
+                    Full::new(Bytes::from(format!(
+                        "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts [\"{SPDY_EXEC_PROTOCOL}\"]"
+                    )))
+                    .boxed(),
+                )
+                .expect("a valid response");
+        }
+        let want = Wanted {
+            stdin,
+            stdout: flag(&q, "output"),
+            stderr: flag(&q, "error") && !tty,
+        };
+        tokio::spawn(async move {
+            match hyper::upgrade::on(&mut req).await {
+                Ok(u) => relay_spdy(hyper_util::rt::TokioIo::new(u), cmd, want).await,
+                Err(e) => tracing::warn!(error = %e, "exec: the upgrade failed"),
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "Upgrade")
+            .header("upgrade", "SPDY/3.1")
+            .header("x-stream-protocol-version", SPDY_EXEC_PROTOCOL)
+            .body(Full::new(Bytes::new()).boxed())
+            .expect("a valid response");
+    }
+    let offered = header("sec-websocket-protocol").unwrap_or_default();
+    let Some(proto) = EXEC_PROTOCOLS
+        .iter()
+        .find(|p| offered.split(',').any(|o| o.trim() == **p))
+    else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "exec needs a WebSocket with one of the subprotocols {}",
+                EXEC_PROTOCOLS.join(", ")
+            ),
+        );
+    };
+    let Some(key) = header("sec-websocket-key") else {
+        return text(StatusCode::BAD_REQUEST, "not a WebSocket upgrade".into());
+    };
     let v5 = *proto == "v5.channel.k8s.io";
     tokio::spawn(async move {
         let upgraded = match hyper::upgrade::on(&mut req).await {
@@ -511,6 +555,137 @@ async fn exec(
         .header("sec-websocket-protocol", *proto)
         .body(Full::new(Bytes::new()).boxed())
         .expect("a valid response")
+}
+
+/// The remotecommand protocol served over SPDY (kubectl 1.20 offers v4 first; newer
+/// clients that fall back to SPDY offer it too).
+const SPDY_EXEC_PROTOCOL: &str = "v4.channel.k8s.io";
+
+/// The streams an exec over SPDY waits for besides `error` (and `resize` with a tty).
+struct Wanted {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+}
+
+/// Runs the command with its streams on the SPDY session's: the client opens them first
+/// (the kubelet waits for them as well), then stdout and stderr are written as they come,
+/// stdin read until the client half-closes it, and the Status written on `error`.
+async fn relay_spdy<S>(io: S, mut cmd: tokio::process::Command, want: Wanted)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut streams, w) = super::spdy::serve(io);
+    let (mut error, mut stdin, mut stdout, mut stderr) = (None, None, None, None);
+    let complete = |e: &Option<super::spdy::Stream>,
+                    i: &Option<super::spdy::Stream>,
+                    o: &Option<super::spdy::Stream>,
+                    r: &Option<super::spdy::Stream>| {
+        e.is_some()
+            && i.is_some() == want.stdin
+            && o.is_some() == want.stdout
+            && r.is_some() == want.stderr
+    };
+    let gathered = tokio::time::timeout(Duration::from_secs(30), async {
+        while !complete(&error, &stdin, &stdout, &stderr) {
+            let Some(s) = streams.recv().await else {
+                return false;
+            };
+            match s.header("streamtype") {
+                Some("error") => error = Some(s),
+                Some("stdin") => stdin = Some(s),
+                Some("stdout") => stdout = Some(s),
+                Some("stderr") => stderr = Some(s),
+                // Resizes are not applied: the command's terminal belongs to `knode exec`.
+                _ => {}
+            }
+        }
+        true
+    })
+    .await;
+    let Some(error) = error.filter(|_| gathered == Ok(true)) else {
+        tracing::debug!("exec over SPDY: the client did not open its streams");
+        return;
+    };
+    let ids: Vec<u32> = [&stdout, &stderr]
+        .into_iter()
+        .flatten()
+        .map(|s| s.id)
+        .collect();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let status = json!({"metadata": {}, "status": "Failure", "message": format!("starting the command: {e}")});
+            w.data(
+                error.id,
+                Bytes::from(serde_json::to_vec(&status).unwrap_or_default()),
+            );
+            w.fin(error.id);
+            for id in ids {
+                w.fin(id);
+            }
+            return;
+        }
+    };
+    let mut child_in = child.stdin.take();
+    let input = stdin.map(|mut s| {
+        tokio::spawn(async move {
+            while let Some(b) = s.data.recv().await {
+                let Some(i) = child_in.as_mut() else { break };
+                if i.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+            // The client's EOF closes the command's stdin.
+            drop(child_in);
+        })
+    });
+    let pump = |r: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
+                s: Option<u32>,
+                w: super::spdy::Writer| async move {
+        let Some(mut r) = r else { return };
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(n) if n > 0 => {
+                    if let Some(id) = s {
+                        if !w.data(id, Bytes::copy_from_slice(&buf[..n])) {
+                            return;
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(id) = s {
+                        w.fin(id);
+                    }
+                    return;
+                }
+            }
+        }
+    };
+    let out = child
+        .stdout
+        .take()
+        .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+    let err = child
+        .stderr
+        .take()
+        .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+    let o = tokio::spawn(pump(out, stdout.as_ref().map(|s| s.id), w.clone()));
+    let e = tokio::spawn(pump(err, stderr.as_ref().map(|s| s.id), w.clone()));
+    let _ = o.await;
+    let _ = e.await;
+    let code = child.wait().await.ok().and_then(|s| s.code());
+    w.data(
+        error.id,
+        Bytes::from(serde_json::to_vec(&exit_status(code)).unwrap_or_default()),
+    );
+    w.fin(error.id);
+    if let Some(i) = input {
+        i.abort();
+    }
+    // Hold the session until the client, having read the status, closes it.
+    while streams.recv().await.is_some() {}
 }
 
 /// The final Status of an exec, as the kubelet writes it on channel 3.
