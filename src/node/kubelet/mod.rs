@@ -343,7 +343,12 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             loader.load(&cfg.manifests)
         };
         let mut api_deleting = BTreeMap::new();
+        // Whether the API's pods are known, read before the snapshot: a snapshot taken just
+        // before the first list came in must not count as complete (its pods' directories
+        // would look like orphans and be torn down).
+        let mut known = true;
         if let Some(src) = &api {
+            known = src.synced();
             let (from_api, deleting) = src.snapshot();
             m.extend(from_api);
             api_deleting = deleting;
@@ -405,7 +410,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             .collect();
         // Until the API's pods are known, a pod directory may be one of theirs: none is
         // removed and no address released yet.
-        let known = api.as_ref().is_none_or(|a| a.synced());
+        // (`known`: read with the snapshot, above.)
         // UIDs whose directories are in use by a stopping worker.
         let stopping_uids: std::collections::BTreeSet<String> = stopping
             .iter()
