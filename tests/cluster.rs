@@ -1,5 +1,5 @@
-//! A node agent on the API server: `knode agent --kubeconfig` with the server's node join
-//! token registers its Node, shows Ready in `kubectl get nodes`, renews its Lease, and the
+//! A node agent on the API server: `knode agent --server URL --token T` (or `--kubeconfig`)
+//! with the server's node join token registers its Node, shows Ready in `kubectl get nodes`, renews its Lease, and the
 //! scheduler places pods on it; the agent runs the pods bound to it, reports their status
 //! and events, and finishes their deletion.
 
@@ -11,28 +11,54 @@ use support::server::Server;
 #[test]
 fn an_agent_with_the_node_token_registers_and_renews_its_lease() {
     let s = Server::start_in_netns(&[]);
-    // A kubeconfig with the node join token: a node's rights, not an admin's.
+    // The node join token: a node's rights, not an admin's. The agent finds the CA in the
+    // server's cluster-info, signed by the token (kubeadm's token discovery).
     let token = std::fs::read_to_string(s.root().join("server/node-token")).unwrap();
-    let kubeconfig = s.dir.path().join("node.kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: node\n  user:\n    token: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: node}}\ncurrent-context: c\n",
-            s.url(""),
-            s.root().join("server/tls/ca.crt").display(),
-            token.trim()
+    let token = token.trim();
+    let (id, secret) = token.split_once('.').unwrap();
+    // A token the server does not know, and one whose secret is wrong: no CA is trusted.
+    for (bad, why) in [
+        (
+            "zzzzzz.0123456789abcdef".to_string(),
+            "has no cluster-info signature for this token",
         ),
-    )
-    .unwrap();
-    let _node = Node::builder()
+        (
+            format!("{id}.{}", secret.chars().rev().collect::<String>()),
+            "is not signed by this token: refusing its CA",
+        ),
+    ] {
+        let o = s
+            .command(support::knode_bin())
+            .args(["--root", s.dir.path().join("bad").to_str().unwrap()])
+            .args(["agent", "--server", &s.url(""), "--token", &bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(why), "{err}");
+    }
+    let url = s.url("");
+    let n = Node::builder()
         .join_netns(s.netns.as_deref().unwrap())
-        .arg("--kubeconfig")
-        .arg(kubeconfig.to_str().unwrap())
+        .arg("--server")
+        .arg(&url)
+        .arg("--token")
+        .arg(token)
         .arg("--node-name")
         .arg("worker-1")
         .arg("--kubelet-port")
         .arg("0")
         .start();
+    let kc = n.s.root().join("kubelet.kubeconfig");
+    let meta = std::fs::metadata(&kc).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let ca = std::fs::read_to_string(s.root().join("server/tls/ca.crt")).unwrap();
+    let kc = std::fs::read_to_string(&kc).unwrap();
+    use base64::Engine;
+    assert!(
+        kc.contains(&base64::engine::general_purpose::STANDARD.encode(&ca)),
+        "{kc}"
+    );
     s.ok(&["wait", "--for=create", "node/worker-1", "--timeout=60s"]);
     s.ok(&[
         "wait",

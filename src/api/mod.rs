@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod jws;
 pub mod pod;
 pub mod quantity;
 pub mod selector;

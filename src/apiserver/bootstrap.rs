@@ -33,10 +33,7 @@ async fn ensure_one(
         rest: String::new(),
         watch_prefix: false,
     };
-    let user = User {
-        name: "system:apiserver".into(),
-        groups: vec!["system:masters".into()],
-    };
+    let user = system();
     let mut q = Query::default();
     q.0.insert("fieldManager".into(), "knode-server".into());
     match api.create(&t, &q, obj, &user, &mut Vec::new()).await {
@@ -120,5 +117,79 @@ pub async fn ensure(api: &Api, cfg: &ServerConfig) -> Result<(), ServerError> {
         ensure_one(api, "secrets", "", Some("kube-system"), secret).await?;
         super::auth::save_node_token(&dir, &token).map_err(io)?;
     }
+    if let Some(token) = super::auth::node_token(&dir) {
+        cluster_info(
+            api,
+            cfg,
+            &format!("https://{}:{port}", url_host(&ip)),
+            &token,
+        )
+        .await?;
+    }
     Ok(())
+}
+
+fn url_host(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
+
+/// `kube-public/cluster-info`, as kubeadm publishes it: a kubeconfig with the server's
+/// address and CA, signed (`jws-kubeconfig-<id>`) by the node join token, so that an agent
+/// joining with the token (`knode agent --server --token`) can trust the CA. Anyone may read
+/// it (the API server lets anonymous requests get this one object). Rewritten at every start
+/// when the address or CA changed.
+async fn cluster_info(
+    api: &Api,
+    cfg: &ServerConfig,
+    server: &str,
+    token: &str,
+) -> Result<(), ServerError> {
+    use base64::Engine;
+    let ca = std::fs::read(cfg.root.join("server/tls/ca.crt"))
+        .map_err(|e| ServerError::Bootstrap(format!("cluster-info: reading the CA: {e}")))?;
+    let (id, secret) = super::auth::bootstrap_shape(token).expect("a node token");
+    let kubeconfig = format!(
+        "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: {server}\n  name: \"\"\ncontexts: null\ncurrent-context: \"\"\nkind: Config\npreferences: {{}}\nusers: null\n",
+        base64::engine::general_purpose::STANDARD.encode(&ca)
+    );
+    let mut data = serde_json::Map::new();
+    data.insert(
+        format!("jws-kubeconfig-{id}"),
+        json!(crate::api::jws::sign(&kubeconfig, id, secret)),
+    );
+    data.insert("kubeconfig".into(), json!(kubeconfig));
+    let obj =
+        json!({"metadata": {"name": "cluster-info", "namespace": "kube-public"}, "data": data});
+    let r = resources::find("", "v1", "configmaps").expect("a served resource");
+    match api.reg.get_kv(r, Some("kube-public"), "cluster-info").await {
+        Ok(Some((old, _))) if old["data"] == obj["data"] => Ok(()),
+        Ok(Some(_)) => {
+            let t = Target {
+                resource: r,
+                namespace: Some("kube-public".into()),
+                name: Some("cluster-info".into()),
+                sub: None,
+                rest: String::new(),
+                watch_prefix: false,
+            };
+            let mut q = Query::default();
+            q.0.insert("fieldManager".into(), "knode-server".into());
+            api.update(&t, &q, obj, &system(), &mut Vec::new())
+                .await
+                .map(|_| ())
+                .map_err(|e| ServerError::Bootstrap(format!("cluster-info: {e}")))
+        }
+        _ => ensure_one(api, "configmaps", "", Some("kube-public"), obj).await,
+    }
+}
+
+fn system() -> User {
+    User {
+        name: "system:apiserver".into(),
+        groups: vec!["system:masters".into()],
+    }
 }

@@ -16,7 +16,7 @@ pub enum CgroupsMode {
 pub struct AgentCmd {
     /// Directory of Pod, Service, ConfigMap and Secret manifests (YAML or JSON) [default
     /// with --kubeconfig: <root>/manifests].
-    #[arg(long, required_unless_present = "kubeconfig")]
+    #[arg(long, required_unless_present_any = ["kubeconfig", "server"])]
     pub manifests: Option<PathBuf>,
     /// Where container logs go (CRI layout).
     #[arg(long, default_value = "/var/log/pods")]
@@ -49,8 +49,16 @@ pub struct AgentCmd {
     /// Join the API server of this kubeconfig (the admin's, or one with the server's node
     /// join token): the Node and its Lease are kept fresh every 10 s, the pods bound to it
     /// run here and their status goes back to the API.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "server")]
     pub kubeconfig: Option<PathBuf>,
+    /// Join the API server at this URL (`https://host:6443`) with --token: the CA comes from
+    /// the server's cluster-info, trusted once the token's signature on it checks out
+    /// (kubeadm's token discovery); the kubeconfig made goes to <root>/kubelet.kubeconfig.
+    #[arg(long, requires = "token")]
+    pub server: Option<String>,
+    /// The node join token (`knode token` on the server prints it), with --server.
+    #[arg(long, requires = "server", env = "KNODE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// The kubelet API's port (logs and exec for the API server; HTTPS, the API server's
     /// client certificate only), with --kubeconfig; 0: any free port.
     #[arg(long, default_value_t = crate::node::kubelet::server::DEFAULT_PORT)]
@@ -73,6 +81,22 @@ pub fn run(
             .to_string_lossy()
             .into_owned()
     });
+    let kubeconfig = match (&a.server, &a.token) {
+        (Some(server), Some(token)) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting a runtime to join")?;
+            let kc = rt.block_on(crate::client::join::kubeconfig(server, token))?;
+            let path = root.join("kubelet.kubeconfig");
+            std::fs::create_dir_all(root)
+                .with_context(|| format!("creating {}", root.display()))?;
+            crate::apiserver::pki::write_secret_file(&path, &kc)
+                .with_context(|| format!("writing {}", path.display()))?;
+            Some(path)
+        }
+        _ => a.kubeconfig,
+    };
     let pod_max_pids = match a.pod_max_pids {
         -1 => None,
         n if n >= 1 => Some(n as u64),
@@ -96,7 +120,7 @@ pub fn run(
             off_reason: None,
         },
         max_pods: a.max_pods as usize,
-        kubeconfig: a.kubeconfig,
+        kubeconfig,
         drain: None,
         kubelet_port: a.kubelet_port,
         heartbeat: a.node_status_update_frequency,

@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod join;
+
 use futures_util::StreamExt;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 

@@ -437,9 +437,11 @@ impl Drop for Node {
         }
         // An agent on an API server keeps the pods bound to it (the server may be gone by
         // now): the one that cleans up reads no API.
-        if let Some(i) = self.args.iter().position(|a| a == "--kubeconfig") {
-            self.kill_agent();
-            self.args.drain(i..i + 2);
+        for flag in ["--kubeconfig", "--server", "--token"] {
+            if let Some(i) = self.args.iter().position(|a| a == flag) {
+                self.kill_agent();
+                self.args.drain(i..i + 2);
+            }
         }
         if self.pod_dirs() > 0 {
             if self.agent.is_none() {
