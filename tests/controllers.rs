@@ -386,3 +386,45 @@ fn every_namespace_gets_a_default_service_account_and_keeps_it() {
     ]);
     assert_ne!(uid(&s), first);
 }
+
+#[test]
+fn a_rollout_that_cannot_progress_fails_rollout_status_at_its_deadline() {
+    // No node at all: the new pods stay Pending, so the rollout never moves.
+    let s = Server::start(&["--disable-scheduler"]);
+    s.ok_with(
+        KUBECTL,
+        &["create", "-f", "-"],
+        Some("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: stuck}\nspec:\n  progressDeadlineSeconds: 2\n  replicas: 1\n  selector: {matchLabels: {app: stuck}}\n  template:\n    metadata: {labels: {app: stuck}}\n    spec:\n      containers: [{name: c, image: nginx}]\n"),
+    );
+    // kubectl rollout status follows the Deployment (a watch) until the controller says the
+    // deadline passed, and fails with upstream's words.
+    let o = s.run(
+        KUBECTL,
+        &["rollout", "status", "deployment/stuck", "--timeout=60s"],
+        None,
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("error: deployment \"stuck\" exceeded its progress deadline"),
+        "{err}"
+    );
+    let d = s.json(&["get", "deployment", "stuck"]);
+    let c = d["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Progressing")
+        .unwrap()
+        .clone();
+    assert_eq!(c["status"], "False", "{c}");
+    assert_eq!(c["reason"], "ProgressDeadlineExceeded", "{c}");
+    let describe = s.ok(&["describe", "deployment", "stuck"]);
+    assert!(
+        describe
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["Progressing", "False", "ProgressDeadlineExceeded"]),
+        "{describe}"
+    );
+}

@@ -129,6 +129,42 @@ pub fn surge_and_unavailable(strategy: &Value, replicas: i64) -> (i64, i64) {
 
 /// The writes for deployment `d` (as stored) and the ReplicaSets it controls.
 pub fn plan(d: &Value, rss: &[Rs]) -> Vec<Write> {
+    plan_at(d, rss, chrono::Utc::now())
+}
+
+/// Whether the rollout moved since the status `d` has (`DeploymentProgressing` in
+/// `pkg/controller/deployment/util`): more updated, ready or available replicas, or fewer
+/// old ones.
+fn progressed(d: &Value, updated: i64, ready: i64, available: i64, total: i64) -> bool {
+    let st = &d["status"];
+    let n = |k: &str| st[k].as_i64().unwrap_or(0);
+    updated > n("updatedReplicas")
+        || ready > n("readyReplicas")
+        || available > n("availableReplicas")
+        || total - updated < n("replicas") - n("updatedReplicas")
+}
+
+/// How long until `d`'s rollout passes its progress deadline, if it is rolling and not
+/// paused (the controller looks again then, as upstream's requeue of stuck deployments).
+pub fn until_deadline(
+    d: &Value,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<std::time::Duration> {
+    let secs = d["spec"]["progressDeadlineSeconds"].as_i64()?;
+    if d["spec"]["paused"] == true || secs >= i32::MAX as i64 {
+        return None;
+    }
+    let c = d["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Progressing" && c["reason"] == "ReplicaSetUpdated")?;
+    let since = chrono::DateTime::parse_from_rfc3339(c["lastUpdateTime"].as_str()?).ok()?;
+    let left = secs - now.signed_duration_since(since).num_seconds();
+    Some(std::time::Duration::from_secs(left.max(0) as u64 + 1))
+}
+
+/// [`plan`] at the time `now` (the progress deadline is measured against it).
+pub fn plan_at(d: &Value, rss: &[Rs], now_at: chrono::DateTime<chrono::Utc>) -> Vec<Write> {
     let name = d["metadata"]["name"].as_str().unwrap_or("");
     let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
     let template = d["spec"]["template"].clone();
@@ -301,11 +337,45 @@ pub fn plan(d: &Value, rss: &[Rs]) -> Vec<Write> {
     let updated = new.map(|n| n.status_replicas).unwrap_or(0);
     let available = sum(|r| r.available);
     let total = sum(|r| r.status_replicas);
-    let now = crate::api::time::rfc3339(chrono::Utc::now());
+    let now = crate::api::time::rfc3339(now_at);
     let new_label = new_name.clone().unwrap_or_default();
     let min_ok = available >= replicas - if recreate { 0 } else { unavailable };
     let complete =
         updated == replicas && total == replicas && available >= replicas && new.is_some();
+    // The progress deadline (`progressDeadlineSeconds`, 600 by default): a rollout that has
+    // not moved for that long is Progressing=False, ProgressDeadlineExceeded, which `kubectl
+    // rollout status` reports as a failure. A new ReplicaSet or any progress resets it.
+    let old_progressing = d["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Progressing")
+        .cloned();
+    let moved = progressed(d, updated, sum(|r| r.ready), available, total)
+        || old_progressing.as_ref().is_none_or(|c| {
+            !matches!(
+                c["reason"].as_str(),
+                Some("ReplicaSetUpdated" | "ProgressDeadlineExceeded")
+            )
+        });
+    let deadline = d["spec"]["progressDeadlineSeconds"].as_i64();
+    let updating = json!({"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated", "message": format!("ReplicaSet \"{new_label}\" is progressing.")});
+    let progressing = match (&old_progressing, deadline) {
+        _ if moved => updating,
+        (Some(c), _) if c["reason"] == "ProgressDeadlineExceeded" => c.clone(),
+        (Some(c), Some(secs)) if secs < i32::MAX as i64 => {
+            let since = c["lastUpdateTime"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            match since {
+                Some(t) if now_at.signed_duration_since(t).num_seconds() >= secs => json!({
+                    "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                    "message": format!("ReplicaSet \"{new_label}\" has timed out progressing.")}),
+                _ => updating,
+            }
+        }
+        _ => updating,
+    };
     let mut conditions = vec![
         if min_ok {
             json!({"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "Deployment has minimum availability."})
@@ -314,13 +384,17 @@ pub fn plan(d: &Value, rss: &[Rs]) -> Vec<Write> {
         },
         if complete {
             json!({"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": format!("ReplicaSet \"{new_label}\" has successfully progressed.")})
+        } else if paused {
+            json!({"type": "Progressing", "status": "Unknown", "reason": "DeploymentPaused", "message": "Deployment is paused"})
         } else if new.is_none() {
             json!({"type": "Progressing", "status": "True", "reason": "NewReplicaSetCreated", "message": format!("Created new replica set \"{new_label}\"")})
         } else {
-            json!({"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated", "message": format!("ReplicaSet \"{new_label}\" is progressing.")})
+            progressing.clone()
         },
     ];
-    // A condition keeps its transition time while its status does not change.
+    // A condition keeps its transition time while its status does not change, and its update
+    // time while nothing happens (Progressing's moves with the rollout: the deadline counts
+    // from it).
     for c in conditions.iter_mut() {
         let old = d["status"]["conditions"]
             .as_array()
@@ -328,7 +402,8 @@ pub fn plan(d: &Value, rss: &[Rs]) -> Vec<Write> {
             .flatten()
             .find(|o| o["type"] == c["type"]);
         let same = old.is_some_and(|o| o["status"] == c["status"] && o["reason"] == c["reason"]);
-        c["lastUpdateTime"] = if same {
+        let touched = c["type"] == "Progressing" && c["reason"] == "ReplicaSetUpdated" && moved;
+        c["lastUpdateTime"] = if same && !touched {
             old.expect("same")["lastUpdateTime"].clone()
         } else {
             json!(now)
@@ -541,5 +616,58 @@ mod tests {
             st["conditions"][1]["message"],
             "ReplicaSet \"web-x\" has successfully progressed."
         );
+    }
+
+    #[test]
+    fn a_rollout_that_stops_moving_exceeds_its_progress_deadline() {
+        let t0 = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        let mut d = dep(2, "nginx:2");
+        d["spec"]["progressDeadlineSeconds"] = json!(600);
+        // Its new ReplicaSet made, none of its pods available yet.
+        let rs = rs_of(&d, "web-y", 2, 0, 1);
+        let status_of = |w: &[Write]| {
+            w.iter().find_map(|w| match w {
+                Write::Status(s) => Some(s.clone()),
+                _ => None,
+            })
+        };
+        let st = status_of(&plan_at(&d, std::slice::from_ref(&rs), t0)).unwrap();
+        assert_eq!(st["conditions"][1]["reason"], "ReplicaSetUpdated");
+        assert_eq!(
+            st["conditions"][1]["lastUpdateTime"],
+            "2026-01-01T00:00:00Z"
+        );
+        d["status"] = st;
+        // Nothing moves: nothing to write before the deadline, then the condition turns.
+        assert!(status_of(&plan_at(&d, std::slice::from_ref(&rs), at(599))).is_none());
+        let st = status_of(&plan_at(&d, std::slice::from_ref(&rs), at(600))).unwrap();
+        let c = &st["conditions"][1];
+        assert_eq!(
+            (&c["status"], &c["reason"]),
+            (&json!("False"), &json!("ProgressDeadlineExceeded"))
+        );
+        assert_eq!(
+            c["message"],
+            "ReplicaSet \"web-y\" has timed out progressing."
+        );
+        d["status"] = st;
+        assert!(status_of(&plan_at(&d, std::slice::from_ref(&rs), at(900))).is_none());
+        // A pod becoming available is progress again: the clock starts over.
+        let moving = rs_of(&d, "web-y", 2, 1, 1);
+        let st = status_of(&plan_at(&d, std::slice::from_ref(&moving), at(1000))).unwrap();
+        let c = &st["conditions"][1];
+        assert_eq!(
+            (&c["status"], &c["reason"]),
+            (&json!("True"), &json!("ReplicaSetUpdated"))
+        );
+        assert_eq!(c["lastUpdateTime"], "2026-01-01T00:16:40Z");
+        // A paused rollout has no deadline.
+        let mut paused = d.clone();
+        paused["spec"]["paused"] = json!(true);
+        let st = status_of(&plan_at(&paused, std::slice::from_ref(&rs), at(5000))).unwrap();
+        assert_eq!(st["conditions"][1]["reason"], "DeploymentPaused");
     }
 }

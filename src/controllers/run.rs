@@ -69,7 +69,15 @@ pub async fn run(client: Client) {
         pass(&client, &owners, &pods, &mut expect).await;
         collect_garbage(&client, &owners, &pods).await;
         collect_replica_sets(&client, &deployments, &replica_sets).await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), wake.notified()).await;
+        // The next pass: at the next change, within 10 s, or when a rollout's progress
+        // deadline passes.
+        let now = chrono::Utc::now();
+        let next = deployments
+            .iter()
+            .filter_map(|d| serde_json::to_value(d.as_ref()).ok())
+            .filter_map(|d| deployment::until_deadline(&d, now))
+            .fold(Duration::from_secs(10), Duration::min);
+        let _ = tokio::time::timeout(next, wake.notified()).await;
     }
 }
 
