@@ -126,6 +126,8 @@ pub(crate) fn serve(
             }
             match crate::client::from_kubeconfig(&kubeconfig).await {
                 Ok(client) => {
+                    // One watch and one copy of each kind for all the loops.
+                    let client = crate::client::Informers::new(client);
                     if scheduler {
                         tokio::spawn(crate::scheduler::run(client.clone()));
                     }

@@ -49,18 +49,35 @@ pub async fn from_kubeconfig(path: &Path) -> Result<Client, ClientError> {
     })
 }
 
-/// A cache of every `K` in the cluster, kept by a watch (re-listing with backoff when the
-/// server goes away); `wake` hears every change. The control loops' shared building block.
-pub fn cache<K>(client: &Client, wake: Arc<tokio::sync::Notify>) -> reflector::Store<K>
-where
+/// What a watched cache holds: a typed, cluster-scoped-or-namespaced API object.
+pub trait Cached:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Cached for K where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
         + Sync
-        + 'static,
+        + 'static
 {
+}
+
+/// Who hears a cache's changes.
+type Wakes = Arc<std::sync::Mutex<Vec<Arc<tokio::sync::Notify>>>>;
+
+/// A cache of every `K` in the cluster, kept by a watch (re-listing with backoff when the
+/// server goes away); `wake` hears every change. The control loops' shared building block.
+pub fn cache<K: Cached>(client: &Client, wake: Arc<tokio::sync::Notify>) -> reflector::Store<K> {
     cache_of(
         kube::Api::<K>::all(client.clone()),
         watcher::Config::default(),
@@ -69,20 +86,19 @@ where
 }
 
 /// A cache of the `K`s `api` and `config` (a field or label selector) select, as [`cache`].
-pub fn cache_of<K>(
+pub fn cache_of<K: Cached>(
     api: kube::Api<K>,
     config: watcher::Config,
     wake: Arc<tokio::sync::Notify>,
-) -> reflector::Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+) -> reflector::Store<K> {
+    watched(api, config, Arc::new(std::sync::Mutex::new(vec![wake])))
+}
+
+fn watched<K: Cached>(
+    api: kube::Api<K>,
+    config: watcher::Config,
+    wakes: Wakes,
+) -> reflector::Store<K> {
     let (store, writer) = reflector::store::<K>();
     let stream = reflector(writer, watcher(api, config))
         .default_backoff()
@@ -90,8 +106,113 @@ where
     tokio::spawn(async move {
         let mut s = std::pin::pin!(stream);
         while s.next().await.is_some() {
-            wake.notify_one();
+            for w in wakes.lock().expect("wakes").iter() {
+                w.notify_one();
+            }
         }
     });
     store
+}
+
+/// Caches shared by every loop of a process (client-go's shared informers): one watch and
+/// one copy of each kind, however many loops read it, each with its own wake. The scheduler
+/// and the controllers of `knode server` all read Pods and Nodes from the same caches.
+pub struct Informers {
+    client: Client,
+    kinds: std::sync::Mutex<
+        std::collections::HashMap<std::any::TypeId, Box<dyn std::any::Any + Send + Sync>>,
+    >,
+}
+
+struct Entry<K: Cached> {
+    shared: SharedStore<K>,
+    wakes: Wakes,
+}
+
+/// A shared cache as its readers see it: the store (through `Deref`), and readiness that any
+/// number of readers may await. (kube-runtime's `Store::wait_until_ready` wakes only the last
+/// of several tasks waiting at once: its readiness is a oneshot receiver with one waker.)
+pub struct SharedStore<K: Cached> {
+    store: reflector::Store<K>,
+    ready: tokio::sync::watch::Receiver<bool>,
+}
+
+impl<K: Cached> Clone for SharedStore<K> {
+    fn clone(&self) -> Self {
+        SharedStore {
+            store: self.store.clone(),
+            ready: self.ready.clone(),
+        }
+    }
+}
+
+impl<K: Cached> std::ops::Deref for SharedStore<K> {
+    type Target = reflector::Store<K>;
+    fn deref(&self) -> &Self::Target {
+        &self.store
+    }
+}
+
+/// The cache's watch ended before its first list was in.
+#[derive(Debug, thiserror::Error)]
+#[error("the cache's watch ended before it was filled")]
+pub struct NeverReady;
+
+impl<K: Cached> SharedStore<K> {
+    /// Waits until the first list is in.
+    pub async fn wait_until_ready(&self) -> Result<(), NeverReady> {
+        let mut r = self.ready.clone();
+        r.wait_for(|v| *v).await.map(|_| ()).map_err(|_| NeverReady)
+    }
+}
+
+impl Informers {
+    pub fn new(client: Client) -> Arc<Informers> {
+        Arc::new(Informers {
+            client,
+            kinds: Default::default(),
+        })
+    }
+
+    /// The client the caches watch with (for writes).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The shared cache of every `K`, started by its first reader; `wake` hears its changes
+    /// (and once now, when the cache was there already).
+    pub fn cache<K: Cached>(&self, wake: Arc<tokio::sync::Notify>) -> SharedStore<K> {
+        let mut kinds = self.kinds.lock().expect("informers");
+        let id = std::any::TypeId::of::<K>();
+        if let Some(e) = kinds.get(&id).and_then(|b| b.downcast_ref::<Entry<K>>()) {
+            e.wakes.lock().expect("wakes").push(wake.clone());
+            wake.notify_one();
+            return e.shared.clone();
+        }
+        let wakes: Wakes = Arc::new(std::sync::Mutex::new(vec![wake]));
+        let store = watched(
+            kube::Api::<K>::all(self.client.clone()),
+            watcher::Config::default(),
+            wakes.clone(),
+        );
+        // The one waiter on the store's own readiness, which every reader then sees.
+        let (tx, ready) = tokio::sync::watch::channel(false);
+        let first = store.clone();
+        tokio::spawn(async move {
+            if first.wait_until_ready().await.is_ok() {
+                let _ = tx.send(true);
+                // Kept until the process ends: readers check the value, not the sender.
+                std::future::pending::<()>().await;
+            }
+        });
+        let shared = SharedStore { store, ready };
+        kinds.insert(
+            id,
+            Box::new(Entry {
+                shared: shared.clone(),
+                wakes,
+            }),
+        );
+        shared
+    }
 }

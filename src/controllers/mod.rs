@@ -32,9 +32,9 @@ impl Default for Options {
 }
 
 /// Runs every controller until the process ends.
-pub async fn run(client: kube::Client, opts: Options) {
-    tokio::spawn(run::endpoints(client.clone()));
-    tokio::spawn(run::node_lifecycle(client.clone(), opts.node_monitor_grace));
-    tokio::spawn(run::service_accounts(client.clone(), opts.root_ca.clone()));
-    run::run(client).await
+pub async fn run(inf: std::sync::Arc<crate::client::Informers>, opts: Options) {
+    tokio::spawn(run::endpoints(inf.clone()));
+    tokio::spawn(run::node_lifecycle(inf.clone(), opts.node_monitor_grace));
+    tokio::spawn(run::service_accounts(inf.clone(), opts.root_ca.clone()));
+    run::run(inf).await
 }

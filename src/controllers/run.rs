@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::Client;
 
-use crate::client::cache;
+use crate::client::Informers;
 
 use super::deployment::{self, Rs, Write};
 use super::replicaset::{owned_by, plan, Kind, Owner};
@@ -41,12 +41,13 @@ struct Expectations {
 }
 
 /// Runs the controllers until the process ends (watches retry with backoff).
-pub async fn run(client: Client) {
+pub async fn run(inf: Arc<Informers>) {
+    let client = inf.client().clone();
     let wake = Arc::new(tokio::sync::Notify::new());
-    let rs_store = cache::<ReplicaSet>(&client, wake.clone());
-    let rc_store = cache::<ReplicationController>(&client, wake.clone());
-    let pod_store = cache::<Pod>(&client, wake.clone());
-    let dep_store = cache::<Deployment>(&client, wake.clone());
+    let rs_store = inf.cache::<ReplicaSet>(wake.clone());
+    let rc_store = inf.cache::<ReplicationController>(wake.clone());
+    let pod_store = inf.cache::<Pod>(wake.clone());
+    let dep_store = inf.cache::<Deployment>(wake.clone());
     all_ready!(dep_store, rs_store, rc_store, pod_store);
     tracing::info!("replicaset and replicationcontroller controllers started");
     let mut expect: HashMap<String, Expectations> = HashMap::new();
@@ -312,14 +313,15 @@ async fn collect_replica_sets(
 
 /// The Endpoints and EndpointSlice controllers: services and pods watched, every service with
 /// a selector given the Endpoints and slices of [`super::endpoints::groups`].
-pub async fn endpoints(client: Client) {
+pub async fn endpoints(inf: Arc<Informers>) {
+    let client = inf.client().clone();
     use k8s_openapi::api::core::v1::{Endpoints, Service};
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     let wake = Arc::new(tokio::sync::Notify::new());
-    let svc_store = cache::<Service>(&client, wake.clone());
-    let pod_store = cache::<Pod>(&client, wake.clone());
-    let ep_store = cache::<Endpoints>(&client, wake.clone());
-    let slice_store = cache::<EndpointSlice>(&client, wake.clone());
+    let svc_store = inf.cache::<Service>(wake.clone());
+    let pod_store = inf.cache::<Pod>(wake.clone());
+    let ep_store = inf.cache::<Endpoints>(wake.clone());
+    let slice_store = inf.cache::<EndpointSlice>(wake.clone());
     all_ready!(svc_store, pod_store, ep_store, slice_store);
     tracing::info!("endpoints and endpointslice controllers started");
     loop {
@@ -460,18 +462,19 @@ async fn sync_endpoints(
 /// The node lifecycle controller: nodes and their Leases watched, a pass every second (a
 /// lease expires without an event), each node's [`super::nodelifecycle::plan`] applied, and
 /// pods on NoExecute-tainted nodes evicted when their toleration runs out.
-pub async fn node_lifecycle(client: Client, grace: Duration) {
+pub async fn node_lifecycle(inf: Arc<Informers>, grace: Duration) {
+    let client = inf.client().clone();
     use super::nodelifecycle::{eviction_time, plan, Action};
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::Node;
     let wake = Arc::new(tokio::sync::Notify::new());
-    let nodes = cache::<Node>(&client, wake.clone());
+    let nodes = inf.cache::<Node>(wake.clone());
     let leases = crate::client::cache_of(
         Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
         Default::default(),
         wake.clone(),
     );
-    let pods = cache::<Pod>(&client, wake.clone());
+    let pods = inf.cache::<Pod>(wake.clone());
     all_ready!(nodes, leases, pods);
     tracing::info!("node lifecycle controller started");
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::seconds(40));
@@ -553,12 +556,13 @@ pub async fn node_lifecycle(client: Client, grace: Duration) {
 /// The service account controller's part that users see: every namespace that is not being
 /// deleted has a ServiceAccount `default` (made again if it is deleted), as upstream's
 /// ServiceAccountsController keeps it.
-pub async fn service_accounts(client: Client, root_ca: Option<String>) {
+pub async fn service_accounts(inf: Arc<Informers>, root_ca: Option<String>) {
+    let client = inf.client().clone();
     use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
     const ROOT_CA: &str = "kube-root-ca.crt";
     let wake = Arc::new(tokio::sync::Notify::new());
-    let namespaces = cache::<Namespace>(&client, wake.clone());
-    let accounts = cache::<ServiceAccount>(&client, wake.clone());
+    let namespaces = inf.cache::<Namespace>(wake.clone());
+    let accounts = inf.cache::<ServiceAccount>(wake.clone());
     let cas = crate::client::cache_of(
         Api::<ConfigMap>::all(client.clone()),
         kube::runtime::watcher::Config::default().fields(&format!("metadata.name={ROOT_CA}")),

@@ -11,15 +11,16 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 
-use crate::client::cache;
+use crate::client::Informers;
 
 use super::{event, node_states, pending, schedule, NAME};
 
 /// Runs until the client's server goes away for good (it retries with backoff meanwhile).
-pub async fn run(client: Client) {
+pub async fn run(inf: Arc<Informers>) {
+    let client = inf.client().clone();
     let wake = Arc::new(tokio::sync::Notify::new());
-    let nodes = cache::<Node>(&client, wake.clone());
-    let pods = cache::<Pod>(&client, wake.clone());
+    let nodes = inf.cache::<Node>(wake.clone());
+    let pods = inf.cache::<Pod>(wake.clone());
     if nodes.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
         return;
     }
