@@ -250,6 +250,8 @@ fn an_agent_runs_the_pods_bound_to_it_and_reports_them() {
         assert!(d.contains(reason), "{reason} missing:\n{d}");
     }
     assert!(d.contains("kubelet"), "{d}");
+    // The ServiceAccount token is there when the volume is made: no failed mount first.
+    assert!(!d.contains("FailedMount"), "{d}");
 
     // A deleted pod stops, its object goes (kubectl waits for that) and it is replaced.
     s.ok(&["delete", "pod", &name, "--timeout=60s"]);

@@ -40,8 +40,8 @@ pub struct Manifests {
     pub endpoints: BTreeMap<(String, String), Vec<Vec<crate::api::service::Endpoint>>>,
     /// Files or documents that could not be used, with the reason.
     pub errors: Vec<String>,
-    /// ServiceAccount tokens issued for the API's pods, by (pod uid, audience).
-    pub tokens: BTreeMap<(String, String), String>,
+    /// Where the API's pods get their ServiceAccount tokens.
+    pub tokens: Option<Arc<dyn super::volumes::TokenSource>>,
     /// API pods that ran to completion and are not deleted: a worker that ran them stays,
     /// so that their logs and status stay until the pod is deleted (no new one starts).
     pub finished: std::collections::BTreeSet<String>,
@@ -56,7 +56,9 @@ impl Manifests {
         self.services.extend(other.services);
         self.endpoints.extend(other.endpoints);
         self.errors.extend(other.errors);
-        self.tokens.extend(other.tokens);
+        if other.tokens.is_some() {
+            self.tokens = other.tokens;
+        }
         self.finished.extend(other.finished);
     }
 }

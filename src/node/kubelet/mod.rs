@@ -402,7 +402,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             config_maps: std::mem::take(&mut m.config_maps),
             secrets: std::mem::take(&mut m.secrets),
             services: views,
-            tokens: std::mem::take(&mut m.tokens),
+            tokens: m.tokens.take(),
         });
         let wanted: BTreeMap<String, Arc<manifests::PodManifest>> = std::mem::take(&mut m.pods)
             .into_iter()

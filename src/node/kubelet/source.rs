@@ -79,79 +79,98 @@ pub struct ApiSource {
     /// Whether the first list of the pods (and what they use) is in: until then the agent
     /// neither removes pod directories nor releases addresses (they may be API pods').
     synced: Arc<std::sync::atomic::AtomicBool>,
-    tokens: Tokens,
+    tokens: Arc<Tokens>,
 }
 
 /// (pod uid, audience).
 type TokenKey = (String, String);
 
-/// The ServiceAccount tokens of this node's pods, requested from the API (TokenRequest bound
-/// to the pod, as the kubelet asks for them) as pods that project one appear.
+/// A token being asked for, issued, or refused.
+enum TokenState {
+    Asking,
+    Issued(String),
+    Refused(String),
+}
+
+/// The ServiceAccount tokens of this node's pods: asked for (a TokenRequest bound to the
+/// pod, as the kubelet asks) as soon as a pod that projects one is seen, on the runtime;
+/// a pod's worker waits for its token when it makes the volume. Kept while the pod exists.
 struct Tokens {
     client: Client,
     runtime: tokio::runtime::Handle,
-    notify: Arc<tokio::sync::Notify>,
-    /// (pod uid, audience) -> the token, or None while it is asked for.
-    have: Arc<std::sync::Mutex<BTreeMap<TokenKey, Option<String>>>>,
+    have: std::sync::Mutex<BTreeMap<TokenKey, TokenState>>,
+    issued: std::sync::Condvar,
 }
 
 impl Tokens {
-    /// The tokens `pod` projects that are issued; asks for the others.
-    fn of(&self, pod: &Pod, out: &mut BTreeMap<(String, String), String>) {
+    /// Starts asking for `pod`'s token for `audience` unless it is issued or being asked.
+    fn ask(self: &Arc<Self>, pod: &Pod, audience: &str, expiration: i64) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let key = (uid.clone(), audience.to_string());
+        {
+            let mut have = self.have.lock().expect("tokens");
+            if matches!(
+                have.get(&key),
+                Some(TokenState::Asking | TokenState::Issued(_))
+            ) {
+                return;
+            }
+            have.insert(key.clone(), TokenState::Asking);
+        }
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let spec = pod.spec.as_ref();
-        let sa = spec
+        let sa = pod
+            .spec
+            .as_ref()
             .and_then(|s| s.service_account_name.clone())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".into());
-        let sources = spec
+        let req: Result<k8s_openapi::api::authentication::v1::TokenRequest, _> =
+            serde_json::from_value(json!({"spec": {
+                "audiences": if audience.is_empty() { json!(null) } else { json!([audience]) },
+                "expirationSeconds": expiration,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid},
+            }}));
+        let me = self.clone();
+        self.runtime.spawn(async move {
+            let api = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+                me.client.clone(),
+                &ns,
+            );
+            let state = match req {
+                Err(e) => TokenState::Refused(e.to_string()),
+                Ok(req) => match api
+                    .create_token_request(&sa, &PostParams::default(), &req)
+                    .await
+                {
+                    Ok(r) => TokenState::Issued(r.status.and_then(|s| s.token).unwrap_or_default()),
+                    Err(e) => TokenState::Refused(format!(
+                        "requesting the token of service account {ns}/{sa}: {e}"
+                    )),
+                },
+            };
+            me.have.lock().expect("tokens").insert(key, state);
+            me.issued.notify_all();
+        });
+    }
+
+    /// The tokens `pod` projects, asked for.
+    fn ask_all(self: &Arc<Self>, pod: &Pod) {
+        for t in pod
+            .spec
+            .as_ref()
             .and_then(|s| s.volumes.as_ref())
             .into_iter()
             .flatten()
             .filter_map(|v| v.projected.as_ref())
             .flat_map(|p| p.sources.iter().flatten())
-            .filter_map(|s| s.service_account_token.as_ref());
-        for t in sources {
-            let aud = t.audience.clone().unwrap_or_default();
-            let key = (uid.clone(), aud.clone());
-            let mut have = self.have.lock().expect("tokens");
-            match have.get(&key) {
-                Some(Some(tok)) => {
-                    out.insert(key, tok.clone());
-                    continue;
-                }
-                Some(None) => continue,
-                None => {
-                    have.insert(key.clone(), None);
-                }
-            }
-            let req: k8s_openapi::api::authentication::v1::TokenRequest =
-                serde_json::from_value(json!({"spec": {
-                    "audiences": if aud.is_empty() { json!(null) } else { json!([aud]) },
-                    "expirationSeconds": t.expiration_seconds.unwrap_or(3607),
-                    "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid},
-                }}))
-                .expect("a valid TokenRequest");
-            let (client, have, notify) =
-                (self.client.clone(), self.have.clone(), self.notify.clone());
-            let (ns, sa, pod_name) = (ns.clone(), sa.clone(), name.clone());
-            self.runtime.spawn(async move {
-                let api = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client, &ns);
-                match api.create_token_request(&sa, &PostParams::default(), &req).await {
-                    Ok(r) => {
-                        let tok = r.status.and_then(|s| s.token).unwrap_or_default();
-                        have.lock().expect("tokens").insert(key, Some(tok));
-                    }
-                    Err(e) => {
-                        tracing::warn!(pod = %format!("{ns}/{pod_name}"), serviceaccount = %sa, error = %e, "requesting a service account token; retrying in 5 s");
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                        have.lock().expect("tokens").remove(&key);
-                    }
-                }
-                notify.notify_one();
-            });
+            .filter_map(|s| s.service_account_token.as_ref())
+        {
+            self.ask(
+                pod,
+                t.audience.as_deref().unwrap_or(""),
+                t.expiration_seconds.unwrap_or(3600),
+            );
         }
     }
 
@@ -161,6 +180,47 @@ impl Tokens {
             .lock()
             .expect("tokens")
             .retain(|(uid, _), _| uids.contains(uid));
+    }
+}
+
+/// The pod's worker, making the volume, waits here (up to 10 s) for the token.
+struct TokenWaiter(Arc<Tokens>);
+
+impl super::volumes::TokenSource for TokenWaiter {
+    fn token(&self, pod: &Pod, audience: &str, expiration: i64) -> Result<String, String> {
+        let t = &self.0;
+        let key = (
+            pod.metadata.uid.clone().unwrap_or_default(),
+            audience.to_string(),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        t.ask(pod, audience, expiration);
+        let mut have = t.have.lock().expect("tokens");
+        loop {
+            match have.get(&key) {
+                Some(TokenState::Issued(tok)) => return Ok(tok.clone()),
+                Some(TokenState::Refused(e)) => {
+                    let e = e.clone();
+                    // Asked again at the next attempt.
+                    have.remove(&key);
+                    return Err(e);
+                }
+                Some(TokenState::Asking) => {}
+                None => {
+                    drop(have);
+                    t.ask(pod, audience, expiration);
+                    have = t.have.lock().expect("tokens");
+                    continue;
+                }
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(
+                    "its service account token: no answer from the API server in 10 s".into(),
+                );
+            }
+            have = t.issued.wait_timeout(have, left).expect("tokens").0;
+        }
     }
 }
 
@@ -207,19 +267,18 @@ impl ApiSource {
                 notify.notify_one();
             });
         }
-        let notify_tokens = notify.clone();
         tokio::spawn(async move {
             loop {
                 notify.notified().await;
                 let _ = rustix::io::write(&wake, b"a");
             }
         });
-        let tokens = Tokens {
+        let tokens = Arc::new(Tokens {
             client: client.clone(),
             runtime: tokio::runtime::Handle::current(),
-            notify: notify_tokens,
             have: Default::default(),
-        };
+            issued: std::sync::Condvar::new(),
+        });
         ApiSource {
             pods,
             config_maps,
@@ -248,7 +307,7 @@ impl ApiSource {
             if p.metadata.deletion_timestamp.is_some() {
                 deleting.insert(pm.uid.clone(), Arc::new(pm));
             } else if !finished(&p) {
-                self.tokens.of(&p, &mut m.tokens);
+                self.tokens.ask_all(&p);
                 m.pods.push(pm);
             } else {
                 m.finished.insert(pm.uid.clone());
@@ -257,6 +316,7 @@ impl ApiSource {
         if self.synced() {
             self.tokens.keep(&uids);
         }
+        m.tokens = Some(Arc::new(TokenWaiter(self.tokens.clone())));
         for c in self.config_maps.state() {
             let (ns, name) = key(&c.metadata);
             m.config_maps.insert((ns, name), c);

@@ -80,8 +80,21 @@ pub struct Objects {
     pub secrets: BTreeMap<(String, String), Arc<Secret>>,
     /// Services that exist now (for the service environment variables).
     pub services: Vec<crate::api::service::ServiceView>,
-    /// ServiceAccount tokens issued for pods, by (pod uid, audience; "" for the API server).
-    pub tokens: BTreeMap<(String, String), String>,
+    /// Where ServiceAccount tokens come from (the API server; none for static pods).
+    pub tokens: Option<Arc<dyn TokenSource>>,
+}
+
+/// Issues a pod's ServiceAccount token (a TokenRequest bound to the pod). Called from the
+/// pod's worker thread, which waits for it.
+pub trait TokenSource: Send + Sync {
+    /// The token for `pod`'s ServiceAccount for `audience` ("": the API server).
+    fn token(&self, pod: &Pod, audience: &str, expiration_seconds: i64) -> Result<String, String>;
+}
+
+impl std::fmt::Debug for dyn TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSource")
+    }
 }
 
 /// A downward API file's content (`pkg/volume/downwardapi`): labels and annotations as
@@ -176,14 +189,19 @@ fn projected_files(
                 ));
             }
         } else if let Some(t) = &s.service_account_token {
-            let uid = pod.metadata.uid.clone().unwrap_or_default();
-            let aud = t.audience.clone().unwrap_or_default();
-            let token = objects.tokens.get(&(uid, aud)).ok_or_else(|| {
-                ConfigError::not_found(
-                    "its service account token is not issued yet (it needs the API server)",
+            let source = objects.tokens.as_ref().ok_or_else(|| {
+                ConfigError::invalid(
+                    "a serviceAccountToken volume source needs the API server (knode agent --server or --kubeconfig)",
                 )
             })?;
-            files.push((t.path.clone(), token.clone().into_bytes(), mode));
+            let token = source
+                .token(
+                    pod,
+                    t.audience.as_deref().unwrap_or(""),
+                    t.expiration_seconds.unwrap_or(3600),
+                )
+                .map_err(ConfigError::not_found)?;
+            files.push((t.path.clone(), token.into_bytes(), mode));
         } else {
             return Err(ConfigError::invalid(
                 "a projected volume source must be a configMap, secret, downwardAPI or serviceAccountToken",
