@@ -493,3 +493,46 @@ fn service_account_tokens_authenticate_rbac_authorizes_and_pods_get_them_mounted
     unauthorized(&token);
     assert_eq!(mode(&s.root().join("server/tls/sa.key")), 0o600);
 }
+
+#[test]
+fn endpoints_may_not_point_at_the_servers_neighbours_and_the_proxy_refuses_them() {
+    let s = Server::start(support::server::API_ONLY);
+    // Loopback, link-local (a cloud's metadata service) and unspecified addresses are
+    // refused with upstream's words, for Endpoints and EndpointSlices alike.
+    let eps = "apiVersion: v1\nkind: Endpoints\nmetadata: {name: sneaky}\nsubsets:\n- addresses: [{ip: 10.0.0.5}, {ip: 127.0.0.1}]\n  notReadyAddresses: [{ip: 169.254.169.254}]\n  ports: [{port: 2379}]\n";
+    let err = s.fails(&["create", "-f", "-"], Some(eps));
+    assert!(
+        err.contains("subsets[0].addresses[1].ip: Invalid value: \"127.0.0.1\": may not be in the loopback range (127.0.0.0/8, ::1/128)")
+            && err.contains("subsets[0].notReadyAddresses[0].ip: Invalid value: \"169.254.169.254\": may not be in the link-local range"),
+        "{err}"
+    );
+    assert!(!err.contains("addresses[0]"), "{err}");
+    let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: sneaky}\naddressType: IPv4\nendpoints: [{addresses: [0.0.0.0]}]\nports: [{port: 80}]\n";
+    let err = s.fails(&["create", "-f", "-"], Some(slice));
+    assert!(
+        err.contains(
+            "endpoints[0].addresses[0]: Invalid value: \"0.0.0.0\": may not be unspecified"
+        ),
+        "{err}"
+    );
+    // A pod whose status names a loopback address is not proxied to.
+    s.ok(&["run", "p", "--image=test/busybox:1"]);
+    s.ok(&[
+        "patch",
+        "pod",
+        "p",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"podIP":"127.0.0.1","podIPs":[{"ip":"127.0.0.1"}]}}"#,
+    ]);
+    let err = s.fails(
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/pods/p:2379/proxy/",
+        ],
+        None,
+    );
+    assert!(err.contains("address not allowed"), "{err}");
+}

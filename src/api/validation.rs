@@ -126,6 +126,32 @@ fn err(kind: ErrorType, field: &str, value: Value, detail: impl Into<String>) ->
     }
 }
 
+/// Why `ip` may not be an endpoint address (`ValidateEndpointIP`): not an IP, or in the
+/// unspecified, loopback, link-local or link-local multicast ranges.
+pub fn endpoint_ip(field: &str, ip: &str) -> Option<FieldError> {
+    let Ok(a) = ip.parse::<std::net::IpAddr>() else {
+        return Some(invalid(field, ip, "must be a valid IP address"));
+    };
+    let why = match a {
+        _ if a.is_unspecified() => "may not be unspecified (0.0.0.0)",
+        _ if a.is_loopback() => "may not be in the loopback range (127.0.0.0/8, ::1/128)",
+        std::net::IpAddr::V4(v) if v.is_link_local() => {
+            "may not be in the link-local range (169.254.0.0/16, fe80::/10)"
+        }
+        std::net::IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80 => {
+            "may not be in the link-local range (169.254.0.0/16, fe80::/10)"
+        }
+        std::net::IpAddr::V4(v) if v.octets()[..3] == [224, 0, 0] => {
+            "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)"
+        }
+        std::net::IpAddr::V6(v) if v.segments()[0] & 0xff0f == 0xff02 => {
+            "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)"
+        }
+        _ => return None,
+    };
+    Some(invalid(field, ip, why))
+}
+
 pub fn invalid(field: &str, value: impl Into<Value>, detail: impl Into<String>) -> FieldError {
     err(ErrorType::Invalid, field, value.into(), detail)
 }

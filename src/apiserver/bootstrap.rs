@@ -88,13 +88,26 @@ pub async fn ensure(api: &Api, cfg: &ServerConfig) -> Result<(), ServerError> {
             a if a.is_unspecified() => "127.0.0.1".into(),
             a => a.to_string(),
         });
+    // A server listening only on loopback has no address a pod could reach: its endpoints
+    // stay empty (an endpoint may not be a loopback address, as upstream validates).
+    let reachable = crate::api::validation::endpoint_ip("", &ip).is_none();
+    let subsets = if reachable {
+        json!([{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}])
+    } else {
+        json!([])
+    };
+    let endpoints = if reachable {
+        json!([{"addresses": [ip], "conditions": {"ready": true}}])
+    } else {
+        json!([])
+    };
     ensure_one(
         api,
         "endpoints",
         "",
         Some("default"),
         json!({"metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-               "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]}),
+               "subsets": subsets}),
     )
     .await?;
     ensure_one(
@@ -104,7 +117,7 @@ pub async fn ensure(api: &Api, cfg: &ServerConfig) -> Result<(), ServerError> {
         Some("default"),
         json!({"metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
                "addressType": "IPv4",
-               "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+               "endpoints": endpoints,
                "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}),
     )
     .await?;

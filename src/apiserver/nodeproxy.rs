@@ -435,6 +435,15 @@ pub async fn proxy(
                 .unwrap_or(Value::Null);
             service_address(&svc, &ep, &name, &port)?
         };
+        // As upstream's `IsProxyableIP`: never to the server's own loopback or link-local
+        // neighbours, whatever an Endpoints object or a pod's status says.
+        let host = addr
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or("");
+        if crate::api::validation::endpoint_ip("", host).is_some() {
+            return Err(ApiError::bad_request("address not allowed"));
+        }
         let mut path = format!("/{}", t.rest);
         if req.uri().path().ends_with('/') && !path.ends_with('/') {
             path.push('/');

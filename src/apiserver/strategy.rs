@@ -620,6 +620,26 @@ pub fn validate(r: &Resource, o: &Value) -> Vec<FieldError> {
             template(o, "spec.template", &mut errs);
         }
         ("rbac.authorization.k8s.io", kind) => super::rbac::validate(kind, o, &mut errs),
+        ("", "Endpoints") => {
+            for (i, s) in o["subsets"].as_array().into_iter().flatten().enumerate() {
+                for list in ["addresses", "notReadyAddresses"] {
+                    for (j, a) in s[list].as_array().into_iter().flatten().enumerate() {
+                        let f = format!("subsets[{i}].{list}[{j}].ip");
+                        errs.extend(v::endpoint_ip(&f, a["ip"].as_str().unwrap_or("")));
+                    }
+                }
+            }
+        }
+        ("discovery.k8s.io", "EndpointSlice")
+            if matches!(o["addressType"].as_str(), Some("IPv4" | "IPv6")) =>
+        {
+            for (i, e) in o["endpoints"].as_array().into_iter().flatten().enumerate() {
+                for (j, a) in e["addresses"].as_array().into_iter().flatten().enumerate() {
+                    let f = format!("endpoints[{i}].addresses[{j}]");
+                    errs.extend(v::endpoint_ip(&f, a.as_str().unwrap_or("")));
+                }
+            }
+        }
         ("batch", "CronJob") => {
             let s = o["spec"]["schedule"].as_str().unwrap_or("");
             if s.is_empty() {
