@@ -22,8 +22,11 @@ impl Up {
     /// A node namespace (lo up, a veth to the outside namespace, a default route through
     /// it) and an outside namespace.
     fn new() -> Up {
-        let ns = format!("kn-up-{:x}", std::process::id());
-        let outside = format!("kn-upout-{:x}", std::process::id());
+        // Unique per test too: the tests of this file may run at once.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let ns = format!("kn-up-{:x}-{n}", std::process::id());
+        let outside = format!("kn-upout-{:x}-{n}", std::process::id());
         for n in [&ns, &outside] {
             let _ = Command::new("ip")
                 .args(["netns", "del", n])
@@ -703,4 +706,79 @@ fn up_runs_the_bootcamp_and_down_leaves_nothing() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
         .count();
     assert_eq!(held, 0, "addresses still held in {}", ipam.display());
+}
+
+#[test]
+fn a_knode_up_killed_in_the_middle_of_a_rollout_converges_when_up_again() {
+    let u = Up::new();
+    u.up();
+    u.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=test/busybox:1",
+        "--replicas=3",
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+    ]);
+    u.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    // A new template, and the whole cluster (server, controllers, agent) killed at once.
+    u.kubectl(&["set", "env", "deployment/web", "VERSION=2"]);
+    let pid: i32 = std::fs::read_to_string(u.s.root().join("run/up.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    {
+        use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
+        let fd = pidfd_open(Pid::from_raw(pid).unwrap(), PidfdFlags::empty()).unwrap();
+        pidfd_send_signal(&fd, Signal::KILL).unwrap();
+        // Gone (its pidfd says so), with its sockets and store closed.
+        let mut polls = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let ts = rustix::event::Timespec {
+            tv_sec: 30,
+            tv_nsec: 0,
+        };
+        assert_eq!(rustix::event::poll(&mut polls, Some(&ts)).unwrap(), 1);
+    }
+    // Up again: the store has the rollout, the agent adopts the containers still running,
+    // and the controllers finish the rollout: three pods of the new template, no more.
+    let out = u.up();
+    assert!(out.contains("Node knode-test is Ready"), "{out}");
+    u.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let pods: serde_json::Value =
+        serde_json::from_str(&u.kubectl(&["get", "pods", "-l", "app=web", "-o", "json"])).unwrap();
+    let live: Vec<&serde_json::Value> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+        .collect();
+    assert_eq!(live.len(), 3, "{pods}");
+    for p in &live {
+        assert_eq!(p["status"]["phase"], "Running", "{p}");
+        assert_eq!(
+            p["spec"]["containers"][0]["env"][0],
+            serde_json::json!({"name": "VERSION", "value": "2"}),
+            "{p}"
+        );
+    }
+    let rs = u.kubectl(&[
+        "get",
+        "rs",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].spec.replicas}",
+    ]);
+    let mut sizes: Vec<&str> = rs.split_whitespace().collect();
+    sizes.sort();
+    assert_eq!(sizes, ["0", "3"], "{rs}");
+    // The old pods are gone from the node too.
+    u.await_pod_dirs(3);
 }
