@@ -197,13 +197,7 @@ pub fn resource_rules(user: &User, namespace: &str) -> Value {
 
 /// The token's parts if it has the bootstrap token shape (`[a-z0-9]{6}.[a-z0-9]{16}`).
 pub fn bootstrap_shape(token: &str) -> Option<(&str, &str)> {
-    let (id, secret) = token.split_once('.')?;
-    let ok = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    };
-    (ok(id, 6) && ok(secret, 16)).then_some((id, secret))
+    crate::api::jws::token_parts(token)
 }
 
 fn equal_ct(a: &[u8], b: &[u8]) -> bool {

@@ -22,21 +22,11 @@ pub enum JoinError {
     Ca { url: String, why: String },
 }
 
-/// The `<id>.<secret>` of a bootstrap token.
-fn parts(token: &str) -> Option<(&str, &str)> {
-    let (id, secret) = token.split_once('.')?;
-    let ok = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    };
-    (ok(id, 6) && ok(secret, 16)).then_some((id, secret))
-}
-
 /// The agent's kubeconfig (YAML) for `server` with `token`, its CA from the signed
 /// cluster-info.
 pub async fn kubeconfig(server: &str, token: &str) -> Result<String, JoinError> {
-    let (id, secret) = parts(token).ok_or_else(|| JoinError::Token(token.to_string()))?;
+    let (id, secret) =
+        crate::api::jws::token_parts(token).ok_or_else(|| JoinError::Token(token.to_string()))?;
     let url: hyper::Uri = server
         .parse()
         .ok()

@@ -20,7 +20,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::spdy::{self, Stream, Writer};
@@ -116,19 +115,9 @@ pub async fn handle(
             return text(StatusCode::BAD_REQUEST, "not a WebSocket upgrade".into());
         };
         tokio::spawn(async move {
-            let upgraded = match hyper::upgrade::on(&mut req).await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::warn!(error = %e, "port-forward: the upgrade failed");
-                    return;
-                }
+            let Some(ws) = super::server::websocket(req, "port-forward").await else {
+                return;
             };
-            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                hyper_util::rt::TokioIo::new(upgraded),
-                Role::Server,
-                None,
-            )
-            .await;
             // The WebSocket carries the SPDY byte stream; message boundaries mean nothing.
             let (ours, theirs) = tokio::io::duplex(64 << 10);
             let (mut sink, mut source) = ws.split();
@@ -166,17 +155,7 @@ pub async fn handle(
             let _ = inbound.await;
             let _ = outbound.await;
         });
-        return Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "Upgrade")
-            .header("upgrade", "websocket")
-            .header(
-                "sec-websocket-accept",
-                tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key),
-            )
-            .header("sec-websocket-protocol", TUNNEL)
-            .body(Full::new(Bytes::new()).boxed())
-            .expect("a valid response");
+        return super::server::websocket_accepted(&key, TUNNEL);
     }
     if spdy {
         if !header_values(&req, "x-stream-protocol-version")

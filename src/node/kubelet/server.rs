@@ -529,30 +529,46 @@ async fn exec(
     };
     let v5 = *proto == "v5.channel.k8s.io";
     tokio::spawn(async move {
-        let upgraded = match hyper::upgrade::on(&mut req).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(error = %e, "exec: the upgrade failed");
-                return;
-            }
-        };
-        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            hyper_util::rt::TokioIo::new(upgraded),
-            Role::Server,
-            None,
-        )
-        .await;
-        relay(ws, cmd, v5).await;
+        if let Some(ws) = websocket(req, "exec").await {
+            relay(ws, cmd, v5).await;
+        }
     });
+    websocket_accepted(key.as_bytes(), proto)
+}
+
+/// The WebSocket a request is upgraded to, once the client has the 101 (none, logged, if
+/// the upgrade fails).
+pub(super) async fn websocket(
+    mut req: Request<Incoming>,
+    what: &str,
+) -> Option<tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>> {
+    match hyper::upgrade::on(&mut req).await {
+        Ok(u) => Some(
+            tokio_tungstenite::WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(u),
+                Role::Server,
+                None,
+            )
+            .await,
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "{what}: the upgrade failed");
+            None
+        }
+    }
+}
+
+/// The 101 that accepts a WebSocket upgrade (`key`: its Sec-WebSocket-Key) with `protocol`.
+pub(super) fn websocket_accepted(key: &[u8], protocol: &str) -> Response<Body> {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header("connection", "Upgrade")
         .header("upgrade", "websocket")
         .header(
             "sec-websocket-accept",
-            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key),
         )
-        .header("sec-websocket-protocol", *proto)
+        .header("sec-websocket-protocol", protocol)
         .body(Full::new(Bytes::new()).boxed())
         .expect("a valid response")
 }
