@@ -354,10 +354,8 @@ fn deployments_scale_roll_out_and_roll_back_as_the_bootcamp_does() {
     s.ok(&["wait", "--for=delete", "pods", "-l", app, "--timeout=60s"]);
 }
 
-#[test]
-fn every_namespace_gets_a_default_service_account_and_keeps_it() {
-    let s = Server::start(&[]);
-    s.ok(&["create", "namespace", "team"]);
+/// Waits (a watch, in kubectl) for the ServiceAccount `default` of namespace `team`.
+fn await_default_sa(s: &Server) {
     s.ok(&[
         "wait",
         "--for=create",
@@ -366,6 +364,13 @@ fn every_namespace_gets_a_default_service_account_and_keeps_it() {
         "team",
         "--timeout=60s",
     ]);
+}
+
+#[test]
+fn every_namespace_gets_a_default_service_account_and_keeps_it() {
+    let s = Server::start(&[]);
+    s.ok(&["create", "namespace", "team"]);
+    await_default_sa(&s);
     let rows = s.ok(&["get", "serviceaccounts", "-n", "team"]);
     assert!(
         rows.lines().nth(1).unwrap().starts_with("default "),
@@ -376,14 +381,7 @@ fn every_namespace_gets_a_default_service_account_and_keeps_it() {
     let first = uid(&s);
     // Deleted, it is made again (a new object).
     s.ok(&["delete", "serviceaccount", "default", "-n", "team"]);
-    s.ok(&[
-        "wait",
-        "--for=create",
-        "serviceaccount/default",
-        "-n",
-        "team",
-        "--timeout=60s",
-    ]);
+    await_default_sa(&s);
     assert_ne!(uid(&s), first);
 }
 

@@ -147,6 +147,25 @@ fn kubectl_with_token(s: &Server, token: &str, args: &[&str]) -> std::process::O
         .unwrap()
 }
 
+/// Whether a command succeeded, and its stdout and stderr together.
+fn out(o: std::process::Output) -> (bool, String) {
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+    )
+}
+
+/// `kubectl auth whoami` as the holder of `token`: its user info.
+fn whoami(s: &Server, token: &str) -> Value {
+    let (ok, who) = out(kubectl_with_token(
+        s,
+        token,
+        &["auth", "whoami", "-o", "json"],
+    ));
+    assert!(ok, "{who}");
+    serde_json::from_str::<Value>(&who).unwrap()["status"]["userInfo"].clone()
+}
+
 #[test]
 fn the_node_token_joins_with_node_rights_only_and_can_be_revoked() {
     let s = Server::start(&[]);
@@ -160,26 +179,11 @@ fn the_node_token_joins_with_node_rights_only_and_can_be_revoked() {
         .unwrap();
     let token = String::from_utf8_lossy(&printed.stdout).trim().to_string();
     let (id, _) = token.split_once('.').expect("<id>.<secret>");
-    let out = |o: std::process::Output| {
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
-        )
-    };
 
-    let (ok, who) = out(kubectl_with_token(
-        &s,
-        &token,
-        &["auth", "whoami", "-o", "json"],
-    ));
-    assert!(ok, "{who}");
-    let who: Value = serde_json::from_str(&who).unwrap();
+    let who = whoami(&s, &token);
+    assert_eq!(who["username"], format!("system:bootstrap:{id}"));
     assert_eq!(
-        who["status"]["userInfo"]["username"],
-        format!("system:bootstrap:{id}")
-    );
-    assert_eq!(
-        who["status"]["userInfo"]["groups"],
+        who["groups"],
         serde_json::json!(["system:bootstrappers", "system:authenticated"])
     );
     // What a joining node needs, and nothing else.
@@ -299,26 +303,11 @@ fn service_account_tokens_authenticate_rbac_authorizes_and_pods_get_them_mounted
     // The API alone: the admission and the tokens need no controller (the bootstrap makes
     // `default`'s ServiceAccount).
     let s = Server::start(support::server::API_ONLY);
-    let out = |o: std::process::Output| {
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
-        )
-    };
     let token = s.ok(&["create", "token", "default"]).trim().to_string();
-    let (ok, who) = out(kubectl_with_token(
-        &s,
-        &token,
-        &["auth", "whoami", "-o", "json"],
-    ));
-    assert!(ok, "{who}");
-    let who: Value = serde_json::from_str(&who).unwrap();
+    let who = whoami(&s, &token);
+    assert_eq!(who["username"], "system:serviceaccount:default:default");
     assert_eq!(
-        who["status"]["userInfo"]["username"],
-        "system:serviceaccount:default:default"
-    );
-    assert_eq!(
-        who["status"]["userInfo"]["groups"],
+        who["groups"],
         serde_json::json!([
             "system:serviceaccounts",
             "system:serviceaccounts:default",
