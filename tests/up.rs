@@ -782,3 +782,120 @@ fn a_knode_up_killed_in_the_middle_of_a_rollout_converges_when_up_again() {
     // The old pods are gone from the node too.
     u.await_pod_dirs(3);
 }
+
+/// `script` gives `line` a terminal of 33 rows and 111 columns, in the node's namespace (its
+/// input stays open and empty: at its end, script would type into the terminal).
+fn on_a_terminal(u: &Up, line: &str) -> Output {
+    let mut c = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", u.ns))
+        .args([
+            "script",
+            "-qec",
+            &format!("stty rows 33 cols 111; {line}"),
+            "/dev/null",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = c.stdin.take();
+    let o = c.wait_with_output().unwrap();
+    drop(input);
+    o
+}
+
+#[test]
+fn kubectl_run_attaches_and_terminals_follow_the_clients_size() {
+    let u = Up::new();
+    u.up();
+    // `kubectl run -i`: the pod's stdin is the client's (stdinOnce: its end is the
+    // container's EOF), the output comes back, the exit code is the container's, and --rm
+    // deletes the pod. kubectl 1.37 and 1.35 attach over WebSocket, 1.20 over SPDY.
+    let bins = [
+        (KUBECTL, "v137"),
+        (support::server::KUBECTL_135, "v135"),
+        (support::server::KUBECTL_120, "v120"),
+    ];
+    for (bin, v) in bins {
+        let name = format!("echo-{v}");
+        let o = u.kubectl_of_with_stdin(
+            u.kubectl_of(bin),
+            &[
+                "run",
+                "-i",
+                "--rm",
+                "--restart=Never",
+                &name,
+                "--image=test/busybox:1",
+                "--",
+                "sh",
+                "-c",
+                "while read x; do echo got $x; done; echo stdin closed; exit 4",
+            ],
+            "hello\nworld\n",
+        );
+        let (out, err) = (text(&o.stdout), text(&o.stderr));
+        assert_eq!(o.status.code(), Some(4), "{bin}: {out} {err}");
+        assert!(
+            out.contains("got hello\ngot world\nstdin closed\n"),
+            "{bin}: {out:?} {err}"
+        );
+        assert!(
+            err.contains(&format!("pod default/{name} terminated (Error)")),
+            "{bin}: {err}"
+        );
+        assert!(
+            out.contains(&format!("pod \"{name}\" deleted")),
+            "{bin}: {out}"
+        );
+    }
+    // `kubectl run -it`: the container runs on a terminal, which takes the size of the
+    // client's (kubectl sends it when attached), and what it prints comes back.
+    for (bin, v) in [bins[0], bins[2]] {
+        let o = on_a_terminal(
+            &u,
+            &format!(
+                "{bin} --kubeconfig {} run -it --rm --restart=Never tty-{v} --image=test/busybox:1 -- sh -c 'timeout 20 sh -c \"until [ \\\"\\$(stty size 2>/dev/null)\\\" = \\\"33 111\\\" ]; do sleep 0.05; done\"; echo size $(stty size); test -t 0 && echo TERM=$TERM'",
+                u.kubeconfig().display()
+            ),
+        );
+        let out = text(&o.stdout);
+        assert!(o.status.success(), "{bin}: {out} {}", text(&o.stderr));
+        assert!(
+            out.contains("size 33 111\r\nTERM=xterm\r\n"),
+            "{bin}: {out:?}"
+        );
+    }
+    // `kubectl exec -ti` follows the client's size too.
+    u.kubectl(&[
+        "run",
+        "sleeper",
+        "--image=test/busybox:1",
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+    ]);
+    u.kubectl(&[
+        "wait",
+        "pod/sleeper",
+        "--for=condition=Ready",
+        "--timeout=60s",
+    ]);
+    for bin in [KUBECTL, support::server::KUBECTL_120] {
+        let o = on_a_terminal(
+            &u,
+            &format!(
+                "{bin} --kubeconfig {} exec -ti sleeper -- sh -c 'timeout 20 sh -c \"until [ \\\"\\$(stty size 2>/dev/null)\\\" = \\\"33 111\\\" ]; do sleep 0.05; done\"; echo size $(stty size)'",
+                u.kubeconfig().display()
+            ),
+        );
+        let out = text(&o.stdout);
+        assert!(o.status.success(), "{bin}: {out} {}", text(&o.stderr));
+        assert!(out.contains("size 33 111\r\n"), "{bin}: {out:?}");
+    }
+    u.kubectl(&["delete", "pod", "sleeper", "--timeout=60s"]);
+    // Nothing is left of the pods on the node.
+    u.await_pod_dirs(0);
+}

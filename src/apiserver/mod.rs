@@ -186,7 +186,7 @@ async fn fallback(
     let streamed = {
         let segs: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
         match segs.as_slice() {
-            ["api", "v1", "namespaces", _, "pods", _, "log" | "exec" | "portforward"]
+            ["api", "v1", "namespaces", _, "pods", _, "log" | "exec" | "attach" | "portforward"]
             | ["api", "v1", "namespaces", _, "pods" | "services", _, "proxy", ..] => {
                 Some(request::parse("", "v1", &segs[2..]))
             }

@@ -2,10 +2,11 @@
 //! a ready endpoint's), as kube-apiserver's proxy subresources are (the Kubernetes Basics
 //! tutorial's `curl localhost:8001/api/v1/namespaces/default/pods/$POD_NAME:8080/proxy/`).
 //!
-//! `pods/log` and `pods/exec`: the API server finds the pod's container and node, and hands
-//! the request to the node agent's kubelet API (`/containerLogs/...`, `/exec/...`, as
-//! kube-apiserver's `LogLocation` and `ExecLocation` build them), streaming the answer back;
-//! an exec's upgraded connection (WebSocket `v5.channel.k8s.io`) is spliced through
+//! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward`: the API server finds the
+//! pod's container and node, and hands the request to the node agent's kubelet API
+//! (`/containerLogs/...`, `/exec/...`, `/attach/...`, `/portForward/...`, as kube-apiserver's
+//! `LogLocation`, `ExecLocation` and `AttachLocation` build them), streaming the answer back;
+//! an upgraded connection (WebSocket `v5.channel.k8s.io`, SPDY/3.1) is spliced through
 //! unchanged, as the design in kube-api.md section 7.4 suggests.
 //!
 //! The API server authenticates with its kubelet client certificate. Like kube-apiserver
@@ -191,7 +192,8 @@ fn kubelet_path(sub: &str, ns: &str, pod: &str, c: &str, q: &Query, commands: &[
     }
 }
 
-/// Serves `pods/log` and `pods/exec` by way of the pod's node agent.
+/// Serves `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward` by way of the pod's
+/// node agent.
 pub async fn serve(
     api: &super::handlers::Api,
     kubelet_tls: Arc<rustls::ClientConfig>,

@@ -145,6 +145,10 @@ enum Cmd {
         tty: bool,
         #[arg(long, short, default_value = "default")]
         namespace: String,
+        /// Terminal sizes (`WIDTH HEIGHT` lines) to apply, read from this descriptor (the
+        /// kubelet API passes a client's resizes this way).
+        #[arg(long, hide = true)]
+        resize_fd: Option<i32>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -302,6 +306,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             stdin,
             tty,
             namespace,
+            resize_fd,
             command,
         } => {
             let code = exec::exec(
@@ -313,6 +318,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                     stdin,
                     tty,
                     argv: command,
+                    resize_fd,
                 },
             )?;
             std::process::exit(code);

@@ -207,6 +207,11 @@ pub struct PodContainerSpec {
     /// The container's cgroup (relative to the cgroup2 mount), which the runtime clones it
     /// into; none with `--cgroups=disabled`.
     pub cgroup: Option<String>,
+    /// `stdin`, `stdinOnce` and `tty`: the shim keeps the container's stdin (or terminal)
+    /// for attach sessions.
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
 }
 
 impl PodContainer {
@@ -264,8 +269,13 @@ impl PodContainer {
                 readonly: false,
             }];
             binds.extend(c.binds.iter().cloned());
+            let mut env = spec::environment(&image, &c.env, hostname);
+            // As containerd does for a container on a terminal that names none.
+            if c.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+                env.push("TERM=xterm".into());
+            }
             let cfg = ContainerConfig {
-                env: spec::environment(&image, &c.env, hostname),
+                env,
                 args,
                 cwd: c
                     .working_dir
@@ -285,6 +295,9 @@ impl PodContainer {
                 binds,
             };
             let mut spec = spec::build(&cfg, &rootfs)?;
+            if let Some(p) = spec.process_mut().as_mut() {
+                p.set_terminal(Some(c.tty));
+            }
             if c.allow_privilege_escalation && !c.privileged {
                 if let Some(p) = spec.process_mut().as_mut() {
                     p.set_no_new_privileges(Some(false));
@@ -301,6 +314,9 @@ impl PodContainer {
                     log_path: c.log_path.clone(),
                     log_max_bytes: 10 << 20,
                     log_max_files: 5,
+                    stdin: c.stdin,
+                    stdin_once: c.stdin_once,
+                    tty: c.tty,
                 },
             )
         })();

@@ -3,6 +3,7 @@
 //! each container, logs, the pod network (through `cni`), images (through `oci`), cgroups and
 //! the service proxy. It never imports `cli` (imports only go down: see the README's Layout).
 
+pub mod attach;
 pub mod cgroup;
 pub mod container;
 pub mod error;

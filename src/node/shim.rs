@@ -28,6 +28,15 @@ pub struct ShimConfig {
     pub log_path: PathBuf,
     pub log_max_bytes: u64,
     pub log_max_files: u32,
+    /// The container keeps a stdin open for attach sessions (`stdin: true`).
+    #[serde(default)]
+    pub stdin: bool,
+    /// The first attach session to end its input closes the container's stdin.
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// The container runs on a terminal (`tty: true`; the spec's `process.terminal` too).
+    #[serde(default)]
+    pub tty: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -300,30 +309,55 @@ pub fn main(state: &Path, report_fd: i32) -> Result<()> {
 }
 
 fn supervise(state: &Path, report: &mut std::fs::File) -> Result<()> {
+    use crate::node::attach::{self, Hub};
     let cfg: ShimConfig = serde_json::from_slice(&std::fs::read(state.join("config.json"))?)?;
     let mut log = CriWriter::open(&cfg.log_path, cfg.log_max_bytes, cfg.log_max_files)
         .with_ctx(|| format!("opening {}", cfg.log_path.display()))?;
-    let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let null = std::fs::File::open("/dev/null")?;
-    // The container inherits fds 0-2: point them at /dev/null and the log pipes.
-    for (from, to) in [
-        (null.as_raw_fd(), 0),
-        (out_w.as_raw_fd(), 1),
-        (err_w.as_raw_fd(), 2),
-    ] {
+    // The container's standard streams (its side, fds 0-2) and ours: the output we copy into
+    // the log, where attach sessions' input goes, the terminal's near side.
+    let (theirs, outputs, input, terminal): ([OwnedFd; 3], Vec<(OwnedFd, Stream)>, _, _) =
+        if cfg.tty {
+            let (near, far) = open_pty()?;
+            let far = [far.try_clone()?, far.try_clone()?, far];
+            let input = cfg.stdin.then(|| near.try_clone()).transpose()?;
+            (
+                far,
+                vec![(near.try_clone()?, Stream::Stdout)],
+                input,
+                Some(near),
+            )
+        } else {
+            let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+            let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+            let (stdin, input) = if cfg.stdin {
+                let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+                (r, Some(w))
+            } else {
+                (OwnedFd::from(null.try_clone()?), None)
+            };
+            (
+                [stdin, out_w, err_w],
+                vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+                input,
+                None,
+            )
+        };
+    for (to, from) in theirs.iter().enumerate() {
         // SAFETY: both descriptors are valid; dup2 replaces the standard descriptor.
-        if unsafe { libc::dup2(from, to) } < 0 {
+        if unsafe { libc::dup2(from.as_raw_fd(), to as i32) } < 0 {
             fail!("dup2: {}", std::io::Error::last_os_error());
         }
     }
+    let listener = Hub::listen(state)?;
     let started = oci::runtime::start(&cfg.spec);
-    // The shim keeps no write end: the pipes reach EOF when the container's side closes.
-    for fd in [1, 2] {
+    // The shim keeps no copy of the container's side: the output reaches EOF (a terminal:
+    // EIO) when the container's side closes.
+    for fd in [0, 1, 2] {
         // SAFETY: as above, re-pointing our own standard descriptors at /dev/null.
         unsafe { libc::dup2(null.as_raw_fd(), fd) };
     }
-    drop((out_w, err_w));
+    drop(theirs);
     let started = started?;
     if let Some(t) = start_time(started.pid) {
         oci::fsutil::replace(&state.join("start"), t.to_string().as_bytes())?;
@@ -332,7 +366,11 @@ fn supervise(state: &Path, report: &mut std::fs::File) -> Result<()> {
     write!(report, "started {}", started.pid)?;
     drop(std::mem::replace(report, std::fs::File::open("/dev/null")?));
 
-    copy_output(&mut log, out_r, err_r, started.pid);
+    let hub = Hub::new(input, terminal, cfg.stdin_once);
+    hub.serve(listener);
+    copy_output(&mut log, outputs, started.pid, &hub);
+    hub.close();
+    let _ = std::fs::remove_file(state.join(attach::SOCKET));
     let code = oci::runtime::wait(started.pid)?;
     let _ = log.flush_partial();
     let status = ExitStatus {
@@ -350,6 +388,31 @@ fn supervise(state: &Path, report: &mut std::fs::File) -> Result<()> {
     Ok(())
 }
 
+/// A pseudo-terminal: its near (master) and far (slave) sides.
+fn open_pty() -> Result<(OwnedFd, OwnedFd)> {
+    let (mut near, mut far) = (-1, -1);
+    // SAFETY: openpty writes two descriptors into valid c_ints; the other arguments are NULL
+    // (no name wanted, default settings and size).
+    if unsafe {
+        libc::openpty(
+            &mut near,
+            &mut far,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    } != 0
+    {
+        fail!("openpty: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: openpty just returned these descriptors to us, and nothing else owns them.
+    let (near, far) = unsafe { (OwnedFd::from_raw_fd(near), OwnedFd::from_raw_fd(far)) };
+    for fd in [&near, &far] {
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
+    }
+    Ok((near, far))
+}
+
 /// Whether the kernel's OOM killer killed a process of the container's cgroup (the container
 /// runs with memory.oom.group, so such a kill ends it).
 fn oom_killed(spec: &oci::oci_spec::runtime::Spec) -> bool {
@@ -363,17 +426,24 @@ fn oom_killed(spec: &oci::oci_spec::runtime::Spec) -> bool {
     }
 }
 
-/// Copies both pipes into the log while the container runs. When it has exited, what is
-/// still buffered in the pipes is drained and the copy ends, even if processes it left behind
-/// (with hostPID or a shared PID namespace) keep the pipes open.
-fn copy_output(log: &mut CriWriter, out: OwnedFd, err: OwnedFd, pid: i32) {
+/// Copies the container's output (two pipes, or a terminal) into the log and to the attach
+/// sessions while the container runs. When it has exited, what is still buffered is drained
+/// and the copy ends, even if processes it left behind (with hostPID or a shared PID
+/// namespace) keep the pipes open.
+fn copy_output(
+    log: &mut CriWriter,
+    outputs: Vec<(OwnedFd, Stream)>,
+    pid: i32,
+    hub: &crate::node::attach::Hub,
+) {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let pidfd = open_pidfd(pid).fd();
-    let mut open = [Some(out), Some(err)];
+    let kinds: Vec<Stream> = outputs.iter().map(|(_, s)| *s).collect();
+    let mut open: Vec<Option<OwnedFd>> = outputs.into_iter().map(|(fd, _)| Some(fd)).collect();
     let mut buf = vec![0u8; 64 * 1024];
     let mut exited = false;
     while open.iter().any(Option::is_some) {
-        let idx: Vec<usize> = (0..2).filter(|&i| open[i].is_some()).collect();
+        let idx: Vec<usize> = (0..open.len()).filter(|&i| open[i].is_some()).collect();
         let mut fds: Vec<PollFd> = idx
             .iter()
             .map(|&i| {
@@ -407,15 +477,16 @@ fn copy_output(log: &mut CriWriter, out: OwnedFd, err: OwnedFd, pid: i32) {
             if !ready[k] {
                 continue;
             }
+            // A terminal whose far side is closed reads EIO: its end, as EOF is a pipe's.
             match rustix::io::read(open[i].as_ref().expect("open"), &mut buf) {
                 Ok(0) | Err(_) => open[i] = None,
                 Ok(n) => {
-                    let s = if i == 0 {
-                        Stream::Stdout
-                    } else {
-                        Stream::Stderr
+                    let _ = log.write(kinds[i], &buf[..n]);
+                    let kind = match kinds[i] {
+                        Stream::Stdout => crate::node::attach::STDOUT,
+                        Stream::Stderr => crate::node::attach::STDERR,
                     };
-                    let _ = log.write(s, &buf[..n]);
+                    hub.broadcast(kind, &buf[..n]);
                 }
             }
         }

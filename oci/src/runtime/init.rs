@@ -616,6 +616,15 @@ fn setup(p: &Plan) -> R<Infallible> {
     // (TIOCSTI could type into it otherwise).
     // SAFETY: setsid has no arguments.
     unsafe { libc::setsid() };
+    // With a terminal, the starter gave us the pty's far side as standard input: it becomes
+    // the controlling terminal of the new session, as runc's console does.
+    // SAFETY: TIOCSCTTY on our own standard input, with no pointer argument.
+    if p.terminal && unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+        return Err(InitError(format!(
+            "making the terminal the controlling one (TIOCSCTTY): {}",
+            std::io::Error::last_os_error()
+        )));
+    }
     // Nothing done here may propagate back to the host.
     mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")?;
     let rootfs = p.rootfs.to_string_lossy().into_owned();

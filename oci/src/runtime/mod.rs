@@ -80,6 +80,9 @@ pub(crate) struct Plan {
     pub argv: Vec<CString>,
     pub envp: Vec<CString>,
     pub path: String,
+    /// `process.terminal`: standard input is a terminal (the starter's pty), which becomes
+    /// the container's controlling terminal.
+    pub terminal: bool,
 }
 
 fn parse_options(opts: &[String]) -> (u64, String, bool, bool) {
@@ -276,6 +279,7 @@ impl Plan {
                 .map(|a| cstr(a, "env"))
                 .collect::<Result<_, _>>()?,
             path,
+            terminal: process.terminal().unwrap_or(false),
         };
         Ok((plan, flags))
     }
@@ -336,11 +340,41 @@ fn open_cgroup(spec: &Spec) -> Result<Option<OwnedFd>, RuntimeError> {
     })
 }
 
+/// The caller's PID namespace, joined back (for its later children) when dropped.
+struct OwnPidNamespace(OwnedFd);
+
+impl OwnPidNamespace {
+    fn open() -> Result<OwnPidNamespace, RuntimeError> {
+        rustix::fs::open(
+            "/proc/self/ns/pid",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map(OwnPidNamespace)
+        .map_err(|e| RuntimeError::Sys {
+            op: "open our PID namespace",
+            source: e.into(),
+        })
+    }
+}
+
+impl Drop for OwnPidNamespace {
+    fn drop(&mut self) {
+        // SAFETY: setns on a valid descriptor of our own active PID namespace, which a
+        // process may always join back (it only sets where later children go).
+        unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWPID) };
+    }
+}
+
 /// Creates the container process and returns once it has exec'd its command (or failed).
 pub fn start(spec: &Spec) -> Result<Started, RuntimeError> {
     if !single_threaded() {
         return Err(RuntimeError::Threaded);
     }
+    // Joining a PID namespace changes where our children go: our own is restored when this
+    // returns, as a process whose children go elsewhere cannot start threads (clone with
+    // CLONE_THREAD fails with EINVAL), and the caller may want to.
+    let _restore = OwnPidNamespace::open()?;
     let (plan, flags) = Plan::from_spec(spec)?;
     let cgroup = open_cgroup(spec)?;
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(sys("pipe"))?;

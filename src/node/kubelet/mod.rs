@@ -20,6 +20,7 @@ pub mod node;
 pub mod pod;
 pub mod portforward;
 pub mod register;
+pub mod remote;
 pub mod server;
 pub mod source;
 pub mod spdy;

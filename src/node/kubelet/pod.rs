@@ -1165,6 +1165,9 @@ impl Worker {
                 })
                 .unwrap_or_default(),
             cgroup: None,
+            stdin: spec.stdin.unwrap_or(false),
+            stdin_once: spec.stdin_once.unwrap_or(false),
+            tty: spec.tty.unwrap_or(false),
         };
         // Record the attempt before it exists: an agent killed from here on finds it again.
         self.ctrs[i].p.attempt = Some(attempt);

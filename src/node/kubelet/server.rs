@@ -1,44 +1,36 @@
 //! The kubelet API the API server calls (port 10250 by default, HTTPS): container logs
 //! (`GET /containerLogs/<ns>/<pod>/<container>` with follow, previous, tailLines, sinceSeconds,
-//! timestamps and limitBytes) and exec (`/exec/<ns>/<pod>/<container>?command=...&input=1&
-//! output=1&error=1&tty=1`, WebSocket `v5.channel.k8s.io` / `v4.channel.k8s.io`), as the
-//! kubelet serves them.
+//! timestamps and limitBytes), exec and attach (`/exec/<ns>/<pod>/<container>?command=...&
+//! input=1&output=1&error=1&tty=1`, `/attach/...`: in [`super::remote`]) and port forwarding
+//! (`/portForward/<ns>/<pod>`: in [`super::portforward`]), as the kubelet serves them.
 //!
 //! Only the API server may call it: the TLS handshake requires a client certificate signed by
 //! the cluster's CA (from the agent's kubeconfig), and its common name must be the API
 //! server's kubelet client ([`crate::api::KUBELET_CLIENT`]). The serving certificate is made
 //! at each start and signed by nobody: like kube-apiserver without
 //! `--kubelet-certificate-authority`, the API server does not verify it.
-//!
-//! An exec runs `knode exec` (the same confinement as the CLI's) with its standard streams
-//! piped to the WebSocket's channels: 0 stdin, 1 stdout, 2 stderr, 3 the final Status; or,
-//! for kubectl 1.20 (and any client that falls back), to the streams of a SPDY/3.1 session
-//! (`v4.channel.k8s.io`: streams `error`, `stdin`, `stdout`, `stderr`, `resize`), as the
-//! kubelet's remotecommand server does. Port forwarding is in [`super::portforward`].
 
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
-use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::protocol::{Message, Role};
+use tokio::io::AsyncReadExt;
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::pod::CState;
 use super::NodeState;
 use crate::node::error::NodeError;
 
-type Body = BoxBody<Bytes, Infallible>;
+pub(super) type Body = BoxBody<Bytes, Infallible>;
 
 /// The kubelet's default port.
 pub const DEFAULT_PORT: u16 = 10250;
 
-fn full(status: StatusCode, ct: &str, text: impl Into<Bytes>) -> Response<Body> {
+pub(super) fn full(status: StatusCode, ct: &str, text: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", ct)
@@ -46,7 +38,7 @@ fn full(status: StatusCode, ct: &str, text: impl Into<Bytes>) -> Response<Body> 
         .expect("a valid response")
 }
 
-fn text(status: StatusCode, t: String) -> Response<Body> {
+pub(super) fn text(status: StatusCode, t: String) -> Response<Body> {
     full(status, "text/plain; charset=utf-8", t)
 }
 
@@ -148,7 +140,7 @@ pub fn serve(
     Ok(bound)
 }
 
-fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
+pub(super) fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
     url_pairs(req.uri().query().unwrap_or(""))
 }
 
@@ -163,11 +155,11 @@ fn url_pairs(q: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn param<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
+pub(super) fn param<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
     q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
 }
 
-fn flag(q: &[(String, String)], k: &str) -> bool {
+pub(super) fn flag(q: &[(String, String)], k: &str) -> bool {
     matches!(param(q, k), Some("1") | Some("true"))
 }
 
@@ -190,9 +182,9 @@ async fn handle(
             let (ns, pod) = (ns.to_string(), pod.to_string());
             super::portforward::handle(state, req, ns, pod).await
         }
-        ["exec", ns, pod, container] => {
+        [sub @ ("exec" | "attach"), ns, pod, container] => {
             let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
-            exec(state, req, ns, pod, container).await
+            super::remote::handle(sub == &"attach", state, req, ns, pod, container).await
         }
         _ => text(
             StatusCode::NOT_FOUND,
@@ -404,138 +396,6 @@ async fn follow(
     }
 }
 
-/// The WebSocket subprotocols an exec may use, best first.
-const EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
-
-async fn exec(
-    state: Arc<RwLock<NodeState>>,
-    mut req: Request<Incoming>,
-    ns: String,
-    pod: String,
-    container: String,
-) -> Response<Body> {
-    let q = query(&req);
-    let argv: Vec<String> = q
-        .iter()
-        .filter(|(k, _)| k == "command")
-        .map(|(_, v)| v.clone())
-        .collect();
-    if argv.is_empty() {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "you must specify at least 1 command".into(),
-        );
-    }
-    {
-        let st = state.read().expect("state");
-        match super::api::find_container(&st, &ns, &pod, &container) {
-            Err(e) => return text(StatusCode::NOT_FOUND, e.to_string()),
-            Ok((_, c)) if c.running.is_none() => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    format!("container {container:?} in pod {pod:?} is not running"),
-                )
-            }
-            Ok(_) => {}
-        }
-    }
-    let header = |n: &str| {
-        req.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let (exe, run_dir) = {
-        let st = state.read().expect("state");
-        (st.exe.clone(), st.run_dir.clone())
-    };
-    let (stdin, tty) = (flag(&q, "input"), flag(&q, "tty"));
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("--run-dir")
-        .arg(run_dir)
-        .args(["exec", "-n", &ns, &pod, "-c", &container]);
-    if stdin {
-        cmd.arg("-i");
-    }
-    if tty {
-        cmd.arg("-t");
-    }
-    cmd.arg("--")
-        .args(&argv)
-        .stdin(if stdin {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::null()
-        })
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let spdy = header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("SPDY/3.1"));
-    if spdy {
-        let offered: Vec<String> = req
-            .headers()
-            .get_all("x-stream-protocol-version")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|v| v.trim().to_string())
-            .collect();
-        if !offered.iter().any(|p| p == SPDY_EXEC_PROTOCOL) {
-            return Response::builder()
-                .status(StatusCode::FORBIDDEN)
-                .header("x-accepted-stream-protocol-versions", SPDY_EXEC_PROTOCOL)
-                .body(
-                    Full::new(Bytes::from(format!(
-                        "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts [\"{SPDY_EXEC_PROTOCOL}\"]"
-                    )))
-                    .boxed(),
-                )
-                .expect("a valid response");
-        }
-        let want = Wanted {
-            stdin,
-            stdout: flag(&q, "output"),
-            stderr: flag(&q, "error") && !tty,
-        };
-        tokio::spawn(async move {
-            match hyper::upgrade::on(&mut req).await {
-                Ok(u) => relay_spdy(hyper_util::rt::TokioIo::new(u), cmd, want).await,
-                Err(e) => tracing::warn!(error = %e, "exec: the upgrade failed"),
-            }
-        });
-        return Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "Upgrade")
-            .header("upgrade", "SPDY/3.1")
-            .header("x-stream-protocol-version", SPDY_EXEC_PROTOCOL)
-            .body(Full::new(Bytes::new()).boxed())
-            .expect("a valid response");
-    }
-    let offered = header("sec-websocket-protocol").unwrap_or_default();
-    let Some(proto) = EXEC_PROTOCOLS
-        .iter()
-        .find(|p| offered.split(',').any(|o| o.trim() == **p))
-    else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "exec needs a WebSocket with one of the subprotocols {}",
-                EXEC_PROTOCOLS.join(", ")
-            ),
-        );
-    };
-    let Some(key) = header("sec-websocket-key") else {
-        return text(StatusCode::BAD_REQUEST, "not a WebSocket upgrade".into());
-    };
-    let v5 = *proto == "v5.channel.k8s.io";
-    tokio::spawn(async move {
-        if let Some(ws) = websocket(req, "exec").await {
-            relay(ws, cmd, v5).await;
-        }
-    });
-    websocket_accepted(key.as_bytes(), proto)
-}
-
 /// The WebSocket a request is upgraded to, once the client has the 101 (none, logged, if
 /// the upgrade fails).
 pub(super) async fn websocket(
@@ -573,264 +433,9 @@ pub(super) fn websocket_accepted(key: &[u8], protocol: &str) -> Response<Body> {
         .expect("a valid response")
 }
 
-/// The remotecommand protocol served over SPDY (kubectl 1.20 offers v4 first; newer
-/// clients that fall back to SPDY offer it too).
-const SPDY_EXEC_PROTOCOL: &str = "v4.channel.k8s.io";
-
-/// The streams an exec over SPDY waits for besides `error` (and `resize` with a tty).
-struct Wanted {
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-}
-
-/// Runs the command with its streams on the SPDY session's: the client opens them first
-/// (the kubelet waits for them as well), then stdout and stderr are written as they come,
-/// stdin read until the client half-closes it, and the Status written on `error`.
-async fn relay_spdy<S>(io: S, mut cmd: tokio::process::Command, want: Wanted)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
-{
-    let (mut streams, w) = super::spdy::serve(io);
-    let (mut error, mut stdin, mut stdout, mut stderr) = (None, None, None, None);
-    let complete = |e: &Option<super::spdy::Stream>,
-                    i: &Option<super::spdy::Stream>,
-                    o: &Option<super::spdy::Stream>,
-                    r: &Option<super::spdy::Stream>| {
-        e.is_some()
-            && i.is_some() == want.stdin
-            && o.is_some() == want.stdout
-            && r.is_some() == want.stderr
-    };
-    let gathered = tokio::time::timeout(Duration::from_secs(30), async {
-        while !complete(&error, &stdin, &stdout, &stderr) {
-            let Some(s) = streams.recv().await else {
-                return false;
-            };
-            match s.header("streamtype") {
-                Some("error") => error = Some(s),
-                Some("stdin") => stdin = Some(s),
-                Some("stdout") => stdout = Some(s),
-                Some("stderr") => stderr = Some(s),
-                // Resizes are not applied: the command's terminal belongs to `knode exec`.
-                _ => {}
-            }
-        }
-        true
-    })
-    .await;
-    let Some(error) = error.filter(|_| gathered == Ok(true)) else {
-        tracing::debug!("exec over SPDY: the client did not open its streams");
-        return;
-    };
-    let ids: Vec<u32> = [&stdout, &stderr]
-        .into_iter()
-        .flatten()
-        .map(|s| s.id)
-        .collect();
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let status = json!({"metadata": {}, "status": "Failure", "message": format!("starting the command: {e}")});
-            w.data(
-                error.id,
-                Bytes::from(serde_json::to_vec(&status).unwrap_or_default()),
-            );
-            w.fin(error.id);
-            for id in ids {
-                w.fin(id);
-            }
-            return;
-        }
-    };
-    let mut child_in = child.stdin.take();
-    let input = stdin.map(|mut s| {
-        tokio::spawn(async move {
-            while let Some(b) = s.data.recv().await {
-                let Some(i) = child_in.as_mut() else { break };
-                if i.write_all(&b).await.is_err() {
-                    break;
-                }
-            }
-            // The client's EOF closes the command's stdin.
-            drop(child_in);
-        })
-    });
-    let pump = |r: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
-                s: Option<u32>,
-                w: super::spdy::Writer| async move {
-        let Some(mut r) = r else { return };
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match r.read(&mut buf).await {
-                Ok(n) if n > 0 => {
-                    if let Some(id) = s {
-                        if !w.data(id, Bytes::copy_from_slice(&buf[..n])) {
-                            return;
-                        }
-                    }
-                }
-                _ => {
-                    if let Some(id) = s {
-                        w.fin(id);
-                    }
-                    return;
-                }
-            }
-        }
-    };
-    let out = child
-        .stdout
-        .take()
-        .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
-    let err = child
-        .stderr
-        .take()
-        .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
-    let o = tokio::spawn(pump(out, stdout.as_ref().map(|s| s.id), w.clone()));
-    let e = tokio::spawn(pump(err, stderr.as_ref().map(|s| s.id), w.clone()));
-    let _ = o.await;
-    let _ = e.await;
-    let code = child.wait().await.ok().and_then(|s| s.code());
-    w.data(
-        error.id,
-        Bytes::from(serde_json::to_vec(&exit_status(code)).unwrap_or_default()),
-    );
-    w.fin(error.id);
-    if let Some(i) = input {
-        i.abort();
-    }
-    // Hold the session until the client, having read the status, closes it.
-    while streams.recv().await.is_some() {}
-}
-
-/// The final Status of an exec, as the kubelet writes it on channel 3.
-pub fn exit_status(code: Option<i32>) -> serde_json::Value {
-    match code {
-        Some(0) => json!({"metadata": {}, "status": "Success"}),
-        Some(n) => json!({
-            "metadata": {},
-            "status": "Failure",
-            "message": format!("command terminated with non-zero exit code: error executing command [{n}], exit code {n}"),
-            "reason": "NonZeroExitCode",
-            "details": {"causes": [{"reason": "ExitCode", "message": n.to_string()}]},
-        }),
-        None => json!({
-            "metadata": {},
-            "status": "Failure",
-            "message": "command terminated by a signal",
-            "reason": "InternalError",
-        }),
-    }
-}
-
-fn normal_close() -> Message {
-    use tokio_tungstenite::tungstenite::protocol::frame::{coding::CloseCode, CloseFrame};
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::Normal,
-        reason: "".into(),
-    }))
-}
-
-/// Runs the command and relays its streams over the WebSocket until it exits.
-async fn relay<S>(
-    ws: tokio_tungstenite::WebSocketStream<S>,
-    mut cmd: tokio::process::Command,
-    v5: bool,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sink, mut source) = ws.split();
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let status = json!({"metadata": {}, "status": "Failure", "message": format!("starting the command: {e}")});
-            let mut m = vec![3u8];
-            m.extend(serde_json::to_vec(&status).unwrap_or_default());
-            let _ = sink.send(Message::binary(m)).await;
-            let _ = sink.send(normal_close()).await;
-            let _ = sink.close().await;
-            return;
-        }
-    };
-    let mut stdin = child.stdin.take();
-    let (out, err) = (
-        child.stdout.take().expect("piped"),
-        child.stderr.take().expect("piped"),
-    );
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
-    let pump = |mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-                ch: u8,
-                tx: tokio::sync::mpsc::Sender<Vec<u8>>| async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match r.read(&mut buf).await {
-                Ok(n) if n > 0 => {
-                    let mut m = Vec::with_capacity(n + 1);
-                    m.push(ch);
-                    m.extend_from_slice(&buf[..n]);
-                    if tx.send(m).await.is_err() {
-                        return;
-                    }
-                }
-                _ => return,
-            }
-        }
-    };
-    let o = tokio::spawn(pump(Box::new(out), 1, tx.clone()));
-    let e = tokio::spawn(pump(Box::new(err), 2, tx));
-    // Client -> command: stdin (channel 0), its end (v5: [255, 0]); resizes are not applied
-    // (the command's terminal belongs to `knode exec`).
-    let input = tokio::spawn(async move {
-        while let Some(Ok(m)) = source.next().await {
-            match m {
-                Message::Binary(b) if !b.is_empty() => match b[0] {
-                    0 => {
-                        if let Some(s) = stdin.as_mut() {
-                            if s.write_all(&b[1..]).await.is_err() {
-                                stdin = None;
-                            }
-                        }
-                    }
-                    255 if v5 && b.get(1) == Some(&0) => stdin = None,
-                    _ => {}
-                },
-                Message::Close(_) => break,
-                _ => {}
-            }
-        }
-    });
-    while let Some(m) = rx.recv().await {
-        if sink.send(Message::binary(m)).await.is_err() {
-            break;
-        }
-    }
-    let _ = o.await;
-    let _ = e.await;
-    let code = child.wait().await.ok().and_then(|s| s.code());
-    let mut m = vec![3u8];
-    m.extend(serde_json::to_vec(&exit_status(code)).unwrap_or_default());
-    let _ = sink.send(Message::binary(m)).await;
-    // A normal closure (1000): client-go ends the streams with EOF on it, and fails them on
-    // a close without a status.
-    let _ = sink.send(normal_close()).await;
-    let _ = sink.close().await;
-    input.abort();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_exit_code_becomes_the_status_kubectl_reads() {
-        assert_eq!(exit_status(Some(0))["status"], "Success");
-        let s = exit_status(Some(3));
-        assert_eq!(s["reason"], "NonZeroExitCode");
-        assert_eq!(s["details"]["causes"][0]["reason"], "ExitCode");
-        assert_eq!(s["details"]["causes"][0]["message"], "3");
-        assert_eq!(exit_status(None)["status"], "Failure");
-    }
 
     #[test]
     fn log_options_stamp_and_cut_records() {
