@@ -179,6 +179,37 @@ impl Up {
         line
     }
 
+    /// Runs a kubectl 1.37 watch until a line of its output satisfies `done`; that line.
+    fn watch_until(&self, args: &[&str], done: impl Fn(&str) -> bool) -> String {
+        use std::io::BufRead;
+        let mut c = self
+            .kubectl_command()
+            .args(args)
+            .arg("--request-timeout=60s")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut found = None;
+        for line in std::io::BufReader::new(c.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            if done(&line) {
+                found = Some(line);
+                break;
+            }
+            seen.push(line);
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        found.unwrap_or_else(|| {
+            panic!(
+                "kubectl {args:?} ended first: {seen:?}\n--- knode.log:\n{}",
+                std::fs::read_to_string(self.s.root().join("knode.log")).unwrap_or_default()
+            )
+        })
+    }
+
     /// GET from the outside namespace.
     fn outside_get(&self, url: &str) -> String {
         let o = run(&[
@@ -897,5 +928,79 @@ fn kubectl_run_attaches_and_terminals_follow_the_clients_size() {
     }
     u.kubectl(&["delete", "pod", "sleeper", "--timeout=60s"]);
     // Nothing is left of the pods on the node.
+    u.await_pod_dirs(0);
+}
+
+#[test]
+fn static_pods_appear_as_mirror_pods() {
+    let u = Up::new();
+    u.up();
+    // A static pod dropped in the node's manifests directory (kubeadm's control plane runs
+    // this way) appears in the API as `<name>-<node>`, owned by the Node.
+    let manifest = u.s.root().join("manifests/static-web.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: static-web, labels: {app: static}}\nspec:\n  containers:\n  - name: web\n    image: test/busybox:1\n    command: [sh, -c, \"echo static up; trap 'exit 0' TERM; while true; do sleep 0.2; done\"]\n",
+    )
+    .unwrap();
+    let first = u.watch_until(
+        &[
+            "get",
+            "pods",
+            "-w",
+            "-o",
+            "jsonpath={.metadata.uid} {.status.phase}{\"\\n\"}",
+        ],
+        |l| l.ends_with(" Running"),
+    );
+    let uid = first.split_whitespace().next().unwrap().to_string();
+    let pod: serde_json::Value =
+        serde_json::from_str(&u.kubectl(&["get", "pod", "static-web-knode-test", "-o", "json"]))
+            .unwrap();
+    assert_eq!(pod["metadata"]["uid"], uid.as_str());
+    let hash = pod["metadata"]["annotations"]["kubernetes.io/config.mirror"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        pod["metadata"]["annotations"]["kubernetes.io/config.hash"],
+        hash
+    );
+    assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "Node");
+    assert_eq!(pod["metadata"]["ownerReferences"][0]["name"], "knode-test");
+    assert_eq!(pod["spec"]["nodeName"], "knode-test");
+    // No ServiceAccount token for a mirror pod, as upstream.
+    assert!(pod["spec"]["volumes"].is_null(), "{pod}");
+    let describe = u.kubectl(&["describe", "pod", "static-web-knode-test"]);
+    assert!(
+        describe.contains("Controlled By:  Node/knode-test"),
+        "{describe}"
+    );
+    // Logs and exec reach the static pod by its API name.
+    assert_eq!(u.kubectl(&["logs", "static-web-knode-test"]), "static up\n");
+    assert_eq!(
+        u.kubectl(&["exec", "static-web-knode-test", "--", "echo", "inside"]),
+        "inside\n"
+    );
+    // Deleting the mirror pod does not stop the static pod: the node makes it again.
+    u.kubectl(&["delete", "pod", "static-web-knode-test", "--timeout=60s"]);
+    u.watch_until(
+        &[
+            "get",
+            "pods",
+            "-w",
+            "-o",
+            "jsonpath={.metadata.uid} {.status.phase}{\"\\n\"}",
+        ],
+        |l| l.ends_with(" Running") && !l.starts_with(&uid),
+    );
+    assert_eq!(u.kubectl(&["logs", "static-web-knode-test"]), "static up\n");
+    // Removing the manifest stops the pod, and its mirror pod goes.
+    std::fs::remove_file(&manifest).unwrap();
+    u.kubectl(&[
+        "wait",
+        "--for=delete",
+        "pod/static-web-knode-test",
+        "--timeout=60s",
+    ]);
     u.await_pod_dirs(0);
 }

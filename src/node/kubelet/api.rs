@@ -186,12 +186,20 @@ fn text(status: StatusCode, t: String) -> Response<Full<Bytes>> {
 }
 
 pub(crate) fn find(state: &NodeState, ns: &str, name: &str) -> Option<PodView> {
-    state
-        .pods
-        .values()
-        .map(|v| v.lock().expect("view").clone())
-        .filter(|v| v.manifest.namespace == ns && v.manifest.name == name)
-        .min_by_key(|v| v.deleting)
+    let by_name = |name: &str, static_only: bool| {
+        state
+            .pods
+            .values()
+            .map(|v| v.lock().expect("view").clone())
+            .filter(|v| v.manifest.namespace == ns && v.manifest.name == name)
+            .filter(|v| !static_only || !super::source::from_api(&v.manifest))
+            .min_by_key(|v| v.deleting)
+    };
+    // A static pod is `<name>-<node>` in the API (its mirror pod's name), as upstream.
+    by_name(name, false).or_else(|| {
+        let base = name.strip_suffix(&format!("-{}", state.node.name))?;
+        by_name(base, true)
+    })
 }
 
 /// Decodes `%XX` escapes and `+` (a space) of a query value.

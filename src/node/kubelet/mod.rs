@@ -90,6 +90,8 @@ pub struct NodeState {
     pub services: Vec<crate::api::service::ListedService>,
     /// The node: name, start, resource limits (for /node and /stats/summary).
     pub node: node::NodeInfo,
+    /// The sync loop has taken in the manifests directory (the static pods are known).
+    pub loaded: bool,
 }
 
 /// A pod the agent knows: with a worker thread, or (invalid or not admitted) only a status.
@@ -562,6 +564,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         {
             let mut s = state.write().expect("state");
             s.manifest_errors = m.errors;
+            s.loaded = true;
             s.pods = workers
                 .values()
                 .chain(stopping.iter())

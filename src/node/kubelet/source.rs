@@ -64,6 +64,60 @@ pub fn cluster_ca(kubeconfig: &Path) -> Result<Vec<u8>, crate::node::error::Node
     Err(bad("the cluster has no certificate authority".into()))
 }
 
+/// The annotation that marks a mirror pod (its value: the static pod's hash, its UID).
+pub const MIRROR: &str = "kubernetes.io/config.mirror";
+
+/// Whether the API's pod is the mirror of a static pod.
+pub fn is_mirror(p: &Pod) -> bool {
+    p.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(MIRROR))
+}
+
+/// A static pod's mirror pod, as the kubelet creates it: `<name>-<node>`, bound to the node
+/// and owned by it, its spec the static pod's, annotated with the static pod's hash.
+fn mirror_pod(m: &PodManifest, node: &str, node_uid: &str) -> Value {
+    let mut pod = serde_json::to_value(&m.pod).unwrap_or_default();
+    pod["status"] = Value::Null;
+    let meta = &mut pod["metadata"];
+    for f in [
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "generateName",
+        "managedFields",
+        "ownerReferences",
+        "deletionTimestamp",
+    ] {
+        if let Some(o) = meta.as_object_mut() {
+            o.remove(f);
+        }
+    }
+    meta["name"] = json!(format!("{}-{node}", m.name));
+    meta["namespace"] = json!(m.namespace);
+    if !meta["annotations"].is_object() {
+        meta["annotations"] = json!({});
+    }
+    let a = &mut meta["annotations"];
+    a[MIRROR] = json!(m.uid);
+    a["kubernetes.io/config.hash"] = json!(m.uid);
+    a["kubernetes.io/config.source"] = json!("file");
+    a["kubernetes.io/config.seen"] = json!(crate::api::time::time(chrono::Utc::now()));
+    meta["ownerReferences"] = json!([{
+        "apiVersion": "v1",
+        "kind": "Node",
+        "name": node,
+        "uid": node_uid,
+        "controller": true,
+    }]);
+    pod["spec"]["nodeName"] = json!(node);
+    if let Some(o) = pod.as_object_mut() {
+        o.remove("status");
+    }
+    pod
+}
+
 /// Whether a pod came from the API server (not from the manifests directory).
 pub fn from_api(m: &PodManifest) -> bool {
     m.file == Path::new(API_SOURCE)
@@ -302,6 +356,10 @@ impl ApiSource {
         let mut deleting = BTreeMap::new();
         let mut uids = std::collections::HashSet::new();
         for p in self.pods.state() {
+            // A mirror pod stands for a static pod of this node: it is not run.
+            if is_mirror(&p) {
+                continue;
+            }
             let Some(pm) = manifest(&p) else { continue };
             uids.insert(pm.uid.clone());
             if p.metadata.deletion_timestamp.is_some() {
@@ -502,6 +560,11 @@ struct Published {
     status: HashMap<String, Value>,
     /// Events posted (the view's `event_seq` then).
     events: HashMap<String, u64>,
+    /// The Node's UID (mirror pods' owner).
+    node_uid: Option<String>,
+    /// Static pods whose mirror pod could not be made (by UID): why, and when (tried again
+    /// after [`MIRROR_RETRY`]; warned about when the reason changes).
+    mirror_failed: HashMap<String, (String, std::time::Instant)>,
 }
 
 /// Publishes the pods' statuses and events, and removes the API objects of pods whose
@@ -530,18 +593,20 @@ async fn publish_once(
     run_dir: &Path,
     done: &mut Published,
 ) -> Result<(), kube::Error> {
-    let (views, node, host_ip): (Vec<PodView>, String, Option<String>) = {
+    let (all, node, host_ip, loaded): (Vec<PodView>, String, Option<String>, bool) = {
         let st = state.read().expect("state");
         (
             st.pods
                 .values()
                 .map(|v| v.lock().expect("view").clone())
-                .filter(|v| from_api(&v.manifest))
                 .collect(),
             st.node.name.clone(),
             Some(super::node::node_ip()),
+            st.loaded,
         )
     };
+    let (views, statics): (Vec<PodView>, Vec<PodView>) =
+        all.into_iter().partition(|v| from_api(&v.manifest));
     let pp = PatchParams {
         field_manager: Some(MANAGER.into()),
         ..Default::default()
@@ -551,9 +616,23 @@ async fn publish_once(
         .iter()
         .filter_map(|p| Some((p.metadata.uid.as_deref()?, &**p)))
         .collect();
-    for v in &views {
-        let uid = v.manifest.uid.as_str();
-        let Some(p) = by_uid.get(uid) else { continue };
+    // Once both the API's pods and the static pods are known (an agent starting would
+    // otherwise delete the mirror pods it is about to find again).
+    let mirrors = if source.synced() && loaded {
+        sync_mirrors(client, &api_pods, &statics, &node, done).await?
+    } else {
+        Vec::new()
+    };
+    let targets = views
+        .iter()
+        .filter_map(|v| Some((v, *by_uid.get(v.manifest.uid.as_str())?)))
+        .chain(mirrors.iter().map(|(v, p)| (*v, &**p)));
+    for (v, p) in targets {
+        // The API object's UID: the pod's own, or its mirror pod's.
+        let Some(uid) = p.metadata.uid.as_deref() else {
+            continue;
+        };
+        let name = p.metadata.name.as_deref().unwrap_or_default();
         let pods: Api<Pod> = Api::namespaced(client.clone(), &v.manifest.namespace);
         let new = status(v, host_ip.as_deref());
         if done.status.get(uid) != Some(&new) {
@@ -568,10 +647,7 @@ async fn publish_once(
                 patch["status"]["conditions"] = json!(c);
             }
             patch["metadata"] = json!({ "uid": uid });
-            match pods
-                .patch_status(&v.manifest.name, &pp, &Patch::Merge(&patch))
-                .await
-            {
+            match pods.patch_status(name, &pp, &Patch::Merge(&patch)).await {
                 Ok(_) => {
                     done.status.insert(uid.to_string(), new);
                 }
@@ -630,21 +706,134 @@ async fn publish_once(
     Ok(())
 }
 
+/// How long after a failure a mirror pod is tried again.
+const MIRROR_RETRY: Duration = Duration::from_secs(10);
+
+/// Keeps a mirror pod in the API for each static pod of this node: made when missing,
+/// replaced when its static pod changed (its hash differs), deleted when its static pod is
+/// gone. Returns the static pods with their mirror pods.
+async fn sync_mirrors<'a>(
+    client: &Client,
+    api_pods: &[Arc<Pod>],
+    statics: &'a [PodView],
+    node: &str,
+    done: &mut Published,
+) -> Result<Vec<(&'a PodView, Arc<Pod>)>, kube::Error> {
+    let mirrors: Vec<&Arc<Pod>> = api_pods.iter().filter(|p| is_mirror(p)).collect();
+    let mut out = Vec::new();
+    let mut kept = std::collections::HashSet::new();
+    for v in statics.iter().filter(|v| !v.deleting) {
+        let (ns, name) = (
+            v.manifest.namespace.clone(),
+            format!("{}-{node}", v.manifest.name),
+        );
+        let found = mirrors
+            .iter()
+            .find(|p| key(&p.metadata) == (ns.clone(), name.clone()));
+        if let Some(p) = found {
+            let hash = p.metadata.annotations.as_ref().and_then(|a| a.get(MIRROR));
+            if p.metadata.deletion_timestamp.is_none() && hash == Some(&v.manifest.uid) {
+                kept.insert(p.metadata.uid.clone());
+                out.push((v, (*p).clone()));
+            }
+            // Otherwise outdated or being deleted: it goes, and a later pass makes it again.
+            continue;
+        }
+        if done
+            .mirror_failed
+            .get(&v.manifest.uid)
+            .is_some_and(|(_, at)| at.elapsed() < MIRROR_RETRY)
+        {
+            continue;
+        }
+        let node_uid = match &done.node_uid {
+            Some(u) => u.clone(),
+            None => {
+                let n = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+                    .get(node)
+                    .await?;
+                let u = n.metadata.uid.unwrap_or_default();
+                done.node_uid = Some(u.clone());
+                u
+            }
+        };
+        let made = serde_json::from_value::<Pod>(mirror_pod(&v.manifest, node, &node_uid))
+            .map_err(|e| e.to_string());
+        let created = match made {
+            Ok(pod) => match Api::<Pod>::namespaced(client.clone(), &ns)
+                .create(&PostParams::default(), &pod)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) => Err(e.message),
+                Err(e) => return Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match created {
+            Ok(()) => {
+                done.mirror_failed.remove(&v.manifest.uid);
+            }
+            Err(e) => {
+                let before = done.mirror_failed.get(&v.manifest.uid).map(|(m, _)| m);
+                if before != Some(&e) {
+                    tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "the static pod has no mirror pod in the API");
+                }
+                done.mirror_failed
+                    .insert(v.manifest.uid.clone(), (e, std::time::Instant::now()));
+            }
+        }
+    }
+    let statics: std::collections::HashSet<&str> =
+        statics.iter().map(|v| v.manifest.uid.as_str()).collect();
+    done.mirror_failed
+        .retain(|u, _| statics.contains(u.as_str()));
+    for p in mirrors {
+        let Some(uid) = p.metadata.uid.clone() else {
+            continue;
+        };
+        if kept.contains(&Some(uid.clone())) || p.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let (ns, name) = key(&p.metadata);
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match Api::<Pod>::namespaced(client.clone(), &ns)
+            .delete(&name, &dp)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
 /// A core v1 Event about the pod, from the kubelet.
 fn event(v: &PodView, p: &Pod, e: &super::pod::Event, node: &str) -> CoreEvent {
     let time = crate::api::time::time(e.time);
     let nanos = e.time.timestamp_nanos_opt().unwrap_or(0);
+    // The API object: the pod itself, or a static pod's mirror pod.
+    let name = p.metadata.name.as_deref().unwrap_or(&v.manifest.name);
+    let uid = p.metadata.uid.as_deref().unwrap_or(&v.manifest.uid);
     serde_json::from_value(json!({
         "metadata": {
-            "name": format!("{}.{:x}", v.manifest.name, nanos),
+            "name": format!("{name}.{nanos:x}"),
             "namespace": v.manifest.namespace,
         },
         "involvedObject": {
             "apiVersion": "v1",
             "kind": "Pod",
             "namespace": v.manifest.namespace,
-            "name": v.manifest.name,
-            "uid": v.manifest.uid,
+            "name": name,
+            "uid": uid,
             "resourceVersion": p.metadata.resource_version,
         },
         "reason": e.reason,
@@ -699,6 +888,42 @@ mod tests {
         let mut bad = p.clone();
         bad.metadata.uid = Some("../x".into());
         assert!(manifest(&bad).is_none());
+    }
+
+    #[test]
+    fn a_mirror_pod_is_named_for_its_node_bound_and_owned_by_it() {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "etcd", "namespace": "kube-system", "uid": "static-hash",
+                "resourceVersion": "7", "annotations": {"a": "b"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+            "status": {"phase": "Running"},
+        }))
+        .unwrap();
+        let m = PodManifest {
+            pod: p,
+            namespace: "kube-system".into(),
+            name: "etcd".into(),
+            uid: "static-hash".into(),
+            file: PathBuf::from("/etc/knode/manifests/etcd.yaml"),
+            warnings: vec![],
+            invalid: None,
+        };
+        let v = mirror_pod(&m, "node-1", "node-uid");
+        assert_eq!(v["metadata"]["name"], "etcd-node-1");
+        assert_eq!(v["metadata"]["namespace"], "kube-system");
+        assert!(
+            v["metadata"].get("uid").is_none() && v["metadata"].get("resourceVersion").is_none()
+        );
+        assert_eq!(v["metadata"]["annotations"][MIRROR], "static-hash");
+        assert_eq!(v["metadata"]["annotations"]["a"], "b");
+        assert_eq!(
+            v["metadata"]["ownerReferences"],
+            json!([{"apiVersion": "v1", "kind": "Node", "name": "node-1", "uid": "node-uid", "controller": true}])
+        );
+        assert_eq!(v["spec"]["nodeName"], "node-1");
+        assert!(v.get("status").is_none());
+        let pod: Pod = serde_json::from_value(v).unwrap();
+        assert!(is_mirror(&pod));
     }
 
     #[test]
