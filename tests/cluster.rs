@@ -145,6 +145,27 @@ fn an_agent_with_the_node_token_registers_and_renews_its_lease() {
         "--timeout=60s",
     ]);
     assert_eq!(s.json(&["get", "pod", "p"])["spec"]["nodeName"], "worker-1");
+    // With the node token, it reads the Secrets of its pods (one by one: it may not list
+    // them), so a secret volume and a secretKeyRef work, as the Secrets tutorial uses them.
+    s.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal=password=s3cret",
+    ]);
+    s.ok_with(
+        support::server::KUBECTL,
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: Pod\nmetadata: {name: uses-secret}\nspec:\n  containers:\n  - name: c\n    image: test/busybox:1\n    command: [sh, -c, 'echo env=$PASSWORD file=$(cat /etc/db/password); trap \"exit 0\" TERM; while true; do sleep 0.2; done']\n    env: [{name: PASSWORD, valueFrom: {secretKeyRef: {name: db, key: password}}}]\n    volumeMounts: [{name: db, mountPath: /etc/db}]\n  volumes: [{name: db, secret: {secretName: db}}]\n"),
+    );
+    s.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/uses-secret",
+        "--timeout=60s",
+    ]);
+    assert_eq!(s.ok(&["logs", "uses-secret"]), "env=s3cret file=s3cret\n");
 }
 
 /// A node agent `node-1` on the server `s` (admin credentials, in the server's network

@@ -238,6 +238,41 @@ fn the_node_token_joins_with_node_rights_only_and_can_be_revoked() {
     );
     assert_eq!(can(&["auth", "can-i", "get", "secrets"]), "no\n");
     assert_eq!(can(&["auth", "can-i", "get", "/metrics"]), "no\n");
+    // A node reads the Secrets that pods bound to a node use, one by one, and no other:
+    // not one only a pending pod uses, not one no pod uses.
+    for n in ["used", "pending", "unused"] {
+        s.ok(&["create", "secret", "generic", n, "--from-literal=k=v"]);
+    }
+    s.ok_with(
+        support::server::KUBECTL,
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: Pod\nmetadata: {name: bound}\nspec:\n  nodeName: joiner\n  containers: [{name: c, image: busybox, env: [{name: K, valueFrom: {secretKeyRef: {name: used, key: k}}}]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: waiting}\nspec:\n  containers: [{name: c, image: busybox}]\n  volumes: [{name: s, secret: {secretName: pending}}]\n"),
+    );
+    let (ok, text) = out(kubectl_with_token(
+        &s,
+        &token,
+        &["get", "secret", "used", "-o", "jsonpath={.data.k}"],
+    ));
+    assert!(ok, "{text}");
+    assert_eq!(text, "dg==");
+    for n in ["pending", "unused"] {
+        let (ok, text) = out(kubectl_with_token(&s, &token, &["get", "secret", n]));
+        assert!(!ok);
+        assert_eq!(
+            text,
+            format!("Error from server (Forbidden): secrets \"{n}\" is forbidden: User \"system:bootstrap:{id}\" cannot get resource \"secrets\" in API group \"\" in the namespace \"default\"\n")
+        );
+    }
+    s.ok(&[
+        "delete",
+        "pod",
+        "bound",
+        "waiting",
+        "--grace-period=0",
+        "--force",
+    ]);
+    let (ok, _) = out(kubectl_with_token(&s, &token, &["get", "secret", "used"]));
+    assert!(!ok, "no pod uses it any more");
 
     // Tokens that name no one: unknown, expired, not for authentication; then revoked.
     let unauthorized = |t: &str| {

@@ -189,3 +189,56 @@ mod tests {
         assert_eq!(TerminatedReason::of(2, ""), TerminatedReason::Error);
     }
 }
+
+/// The Secrets a pod uses (by name, in its namespace), as upstream's node authorizer finds
+/// them: secret and projected volumes, `env[].valueFrom.secretKeyRef` and `envFrom[].secretRef`
+/// of every container, and `imagePullSecrets`.
+pub fn secret_names(pod: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut add = |v: &serde_json::Value| {
+        if let Some(n) = v.as_str().filter(|n| !n.is_empty()) {
+            out.insert(n.to_string());
+        }
+    };
+    let spec = &pod["spec"];
+    for v in spec["volumes"].as_array().into_iter().flatten() {
+        add(&v["secret"]["secretName"]);
+        for s in v["projected"]["sources"].as_array().into_iter().flatten() {
+            add(&s["secret"]["name"]);
+        }
+    }
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        for c in spec[list].as_array().into_iter().flatten() {
+            for e in c["env"].as_array().into_iter().flatten() {
+                add(&e["valueFrom"]["secretKeyRef"]["name"]);
+            }
+            for e in c["envFrom"].as_array().into_iter().flatten() {
+                add(&e["secretRef"]["name"]);
+            }
+        }
+    }
+    for s in spec["imagePullSecrets"].as_array().into_iter().flatten() {
+        add(&s["name"]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod secret_tests {
+    #[test]
+    fn every_place_a_pod_names_a_secret_is_found() {
+        let pod = serde_json::json!({"spec": {
+            "volumes": [
+                {"name": "a", "secret": {"secretName": "vol"}},
+                {"name": "b", "projected": {"sources": [{"secret": {"name": "proj"}}, {"configMap": {"name": "cm"}}]}},
+                {"name": "c", "emptyDir": {}},
+            ],
+            "initContainers": [{"name": "i", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "env", "key": "k"}}}]}],
+            "containers": [{"name": "c", "envFrom": [{"secretRef": {"name": "from"}}, {"configMapRef": {"name": "cm2"}}]}],
+            "imagePullSecrets": [{"name": "pull"}],
+        }});
+        let names: Vec<String> = super::secret_names(&pod).into_iter().collect();
+        assert_eq!(names, ["env", "from", "proj", "pull", "vol"]);
+        assert!(super::secret_names(&serde_json::json!({})).is_empty());
+    }
+}

@@ -4,8 +4,8 @@
 //! without RBAC objects (not in scope): group `system:masters` may do anything; every
 //! authenticated user may read discovery and OpenAPI and review itself; nodes and
 //! bootstrappers get what a joining node agent needs (its Node and Lease, the pods bound to
-//! it and their status, Events, and the Services and endpoints it proxies), and not Secrets
-//! (a node's access to its own pods' Secrets comes with the node agent's own credentials).
+//! it and their status, Events, and the Services and endpoints it proxies), and of Secrets
+//! only a `get` of one that a pod bound to a node uses (see [`authorize_all`]).
 //! SelfSubjectAccessReviews and SelfSubjectRulesReviews answer from the same rules.
 
 use std::path::Path;
@@ -176,10 +176,46 @@ pub fn authorize(user: &User, a: &Attributes) -> Result<(), String> {
 /// RoleBindings and ClusterRoleBindings).
 pub async fn authorize_all(reg: &Registry, user: &User, a: &Attributes<'_>) -> Result<(), String> {
     let builtin = authorize(user, a);
-    if builtin.is_err() && super::rbac::allows(reg, user, a).await {
+    if builtin.is_err()
+        && (node_may_read_secret(reg, user, a).await || super::rbac::allows(reg, user, a).await)
+    {
         return Ok(());
     }
     builtin
+}
+
+/// A node (or a bootstrapper joining as one) may `get` a Secret that a pod bound to a node
+/// uses, so that its pods' secret volumes and variables work; no other Secret, and no list.
+/// Upstream's node authorizer narrows this to the pods bound to the asking node; agents
+/// joined with the node token share one identity, so that narrowing waits for per-node
+/// credentials.
+async fn node_may_read_secret(reg: &Registry, user: &User, a: &Attributes<'_>) -> bool {
+    let node = user.groups.iter().any(|g| g == NODES || g == BOOTSTRAPPERS);
+    if !node
+        || a.verb != "get"
+        || !a.group.is_empty()
+        || a.resource != "secrets"
+        || !a.subresource.is_empty()
+        || a.name.is_empty()
+        || a.namespace.is_empty()
+    {
+        return false;
+    }
+    let Some(pods) = resources::find("", "v1", "pods") else {
+        return false;
+    };
+    match reg.list(pods, Some(a.namespace), &Default::default()).await {
+        Ok(l) => l.items.iter().any(|p| {
+            p["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty())
+                && crate::api::pod::secret_names(p).contains(a.name)
+        }),
+        Err(e) => {
+            tracing::warn!("the node authorizer: listing pods: {}", e.message);
+            false
+        }
+    }
 }
 
 /// A SelfSubjectRulesReview's `status.resourceRules` for `user` in `namespace`.

@@ -7,9 +7,9 @@
 //! [`Manifests`] a directory does, and the loop merges the two. The caches are kube-runtime
 //! reflectors over the agent's client; each change wakes the loop through its pipe.
 //!
-//! Secrets are cached only when the credentials may list them (the admin's, as `knode up`'s
-//! agent has): a node join token may not, and its pods that mount a Secret wait with the
-//! missing-Secret event until it can (a per-node authorizer is not written yet).
+//! Secrets are cached by a watch when the credentials may list them (the admin's, as `knode
+//! up`'s agent has). A node join token may only get the Secrets that pods bound to a node
+//! use: the agent then reads those of its pods one by one, again every 30 s ([`SecretGets`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
@@ -127,13 +127,123 @@ pub fn from_api(m: &PodManifest) -> bool {
 pub struct ApiSource {
     pods: Store<Pod>,
     config_maps: Store<ConfigMap>,
-    secrets: Option<Store<Secret>>,
+    /// All Secrets when the credentials may list them; otherwise those of this node's pods,
+    /// one GET each.
+    secrets: Result<Store<Secret>, Arc<SecretGets>>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     /// Whether the first list of the pods (and what they use) is in: until then the agent
     /// neither removes pod directories nor releases addresses (they may be API pods').
     synced: Arc<std::sync::atomic::AtomicBool>,
     tokens: Arc<Tokens>,
+}
+
+/// How often a Secret fetched on its own is fetched again (a missing one: every
+/// [`SECRET_RETRY`]).
+const SECRET_TTL: Duration = Duration::from_secs(30);
+const SECRET_RETRY: Duration = Duration::from_secs(2);
+
+/// A Secret fetched on its own: what the API gave (none: not found yet, or refused), when.
+struct Fetched {
+    secret: Option<Arc<Secret>>,
+    at: Option<std::time::Instant>,
+    asking: bool,
+}
+
+/// The Secrets of this node's pods, one GET each, for credentials that may not list Secrets
+/// (a node may read only the Secrets pods use): fetched as soon as a pod that uses one is
+/// seen, then again every [`SECRET_TTL`], as the kubelet's TTL secret manager does; a change
+/// wakes the sync loop.
+pub struct SecretGets {
+    client: Client,
+    runtime: tokio::runtime::Handle,
+    notify: Arc<tokio::sync::Notify>,
+    have: std::sync::Mutex<BTreeMap<(String, String), Fetched>>,
+}
+
+impl SecretGets {
+    /// Keeps `wanted` (and only it), fetching what is due.
+    fn want(self: &Arc<Self>, wanted: std::collections::BTreeSet<(String, String)>) {
+        {
+            let mut have = self.have.lock().expect("secrets");
+            have.retain(|k, _| wanted.contains(k));
+            for k in wanted {
+                have.entry(k).or_insert(Fetched {
+                    secret: None,
+                    at: None,
+                    asking: false,
+                });
+            }
+        }
+        self.fetch_due();
+    }
+
+    /// Fetches the Secrets never fetched, missing for [`SECRET_RETRY`], or fetched
+    /// [`SECRET_TTL`] ago.
+    fn fetch_due(self: &Arc<Self>) {
+        let due: Vec<(String, String)> = {
+            let mut have = self.have.lock().expect("secrets");
+            have.iter_mut()
+                .filter(|(_, f)| {
+                    !f.asking
+                        && f.at.is_none_or(|at| {
+                            at.elapsed()
+                                >= if f.secret.is_some() {
+                                    SECRET_TTL
+                                } else {
+                                    SECRET_RETRY
+                                }
+                        })
+                })
+                .map(|(k, f)| {
+                    f.asking = true;
+                    k.clone()
+                })
+                .collect()
+        };
+        for (ns, name) in due {
+            let me = self.clone();
+            self.runtime.spawn(async move {
+                let got = Api::<Secret>::namespaced(me.client.clone(), &ns)
+                    .get_opt(&name)
+                    .await;
+                let changed = {
+                    let mut have = me.have.lock().expect("secrets");
+                    let Some(f) = have.get_mut(&(ns.clone(), name.clone())) else {
+                        return;
+                    };
+                    f.asking = false;
+                    f.at = Some(std::time::Instant::now());
+                    let new = match got {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(secret = %format!("{ns}/{name}"), error = %e, "reading a pod's Secret");
+                            None
+                        }
+                    };
+                    let rv = |s: &Option<Arc<Secret>>| {
+                        s.as_ref().map(|s| s.metadata.resource_version.clone())
+                    };
+                    let new = new.map(Arc::new);
+                    let changed = rv(&f.secret) != rv(&new);
+                    f.secret = new;
+                    changed
+                };
+                if changed {
+                    me.notify.notify_one();
+                }
+            });
+        }
+    }
+
+    fn secrets(&self) -> Vec<((String, String), Arc<Secret>)> {
+        self.have
+            .lock()
+            .expect("secrets")
+            .iter()
+            .filter_map(|(k, f)| Some((k.clone(), f.secret.clone()?)))
+            .collect()
+    }
 }
 
 /// (pod uid, audience).
@@ -294,10 +404,23 @@ impl ApiSource {
             .list_metadata(&ListParams::default().limit(1))
             .await
         {
-            Ok(_) => Some(crate::client::cache(client, notify.clone())),
+            Ok(_) => Ok(crate::client::cache(client, notify.clone())),
             Err(e) => {
-                tracing::warn!(error = %e, "these credentials may not read Secrets: pods that use one wait for it");
-                None
+                tracing::info!(error = %e, "these credentials may not list Secrets: the Secrets of this node's pods are read one by one");
+                let gets = Arc::new(SecretGets {
+                    client: client.clone(),
+                    runtime: tokio::runtime::Handle::current(),
+                    notify: notify.clone(),
+                    have: Default::default(),
+                });
+                let g = gets.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(SECRET_RETRY).await;
+                        g.fetch_due();
+                    }
+                });
+                Err(gets)
             }
         };
         let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -306,7 +429,7 @@ impl ApiSource {
                 pods.clone(),
                 config_maps.clone(),
                 services.clone(),
-                secrets.clone(),
+                secrets.clone().ok(),
                 synced.clone(),
             );
             let notify = notify.clone();
@@ -379,9 +502,28 @@ impl ApiSource {
             let (ns, name) = key(&c.metadata);
             m.config_maps.insert((ns, name), c);
         }
-        for s in self.secrets.iter().flat_map(|s| s.state()) {
-            let (ns, name) = key(&s.metadata);
-            m.secrets.insert((ns, name), s);
+        match &self.secrets {
+            Ok(store) => {
+                for s in store.state() {
+                    let (ns, name) = key(&s.metadata);
+                    m.secrets.insert((ns, name), s);
+                }
+            }
+            Err(gets) => {
+                let wanted = m
+                    .pods
+                    .iter()
+                    .flat_map(|p| {
+                        let v = serde_json::to_value(&p.pod).unwrap_or_default();
+                        crate::api::pod::secret_names(&v)
+                            .into_iter()
+                            .map(|n| (p.namespace.clone(), n))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                gets.want(wanted);
+                m.secrets.extend(gets.secrets());
+            }
         }
         let slices = self.slices.state();
         for s in self.services.state() {
