@@ -367,8 +367,7 @@ fn supervise(state: &Path, report: &mut std::fs::File) -> Result<()> {
     drop(std::mem::replace(report, std::fs::File::open("/dev/null")?));
 
     let hub = Hub::new(input, terminal, cfg.stdin_once);
-    hub.serve(listener);
-    copy_output(&mut log, outputs, started.pid, &hub);
+    copy_output(&mut log, outputs, started.pid, &hub, listener);
     hub.close();
     let _ = std::fs::remove_file(state.join(attach::SOCKET));
     let code = oci::runtime::wait(started.pid)?;
@@ -434,9 +433,13 @@ fn copy_output(
     log: &mut CriWriter,
     outputs: Vec<(OwnedFd, Stream)>,
     pid: i32,
-    hub: &crate::node::attach::Hub,
+    hub: &std::sync::Arc<crate::node::attach::Hub>,
+    listener: std::os::unix::net::UnixListener,
 ) {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    // The attach socket is served by threads of their own once a first session comes: a
+    // container nobody attaches to costs its shim no thread.
+    let mut listener = Some(listener);
     let pidfd = open_pidfd(pid).fd();
     let kinds: Vec<Stream> = outputs.iter().map(|(_, s)| *s).collect();
     let mut open: Vec<Option<OwnedFd>> = outputs.into_iter().map(|(fd, _)| Some(fd)).collect();
@@ -453,8 +456,15 @@ fn copy_output(
                 )
             })
             .collect();
+        let mut pid_at = None;
         if let (Some(p), false) = (&pidfd, exited) {
+            pid_at = Some(fds.len());
             fds.push(PollFd::new(p, PollFlags::IN));
+        }
+        let mut listener_at = None;
+        if let (Some(l), false) = (&listener, exited) {
+            listener_at = Some(fds.len());
+            fds.push(PollFd::new(l, PollFlags::IN));
         }
         // After the exit, only what is already buffered: do not wait for more.
         let zero = Timespec {
@@ -470,8 +480,13 @@ fn copy_output(
         }
         let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
         drop(fds);
-        if ready.len() > idx.len() && ready[idx.len()] {
+        if pid_at.is_some_and(|i| ready[i]) {
             exited = true;
+        }
+        if listener_at.is_some_and(|i| ready[i]) {
+            if let Some(l) = listener.take() {
+                hub.serve(l);
+            }
         }
         for (k, &i) in idx.iter().enumerate() {
             if !ready[k] {
