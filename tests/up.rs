@@ -926,7 +926,20 @@ fn kubectl_run_attaches_and_terminals_follow_the_clients_size() {
         assert!(o.status.success(), "{bin}: {out} {}", text(&o.stderr));
         assert!(out.contains("size 33 111\r\n"), "{bin}: {out:?}");
     }
-    u.kubectl(&["delete", "pod", "sleeper", "--timeout=60s"]);
+    // `kubectl attach` without input: what the container writes from then on.
+    u.kubectl(&[
+        "run",
+        "talker",
+        "--image=test/busybox:1",
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+    ]);
+    u.kubectl(&["wait", "pod/talker", "--for=condition=Ready", "--timeout=60s"]);
+    let line = u.first_line(&["attach", "talker"]);
+    assert!(line.starts_with("tick "), "{line:?}");
+    u.kubectl(&["delete", "pod", "sleeper", "talker", "--timeout=60s"]);
     // Nothing is left of the pods on the node.
     u.await_pod_dirs(0);
 }
