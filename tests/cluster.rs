@@ -297,29 +297,14 @@ fn an_agent_runs_the_pods_bound_to_it_and_reports_them() {
 
 /// Reads `kubectl get ... --watch` output (kubectl 1.37) until a line satisfies `done`.
 fn watch_until(s: &Server, args: &[&str], done: impl Fn(&str) -> bool) -> String {
-    use std::io::BufRead;
-    let mut child = s
-        .command(support::server::KUBECTL)
-        .arg("--kubeconfig")
+    let mut c = s.command(support::server::KUBECTL);
+    c.arg("--kubeconfig")
         .arg(s.kubeconfig())
         .args(args)
         .arg("--watch")
-        .arg("--request-timeout=60s")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut found = None;
-    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if done(&line) {
-            found = Some(line);
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    found.expect("the watch ended before the awaited change")
+        .arg("--request-timeout=60s");
+    support::first_line_where(c, done)
+        .unwrap_or_else(|seen| panic!("the watch ended before the awaited change: {seen:?}"))
 }
 
 const STAY_AND_GO: &str = "apiVersion: v1

@@ -161,48 +161,14 @@ impl Up {
 
     /// The first line kubectl 1.37 prints (a follow or a watch), then it is stopped.
     fn first_line(&self, args: &[&str]) -> String {
-        use std::io::BufRead;
-        let mut c = self
-            .kubectl_command()
-            .args(args)
-            .arg("--request-timeout=60s")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(c.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let _ = c.kill();
-        let _ = c.wait();
-        line
+        format!("{}\n", self.watch_until(args, |_| true))
     }
 
     /// Runs a kubectl 1.37 watch until a line of its output satisfies `done`; that line.
     fn watch_until(&self, args: &[&str], done: impl Fn(&str) -> bool) -> String {
-        use std::io::BufRead;
-        let mut c = self
-            .kubectl_command()
-            .args(args)
-            .arg("--request-timeout=60s")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut seen = Vec::new();
-        let mut found = None;
-        for line in std::io::BufReader::new(c.stdout.take().unwrap()).lines() {
-            let line = line.unwrap();
-            if done(&line) {
-                found = Some(line);
-                break;
-            }
-            seen.push(line);
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        found.unwrap_or_else(|| {
+        let mut c = self.kubectl_command();
+        c.args(args).arg("--request-timeout=60s");
+        support::first_line_where(c, done).unwrap_or_else(|seen| {
             panic!(
                 "kubectl {args:?} ended first: {seen:?}\n--- knode.log:\n{}",
                 std::fs::read_to_string(self.s.root().join("knode.log")).unwrap_or_default()
@@ -882,23 +848,8 @@ fn kubectl_run_attaches_and_terminals_follow_the_clients_size() {
         );
     }
     // `kubectl run -it`: the container runs on a terminal, which takes the size of the
-    // client's (kubectl sends it when attached), and what it prints comes back.
-    for (bin, v) in [bins[0], bins[2]] {
-        let o = on_a_terminal(
-            &u,
-            &format!(
-                "{bin} --kubeconfig {} run -it --rm --restart=Never tty-{v} --image=test/busybox:1 -- sh -c 'timeout 20 sh -c \"until [ \\\"\\$(stty size 2>/dev/null)\\\" = \\\"33 111\\\" ]; do sleep 0.05; done\"; echo size $(stty size); test -t 0 && echo TERM=$TERM'",
-                u.kubeconfig().display()
-            ),
-        );
-        let out = text(&o.stdout);
-        assert!(o.status.success(), "{bin}: {out} {}", text(&o.stderr));
-        assert!(
-            out.contains("size 33 111\r\nTERM=xterm\r\n"),
-            "{bin}: {out:?}"
-        );
-    }
-    // `kubectl exec -ti` follows the client's size too.
+    // client's (kubectl sends it when attached), and what it prints comes back; `kubectl
+    // exec -ti` follows the client's size too.
     u.kubectl(&[
         "run",
         "sleeper",
@@ -914,17 +865,40 @@ fn kubectl_run_attaches_and_terminals_follow_the_clients_size() {
         "--for=condition=Ready",
         "--timeout=60s",
     ]);
-    for bin in [KUBECTL, support::server::KUBECTL_120] {
+    // Waits (20 s at most) for the terminal to have the client's size, and prints it.
+    let sized = r#"timeout 20 sh -c "until [ \"\$(stty size 2>/dev/null)\" = \"33 111\" ]; do sleep 0.05; done"; echo size $(stty size)"#;
+    let cases = [
+        (
+            KUBECTL,
+            "run -it --rm --restart=Never tty-v137 --image=test/busybox:1 --",
+            "; test -t 0 && echo TERM=$TERM",
+            "size 33 111\r\nTERM=xterm\r\n",
+        ),
+        (
+            support::server::KUBECTL_120,
+            "run -it --rm --restart=Never tty-v120 --image=test/busybox:1 --",
+            "; test -t 0 && echo TERM=$TERM",
+            "size 33 111\r\nTERM=xterm\r\n",
+        ),
+        (KUBECTL, "exec -ti sleeper --", "", "size 33 111\r\n"),
+        (
+            support::server::KUBECTL_120,
+            "exec -ti sleeper --",
+            "",
+            "size 33 111\r\n",
+        ),
+    ];
+    for (bin, cmd, more, want) in cases {
         let o = on_a_terminal(
             &u,
             &format!(
-                "{bin} --kubeconfig {} exec -ti sleeper -- sh -c 'timeout 20 sh -c \"until [ \\\"\\$(stty size 2>/dev/null)\\\" = \\\"33 111\\\" ]; do sleep 0.05; done\"; echo size $(stty size)'",
+                "{bin} --kubeconfig {} {cmd} sh -c '{sized}{more}'",
                 u.kubeconfig().display()
             ),
         );
         let out = text(&o.stdout);
-        assert!(o.status.success(), "{bin}: {out} {}", text(&o.stderr));
-        assert!(out.contains("size 33 111\r\n"), "{bin}: {out:?}");
+        assert!(o.status.success(), "{bin} {cmd}: {out} {}", text(&o.stderr));
+        assert!(out.contains(want), "{bin} {cmd}: {out:?}");
     }
     // `kubectl attach` without input: what the container writes from then on.
     u.kubectl(&[
@@ -936,7 +910,12 @@ fn kubectl_run_attaches_and_terminals_follow_the_clients_size() {
         "-c",
         "trap 'exit 0' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
     ]);
-    u.kubectl(&["wait", "pod/talker", "--for=condition=Ready", "--timeout=60s"]);
+    u.kubectl(&[
+        "wait",
+        "pod/talker",
+        "--for=condition=Ready",
+        "--timeout=60s",
+    ]);
     let line = u.first_line(&["attach", "talker"]);
     assert!(line.starts_with("tick "), "{line:?}");
     u.kubectl(&["delete", "pod", "sleeper", "talker", "--timeout=60s"]);

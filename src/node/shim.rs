@@ -318,7 +318,7 @@ fn supervise(state: &Path, report: &mut std::fs::File) -> Result<()> {
     // the log, where attach sessions' input goes, the terminal's near side.
     let (theirs, outputs, input, terminal): ([OwnedFd; 3], Vec<(OwnedFd, Stream)>, _, _) =
         if cfg.tty {
-            let (near, far) = open_pty()?;
+            let (near, far) = oci::runtime::open_pty()?;
             let far = [far.try_clone()?, far.try_clone()?, far];
             let input = cfg.stdin.then(|| near.try_clone()).transpose()?;
             (
@@ -385,31 +385,6 @@ fn supervise(state: &Path, report: &mut std::fs::File) -> Result<()> {
     };
     oci::fsutil::replace(&state.join("exit.json"), &serde_json::to_vec(&status)?)?;
     Ok(())
-}
-
-/// A pseudo-terminal: its near (master) and far (slave) sides.
-fn open_pty() -> Result<(OwnedFd, OwnedFd)> {
-    let (mut near, mut far) = (-1, -1);
-    // SAFETY: openpty writes two descriptors into valid c_ints; the other arguments are NULL
-    // (no name wanted, default settings and size).
-    if unsafe {
-        libc::openpty(
-            &mut near,
-            &mut far,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    } != 0
-    {
-        fail!("openpty: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: openpty just returned these descriptors to us, and nothing else owns them.
-    let (near, far) = unsafe { (OwnedFd::from_raw_fd(near), OwnedFd::from_raw_fd(far)) };
-    for fd in [&near, &far] {
-        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
-    }
-    Ok((near, far))
 }
 
 /// Whether the kernel's OOM killer killed a process of the container's cgroup (the container

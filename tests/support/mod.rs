@@ -253,3 +253,31 @@ pub fn online_cpus() -> String {
 pub fn knode_bin() -> &'static str {
     env!("CARGO_BIN_EXE_knode")
 }
+
+/// Runs `c` (a `kubectl ... --watch` or `-f`) until a line of its output satisfies `done`,
+/// then stops it: that line, or the lines seen before the output ended.
+#[allow(dead_code)]
+pub fn first_line_where(
+    mut c: std::process::Command,
+    done: impl Fn(&str) -> bool,
+) -> Result<String, Vec<String>> {
+    use std::io::BufRead;
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut found = None;
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let Ok(line) = line else { break };
+        if done(&line) {
+            found = Some(line);
+            break;
+        }
+        seen.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    found.ok_or(seen)
+}

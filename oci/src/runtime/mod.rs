@@ -481,6 +481,35 @@ pub fn read_in_root(root: &Path, rel: &str) -> Option<String> {
     Some(s)
 }
 
+/// A new pseudo-terminal: its near (master) and far (slave) sides, close-on-exec (the far
+/// side becomes a process's standard streams by dup2, which clears the flag).
+pub fn open_pty() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    let (mut near, mut far) = (-1, -1);
+    // SAFETY: openpty writes two descriptors into valid c_ints; the other arguments are NULL
+    // (no name wanted, default settings and size).
+    if unsafe {
+        libc::openpty(
+            &mut near,
+            &mut far,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    } != 0
+    {
+        return Err(RuntimeError::Sys {
+            op: "openpty",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: openpty just returned these descriptors to us, and nothing else owns them.
+    let (near, far) = unsafe { (OwnedFd::from_raw_fd(near), OwnedFd::from_raw_fd(far)) };
+    for fd in [&near, &far] {
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC).map_err(sys("fcntl"))?;
+    }
+    Ok((near, far))
+}
+
 /// Options of an exec into a running container.
 pub struct ExecOptions {
     pub argv: Vec<String>,
@@ -545,30 +574,7 @@ pub fn exec(
             source: std::io::Error::last_os_error(),
         });
     }
-    let pty = if o.tty {
-        let mut master = -1;
-        let mut slave = -1;
-        // SAFETY: openpty writes two descriptors into valid c_ints; other arguments are NULL.
-        if unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        } != 0
-        {
-            return Err(RuntimeError::Sys {
-                op: "openpty",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: openpty just returned these descriptors to us.
-        Some(unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) })
-    } else {
-        None
-    };
+    let pty = if o.tty { Some(open_pty()?) } else { None };
     let cgroup = open_cgroup(&spec)?;
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(sys("pipe"))?;
     // SAFETY: as in `start`: zeroed clone_args, single-threaded parent, fork-like clone3.

@@ -180,13 +180,7 @@ pub async fn handle(
                 Err(e) => tracing::warn!(error = %e, "port-forward: the upgrade failed"),
             }
         });
-        return Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "Upgrade")
-            .header("upgrade", "SPDY/3.1")
-            .header("x-stream-protocol-version", PROTOCOL)
-            .body(Full::new(Bytes::new()).boxed())
-            .expect("a valid response");
+        return super::server::spdy_accepted(PROTOCOL);
     }
     text(
         StatusCode::BAD_REQUEST,

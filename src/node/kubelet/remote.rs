@@ -358,13 +358,7 @@ pub(super) async fn handle(
                 Err(e) => tracing::warn!(error = %e, "exec/attach: the upgrade failed"),
             }
         });
-        return Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "Upgrade")
-            .header("upgrade", "SPDY/3.1")
-            .header("x-stream-protocol-version", SPDY_PROTOCOL)
-            .body(Full::new(Bytes::new()).boxed())
-            .expect("a valid response");
+        return super::server::spdy_accepted(SPDY_PROTOCOL);
     }
     let offered = header("sec-websocket-protocol").unwrap_or_default();
     let Some(proto) = PROTOCOLS

@@ -418,6 +418,17 @@ pub(super) async fn websocket(
     }
 }
 
+/// The 101 that accepts a SPDY/3.1 upgrade with `protocol`.
+pub(super) fn spdy_accepted(protocol: &str) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "Upgrade")
+        .header("upgrade", "SPDY/3.1")
+        .header("x-stream-protocol-version", protocol)
+        .body(Full::new(Bytes::new()).boxed())
+        .expect("a valid response")
+}
+
 /// The 101 that accepts a WebSocket upgrade (`key`: its Sec-WebSocket-Key) with `protocol`.
 pub(super) fn websocket_accepted(key: &[u8], protocol: &str) -> Response<Body> {
     Response::builder()
