@@ -900,6 +900,46 @@ fn kubectl_run_attaches_and_terminals_follow_the_clients_size() {
         assert!(o.status.success(), "{bin} {cmd}: {out} {}", text(&o.stderr));
         assert!(out.contains(want), "{bin} {cmd}: {out:?}");
     }
+    // A client that goes away without ending its input ends it all the same (stdinOnce):
+    // the container reads EOF and completes.
+    {
+        use std::io::{BufRead, Write};
+        let mut c = u
+            .kubectl_command()
+            .args([
+                "run",
+                "-i",
+                "--restart=Never",
+                "cat",
+                "--image=test/busybox:1",
+                "--",
+                "sh",
+                "-c",
+                "cat; echo stdin closed",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut input = c.stdin.take().unwrap();
+        input.write_all(b"typed\n").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(c.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "typed\n");
+        c.kill().unwrap();
+        c.wait().unwrap();
+        u.kubectl(&[
+            "wait",
+            "pod/cat",
+            "--for=jsonpath={.status.phase}=Succeeded",
+            "--timeout=60s",
+        ]);
+        assert_eq!(u.kubectl(&["logs", "cat"]), "typed\nstdin closed\n");
+        drop(input);
+    }
     // `kubectl attach` without input: what the container writes from then on.
     u.kubectl(&[
         "run",
@@ -918,7 +958,7 @@ fn kubectl_run_attaches_and_terminals_follow_the_clients_size() {
     ]);
     let line = u.first_line(&["attach", "talker"]);
     assert!(line.starts_with("tick "), "{line:?}");
-    u.kubectl(&["delete", "pod", "sleeper", "talker", "--timeout=60s"]);
+    u.kubectl(&["delete", "pod", "sleeper", "talker", "cat", "--timeout=60s"]);
     // Nothing is left of the pods on the node.
     u.await_pod_dirs(0);
 }

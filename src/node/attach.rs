@@ -6,12 +6,14 @@
 //! far side is the container's stdin, stdout, stderr and controlling terminal; with
 //! `stdin: true`, the write end of the container's stdin pipe. What the container writes goes
 //! to the CRI log as always, and to every attached session. A session's input goes to the
-//! container's stdin; with `stdinOnce`, the first session that ends its input closes the
-//! container's stdin for good (for a terminal: no more input is taken), as the kubelet does.
+//! container's stdin; with `stdinOnce`, the first session that ends its input, or ends while
+//! it carries input, closes the container's stdin for good (for a terminal: no more input is
+//! taken), as the kubelet does.
 //!
 //! On the socket, both ways, frames of `[kind: u8][length: u32, big-endian][payload]`:
-//! [`STDIN`] (to the shim), [`STDOUT`] and [`STDERR`] (from it), [`CLOSE_STDIN`] (the
-//! session's input ended) and [`RESIZE`] (width and height as two big-endian u16). The shim
+//! [`STDIN`] (to the shim; a session that carries input sends one, perhaps empty, first),
+//! [`STDOUT`] and [`STDERR`] (from it), [`CLOSE_STDIN`] (the session's input ended) and
+//! [`RESIZE`] (width and height as two big-endian u16). The shim
 //! closes every session when the container has exited and its output is drained.
 //!
 //! This is conmon's attach socket idea; neither containerd's shim API (ttrpc, FIFOs) nor
@@ -155,7 +157,9 @@ impl Hub {
 
     /// A session's frames to the container.
     fn input(&self, mut conn: UnixStream) {
+        let mut carries_input = false;
         while let Ok(Some((kind, data))) = read_frame(&mut conn) {
+            carries_input |= kind == STDIN;
             match kind {
                 STDIN if !self.closed.load(Ordering::SeqCst) => {
                     let mut stdin = self.stdin.lock().expect("stdin");
@@ -166,14 +170,7 @@ impl Hub {
                         }
                     }
                 }
-                CLOSE_STDIN if self.stdin_once => {
-                    self.closed.store(true, Ordering::SeqCst);
-                    // A pipe is closed (the container reads EOF); a terminal stays, as it is
-                    // also the container's output.
-                    if self.terminal.is_none() {
-                        *self.stdin.lock().expect("stdin") = None;
-                    }
-                }
+                CLOSE_STDIN => self.end_input(),
                 RESIZE if data.len() == 4 => {
                     if let Some(t) = &self.terminal {
                         let size = rustix::termios::Winsize {
@@ -187,6 +184,24 @@ impl Hub {
                 }
                 _ => {}
             }
+        }
+        // A session that carried input and went away (a client gone, the kubelet killed)
+        // ended its input too.
+        if carries_input {
+            self.end_input();
+        }
+    }
+
+    /// A session's input ended: with `stdinOnce`, the container's stdin is closed.
+    fn end_input(&self) {
+        if !self.stdin_once {
+            return;
+        }
+        self.closed.store(true, Ordering::SeqCst);
+        // A pipe is closed (the container reads EOF); a terminal stays, as it is also the
+        // container's output.
+        if self.terminal.is_none() {
+            *self.stdin.lock().expect("stdin") = None;
         }
     }
 
@@ -255,5 +270,37 @@ mod tests {
             Some((STDERR, b"oops".to_vec()))
         );
         assert_eq!(read_frame(&mut s).unwrap(), None);
+    }
+
+    #[test]
+    fn a_session_with_input_that_goes_away_ends_the_input_with_stdin_once() {
+        for once in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (r, w) = rustix::pipe::pipe().unwrap();
+            let hub = Hub::new(Some(w), None, once);
+            hub.serve(Hub::listen(dir.path()).unwrap());
+            let d = open_dir(dir.path()).unwrap();
+            // Output only: its end changes nothing.
+            drop(UnixStream::connect(socket_path(&d)).unwrap());
+            let mut s = UnixStream::connect(socket_path(&d)).unwrap();
+            write_frame(&mut s, STDIN, b"").unwrap();
+            write_frame(&mut s, STDIN, b"x").unwrap();
+            drop(s);
+            let mut got = [0u8; 1];
+            let r = std::fs::File::from(r);
+            assert_eq!((&r).read(&mut got).unwrap(), 1);
+            assert_eq!(&got, b"x");
+            if once {
+                let mut rest = Vec::new();
+                (&r).read_to_end(&mut rest).unwrap();
+                assert!(rest.is_empty(), "EOF after the session went away");
+            } else {
+                // Still open: a later session may type.
+                let mut s = UnixStream::connect(socket_path(&d)).unwrap();
+                write_frame(&mut s, STDIN, b"y").unwrap();
+                assert_eq!((&r).read(&mut got).unwrap(), 1);
+                assert_eq!(&got, b"y");
+            }
+        }
     }
 }

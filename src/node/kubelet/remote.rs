@@ -165,6 +165,9 @@ async fn start_attach(state: PathBuf, stdin: bool) -> Result<Session, String> {
         }
     }));
     let stdin = if stdin {
+        // The session carries input: if it goes away before its input ends, the shim ends
+        // the input for it (stdinOnce).
+        let _ = frames.send((attach::STDIN, Vec::new())).await;
         let (near, mut far) = tokio::io::duplex(64 * 1024);
         let frames = frames.clone();
         tasks.push(tokio::spawn(async move {
