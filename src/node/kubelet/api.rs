@@ -186,13 +186,19 @@ fn text(status: StatusCode, t: String) -> Response<Full<Bytes>> {
 }
 
 pub(crate) fn find(state: &NodeState, ns: &str, name: &str) -> Option<PodView> {
+    // Only the matching views are copied.
     let by_name = |name: &str, static_only: bool| {
         state
             .pods
             .values()
-            .map(|v| v.lock().expect("view").clone())
-            .filter(|v| v.manifest.namespace == ns && v.manifest.name == name)
-            .filter(|v| !static_only || !super::source::from_api(&v.manifest))
+            .filter_map(|v| {
+                let v = v.lock().expect("view");
+                let m = &v.manifest;
+                (m.namespace == ns
+                    && m.name == name
+                    && (!static_only || !super::source::from_api(m)))
+                .then(|| v.clone())
+            })
             .min_by_key(|v| v.deleting)
     };
     // A static pod is `<name>-<node>` in the API (its mirror pod's name), as upstream.

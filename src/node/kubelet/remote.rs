@@ -381,7 +381,7 @@ pub(super) async fn handle(
     };
     let v5 = *proto == "v5.channel.k8s.io";
     tokio::spawn(async move {
-        if let Some(ws) = websocket(req, "exec").await {
+        if let Some(ws) = websocket(req, if is_attach { "attach" } else { "exec" }).await {
             relay(ws, launch, v5).await;
         }
     });
