@@ -112,6 +112,38 @@ fn replication_controllers_keep_their_pods_as_the_guestbook_scales_them() {
     assert_eq!(live_pods(&s, "name=redis-master"), kept);
     let pod = s.json(&["get", "pod", &kept[0]]);
     assert!(pod["metadata"].get("ownerReferences").is_none(), "{pod}");
+
+    // --cascade=foreground: the RC stays, being deleted, until its pod is gone, and makes
+    // none anew meanwhile. The pod waits for its node to stop it (no agent runs here).
+    let slave = live_pods(&s, "name=redis-slave");
+    s.ok(&[
+        "delete",
+        "rc",
+        "redis-slave",
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
+    let rc = s.json(&["get", "rc", "redis-slave"]);
+    assert_eq!(
+        rc["metadata"]["finalizers"],
+        serde_json::json!(["foregroundDeletion"]),
+        "{rc}"
+    );
+    assert!(rc["metadata"]["deletionTimestamp"].is_string(), "{rc}");
+    wait_for(
+        &s,
+        &format!("pod/{}", slave[0]),
+        ".metadata.deletionGracePeriodSeconds",
+        "30",
+    );
+    assert_eq!(live_pods(&s, "name=redis-slave"), Vec::<String>::new());
+    assert_eq!(
+        s.json(&["get", "rc", "redis-slave"])["metadata"]["uid"],
+        rc["metadata"]["uid"]
+    );
+    // The pod gone, the RC goes.
+    s.ok(&["delete", "pod", &slave[0], "--force", "--grace-period=0"]);
+    s.ok(&["wait", "--for=delete", "rc/redis-slave", "--timeout=60s"]);
 }
 
 #[test]
@@ -348,10 +380,58 @@ fn deployments_scale_roll_out_and_roll_back_as_the_bootcamp_does() {
         "3"
     );
 
-    // Deleting the Deployment takes its ReplicaSets and their pods.
-    s.ok(&["delete", "deployment", "kubernetes-bootcamp"]);
-    s.ok(&["wait", "--for=delete", "rs", "-l", app, "--timeout=60s"]);
-    s.ok(&["wait", "--for=delete", "pods", "-l", app, "--timeout=60s"]);
+    // --cascade=foreground: the Deployment goes last, after its ReplicaSets and their pods,
+    // and kubectl returns when it is gone.
+    s.ok(&[
+        "delete",
+        "deployment",
+        "kubernetes-bootcamp",
+        "--cascade=foreground",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        s.json(&["get", "rs", "-l", app])["items"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        s.json(&["get", "pods", "-l", app])["items"],
+        serde_json::json!([])
+    );
+
+    // --cascade=orphan: the Deployment goes; its ReplicaSet stays, unowned, with its pods.
+    s.ok(&[
+        "create",
+        "deployment",
+        "keep",
+        "--image=nginx",
+        "--replicas=2",
+    ]);
+    s.ok(&["rollout", "status", "deployment/keep", "--timeout=60s"]);
+    let pods = live_pods(&s, "app=keep");
+    s.ok(&[
+        "delete",
+        "deployment",
+        "keep",
+        "--cascade=orphan",
+        "--timeout=60s",
+    ]);
+    let rs = s.json(&["get", "rs", "-l", "app=keep"]);
+    assert_eq!(rs["items"].as_array().unwrap().len(), 1, "{rs}");
+    assert!(
+        rs["items"][0]["metadata"].get("ownerReferences").is_none(),
+        "{rs}"
+    );
+    assert_eq!(live_pods(&s, "app=keep"), pods);
+    // Deleting the ReplicaSet (background, kubectl's default) takes its pods.
+    s.ok(&["delete", "rs", "-l", "app=keep"]);
+    s.ok(&[
+        "wait",
+        "--for=delete",
+        "pods",
+        "-l",
+        "app=keep",
+        "--timeout=60s",
+    ]);
 }
 
 /// Waits (a watch, in kubectl) for the ServiceAccount `default` of namespace `team`.

@@ -13,6 +13,13 @@ pub mod service;
 pub mod time;
 pub mod validation;
 
+/// The garbage collector's finalizer on an owner whose dependents are deleted before it
+/// (`propagationPolicy: Foreground`).
+pub const FOREGROUND_DELETION: &str = "foregroundDeletion";
+/// The garbage collector's finalizer on an owner whose dependents are kept, no longer owned
+/// (`propagationPolicy: Orphan`).
+pub const ORPHAN_DEPENDENTS: &str = "orphan";
+
 /// The common name of the API server's client certificate toward node agents (kubeadm's
 /// name); a node agent's kubelet API accepts no other.
 pub const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";

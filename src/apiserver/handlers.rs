@@ -509,62 +509,6 @@ impl Api {
         Ok((StatusCode::CREATED, success_status(None)))
     }
 
-    /// Removes references to the owner `uid` from the objects that can depend on one
-    /// (pods, ReplicaSets, ControllerRevisions) in namespace `ns`.
-    async fn orphan_dependents(&self, ns: Option<&str>, uid: &str) -> ApiResult<()> {
-        let Some(ns) = ns else { return Ok(()) };
-        for (group, plural) in [
-            ("", "pods"),
-            ("apps", "replicasets"),
-            ("apps", "controllerrevisions"),
-        ] {
-            let dr = resources::find(group, "v1", plural).expect("a served resource");
-            let list = self.reg.list(dr, Some(ns), &ListOptions::default()).await?;
-            for mut item in list.items {
-                let Some(refs) = item["metadata"]["ownerReferences"].as_array() else {
-                    continue;
-                };
-                if !refs.iter().any(|o| o["uid"] == uid) {
-                    continue;
-                }
-                let kept: Vec<Value> = refs.iter().filter(|o| o["uid"] != uid).cloned().collect();
-                let rev: i64 = meta_str(&item, "resourceVersion").parse().unwrap_or(0);
-                if kept.is_empty() {
-                    if let Some(m) = item["metadata"].as_object_mut() {
-                        m.remove("ownerReferences");
-                    }
-                } else {
-                    item["metadata"]["ownerReferences"] = json!(kept);
-                }
-                let name = meta_str(&item, "name").to_string();
-                // A concurrent change is re-read once; the owner's deletion waits for it.
-                if let Err(e) = self
-                    .reg
-                    .update(dr, Some(ns), item, rev, Default::default())
-                    .await
-                {
-                    if e.reason != "Conflict" {
-                        return Err(e);
-                    }
-                    if let Some((mut cur, rev)) = self.reg.get_kv(dr, Some(ns), &name).await? {
-                        let kept: Vec<Value> = cur["metadata"]["ownerReferences"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter(|o| o["uid"] != uid)
-                            .cloned()
-                            .collect();
-                        cur["metadata"]["ownerReferences"] = json!(kept);
-                        self.reg
-                            .update(dr, Some(ns), cur, rev, Default::default())
-                            .await?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// POST to a subresource of an object: binding, eviction; the streaming ones wait for
     /// the node agent.
     pub async fn create_sub(
@@ -945,16 +889,29 @@ impl Api {
                     return Err(ApiError::conflict(r, &name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {rev}")));
                 }
             }
-            // Orphaning: the dependents lose their reference to this owner before it goes
-            // (the garbage collector's orphan finalizer, done here at once). Core v1
-            // ReplicationControllers orphan by default, as upstream's strategy says.
+            // Orphaning or foreground deletion: the object waits, being deleted, under the
+            // garbage collector's finalizer until its dependents are let go or gone
+            // (controllers/gc.rs). Core v1 ReplicationControllers orphan by default, as
+            // upstream's strategy says. Pods and namespaces have their own ways to go and
+            // own nothing the collector watches: they take no finalizer here.
             let orphan = policy == "Orphan"
                 || (policy.is_empty()
                     && (opts["orphanDependents"] == true
                         || (r.plural == "replicationcontrollers" && r.group.is_empty())));
-            if orphan && !dry {
-                self.orphan_dependents(ns, meta_str(&obj, "uid")).await?;
+            let gc_finalizer = if matches!(r.plural, "pods" | "namespaces") && r.group.is_empty() {
+                None
+            } else if orphan {
+                Some(crate::api::ORPHAN_DEPENDENTS)
+            } else if policy == "Foreground" {
+                Some(crate::api::FOREGROUND_DELETION)
+            } else {
+                None
             }
+            .filter(|f| {
+                !obj["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == f))
+            });
             let is_pod = r.plural == "pods" && r.group.is_empty();
             let grace = if is_pod {
                 grace_opt.unwrap_or_else(|| {
@@ -970,15 +927,24 @@ impl Api {
                 .is_some_and(|f| !f.is_empty());
             let graceful = is_pod && grace > 0 && pod_waits_for_node(&obj);
             let is_ns = r.plural == "namespaces";
-            if finalizers || graceful || is_ns {
+            if finalizers || graceful || is_ns || gc_finalizer.is_some() {
                 let already = !obj["metadata"]["deletionTimestamp"].is_null();
                 let cur_grace = obj["metadata"]["deletionGracePeriodSeconds"].as_i64();
-                if already && !(graceful && cur_grace.is_some_and(|c| grace < c)) {
+                let shorter = graceful && cur_grace.is_some_and(|c| grace < c);
+                if already && !shorter && gc_finalizer.is_none() {
                     return Ok((StatusCode::OK, obj));
                 }
-                let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
-                obj["metadata"]["deletionTimestamp"] = json!(crate::api::time::rfc3339(at));
-                obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                if let Some(f) = gc_finalizer {
+                    match obj["metadata"]["finalizers"].as_array_mut() {
+                        Some(a) => a.push(json!(f)),
+                        None => obj["metadata"]["finalizers"] = json!([f]),
+                    }
+                }
+                if !already || shorter {
+                    let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
+                    obj["metadata"]["deletionTimestamp"] = json!(crate::api::time::rfc3339(at));
+                    obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                }
                 if is_ns {
                     obj["status"]["phase"] = json!("Terminating");
                 }
@@ -992,11 +958,13 @@ impl Api {
                                 let _ = tx.send(name.clone());
                             }
                         }
+                        // 202 only when the client asked for cascading with the old
+                        // `orphanDependents: false`, as upstream's handler answers.
                         return Ok((
-                            if is_ns {
-                                StatusCode::OK
-                            } else {
+                            if opts["orphanDependents"] == false {
                                 StatusCode::ACCEPTED
+                            } else {
+                                StatusCode::OK
                             },
                             v,
                         ));

@@ -1,13 +1,14 @@
 //! The controllers `knode server` runs, each a pure plan (`reconcile(owner, cache) ->
 //! writes`) and a loop applying it through the client, as the scheduler is. So far: the
-//! ReplicaSet and ReplicationController controllers, and the garbage collector's part for
-//! their pods; Deployments; Endpoints and EndpointSlices; node lifecycle (unreachable nodes and
+//! ReplicaSet and ReplicationController controllers; the garbage collector (background,
+//! foreground and orphaning deletion); Deployments; Endpoints and EndpointSlices; node lifecycle (unreachable nodes and
 //! the eviction of their pods); the default ServiceAccount of every namespace.
 
 #![forbid(unsafe_code)]
 
 pub mod deployment;
 pub mod endpoints;
+pub mod gc;
 pub mod nodelifecycle;
 pub mod replicaset;
 mod run;
@@ -34,6 +35,7 @@ impl Default for Options {
 /// Runs every controller until the process ends.
 pub async fn run(inf: std::sync::Arc<crate::client::Informers>, opts: Options) {
     tokio::spawn(run::endpoints(inf.clone()));
+    tokio::spawn(run::garbage_collector(inf.clone()));
     tokio::spawn(run::node_lifecycle(inf.clone(), opts.node_monitor_grace));
     tokio::spawn(run::service_accounts(inf.clone(), opts.root_ca.clone()));
     run::run(inf).await

@@ -1,5 +1,4 @@
-//! The loop of the ReplicaSet and ReplicationController controllers and the pod garbage
-//! collector: owners and pods watched into reflector caches, a pass after every change (and
+//! The loops of the controllers: the ReplicaSet and ReplicationController controllers' owners and pods watched into reflector caches, a pass after every change (and
 //! every 10 s), each owner's [`plan`] applied through the client.
 
 use std::collections::{HashMap, HashSet};
@@ -8,12 +7,16 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, ReplicationController};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams,
+    PropagationPolicy,
+};
 use kube::Client;
 
 use crate::client::Informers;
 
 use super::deployment::{self, Rs, Write};
+use super::gc;
 use super::replicaset::{owned_by, plan, Kind, Owner};
 
 const MANAGER: &str = "replicaset-controller";
@@ -68,8 +71,6 @@ pub async fn run(inf: Arc<Informers>) {
         let replica_sets = rs_store.state();
         deployments_pass(&client, &deployments, &replica_sets).await;
         pass(&client, &owners, &pods, &mut expect).await;
-        collect_garbage(&client, &owners, &pods).await;
-        collect_replica_sets(&client, &deployments, &replica_sets).await;
         // The next pass: at the next change, within 10 s, or when a rollout's progress
         // deadline passes.
         let now = chrono::Utc::now();
@@ -170,36 +171,6 @@ async fn pass(
     }
 }
 
-/// Pods whose controlling ReplicaSet or ReplicationController is gone go too (the garbage
-/// collector's background propagation; an orphaning delete has already taken the pods'
-/// ownerReferences away).
-async fn collect_garbage(client: &Client, owners: &[Owner], pods: &[Arc<Pod>]) {
-    let live: HashSet<&str> = owners.iter().map(|o| o.uid.as_str()).collect();
-    for p in pods {
-        if p.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let gone = p.metadata.owner_references.iter().flatten().any(|r| {
-            r.controller == Some(true)
-                && matches!(r.kind.as_str(), "ReplicaSet" | "ReplicationController")
-                && !live.contains(r.uid.as_str())
-        });
-        let (Some(ns), Some(name)) = (&p.metadata.namespace, &p.metadata.name) else {
-            continue;
-        };
-        if gone {
-            let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-            let dp = DeleteParams {
-                propagation_policy: Some(PropagationPolicy::Background),
-                ..Default::default()
-            };
-            if let Err(e) = api.delete(name, &dp).await {
-                tracing::debug!(pod = %name, error = %e, "collecting a pod");
-            }
-        }
-    }
-}
-
 fn controlled_by(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     uid: &str,
@@ -280,32 +251,6 @@ async fn deployments_pass(
             };
             if let Err(e) = res {
                 tracing::debug!(deployment = %format!("{ns}/{name}"), error = %e, "deployment write");
-            }
-        }
-    }
-}
-
-/// ReplicaSets whose controlling Deployment is gone go too.
-async fn collect_replica_sets(
-    client: &Client,
-    deployments: &[Arc<Deployment>],
-    rss: &[Arc<ReplicaSet>],
-) {
-    let live: HashSet<&str> = deployments
-        .iter()
-        .filter_map(|d| d.metadata.uid.as_deref())
-        .collect();
-    for r in rss {
-        if r.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let gone = r.metadata.owner_references.iter().flatten().any(|o| {
-            o.controller == Some(true) && o.kind == "Deployment" && !live.contains(o.uid.as_str())
-        });
-        if let (true, Some(ns), Some(name)) = (gone, &r.metadata.namespace, &r.metadata.name) {
-            let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
-            if let Err(e) = api.delete(name, &DeleteParams::background()).await {
-                tracing::debug!(replicaset = %name, error = %e, "collecting a replica set");
             }
         }
     }
@@ -634,5 +579,225 @@ pub async fn service_accounts(inf: Arc<Informers>, root_ca: Option<String>) {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), wake.notified()).await;
+    }
+}
+
+/// The garbage collector ([`super::gc`]): the owners and dependents of the kinds below
+/// watched, a pass after every change (and every 10 s, for writes that failed).
+pub async fn garbage_collector(inf: Arc<Informers>) {
+    use k8s_openapi::api::core::v1::{Node, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let client = inf.client().clone();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let deps = inf.cache::<Deployment>(wake.clone());
+    let rss = inf.cache::<ReplicaSet>(wake.clone());
+    let rcs = inf.cache::<ReplicationController>(wake.clone());
+    let pods = inf.cache::<Pod>(wake.clone());
+    let svcs = inf.cache::<Service>(wake.clone());
+    let slices = inf.cache::<EndpointSlice>(wake.clone());
+    let nodes = inf.cache::<Node>(wake.clone());
+    all_ready!(deps, rss, rcs, pods, svcs, slices, nodes);
+    let kinds: Kinds = [
+        kind::<Deployment>(true),
+        kind::<ReplicaSet>(true),
+        kind::<ReplicationController>(true),
+        kind::<Pod>(true),
+        kind::<Service>(true),
+        kind::<EndpointSlice>(true),
+        kind::<Node>(false),
+    ]
+    .into_iter()
+    .collect();
+    let watched: Vec<&str> = kinds.keys().map(String::as_str).collect();
+    tracing::info!("garbage collector started");
+    loop {
+        let mut items = Vec::new();
+        items_of(&deps, &mut items);
+        items_of(&rss, &mut items);
+        items_of(&rcs, &mut items);
+        items_of(&pods, &mut items);
+        items_of(&svcs, &mut items);
+        items_of(&slices, &mut items);
+        items_of(&nodes, &mut items);
+        for a in gc::plan(&items, &watched) {
+            if let Err(e) = collect(&client, &kinds, &a).await {
+                tracing::debug!(action = ?a, error = %e, "garbage collection");
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), wake.notified()).await;
+    }
+}
+
+/// A kind's name, its resource and whether it is namespaced.
+fn kind<K: crate::client::Cached>(namespaced: bool) -> (String, (ApiResource, bool)) {
+    (
+        K::kind(&()).to_string(),
+        (ApiResource::erase::<K>(&()), namespaced),
+    )
+}
+
+/// The collector's view of every object in `store`.
+fn items_of<K: crate::client::Cached>(
+    store: &crate::client::SharedStore<K>,
+    out: &mut Vec<gc::Item>,
+) {
+    let (api_version, kind) = (K::api_version(&()), K::kind(&()));
+    for o in store.state() {
+        let m = o.meta();
+        let (Some(name), Some(uid)) = (m.name.clone(), m.uid.clone()) else {
+            continue;
+        };
+        out.push(gc::Item {
+            this: gc::Ref {
+                api_version: api_version.to_string(),
+                kind: kind.to_string(),
+                namespace: m.namespace.clone(),
+                name,
+                uid,
+            },
+            resource_version: m.resource_version.clone().unwrap_or_default(),
+            owners: m
+                .owner_references
+                .iter()
+                .flatten()
+                .map(|r| gc::OwnerRef {
+                    api_version: r.api_version.clone(),
+                    kind: r.kind.clone(),
+                    name: r.name.clone(),
+                    uid: r.uid.clone(),
+                    block_owner_deletion: r.block_owner_deletion == Some(true),
+                })
+                .collect(),
+            deleting: m.deletion_timestamp.is_some(),
+            finalizers: m.finalizers.clone().unwrap_or_default(),
+        });
+    }
+}
+
+type Kinds = HashMap<String, (ApiResource, bool)>;
+
+/// The API of `kind` objects in `ns`.
+fn dynamic(
+    client: &Client,
+    kinds: &Kinds,
+    kind: &str,
+    ns: Option<&str>,
+) -> Option<Api<DynamicObject>> {
+    let (ar, namespaced) = kinds.get(kind)?;
+    Some(match (namespaced, ns) {
+        (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, ar),
+        (true, None) => return None,
+        (false, _) => Api::all_with(client.clone(), ar),
+    })
+}
+
+/// Whether every owner in `absent` is really gone (not found, or found with another uid), by
+/// a live read: the caches are separate watches, and one may not show an owner yet.
+async fn all_gone(
+    client: &Client,
+    kinds: &Kinds,
+    ns: Option<&str>,
+    absent: &[gc::OwnerRef],
+) -> kube::Result<bool> {
+    for o in absent {
+        let Some(api) = dynamic(client, kinds, &o.kind, ns) else {
+            return Ok(false);
+        };
+        if let Some(live) = api.get_opt(&o.name).await? {
+            if live.metadata.uid.as_deref() == Some(o.uid.as_str()) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Applies one of the collector's writes.
+async fn collect(client: &Client, kinds: &Kinds, a: &gc::Action) -> kube::Result<()> {
+    let pp = PatchParams {
+        field_manager: Some("generic-garbage-collector".into()),
+        ..Default::default()
+    };
+    match a {
+        gc::Action::Delete {
+            this,
+            policy,
+            absent,
+        } => {
+            let ns = this.namespace.as_deref();
+            if !all_gone(client, kinds, ns, absent).await? {
+                return Ok(());
+            }
+            let Some(api) = dynamic(client, kinds, &this.kind, ns) else {
+                return Ok(());
+            };
+            let dp = DeleteParams {
+                propagation_policy: Some(match policy {
+                    gc::Policy::Background => PropagationPolicy::Background,
+                    gc::Policy::Foreground => PropagationPolicy::Foreground,
+                }),
+                preconditions: Some(kube::api::Preconditions {
+                    uid: Some(this.uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            tracing::debug!(kind = %this.kind, name = %this.name, "collecting");
+            api.delete(&this.name, &dp).await.map(|_| ())
+        }
+        gc::Action::Unown {
+            this,
+            resource_version,
+            uids,
+            absent,
+        } => {
+            let ns = this.namespace.as_deref();
+            if !all_gone(client, kinds, ns, absent).await? {
+                return Ok(());
+            }
+            let Some(api) = dynamic(client, kinds, &this.kind, ns) else {
+                return Ok(());
+            };
+            // The current references, less the ones that go, under the resourceVersion they
+            // were read at (a merge patch replaces the whole list).
+            let Some(cur) = api.get_opt(&this.name).await? else {
+                return Ok(());
+            };
+            if cur.metadata.resource_version.as_deref() != Some(resource_version.as_str()) {
+                return Ok(());
+            }
+            let kept: Vec<_> = cur
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .filter(|o| !uids.contains(&o.uid))
+                .collect();
+            let patch = serde_json::json!({"metadata": {
+                "resourceVersion": resource_version,
+                "ownerReferences": if kept.is_empty() { serde_json::Value::Null } else { serde_json::json!(kept) },
+            }});
+            api.patch(&this.name, &pp, &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+        }
+        gc::Action::Finalize {
+            this,
+            resource_version,
+            finalizers,
+            finalizer,
+        } => {
+            let Some(api) = dynamic(client, kinds, &this.kind, this.namespace.as_deref()) else {
+                return Ok(());
+            };
+            tracing::debug!(kind = %this.kind, name = %this.name, finalizer, "finalized");
+            let patch = serde_json::json!({"metadata": {
+                "resourceVersion": resource_version,
+                "finalizers": if finalizers.is_empty() { serde_json::Value::Null } else { serde_json::json!(finalizers) },
+            }});
+            api.patch(&this.name, &pp, &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+        }
     }
 }
