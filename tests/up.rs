@@ -614,6 +614,33 @@ fn up_runs_the_bootcamp_and_down_leaves_nothing() {
         "{}",
         text(&o.stderr)
     );
+    // `knode logs` and `knode exec` go through the API server as kubectl does, on the
+    // cluster this host serves (the server's own words show it: a node's agent answers
+    // without "Error from server").
+    let o = u.knode(&["logs", pod, "--tail=1"]);
+    assert_eq!(text(&o.stdout), "on port 8080\n", "{}", text(&o.stderr));
+    let o = u.knode(&["logs", "nosuchpod"]);
+    assert!(
+        !o.status.success()
+            && text(&o.stderr)
+                .contains("Error from server (NotFound): pods \"nosuchpod\" not found"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = u.knode(&[
+        "exec",
+        "--kubeconfig",
+        u.kubeconfig().to_str().unwrap(),
+        pod,
+        "--",
+        "sh",
+        "-c",
+        "echo $HOSTNAME; echo err >&2; exit 4",
+    ]);
+    assert_eq!(
+        (o.status.code(), text(&o.stdout), text(&o.stderr)),
+        (Some(4), format!("{pod}\n"), "err\n".to_string())
+    );
 
     // Scale down: two pods stop, and their directories go.
     u.kubectl(&["scale", "deployment/kubernetes-bootcamp", "--replicas=1"]);
@@ -900,6 +927,21 @@ fn kubectl_run_attaches_and_terminals_follow_the_clients_size() {
         assert!(o.status.success(), "{bin} {cmd}: {out} {}", text(&o.stderr));
         assert!(out.contains(want), "{bin} {cmd}: {out:?}");
     }
+    // `knode exec -ti` through the API: a terminal of the client's size.
+    let o = on_a_terminal(
+        &u,
+        &format!(
+            "{} --root {} exec -ti sleeper -- sh -c '{sized}'",
+            knode_bin(),
+            u.s.root().display()
+        ),
+    );
+    assert!(
+        o.status.success() && text(&o.stdout).contains("size 33 111\r\n"),
+        "{} {}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
     // A client that goes away without ending its input ends it all the same (stdinOnce):
     // the container reads EOF and completes.
     {

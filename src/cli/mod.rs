@@ -1,7 +1,7 @@
 //! The `knode` command line: clap and printing only, one file per verb. Only `main.rs`
 //! imports it; it may import everything below it (see the README's Layout).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -20,6 +20,7 @@ pub mod run;
 pub mod server;
 pub mod top;
 pub mod up;
+pub mod via_api;
 
 use image::ImageCmd;
 use oci::image::PullOptions;
@@ -131,6 +132,8 @@ enum Cmd {
         previous: bool,
         #[arg(long, short, default_value = "default")]
         namespace: String,
+        #[command(flatten)]
+        through: Through,
     },
     /// Run a command in a running container of a pod: knode exec POD [-c C] [-i] [-t] -- CMD...
     Exec {
@@ -149,6 +152,8 @@ enum Cmd {
         /// kubelet API passes a client's resizes this way).
         #[arg(long, hide = true)]
         resize_fd: Option<i32>,
+        #[command(flatten)]
+        through: Through,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -205,6 +210,33 @@ fn parse_resolve(s: &str) -> Result<(String, std::net::SocketAddr)> {
         return Err(bad());
     }
     Ok((host.to_string(), (ip, port).into()))
+}
+
+/// How `knode logs` and `knode exec` reach the pod: through the API server (as kubectl,
+/// for a pod on any node) or through this node's agent.
+#[derive(clap::Args, Debug)]
+struct Through {
+    /// The cluster to ask (default: the one this host serves, <root>/server/admin.kubeconfig,
+    /// if `knode up` or `knode server` runs here; otherwise this node's agent).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Ask this node's agent even when this host serves a cluster (the kubelet API's own
+    /// use).
+    #[arg(long, hide = true, conflicts_with = "kubeconfig")]
+    local: bool,
+}
+
+impl Through {
+    /// The kubeconfig to go through the API with, if any.
+    fn kubeconfig(&self, root: &Path) -> Option<PathBuf> {
+        if self.local {
+            return None;
+        }
+        self.kubeconfig.clone().or_else(|| {
+            let served = root.join("server/admin.kubeconfig");
+            served.exists().then_some(served)
+        })
+    }
 }
 
 pub(crate) fn client_options(a: &RegistryArgs) -> Result<ClientOptions> {
@@ -289,17 +321,21 @@ fn dispatch(cli: Cli) -> Result<()> {
             tail,
             previous,
             namespace,
-        } => logs::logs(
-            &sock,
-            &logs::LogArgs {
+            through,
+        } => {
+            let a = logs::LogArgs {
                 namespace: &namespace,
                 pod: &pod,
                 container: container.as_deref(),
                 follow,
                 tail,
                 previous,
-            },
-        ),
+            };
+            match through.kubeconfig(&cli.root) {
+                Some(k) => via_api::logs(&k, &a),
+                None => logs::logs(&sock, &a),
+            }
+        }
         Cmd::Exec {
             pod,
             container,
@@ -307,20 +343,22 @@ fn dispatch(cli: Cli) -> Result<()> {
             tty,
             namespace,
             resize_fd,
+            through,
             command,
         } => {
-            let code = exec::exec(
-                &sock,
-                &exec::ExecArgs {
-                    namespace: &namespace,
-                    pod: &pod,
-                    container: container.as_deref(),
-                    stdin,
-                    tty,
-                    argv: command,
-                    resize_fd,
-                },
-            )?;
+            let a = exec::ExecArgs {
+                namespace: &namespace,
+                pod: &pod,
+                container: container.as_deref(),
+                stdin,
+                tty,
+                argv: command,
+                resize_fd,
+            };
+            let code = match through.kubeconfig(&cli.root) {
+                Some(k) if resize_fd.is_none() => via_api::exec(&k, &a)?,
+                _ => exec::exec(&sock, &a)?,
+            };
             std::process::exit(code);
         }
         Cmd::Run(a) => run::run(&cli.root, &cli.run_dir, a),

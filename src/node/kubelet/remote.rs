@@ -306,7 +306,7 @@ pub(super) async fn handle(
         let mut cmd = tokio::process::Command::new(exe);
         cmd.arg("--run-dir")
             .arg(run_dir)
-            .args(["exec", "-n", &ns, &pod, "-c", &container]);
+            .args(["exec", "--local", "-n", &ns, &pod, "-c", &container]);
         if stdin {
             cmd.arg("-i");
         }
