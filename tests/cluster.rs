@@ -295,18 +295,6 @@ fn an_agent_runs_the_pods_bound_to_it_and_reports_them() {
     assert_eq!(pod_dirs(&n), Vec::<String>::new());
 }
 
-/// Reads `kubectl get ... --watch` output (kubectl 1.37) until a line satisfies `done`.
-fn watch_until(s: &Server, args: &[&str], done: impl Fn(&str) -> bool) -> String {
-    let mut c = s.command(support::server::KUBECTL);
-    c.arg("--kubeconfig")
-        .arg(s.kubeconfig())
-        .args(args)
-        .arg("--watch")
-        .arg("--request-timeout=60s");
-    support::first_line_where(c, done)
-        .unwrap_or_else(|seen| panic!("the watch ended before the awaited change: {seen:?}"))
-}
-
 const STAY_AND_GO: &str = "apiVersion: v1
 kind: Pod
 metadata: {name: stay}
@@ -390,8 +378,7 @@ fn a_node_whose_agent_dies_goes_unknown_evicts_and_comes_back_with_its_pods() {
         "node/node-1",
         "--timeout=60s",
     ]);
-    watch_until(
-        &s,
+    s.watch_until(
         &[
             "get",
             "node",

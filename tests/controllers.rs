@@ -161,35 +161,63 @@ spec:
     spec:
       containers: [{name: php, image: php}]
 ";
-    s.ok_with(KUBECTL, &["create", "-f", "-"], Some(rs));
-    wait_for(&s, "rs/front", ".status.replicas", "2");
-    assert_eq!(live_pods(&s, "tier=front").len(), 2);
-    let rows = s.ok(&["get", "rs", "front"]);
-    let row: Vec<&str> = rows.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(row[..4], ["front", "2", "2", "0"], "{rows}");
-    // A pod of someone else with the same labels is not counted nor touched.
+    // A bare pod made before, with the template's labels, is taken (upstream's adoption)
+    // and counts: one more pod is made, not two.
     s.ok(&[
         "run",
         "stray",
         "--image=php",
         "--labels=tier=front,run=stray",
     ]);
+    s.ok_with(KUBECTL, &["create", "-f", "-"], Some(rs));
+    wait_for(&s, "rs/front", ".status.replicas", "2");
+    let pods = live_pods(&s, "tier=front");
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    assert!(pods.contains(&"stray".to_string()), "{pods:?}");
+    let stray = s.json(&["get", "pod", "stray"]);
+    assert_eq!(stray["metadata"]["ownerReferences"][0]["name"], "front");
+    let rows = s.ok(&["get", "rs", "front"]);
+    let row: Vec<&str> = rows.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..4], ["front", "2", "2", "0"], "{rows}");
     s.ok(&["scale", "rs", "front", "--replicas=1"]);
     wait_for(&s, "rs/front", ".status.replicas", "1");
     let left = live_pods(&s, "tier=front");
-    assert_eq!(left.len(), 2, "{left:?}");
-    assert!(left.contains(&"stray".to_string()));
-    // Deleting the owner takes its pods (background propagation), not the stray one.
+    assert_eq!(left.len(), 1, "{left:?}");
+    // A pod relabelled out of the selector is let go (taken out of service to debug it)
+    // and replaced.
+    s.ok(&["label", "pod", &left[0], "tier=debug", "--overwrite"]);
+    s.watch_until(
+        &[
+            "get",
+            "pod",
+            &left[0],
+            "-o",
+            "jsonpath=owners:{.metadata.ownerReferences[*].name}{\"\\n\"}",
+        ],
+        |l| l == "owners:",
+    );
+    let pod = s.json(&["get", "pod", &left[0]]);
+    assert!(pod["metadata"].get("ownerReferences").is_none(), "{pod}");
+    s.ok(&[
+        "wait",
+        "rs/front",
+        "--for=jsonpath={.status.replicas}=1",
+        "--timeout=60s",
+    ]);
+    let replaced = live_pods(&s, "tier=front");
+    assert_eq!(replaced.len(), 1, "{replaced:?}");
+    assert_ne!(replaced, left);
+    // Deleting the owner takes its pods (background propagation), not the one let go.
     s.ok(&["delete", "rs", "front"]);
     s.ok(&[
         "wait",
         "--for=delete",
         "pod",
         "-l",
-        "tier=front,!run",
+        "tier=front",
         "--timeout=60s",
     ]);
-    assert_eq!(live_pods(&s, "tier=front"), ["stray"]);
+    assert_eq!(live_pods(&s, "tier=debug"), left);
 }
 
 /// Stands in for the node agent (issue 16's next step): every pod bound to a node is marked
@@ -422,12 +450,37 @@ fn deployments_scale_roll_out_and_roll_back_as_the_bootcamp_does() {
         "{rs}"
     );
     assert_eq!(live_pods(&s, "app=keep"), pods);
-    // Deleting the ReplicaSet (background, kubectl's default) takes its pods.
-    s.ok(&["delete", "rs", "-l", "app=keep"]);
+    // The Deployment made again takes its ReplicaSet back (adoption): the same pods serve.
+    s.ok(&[
+        "create",
+        "deployment",
+        "keep",
+        "--image=nginx",
+        "--replicas=2",
+    ]);
+    s.ok(&["rollout", "status", "deployment/keep", "--timeout=60s"]);
+    let d = s.json(&["get", "deployment", "keep"]);
+    let rs = s.json(&["get", "rs", "-l", "app=keep"]);
+    assert_eq!(rs["items"].as_array().unwrap().len(), 1, "{rs}");
+    assert_eq!(
+        rs["items"][0]["metadata"]["ownerReferences"][0]["uid"],
+        d["metadata"]["uid"]
+    );
+    assert_eq!(live_pods(&s, "app=keep"), pods);
+    // Deleting it (background, kubectl's default) takes the ReplicaSet and its pods.
+    s.ok(&["delete", "deployment", "keep"]);
     s.ok(&[
         "wait",
         "--for=delete",
         "pods",
+        "-l",
+        "app=keep",
+        "--timeout=60s",
+    ]);
+    s.ok(&[
+        "wait",
+        "--for=delete",
+        "rs",
         "-l",
         "app=keep",
         "--timeout=60s",

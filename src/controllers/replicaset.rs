@@ -123,13 +123,50 @@ pub struct Plan {
     pub status: Option<Value>,
 }
 
-/// Whether `pod` is owned (as controller) by the owner with `uid`.
-pub fn owned_by(pod: &Pod, uid: &str) -> bool {
-    pod.metadata
+/// What an owner does with an object of its namespace (upstream's `ClaimObject`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Its controller is the owner and its labels match: it counts.
+    Owned,
+    /// No controller, labels that match: the owner takes it (a bare pod labelled as a
+    /// ReplicaSet's template, or what a `--cascade=orphan` left behind).
+    Adopt,
+    /// Its controller is the owner, its labels no longer match (relabelled to take it out
+    /// of service): the owner lets it go and replaces it.
+    Release,
+    /// Someone else's, or nothing to do.
+    Ignore,
+}
+
+/// How the owner with `uid` and `selector` (being deleted: `deleting`) claims an object
+/// with metadata `m`. An empty selector claims nothing.
+pub fn claim(
+    uid: &str,
+    deleting: bool,
+    selector: &Labels,
+    m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Claim {
+    let empty = BTreeMap::new();
+    let matches = !selector.is_empty() && selector.matches(m.labels.as_ref().unwrap_or(&empty));
+    let controller = m
         .owner_references
         .iter()
         .flatten()
-        .any(|o| o.controller == Some(true) && o.uid == uid)
+        .find(|o| o.controller == Some(true));
+    match controller {
+        Some(c) if c.uid == uid => {
+            if matches {
+                Claim::Owned
+            } else if deleting {
+                Claim::Ignore
+            } else {
+                Claim::Release
+            }
+        }
+        Some(_) => Claim::Ignore,
+        None if matches && !deleting && m.deletion_timestamp.is_none() => Claim::Adopt,
+        None => Claim::Ignore,
+    }
 }
 
 /// A pod that counts: not finished, not being deleted.
@@ -347,5 +384,55 @@ mod tests {
         assert_eq!(p.create.len(), 2);
         o.deleting = true;
         assert!(plan(&o, &[&done], chrono::Utc::now()).create.is_empty());
+    }
+
+    #[test]
+    fn owners_adopt_orphans_that_match_and_release_what_no_longer_does() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let sel = crate::api::selector::parse_labels("app=web").unwrap();
+        let meta = |labels: &[(&str, &str)], owner: Option<&str>| ObjectMeta {
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            owner_references: owner.map(|uid| {
+                vec![OwnerReference {
+                    uid: uid.into(),
+                    controller: Some(true),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        };
+        let web = [("app", "web")];
+        assert_eq!(
+            claim("u1", false, &sel, &meta(&web, Some("u1"))),
+            Claim::Owned
+        );
+        assert_eq!(claim("u1", false, &sel, &meta(&web, None)), Claim::Adopt);
+        assert_eq!(
+            claim("u1", false, &sel, &meta(&web, Some("u2"))),
+            Claim::Ignore
+        );
+        let debug = [("app", "debug")];
+        assert_eq!(
+            claim("u1", false, &sel, &meta(&debug, Some("u1"))),
+            Claim::Release
+        );
+        assert_eq!(claim("u1", false, &sel, &meta(&debug, None)), Claim::Ignore);
+        // An owner being deleted takes nothing and lets nothing go.
+        assert_eq!(claim("u1", true, &sel, &meta(&web, None)), Claim::Ignore);
+        assert_eq!(
+            claim("u1", true, &sel, &meta(&debug, Some("u1"))),
+            Claim::Ignore
+        );
+        // Nor does an empty selector take everything.
+        let all = crate::api::selector::Labels::default();
+        assert_eq!(claim("u1", false, &all, &meta(&web, None)), Claim::Ignore);
+        let mut gone = meta(&web, None);
+        gone.deletion_timestamp = Some(crate::api::time::time(chrono::Utc::now()));
+        assert_eq!(claim("u1", false, &sel, &gone), Claim::Ignore);
     }
 }

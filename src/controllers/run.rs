@@ -17,7 +17,8 @@ use crate::client::Informers;
 
 use super::deployment::{self, Rs, Write};
 use super::gc;
-use super::replicaset::{owned_by, plan, Kind, Owner};
+use super::replicaset::{claim, plan, Claim, Kind, Owner};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 const MANAGER: &str = "replicaset-controller";
 /// How long a write the cache has not shown yet holds its owner's next pass.
@@ -93,12 +94,32 @@ async fn pass(
     expect.retain(|uid, _| live.contains(uid.as_str()));
     let now = chrono::Utc::now();
     for o in owners {
-        let owned: Vec<&Pod> = pods
+        let api: Api<Pod> = Api::namespaced(client.clone(), &o.namespace);
+        let mut owned: Vec<&Pod> = Vec::new();
+        let mut reowned = false;
+        for p in pods
             .iter()
             .filter(|p| p.metadata.namespace.as_deref() == Some(o.namespace.as_str()))
-            .filter(|p| owned_by(p, &o.uid))
-            .map(|p| p.as_ref())
-            .collect();
+        {
+            match claim(&o.uid, o.deleting, &o.selector, &p.metadata) {
+                Claim::Owned => owned.push(p),
+                Claim::Ignore => {}
+                c => {
+                    reowned = true;
+                    let res = match c {
+                        Claim::Adopt => reown(&api, &p.metadata, Some(o.owner_reference()), None),
+                        _ => reown(&api, &p.metadata, None, Some(&o.uid)),
+                    };
+                    if let Err(err) = res.await {
+                        tracing::debug!(pod = ?p.metadata.name, claim = ?c, error = %err, "claiming a pod");
+                    }
+                }
+            }
+        }
+        // The next pass counts what was taken or let go, as the cache shows it then.
+        if reowned {
+            continue;
+        }
         if let Some(e) = expect.get_mut(&o.uid) {
             let seen: HashSet<&str> = owned
                 .iter()
@@ -114,7 +135,6 @@ async fn pass(
             expect.remove(&o.uid);
         }
         let p = plan(o, &owned, now);
-        let api: Api<Pod> = Api::namespaced(client.clone(), &o.namespace);
         let mut e = Expectations {
             since: Some(Instant::now()),
             ..Default::default()
@@ -171,16 +191,6 @@ async fn pass(
     }
 }
 
-fn controlled_by(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    uid: &str,
-) -> bool {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.controller == Some(true) && o.uid == uid)
-}
-
 /// Each Deployment's plan, applied.
 async fn deployments_pass(
     client: &Client,
@@ -206,15 +216,46 @@ async fn deployments_pass(
         let Ok(dv) = serde_json::to_value(d.as_ref()) else {
             continue;
         };
-        let mine: Vec<Rs> = rss
-            .iter()
-            .filter(|r| {
-                r.metadata.namespace.as_deref() == Some(ns) && controlled_by(&r.metadata, uid)
-            })
-            .filter_map(|r| serde_json::to_value(r.as_ref()).ok())
-            .map(|v| Rs::from_value(&v))
-            .collect();
         let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+        let Ok(selector) = crate::api::selector::from_label_selector(&d.spec.selector) else {
+            continue;
+        };
+        let me = OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: name.to_string(),
+            uid: uid.to_string(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        };
+        let mut mine: Vec<Rs> = Vec::new();
+        let mut reowned = false;
+        for r in rss
+            .iter()
+            .filter(|r| r.metadata.namespace.as_deref() == Some(ns))
+        {
+            match claim(uid, false, &selector, &r.metadata) {
+                Claim::Owned => mine.extend(
+                    serde_json::to_value(r.as_ref())
+                        .ok()
+                        .map(|v| Rs::from_value(&v)),
+                ),
+                Claim::Ignore => {}
+                c => {
+                    reowned = true;
+                    let res = match c {
+                        Claim::Adopt => reown(&rs_api, &r.metadata, Some(me.clone()), None),
+                        _ => reown(&rs_api, &r.metadata, None, Some(uid)),
+                    };
+                    if let Err(err) = res.await {
+                        tracing::debug!(replicaset = ?r.metadata.name, claim = ?c, error = %err, "claiming a replica set");
+                    }
+                }
+            }
+        }
+        if reowned {
+            continue;
+        }
         let pp = PatchParams {
             field_manager: Some("deployment-controller".into()),
             ..Default::default()
@@ -800,4 +841,34 @@ async fn collect(client: &Client, kinds: &Kinds, a: &gc::Action) -> kube::Result
                 .map(|_| ())
         }
     }
+}
+
+/// Takes `take` as the controller of the object with metadata `m`, or lets go of the owner
+/// `release`: its references rewritten under the resourceVersion they were read at (a
+/// concurrent change wins; the next pass looks again).
+async fn reown<K: crate::client::Cached + serde::Serialize>(
+    api: &Api<K>,
+    m: &ObjectMeta,
+    take: Option<OwnerReference>,
+    release: Option<&str>,
+) -> kube::Result<()> {
+    let Some(name) = m.name.as_deref() else {
+        return Ok(());
+    };
+    let mut refs: Vec<OwnerReference> = m.owner_references.clone().unwrap_or_default();
+    if let Some(uid) = release {
+        refs.retain(|r| r.uid != uid);
+    }
+    refs.extend(take);
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": m.resource_version,
+        "ownerReferences": if refs.is_empty() { serde_json::Value::Null } else { serde_json::json!(refs) },
+    }});
+    let pp = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    api.patch(name, &pp, &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
 }

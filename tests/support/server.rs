@@ -78,6 +78,19 @@ impl Server {
         s
     }
 
+    /// Reads `kubectl ARGS --watch` (kubectl 1.37) until a line satisfies `done`: that line.
+    #[allow(dead_code)]
+    pub fn watch_until(&self, args: &[&str], done: impl Fn(&str) -> bool) -> String {
+        let mut c = self.command(KUBECTL);
+        c.arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .arg("--watch")
+            .arg("--request-timeout=60s");
+        super::first_line_where(c, done)
+            .unwrap_or_else(|seen| panic!("the watch ended before the awaited change: {seen:?}"))
+    }
+
     /// `bin` as a command in the server's network namespace.
     pub fn command(&self, bin: &str) -> Command {
         match &self.netns {
