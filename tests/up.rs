@@ -614,6 +614,31 @@ fn up_runs_the_bootcamp_and_down_leaves_nothing() {
         "{}",
         text(&o.stderr)
     );
+    // The node's kubelet API through the API server (`nodes/proxy`): its health and its
+    // usage summary (the node's from /proc here; pods have cgroups only in the VM).
+    assert_eq!(
+        u.kubectl(&["get", "--raw", "/api/v1/nodes/knode-test/proxy/healthz"]),
+        "ok"
+    );
+    let summary: serde_json::Value = serde_json::from_str(&u.kubectl(&[
+        "get",
+        "--raw",
+        "/api/v1/nodes/knode-test/proxy/stats/summary",
+    ]))
+    .unwrap();
+    assert_eq!(summary["node"]["nodeName"], "knode-test", "{summary}");
+    assert!(
+        summary["node"]["memory"]["workingSetBytes"].as_u64() > Some(0),
+        "{summary}"
+    );
+    assert!(
+        summary["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["podRef"]["name"] == pod.as_str()),
+        "{summary}"
+    );
     // `knode logs` and `knode exec` go through the API server as kubectl does, on the
     // cluster this host serves (the server's own words show it: a node's agent answers
     // without "Error from server").

@@ -187,9 +187,8 @@ async fn fallback(
         let segs: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
         match segs.as_slice() {
             ["api", "v1", "namespaces", _, "pods", _, "log" | "exec" | "attach" | "portforward"]
-            | ["api", "v1", "namespaces", _, "pods" | "services", _, "proxy", ..] => {
-                Some(request::parse("", "v1", &segs[2..]))
-            }
+            | ["api", "v1", "namespaces", _, "pods" | "services", _, "proxy", ..]
+            | ["api", "v1", "nodes", _, "proxy", ..] => Some(request::parse("", "v1", &segs[2..])),
             _ => None,
         }
     };
@@ -203,6 +202,10 @@ async fn fallback(
             return e.into_response();
         }
         if t.sub.as_deref() == Some("proxy") {
+            if t.resource.plural == "nodes" {
+                return nodeproxy::node_proxy(&shared.api, shared.kubelet_tls.clone(), &t, req)
+                    .await;
+            }
             return nodeproxy::proxy(&shared.api, &t, req).await;
         }
         return nodeproxy::serve(&shared.api, shared.kubelet_tls.clone(), &t, &q, req).await;

@@ -199,7 +199,7 @@ pub async fn serve(
     kubelet_tls: Arc<rustls::ClientConfig>,
     t: &Target,
     q: &Query,
-    mut req: axum::extract::Request,
+    req: axum::extract::Request,
 ) -> Response {
     let sub = t.sub.clone().unwrap_or_default();
     let run = async {
@@ -234,7 +234,69 @@ pub async fn serve(
             .map(super::request::decode)
             .collect();
         let path = kubelet_path(&sub, &ns, &name, &c, q, &commands);
-        let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(|e| {
+        forward(kubelet_tls, node_name, &addr, &path, req).await
+    };
+    match run.await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Serves `nodes/NAME/proxy/PATH` (`kubectl get --raw /api/v1/nodes/NAME/proxy/stats/summary`,
+/// `.../proxy/healthz`): a GET of PATH on the node's kubelet API.
+pub async fn node_proxy(
+    api: &super::handlers::Api,
+    kubelet_tls: Arc<rustls::ClientConfig>,
+    t: &Target,
+    req: axum::extract::Request,
+) -> Response {
+    let run = async {
+        if req.method() != axum::http::Method::GET {
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource (only GET of nodes/proxy)"
+                    .to_string(),
+            ));
+        }
+        let node_name = t.name.clone().unwrap_or_default();
+        let node = api.reg.get(t.resource, None, &node_name).await?;
+        let addr = kubelet_address(&node).ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "node {node_name} has no kubelet endpoint (is its agent running?)"
+            ))
+        })?;
+        let prefix = format!("/api/v1/nodes/{node_name}/proxy");
+        let rest = req.uri().path().strip_prefix(&prefix).unwrap_or("");
+        let mut path = if rest.is_empty() {
+            "/".to_string()
+        } else {
+            rest.to_string()
+        };
+        if let Some(q) = req.uri().query() {
+            path.push('?');
+            path.push_str(q);
+        }
+        forward(kubelet_tls, &node_name, &addr, &path, req).await
+    };
+    match run.await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Sends `req` (as a GET, or a POST for SPDY upgrades) for `path` to the kubelet of
+/// `node_name` at `addr` over TLS with the API server's client certificate, and relays the
+/// answer (or the upgraded stream).
+async fn forward(
+    kubelet_tls: Arc<rustls::ClientConfig>,
+    node_name: &str,
+    addr: &str,
+    path: &str,
+    mut req: axum::extract::Request,
+) -> ApiResult<Response> {
+    {
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
             ApiError::unavailable(format!(
                 "dialing the kubelet of node {node_name} at {addr}: {e}"
             ))
@@ -262,8 +324,8 @@ pub async fn serve(
         };
         let mut out = hyper::Request::builder()
             .method(method)
-            .uri(&path)
-            .header("host", &addr);
+            .uri(path)
+            .header("host", addr);
         for h in [
             "connection",
             "upgrade",
@@ -327,10 +389,6 @@ pub async fn serve(
             .header("content-type", ct)
             .body(axum::body::Body::new(resp.into_body()))
             .expect("a valid response"))
-    };
-    match run.await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
     }
 }
 

@@ -177,6 +177,16 @@ async fn handle(
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
     Ok(match p.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok".into()),
+        ["stats", "summary"] => {
+            let st = state.read().expect("state");
+            let views: Vec<super::pod::PodView> = st
+                .pods
+                .values()
+                .map(|v| v.lock().expect("view").clone())
+                .collect();
+            let body = super::node::summary(&st.node, &views);
+            full(StatusCode::OK, "application/json", body.to_string())
+        }
         ["containerLogs", ns, pod, container] => logs(&state, ns, pod, container, &query(&req)),
         ["portForward", ns, pod] => {
             let (ns, pod) = (ns.to_string(), pod.to_string());
