@@ -842,3 +842,119 @@ fn a_hostile_import_archive_cannot_reach_host_files() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// `registries.yaml` as k3s reads it: the tutorials' image names pulled from local mirrors
+/// (with a rewrite, past a mirror that is down, from one that needs Basic auth), stored under
+/// their own names; the registries themselves resolve to a closed port (no route out).
+#[test]
+fn mirrors_rewrite_fall_back_and_authenticate_and_a_bad_file_is_named() {
+    let plain = registry();
+    let locked = registry_with_basic("lab", "s3cret");
+    push(
+        &plain.host(),
+        "tutorials/kubernetes-bootcamp:v1",
+        &busybox_image(),
+    );
+    push_with(
+        &locked.host(),
+        "lab/redis:7",
+        &busybox_image(),
+        client_with(Some((&locked.host(), "lab", "s3cret"))),
+    );
+    let down = support::etcd::free_port();
+    let s = Store::new();
+    let config = s.root().join("registries.yaml");
+    let write = |auth: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"mirrors:
+  gcr.io:
+    endpoint: ["http://127.0.0.1:{down}", "http://{plain}"]
+    rewrite:
+      "^google-samples/(.*)": "tutorials/$1"
+  docker.io:
+    endpoint: ["http://{locked}"]
+    rewrite: {{"^library/(.*)": "lab/$1"}}
+configs:
+  "{locked}":
+{auth}
+"#,
+                plain = plain.host(),
+                locked = locked.host(),
+            ),
+        )
+        .unwrap()
+    };
+    write("    auth: {username: lab, password: s3cret}");
+    let knode = |args: &[&str]| {
+        let mut a = vec![
+            "--registry-config",
+            config.to_str().unwrap(),
+            "--registry-resolve",
+        ];
+        // Nothing listens on 127.0.0.1:443 here: the registries refuse at once.
+        let gcr = "gcr.io:443:127.0.0.1".to_string();
+        let hub = "registry-1.docker.io:443:127.0.0.1".to_string();
+        a.extend([gcr.as_str(), "--registry-resolve", hub.as_str()]);
+        a.extend(args);
+        s.knode(&a)
+    };
+    let out = knode(&[
+        "image",
+        "pull",
+        "gcr.io/google-samples/kubernetes-bootcamp:v1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = knode(&["image", "pull", "redis:7"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ls = String::from_utf8(knode(&["image", "ls"]).stdout).unwrap();
+    assert!(
+        ls.contains("gcr.io/google-samples/kubernetes-bootcamp")
+            && ls.contains("docker.io/library/redis"),
+        "{ls}"
+    );
+    assert!(!ls.contains("127.0.0.1"), "{ls}");
+    // Without the credentials every source fails, and the error names each.
+    write("    tls: {insecure_skip_verify: false}");
+    let out = knode(&["image", "pull", "redis:6"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("every source failed")
+            && err.contains(&format!("mirror http://{}", locked.host()))
+            && err.contains("refused authentication")
+            && err.contains("docker.io: "),
+        "{err}"
+    );
+    // A bad file: the pull is refused with the file and the field named; nothing stored
+    // is touched.
+    std::fs::write(
+        &config,
+        "mirrors:\n  gcr.io:\n    endpoints: [\"http://x\"]\n",
+    )
+    .unwrap();
+    let out = knode(&[
+        "image",
+        "pull",
+        "gcr.io/google-samples/kubernetes-bootcamp:v1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "{}: mirrors.gcr.io: unknown field `endpoints`",
+            config.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(s.store.list().unwrap().len(), 2);
+}

@@ -47,6 +47,9 @@ pub enum ImageError {
     },
     #[error("{image}: {reason}")]
     Invalid { image: String, reason: String },
+    /// Every mirror and the registry itself failed (each named with its error).
+    #[error("{image}: every source failed: {tried}")]
+    Sources { image: String, tried: String },
     #[error("image {0:?} not found in the store")]
     NotFound(String),
     #[error("{0:?} matches several images ({1}): use a longer ID or a name")]
@@ -324,6 +327,39 @@ impl ImageStore {
     ) -> Result<PullReport, ImageError> {
         let r: Reference = reference.parse()?;
         let image = r.to_string();
+        // The mirrors first, then the registry; a source that fails as a registry (down,
+        // refusing, not having the image) gives way to the next. The image keeps its name.
+        let sources = client_opts.mirrors.sources(&r, &client_opts);
+        let last = sources.len() - 1;
+        let mut tried = Vec::new();
+        for (i, s) in sources.into_iter().enumerate() {
+            match self.pull_from(&image, &s.reference, s.options, opts, progress) {
+                Err(ImageError::Registry { image, source }) if i < last || !tried.is_empty() => {
+                    tracing::info!(image = %image, source = %s.label, error = %source, "a source failed");
+                    tried.push(format!("{}: {source}", s.label));
+                    if i == last {
+                        return Err(ImageError::Sources {
+                            image,
+                            tried: tried.join("; "),
+                        });
+                    }
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the last source returns")
+    }
+
+    /// Pulls `image` from `r` (the image itself, or a mirror's copy of it).
+    fn pull_from(
+        &self,
+        image: &str,
+        r: &Reference,
+        client_opts: ClientOptions,
+        opts: &PullOptions,
+        progress: &dyn Progress,
+    ) -> Result<PullReport, ImageError> {
+        let image = image.to_string();
         let reg_err = |source| ImageError::Registry {
             image: image.clone(),
             source,
@@ -331,7 +367,7 @@ impl ImageStore {
         let client = RegistryClient::new(client_opts).map_err(reg_err)?;
         let _lock = self.pull_lock()?;
 
-        let top = client.fetch_manifest(&r, &r.target()).map_err(reg_err)?;
+        let top = client.fetch_manifest(r, &r.target()).map_err(reg_err)?;
         let (manifest_bytes, manifest_digest, index_digest) = if top.media_type == spec::OCI_INDEX
             || top.media_type == spec::DOCKER_MANIFEST_LIST
         {
@@ -350,7 +386,7 @@ impl ImageStore {
                 ),
             })?;
             let m = client
-                .fetch_manifest(&r, &d.digest.to_string())
+                .fetch_manifest(r, &d.digest.to_string())
                 .map_err(reg_err)?;
             if m.media_type != spec::OCI_MANIFEST && m.media_type != spec::DOCKER_MANIFEST {
                 return Err(ImageError::Invalid {
@@ -369,11 +405,11 @@ impl ImageStore {
         let manifest: Manifest = parse_json(&manifest_bytes, &image, "manifest")?;
         check_manifest(&manifest, &image)?;
         let config_bytes = client
-            .fetch_blob(&r, &manifest.config, MAX_CONFIG)
+            .fetch_blob(r, &manifest.config, MAX_CONFIG)
             .map_err(reg_err)?;
         let source = RegistrySource {
             client: &client,
-            reference: &r,
+            reference: r,
         };
         let (record, fetched, reused, bytes) = self.store_image(
             &image,

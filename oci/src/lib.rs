@@ -13,6 +13,7 @@ pub mod content;
 pub mod digest;
 pub mod fsutil;
 pub mod image;
+pub mod mirrors;
 pub mod progress;
 pub mod reference;
 pub mod registry;

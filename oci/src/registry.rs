@@ -102,7 +102,7 @@ impl Credentials {
         );
     }
 
-    fn get(&self, registry: &str) -> Option<&(String, String)> {
+    pub(crate) fn get(&self, registry: &str) -> Option<&(String, String)> {
         self.by_host.get(registry)
     }
 }
@@ -132,6 +132,12 @@ pub struct ClientOptions {
     /// Static name resolution (`host:port` -> address), like curl's `--resolve`: for labs
     /// without DNS for their registry's name.
     pub resolve: Vec<(String, std::net::SocketAddr)>,
+    /// A client certificate and key (PEM files) to present.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Accept any server certificate (a mirror's `insecure_skip_verify`).
+    pub accept_invalid_certs: bool,
+    /// Mirrors and per-host settings (`registries.yaml`): where a pull looks first.
+    pub mirrors: crate::mirrors::Mirrors,
 }
 
 pub struct RegistryClient {
@@ -186,6 +192,22 @@ impl RegistryClient {
             for c in certs {
                 b = b.add_root_certificate(c);
             }
+        }
+        if let Some((cert, key)) = &opts.client_cert {
+            let bad = |e: &dyn std::fmt::Display| {
+                RegistryError::Config(format!(
+                    "client certificate {} / {}: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            };
+            let mut pem = std::fs::read(cert).map_err(|e| bad(&e))?;
+            pem.push(b'\n');
+            pem.extend(std::fs::read(key).map_err(|e| bad(&e))?);
+            b = b.identity(reqwest::Identity::from_pem(&pem).map_err(|e| bad(&e))?);
+        }
+        if opts.accept_invalid_certs {
+            b = b.danger_accept_invalid_certs(true);
         }
         let http = b
             .build()

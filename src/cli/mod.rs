@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 pub mod agent;
@@ -73,6 +73,10 @@ pub struct RegistryArgs {
     /// Docker-style config.json with registry credentials [default: ~/.docker/config.json].
     #[arg(long = "auth-file", global = true, env = "REGISTRY_AUTH_FILE")]
     auth_file: Option<PathBuf>,
+    /// Registry mirrors, rewrites, credentials and TLS settings, in k3s's registries.yaml
+    /// format [default: /etc/knode/registries.yaml, when it exists].
+    #[arg(long = "registry-config", global = true, env = "KNODE_REGISTRY_CONFIG")]
+    registry_config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -255,7 +259,45 @@ pub(crate) fn client_options(a: &RegistryArgs) -> Result<ClientOptions> {
         credentials,
         retries: 3,
         resolve: a.resolve.clone(),
+        mirrors: mirrors(a.registry_config.as_deref())?,
+        ..Default::default()
     })
+}
+
+/// The mirrors of `registries.yaml` (the file named, or the default one if it exists), with
+/// the files it names checked now rather than at the first pull.
+fn mirrors(named: Option<&Path>) -> Result<oci::mirrors::Mirrors> {
+    use crate::config::registries;
+    let path = match named {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = PathBuf::from(registries::DEFAULT_PATH);
+            if !p.exists() {
+                return Ok(Default::default());
+            }
+            p
+        }
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the registry configuration {}", path.display()))?;
+    let m = registries::parse(&text, &path)?;
+    for (host, h) in &m.hosts {
+        let files = h.ca_file.iter().map(|f| ("tls.ca_file", f)).chain(
+            h.client_cert
+                .iter()
+                .flat_map(|(c, k)| [("tls.cert_file", c), ("tls.key_file", k)]),
+        );
+        for (field, f) in files {
+            std::fs::metadata(f).with_context(|| {
+                format!(
+                    "{}: configs.{host}.{field}: {}",
+                    path.display(),
+                    f.display()
+                )
+            })?;
+        }
+    }
+    Ok(m)
 }
 
 pub(crate) fn pull_options(platform: Option<&str>) -> Result<PullOptions> {

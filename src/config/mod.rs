@@ -4,6 +4,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod registries;
+
 use std::path::PathBuf;
 
 /// A node agent's configuration (`knode agent`).
