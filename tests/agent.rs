@@ -646,3 +646,70 @@ fn without_cgroup_v2_the_agent_refuses_unless_told_and_says_so_in_node_status() 
     let top = String::from_utf8(n.knode(&["top", "node"]).stdout).unwrap();
     assert!(top.starts_with("NAME") && top.contains("CPU%"), "{top}");
 }
+
+/// Image archives dropped in `<root>/images/` (k3s's airgap images) are imported when the
+/// agent starts: a pod with `imagePullPolicy: Never` runs from one with no registry at all; a
+/// corrupt archive is refused with its name and the node starts all the same; what was
+/// imported is recorded (a restart skips it). `knode image import` feeds a running node.
+#[test]
+fn image_archives_in_the_images_directory_are_preloaded_at_start() {
+    let mut n = Node::stopped();
+    let images = n.s.root().join("images");
+    let layout = tempfile::tempdir().unwrap();
+    busybox_image()
+        .write_oci_layout(layout.path(), "docker.io/preloaded/app:1")
+        .unwrap();
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(layout.path())
+        .arg("-czf")
+        .arg(images.join("app.tar.gz"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    std::fs::write(images.join("broken.tar"), b"not an archive at all").unwrap();
+    n.write(
+        "pre.yaml",
+        &pod_yaml(
+            "pre",
+            "",
+            "  - name: app\n    image: preloaded/app:1\n    imagePullPolicy: Never\n    command: [sh, -c, 'echo from the archive; exec sleep 1000']\n",
+        ),
+    );
+    n.start_agent();
+    n.until("the pod runs from the preloaded image", |n| {
+        n.running("pre")
+    });
+    let log = std::fs::read_to_string(n.log_path()).unwrap();
+    assert!(
+        log.contains("image archive refused") && log.contains("broken.tar"),
+        "{log}"
+    );
+    let ls = String::from_utf8(n.knode(&["image", "ls"]).stdout).unwrap();
+    assert!(ls.contains("docker.io/preloaded/app"), "{ls}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(images.join(".preloaded.json")).unwrap()).unwrap();
+    let names: Vec<&String> = record.as_object().unwrap().keys().collect();
+    assert_eq!(names, ["app.tar.gz"]);
+    // The running node takes an image imported beside it.
+    let o = n.knode(&[
+        "image",
+        "import",
+        layout.path().to_str().unwrap(),
+        "--name",
+        "later/app:2",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    n.write(
+        "later.yaml",
+        &pod_yaml(
+            "later",
+            "",
+            "  - name: app\n    image: later/app:2\n    imagePullPolicy: Never\n    command: [sh, -c, 'exec sleep 1000']\n",
+        ),
+    );
+    n.until("the pod runs from the imported image", |n| {
+        n.running("later")
+    });
+}

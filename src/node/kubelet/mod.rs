@@ -238,6 +238,16 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
     )?;
     let store = Arc::new(crate::node::images::store_at(&cfg.root)?);
+    // Image archives dropped in <root>/images/ go in before any pod needs them (airgap).
+    let pre = crate::node::images::preload(&store, &cfg.root);
+    if !pre.imported.is_empty() || !pre.refused.is_empty() {
+        tracing::info!(
+            imported = pre.imported.len(),
+            refused = pre.refused.len(),
+            unchanged = pre.unchanged,
+            "image archives preloaded"
+        );
+    }
     let ctx = Arc::new(NodeContext {
         changed: changed_w,
         images: Arc::new(cri::NodeImages {
