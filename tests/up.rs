@@ -1103,3 +1103,77 @@ fn static_pods_appear_as_mirror_pods() {
     ]);
     u.await_pod_dirs(0);
 }
+
+/// The README's main job (`knode demo`, what `scripts/run.sh` runs): the bootcamp with the
+/// tutorial's own commands and image names, served through a registries.yaml mirror (no
+/// gcr.io or Docker Hub here), answering as the tutorial shows at each step; then nothing is
+/// left behind.
+#[test]
+fn the_demo_walks_the_bootcamp_with_the_tutorials_names() {
+    let s = Store::new();
+    let o = Command::new(knode_bin())
+        .arg("--root")
+        .arg(s.root())
+        .arg("--run-dir")
+        .arg(s.root().join("run"))
+        .args(["demo", "--kubectl", KUBECTL])
+        .output()
+        .unwrap();
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", text(&o.stderr));
+    // The steps in order, as typed in the tutorial.
+    let steps = [
+        "==> knode image pull gcr.io/google-samples/kubernetes-bootcamp:v1",
+        "through the mirror",
+        "==> kubectl create deployment kubernetes-bootcamp --image=gcr.io/google-samples/kubernetes-bootcamp:v1",
+        "==> kubectl expose deployment/kubernetes-bootcamp --type=NodePort --port 8080",
+        "==> kubectl scale deployments/kubernetes-bootcamp --replicas=3",
+        "==> kubectl set image deployments/kubernetes-bootcamp kubernetes-bootcamp=jocatalin/kubernetes-bootcamp:v2",
+        "==> kubectl rollout undo deployments/kubernetes-bootcamp",
+        "==> kubectl exec ",
+        "==> done",
+    ];
+    let mut at = 0;
+    for step in steps {
+        let i = out[at..]
+            .find(step)
+            .unwrap_or_else(|| panic!("{step:?} missing (or out of order):\n{out}"));
+        at += i + step.len();
+    }
+    // What each part answers: v=1 before the update, v=2 after it, v=1 after the undo.
+    let part = |from: &str, to: &str| -> Vec<String> {
+        let a = out.find(from).unwrap();
+        let b = a + out[a..].find(to).unwrap();
+        out[a..b]
+            .lines()
+            .filter(|l| {
+                l.starts_with("Hello Kubernetes bootcamp! | Running on: kubernetes-bootcamp-")
+            })
+            .map(|l| l.rsplit(" | ").next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        part(
+            "==> kubectl get services",
+            "==> kubectl scale deployments/kubernetes-bootcamp --replicas=2"
+        ),
+        vec!["v=1"; 11]
+    );
+    assert_eq!(
+        part("==> kubectl set image", "==> kubectl rollout undo"),
+        vec!["v=2"; 3]
+    );
+    assert_eq!(
+        part("==> kubectl rollout undo", "==> export POD_NAME"),
+        vec!["v=1"; 3]
+    );
+    assert!(
+        out.contains("Kubernetes Bootcamp App Started At: "),
+        "{out}"
+    );
+    assert!(out.contains("\nHOSTNAME=kubernetes-bootcamp-"), "{out}");
+    // Its namespace and cluster are gone.
+    let netns = text(&run(&["ip", "netns", "list"]).stdout);
+    assert!(!netns.contains("knode-demo"), "{netns}");
+    assert!(!s.root().join("run/demo-cluster").exists());
+}

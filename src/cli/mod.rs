@@ -175,9 +175,9 @@ enum Cmd {
     Kubeconfig,
     /// Print the node join token (a bootstrap token, `<id>.<secret>`) for `--token`.
     Token,
-    /// Run the demo: start a local registry (unless --registry), push the demo image built
-    /// from busybox, pull it with knode and show it; then `knode up` (in a network namespace
-    /// of its own), the bootcamp's kubectl commands, and `knode down`.
+    /// Run the demo: start a local registry (unless --registry), push the bootcamp's images
+    /// built from busybox, pull one with knode through a mirror and show it; then `knode up` (in a
+    /// network namespace of its own), the bootcamp tutorial's kubectl commands, and `knode down`.
     Demo {
         /// Use this registry (host:port) instead of starting one.
         #[arg(long)]

@@ -1,8 +1,11 @@
-//! The main job on embedded defaults: start a registry (unless one is given), build the demo
-//! image from the host's static busybox, push it, pull it with knode and show it; then bring
-//! a cluster up with `knode up` (in a network namespace of its own, so the host's network is
-//! left alone) and drive it with kubectl as the bootcamp tutorial does, and `knode down`.
+//! The main job on embedded defaults: start a registry (unless one is given), build the
+//! bootcamp's images from the host's static busybox and push them there, send the tutorial's
+//! registries to it with a `registries.yaml` mirror, pull `gcr.io/google-samples/
+//! kubernetes-bootcamp:v1` with knode and show it; then bring a cluster up with `knode up` (in
+//! a network namespace of its own, so the host's network is left alone), walk the bootcamp
+//! tutorial with its own commands and names, and `knode down`.
 
+pub mod bootcamp;
 pub mod registry;
 
 use std::path::Path;
@@ -116,7 +119,6 @@ pub fn run(
     client: ClientOptions,
     kubectl: Option<&Path>,
 ) -> Result<()> {
-    let cluster_client = client.clone();
     let local;
     let registry = match registry {
         Some(r) => r.to_string(),
@@ -126,19 +128,38 @@ pub fn run(
             local.host()
         }
     };
-    let r = push_demo_image(&registry)?;
-    println!("==> built the demo image from {BUSYBOX} and pushed it as {r}");
+    // The bootcamp's images, built here and pushed under the paths the mirrors serve.
+    let push = RegistryClient::new(ClientOptions::default())?;
+    for (v, path) in [(1, bootcamp::V1_MIRRORED), (2, bootcamp::V2_MIRRORED)] {
+        let r: Reference = format!("{registry}/{path}").parse()?;
+        bootcamp::image(v)?
+            .push(&push, &r)
+            .with_context(|| format!("pushing {r}"))?;
+        println!("==> built kubernetes-bootcamp v{v} from {BUSYBOX} and pushed it as {r}");
+    }
+    // No gcr.io or Docker Hub here: a registries.yaml sends the tutorial's names to the
+    // local registry (knode reads /etc/knode/registries.yaml the same way).
+    let file = run_dir.join("demo-registries.yaml");
+    let yaml = bootcamp::mirrors_yaml(&registry);
+    std::fs::create_dir_all(run_dir)?;
+    std::fs::write(&file, &yaml)?;
+    println!("==> cat {}", file.display());
+    print!("{yaml}");
+    let client = ClientOptions {
+        mirrors: crate::config::registries::parse(&yaml, &file)?,
+        ..client
+    };
     let store = crate::node::images::store_at(root)?;
-    println!("==> knode image pull {r}");
+    println!("==> knode image pull {}", bootcamp::V1);
     let t = std::time::Instant::now();
     let rep = store.pull(
-        &r.to_string(),
-        client,
+        bootcamp::V1,
+        client.clone(),
         &PullOptions::default(),
         &CliProgress::new(),
     )?;
     println!(
-        "pulled {} in {:.0} ms ({} layer(s) fetched, {} reused)",
+        "pulled {} in {:.0} ms ({} layer(s) fetched, {} reused), through the mirror",
         rep.image.name,
         t.elapsed().as_secs_f64() * 1000.0,
         rep.layers_fetched,
@@ -167,12 +188,9 @@ pub fn run(
         println!("/: {}", names.join(" "));
         let applets = std::fs::read_dir(rootfs.join("bin"))?.count();
         println!("/bin: {applets} entries (busybox and its applets)");
-        print!(
-            "/www/index.html: {}",
-            std::fs::read_to_string(rootfs.join("www/index.html"))?
-        );
         let cfg = store.config(&rep.image)?.config.unwrap_or_default();
         println!("default command: {}", cfg.cmd.unwrap_or_default().join(" "));
+        print!("{}", std::fs::read_to_string(rootfs.join("bootcamp.sh"))?);
         Ok(())
     })();
     rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::empty())
@@ -183,7 +201,7 @@ pub fn run(
         .map(Path::to_path_buf)
         .or_else(find_kubectl)
         .context("no kubectl: install it (scripts/deps.sh does) or pass --kubectl")?;
-    run_cluster(root, run_dir, &r, cluster_client, &kubectl)
+    run_cluster(root, run_dir, client, &kubectl)
 }
 
 /// kubectl on the PATH, or the one scripts/deps.sh installs.
@@ -218,13 +236,7 @@ fn ip_netns(args: &[&str]) -> Result<()> {
 
 /// Brings up a cluster with `knode up` in a network namespace of its own and drives it with
 /// kubectl as the bootcamp tutorial does; then `knode down`.
-fn run_cluster(
-    root: &Path,
-    run_dir: &Path,
-    image: &Reference,
-    client: ClientOptions,
-    kubectl: &Path,
-) -> Result<()> {
+fn run_cluster(root: &Path, run_dir: &Path, client: ClientOptions, kubectl: &Path) -> Result<()> {
     let _ = ip_netns(&["del", DEMO_NETNS]);
     ip_netns(&["add", DEMO_NETNS])?;
     ip_netns(&["exec", DEMO_NETNS, "ip", "link", "set", "lo", "up"])?;
@@ -236,14 +248,18 @@ fn run_cluster(
         netns: format!("--net=/var/run/netns/{DEMO_NETNS}"),
     };
     let r = (|| -> Result<()> {
+        // Both versions are on the node before the tutorial starts (as after a first
+        // pull): the rollout shows Kubernetes, not the registry.
         let store = crate::node::images::store_at(&demo.root)?;
-        store.pull(
-            &image.to_string(),
-            client,
-            &PullOptions::default(),
-            &oci::progress::NoProgress,
-        )?;
-        demo.run_bootcamp(&image.to_string())
+        for image in [bootcamp::V1, bootcamp::V2] {
+            store.pull(
+                image,
+                client.clone(),
+                &PullOptions::default(),
+                &oci::progress::NoProgress,
+            )?;
+        }
+        demo.run_bootcamp()
     })();
     let down = demo.knode(&[
         "down",
@@ -322,14 +338,38 @@ impl Demo {
             &[
                 "rollout",
                 "status",
-                "deployment/kubernetes-bootcamp",
+                "deployments/kubernetes-bootcamp",
                 "--timeout=60s",
             ],
             true,
         )
     }
 
-    fn run_bootcamp(&self, image: &str) -> Result<()> {
+    /// `curl NODE:NODE_PORT`, `n` times (busybox's wget, from the node's namespace): the
+    /// answers, printed.
+    fn curl(&self, url: &str, n: usize) -> Result<Vec<String>> {
+        println!("==> for n in `seq {n}`; do wget -qO- {url}; done   (the tutorial's curl)");
+        let mut answers = Vec::new();
+        for _ in 0..n {
+            let out = Command::new("nsenter")
+                .arg(&self.netns)
+                .args([BUSYBOX, "wget", "-qO-", url])
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "the service did not answer: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let a = String::from_utf8_lossy(&out.stdout).into_owned();
+            print!("{a}");
+            answers.push(a);
+        }
+        Ok(answers)
+    }
+
+    /// The bootcamp, with the tutorial's own commands and image names.
+    fn run_bootcamp(&self) -> Result<()> {
         self.knode(&[
             "up",
             "--listen",
@@ -341,24 +381,24 @@ impl Demo {
             "--node-name",
             "knode-demo",
         ])?;
-        self.kubectl(&["get", "nodes", "-o", "wide"], true)?;
+        self.kubectl(&["version"], true)?;
+        self.kubectl(&["get", "nodes"], true)?;
         let t = std::time::Instant::now();
         self.kubectl(
             &[
                 "create",
                 "deployment",
                 "kubernetes-bootcamp",
-                &format!("--image={image}"),
-                "--replicas=2",
+                &format!("--image={}", bootcamp::V1),
             ],
             true,
         )?;
         self.rollout_status()?;
         println!(
-            "2 replicas available {:.0} ms after kubectl create",
+            "(the pod was available {:.0} ms after kubectl create)",
             t.elapsed().as_secs_f64() * 1000.0
         );
-        self.kubectl(&["get", "pods", "-o", "wide"], true)?;
+        self.kubectl(&["get", "pods"], true)?;
         self.kubectl(
             &[
                 "expose",
@@ -381,24 +421,60 @@ impl Demo {
         )?;
         // The node's address on the pod bridge (the namespace has no other).
         let url = format!("http://10.244.0.1:{}/", port.trim());
-        println!("==> wget -qO- {url}   (the NodePort, from the node)");
-        let out = Command::new("nsenter")
-            .arg(&self.netns)
-            .args([BUSYBOX, "wget", "-qO-", &url])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "the service did not answer: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        print!("{}", String::from_utf8_lossy(&out.stdout));
+        self.curl(&url, 1)?;
+        self.kubectl(&["get", "deployments"], true)?;
         self.kubectl(
-            &["scale", "deployment/kubernetes-bootcamp", "--replicas=3"],
+            &["scale", "deployments/kubernetes-bootcamp", "--replicas=3"],
             true,
         )?;
         self.rollout_status()?;
         self.kubectl(&["get", "deployments"], true)?;
+        self.kubectl(&["get", "pods"], true)?;
+        let answers = self.curl(&url, 10)?;
+        let pods: std::collections::BTreeSet<&str> = answers
+            .iter()
+            .filter_map(|a| a.split(" | ").nth(1))
+            .collect();
+        println!("({} pods answered ten requests)", pods.len());
+        self.kubectl(
+            &["scale", "deployments/kubernetes-bootcamp", "--replicas=2"],
+            true,
+        )?;
+        self.rollout_status()?;
+        self.kubectl(&["get", "deployments"], true)?;
+        self.kubectl(
+            &[
+                "set",
+                "image",
+                "deployments/kubernetes-bootcamp",
+                &format!("kubernetes-bootcamp={}", bootcamp::V2),
+            ],
+            true,
+        )?;
+        self.rollout_status()?;
+        self.kubectl(&["get", "pods"], true)?;
+        self.curl(&url, 3)?;
+        self.kubectl(
+            &["rollout", "undo", "deployments/kubernetes-bootcamp"],
+            true,
+        )?;
+        self.rollout_status()?;
+        self.curl(&url, 3)?;
+        let pod = self.kubectl(
+            &[
+                "get",
+                "pods",
+                "-o",
+                "go-template",
+                "--template",
+                "{{range .items}}{{.metadata.name}}{{\"\\n\"}}{{end}}",
+            ],
+            false,
+        )?;
+        let pod = pod.lines().next().unwrap_or_default().to_string();
+        println!("==> export POD_NAME={pod}");
+        self.kubectl(&["logs", &pod], true)?;
+        self.kubectl(&["exec", &pod, "--", "env"], true)?;
         self.kubectl(
             &["delete", "service,deployment", "kubernetes-bootcamp"],
             true,
