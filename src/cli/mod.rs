@@ -175,13 +175,10 @@ enum Cmd {
     Kubeconfig,
     /// Print the node join token (a bootstrap token, `<id>.<secret>`) for `--token`.
     Token,
-    /// Run the demo: start a local registry (unless --registry), push the bootcamp's images
+    /// Run the demo: start a local registry, push the tutorials' images
     /// built from busybox, pull one with knode through a mirror and show it; then `knode up` (in a
     /// network namespace of its own), the bootcamp tutorial's kubectl commands, and `knode down`.
     Demo {
-        /// Use this registry (host:port) instead of starting one.
-        #[arg(long)]
-        registry: Option<String>,
         /// The kubectl to drive the cluster with [default: kubectl on the PATH, else
         /// /opt/knode-clients/bin/kubectl].
         #[arg(long)]
@@ -409,15 +406,9 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Down(a) => up::down(a, &cli.root, &cli.run_dir, client_options(&cli.registry)?),
         Cmd::Kubeconfig => server::kubeconfig(&cli.root),
         Cmd::Token => server::token(&cli.root),
-        Cmd::Demo { registry, kubectl } => {
+        Cmd::Demo { kubectl } => {
             let opts = client_options(&cli.registry)?;
-            demo::run(
-                &cli.root,
-                &cli.run_dir,
-                registry.as_deref(),
-                opts,
-                kubectl.as_deref(),
-            )
+            demo::run(&cli.root, &cli.run_dir, opts, kubectl.as_deref())
         }
         Cmd::Image(cmd) => image::run(cmd, &cli.root, &cli.registry),
     }

@@ -315,12 +315,49 @@ pub async fn endpoints(inf: Arc<Informers>) {
         let pods: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
         let eps = ep_store.state();
         let slices = slice_store.state();
-        for svc in svc_store.state() {
-            if super::endpoints::selector(&svc).is_none() {
+        let services = svc_store.state();
+        for svc in &services {
+            if super::endpoints::selector(svc).is_none() {
                 continue;
             }
-            if let Err(e) = sync_endpoints(&client, &svc, &pods, &eps, &slices).await {
+            if let Err(e) = sync_endpoints(&client, svc, &pods, &eps, &slices).await {
                 tracing::debug!(service = ?svc.metadata.name, error = %e, "endpoints");
+            }
+        }
+        // Endpoints this controller made whose Service is gone go too (upstream deletes them
+        // with the Service; its slices go by their ownerReference). Endpoints someone else
+        // wrote, without the controller's annotation, are left alone.
+        let live: HashSet<(&str, &str)> = services
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    s.metadata.namespace.as_deref()?,
+                    s.metadata.name.as_deref()?,
+                ))
+            })
+            .collect();
+        for ep in &eps {
+            let (Some(ns), Some(name)) = (
+                ep.metadata.namespace.as_deref(),
+                ep.metadata.name.as_deref(),
+            ) else {
+                continue;
+            };
+            let ours = ep.metadata.annotations.as_ref().is_some_and(|a| {
+                a.contains_key("endpoints.kubernetes.io/last-change-trigger-time")
+            });
+            if ours && !live.contains(&(ns, name)) && ep.metadata.deletion_timestamp.is_none() {
+                let api: Api<Endpoints> = Api::namespaced(client.clone(), ns);
+                let dp = DeleteParams {
+                    preconditions: Some(kube::api::Preconditions {
+                        uid: ep.metadata.uid.clone(),
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
+                if let Err(e) = api.delete(name, &dp).await {
+                    tracing::debug!(endpoints = %name, error = %e, "deleting leftover endpoints");
+                }
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), wake.notified()).await;

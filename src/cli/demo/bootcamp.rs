@@ -23,7 +23,10 @@ fn app_layer(version: u32) -> Vec<u8> {
 mkdir -p /tmp/www
 echo "Hello Kubernetes bootcamp! | Running on: $(hostname) | v={version}" > /tmp/www/index.html
 echo "Kubernetes Bootcamp App Started At: $(date -u +%Y-%m-%dT%H:%M:%S.000Z) | Running On:  $(hostname)"
-exec httpd -f -v -p 8080 -h /tmp/www
+# As PID 1 the shell gets no default action for SIGTERM: stop when Kubernetes asks.
+httpd -f -v -p 8080 -h /tmp/www &
+trap 'kill $!; exit 0' TERM
+wait
 "#
     );
     let mut t = TarBuilder::new();

@@ -6,6 +6,7 @@
 //! tutorial with its own commands and names, and `knode down`.
 
 pub mod bootcamp;
+pub mod guestbook;
 pub mod registry;
 
 use std::path::Path;
@@ -115,20 +116,37 @@ pub fn push_demo_image(registry: &str) -> Result<Reference> {
 pub fn run(
     root: &Path,
     run_dir: &Path,
-    registry: Option<&str>,
     client: ClientOptions,
     kubectl: Option<&Path>,
 ) -> Result<()> {
-    let local;
-    let registry = match registry {
-        Some(r) => r.to_string(),
-        None => {
-            local = LocalRegistry::start()?;
-            println!("==> started a local registry on {}", local.host());
-            local.host()
-        }
-    };
-    // The bootcamp's images, built here and pushed under the paths the mirrors serve.
+    // The whole demo (its registry, its cluster, the requests) lives in a network namespace
+    // of its own, so it never changes the host's network; entered before any thread starts,
+    // so every thread and child is in it.
+    let _ = ip_netns(&["del", DEMO_NETNS]);
+    ip_netns(&["add", DEMO_NETNS])?;
+    ip_netns(&["exec", DEMO_NETNS, "ip", "link", "set", "lo", "up"])?;
+    let ns = std::fs::File::open(format!("/var/run/netns/{DEMO_NETNS}"))?;
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&ns),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .context("entering the demo's network namespace")?;
+    println!("==> the demo runs in network namespace {DEMO_NETNS} (removed at the end)");
+    let r = run_in_netns(root, run_dir, client, kubectl);
+    let _ = ip_netns(&["del", DEMO_NETNS]);
+    r
+}
+
+fn run_in_netns(
+    root: &Path,
+    run_dir: &Path,
+    client: ClientOptions,
+    kubectl: Option<&Path>,
+) -> Result<()> {
+    let local = LocalRegistry::start()?;
+    println!("==> started a local registry on {}", local.host());
+    let registry = local.host();
+    // The tutorials' images, built here and pushed under the paths the mirrors serve.
     let push = RegistryClient::new(ClientOptions::default())?;
     for (v, path) in [(1, bootcamp::V1_MIRRORED), (2, bootcamp::V2_MIRRORED)] {
         let r: Reference = format!("{registry}/{path}").parse()?;
@@ -136,6 +154,12 @@ pub fn run(
             .push(&push, &r)
             .with_context(|| format!("pushing {r}"))?;
         println!("==> built kubernetes-bootcamp v{v} from {BUSYBOX} and pushed it as {r}");
+    }
+    for (name, img) in guestbook::images()? {
+        let r: Reference = format!("{registry}/{name}:latest").parse()?;
+        img.push(&push, &r)
+            .with_context(|| format!("pushing {r}"))?;
+        println!("==> built {name} from Debian's redis-tools and {BUSYBOX}, pushed it as {r}");
     }
     // No gcr.io or Docker Hub here: a registries.yaml sends the tutorial's names to the
     // local registry (knode reads /etc/knode/registries.yaml the same way).
@@ -201,7 +225,7 @@ pub fn run(
         .map(Path::to_path_buf)
         .or_else(find_kubectl)
         .context("no kubectl: install it (scripts/deps.sh does) or pass --kubectl")?;
-    run_cluster(root, run_dir, client, &kubectl)
+    run_cluster(root, run_dir, &file, &kubectl)
 }
 
 /// kubectl on the PATH, or the one scripts/deps.sh installs.
@@ -234,39 +258,25 @@ fn ip_netns(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Brings up a cluster with `knode up` in a network namespace of its own and drives it with
-/// kubectl as the bootcamp tutorial does; then `knode down`.
-fn run_cluster(root: &Path, run_dir: &Path, client: ClientOptions, kubectl: &Path) -> Result<()> {
-    let _ = ip_netns(&["del", DEMO_NETNS]);
-    ip_netns(&["add", DEMO_NETNS])?;
-    ip_netns(&["exec", DEMO_NETNS, "ip", "link", "set", "lo", "up"])?;
+/// Brings up a cluster with `knode up` (its node pulling through the mirrors of
+/// `registries`) and walks the bootcamp and the guestbook with kubectl; then `knode down`.
+fn run_cluster(root: &Path, run_dir: &Path, registries: &Path, kubectl: &Path) -> Result<()> {
     // The demo cluster's state is its own (a scratch root under the run dir), so it leaves
     // nothing in the API of a cluster the user may run later.
     let demo = Demo {
         root: run_dir.join("demo-cluster"),
         kubectl: kubectl.to_path_buf(),
-        netns: format!("--net=/var/run/netns/{DEMO_NETNS}"),
+        registries: registries.to_path_buf(),
     };
-    let r = (|| -> Result<()> {
-        // Both versions are on the node before the tutorial starts (as after a first
-        // pull): the rollout shows Kubernetes, not the registry.
-        let store = crate::node::images::store_at(&demo.root)?;
-        for image in [bootcamp::V1, bootcamp::V2] {
-            store.pull(
-                image,
-                client.clone(),
-                &PullOptions::default(),
-                &oci::progress::NoProgress,
-            )?;
-        }
-        demo.run_bootcamp()
-    })();
+    let r = demo
+        .up()
+        .and_then(|()| demo.run_bootcamp())
+        .and_then(|()| demo.run_guestbook());
     let down = demo.knode(&[
         "down",
         "--log-dir",
         &demo.root.join("logs").display().to_string(),
     ]);
-    let _ = ip_netns(&["del", DEMO_NETNS]);
     let _ = std::fs::remove_dir_all(&demo.root);
     r?;
     down?;
@@ -279,7 +289,7 @@ fn run_cluster(root: &Path, run_dir: &Path, client: ClientOptions, kubectl: &Pat
 struct Demo {
     root: std::path::PathBuf,
     kubectl: std::path::PathBuf,
-    netns: String,
+    registries: std::path::PathBuf,
 }
 
 impl Demo {
@@ -290,16 +300,16 @@ impl Demo {
     /// `knode ARGS` on the demo cluster, printing its output.
     fn knode(&self, args: &[&str]) -> Result<()> {
         println!("==> knode {}", args.join(" "));
-        let status = Command::new("nsenter")
-            .arg(&self.netns)
-            .arg(std::fs::read_link("/proc/self/exe")?)
+        let status = Command::new(std::fs::read_link("/proc/self/exe")?)
+            .arg("--registry-config")
+            .arg(&self.registries)
             .arg("--root")
             .arg(&self.root)
             .arg("--run-dir")
             .arg(self.root.join("run"))
             .args(args)
             .status()
-            .context("running knode in the demo's namespace (nsenter is in util-linux)")?;
+            .context("running knode")?;
         if !status.success() {
             bail!("knode {} failed", args.join(" "));
         }
@@ -311,9 +321,7 @@ impl Demo {
         if show {
             println!("==> kubectl {}", args.join(" "));
         }
-        let out = Command::new("nsenter")
-            .arg(&self.netns)
-            .arg(&self.kubectl)
+        let out = Command::new(&self.kubectl)
             .arg("--kubeconfig")
             .arg(self.kubeconfig())
             .args(args)
@@ -348,13 +356,14 @@ impl Demo {
     /// `curl NODE:NODE_PORT`, `n` times (busybox's wget, from the node's namespace): the
     /// answers, printed.
     fn curl(&self, url: &str, n: usize) -> Result<Vec<String>> {
-        println!("==> for n in `seq {n}`; do wget -qO- {url}; done   (the tutorial's curl)");
+        if n == 1 {
+            println!("==> wget -qO- '{url}'   (the tutorial's curl)");
+        } else {
+            println!("==> for n in `seq {n}`; do wget -qO- {url}; done   (the tutorial's curl)");
+        }
         let mut answers = Vec::new();
         for _ in 0..n {
-            let out = Command::new("nsenter")
-                .arg(&self.netns)
-                .args([BUSYBOX, "wget", "-qO-", url])
-                .output()?;
+            let out = Command::new(BUSYBOX).args(["wget", "-qO-", url]).output()?;
             if !out.status.success() {
                 bail!(
                     "the service did not answer: {}",
@@ -368,8 +377,7 @@ impl Demo {
         Ok(answers)
     }
 
-    /// The bootcamp, with the tutorial's own commands and image names.
-    fn run_bootcamp(&self) -> Result<()> {
+    fn up(&self) -> Result<()> {
         self.knode(&[
             "up",
             "--listen",
@@ -380,7 +388,11 @@ impl Demo {
             &self.root.join("logs").display().to_string(),
             "--node-name",
             "knode-demo",
-        ])?;
+        ])
+    }
+
+    /// The bootcamp, with the tutorial's own commands and image names.
+    fn run_bootcamp(&self) -> Result<()> {
         self.kubectl(&["version"], true)?;
         self.kubectl(&["get", "nodes"], true)?;
         let t = std::time::Instant::now();
@@ -480,5 +492,103 @@ impl Demo {
             true,
         )?;
         Ok(())
+    }
+
+    /// The guestbook, with the tutorial's files and commands: Redis master and slaves,
+    /// the frontend on NodePort 30001; an entry written through the master is read back
+    /// from the slaves.
+    fn run_guestbook(&self) -> Result<()> {
+        let dir = self.root.join("guestbook");
+        std::fs::create_dir_all(&dir)?;
+        for (name, yaml) in guestbook::FILES {
+            std::fs::write(dir.join(name), yaml)?;
+        }
+        println!("==> cd {}   (the tutorial's six files)", dir.display());
+        let create = |name: &str| -> Result<String> {
+            println!("==> kubectl create -f {name}");
+            let out = self.kubectl(
+                &["create", "-f", &dir.join(name).display().to_string()],
+                false,
+            )?;
+            print!("{out}");
+            Ok(out)
+        };
+        create("redis-master-controller.yaml")?;
+        self.wait_rc("redis-master", 1)?;
+        self.kubectl(&["get", "rc"], true)?;
+        self.kubectl(&["get", "pods"], true)?;
+        create("redis-master-service.yaml")?;
+        self.kubectl(&["get", "services"], true)?;
+        create("redis-slave-controller.yaml")?;
+        create("redis-slave-service.yaml")?;
+        create("frontend-controller.yaml")?;
+        create("frontend-service.yaml")?;
+        self.wait_rc("redis-slave", 2)?;
+        self.wait_rc("frontend", 3)?;
+        self.kubectl(&["get", "rc"], true)?;
+        self.kubectl(&["get", "pods"], true)?;
+        self.kubectl(&["get", "services"], true)?;
+        self.kubectl(&["get", "endpoints"], true)?;
+        let base = "http://10.244.0.1:30001";
+        println!("==> wget -qO- {base}/   (the guestbook's page)");
+        let page = Command::new(BUSYBOX)
+            .args(["wget", "-qO-", &format!("{base}/")])
+            .output()?;
+        let page = String::from_utf8_lossy(&page.stdout);
+        match page.lines().find(|l| l.contains("<title>")) {
+            Some(title) => println!("{} ({} bytes)", title.trim(), page.len()),
+            None => bail!("the frontend did not serve the guestbook page"),
+        }
+        self.curl(
+            &format!("{base}/guestbook.php?cmd=set&key=messages&value=Hello%20from%20knode"),
+            1,
+        )?;
+        // The slaves have the entry once they have replicated it (milliseconds).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let url = format!("{base}/guestbook.php?cmd=get&key=messages");
+        loop {
+            let out = Command::new(BUSYBOX)
+                .args(["wget", "-qO-", &url])
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains("Hello from knode") {
+                println!("==> wget -qO- '{url}'   (read back from the slaves)");
+                print!("{text}");
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the slaves did not return the entry: {text}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        self.kubectl(&["scale", "rc", "redis-slave", "--replicas=3"], true)?;
+        self.wait_rc("redis-slave", 3)?;
+        self.kubectl(&["get", "rc", "redis-slave"], true)?;
+        self.kubectl(&["get", "namespace"], true)?;
+        self.kubectl(
+            &[
+                "delete",
+                "rc,service",
+                "redis-master",
+                "redis-slave",
+                "frontend",
+            ],
+            true,
+        )?;
+        Ok(())
+    }
+
+    /// Waits (kubectl's watch) until the RC `name` has `n` ready replicas.
+    fn wait_rc(&self, name: &str, n: u32) -> Result<()> {
+        self.kubectl(
+            &[
+                "wait",
+                &format!("rc/{name}"),
+                &format!("--for=jsonpath={{.status.readyReplicas}}={n}"),
+                "--timeout=120s",
+            ],
+            false,
+        )
+        .map(|_| ())
     }
 }
