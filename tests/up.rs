@@ -614,6 +614,32 @@ fn up_runs_the_bootcamp_and_down_leaves_nothing() {
         "{}",
         text(&o.stderr)
     );
+    // `knode explain`: the kernel objects behind the pod, each where a learner can look.
+    let o = u.knode(&["explain", &format!("pod/{pod}")]);
+    let ex = text(&o.stdout);
+    assert!(o.status.success(), "{ex}{}", text(&o.stderr));
+    let ip = u.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"]);
+    assert!(ex.contains(&format!("  eth0 {ip}/24 in net:[")), "{ex}");
+    let veth = ex
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("its veth peer on the node: "))
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("no veth:\n{ex}"));
+    let link = text(&run(&["ip", "-n", &u.ns, "-o", "link", "show", veth]).stdout);
+    assert!(link.contains("master knode0"), "{veth}: {link}");
+    assert!(ex.contains(", a port of bridge knode0"), "{ex}");
+    assert!(
+        ex.contains("read-only layers (1 from docker.io/test/busybox:1"),
+        "{ex}"
+    );
+    assert!(ex.contains("httpd"), "{ex}");
+    let o = u.knode(&["explain", "pod/nosuchpod"]);
+    assert!(
+        !o.status.success()
+            && text(&o.stderr).contains("pod default/nosuchpod is not on this node"),
+        "{}",
+        text(&o.stderr)
+    );
     // The node's kubelet API through the API server (`nodes/proxy`): its health and its
     // usage summary (the node's from /proc here; pods have cgroups only in the VM).
     assert_eq!(
@@ -1131,6 +1157,9 @@ fn the_demo_walks_the_bootcamp_and_the_guestbook_with_the_tutorials_names() {
         "==> kubectl set image deployments/kubernetes-bootcamp kubernetes-bootcamp=jocatalin/kubernetes-bootcamp:v2",
         "==> kubectl rollout undo deployments/kubernetes-bootcamp",
         "==> kubectl exec ",
+        "==> knode explain pod/kubernetes-bootcamp-",
+        "Namespaces the containers share",
+        "its veth peer on the node: ",
         "==> kubectl create -f redis-master-controller.yaml",
         "==> kubectl create -f redis-master-service.yaml",
         "==> kubectl create -f redis-slave-controller.yaml",

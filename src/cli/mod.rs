@@ -11,6 +11,7 @@ pub mod agent;
 pub mod demo;
 pub mod describe;
 pub mod exec;
+pub mod explain;
 pub mod get;
 pub mod image;
 pub mod local;
@@ -120,6 +121,15 @@ enum Cmd {
         /// Resource type: pod.
         resource: String,
         name: String,
+        #[arg(long, short, default_value = "default")]
+        namespace: String,
+    },
+    /// Show the kernel objects behind a pod on this node: the namespaces its containers
+    /// share, its veth and bridge port, its cgroup and limits, each container's overlay
+    /// and layers, mounts and processes: knode explain pod/NAME [-n NS].
+    Explain {
+        /// pod/NAME
+        what: String,
         #[arg(long, short, default_value = "default")]
         namespace: String,
     },
@@ -353,6 +363,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 anyhow::bail!("unknown resource type {other:?}: knode top supports node and pods")
             }
         },
+        Cmd::Explain { what, namespace } => explain::explain(&sock, &cli.root, &what, &namespace),
         Cmd::Logs {
             pod,
             container,

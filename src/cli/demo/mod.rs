@@ -487,6 +487,8 @@ impl Demo {
         println!("==> export POD_NAME={pod}");
         self.kubectl(&["logs", &pod], true)?;
         self.kubectl(&["exec", &pod, "--", "env"], true)?;
+        // What that pod is to the kernel, on its node.
+        self.knode(&["explain", &format!("pod/{pod}")])?;
         self.kubectl(
             &["delete", "service,deployment", "kubernetes-bootcamp"],
             true,
