@@ -1248,3 +1248,53 @@ fn the_demo_walks_the_bootcamp_and_the_guestbook_with_the_tutorials_names() {
     assert!(!netns.contains("knode-demo"), "{netns}");
     assert!(!s.root().join("run/demo-cluster").exists());
 }
+
+/// `knode tutorial bootcamp`: the bootcamp at a learner's pace: each step titled and
+/// explained before it runs, on Enter; an input that ends runs the rest straight through.
+/// The guestbook is not part of it.
+#[test]
+fn a_tutorial_explains_each_step_and_waits_for_enter() {
+    let s = Store::new();
+    let mut c = Command::new(knode_bin())
+        .arg("--root")
+        .arg(s.root())
+        .arg("--run-dir")
+        .arg(s.root().join("run"))
+        .args(["tutorial", "bootcamp", "--kubectl", KUBECTL])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        // Two steps' Enter, then the input ends.
+        c.stdin.take().unwrap().write_all(b"\n\n").unwrap();
+    }
+    let o = c.wait_with_output().unwrap();
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", text(&o.stderr));
+    let steps = [
+        "--- Step 1: The cluster ---",
+        "kubectl talks to the API server only",
+        "[Enter: run it]",
+        "==> kubectl get nodes",
+        "--- Step 2: Deploy an app ---",
+        "==> kubectl create deployment kubernetes-bootcamp --image=gcr.io/google-samples/kubernetes-bootcamp:v1",
+        "--- Step 3: Expose it ---",
+        "--- Step 6: A rolling update ---",
+        "| v=2",
+        "--- Step 7: Roll back ---",
+        "--- Step 8: Look inside a pod ---",
+        "==> knode explain pod/kubernetes-bootcamp-",
+        "==> done",
+    ];
+    let mut at = 0;
+    for step in steps {
+        let i = out[at..]
+            .find(step)
+            .unwrap_or_else(|| panic!("{step:?} missing (or out of order):\n{out}"));
+        at += i + step.len();
+    }
+    assert!(!out.contains("redis"), "{out}");
+}

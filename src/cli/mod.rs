@@ -194,6 +194,16 @@ enum Cmd {
         #[arg(long)]
         kubectl: Option<PathBuf>,
     },
+    /// Walk a tutorial at your own pace on a cluster of its own (as the demo, in a network
+    /// namespace of its own): each step explained, run when you press Enter.
+    Tutorial {
+        /// bootcamp or guestbook.
+        name: String,
+        /// The kubectl to drive the cluster with [default: kubectl on the PATH, else
+        /// /opt/knode-clients/bin/kubectl].
+        #[arg(long)]
+        kubectl: Option<PathBuf>,
+    },
 }
 
 /// `get` and `describe` know pods only (so far).
@@ -419,7 +429,30 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Token => server::token(&cli.root),
         Cmd::Demo { kubectl } => {
             let opts = client_options(&cli.registry)?;
-            demo::run(&cli.root, &cli.run_dir, opts, kubectl.as_deref())
+            demo::run(
+                &cli.root,
+                &cli.run_dir,
+                opts,
+                kubectl.as_deref(),
+                demo::Walk::DEMO,
+            )
+        }
+        Cmd::Tutorial { name, kubectl } => {
+            let walk = match name.as_str() {
+                "bootcamp" => demo::Walk {
+                    bootcamp: true,
+                    guestbook: false,
+                    paced: true,
+                },
+                "guestbook" => demo::Walk {
+                    bootcamp: false,
+                    guestbook: true,
+                    paced: true,
+                },
+                other => anyhow::bail!("no tutorial {other:?}: knode tutorial bootcamp|guestbook"),
+            };
+            let opts = client_options(&cli.registry)?;
+            demo::run(&cli.root, &cli.run_dir, opts, kubectl.as_deref(), walk)
         }
         Cmd::Image(cmd) => image::run(cmd, &cli.root, &cli.registry),
     }

@@ -113,11 +113,30 @@ pub fn push_demo_image(registry: &str) -> Result<Reference> {
     Ok(r)
 }
 
+/// Which walk-throughs, and at whose pace.
+#[derive(Clone, Copy, Debug)]
+pub struct Walk {
+    pub bootcamp: bool,
+    pub guestbook: bool,
+    /// A learner's pace (`knode tutorial`): each step explained, run when they press Enter.
+    pub paced: bool,
+}
+
+impl Walk {
+    /// The demo: both tutorials, straight through.
+    pub const DEMO: Walk = Walk {
+        bootcamp: true,
+        guestbook: true,
+        paced: false,
+    };
+}
+
 pub fn run(
     root: &Path,
     run_dir: &Path,
     client: ClientOptions,
     kubectl: Option<&Path>,
+    walk: Walk,
 ) -> Result<()> {
     // The whole demo (its registry, its cluster, the requests) lives in a network namespace
     // of its own, so it never changes the host's network; entered before any thread starts,
@@ -132,7 +151,7 @@ pub fn run(
     )
     .context("entering the demo's network namespace")?;
     println!("==> the demo runs in network namespace {DEMO_NETNS} (removed at the end)");
-    let r = run_in_netns(root, run_dir, client, kubectl);
+    let r = run_in_netns(root, run_dir, client, kubectl, walk);
     let _ = ip_netns(&["del", DEMO_NETNS]);
     r
 }
@@ -142,6 +161,7 @@ fn run_in_netns(
     run_dir: &Path,
     client: ClientOptions,
     kubectl: Option<&Path>,
+    walk: Walk,
 ) -> Result<()> {
     let local = LocalRegistry::start()?;
     println!("==> started a local registry on {}", local.host());
@@ -155,7 +175,12 @@ fn run_in_netns(
             .with_context(|| format!("pushing {r}"))?;
         println!("==> built kubernetes-bootcamp v{v} from {BUSYBOX} and pushed it as {r}");
     }
-    for (name, img) in guestbook::images()? {
+    let guestbook_images = if walk.guestbook {
+        guestbook::images()?
+    } else {
+        vec![]
+    };
+    for (name, img) in guestbook_images {
         let r: Reference = format!("{registry}/{name}:latest").parse()?;
         img.push(&push, &r)
             .with_context(|| format!("pushing {r}"))?;
@@ -225,7 +250,7 @@ fn run_in_netns(
         .map(Path::to_path_buf)
         .or_else(find_kubectl)
         .context("no kubectl: install it (scripts/deps.sh does) or pass --kubectl")?;
-    run_cluster(root, run_dir, &file, &kubectl)
+    run_cluster(root, run_dir, &file, &kubectl, walk)
 }
 
 /// kubectl on the PATH, or the one scripts/deps.sh installs.
@@ -260,18 +285,38 @@ fn ip_netns(args: &[&str]) -> Result<()> {
 
 /// Brings up a cluster with `knode up` (its node pulling through the mirrors of
 /// `registries`) and walks the bootcamp and the guestbook with kubectl; then `knode down`.
-fn run_cluster(root: &Path, run_dir: &Path, registries: &Path, kubectl: &Path) -> Result<()> {
+fn run_cluster(
+    root: &Path,
+    run_dir: &Path,
+    registries: &Path,
+    kubectl: &Path,
+    walk: Walk,
+) -> Result<()> {
     // The demo cluster's state is its own (a scratch root under the run dir), so it leaves
     // nothing in the API of a cluster the user may run later.
     let demo = Demo {
         root: run_dir.join("demo-cluster"),
         kubectl: kubectl.to_path_buf(),
         registries: registries.to_path_buf(),
+        paced: walk.paced,
+        step: std::cell::Cell::new(0),
     };
     let r = demo
         .up()
-        .and_then(|()| demo.run_bootcamp())
-        .and_then(|()| demo.run_guestbook());
+        .and_then(|()| {
+            if walk.bootcamp {
+                demo.run_bootcamp()
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| {
+            if walk.guestbook {
+                demo.run_guestbook()
+            } else {
+                Ok(())
+            }
+        });
     let down = demo.knode(&[
         "down",
         "--log-dir",
@@ -290,9 +335,31 @@ struct Demo {
     root: std::path::PathBuf,
     kubectl: std::path::PathBuf,
     registries: std::path::PathBuf,
+    /// Explain each step and wait for Enter (`knode tutorial`).
+    paced: bool,
+    step: std::cell::Cell<u32>,
 }
 
 impl Demo {
+    /// At a learner's pace: the next step's title and what it shows, then Enter to run it
+    /// (an input that has ended runs the rest straight through). In the demo: nothing.
+    fn say(&self, title: &str, text: &str) -> Result<()> {
+        if !self.paced {
+            return Ok(());
+        }
+        let n = self.step.get() + 1;
+        self.step.set(n);
+        println!("\n--- Step {n}: {title} ---");
+        println!("{}", text.trim());
+        print!("[Enter: run it] ");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        println!();
+        Ok(())
+    }
+
     fn kubeconfig(&self) -> std::path::PathBuf {
         self.root.join("kubeconfig")
     }
@@ -393,8 +460,21 @@ impl Demo {
 
     /// The bootcamp, with the tutorial's own commands and image names.
     fn run_bootcamp(&self) -> Result<()> {
+        self.say(
+            "The cluster",
+            "`knode up` started an API server, the controllers, a scheduler and this node, all
+in one process. kubectl talks to the API server only; `get nodes` lists the machines that
+run pods (here one, Ready).",
+        )?;
         self.kubectl(&["version"], true)?;
         self.kubectl(&["get", "nodes"], true)?;
+        self.say(
+            "Deploy an app",
+            "A Deployment says which image to run and how many copies. The Deployment
+controller makes a ReplicaSet, the ReplicaSet makes a Pod, the scheduler binds it to the
+node, and the node pulls the image (here through a registries.yaml mirror, as gcr.io is out
+of reach) and starts it.",
+        )?;
         let t = std::time::Instant::now();
         self.kubectl(
             &[
@@ -411,6 +491,12 @@ impl Demo {
             t.elapsed().as_secs_f64() * 1000.0
         );
         self.kubectl(&["get", "pods"], true)?;
+        self.say(
+            "Expose it",
+            "Pods are reachable only inside the cluster. A Service of type NodePort gives
+them one stable address and opens a port on every node; the node's service proxy
+(nftables rules) sends each connection to one of the Service's ready pods.",
+        )?;
         self.kubectl(
             &[
                 "expose",
@@ -434,6 +520,11 @@ impl Demo {
         // The node's address on the pod bridge (the namespace has no other).
         let url = format!("http://10.244.0.1:{}/", port.trim());
         self.curl(&url, 1)?;
+        self.say(
+            "Scale it",
+            "Three replicas instead of one: the ReplicaSet makes two more pods, the Service's
+endpoints follow as they become ready, and requests are spread over all three.",
+        )?;
         self.kubectl(&["get", "deployments"], true)?;
         self.kubectl(
             &["scale", "deployments/kubernetes-bootcamp", "--replicas=3"],
@@ -448,12 +539,23 @@ impl Demo {
             .filter_map(|a| a.split(" | ").nth(1))
             .collect();
         println!("({} pods answered ten requests)", pods.len());
+        self.say(
+            "Scale down",
+            "Two replicas: the ReplicaSet deletes one pod; the node stops its containers
+within the grace period, and the Service stops sending it traffic first.",
+        )?;
         self.kubectl(
             &["scale", "deployments/kubernetes-bootcamp", "--replicas=2"],
             true,
         )?;
         self.rollout_status()?;
         self.kubectl(&["get", "deployments"], true)?;
+        self.say(
+            "A rolling update",
+            "A new image makes a new ReplicaSet. The Deployment scales it up and the old one
+down a pod at a time (maxSurge, maxUnavailable), so the app answers throughout; the
+answers now say v=2.",
+        )?;
         self.kubectl(
             &[
                 "set",
@@ -466,6 +568,11 @@ impl Demo {
         self.rollout_status()?;
         self.kubectl(&["get", "pods"], true)?;
         self.curl(&url, 3)?;
+        self.say(
+            "Roll back",
+            "`rollout undo` puts the previous template back: the old ReplicaSet is scaled up
+again (with a new revision number) and the answers say v=1 again.",
+        )?;
         self.kubectl(
             &["rollout", "undo", "deployments/kubernetes-bootcamp"],
             true,
@@ -484,6 +591,13 @@ impl Demo {
             false,
         )?;
         let pod = pod.lines().next().unwrap_or_default().to_string();
+        self.say(
+            "Look inside a pod",
+            "`kubectl logs` reads what the container wrote (the node keeps it in a file);
+`kubectl exec` runs a command inside it: the API server passes the stream to the node.
+Then `knode explain` shows what the pod is to the kernel: namespaces, a veth pair, a
+cgroup, an overlay of the image's layers, processes.",
+        )?;
         println!("==> export POD_NAME={pod}");
         self.kubectl(&["logs", &pod], true)?;
         self.kubectl(&["exec", &pod, "--", "env"], true)?;
@@ -506,6 +620,11 @@ impl Demo {
             std::fs::write(dir.join(name), yaml)?;
         }
         println!("==> cd {}   (the tutorial's six files)", dir.display());
+        self.say(
+            "The guestbook's Redis master",
+            "A ReplicationController (the Deployment's ancestor) keeps one redis-master pod
+running, made from its template and found again by its labels (name=redis-master).",
+        )?;
         let create = |name: &str| -> Result<String> {
             println!("==> kubectl create -f {name}");
             let out = self.kubectl(
@@ -519,8 +638,20 @@ impl Demo {
         self.wait_rc("redis-master", 1)?;
         self.kubectl(&["get", "rc"], true)?;
         self.kubectl(&["get", "pods"], true)?;
+        self.say(
+            "A Service for the master",
+            "The slaves and the frontend find the master through a Service. Pods created
+after it get its address in environment variables (REDIS_MASTER_SERVICE_HOST), which is
+how these images look it up (GET_HOSTS_FROM=env).",
+        )?;
         create("redis-master-service.yaml")?;
         self.kubectl(&["get", "services"], true)?;
+        self.say(
+            "Slaves and the frontend",
+            "Two Redis slaves replicate from the master; three frontends serve the page on
+port 80, writing to the master and reading from the slaves. The frontend's Service is a
+NodePort on 30001.",
+        )?;
         create("redis-slave-controller.yaml")?;
         create("redis-slave-service.yaml")?;
         create("frontend-controller.yaml")?;
@@ -531,6 +662,11 @@ impl Demo {
         self.kubectl(&["get", "pods"], true)?;
         self.kubectl(&["get", "services"], true)?;
         self.kubectl(&["get", "endpoints"], true)?;
+        self.say(
+            "Use it",
+            "A message written through the frontend (NodePort 30001) goes to the master and
+comes back from a slave once replicated.",
+        )?;
         let base = "http://10.244.0.1:30001";
         println!("==> wget -qO- {base}/   (the guestbook's page)");
         let page = Command::new(BUSYBOX)
@@ -563,6 +699,11 @@ impl Demo {
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        self.say(
+            "Scale the slaves",
+            "`kubectl scale rc` changes the ReplicationController's replicas; a third slave
+starts and replicates.",
+        )?;
         self.kubectl(&["scale", "rc", "redis-slave", "--replicas=3"], true)?;
         self.wait_rc("redis-slave", 3)?;
         self.kubectl(&["get", "rc", "redis-slave"], true)?;
