@@ -427,14 +427,17 @@ fn deployments_scale_roll_out_and_roll_back_as_the_bootcamp_does() {
     );
 
     // --cascade=orphan: the Deployment goes; its ReplicaSet stays, unowned, with its pods.
-    s.ok(&[
-        "create",
-        "deployment",
-        "keep",
-        "--image=nginx",
-        "--replicas=2",
-    ]);
-    s.ok(&["rollout", "status", "deployment/keep", "--timeout=60s"]);
+    let make_keep = || {
+        s.ok(&[
+            "create",
+            "deployment",
+            "keep",
+            "--image=nginx",
+            "--replicas=2",
+        ]);
+        s.ok(&["rollout", "status", "deployment/keep", "--timeout=60s"]);
+    };
+    make_keep();
     let pods = live_pods(&s, "app=keep");
     s.ok(&[
         "delete",
@@ -451,14 +454,7 @@ fn deployments_scale_roll_out_and_roll_back_as_the_bootcamp_does() {
     );
     assert_eq!(live_pods(&s, "app=keep"), pods);
     // The Deployment made again takes its ReplicaSet back (adoption): the same pods serve.
-    s.ok(&[
-        "create",
-        "deployment",
-        "keep",
-        "--image=nginx",
-        "--replicas=2",
-    ]);
-    s.ok(&["rollout", "status", "deployment/keep", "--timeout=60s"]);
+    make_keep();
     let d = s.json(&["get", "deployment", "keep"]);
     let rs = s.json(&["get", "rs", "-l", "app=keep"]);
     assert_eq!(rs["items"].as_array().unwrap().len(), 1, "{rs}");

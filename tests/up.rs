@@ -1174,13 +1174,7 @@ fn the_demo_walks_the_bootcamp_and_the_guestbook_with_the_tutorials_names() {
         "==> kubectl scale rc redis-slave --replicas=3",
         "==> done",
     ];
-    let mut at = 0;
-    for step in steps {
-        let i = out[at..]
-            .find(step)
-            .unwrap_or_else(|| panic!("{step:?} missing (or out of order):\n{out}"));
-        at += i + step.len();
-    }
+    assert_in_order(&out, &steps);
     // What each part answers: v=1 before the update, v=2 after it, v=1 after the undo.
     let part = |from: &str, to: &str| -> Vec<String> {
         let a = out.find(from).unwrap();
@@ -1289,6 +1283,12 @@ fn a_tutorial_explains_each_step_and_waits_for_enter() {
         "==> knode explain pod/kubernetes-bootcamp-",
         "==> done",
     ];
+    assert_in_order(&out, &steps);
+    assert!(!out.contains("redis"), "{out}");
+}
+
+/// Asserts that `steps` appear in `out` in that order.
+fn assert_in_order(out: &str, steps: &[&str]) {
     let mut at = 0;
     for step in steps {
         let i = out[at..]
@@ -1296,5 +1296,4 @@ fn a_tutorial_explains_each_step_and_waits_for_enter() {
             .unwrap_or_else(|| panic!("{step:?} missing (or out of order):\n{out}"));
         at += i + step.len();
     }
-    assert!(!out.contains("redis"), "{out}");
 }

@@ -398,6 +398,13 @@ mod tests {
         assert!(authorize(&u, &a)
             .unwrap_err()
             .contains("resource \"pods/exec\""));
+        // Nor may a node reach another node's kubelet API through the API server (its
+        // streams would be an exec into every pod there).
+        let mut a = attrs("get", "", "nodes", "");
+        a.subresource = "proxy";
+        assert!(authorize(&u, &a)
+            .unwrap_err()
+            .contains("resource \"nodes/proxy\""));
         // Anyone else authenticated: reviews only.
         let other = user(&["system:authenticated"]);
         assert!(authorize(

@@ -851,10 +851,7 @@ async fn collect(client: &Client, kinds: &Kinds, a: &gc::Action) -> kube::Result
                 .flatten()
                 .filter(|o| !uids.contains(&o.uid))
                 .collect();
-            let patch = serde_json::json!({"metadata": {
-                "resourceVersion": resource_version,
-                "ownerReferences": if kept.is_empty() { serde_json::Value::Null } else { serde_json::json!(kept) },
-            }});
+            let patch = meta_patch(resource_version, "ownerReferences", &kept);
             api.patch(&this.name, &pp, &Patch::Merge(&patch))
                 .await
                 .map(|_| ())
@@ -869,10 +866,7 @@ async fn collect(client: &Client, kinds: &Kinds, a: &gc::Action) -> kube::Result
                 return Ok(());
             };
             tracing::debug!(kind = %this.kind, name = %this.name, finalizer, "finalized");
-            let patch = serde_json::json!({"metadata": {
-                "resourceVersion": resource_version,
-                "finalizers": if finalizers.is_empty() { serde_json::Value::Null } else { serde_json::json!(finalizers) },
-            }});
+            let patch = meta_patch(resource_version, "finalizers", finalizers);
             api.patch(&this.name, &pp, &Patch::Merge(&patch))
                 .await
                 .map(|_| ())
@@ -897,10 +891,11 @@ async fn reown<K: crate::client::Cached + serde::Serialize>(
         refs.retain(|r| r.uid != uid);
     }
     refs.extend(take);
-    let patch = serde_json::json!({"metadata": {
-        "resourceVersion": m.resource_version,
-        "ownerReferences": if refs.is_empty() { serde_json::Value::Null } else { serde_json::json!(refs) },
-    }});
+    let patch = meta_patch(
+        m.resource_version.as_deref().unwrap_or_default(),
+        "ownerReferences",
+        &refs,
+    );
     let pp = PatchParams {
         field_manager: Some(MANAGER.into()),
         ..Default::default()
@@ -908,4 +903,19 @@ async fn reown<K: crate::client::Cached + serde::Serialize>(
     api.patch(name, &pp, &Patch::Merge(&patch))
         .await
         .map(|_| ())
+}
+
+/// A merge patch setting the list `field` of `metadata` (null when empty: the field goes),
+/// under `resource_version` (a precondition: a concurrent change makes it fail).
+fn meta_patch<T: serde::Serialize>(
+    resource_version: &str,
+    field: &str,
+    items: &[T],
+) -> serde_json::Value {
+    let list = if items.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!(items)
+    };
+    serde_json::json!({"metadata": {"resourceVersion": resource_version, field: list}})
 }

@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 use oci::build::{BuiltImage, ImageBuilder, TarBuilder};
-use oci::spec::{Compression, RunConfig};
+use oci::spec::Compression;
 
 /// The tutorial's names, and where the demo's registry serves them (a `registries.yaml`
 /// mirror rewrites the first; the second keeps its Docker Hub path).
@@ -40,19 +40,7 @@ pub fn image(version: u32) -> Result<BuiltImage> {
     Ok(ImageBuilder::new()
         .layer(&super::busybox_layer()?, Compression::Gzip)
         .layer(&app_layer(version), Compression::Gzip)
-        .run_config(RunConfig {
-            env: Some(vec![
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-            ]),
-            cmd: Some(vec!["/bootcamp.sh".into()]),
-            exposed_ports: Some(
-                [("8080/tcp".to_string(), serde_json::json!({}))]
-                    .into_iter()
-                    .collect(),
-            ),
-            working_dir: Some("/".into()),
-            ..Default::default()
-        })
+        .run_config(super::run_config(&["/bootcamp.sh"], 8080, &[]))
         .build())
 }
 

@@ -107,20 +107,7 @@ fn redis_layer() -> Result<Vec<u8>> {
 }
 
 fn config(cmd: &[&str], port: u16) -> RunConfig {
-    RunConfig {
-        env: Some(vec![
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-            "LD_LIBRARY_PATH=/lib/x86_64-linux-gnu".into(),
-        ]),
-        cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
-        exposed_ports: Some(
-            [(format!("{port}/tcp"), serde_json::json!({}))]
-                .into_iter()
-                .collect(),
-        ),
-        working_dir: Some("/".into()),
-        ..Default::default()
-    }
+    super::run_config(cmd, port, &["LD_LIBRARY_PATH=/lib/x86_64-linux-gnu"])
 }
 
 const SLAVE_SH: &str = r#"#!/bin/sh

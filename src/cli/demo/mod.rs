@@ -13,18 +13,17 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use oci::build::{ImageBuilder, TarBuilder, TarEntry};
+use oci::build::{TarBuilder, TarEntry};
 use oci::image::PullOptions;
 use oci::reference::Reference;
 use oci::registry::{ClientOptions, RegistryClient};
-use oci::spec::{Compression, RunConfig};
+use oci::spec::RunConfig;
 use oci::tar::EntryKind;
 
 use crate::cli::image::{self, CliProgress};
 use registry::LocalRegistry;
 
 pub const BUSYBOX: &str = "/bin/busybox";
-pub const DEMO_REPO: &str = "knode/demo";
 
 /// The demo image's single layer: static busybox with its applets, a passwd file and a web
 /// page served by `httpd` (the default command).
@@ -76,41 +75,29 @@ pub fn busybox_layer() -> Result<Vec<u8>> {
 }
 
 pub fn demo_run_config() -> RunConfig {
+    run_config(
+        &["httpd", "-f", "-v", "-p", "8080", "-h", "/www"],
+        8080,
+        &[],
+    )
+}
+
+/// An image's configuration: `cmd`, one exposed TCP port, the usual PATH and `env`.
+pub fn run_config(cmd: &[&str], port: u16, env: &[&str]) -> RunConfig {
+    let mut vars =
+        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
+    vars.extend(env.iter().map(|e| e.to_string()));
     RunConfig {
-        env: Some(vec![
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ]),
-        cmd: Some(vec![
-            "httpd".into(),
-            "-f".into(),
-            "-v".into(),
-            "-p".into(),
-            "8080".into(),
-            "-h".into(),
-            "/www".into(),
-        ]),
+        env: Some(vars),
+        cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
         exposed_ports: Some(
-            [("8080/tcp".to_string(), serde_json::json!({}))]
+            [(format!("{port}/tcp"), serde_json::json!({}))]
                 .into_iter()
                 .collect(),
         ),
         working_dir: Some("/".into()),
         ..Default::default()
     }
-}
-
-/// Builds the demo image and pushes it to `registry` as `knode/demo:v1` (a tag other than
-/// `latest`: pods use the pulled copy instead of pulling again).
-pub fn push_demo_image(registry: &str) -> Result<Reference> {
-    let r: Reference = format!("{registry}/{DEMO_REPO}:v1").parse()?;
-    let img = ImageBuilder::new()
-        .layer(&busybox_layer()?, Compression::Gzip)
-        .run_config(demo_run_config())
-        .build();
-    let client = RegistryClient::new(ClientOptions::default())?;
-    img.push(&client, &r)
-        .with_context(|| format!("pushing the demo image to {registry}"))?;
-    Ok(r)
 }
 
 /// Which walk-throughs, and at whose pace.
