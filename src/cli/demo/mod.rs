@@ -125,6 +125,16 @@ pub fn run(
     kubectl: Option<&Path>,
     walk: Walk,
 ) -> Result<()> {
+    // One demo at a time: the namespace's name is fixed, and a second demo removing it (as
+    // the leftover of a crash) under a first one would put both clusters in one namespace.
+    let lock_path = Path::new("/run/knode-demo.lock");
+    let _lock = match oci::fsutil::Lock::try_exclusive(lock_path)? {
+        Some(l) => l,
+        None => {
+            println!("==> waiting for another knode demo or tutorial to finish");
+            oci::fsutil::Lock::exclusive(lock_path)?
+        }
+    };
     // The whole demo (its registry, its cluster, the requests) lives in a network namespace
     // of its own, so it never changes the host's network; entered before any thread starts,
     // so every thread and child is in it.
