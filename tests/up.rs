@@ -1301,6 +1301,64 @@ fn a_tutorial_explains_each_step_and_waits_for_enter() {
     assert_eq!(processes_under(s.root()), Vec::<String>::new());
 }
 
+/// The ConfigMap, Secret and hostPath tutorial: `mysql:5.7` (MariaDB, built here) starts from
+/// the tutorial's own files, its data outlives the pod on the node's /home/mysql/data, the
+/// ConfigMap configures the server, the Secret's password works; the host directory is gone
+/// afterwards.
+#[test]
+fn the_mysql_tutorial_keeps_data_on_the_node_and_reads_a_configmap_and_a_secret() {
+    let s = Store::new();
+    let home_before = std::path::Path::new("/home/mysql").exists();
+    let o = Command::new(knode_bin())
+        .arg("--root")
+        .arg(s.root())
+        .arg("--run-dir")
+        .arg(s.root().join("run"))
+        .args(["tutorial", "mysql", "--kubectl", KUBECTL])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", text(&o.stderr));
+    assert_in_order(
+        &out,
+        &[
+            "--- Step 1: A database keeping its data on the node ---",
+            "==> kubectl apply -f ",
+            "pod/mysql-pod created",
+            "pod/mysql-pod condition met",
+            "\ntutorial\n",
+            "==> ls /home/mysql/data   (on the node)",
+            "ibdata1",
+            "--- Step 2: Configuration from a ConfigMap ---",
+            "pod \"mysql-pod\" deleted",
+            "configmap/mysql-config created",
+            "mysql-config   1      ",
+            "character-set-server=utf8mb4",
+            // The ConfigMap's setting is the server's, and the database made by the first
+            // pod is still there.
+            "character_set_server\tutf8mb4",
+            "Database (tutorial)\ntutorial",
+            "--- Step 3: A password from a Secret ---",
+            "secret/mysql-password created",
+            "mysql-password   Opaque   1      ",
+            "MTIzNDU2Cg==",
+            "123456\n",
+            "root@localhost",
+            "Database (tutorial)\ntutorial",
+            "configmap \"mysql-config\" deleted",
+            "==> done",
+        ],
+    );
+    assert!(!out.contains("redis"), "{out}");
+    assert_eq!(
+        std::path::Path::new("/home/mysql").exists(),
+        home_before,
+        "the tutorial's hostPath is left on the host"
+    );
+    assert_eq!(processes_under(s.root()), Vec::<String>::new());
+}
+
 /// Asserts that `steps` appear in `out` in that order.
 fn assert_in_order(out: &str, steps: &[&str]) {
     let mut at = 0;

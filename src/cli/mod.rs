@@ -197,7 +197,7 @@ enum Cmd {
     /// Walk a tutorial at your own pace on a cluster of its own (as the demo, in a network
     /// namespace of its own): each step explained, run when you press Enter.
     Tutorial {
-        /// bootcamp or guestbook.
+        /// bootcamp, guestbook or mysql (ConfigMap, Secret and hostPath).
         name: String,
         /// The kubectl to drive the cluster with [default: kubectl on the PATH, else
         /// /opt/knode-clients/bin/kubectl].
@@ -442,14 +442,24 @@ fn dispatch(cli: Cli) -> Result<()> {
                 "bootcamp" => demo::Walk {
                     bootcamp: true,
                     guestbook: false,
+                    mysql: false,
                     paced: true,
                 },
                 "guestbook" => demo::Walk {
                     bootcamp: false,
                     guestbook: true,
+                    mysql: false,
                     paced: true,
                 },
-                other => anyhow::bail!("no tutorial {other:?}: knode tutorial bootcamp|guestbook"),
+                "mysql" => demo::Walk {
+                    bootcamp: false,
+                    guestbook: false,
+                    mysql: true,
+                    paced: true,
+                },
+                other => {
+                    anyhow::bail!("no tutorial {other:?}: knode tutorial bootcamp|guestbook|mysql")
+                }
             };
             let opts = client_options(&cli.registry)?;
             demo::run(&cli.root, &cli.run_dir, opts, kubectl.as_deref(), walk)

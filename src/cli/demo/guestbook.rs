@@ -7,10 +7,9 @@
 //! the libraries it needs come with it, as `ldd` finds them on the host. The shell and httpd
 //! are the host's static busybox.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use oci::build::{BuiltImage, ImageBuilder, TarBuilder};
 use oci::spec::{Compression, RunConfig};
 
@@ -20,41 +19,6 @@ pub const REDIS_ROOT: &str = "/var/cache/knode/redis";
 pub const MASTER: &str = "kubeguide/redis-master";
 pub const SLAVE: &str = "kubeguide/guestbook-redis-slave";
 pub const FRONTEND: &str = "kubeguide/guestbook-php-frontend";
-
-/// The libraries `binary` loads, as the host's `ldd` resolves them (with redis-tools' own
-/// libraries first), and its program interpreter.
-fn libraries(binary: &Path, extra: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd")
-        .arg(binary)
-        .env("LD_LIBRARY_PATH", extra)
-        .output()
-        .context("running ldd (libc-bin)")?;
-    if !out.status.success() {
-        bail!(
-            "ldd {}: {}",
-            binary.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let mut libs = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let line = line.trim();
-        if line.contains("not found") {
-            bail!("{}: a library is missing: {line}", binary.display());
-        }
-        let path = match line.split_once(" => ") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line
-                .split_whitespace()
-                .next()
-                .filter(|p| p.starts_with('/')),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            libs.push(PathBuf::from(p));
-        }
-    }
-    Ok(libs)
-}
 
 /// Redis (`/usr/bin/redis-server`, `/usr/bin/redis-cli`) and every library they load, under
 /// the paths the loader looks in.
@@ -72,37 +36,7 @@ fn redis_layer() -> Result<Vec<u8>> {
     }
     t.file("usr/bin/redis-server", 0o755, &std::fs::read(&server)?);
     t.file("usr/bin/redis-cli", 0o755, &std::fs::read(&cli)?);
-    let mut seen = std::collections::BTreeSet::new();
-    for lib in libraries(&server, &own)?
-        .into_iter()
-        .chain(libraries(&cli, &own)?)
-    {
-        // Where the loader looks for it: its own directory for the interpreter
-        // (/lib64/ld-linux-x86-64.so.2), lib/<multiarch>/<name> for the others.
-        let name = lib
-            .file_name()
-            .context("a library path")?
-            .to_string_lossy()
-            .into_owned();
-        let dir = lib
-            .parent()
-            .and_then(|p| p.file_name())
-            .map(|d| d.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let at = if dir == "lib64" {
-            format!("lib64/{name}")
-        } else {
-            format!("lib/{dir}/{name}")
-        };
-        if !seen.insert(at.clone()) {
-            continue;
-        }
-        if !at.starts_with("lib64/") && seen.insert(format!("lib/{dir}")) {
-            t.dir(&format!("lib/{dir}"), 0o755);
-        }
-        let bytes = std::fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;
-        t.file(&at, 0o755, &bytes);
-    }
+    super::add_libraries(&mut t, &[&server, &cli], &own)?;
     Ok(t.finish())
 }
 

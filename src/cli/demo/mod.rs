@@ -7,9 +7,10 @@
 
 pub mod bootcamp;
 pub mod guestbook;
+pub mod mysql;
 pub mod registry;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -74,6 +75,78 @@ pub fn busybox_layer() -> Result<Vec<u8>> {
     Ok(t.finish())
 }
 
+/// The libraries `binary` loads, as the host's `ldd` resolves them (with redis-tools' own
+/// libraries first), and its program interpreter.
+fn libraries(binary: &Path, extra: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .env("LD_LIBRARY_PATH", extra)
+        .output()
+        .context("running ldd (libc-bin)")?;
+    if !out.status.success() {
+        bail!(
+            "ldd {}: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let mut libs = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let line = line.trim();
+        if line.contains("not found") {
+            bail!("{}: a library is missing: {line}", binary.display());
+        }
+        let path = match line.split_once(" => ") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line
+                .split_whitespace()
+                .next()
+                .filter(|p| p.starts_with('/')),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    Ok(libs)
+}
+
+/// Adds every library `binaries` load (as the host's `ldd` resolves them, with `own`, the
+/// unpacked packages' library directory, first) under the paths the loader looks in.
+pub fn add_libraries(t: &mut TarBuilder, binaries: &[&Path], own: &Path) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for bin in binaries {
+        for lib in libraries(bin, own)? {
+            // Where the loader looks for it: its own directory for the interpreter
+            // (/lib64/ld-linux-x86-64.so.2), lib/<multiarch>/<name> for the others.
+            let name = lib
+                .file_name()
+                .context("a library path")?
+                .to_string_lossy()
+                .into_owned();
+            let dir = lib
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|d| d.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let at = if dir == "lib64" {
+                format!("lib64/{name}")
+            } else {
+                format!("lib/{dir}/{name}")
+            };
+            if !seen.insert(at.clone()) {
+                continue;
+            }
+            if !at.starts_with("lib64/") && seen.insert(format!("lib/{dir}")) {
+                t.dir(&format!("lib/{dir}"), 0o755);
+            }
+            let bytes =
+                std::fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;
+            t.file(&at, 0o755, &bytes);
+        }
+    }
+    Ok(())
+}
+
 pub fn demo_run_config() -> RunConfig {
     run_config(
         &["httpd", "-f", "-v", "-p", "8080", "-h", "/www"],
@@ -105,6 +178,8 @@ pub fn run_config(cmd: &[&str], port: u16, env: &[&str]) -> RunConfig {
 pub struct Walk {
     pub bootcamp: bool,
     pub guestbook: bool,
+    /// `mysql:5.7` with a hostPath, a ConfigMap and a Secret (not in the demo).
+    pub mysql: bool,
     /// A learner's pace (`knode tutorial`): each step explained, run when they press Enter.
     pub paced: bool,
 }
@@ -114,6 +189,7 @@ impl Walk {
     pub const DEMO: Walk = Walk {
         bootcamp: true,
         guestbook: true,
+        mysql: false,
         paced: false,
     };
 }
@@ -182,6 +258,16 @@ fn run_in_netns(
         img.push(&push, &r)
             .with_context(|| format!("pushing {r}"))?;
         println!("==> built {name} from Debian's redis-tools and {BUSYBOX}, pushed it as {r}");
+    }
+    if walk.mysql {
+        let r: Reference = format!("{registry}/library/{}", mysql::IMAGE).parse()?;
+        mysql::image()?
+            .push(&push, &r)
+            .with_context(|| format!("pushing {r}"))?;
+        println!(
+            "==> built {} from Debian's MariaDB and {BUSYBOX}, pushed it as {r}",
+            mysql::IMAGE
+        );
     }
     // No gcr.io or Docker Hub here: a registries.yaml sends the tutorial's names to the
     // local registry (knode reads /etc/knode/registries.yaml the same way).
@@ -298,6 +384,19 @@ fn run_cluster(
         paced: walk.paced,
         step: std::cell::Cell::new(0),
     };
+    // The mysql tutorial's hostPath is the host's /home/mysql/data: refused if it holds
+    // anything already (the server would take it), removed at the end.
+    let home = Path::new(mysql::HOST_HOME);
+    let home_made = walk.mysql && !home.exists();
+    if walk.mysql {
+        let data = Path::new(mysql::HOST_DATA);
+        if std::fs::read_dir(data).is_ok_and(|mut d| d.next().is_some()) {
+            bail!(
+                "{} is not empty: the tutorial's hostPath would give it to its server; move it away first",
+                data.display()
+            );
+        }
+    }
     let r = demo
         .up()
         .and_then(|()| {
@@ -313,13 +412,21 @@ fn run_cluster(
             } else {
                 Ok(())
             }
-        });
+        })
+        .and_then(|()| if walk.mysql { demo.run_mysql() } else { Ok(()) });
     let down = demo.knode(&[
         "down",
         "--log-dir",
         &demo.root.join("logs").display().to_string(),
     ]);
     let _ = std::fs::remove_dir_all(&demo.root);
+    if walk.mysql {
+        let _ = std::fs::remove_dir_all(if home_made {
+            home
+        } else {
+            Path::new(mysql::HOST_DATA)
+        });
+    }
     r?;
     down?;
     let _ = root;
@@ -716,6 +823,128 @@ starts and replicates.",
             true,
         )?;
         Ok(())
+    }
+
+    /// The ConfigMap, Secret and hostPath tutorial, with its own files: `mysql:5.7` keeping
+    /// its data on the node, then configured from a ConfigMap, then with its password from a
+    /// Secret; the data outlives each pod.
+    fn run_mysql(&self) -> Result<()> {
+        let dir = self.root.join("mysql");
+        std::fs::create_dir_all(&dir)?;
+        for (name, yaml) in mysql::FILES {
+            std::fs::write(dir.join(name), yaml)?;
+        }
+        println!("==> cd {}   (the tutorial's three files)", dir.display());
+        let file = |name: &str| dir.join(name).display().to_string();
+        self.say(
+            "A database keeping its data on the node",
+            "mysql-pod.yaml runs mysql:5.7 with MYSQL_ROOT_PASSWORD in its environment and
+/var/lib/mysql on a hostPath volume: the node's /home/mysql/data (made if missing, as
+type: DirectoryOrCreate says). The first start initialises the database there.",
+        )?;
+        self.kubectl(&["apply", "-f", &file("mysql-pod.yaml")], true)?;
+        self.wait_pod("mysql-pod")?;
+        self.mysql("CREATE DATABASE tutorial; SHOW DATABASES")?;
+        println!("==> ls {}   (on the node)", mysql::HOST_DATA);
+        let mut names: Vec<String> = std::fs::read_dir(mysql::HOST_DATA)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        println!("{}", names.join("  "));
+        self.say(
+            "Configuration from a ConfigMap",
+            "mysql-configmap.yaml adds a ConfigMap whose mysql.cnf the pod sees in
+/etc/mysql/conf.d (read-only), where the server reads its configuration. The pod is made
+anew: its data is still on the node, so the database made before is still there.",
+        )?;
+        self.kubectl(&["delete", "pod", "mysql-pod"], true)?;
+        self.kubectl(&["apply", "-f", &file("mysql-configmap.yaml")], true)?;
+        self.wait_pod("mysql-pod")?;
+        self.kubectl(&["get", "configmap", "mysql-config"], true)?;
+        self.kubectl(
+            &[
+                "exec",
+                "mysql-pod",
+                "--",
+                "cat",
+                "/etc/mysql/conf.d/mysql.cnf",
+            ],
+            true,
+        )?;
+        self.mysql("SHOW VARIABLES LIKE 'character_set_server'; SHOW DATABASES LIKE 'tutorial'")?;
+        self.say(
+            "A password from a Secret",
+            "mysql-secret.yaml keeps the password in a Secret (base64 in `data`) and gives
+it to the container as MYSQL_ROOT_PASSWORD with secretKeyRef. A Secret read into the
+environment is read when the container starts: change it, and the pod must be made again.
+(The database was initialised by the first pod, so its password stays the one set then.)",
+        )?;
+        self.kubectl(&["delete", "pod", "mysql-pod"], true)?;
+        self.kubectl(&["apply", "-f", &file("mysql-secret.yaml")], true)?;
+        self.wait_pod("mysql-pod")?;
+        self.kubectl(&["get", "secret", "mysql-password"], true)?;
+        let b64 = self.kubectl(
+            &[
+                "get",
+                "secret",
+                "mysql-password",
+                "-o",
+                "jsonpath={.data.PASSWORD}",
+            ],
+            true,
+        )?;
+        println!("\n==> echo {b64} | base64 -d");
+        use base64::Engine;
+        let pw = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .context("the Secret's PASSWORD is not base64")?;
+        print!("{}", String::from_utf8_lossy(&pw));
+        self.mysql("SELECT CURRENT_USER(); SHOW DATABASES LIKE 'tutorial'")?;
+        self.kubectl(&["delete", "-f", &file("mysql-secret.yaml")], true)?;
+        Ok(())
+    }
+
+    /// Waits (kubectl's watch) until pod `name` is Ready.
+    fn wait_pod(&self, name: &str) -> Result<()> {
+        self.kubectl(
+            &[
+                "wait",
+                "--for=condition=Ready",
+                &format!("pod/{name}"),
+                "--timeout=120s",
+            ],
+            true,
+        )
+        .map(|_| ())
+    }
+
+    /// `kubectl exec mysql-pod -- mysql -uroot -p123456 -e SQL`, once the server answers (a
+    /// first start initialises the database before it listens; the pod has no readiness
+    /// probe to say so).
+    fn mysql(&self, sql: &str) -> Result<String> {
+        let args = [
+            "exec",
+            "mysql-pod",
+            "--",
+            "mysql",
+            "-uroot",
+            "-p123456",
+            "-e",
+            sql,
+        ];
+        println!("==> kubectl exec mysql-pod -- mysql -uroot -p123456 -e \"{sql}\"");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            match self.kubectl(&args, false) {
+                Ok(out) => {
+                    print!("{out}");
+                    return Ok(out);
+                }
+                Err(e) if std::time::Instant::now() > deadline => return Err(e),
+                Err(e) if format!("{e:#}").contains("Access denied") => return Err(e),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(250)),
+            }
+        }
     }
 
     /// Waits (kubectl's watch) until the RC `name` has `n` ready replicas.
