@@ -647,6 +647,63 @@ fn without_cgroup_v2_the_agent_refuses_unless_told_and_says_so_in_node_status() 
     assert!(top.starts_with("NAME") && top.contains("CPU%"), "{top}");
 }
 
+/// `knode tutorial images -o FILE` builds the tutorials' images into one OCI archive, the
+/// same bytes every time; dropped in `<root>/images/`, it lets a node with no registry run
+/// the tutorials' images under their own names: the bootcamp's app answers, and `mysql:5.7`
+/// refuses to initialise without a root password, as the official image does.
+#[test]
+fn the_tutorials_images_archive_is_reproducible_and_preloads_a_node() {
+    let mut n = Node::stopped();
+    let images = n.s.root().join("images");
+    let archive = images.join("tutorial-images.tar");
+    let again = n.s.root().join("again.tar");
+    for out in [&archive, &again] {
+        let o = n.knode(&["tutorial", "images", "--output", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let bytes = std::fs::read(&archive).unwrap();
+    assert!(bytes == std::fs::read(&again).unwrap(), "two builds differ");
+    std::fs::remove_file(&again).unwrap();
+    n.write(
+        "bootcamp.yaml",
+        &pod_yaml(
+            "bootcamp",
+            "",
+            "  - name: app\n    image: gcr.io/google-samples/kubernetes-bootcamp:v1\n",
+        ),
+    );
+    n.write(
+        "db.yaml",
+        &pod_yaml(
+            "db",
+            "  restartPolicy: Never\n",
+            "  - name: mysql\n    image: mysql:5.7\n",
+        ),
+    );
+    n.start_agent();
+    n.until("the bootcamp's app runs from the archive", |n| {
+        n.running("bootcamp")
+    });
+    let logs = |pod: &str| String::from_utf8_lossy(&n.knode(&["logs", pod]).stdout).into_owned();
+    n.until("the bootcamp's app logs its start", |_| {
+        logs("bootcamp").contains("Kubernetes Bootcamp App Started At:")
+    });
+    n.until("mysql:5.7 says why it stopped", |_| {
+        logs("db").contains("database is uninitialized and password option is not specified")
+    });
+    let ls = String::from_utf8(n.knode(&["image", "ls"]).stdout).unwrap();
+    for name in [
+        "gcr.io/google-samples/kubernetes-bootcamp",
+        "docker.io/jocatalin/kubernetes-bootcamp",
+        "docker.io/kubeguide/redis-master",
+        "docker.io/kubeguide/guestbook-redis-slave",
+        "docker.io/kubeguide/guestbook-php-frontend",
+        "docker.io/library/mysql",
+    ] {
+        assert!(ls.contains(name), "{name} missing:\n{ls}");
+    }
+}
+
 /// Image archives dropped in `<root>/images/` (k3s's airgap images) are imported when the
 /// agent starts: a pod with `imagePullPolicy: Never` runs from one with no registry at all; a
 /// corrupt archive is refused with its name and the node starts all the same; what was

@@ -1154,6 +1154,14 @@ fn the_demo_walks_the_bootcamp_and_the_guestbook_with_the_tutorials_names() {
         "==> kubectl create deployment kubernetes-bootcamp --image=gcr.io/google-samples/kubernetes-bootcamp:v1",
         "==> kubectl expose deployment/kubernetes-bootcamp --type=NodePort --port 8080",
         "==> kubectl scale deployments/kubernetes-bootcamp --replicas=3",
+        "==> knode explain svc/kubernetes-bootcamp",
+        "in map service-ips:",
+        "goto service-",
+        "-default/kubernetes-bootcamp/tcp/",
+        "in map service-nodeports",
+        "counter packets 10 ",
+        "in map endpoint-picks-tcp-",
+        "Counters: 10 new connection(s) to default/kubernetes-bootcamp",
         "==> kubectl set image deployments/kubernetes-bootcamp kubernetes-bootcamp=jocatalin/kubernetes-bootcamp:v2",
         "==> kubectl rollout undo deployments/kubernetes-bootcamp",
         "==> kubectl exec ",
@@ -1206,6 +1214,15 @@ fn the_demo_walks_the_bootcamp_and_the_guestbook_with_the_tutorials_names() {
         out.contains("Kubernetes Bootcamp App Started At: "),
         "{out}"
     );
+    // `knode explain svc/...` after the ten requests: the three endpoints the DNAT picks
+    // from, and a counter that counted exactly those ten connections.
+    let svc = &out[out.find("==> knode explain svc/").unwrap()..];
+    let svc = &svc[..svc.find("\n==>").unwrap()];
+    let picks = svc
+        .lines()
+        .filter(|l| l.trim_start().starts_with("65") && l.ends_with(" . 8080"))
+        .count();
+    assert_eq!(picks, 3, "{svc}");
     assert!(out.contains("\nHOSTNAME=kubernetes-bootcamp-"), "{out}");
     // The guestbook's controllers and services, as `kubectl get rc` and `get endpoints` show
     // them: three frontends, a master, two slaves, each Service with its pods' addresses.

@@ -386,6 +386,48 @@ impl BuiltImage {
     }
 }
 
+/// An OCI image layout archive (a tar, as `ctr images export` writes one) holding `images`
+/// under their full names (`io.containerd.image.name`, and the tag as
+/// `org.opencontainers.image.ref.name`), each blob once. The same images give the same bytes.
+pub fn oci_archive(images: &[(&str, &BuiltImage)]) -> Vec<u8> {
+    let mut blobs: BTreeMap<&str, &[u8]> = BTreeMap::new();
+    let mut manifests = Vec::new();
+    for (name, img) in images {
+        for (d, b) in &img.layers {
+            blobs.insert(d.digest.hex(), b);
+        }
+        blobs.insert(img.config_digest.hex(), &img.config);
+        blobs.insert(img.manifest_digest.hex(), &img.manifest);
+        let mut m = descriptor(spec::OCI_MANIFEST, &img.manifest);
+        m.annotations
+            .insert("io.containerd.image.name".into(), name.to_string());
+        if let Some((_, tag)) = name.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+            m.annotations
+                .insert("org.opencontainers.image.ref.name".into(), tag.into());
+        }
+        manifests.push(m);
+    }
+    let idx = spec::Index {
+        schema_version: 2,
+        media_type: Some(spec::OCI_INDEX.into()),
+        manifests,
+        annotations: BTreeMap::new(),
+    };
+    let mut t = TarBuilder::new();
+    t.file("oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .file(
+            "index.json",
+            0o644,
+            &serde_json::to_vec(&idx).expect("serialisable"),
+        )
+        .dir("blobs", 0o755)
+        .dir("blobs/sha256", 0o755);
+    for (hex, b) in blobs {
+        t.file(&format!("blobs/sha256/{hex}"), 0o644, b);
+    }
+    t.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,6 @@
-//! `knode explain pod/NAME`: the kernel objects behind a pod on this node, for learners. A
+//! `knode explain pod/NAME`: the kernel objects behind a pod on this node, for learners.
+//! `knode explain svc/NAME`: the nftables path a connection to a service takes on this node
+//! (map element, service chain, endpoint pick, DNAT), with the live counters. A
 //! pod is not a thing the kernel knows: it is namespaces its containers share, a veth pair
 //! with one end on the node's bridge, a cgroup with limits, an overlay of image layers per
 //! container, and processes. This view names each one where a learner can look at it
@@ -12,15 +14,207 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::node::kubelet::api;
+use crate::node::proxy::nft::DEFAULT_TABLE;
 
 /// `knode explain pod/NAME -n NS`, printed.
 pub fn explain(sock: &Path, root: &Path, what: &str, namespace: &str) -> Result<()> {
-    let name = match what.split_once('/') {
-        Some(("pod" | "pods" | "po", n)) if !n.is_empty() => n,
-        _ => bail!("knode explain takes pod/NAME (for example pod/web), not {what:?}"),
-    };
-    print!("{}", pod(sock, root, namespace, name)?);
+    match what.split_once('/') {
+        Some(("pod" | "pods" | "po", n)) if !n.is_empty() => {
+            print!("{}", pod(sock, root, namespace, n)?)
+        }
+        Some(("service" | "services" | "svc", n)) if !n.is_empty() => {
+            print!("{}", service(namespace, n)?)
+        }
+        _ => bail!("knode explain takes pod/NAME or svc/NAME (for example pod/web), not {what:?}"),
+    }
     Ok(())
+}
+
+/// `nft ARGS` (nftables' own tool, for a learner to run again), its output.
+fn nft(args: &[&str]) -> Result<String> {
+    let out = Command::new("nft")
+        .args(args)
+        .output()
+        .context("running nft (install nftables)")?;
+    if !out.status.success() {
+        bail!(
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The elements of map `map` of the proxy's table, as `nft -j` gives them (key, value).
+fn map_elements(map: &str) -> Result<Vec<(Value, Value)>> {
+    let text = nft(&["-j", "list", "map", "ip", DEFAULT_TABLE, map])?;
+    let v: Value = serde_json::from_str(&text).context("nft -j output")?;
+    Ok(v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["map"]["elem"].as_array())
+        .flatten()
+        .filter_map(|e| Some((e.get(0)?.clone(), e.get(1)?.clone())))
+        .collect())
+}
+
+/// A key or value of a map as nft writes it: `10.96.0.1 . tcp . 443`.
+fn nft_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Object(o) if o.contains_key("concat") => o["concat"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(nft_value)
+            .collect::<Vec<_>>()
+            .join(" . "),
+        Value::Object(o) if o.contains_key("goto") => {
+            format!("goto {}", o["goto"]["target"].as_str().unwrap_or("?"))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The rules of chain `chain` of the proxy's table, as `nft list chain` prints them.
+fn chain_rules(chain: &str) -> Result<Vec<String>> {
+    let text = nft(&["list", "chain", "ip", DEFAULT_TABLE, chain])?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("table ") && !l.starts_with("chain ") && *l != "}"
+        })
+        .map(str::to_string)
+        .collect())
+}
+
+/// The `counter packets N bytes M` of a rule, if it has one.
+fn counter(rule: &str) -> Option<(u64, u64)> {
+    let words: Vec<&str> = rule.split_whitespace().collect();
+    let i = words.windows(2).position(|w| w == ["counter", "packets"])?;
+    Some((
+        words.get(i + 2)?.parse().ok()?,
+        words.get(i + 4)?.parse().ok()?,
+    ))
+}
+
+/// `knode explain svc/NAME`: the path the first packet of a connection to the service takes
+/// through this node's nftables (the proxy's table), with the DNAT rules' live counters.
+fn service(ns: &str, name: &str) -> Result<String> {
+    let table = DEFAULT_TABLE;
+    let ips = map_elements("service-ips").map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}\n(no table ip {table} in this network namespace: run knode explain where the node runs)"
+        )
+    })?;
+    // Chains are named service-<hash>-<ns>/<name>/<proto>/<port name>.
+    let needle = format!("-{ns}/{name}/");
+    let ports: Vec<(String, String)> = ips
+        .iter()
+        .filter_map(|(k, v)| {
+            let target = v["goto"]["target"].as_str()?;
+            target
+                .contains(&needle)
+                .then(|| (nft_value(k), target.to_string()))
+        })
+        .collect();
+    let mut out = String::new();
+    writeln!(
+        out,
+        "Service {ns}/{name} in this node's nftables (nft list table ip {table}):"
+    )?;
+    if ports.is_empty() {
+        writeln!(
+            out,
+            "\nNo element of map service-ips goes to it: no such service, no ClusterIP (headless),
+or no ready endpoint (then its ClusterIP's element is in map no-endpoint-services, which
+rejects the connection)."
+        )?;
+        return Ok(out);
+    }
+    writeln!(
+        out,
+        "\nThe first packet of a new connection enters chain nat-prerouting (from a pod or
+another host) or nat-output (from this node), which jump to chain services; there the
+destination address, protocol and port are looked up in map service-ips:"
+    )?;
+    for (key, chain) in &ports {
+        writeln!(out, "  {key} : goto {chain}")?;
+    }
+    let node_ports: Vec<(String, String)> = map_elements("service-nodeports")?
+        .iter()
+        .filter_map(|(k, v)| {
+            let target = v["goto"]["target"].as_str()?;
+            target
+                .contains(&needle)
+                .then(|| (nft_value(k), target.to_string()))
+        })
+        .collect();
+    if !node_ports.is_empty() {
+        writeln!(
+            out,
+            "A packet to one of this node's own addresses is looked up by protocol and port
+in map service-nodeports (its chain marks it for masquerade, then goes to the service
+chain):"
+        )?;
+        for (key, chain) in &node_ports {
+            writeln!(out, "  {key} : goto {chain}")?;
+        }
+    }
+    let mut total = (0, 0);
+    for (key, chain) in &ports {
+        writeln!(out, "\nChain {chain} (port {key}):")?;
+        let rules = chain_rules(chain)?;
+        for rule in &rules {
+            writeln!(out, "  {rule}")?;
+            if let Some((p, b)) = counter(rule) {
+                total = (total.0 + p, total.1 + b);
+            }
+            // `... numgen random mod N offset K map @endpoint-picks-...`: keys K..K+N.
+            let words: Vec<&str> = rule.split_whitespace().collect();
+            let after = |w: &str| {
+                words
+                    .iter()
+                    .position(|x| *x == w)
+                    .and_then(|i| words.get(i + 1))
+            };
+            if let (Some(n), Some(offset), Some(map)) = (
+                after("mod").and_then(|n| n.parse::<u64>().ok()),
+                after("offset").and_then(|o| o.parse::<u64>().ok()),
+                after("map").map(|m| m.trim_start_matches('@')),
+            ) {
+                writeln!(
+                    out,
+                    "  -> a random key from {offset} to {} in map {map}, whose value is the endpoint:",
+                    offset + n - 1
+                )?;
+                for (k, v) in map_elements(map)? {
+                    if k.as_u64()
+                        .is_some_and(|k| (offset..offset + n).contains(&k))
+                    {
+                        writeln!(out, "       {} : {}", nft_value(&k), nft_value(&v))?;
+                    }
+                }
+            }
+        }
+        writeln!(
+            out,
+            "  The DNAT rewrites the destination to the endpoint picked; conntrack sends the rest
+  of the connection, and the replies, the same way without these rules."
+        )?;
+    }
+    writeln!(
+        out,
+        "\nCounters: {} new connection(s) to {ns}/{name} went through its DNAT rules
+({} bytes in their first packets) since its endpoints last changed (that rewrites the
+chain). Run this again after a request to see them grow.",
+        total.0, total.1
+    )?;
+    Ok(out)
 }
 
 fn pod(sock: &Path, root: &Path, ns: &str, name: &str) -> Result<String> {
@@ -275,4 +469,37 @@ fn container(
         writeln!(out, "    {p} {cmd}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rules_counter_and_map_values_read_as_nft_prints_them() {
+        let rule = "meta l4proto tcp counter packets 10 bytes 600 dnat ip to numgen random mod 3 offset 65536 map @endpoint-picks-tcp-0";
+        assert_eq!(counter(rule), Some((10, 600)));
+        assert_eq!(counter("meta l4proto tcp dnat to 10.244.0.2:80"), None);
+        let key = serde_json::json!({"concat": ["10.96.0.1", "tcp", 443]});
+        assert_eq!(nft_value(&key), "10.96.0.1 . tcp . 443");
+        let v = serde_json::json!({"goto": {"target": "service-X-default/web/tcp/"}});
+        assert_eq!(nft_value(&v), "goto service-X-default/web/tcp/");
+        assert_eq!(nft_value(&serde_json::json!(65536)), "65536");
+    }
+
+    #[test]
+    fn only_pods_and_services_are_explained() {
+        let err = explain(
+            Path::new("/nonexistent"),
+            Path::new("/nonexistent"),
+            "deploy/web",
+            "default",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("pod/NAME or svc/NAME") && err.contains("deploy/web"),
+            "{err}"
+        );
+    }
 }

@@ -126,9 +126,11 @@ enum Cmd {
     },
     /// Show the kernel objects behind a pod on this node: the namespaces its containers
     /// share, its veth and bridge port, its cgroup and limits, each container's overlay
-    /// and layers, mounts and processes: knode explain pod/NAME [-n NS].
+    /// and layers, mounts and processes: knode explain pod/NAME [-n NS]. Or the nftables
+    /// path to a service's endpoints, with live counters: knode explain svc/NAME.
     Explain {
-        /// pod/NAME
+        /// pod/NAME (its namespaces, veth, cgroup, overlay, processes) or svc/NAME (the
+        /// nftables path to its endpoints, with counters)
         what: String,
         #[arg(long, short, default_value = "default")]
         namespace: String,
@@ -197,8 +199,16 @@ enum Cmd {
     /// Walk a tutorial at your own pace on a cluster of its own (as the demo, in a network
     /// namespace of its own): each step explained, run when you press Enter.
     Tutorial {
-        /// bootcamp, guestbook or mysql (ConfigMap, Secret and hostPath).
+        /// bootcamp, guestbook or mysql (ConfigMap, Secret and hostPath); or images, to
+        /// build the tutorials' images into an OCI archive (--output) or a registry (--push).
         name: String,
+        /// With `images`: the OCI archive to write (for <root>/images/ or `knode image import`).
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+        /// With `images`: the registry (host:port) to push them to, under the paths the
+        /// registries.yaml it prints serves the tutorials' names from.
+        #[arg(long)]
+        push: Option<String>,
         /// The kubectl to drive the cluster with [default: kubectl on the PATH, else
         /// /opt/knode-clients/bin/kubectl].
         #[arg(long)]
@@ -437,7 +447,19 @@ fn dispatch(cli: Cli) -> Result<()> {
                 demo::Walk::DEMO,
             )
         }
-        Cmd::Tutorial { name, kubectl } => {
+        Cmd::Tutorial {
+            name,
+            kubectl,
+            output,
+            push,
+        } => {
+            if name == "images" {
+                let opts = client_options(&cli.registry)?;
+                return demo::images(output.as_deref(), push.as_deref().map(|r| (r, opts)));
+            }
+            if output.is_some() || push.is_some() {
+                anyhow::bail!("--output and --push go with `knode tutorial images`");
+            }
             let walk = match name.as_str() {
                 "bootcamp" => demo::Walk {
                     bootcamp: true,

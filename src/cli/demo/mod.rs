@@ -241,33 +241,8 @@ fn run_in_netns(
     let registry = local.host();
     // The tutorials' images, built here and pushed under the paths the mirrors serve.
     let push = RegistryClient::new(ClientOptions::default())?;
-    for (v, path) in [(1, bootcamp::V1_MIRRORED), (2, bootcamp::V2_MIRRORED)] {
-        let r: Reference = format!("{registry}/{path}").parse()?;
-        bootcamp::image(v)?
-            .push(&push, &r)
-            .with_context(|| format!("pushing {r}"))?;
-        println!("==> built kubernetes-bootcamp v{v} from {BUSYBOX} and pushed it as {r}");
-    }
-    let guestbook_images = if walk.guestbook {
-        guestbook::images()?
-    } else {
-        vec![]
-    };
-    for (name, img) in guestbook_images {
-        let r: Reference = format!("{registry}/{name}:latest").parse()?;
-        img.push(&push, &r)
-            .with_context(|| format!("pushing {r}"))?;
-        println!("==> built {name} from Debian's redis-tools and {BUSYBOX}, pushed it as {r}");
-    }
-    if walk.mysql {
-        let r: Reference = format!("{registry}/library/{}", mysql::IMAGE).parse()?;
-        mysql::image()?
-            .push(&push, &r)
-            .with_context(|| format!("pushing {r}"))?;
-        println!(
-            "==> built {} from Debian's MariaDB and {BUSYBOX}, pushed it as {r}",
-            mysql::IMAGE
-        );
+    for t in tutorial_images(walk.guestbook, walk.mysql)? {
+        t.push(&push, &registry)?;
     }
     // No gcr.io or Docker Hub here: a registries.yaml sends the tutorial's names to the
     // local registry (knode reads /etc/knode/registries.yaml the same way).
@@ -334,6 +309,136 @@ fn run_in_netns(
         .or_else(find_kubectl)
         .context("no kubectl: install it (scripts/deps.sh does) or pass --kubectl")?;
     run_cluster(root, run_dir, &file, &kubectl, walk)
+}
+
+/// One of the tutorials' images: its name in the tutorial, where a mirror of its registry
+/// serves it, what it is built from, and the image.
+pub struct TutorialImage {
+    pub name: String,
+    pub mirrored: String,
+    pub from: &'static str,
+    pub image: oci::build::BuiltImage,
+}
+
+impl TutorialImage {
+    fn new(
+        name: &str,
+        mirrored: &str,
+        from: &'static str,
+        image: oci::build::BuiltImage,
+    ) -> Result<Self> {
+        let r: Reference = name.parse()?;
+        Ok(TutorialImage {
+            name: r.to_string(),
+            mirrored: mirrored.to_string(),
+            from,
+            image,
+        })
+    }
+
+    /// Pushes it to `registry` (host:port) under its mirrored path.
+    pub fn push(&self, client: &RegistryClient, registry: &str) -> Result<()> {
+        let r: Reference = format!("{registry}/{}", self.mirrored).parse()?;
+        self.image
+            .push(client, &r)
+            .with_context(|| format!("pushing {r}"))?;
+        println!(
+            "==> built {} from {}, pushed it as {r}",
+            self.name, self.from
+        );
+        Ok(())
+    }
+}
+
+/// The tutorials' images: the bootcamp's, and the guestbook's and `mysql:5.7` if asked for.
+pub fn tutorial_images(guestbook: bool, mysql: bool) -> Result<Vec<TutorialImage>> {
+    let mut out = vec![
+        TutorialImage::new(
+            bootcamp::V1,
+            bootcamp::V1_MIRRORED,
+            BUSYBOX,
+            bootcamp::image(1)?,
+        )?,
+        TutorialImage::new(
+            bootcamp::V2,
+            bootcamp::V2_MIRRORED,
+            BUSYBOX,
+            bootcamp::image(2)?,
+        )?,
+    ];
+    if guestbook {
+        for (name, img) in guestbook::images()? {
+            let tagged = format!("{name}:latest");
+            out.push(TutorialImage::new(
+                &tagged,
+                &tagged,
+                "Debian's redis-tools and busybox",
+                img,
+            )?);
+        }
+    }
+    if mysql {
+        out.push(TutorialImage::new(
+            mysql::IMAGE,
+            &format!("library/{}", mysql::IMAGE),
+            "Debian's MariaDB and busybox",
+            mysql::image()?,
+        )?);
+    }
+    Ok(out)
+}
+
+/// `knode tutorial images`: builds all the tutorials' images and writes them as one OCI
+/// archive (for `<root>/images/` or `knode image import`), pushes them to a registry under
+/// the paths [`bootcamp::mirrors_yaml`] sends the tutorials' names to, or both.
+pub fn images(output: Option<&Path>, push: Option<(&str, ClientOptions)>) -> Result<()> {
+    if output.is_none() && push.is_none() {
+        bail!("knode tutorial images needs --output FILE, --push REGISTRY, or both");
+    }
+    let t = std::time::Instant::now();
+    let all = tutorial_images(true, true)?;
+    println!(
+        "==> built {} images in {:.1} s",
+        all.len(),
+        t.elapsed().as_secs_f64()
+    );
+    if let Some(path) = output {
+        let named: Vec<(&str, &oci::build::BuiltImage)> =
+            all.iter().map(|i| (i.name.as_str(), &i.image)).collect();
+        let bytes = oci::build::oci_archive(&named);
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+            .with_context(|| format!("writing into {}", dir.display()))?;
+        std::io::Write::write_all(&mut tmp, &bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!(
+            "==> wrote {} ({:.1} MiB, an OCI archive): {}",
+            path.display(),
+            bytes.len() as f64 / (1024.0 * 1024.0),
+            all.iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "    copy it into <root>/images/ (/var/lib/knode/images) before the node starts, or: knode image import {}",
+            path.display()
+        );
+    }
+    if let Some((registry, client)) = push {
+        let client = RegistryClient::new(client)?;
+        for i in &all {
+            i.push(&client, registry)?;
+        }
+        println!("==> a registries.yaml sending the tutorials' names there (/etc/knode/registries.yaml):");
+        print!("{}", bootcamp::mirrors_yaml(registry));
+    }
+    Ok(())
 }
 
 /// kubectl on the PATH, or the one scripts/deps.sh installs.
@@ -627,7 +732,9 @@ them one stable address and opens a port on every node; the node's service proxy
         self.say(
             "Scale it",
             "Three replicas instead of one: the ReplicaSet makes two more pods, the Service's
-endpoints follow as they become ready, and requests are spread over all three.",
+endpoints follow as they become ready, and requests are spread over all three. Then
+`knode explain svc/kubernetes-bootcamp` shows the path each connection took through the
+node's nftables, and the counters of the requests just sent.",
         )?;
         self.kubectl(&["get", "deployments"], true)?;
         self.kubectl(
@@ -643,6 +750,8 @@ endpoints follow as they become ready, and requests are spread over all three.",
             .filter_map(|a| a.split(" | ").nth(1))
             .collect();
         println!("({} pods answered ten requests)", pods.len());
+        // The path those requests took through the node's nftables, with the counters.
+        self.knode(&["explain", "svc/kubernetes-bootcamp"])?;
         self.say(
             "Scale down",
             "Two replicas: the ReplicaSet deletes one pod; the node stops its containers

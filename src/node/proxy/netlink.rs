@@ -311,6 +311,11 @@ impl Exprs<'_> {
         });
     }
 
+    /// `counter`: packets and bytes through the rule (from zero).
+    fn counter(&mut self) {
+        self.expr("counter", |_| {});
+    }
+
     fn l4proto(&mut self, proto: Protocol) {
         self.meta(META_L4PROTO, REG_1);
         self.cmp(CMP_EQ, &[proto_number(proto)]);
@@ -449,6 +454,7 @@ fn encode_stmt(e: &mut Exprs<'_>, stmt: &Stmt) {
                 });
             }
             e.l4proto(*proto);
+            e.counter();
             e.immediate(REG_1, &ip.octets());
             e.immediate(REG_2, &port.to_be_bytes());
             e.expr("nat", |b| {
@@ -461,6 +467,7 @@ fn encode_stmt(e: &mut Exprs<'_>, stmt: &Stmt) {
         }
         Stmt::DnatPick { proto, n, offset } => {
             e.l4proto(*proto);
+            e.counter();
             e.expr("numgen", |b| {
                 b.u32(1, REG_1);
                 b.u32(2, *n);

@@ -30,11 +30,12 @@
 //! * with ready endpoints: a chain `service-<hash>-<ns>/<name>/<proto>/<port name>` (the element
 //!   of `service-ips` for the ClusterIP goes to it) that marks traffic from outside the cluster
 //!   CIDR for masquerade, then picks one of the N ready endpoints at random and DNATs to it:
-//!   - N > 1, no affinity: `dnat ip to numgen random mod N offset <slot << 16> map
+//!   - N > 1, no affinity: `counter dnat ip to numgen random mod N offset <slot << 16> map
 //!     @endpoint-picks-<proto>-<m>`. The port holds a slot ([`Slots`]); its keys map to the
 //!     endpoints' `ip . port`, so an endpoint change only changes map elements. The maps hold
 //!     [`SLOTS_PER_MAP`] slots each and exist while a port uses them.
-//!   - N = 1: `dnat to <endpoint>`.
+//!   - N = 1: `counter dnat to <endpoint>`.
+//!   - The `counter` of the DNAT rules counts new connections (`knode explain svc/NAME`).
 //!   - With session affinity: rules that send known clients back to their endpoint, then rule
 //!     i (from 0) `numgen random mod (N - i) 0 ... dnat to <endpoint i>`, the last one
 //!     unconditional (each endpoint gets 1/N), each recording the client in its endpoint's set
@@ -320,7 +321,7 @@ pub enum Stmt {
     /// where kube-proxy has one per service port).
     MarkOffCluster(Ipv4Net),
     /// `[ip saddr @<check>] [numgen random mod <pick> 0] [update @<update> { ip saddr }]
-    /// meta l4proto <proto> dnat to <ip>:<port>`
+    /// meta l4proto <proto> counter dnat to <ip>:<port>` (the counter for `knode explain`)
     Dnat {
         check: Option<String>,
         pick: Option<u32>,
@@ -329,7 +330,7 @@ pub enum Stmt {
         ip: Ipv4Addr,
         port: u16,
     },
-    /// `meta l4proto <proto> dnat ip to numgen random mod <n> offset <offset> map
+    /// `meta l4proto <proto> counter dnat ip to numgen random mod <n> offset <offset> map
     /// @endpoint-picks-<proto>-<n>`: one of the n endpoints at keys offset..offset+n, at random.
     DnatPick {
         proto: Protocol,
@@ -388,11 +389,15 @@ impl fmt::Display for Stmt {
                 if let Some(set) = update {
                     write!(f, "update @{set} {{ ip saddr }} ")?;
                 }
-                write!(f, "meta l4proto {} dnat to {ip}:{port}", proto.nft())
+                write!(
+                    f,
+                    "meta l4proto {} counter dnat to {ip}:{port}",
+                    proto.nft()
+                )
             }
             Stmt::DnatPick { proto, n, offset } => write!(
                 f,
-                "meta l4proto {} dnat ip to numgen random mod {n} offset {offset} map @{}",
+                "meta l4proto {} counter dnat ip to numgen random mod {n} offset {offset} map @{}",
                 proto.nft(),
                 FixedSet::picks(*proto, offset >> 16).name()
             ),
@@ -1464,7 +1469,7 @@ mod tests {
         // One of two keys of the port's slot (the first, 1 << 16), each an endpoint.
         assert_eq!(
             lines_with(&script, &format!("add rule ip knode-proxy {chain} ")),
-            [format!("add rule ip knode-proxy {chain} meta l4proto tcp dnat ip to numgen random mod 2 offset 65536 map @endpoint-picks-tcp-0")]
+            [format!("add rule ip knode-proxy {chain} meta l4proto tcp counter dnat ip to numgen random mod 2 offset 65536 map @endpoint-picks-tcp-0")]
         );
         // Traffic to a ClusterIP from outside the pod network is masqueraded: one rule for all.
         assert_eq!(
@@ -1493,13 +1498,13 @@ mod tests {
         let rules = lines_with(&script, "dnat ip to numgen");
         assert_eq!(rules.len(), 3, "{script}");
         assert!(rules[0].ends_with(
-            "tcp dnat ip to numgen random mod 4 offset 65536 map @endpoint-picks-tcp-0"
+            "tcp counter dnat ip to numgen random mod 4 offset 65536 map @endpoint-picks-tcp-0"
         ));
         assert!(rules[1].ends_with(
-            "udp dnat ip to numgen random mod 2 offset 131072 map @endpoint-picks-udp-0"
+            "udp counter dnat ip to numgen random mod 2 offset 131072 map @endpoint-picks-udp-0"
         ));
         assert!(rules[2].ends_with(
-            "tcp dnat ip to numgen random mod 2 offset 196608 map @endpoint-picks-tcp-0"
+            "tcp counter dnat ip to numgen random mod 2 offset 196608 map @endpoint-picks-tcp-0"
         ));
         assert!(script.contains(
             "add element ip knode-proxy endpoint-picks-tcp-0 { 65536 : 10.244.0.2 . 8080, 65537 : 10.244.0.3 . 8080, 65538 : 10.244.0.4 . 8080, 65539 : 10.244.0.5 . 8080, 196608 : 10.244.0.2 . 53, 196609 : 10.244.0.3 . 53 }"
@@ -1569,7 +1574,7 @@ mod tests {
         // Rule i matches with 1/(N-i) of what reaches it: 1/4, then 1/3 of 3/4, ...
         for (i, rule) in picks.iter().enumerate() {
             let want = match 4 - i {
-                1 => "} meta l4proto tcp dnat".to_string(),
+                1 => "} meta l4proto tcp counter dnat".to_string(),
                 n => format!("numgen random mod {n} 0 update @"),
             };
             assert!(rule.contains(&want), "{rule}");
@@ -1589,7 +1594,7 @@ mod tests {
         let mut s = svc("web", "10.96.0.5", &["10.244.0.2", "10.244.0.3"]);
         s.endpoints[0][1].ready = false;
         let script = render_full(&[s], &cfg());
-        assert!(script.contains("meta l4proto tcp dnat to 10.244.0.2:8080"));
+        assert!(script.contains("meta l4proto tcp counter dnat to 10.244.0.2:8080"));
         assert!(!script.contains("numgen random mod 2"));
         assert!(!script.contains("10.244.0.3"));
     }
@@ -1651,10 +1656,10 @@ mod tests {
         // Two affinity checks, two picks; the checks before the picks.
         assert_eq!(rules.len(), 4, "{script}");
         assert!(rules[0].ends_with(&format!(
-            "ip saddr @{set} update @{set} {{ ip saddr }} meta l4proto tcp dnat to 10.244.0.2:8080"
+            "ip saddr @{set} update @{set} {{ ip saddr }} meta l4proto tcp counter dnat to 10.244.0.2:8080"
         )));
         assert!(rules[2].ends_with(&format!(
-            "numgen random mod 2 0 update @{set} {{ ip saddr }} meta l4proto tcp dnat to 10.244.0.2:8080"
+            "numgen random mod 2 0 update @{set} {{ ip saddr }} meta l4proto tcp counter dnat to 10.244.0.2:8080"
         )));
         assert!(rules[1].contains(" ip saddr @affinity-"));
         assert!(rules[3].contains(" update @affinity-") && !rules[3].contains("numgen"));
