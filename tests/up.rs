@@ -1180,6 +1180,7 @@ fn the_demo_walks_the_bootcamp_and_the_guestbook_with_the_tutorials_names() {
         "{\"message\": \"Updated\"}",
         "(read back from the slaves)\n{\"data\": \"Hello from knode\"}",
         "==> kubectl scale rc redis-slave --replicas=3",
+        "==> kubectl get namespace\nNAME ",
         "==> done",
     ];
     assert_in_order(&out, &steps);
@@ -1252,6 +1253,18 @@ fn the_demo_walks_the_bootcamp_and_the_guestbook_with_the_tutorials_names() {
         (3, 1, 2),
         "{eps}"
     );
+    // `kubectl get namespace`: the tutorial's columns, and the namespaces a cluster starts with.
+    let ns = &out[out.find("==> kubectl get namespace\n").unwrap()..];
+    let ns = &ns[..ns.find("\n==>").unwrap()];
+    let header: Vec<&str> = ns.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "STATUS", "AGE"], "{ns}");
+    for name in ["default", "kube-system"] {
+        assert!(
+            ns.lines()
+                .any(|l| l.split_whitespace().take(2).eq([name, "Active"])),
+            "{name}:\n{ns}"
+        );
+    }
     // The bootcamp's Service went, and its Endpoints with it.
     assert!(!eps.contains("kubernetes-bootcamp"), "{eps}");
     // Its cluster is gone: its state, and every process it started (the namespace is

@@ -92,6 +92,20 @@ fn chain_rules(chain: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The elements of a verdict map that go to a chain whose name contains `needle`: each
+/// key as nft writes it, and the chain.
+fn gotos_to(elements: &[(Value, Value)], needle: &str) -> Vec<(String, String)> {
+    elements
+        .iter()
+        .filter_map(|(k, v)| {
+            let target = v["goto"]["target"].as_str()?;
+            target
+                .contains(needle)
+                .then(|| (nft_value(k), target.to_string()))
+        })
+        .collect()
+}
+
 /// The `counter packets N bytes M` of a rule, if it has one.
 fn counter(rule: &str) -> Option<(u64, u64)> {
     let words: Vec<&str> = rule.split_whitespace().collect();
@@ -113,15 +127,7 @@ fn service(ns: &str, name: &str) -> Result<String> {
     })?;
     // Chains are named service-<hash>-<ns>/<name>/<proto>/<port name>.
     let needle = format!("-{ns}/{name}/");
-    let ports: Vec<(String, String)> = ips
-        .iter()
-        .filter_map(|(k, v)| {
-            let target = v["goto"]["target"].as_str()?;
-            target
-                .contains(&needle)
-                .then(|| (nft_value(k), target.to_string()))
-        })
-        .collect();
+    let ports = gotos_to(&ips, &needle);
     let mut out = String::new();
     writeln!(
         out,
@@ -145,15 +151,7 @@ destination address, protocol and port are looked up in map service-ips:"
     for (key, chain) in &ports {
         writeln!(out, "  {key} : goto {chain}")?;
     }
-    let node_ports: Vec<(String, String)> = map_elements("service-nodeports")?
-        .iter()
-        .filter_map(|(k, v)| {
-            let target = v["goto"]["target"].as_str()?;
-            target
-                .contains(&needle)
-                .then(|| (nft_value(k), target.to_string()))
-        })
-        .collect();
+    let node_ports = gotos_to(&map_elements("service-nodeports")?, &needle);
     if !node_ports.is_empty() {
         writeln!(
             out,
