@@ -18,6 +18,7 @@ const RANKS: &[(&str, u32)] = &[
     ("apiserver", 3),
     ("scheduler", 3),
     ("controllers", 3),
+    ("dns", 3),
     ("cli", 4),
 ];
 

@@ -4,6 +4,7 @@
 //!
 //! - `cli`: clap and printing, one file per verb (only `main.rs` imports it);
 //! - `apiserver`: the Kubernetes API server (beside `node`);
+//! - `dns`: cluster DNS, the zone built from Services and EndpointSlices (beside `node`);
 //! - `node`: everything that runs on a node (kubelet, sandbox, containers, shims, logs, pod
 //!   network, images, cgroups, service proxy);
 //! - `store`: the API server's etcd-shaped storage (embedded, etcd) and its conformance suite;
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod controllers;
+pub mod dns;
 pub mod node;
 pub mod scheduler;
 pub mod store;
