@@ -1,0 +1,400 @@
+//! The DNS server: UDP and TCP on one address, answers from the cluster zone, other names
+//! forwarded to the node's upstream resolvers (from its `/etc/resolv.conf`) with a cache;
+//! and the loop that keeps the zone up to date from the API's Services and EndpointSlices.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::Message;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Client;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+
+use super::{respond, Reply, ServiceDns, Zone};
+
+/// How long an upstream resolver has to answer before the next is asked.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Forwarded answers are cached for their smallest TTL, at most this long (CoreDNS's
+/// `cache 30`), and at most this many.
+const CACHE_TTL: Duration = Duration::from_secs(30);
+const CACHE_ENTRIES: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("DNS on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The upstream resolvers in a resolv.conf (`nameserver` lines), on port 53.
+pub fn upstreams(resolv_conf: &str) -> Vec<SocketAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then(|| w.next())?
+        })
+        .filter_map(|ip| ip.parse().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// A server's shared state: the zone, where to forward, the forward cache.
+pub struct Dns {
+    pub zone: RwLock<Zone>,
+    upstreams: Vec<SocketAddr>,
+    cache: Mutex<Cache>,
+}
+
+/// Question (a request without its id) -> the answer (id included) and until when it holds.
+type Cache = HashMap<Vec<u8>, (Vec<u8>, Instant)>;
+
+impl Dns {
+    pub fn new(zone: Zone, upstreams: Vec<SocketAddr>) -> Arc<Dns> {
+        Arc::new(Dns {
+            zone: RwLock::new(zone),
+            upstreams,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The answer to one query: from the zone, the cache, or the upstream resolvers (None
+    /// when no answer should be sent).
+    pub async fn answer(&self, request: &[u8]) -> Option<Vec<u8>> {
+        let reply = respond(request, &self.zone.read().expect("zone"));
+        match reply {
+            Reply::Answer(b) => Some(b),
+            Reply::Drop => None,
+            Reply::Forward => self.forward(request).await,
+        }
+    }
+
+    async fn forward(&self, request: &[u8]) -> Option<Vec<u8>> {
+        let key = request.get(2..)?.to_vec();
+        let id = [request[0], request[1]];
+        if let Some((answer, until)) = self.cache.lock().expect("cache").get(&key) {
+            if Instant::now() < *until {
+                let mut a = answer.clone();
+                a[..2].copy_from_slice(&id);
+                return Some(a);
+            }
+        }
+        for up in &self.upstreams {
+            let Ok(sock) = UdpSocket::bind(if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).await
+            else {
+                continue;
+            };
+            if sock.send_to(request, up).await.is_err() {
+                continue;
+            }
+            let mut buf = vec![0u8; 65535];
+            let got = tokio::time::timeout(UPSTREAM_TIMEOUT, async {
+                loop {
+                    let (n, from) = sock.recv_from(&mut buf).await?;
+                    // Only the server asked, with the id asked.
+                    if from == *up && n >= 2 && buf[..2] == id {
+                        return Ok::<usize, std::io::Error>(n);
+                    }
+                }
+            })
+            .await;
+            let Ok(Ok(n)) = got else {
+                tracing::debug!(upstream = %up, "no answer from an upstream resolver");
+                continue;
+            };
+            let answer = buf[..n].to_vec();
+            if let Ok(m) = Message::from_vec(&answer) {
+                let ttl = m
+                    .answers
+                    .iter()
+                    .chain(&m.authorities)
+                    .map(|r| r.ttl)
+                    .min()
+                    .map_or(CACHE_TTL, |t| Duration::from_secs(t.into()).min(CACHE_TTL));
+                if !ttl.is_zero() && !m.metadata.truncation {
+                    let mut c = self.cache.lock().expect("cache");
+                    if c.len() >= CACHE_ENTRIES {
+                        let now = Instant::now();
+                        c.retain(|_, (_, until)| *until > now);
+                        if c.len() >= CACHE_ENTRIES {
+                            c.clear();
+                        }
+                    }
+                    c.insert(key, (answer.clone(), Instant::now() + ttl));
+                }
+            }
+            return Some(answer);
+        }
+        None
+    }
+}
+
+/// DNS's sockets on one address: UDP, and TCP on the same port.
+pub struct Listener {
+    udp: UdpSocket,
+    tcp: TcpListener,
+}
+
+impl Listener {
+    /// Binds `addr` (port 0: a free port, the same for both).
+    pub async fn bind(addr: SocketAddr) -> Result<Listener, DnsError> {
+        let bind = |source| DnsError::Bind { addr, source };
+        let udp = UdpSocket::bind(addr).await.map_err(bind)?;
+        let at = udp.local_addr().map_err(bind)?;
+        let tcp = TcpListener::bind(at).await.map_err(bind)?;
+        Ok(Listener { udp, tcp })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.udp.local_addr()
+    }
+
+    /// Serves DNS until the task is dropped.
+    pub async fn serve(self, dns: Arc<Dns>) {
+        serve(dns, Arc::new(self.udp), self.tcp).await
+    }
+}
+
+async fn serve(dns: Arc<Dns>, udp: Arc<UdpSocket>, tcp: TcpListener) {
+    let d = dns.clone();
+    let tcp_task = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = tcp.accept().await else {
+                continue;
+            };
+            let d = d.clone();
+            tokio::spawn(async move {
+                // Messages with a two-byte length, until the client closes or idles 10 s.
+                loop {
+                    let mut len = [0u8; 2];
+                    let read =
+                        tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut len));
+                    if !matches!(read.await, Ok(Ok(_))) {
+                        return;
+                    }
+                    let mut req = vec![0u8; u16::from_be_bytes(len).into()];
+                    if conn.read_exact(&mut req).await.is_err() {
+                        return;
+                    }
+                    let Some(a) = d.answer(&req).await else {
+                        return;
+                    };
+                    let Ok(n) = u16::try_from(a.len()) else {
+                        return;
+                    };
+                    if conn.write_all(&n.to_be_bytes()).await.is_err()
+                        || conn.write_all(&a).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let _abort = AbortOnDrop(tcp_task);
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let Ok((n, from)) = udp.recv_from(&mut buf).await else {
+            continue;
+        };
+        let req = buf[..n].to_vec();
+        let (d, udp) = (dns.clone(), udp.clone());
+        tokio::spawn(async move {
+            if let Some(mut a) = d.answer(&req).await {
+                // Over UDP, 512 bytes unless the client said more (EDNS): else truncated,
+                // and the client asks again over TCP.
+                let max = Message::from_vec(&req)
+                    .ok()
+                    .and_then(|m| m.edns.map(|e| e.max_payload()))
+                    .map_or(512, |p| usize::from(p.max(512)));
+                if a.len() > max {
+                    if let Ok(m) = Message::from_vec(&a) {
+                        if let Ok(t) = m.truncate().to_vec() {
+                            a = t;
+                        }
+                    }
+                }
+                let _ = udp.send_to(&a, from).await;
+            }
+        });
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps `dns`'s zone equal to the API's Services (and, for headless ones, their
+/// EndpointSlices): after each change, the services whose records changed are put in again.
+pub async fn keep_zone(client: Client, dns: Arc<Dns>) {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let services = crate::client::cache::<Service>(&client, wake.clone());
+    let slices = crate::client::cache::<EndpointSlice>(&client, wake.clone());
+    let _ = services.wait_until_ready().await;
+    let _ = slices.wait_until_ready().await;
+    let mut have: HashMap<(String, String), ServiceDns> = HashMap::new();
+    loop {
+        let mut by_service: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
+        for s in slices.state() {
+            let ns = s.metadata.namespace.clone().unwrap_or_default();
+            if let Some(svc) = s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+            {
+                by_service.entry((ns, svc.clone())).or_default().push(s);
+            }
+        }
+        let mut now: HashMap<(String, String), ServiceDns> = HashMap::new();
+        for svc in services.state() {
+            let key = (
+                svc.metadata.namespace.clone().unwrap_or_default(),
+                svc.metadata.name.clone().unwrap_or_default(),
+            );
+            let s: Vec<&EndpointSlice> = by_service
+                .get(&key)
+                .map(|v| v.iter().map(|s| s.as_ref()).collect())
+                .unwrap_or_default();
+            if let Some(d) = ServiceDns::from_api(&svc, &s) {
+                now.insert(key, d);
+            }
+        }
+        {
+            let mut zone = dns.zone.write().expect("zone");
+            for (key, d) in &now {
+                if have.get(key) != Some(d) {
+                    zone.set_service(d);
+                }
+            }
+            for key in have.keys().filter(|k| !now.contains_key(*k)) {
+                zone.remove_service(&key.0, &key.1);
+            }
+        }
+        have = now;
+        wake.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::{Name, RData, RecordType};
+
+    fn query(name: &str, t: RecordType) -> Message {
+        let mut m = Message::query();
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+        m
+    }
+
+    #[test]
+    fn upstreams_come_from_resolv_conf() {
+        let conf = "# comment\nnameserver 10.0.0.2\nsearch lab\nnameserver ::1\nnameserver bad\n";
+        assert_eq!(
+            upstreams(conf),
+            [
+                "10.0.0.2:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+    }
+
+    /// Over real sockets on loopback: the cluster's names from the zone, over UDP and TCP;
+    /// another name from an upstream (a fake one answering once), then from the cache.
+    #[tokio::test]
+    async fn serves_the_zone_and_forwards_with_a_cache() {
+        // The upstream: answers the first query it gets, then nothing.
+        let up = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap();
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let a = asked.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 512];
+            loop {
+                let (n, from) = up.recv_from(&mut buf).await.unwrap();
+                a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+                r.add_query(q.queries[0].clone());
+                r.add_answer(hickory_proto::rr::Record::from_rdata(
+                    q.queries[0].name().clone(),
+                    60,
+                    RData::A(hickory_proto::rr::rdata::A("192.0.2.7".parse().unwrap())),
+                ));
+                up.send_to(&r.to_vec().unwrap(), from).await.unwrap();
+            }
+        });
+        let mut zone = Zone::new("cluster.local");
+        zone.set_service(&ServiceDns {
+            namespace: "default".into(),
+            name: "web".into(),
+            ports: vec![],
+            kind: crate::dns::zone::Kind::ClusterIp(vec!["10.96.0.20".parse().unwrap()]),
+        });
+        let listener = Listener::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(listener.serve(Dns::new(zone, vec![up_addr])));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ask = |m: Message| {
+            let client = &client;
+            async move {
+                client.send_to(&m.to_vec().unwrap(), addr).await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                let (n, _) =
+                    tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+                        .await
+                        .expect("an answer")
+                        .unwrap();
+                let r = Message::from_vec(&buf[..n]).unwrap();
+                assert_eq!(r.metadata.id, m.metadata.id);
+                r
+            }
+        };
+        let r = ask(query("web.default.svc.cluster.local.", RecordType::A)).await;
+        assert_eq!(
+            r.answers[0].data,
+            RData::A(hickory_proto::rr::rdata::A("10.96.0.20".parse().unwrap()))
+        );
+        for _ in 0..2 {
+            let r = ask(query("example.org.", RecordType::A)).await;
+            assert_eq!(
+                r.answers[0].data,
+                RData::A(hickory_proto::rr::rdata::A("192.0.2.7".parse().unwrap()))
+            );
+        }
+        assert_eq!(
+            asked.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the second came from the cache"
+        );
+        // TCP: a length, the message; the same answer.
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let m = query("web.default.svc.cluster.local.", RecordType::A)
+            .to_vec()
+            .unwrap();
+        conn.write_all(&(m.len() as u16).to_be_bytes())
+            .await
+            .unwrap();
+        conn.write_all(&m).await.unwrap();
+        let mut len = [0u8; 2];
+        conn.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0u8; u16::from_be_bytes(len).into()];
+        conn.read_exact(&mut body).await.unwrap();
+        assert_eq!(Message::from_vec(&body).unwrap().answers.len(), 1);
+        server.abort();
+    }
+}
