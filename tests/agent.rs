@@ -647,6 +647,52 @@ fn without_cgroup_v2_the_agent_refuses_unless_told_and_says_so_in_node_status() 
     assert!(top.starts_with("NAME") && top.contains("CPU%"), "{top}");
 }
 
+/// A pod's /etc/resolv.conf follows its dnsPolicy and dnsConfig: `None` takes only the
+/// pod's own nameservers, searches and options; the default adds the pod's to the node's.
+#[test]
+fn a_pods_resolv_conf_follows_its_dns_policy_and_config() {
+    let n = Node::new();
+    n.write(
+        "own.yaml",
+        &pod_yaml(
+            "own",
+            "  dnsPolicy: None\n  dnsConfig:\n    nameservers: [192.0.2.53]\n    searches: [lab.example]\n    options: [{name: ndots, value: '2'}, {name: edns0}]\n",
+            "  - name: c\n    image: test/busybox:1\n    command: [sh, -c, 'cat /etc/resolv.conf; echo end; sleep 600']\n",
+        ),
+    );
+    n.write(
+        "added.yaml",
+        &pod_yaml(
+            "added",
+            "  dnsConfig:\n    nameservers: [192.0.2.54]\n",
+            "  - name: c\n    image: test/busybox:1\n    command: [sh, -c, 'cat /etc/resolv.conf; echo end; sleep 600']\n",
+        ),
+    );
+    let logs = |pod: &str| String::from_utf8_lossy(&n.knode(&["logs", pod]).stdout).into_owned();
+    n.until("both pods printed their resolv.conf", |_| {
+        logs("own").contains("end") && logs("added").contains("end")
+    });
+    assert_eq!(
+        logs("own"),
+        "search lab.example\nnameserver 192.0.2.53\noptions ndots:2 edns0\nend\n"
+    );
+    let added = logs("added");
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap();
+    let first_host_ns = host
+        .lines()
+        .find_map(|l| l.strip_prefix("nameserver "))
+        .map(str::trim);
+    let ns: Vec<&str> = added
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver "))
+        .collect();
+    // The node's own first (this node has no cluster DNS), then the pod's.
+    assert_eq!(ns.last(), Some(&"192.0.2.54"), "{added}");
+    if let Some(h) = first_host_ns {
+        assert_eq!(ns.first(), Some(&h), "{added}");
+    }
+}
+
 /// `knode tutorial images -o FILE` builds the tutorials' images into one OCI archive, the
 /// same bytes every time; dropped in `<root>/images/`, it lets a node with no registry run
 /// the tutorials' images under their own names: the bootcamp's app answers, and `mysql:5.7`

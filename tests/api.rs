@@ -813,6 +813,12 @@ fn bad_input_gets_the_real_servers_status_and_changes_nothing() {
     assert!(e.starts_with("error: failed to create configmap: ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"), "{e}");
     let e = s.fails(&["create", "configmap", "keep"], None);
     assert!(e.contains("configmaps \"keep\" already exists"), "{e}");
+    // A pod's dnsConfig, checked as the API server does.
+    let e = s.fails(
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: Pod\nmetadata: {name: dns}\nspec:\n  dnsPolicy: None\n  containers: [{name: c, image: busybox}]\n"),
+    );
+    assert!(e.contains("The Pod \"dns\" is invalid: spec.dnsConfig: Required value: must provide `dnsConfig` when `dnsPolicy` is None"), "{e}");
     let e = s.fails(&["get", "pods", "nosuch"], None);
     assert_eq!(
         e.trim(),

@@ -8,6 +8,7 @@ pub mod error;
 pub mod jws;
 pub mod pod;
 pub mod quantity;
+pub mod resolv;
 pub mod selector;
 pub mod service;
 pub mod time;

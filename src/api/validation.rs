@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Pod, Secret, Volume};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Pod, PodSpec, Secret, Volume};
 
 /// The kinds of field error the API server reports (`field.ErrorType`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +62,8 @@ pub enum Value {
     None,
     Str(String),
     Int(i64),
+    /// A list of strings, printed as Go prints a `[]string`.
+    List(Vec<String>),
 }
 
 impl fmt::Display for Value {
@@ -70,6 +72,11 @@ impl fmt::Display for Value {
             Value::None => write!(f, "null"),
             Value::Str(s) => write!(f, "{}", go_quote(s)),
             Value::Int(i) => write!(f, "{i}"),
+            Value::List(l) => write!(
+                f,
+                "[]string{{{}}}",
+                l.iter().map(|s| go_quote(s)).collect::<Vec<_>>().join(", ")
+            ),
         }
     }
 }
@@ -790,6 +797,7 @@ pub fn pod(p: &Pod) -> Vec<FieldError> {
             errs.push(not_supported("spec.dnsPolicy", d, P));
         }
     }
+    dns_config(&mut errs, s);
     if let Some(h) = &s.hostname {
         names(&mut errs, "spec.hostname", h, dns_label(h));
     }
@@ -824,6 +832,81 @@ pub fn pod(p: &Pod) -> Vec<FieldError> {
     errs
 }
 
+/// `spec.dnsConfig`, as `validatePodDNSConfig` checks it.
+fn dns_config(errs: &mut Vec<FieldError>, s: &PodSpec) {
+    use crate::api::resolv::{MAX_NAMESERVERS, MAX_SEARCHES, MAX_SEARCH_CHARS};
+    let none = s.dns_policy.as_deref() == Some("None");
+    let Some(c) = &s.dns_config else {
+        if none {
+            errs.push(required(
+                "spec.dnsConfig",
+                "must provide `dnsConfig` when `dnsPolicy` is None",
+            ));
+        }
+        return;
+    };
+    let ns = c.nameservers.clone().unwrap_or_default();
+    if none && ns.is_empty() {
+        errs.push(required(
+            "spec.dnsConfig.nameservers",
+            "must provide at least one DNS nameserver when `dnsPolicy` is None",
+        ));
+    }
+    if ns.len() > MAX_NAMESERVERS {
+        errs.push(invalid(
+            "spec.dnsConfig.nameservers",
+            Value::List(ns.clone()),
+            format!("must not have more than {MAX_NAMESERVERS} nameservers"),
+        ));
+    }
+    for (i, n) in ns.iter().enumerate() {
+        if n.parse::<std::net::IpAddr>().is_err() {
+            errs.push(invalid(
+                &format!("spec.dnsConfig.nameservers[{i}]"),
+                n.as_str(),
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            ));
+        }
+    }
+    let searches = c.searches.clone().unwrap_or_default();
+    if searches.len() > MAX_SEARCHES {
+        errs.push(invalid(
+            "spec.dnsConfig.searches",
+            Value::List(searches.clone()),
+            format!("must not have more than {MAX_SEARCHES} search paths"),
+        ));
+    }
+    if searches.join(" ").len() > MAX_SEARCH_CHARS {
+        errs.push(invalid(
+            "spec.dnsConfig.searches",
+            Value::List(searches.clone()),
+            format!(
+                "must not have more than {MAX_SEARCH_CHARS} characters (including spaces) in the search list"
+            ),
+        ));
+    }
+    for (i, d) in searches.iter().enumerate() {
+        if d == "." {
+            continue;
+        }
+        let d = d.strip_suffix('.').unwrap_or(d);
+        names(
+            errs,
+            &format!("spec.dnsConfig.searches[{i}]"),
+            d,
+            dns_subdomain(d),
+        );
+    }
+    for (i, o) in c.options.iter().flatten().enumerate() {
+        if o.name.as_deref().unwrap_or("").is_empty() {
+            errs.push(required(
+                &format!("spec.dnsConfig.options[{i}]"),
+                "must not be empty",
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -841,6 +924,38 @@ mod tests {
     #[test]
     fn a_plain_pod_is_valid() {
         assert!(errors(BASE).is_empty());
+    }
+
+    #[test]
+    fn dns_config_is_checked_as_the_api_server_does() {
+        assert_eq!(
+            errors(&format!("{BASE}  dnsPolicy: None\n")),
+            ["spec.dnsConfig: Required value: must provide `dnsConfig` when `dnsPolicy` is None"]
+        );
+        let e = errors(&format!(
+            "{BASE}  dnsPolicy: None\n  dnsConfig:\n    searches: [Bad_Domain, ok.example.]\n    options: [{{value: '1'}}]\n"
+        ));
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert_eq!(e[0], "spec.dnsConfig.nameservers: Required value: must provide at least one DNS nameserver when `dnsPolicy` is None");
+        assert!(e[1].starts_with("spec.dnsConfig.searches[0]: Invalid value: \"Bad_Domain\": a lowercase RFC 1123 subdomain"), "{e:?}");
+        assert_eq!(
+            e[2],
+            "spec.dnsConfig.options[0]: Required value: must not be empty"
+        );
+        let e = errors(&format!(
+            "{BASE}  dnsConfig:\n    nameservers: [1.1.1.1, 2.2.2.2, 3.3.3.3, dns.example]\n"
+        ));
+        assert_eq!(
+            e,
+            [
+                "spec.dnsConfig.nameservers: Invalid value: []string{\"1.1.1.1\", \"2.2.2.2\", \"3.3.3.3\", \"dns.example\"}: must not have more than 3 nameservers",
+                "spec.dnsConfig.nameservers[3]: Invalid value: \"dns.example\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
+            ]
+        );
+        assert!(errors(&format!(
+            "{BASE}  dnsPolicy: None\n  dnsConfig: {{nameservers: [1.1.1.1], searches: [a.example, .], options: [{{name: ndots, value: '2'}}]}}\n"
+        ))
+        .is_empty());
     }
 
     #[test]

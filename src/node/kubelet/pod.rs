@@ -1558,7 +1558,22 @@ pub(super) fn write_etc_files(
             "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{}\t{hostname}\n", ip.unwrap_or("127.0.1.1")
         )
     };
-    let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    // The pod's dnsPolicy and dnsConfig over the node's resolv.conf (this node has no
+    // cluster DNS yet: ClusterFirst falls back to the node's, as the kubelet does).
+    let host = crate::api::resolv::Resolv::parse(
+        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    );
+    let resolv = match spec {
+        Some(s) => crate::api::resolv::pod_resolv(
+            s,
+            m.pod.metadata.namespace.as_deref().unwrap_or("default"),
+            None,
+            &host,
+        ),
+        None => host,
+    }
+    .render()
+    .into_bytes();
     // Room for the files and for a container to rewrite them a few times, never more.
     let size = ((hosts.len() + resolv.len()) as u64 * 4).max(256 << 10);
     let opts =
