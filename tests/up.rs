@@ -880,6 +880,91 @@ fn on_a_terminal(u: &Up, line: &str) -> Output {
     o
 }
 
+/// Cluster DNS: `kube-system/kube-dns` as a real cluster lists it, served by the node on its
+/// address (no DNS pod); a pod's resolv.conf points at it with the namespace searched first,
+/// and `nslookup` in a pod finds Services by their short and full names and SRV records by
+/// port name; `knode down` removes the address's link.
+#[test]
+fn pods_resolve_services_by_name_through_the_cluster_dns() {
+    let u = Up::new();
+    u.up();
+    let svc = u.kubectl(&["get", "service", "kube-dns", "-n", "kube-system"]);
+    assert!(
+        svc.contains("kube-dns   ClusterIP   10.96.0.10   <none>        53/UDP,53/TCP,9153/TCP"),
+        "{svc}"
+    );
+    u.kubectl(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    let ip = u.kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    // busybox's nslookup asks for the name as given (no search list, as busybox 1.28 and
+    // later do); its ping resolves through the C library, which searches.
+    let script = "cat /etc/resolv.conf; echo ===; nslookup kubernetes.default.svc.cluster.local; \
+                  ping -c 1 -W 1 kubernetes.default | head -n 1; ping -c 1 -W 1 web | head -n 1; echo ===; \
+                  nslookup web.default.svc.cluster.local; echo ===; \
+                  nslookup -type=srv _80-8080._tcp.web.default.svc.cluster.local; echo ===; \
+                  nslookup nosuch.default.svc.cluster.local; echo done";
+    let o = u.kubectl_of_with_stdin(
+        u.kubectl_command(),
+        &[
+            "run",
+            "-i",
+            "--rm",
+            "--restart=Never",
+            "dns",
+            "--image=test/busybox:1",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        "",
+    );
+    let out = text(&o.stdout);
+    let parts: Vec<&str> = out.split("===\n").collect();
+    assert_eq!(parts.len(), 5, "{out}\n{}", text(&o.stderr));
+    // The node's own search domains, if any, come after the cluster's.
+    assert!(
+        parts[0].starts_with("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{out}"
+    );
+    let ns: Vec<&str> = parts[0]
+        .lines()
+        .filter(|l| l.starts_with("nameserver"))
+        .collect();
+    assert_eq!(ns, ["nameserver 10.96.0.10"], "{out}");
+    assert!(parts[0].ends_with("options ndots:5\n"), "{out}");
+    assert!(
+        parts[1].contains("Name:\tkubernetes.default.svc.cluster.local\nAddress: 10.96.0.1\n"),
+        "{out}"
+    );
+    // Short names, through the search list.
+    assert!(
+        parts[1].contains("PING kubernetes.default (10.96.0.1)"),
+        "{out}"
+    );
+    assert!(parts[1].contains(&format!("PING web ({ip})")), "{out}");
+    assert!(
+        parts[2].contains(&format!(
+            "Name:\tweb.default.svc.cluster.local\nAddress: {ip}\n"
+        )),
+        "{out}"
+    );
+    assert!(
+        parts[3].contains("_80-8080._tcp.web.default.svc.cluster.local\tservice = 0 100 80 web.default.svc.cluster.local"),
+        "{out}"
+    );
+    assert!(parts[4].contains("NXDOMAIN"), "{out}");
+    // The address lives on a link of the node's, which `knode down` removes.
+    let link = ["ip", "-n", &u.ns, "addr", "show", "knode-dns"];
+    assert!(text(&run(&link).stdout).contains("inet 10.96.0.10/32"));
+    let o = u.knode(&[
+        "down",
+        "--log-dir",
+        u.s.root().join("logs").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!run(&link).status.success(), "knode-dns is left");
+}
+
 #[test]
 fn kubectl_run_attaches_and_terminals_follow_the_clients_size() {
     let u = Up::new();

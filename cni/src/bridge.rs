@@ -428,6 +428,57 @@ pub fn check(a: &AddArgs) -> Result<(), BridgeError> {
     })
 }
 
+/// A dummy link `name` holding `addr`/32, up (made if missing): an address of the node that
+/// is no interface's own, as NodeLocal DNSCache's link is (knode's cluster DNS listens there).
+/// On a kernel without the dummy driver, a bridge with no ports.
+pub fn ensure_dummy(name: &str, addr: Ipv4Addr) -> Result<(), BridgeError> {
+    let name = name.to_string();
+    netlink(|h| async move {
+        let idx = match link(&h, &name).await? {
+            Some(l) if matches!(kind_of(&l), Some(InfoKind::Dummy | InfoKind::Bridge)) => {
+                l.header.index
+            }
+            Some(_) => {
+                return Err(BridgeError(format!(
+                    "{name} exists and is not a dummy link"
+                )))
+            }
+            None => {
+                let made = h
+                    .link()
+                    .add(rtnetlink::LinkDummy::new(&name).build())
+                    .execute()
+                    .await;
+                let made = match made {
+                    // A kernel without the dummy driver: a bridge with no ports holds an
+                    // address just as well.
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EOPNOTSUPP => {
+                        h.link().add(LinkBridge::new(&name).build()).execute().await
+                    }
+                    r => r,
+                };
+                match made {
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+                    r => r.map_err(|e| format!("creating {name}: {e}"))?,
+                }
+                index(&h, &name).await?.ok_or("the dummy link vanished")?
+            }
+        };
+        if !has_addr(&h, idx, addr).await? {
+            match h.address().add(idx, addr.into(), 32).execute().await {
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+                r => r.map_err(|e| format!("adding {addr} to {name}: {e}"))?,
+            }
+        }
+        h.link()
+            .set(LinkUnspec::new_with_index(idx).up().build())
+            .execute()
+            .await
+            .map_err(|e| format!("{name} up: {e}"))?;
+        Ok(())
+    })
+}
+
 /// DEL in the current (node) network namespace: removes the host veth (and with it the pod
 /// side). Missing is fine: DEL is idempotent, and works when the pod namespace is gone.
 pub fn del(host_veth: &str) -> Result<(), BridgeError> {

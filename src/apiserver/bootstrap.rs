@@ -1,10 +1,10 @@
 //! What a new cluster has before anyone writes to it: the namespaces `default`,
 //! `kube-system`, `kube-public` and `kube-node-lease`, their `default` ServiceAccounts, the
 //! ClusterRoles `cluster-admin`, `admin`, `edit` and `view` (and `system:masters` bound to the
-//! first), and the
-//! `kubernetes` Service (the first address of the service CIDR, port 443) with the endpoints
-//! of this server; the node join token (`<root>/server/node-token`) and its bootstrap token
-//! Secret. Created at every start when missing; never overwritten.
+//! first), the `kubernetes` Service (the first address of the service CIDR, port 443) with the
+//! endpoints of this server, `kube-system/kube-dns` (the tenth address; the nodes serve it),
+//! and the node join token (`<root>/server/node-token`) with its bootstrap token Secret.
+//! Created at every start when missing; never overwritten.
 
 use serde_json::{json, Value};
 
@@ -121,6 +121,18 @@ pub async fn ensure(api: &Api, cfg: &ServerConfig) -> Result<(), ServerError> {
                "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}),
     )
     .await?;
+    // The cluster DNS Service (each node that serves cluster DNS holds its address itself,
+    // so it has no selector and no endpoints). An address already taken by a Service made
+    // before is left to it.
+    let dns_ip = std::net::Ipv4Addr::from(u32::from(cfg.service_cidr.network()) + 10);
+    let dns = json!({"metadata": {"name": "kube-dns", "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true", "kubernetes.io/name": "CoreDNS"}},
+           "spec": {"type": "ClusterIP", "clusterIP": dns_ip.to_string(), "sessionAffinity": "None",
+                    "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                              {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                              {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153}]}});
+    if let Err(e) = ensure_one(api, "services", "", Some("kube-system"), dns).await {
+        tracing::warn!(error = %e, "no kube-dns Service");
+    }
     // The node join token, made once (deleting its Secret revokes it for good).
     let dir = cfg.root.join("server");
     if super::auth::node_token(&dir).is_none() {

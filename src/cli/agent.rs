@@ -124,6 +124,7 @@ pub fn run(
         drain: None,
         kubelet_port: a.kubelet_port,
         heartbeat: a.node_status_update_frequency,
+        cluster_dns: None,
     })?;
     Ok(())
 }

@@ -336,9 +336,86 @@ fn foreground(
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let _ = rustix::io::write(&fd, b"1");
     }
+    // Cluster DNS, served by this process on the node (NodeLocal DNSCache's way: the
+    // kube-dns Service's address on a dummy link, so no DNAT and no conntrack race).
+    let dns = crate::api::resolv::ClusterDns {
+        nameserver: cluster_dns_ip(service_cidr).into(),
+        domain: crate::dns::DOMAIN.into(),
+    };
+    start_dns(
+        &root.join("server/admin.kubeconfig"),
+        cluster_dns_ip(service_cidr),
+    )?;
     let cgroups = crate::node::cgroup::probe().err().map(|e| e.to_string());
-    crate::node::kubelet::run(node_config(&a, root, run_dir, client, conf, cgroups, None)?)?;
+    let mut cfg = node_config(&a, root, run_dir, client, conf, cgroups, None)?;
+    cfg.cluster_dns = Some(dns);
+    crate::node::kubelet::run(cfg)?;
     Ok(())
+}
+
+/// The kube-dns Service's ClusterIP: the tenth address of the service CIDR (10.96.0.10), as
+/// kubeadm and k3s have it.
+pub fn cluster_dns_ip(service_cidr: ipnet::Ipv4Net) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(service_cidr.network()) + 10)
+}
+
+/// Serves cluster DNS on `ip`:53 on this node (the address on the `knode-dns` link), its
+/// zone kept from the API server of `kubeconfig`; returns once it listens.
+pub fn start_dns(kubeconfig: &Path, ip: std::net::Ipv4Addr) -> Result<()> {
+    crate::node::network::ensure_dns_link(ip)?;
+    let upstreams: Vec<std::net::SocketAddr> = crate::dns::server::upstreams(
+        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    )
+    .into_iter()
+    .filter(|u| u.ip() != std::net::IpAddr::V4(ip))
+    .collect();
+    let kubeconfig = kubeconfig.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    std::thread::Builder::new()
+        .name("dns".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("dns")
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("a runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let addr = std::net::SocketAddr::new(ip.into(), 53);
+                let listener = match crate::dns::server::Listener::bind(addr).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let client = match crate::client::from_kubeconfig(&kubeconfig).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("its API client: {e}")));
+                        return;
+                    }
+                };
+                let dns = crate::dns::server::Dns::new(
+                    crate::dns::Zone::new(crate::dns::DOMAIN),
+                    upstreams,
+                );
+                tokio::spawn(crate::dns::server::keep_zone(client, dns.clone()));
+                let _ = tx.send(Ok(()));
+                tracing::info!(%addr, "cluster DNS serving");
+                listener.serve(dns).await;
+            });
+        })
+        .context("starting the DNS thread")?;
+    rx.recv()
+        .context("the DNS thread stopped")?
+        .map_err(|e| anyhow::anyhow!("cluster DNS: {e}"))
 }
 
 fn node_config(
@@ -372,6 +449,7 @@ fn node_config(
         drain,
         kubelet_port: crate::node::kubelet::server::DEFAULT_PORT,
         heartbeat: crate::node::kubelet::register::HEARTBEAT,
+        cluster_dns: None,
     })
 }
 
@@ -437,8 +515,12 @@ pub fn down(
     }
     // The pod network's bridge and the nftables tables of the masquerade and the proxy.
     crate::node::network::remove_bridge("knode0")?;
+    crate::node::network::remove_bridge(crate::node::network::DNS_LINK)?;
     crate::node::proxy::remove_tables(&["knode", crate::node::proxy::nft::DEFAULT_TABLE])?;
-    println!("Removed {pods} pods, the knode0 bridge and knode's nftables tables");
+    println!(
+        "Removed {pods} pods, the knode0 bridge, the {} link and knode's nftables tables",
+        crate::node::network::DNS_LINK
+    );
     Ok(())
 }
 

@@ -43,6 +43,9 @@ pub struct NodeConfig {
     /// Tear every pod down, each within at most this many seconds of grace, remove the
     /// node's cgroups and return (`knode down`).
     pub drain: Option<u64>,
+    /// The cluster DNS this node serves (pods' resolv.conf points at it, and the proxy
+    /// leaves `kube-system/kube-dns` to it); none: pods get the node's resolv.conf.
+    pub cluster_dns: Option<crate::api::resolv::ClusterDns>,
 }
 
 /// Resource limits: on (the default, cgroup v2 required) or explicitly off.

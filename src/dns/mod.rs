@@ -14,6 +14,9 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 pub use zone::{Lookup, Qtype, Rr, ServiceDns, Zone};
 
+/// The cluster domain.
+pub const DOMAIN: &str = "cluster.local";
+
 /// The TTL of the cluster's records (kubeadm's Corefile: `ttl 30`).
 pub const TTL: u32 = 30;
 

@@ -262,6 +262,16 @@ impl Attachment {
     }
 }
 
+/// The link that holds the cluster DNS address on the node (`ip addr show knode-dns`).
+pub const DNS_LINK: &str = "knode-dns";
+
+/// Puts the cluster DNS address on the node (a dummy link, [`DNS_LINK`]).
+pub fn ensure_dns_link(addr: std::net::Ipv4Addr) -> Result<()> {
+    cni::bridge::use_runtime(crate::node::rt::handle()?);
+    cni::bridge::ensure_dummy(DNS_LINK, addr)
+        .map_err(|e| NodeError::failed(format!("the cluster DNS address {addr}: {e}")))
+}
+
 /// Removes the pod network's bridge (`knode down`, once no pod is left); missing is fine.
 pub fn remove_bridge(name: &str) -> Result<()> {
     cni::bridge::use_runtime(crate::node::rt::handle()?);

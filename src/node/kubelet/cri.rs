@@ -132,6 +132,8 @@ pub struct NodeRuntime {
     /// The knode binary (shims and pause processes).
     pub exe: PathBuf,
     pub store: Arc<oci::image::ImageStore>,
+    /// The cluster DNS pods' resolv.conf points at (none: the node's).
+    pub cluster_dns: Option<crate::api::resolv::ClusterDns>,
 }
 
 impl RuntimeService for NodeRuntime {
@@ -158,7 +160,7 @@ impl RuntimeService for NodeRuntime {
         m: &PodManifest,
         ip: Option<&str>,
     ) -> Result<(), CriError> {
-        super::pod::write_etc_files(pod_dir, m, ip)
+        super::pod::write_etc_files(pod_dir, m, ip, self.cluster_dns.as_ref())
             .map_err(|e| format!("writing the pod's /etc files: {e}").into())
     }
 

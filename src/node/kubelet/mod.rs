@@ -233,6 +233,10 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
     let cluster_cidr = network.as_ref().and_then(|n| n.cluster_cidr());
     let mut services =
         crate::node::proxy::sync::Services::new(&cfg.root, cfg.service_cidr, cluster_cidr)?;
+    if cfg.cluster_dns.is_some() {
+        // This node answers the kube-dns Service's address itself.
+        services.leave_out(crate::node::proxy::sync::KUBE_DNS);
+    }
     // Workers tell the loop when a pod's address or readiness changes (endpoints follow).
     let (changed_r, changed_w) = rustix::pipe::pipe_with(
         rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
@@ -257,6 +261,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         runtime: Arc::new(cri::NodeRuntime {
             exe: cfg.exe.clone(),
             store,
+            cluster_dns: cfg.cluster_dns.clone(),
         }),
         clock: Arc::new(cri::SystemClock),
         run: run_root,

@@ -1543,6 +1543,7 @@ pub(super) fn write_etc_files(
     dir: &Path,
     m: &PodManifest,
     ip: Option<&str>,
+    cluster_dns: Option<&crate::api::resolv::ClusterDns>,
 ) -> std::io::Result<()> {
     let spec = m.pod.spec.as_ref();
     let hostname = pod_hostname(m);
@@ -1558,8 +1559,8 @@ pub(super) fn write_etc_files(
             "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{}\t{hostname}\n", ip.unwrap_or("127.0.1.1")
         )
     };
-    // The pod's dnsPolicy and dnsConfig over the node's resolv.conf (this node has no
-    // cluster DNS yet: ClusterFirst falls back to the node's, as the kubelet does).
+    // The pod's dnsPolicy and dnsConfig over the cluster DNS or the node's resolv.conf
+    // (with no cluster DNS, ClusterFirst falls back to the node's, as the kubelet does).
     let host = crate::api::resolv::Resolv::parse(
         &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     );
@@ -1567,7 +1568,7 @@ pub(super) fn write_etc_files(
         Some(s) => crate::api::resolv::pod_resolv(
             s,
             m.pod.metadata.namespace.as_deref().unwrap_or("default"),
-            None,
+            cluster_dns,
             &host,
         ),
         None => host,

@@ -43,7 +43,12 @@ pub struct Services {
     checked: std::time::Instant,
     /// The nf_tables socket, kept open between syncs (opened at the first).
     socket: Option<netlink::Socket>,
+    /// A service the proxy leaves alone (the node serves it itself).
+    left_out: Option<(&'static str, &'static str)>,
 }
+
+/// The cluster DNS Service: a node that serves cluster DNS holds its address itself.
+pub const KUBE_DNS: (&str, &str) = ("kube-system", "kube-dns");
 
 impl Services {
     pub fn new(
@@ -60,7 +65,14 @@ impl Services {
             table: Table::Unknown,
             checked: std::time::Instant::now(),
             socket: None,
+            left_out: None,
         })
+    }
+
+    /// Leaves service `(namespace, name)` out of the proxy's rules (its environment
+    /// variables stay).
+    pub fn leave_out(&mut self, service: (&'static str, &'static str)) {
+        self.left_out = Some(service);
     }
 
     /// When service `namespace/name` was created (RFC 3339).
@@ -101,7 +113,15 @@ impl Services {
         if !sync_proxy {
             return (states, views, errors);
         }
-        if let Err(e) = self.proxy_sync(&states) {
+        let proxied: Vec<ServiceState> = match self.left_out {
+            Some((ns, name)) => states
+                .iter()
+                .filter(|s| !(s.service.namespace == ns && s.service.name == name))
+                .cloned()
+                .collect(),
+            None => states.clone(),
+        };
+        if let Err(e) = self.proxy_sync(&proxied) {
             tracing::warn!(error = %format!("{e:#}"), "proxy sync failed; the next one is a full sync");
             errors.push(format!("proxy: {e:#}"));
             self.proxy.forget();
