@@ -242,7 +242,9 @@ pub async fn keep_zone(client: Client, dns: Arc<Dns>) {
     let slices = crate::client::cache::<EndpointSlice>(&client, wake.clone());
     let _ = services.wait_until_ready().await;
     let _ = slices.wait_until_ready().await;
-    let mut have: HashMap<(String, String), ServiceDns> = HashMap::new();
+    // Per service: the resourceVersions its records came from, and the records' source.
+    // A service whose Service and EndpointSlices have not changed is not looked at again.
+    let mut have: HashMap<(String, String), (Vec<String>, ServiceDns)> = HashMap::new();
     loop {
         let mut by_service: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
         for s in slices.state() {
@@ -256,31 +258,41 @@ pub async fn keep_zone(client: Client, dns: Arc<Dns>) {
                 by_service.entry((ns, svc.clone())).or_default().push(s);
             }
         }
-        let mut now: HashMap<(String, String), ServiceDns> = HashMap::new();
-        for svc in services.state() {
-            let key = (
-                svc.metadata.namespace.clone().unwrap_or_default(),
-                svc.metadata.name.clone().unwrap_or_default(),
-            );
-            let s: Vec<&EndpointSlice> = by_service
-                .get(&key)
-                .map(|v| v.iter().map(|s| s.as_ref()).collect())
-                .unwrap_or_default();
-            if let Some(d) = ServiceDns::from_api(&svc, &s) {
-                now.insert(key, d);
-            }
-        }
-        {
+        let now = {
+            let mut now = HashMap::with_capacity(have.len());
             let mut zone = dns.zone.write().expect("zone");
-            for (key, d) in &now {
-                if have.get(key) != Some(d) {
-                    zone.set_service(d);
+            for svc in services.state() {
+                let key = (
+                    svc.metadata.namespace.clone().unwrap_or_default(),
+                    svc.metadata.name.clone().unwrap_or_default(),
+                );
+                let slices = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
+                let mut versions: Vec<String> = std::iter::once(&svc.metadata)
+                    .chain(slices.iter().map(|s| &s.metadata))
+                    .map(|m| m.resource_version.clone().unwrap_or_default())
+                    .collect();
+                versions[1..].sort();
+                if let Some((old, d)) = have.remove(&key) {
+                    if old == versions {
+                        now.insert(key, (versions, d));
+                        continue;
+                    }
+                }
+                let s: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
+                match ServiceDns::from_api(&svc, &s) {
+                    Some(d) => {
+                        zone.set_service(&d);
+                        now.insert(key, (versions, d));
+                    }
+                    None => zone.remove_service(&key.0, &key.1),
                 }
             }
-            for key in have.keys().filter(|k| !now.contains_key(*k)) {
+            // What is left was deleted.
+            for key in have.keys() {
                 zone.remove_service(&key.0, &key.1);
             }
-        }
+            now
+        };
         have = now;
         wake.notified().await;
     }

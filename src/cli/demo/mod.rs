@@ -823,16 +823,27 @@ cgroup, an overlay of the image's layers, processes.",
         Ok(())
     }
 
+    /// Writes a tutorial's files into their own directory under the demo's root, and says
+    /// where (the walk-through's `cd`).
+    fn files(&self, tutorial: &str, files: &[(&str, &str)]) -> Result<std::path::PathBuf> {
+        let dir = self.root.join(tutorial);
+        std::fs::create_dir_all(&dir)?;
+        for (name, yaml) in files {
+            std::fs::write(dir.join(name), yaml)?;
+        }
+        println!(
+            "==> cd {}   (the tutorial's {} files)",
+            dir.display(),
+            files.len()
+        );
+        Ok(dir)
+    }
+
     /// The guestbook, with the tutorial's files and commands: Redis master and slaves,
     /// the frontend on NodePort 30001; an entry written through the master is read back
     /// from the slaves.
     fn run_guestbook(&self) -> Result<()> {
-        let dir = self.root.join("guestbook");
-        std::fs::create_dir_all(&dir)?;
-        for (name, yaml) in guestbook::FILES {
-            std::fs::write(dir.join(name), yaml)?;
-        }
-        println!("==> cd {}   (the tutorial's six files)", dir.display());
+        let dir = self.files("guestbook", guestbook::FILES)?;
         self.say(
             "The guestbook's Redis master",
             "A ReplicationController (the Deployment's ancestor) keeps one redis-master pod
@@ -938,12 +949,7 @@ starts and replicates.",
     /// its data on the node, then configured from a ConfigMap, then with its password from a
     /// Secret; the data outlives each pod.
     fn run_mysql(&self) -> Result<()> {
-        let dir = self.root.join("mysql");
-        std::fs::create_dir_all(&dir)?;
-        for (name, yaml) in mysql::FILES {
-            std::fs::write(dir.join(name), yaml)?;
-        }
-        println!("==> cd {}   (the tutorial's three files)", dir.display());
+        let dir = self.files("mysql", mysql::FILES)?;
         let file = |name: &str| dir.join(name).display().to_string();
         self.say(
             "A database keeping its data on the node",

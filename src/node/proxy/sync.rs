@@ -94,7 +94,7 @@ impl Services {
             Ok(x) => x,
             Err(e) => (Vec::new(), vec![format!("service allocations: {e:#}")]),
         };
-        let states: Vec<ServiceState> = views
+        let mut states: Vec<ServiceState> = views
             .iter()
             .filter_map(|v| {
                 let spec = specs
@@ -113,19 +113,22 @@ impl Services {
         if !sync_proxy {
             return (states, views, errors);
         }
-        let proxied: Vec<ServiceState> = match self.left_out {
-            Some((ns, name)) => states
+        // The service left out is taken out of the list for the sync and put back after (a
+        // move, not a copy of every service).
+        let left_out = self.left_out.and_then(|(ns, name)| {
+            let i = states
                 .iter()
-                .filter(|s| !(s.service.namespace == ns && s.service.name == name))
-                .cloned()
-                .collect(),
-            None => states.clone(),
-        };
-        if let Err(e) = self.proxy_sync(&proxied) {
+                .position(|s| s.service.namespace == ns && s.service.name == name)?;
+            Some((i, states.remove(i)))
+        });
+        if let Err(e) = self.proxy_sync(&states) {
             tracing::warn!(error = %format!("{e:#}"), "proxy sync failed; the next one is a full sync");
             errors.push(format!("proxy: {e:#}"));
             self.proxy.forget();
             self.table = Table::Unknown;
+        }
+        if let Some((i, s)) = left_out {
+            states.insert(i, s);
         }
         (states, views, errors)
     }
