@@ -4,7 +4,7 @@
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 pkgs=(docker-registry busybox-static nftables conntrack iproute2 ca-certificates protobuf-compiler libprotobuf-dev util-linux python3 python3-venv)
-[ "${1:-}" = "--test" ] && pkgs+=(skopeo umoci crun zstd pigz debootstrap openssl procps tar containernetworking-plugins iperf3 gcc libc6-dev etcd-server unzip)
+[ "${1:-}" = "--test" ] && pkgs+=(skopeo umoci crun zstd pigz debootstrap openssl procps tar containernetworking-plugins iperf3 gcc libc6-dev etcd-server unzip dnsperf dnsmasq-base)
 [ "${1:-}" = "--vm" ] && pkgs+=(qemu-system-x86 linux-image-amd64 python3 python3-venv crun)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done

@@ -168,11 +168,15 @@ fn an_agent_with_the_node_token_registers_and_renews_its_lease() {
     assert_eq!(s.ok(&["logs", "uses-secret"]), "env=s3cret file=s3cret\n");
 }
 
+/// The agents' pod network (in the server's network namespace).
+const NET: &str = r#"{"type":"knode-bridge","bridge":"kncl0","isGateway":true,"ipMasq":true,"hairpinMode":true,"ipam":{"type":"knode-cni","subnet":"10.86.0.0/24","dataDir":"@DATA@"}}"#;
+
 /// A node agent `node-1` on the server `s` (admin credentials, in the server's network
-/// namespace, its kubelet API on a free port), Ready.
+/// namespace, a pod network, its kubelet API on a free port), Ready.
 fn agent(s: &Server, extra: &[&str]) -> Node {
     let mut b = Node::builder()
         .join_netns(s.netns.as_deref().unwrap())
+        .network("cl", NET)
         .arg("--kubeconfig")
         .arg(s.kubeconfig().to_str().unwrap())
         .arg("--node-name")
@@ -265,6 +269,21 @@ fn an_agent_runs_the_pods_bound_to_it_and_reports_them() {
     let name = pod["metadata"]["name"].as_str().unwrap().to_string();
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
     assert!(pod_dirs(&n).contains(&uid));
+    // The agent serves cluster DNS on its node too (the server here runs no node): the pod
+    // asks the kube-dns address, which this node answers from the API's Services.
+    let out = s.ok(&[
+        "exec",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "grep nameserver /etc/resolv.conf; nslookup kubernetes.default.svc.cluster.local",
+    ]);
+    assert!(out.starts_with("nameserver 10.96.0.10\n"), "{out}");
+    assert!(
+        out.contains("Name:\tkubernetes.default.svc.cluster.local\nAddress: 10.96.0.1\n"),
+        "{out}"
+    );
     // The kubelet's events, as describe shows them.
     let d = s.ok(&["describe", "pod", &name]);
     for reason in ["Scheduled", "Started"] {

@@ -67,6 +67,28 @@ pub struct AgentCmd {
     /// nodeStatusUpdateFrequency): `10s`.
     #[arg(long, default_value = "10s", value_parser = super::server::parse_seconds)]
     pub node_status_update_frequency: std::time::Duration,
+    /// On an API server (--kubeconfig or --server): the cluster DNS address this node serves
+    /// and writes into its pods' resolv.conf (the kubelet's --cluster-dns) [default: the
+    /// tenth address of --service-cidr, the kube-dns Service's]; `none`: no cluster DNS, pods
+    /// get the node's resolvers.
+    #[arg(long, value_parser = parse_cluster_dns)]
+    pub cluster_dns: Option<ClusterDnsArg>,
+}
+
+/// `--cluster-dns`: an address, or none.
+#[derive(Clone, Copy, Debug)]
+pub enum ClusterDnsArg {
+    At(std::net::Ipv4Addr),
+    None,
+}
+
+fn parse_cluster_dns(s: &str) -> Result<ClusterDnsArg, String> {
+    if s == "none" {
+        return Ok(ClusterDnsArg::None);
+    }
+    s.parse()
+        .map(ClusterDnsArg::At)
+        .map_err(|_| format!("{s:?} is not an IPv4 address or `none`"))
 }
 
 pub fn run(
@@ -102,6 +124,17 @@ pub fn run(
         n if n >= 1 => Some(n as u64),
         n => anyhow::bail!("invalid --pod-max-pids {n}: must be -1 (unlimited) or at least 1"),
     };
+    // Cluster DNS on every node of a cluster, as the kube-dns Service's address on this
+    // node (see `knode up`).
+    let dns_ip = match (a.cluster_dns, &kubeconfig) {
+        (_, None) | (Some(ClusterDnsArg::None), _) => None,
+        (Some(ClusterDnsArg::At(ip)), Some(_)) => Some(ip),
+        (None, Some(_)) => Some(super::up::cluster_dns_ip(a.service_cidr)),
+    };
+    if let (Some(ip), Some(kc)) = (dns_ip, &kubeconfig) {
+        crate::node::network::ensure_dns_link(ip)?;
+        crate::dns::server::start(kc, ip.into())?;
+    }
     crate::node::kubelet::run(NodeConfig {
         manifests: a.manifests.unwrap_or_else(|| root.join("manifests")),
         root: root.to_path_buf(),
@@ -124,7 +157,10 @@ pub fn run(
         drain: None,
         kubelet_port: a.kubelet_port,
         heartbeat: a.node_status_update_frequency,
-        cluster_dns: None,
+        cluster_dns: dns_ip.map(|ip| crate::api::resolv::ClusterDns {
+            nameserver: ip.into(),
+            domain: crate::dns::DOMAIN.into(),
+        }),
     })?;
     Ok(())
 }

@@ -342,9 +342,10 @@ fn foreground(
         nameserver: cluster_dns_ip(service_cidr).into(),
         domain: crate::dns::DOMAIN.into(),
     };
-    start_dns(
+    crate::node::network::ensure_dns_link(cluster_dns_ip(service_cidr))?;
+    crate::dns::server::start(
         &root.join("server/admin.kubeconfig"),
-        cluster_dns_ip(service_cidr),
+        cluster_dns_ip(service_cidr).into(),
     )?;
     let cgroups = crate::node::cgroup::probe().err().map(|e| e.to_string());
     let mut cfg = node_config(&a, root, run_dir, client, conf, cgroups, None)?;
@@ -357,65 +358,6 @@ fn foreground(
 /// kubeadm and k3s have it.
 pub fn cluster_dns_ip(service_cidr: ipnet::Ipv4Net) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::from(u32::from(service_cidr.network()) + 10)
-}
-
-/// Serves cluster DNS on `ip`:53 on this node (the address on the `knode-dns` link), its
-/// zone kept from the API server of `kubeconfig`; returns once it listens.
-pub fn start_dns(kubeconfig: &Path, ip: std::net::Ipv4Addr) -> Result<()> {
-    crate::node::network::ensure_dns_link(ip)?;
-    let upstreams: Vec<std::net::SocketAddr> = crate::dns::server::upstreams(
-        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-    )
-    .into_iter()
-    .filter(|u| u.ip() != std::net::IpAddr::V4(ip))
-    .collect();
-    let kubeconfig = kubeconfig.to_path_buf();
-    let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    std::thread::Builder::new()
-        .name("dns".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("dns")
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(format!("a runtime: {e}")));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let addr = std::net::SocketAddr::new(ip.into(), 53);
-                let listener = match crate::dns::server::Listener::bind(addr).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let client = match crate::client::from_kubeconfig(&kubeconfig).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = tx.send(Err(format!("its API client: {e}")));
-                        return;
-                    }
-                };
-                let dns = crate::dns::server::Dns::new(
-                    crate::dns::Zone::new(crate::dns::DOMAIN),
-                    upstreams,
-                );
-                tokio::spawn(crate::dns::server::keep_zone(client, dns.clone()));
-                let _ = tx.send(Ok(()));
-                tracing::info!(%addr, "cluster DNS serving");
-                listener.serve(dns).await;
-            });
-        })
-        .context("starting the DNS thread")?;
-    rx.recv()
-        .context("the DNS thread stopped")?
-        .map_err(|e| anyhow::anyhow!("cluster DNS: {e}"))
 }
 
 fn node_config(

@@ -20,6 +20,14 @@ pub const DOMAIN: &str = "cluster.local";
 /// The TTL of the cluster's records (kubeadm's Corefile: `ttl 30`).
 pub const TTL: u32 = 30;
 
+/// How a query came: over UDP an answer is held to 512 bytes, or to what the client's EDNS
+/// says (the rest is cut and the answer marked truncated, so the client asks again over TCP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
 /// What to do with a query.
 #[derive(Debug)]
 pub enum Reply {
@@ -84,7 +92,7 @@ fn soa(zone: &Zone) -> Option<Record> {
 /// Answers `request` from `zone`, or says it is for the upstream resolvers. A message that
 /// cannot be parsed gets FORMERR; an opcode other than QUERY gets NOTIMP; a query of a
 /// class other than IN or of more than one question gets REFUSED or FORMERR, as CoreDNS does.
-pub fn respond(request: &[u8], zone: &Zone) -> Reply {
+pub fn respond(request: &[u8], zone: &Zone, transport: Transport) -> Reply {
     let req = match Message::from_vec(request) {
         Ok(m) => m,
         Err(_) if request.len() < 12 => return Reply::Drop,
@@ -108,10 +116,15 @@ pub fn respond(request: &[u8], zone: &Zone) -> Reply {
         return encode(resp);
     };
     resp.add_query(q.clone());
+    let max = match (transport, &req.edns) {
+        (Transport::Tcp, _) => usize::from(u16::MAX),
+        (Transport::Udp, None) => 512,
+        (Transport::Udp, Some(e)) => usize::from(e.max_payload().clamp(512, EDNS_PAYLOAD)),
+    };
     if req.edns.is_some() {
-        // An EDNS query gets an EDNS answer (RFC 6891); 1232 bytes, the DNS flag day's size.
+        // An EDNS query gets an EDNS answer (RFC 6891).
         let mut edns = hickory_proto::op::Edns::new();
-        edns.set_max_payload(1232);
+        edns.set_max_payload(EDNS_PAYLOAD);
         resp.set_edns(edns);
     }
     let lookup = zone.lookup(&q.name().to_ascii(), qtype(q.query_type()));
@@ -135,7 +148,25 @@ pub fn respond(request: &[u8], zone: &Zone) -> Reply {
             }
         }
     }
-    encode(resp)
+    match resp.to_vec() {
+        Ok(b) if b.len() > max => encode(resp.truncate()),
+        Ok(b) => Reply::Answer(b),
+        Err(_) => Reply::Drop,
+    }
+}
+
+/// The largest UDP answer sent, whatever the client offers: 1232 bytes, the DNS flag day's.
+const EDNS_PAYLOAD: u16 = 1232;
+
+/// An empty answer to `request` with `code` (when the request has an id to answer).
+pub fn error_reply(request: &[u8], code: ResponseCode) -> Option<Vec<u8>> {
+    let id = u16::from_be_bytes([*request.first()?, *request.get(1)?]);
+    let mut m = Message::error_msg(id, OpCode::Query, code);
+    if let Ok(req) = Message::from_vec(request) {
+        m.metadata.recursion_desired = req.metadata.recursion_desired;
+        m.add_queries(req.queries);
+    }
+    m.to_vec().ok()
 }
 
 fn encode(m: Message) -> Reply {
@@ -169,7 +200,7 @@ mod tests {
         let mut m = Message::query();
         m.metadata.recursion_desired = true;
         m.add_query(Query::query(Name::from_ascii(q).unwrap(), t));
-        match respond(&m.to_vec().unwrap(), z) {
+        match respond(&m.to_vec().unwrap(), z, Transport::Udp) {
             Reply::Answer(b) => {
                 let r = Message::from_vec(&b).unwrap();
                 assert_eq!(r.metadata.id, m.metadata.id);
@@ -212,14 +243,68 @@ mod tests {
             Name::from_ascii("example.com.").unwrap(),
             RecordType::A,
         ));
-        assert!(matches!(respond(&m.to_vec().unwrap(), &z), Reply::Forward));
+        assert!(matches!(
+            respond(&m.to_vec().unwrap(), &z, Transport::Udp),
+            Reply::Forward
+        ));
+    }
+
+    /// 100 endpoints of a headless service: 100 A records, about 1.7 KB. Over UDP without EDNS
+    /// the answer is cut to its question and marked truncated; with EDNS it is held to 1232
+    /// bytes (still truncated here); over TCP it is whole.
+    #[test]
+    fn big_answers_are_truncated_over_udp_only() {
+        let mut z = zone();
+        z.set_service(&ServiceDns {
+            namespace: "default".into(),
+            name: "many".into(),
+            ports: vec![],
+            kind: zone::Kind::Headless(
+                (0..100u8)
+                    .map(|i| zone::EndpointDns {
+                        addresses: vec![std::net::Ipv4Addr::new(10, 244, 0, i + 2).into()],
+                        hostname: None,
+                        ready: true,
+                        ports: vec![],
+                    })
+                    .collect(),
+            ),
+        });
+        let mut m = Message::query();
+        m.add_query(Query::query(
+            Name::from_ascii("many.default.svc.cluster.local.").unwrap(),
+            RecordType::A,
+        ));
+        let answer = |m: &Message, t| match respond(&m.to_vec().unwrap(), &z, t) {
+            Reply::Answer(b) => (b.len(), Message::from_vec(&b).unwrap()),
+            other => panic!("{other:?}"),
+        };
+        let (len, r) = answer(&m, Transport::Udp);
+        assert!(len <= 512 && r.metadata.truncation && r.answers.is_empty());
+        assert_eq!(r.queries, m.queries);
+        let (_, r) = answer(&m, Transport::Tcp);
+        assert!(!r.metadata.truncation);
+        assert_eq!(r.answers.len(), 100);
+        let mut edns = hickory_proto::op::Edns::new();
+        edns.set_max_payload(4096);
+        m.set_edns(edns);
+        let (len, r) = answer(&m, Transport::Udp);
+        assert!(len <= 1232 && r.metadata.truncation, "{len}");
+        assert_eq!(r.edns.map(|e| e.max_payload()), Some(1232));
     }
 
     #[test]
     fn malformed_queries_get_errors_not_silence() {
         let z = zone();
-        assert!(matches!(respond(&[1, 2, 3], &z), Reply::Drop));
-        let Reply::Answer(b) = respond(&[0x12, 0x34, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 7], &z) else {
+        assert!(matches!(
+            respond(&[1, 2, 3], &z, Transport::Udp),
+            Reply::Drop
+        ));
+        let Reply::Answer(b) = respond(
+            &[0x12, 0x34, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 7],
+            &z,
+            Transport::Udp,
+        ) else {
             panic!()
         };
         let r = Message::from_vec(&b).unwrap();
@@ -230,7 +315,7 @@ mod tests {
         for q in ["a.cluster.local.", "b.cluster.local."] {
             m.add_query(Query::query(Name::from_ascii(q).unwrap(), RecordType::A));
         }
-        let Reply::Answer(b) = respond(&m.to_vec().unwrap(), &z) else {
+        let Reply::Answer(b) = respond(&m.to_vec().unwrap(), &z, Transport::Udp) else {
             panic!()
         };
         assert_eq!(

@@ -14,7 +14,9 @@ use kube::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-use super::{respond, Reply, ServiceDns, Zone};
+use hickory_proto::op::ResponseCode;
+
+use super::{error_reply, respond, Reply, ServiceDns, Transport, Zone};
 
 /// How long an upstream resolver has to answer before the next is asked.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -22,6 +24,12 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// `cache 30`), and at most this many.
 const CACHE_TTL: Duration = Duration::from_secs(30);
 const CACHE_ENTRIES: usize = 10_000;
+/// Queries waiting for an upstream resolver at once; more are REFUSED (CoreDNS's forward
+/// plugin does the same past its `max_concurrent`), so a pod flooding the server with names
+/// that never resolve cannot make it hold unbounded memory.
+const MAX_FORWARDS: usize = 1000;
+/// TCP connections open at once; more are closed as they come.
+const MAX_TCP: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -30,6 +38,64 @@ pub enum DnsError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cluster DNS: starting its thread: {0}")]
+    Thread(std::io::Error),
+    #[error("cluster DNS: its API client: {0}")]
+    Client(#[from] crate::client::ClientError),
+    #[error("cluster DNS: its thread stopped before serving")]
+    Stopped,
+}
+
+/// Serves cluster DNS on `ip`:53 in a thread of its own (with its own runtime, so a busy
+/// node never delays an answer), the zone kept from the API server of `kubeconfig`, other
+/// names forwarded to this host's resolvers (but never to `ip` itself). Returns once the
+/// sockets are bound.
+pub fn start(kubeconfig: &std::path::Path, ip: std::net::IpAddr) -> Result<(), DnsError> {
+    let upstreams: Vec<SocketAddr> =
+        upstreams(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+            .into_iter()
+            .filter(|u| u.ip() != ip)
+            .collect();
+    let kubeconfig = kubeconfig.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(), DnsError>>();
+    std::thread::Builder::new()
+        .name("dns".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(DnsError::Thread(e)));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let addr = SocketAddr::new(ip, 53);
+                let listener = match Listener::bind(addr).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let client = match crate::client::from_kubeconfig(&kubeconfig).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into()));
+                        return;
+                    }
+                };
+                let dns = Dns::new(Zone::new(super::DOMAIN), upstreams);
+                tokio::spawn(keep_zone(client, dns.clone()));
+                let _ = tx.send(Ok(()));
+                tracing::info!(%addr, "cluster DNS serving");
+                listener.serve(dns).await;
+            });
+        })
+        .map_err(DnsError::Thread)?;
+    rx.recv().map_err(|_| DnsError::Stopped)?
 }
 
 /// The upstream resolvers in a resolv.conf (`nameserver` lines), on port 53.
@@ -50,6 +116,14 @@ pub struct Dns {
     pub zone: RwLock<Zone>,
     upstreams: Vec<SocketAddr>,
     cache: Mutex<Cache>,
+    forwards: Arc<tokio::sync::Semaphore>,
+}
+
+/// What becomes of a query without waiting.
+enum Now {
+    Send(Vec<u8>),
+    Forward,
+    Nothing,
 }
 
 /// Question (a request without its id) -> the answer (id included) and until when it holds.
@@ -61,30 +135,53 @@ impl Dns {
             zone: RwLock::new(zone),
             upstreams,
             cache: Mutex::new(HashMap::new()),
+            forwards: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS)),
         })
     }
 
     /// The answer to one query: from the zone, the cache, or the upstream resolvers (None
     /// when no answer should be sent).
-    pub async fn answer(&self, request: &[u8]) -> Option<Vec<u8>> {
-        let reply = respond(request, &self.zone.read().expect("zone"));
-        match reply {
-            Reply::Answer(b) => Some(b),
-            Reply::Drop => None,
-            Reply::Forward => self.forward(request).await,
+    pub async fn answer(&self, request: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        match self.answer_now(request, transport) {
+            Now::Send(b) => Some(b),
+            Now::Nothing => None,
+            Now::Forward => {
+                let Ok(_permit) = self.forwards.clone().try_acquire_owned() else {
+                    return error_reply(request, ResponseCode::Refused);
+                };
+                self.forward(request).await
+            }
         }
+    }
+
+    /// The answer from the zone or the forward cache, if it is there.
+    fn answer_now(&self, request: &[u8], transport: Transport) -> Now {
+        let reply = respond(request, &self.zone.read().expect("zone"), transport);
+        match reply {
+            Reply::Answer(b) => Now::Send(b),
+            Reply::Drop => Now::Nothing,
+            Reply::Forward => match self.cached(request) {
+                Some(b) => Now::Send(b),
+                None => Now::Forward,
+            },
+        }
+    }
+
+    fn cached(&self, request: &[u8]) -> Option<Vec<u8>> {
+        let key = request.get(2..)?;
+        let cache = self.cache.lock().expect("cache");
+        let (answer, until) = cache.get(key)?;
+        if Instant::now() >= *until {
+            return None;
+        }
+        let mut a = answer.clone();
+        a[..2].copy_from_slice(&request[..2]);
+        Some(a)
     }
 
     async fn forward(&self, request: &[u8]) -> Option<Vec<u8>> {
         let key = request.get(2..)?.to_vec();
         let id = [request[0], request[1]];
-        if let Some((answer, until)) = self.cache.lock().expect("cache").get(&key) {
-            if Instant::now() < *until {
-                let mut a = answer.clone();
-                a[..2].copy_from_slice(&id);
-                return Some(a);
-            }
-        }
         for up in &self.upstreams {
             let Ok(sock) = UdpSocket::bind(if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).await
             else {
@@ -164,37 +261,15 @@ impl Listener {
 async fn serve(dns: Arc<Dns>, udp: Arc<UdpSocket>, tcp: TcpListener) {
     let d = dns.clone();
     let tcp_task = tokio::spawn(async move {
+        let open = Arc::new(tokio::sync::Semaphore::new(MAX_TCP));
         loop {
-            let Ok((mut conn, _)) = tcp.accept().await else {
+            let Ok((conn, _)) = tcp.accept().await else {
                 continue;
             };
-            let d = d.clone();
-            tokio::spawn(async move {
-                // Messages with a two-byte length, until the client closes or idles 10 s.
-                loop {
-                    let mut len = [0u8; 2];
-                    let read =
-                        tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut len));
-                    if !matches!(read.await, Ok(Ok(_))) {
-                        return;
-                    }
-                    let mut req = vec![0u8; u16::from_be_bytes(len).into()];
-                    if conn.read_exact(&mut req).await.is_err() {
-                        return;
-                    }
-                    let Some(a) = d.answer(&req).await else {
-                        return;
-                    };
-                    let Ok(n) = u16::try_from(a.len()) else {
-                        return;
-                    };
-                    if conn.write_all(&n.to_be_bytes()).await.is_err()
-                        || conn.write_all(&a).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            });
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                continue; // dropped: closed
+            };
+            tokio::spawn(serve_tcp(d.clone(), conn, permit));
         }
     });
     let _abort = AbortOnDrop(tcp_task);
@@ -203,26 +278,58 @@ async fn serve(dns: Arc<Dns>, udp: Arc<UdpSocket>, tcp: TcpListener) {
         let Ok((n, from)) = udp.recv_from(&mut buf).await else {
             continue;
         };
-        let req = buf[..n].to_vec();
-        let (d, udp) = (dns.clone(), udp.clone());
-        tokio::spawn(async move {
-            if let Some(mut a) = d.answer(&req).await {
-                // Over UDP, 512 bytes unless the client said more (EDNS): else truncated,
-                // and the client asks again over TCP.
-                let max = Message::from_vec(&req)
-                    .ok()
-                    .and_then(|m| m.edns.map(|e| e.max_payload()))
-                    .map_or(512, |p| usize::from(p.max(512)));
-                if a.len() > max {
-                    if let Ok(m) = Message::from_vec(&a) {
-                        if let Ok(t) = m.truncate().to_vec() {
-                            a = t;
-                        }
-                    }
-                }
+        let req = &buf[..n];
+        // The cluster's names (and cached ones) are answered here and now: no task, no copy.
+        match dns.answer_now(req, Transport::Udp) {
+            Now::Send(a) => {
                 let _ = udp.send_to(&a, from).await;
             }
-        });
+            Now::Nothing => {}
+            Now::Forward => {
+                let Ok(permit) = dns.forwards.clone().try_acquire_owned() else {
+                    if let Some(a) = error_reply(req, ResponseCode::Refused) {
+                        let _ = udp.send_to(&a, from).await;
+                    }
+                    continue;
+                };
+                let (d, udp, req) = (dns.clone(), udp.clone(), req.to_vec());
+                tokio::spawn(async move {
+                    if let Some(a) = d.forward(&req).await {
+                        let _ = udp.send_to(&a, from).await;
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+/// One TCP client: messages with a two-byte length, until it closes or idles 10 s.
+async fn serve_tcp(
+    dns: Arc<Dns>,
+    mut conn: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    loop {
+        let mut len = [0u8; 2];
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut len));
+        if !matches!(read.await, Ok(Ok(_))) {
+            return;
+        }
+        let mut req = vec![0u8; u16::from_be_bytes(len).into()];
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut req));
+        if !matches!(read.await, Ok(Ok(_))) {
+            return;
+        }
+        let Some(a) = dns.answer(&req, Transport::Tcp).await else {
+            return;
+        };
+        let Ok(n) = u16::try_from(a.len()) else {
+            return;
+        };
+        if conn.write_all(&n.to_be_bytes()).await.is_err() || conn.write_all(&a).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -321,6 +428,57 @@ mod tests {
                 "[::1]:53".parse().unwrap()
             ]
         );
+    }
+
+    /// An upstream that never answers: the first MAX_FORWARDS names wait for it, the next is
+    /// REFUSED at once, and the cluster's own names are still answered meanwhile.
+    #[tokio::test]
+    async fn forwards_waiting_at_once_are_bounded() {
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut zone = Zone::new("cluster.local");
+        zone.set_service(&ServiceDns {
+            namespace: "default".into(),
+            name: "web".into(),
+            ports: vec![],
+            kind: crate::dns::zone::Kind::ClusterIp(vec!["10.96.0.20".parse().unwrap()]),
+        });
+        let listener = Listener::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dns = Dns::new(zone, vec![silent.local_addr().unwrap()]);
+        let server = tokio::spawn(listener.serve(dns.clone()));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // One after another (no socket buffer overflows): each reaches the upstream and
+        // holds its place.
+        let mut buf = vec![0u8; 512];
+        for i in 0..MAX_FORWARDS {
+            let q = query(&format!("n{i}.example.org."), RecordType::A);
+            client.send_to(&q.to_vec().unwrap(), addr).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(10), silent.recv_from(&mut buf))
+                .await
+                .expect("forwarded")
+                .unwrap();
+        }
+        for (name, code) in [
+            ("one-more.example.org.", ResponseCode::Refused),
+            ("web.default.svc.cluster.local.", ResponseCode::NoError),
+        ] {
+            let q = query(name, RecordType::A);
+            client.send_to(&q.to_vec().unwrap(), addr).await.unwrap();
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            let r = Message::from_vec(&buf[..n]).unwrap();
+            assert_eq!(
+                (r.metadata.id, r.metadata.response_code),
+                (q.metadata.id, code),
+                "{name}"
+            );
+        }
+        assert_eq!(dns.forwards.available_permits(), 0);
+        server.abort();
     }
 
     /// Over real sockets on loopback: the cluster's names from the zone, over UDP and TCP;

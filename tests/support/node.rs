@@ -40,7 +40,8 @@ impl Builder {
     }
 
     /// The agent in the network namespace `ns` (a test server's: `Server::start_in_netns`),
-    /// with loopback-only pods; the namespace stays when the node goes.
+    /// with loopback-only pods unless a [`Builder::network`] is given too; the namespace
+    /// stays when the node goes.
     pub fn join_netns(mut self, ns: &str) -> Builder {
         self.joined = Some(ns.into());
         self
@@ -71,28 +72,32 @@ impl Builder {
         let s = Store::with_busybox();
         let manifests = s.root().join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
-        let (ns, conf) = match &self.network {
-            None => (self.joined.clone(), None),
-            Some((tag, plugins)) => {
+        let ns = match (&self.joined, &self.network) {
+            (Some(joined), _) => Some(joined.clone()),
+            (None, None) => None,
+            (None, Some((tag, _))) => {
                 let ns = format!("kn-{tag}-{:x}", std::process::id());
                 assert!(Command::new("ip")
                     .args(["netns", "add", &ns])
                     .status()
                     .unwrap()
                     .success());
-                let conf = s.root().join("net.conflist");
-                let data = s.root().join("ipam").display().to_string();
-                std::fs::write(
-                    &conf,
-                    format!(
-                        r#"{{"cniVersion":"1.0.0","name":"podnet","plugins":[{}]}}"#,
-                        plugins.replace("@DATA@", &data)
-                    ),
-                )
-                .unwrap();
-                (Some(ns), Some(conf))
+                Some(ns)
             }
         };
+        let conf = self.network.as_ref().map(|(_, plugins)| {
+            let conf = s.root().join("net.conflist");
+            let data = s.root().join("ipam").display().to_string();
+            std::fs::write(
+                &conf,
+                format!(
+                    r#"{{"cniVersion":"1.0.0","name":"podnet","plugins":[{}]}}"#,
+                    plugins.replace("@DATA@", &data)
+                ),
+            )
+            .unwrap();
+            conf
+        });
         Node {
             s,
             manifests,
