@@ -114,6 +114,41 @@ fn watched<K: Cached>(
     store
 }
 
+/// The watch events of every `K` in the cluster, each object made small by `compact` as it
+/// comes, sent on `tx` (re-listed with backoff when the watch is lost, as [`cache`]). For
+/// loops that keep only a little of many objects: 10,000 Services and their EndpointSlices
+/// as whole objects hold over a hundred megabytes, what cluster DNS needs of them a few.
+pub fn watch_compact<K: Cached, C: Send + 'static>(
+    client: &Client,
+    compact: fn(K) -> C,
+    tx: tokio::sync::mpsc::UnboundedSender<watcher::Event<C>>,
+) {
+    let stream = watcher(
+        kube::Api::<K>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    tokio::spawn(async move {
+        let mut s = std::pin::pin!(stream);
+        while let Some(e) = s.next().await {
+            let e = match e {
+                Ok(watcher::Event::Apply(o)) => watcher::Event::Apply(compact(o)),
+                Ok(watcher::Event::Delete(o)) => watcher::Event::Delete(compact(o)),
+                Ok(watcher::Event::Init) => watcher::Event::Init,
+                Ok(watcher::Event::InitApply(o)) => watcher::Event::InitApply(compact(o)),
+                Ok(watcher::Event::InitDone) => watcher::Event::InitDone,
+                Err(e) => {
+                    tracing::debug!(error = %e, "watch lost; listing again");
+                    continue;
+                }
+            };
+            if tx.send(e).is_err() {
+                return;
+            }
+        }
+    });
+}
+
 /// Caches shared by every loop of a process (client-go's shared informers): one watch and
 /// one copy of each kind, however many loops read it, each with its own wake. The scheduler
 /// and the controllers of `knode server` all read Pods and Nodes from the same caches.

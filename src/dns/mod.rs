@@ -5,6 +5,7 @@
 //! Messages are read and written with hickory-proto (the Hickory DNS project's wire format),
 //! not by hand.
 
+pub mod keep;
 pub mod server;
 pub mod zone;
 

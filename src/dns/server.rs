@@ -1,22 +1,16 @@
 //! The DNS server: UDP and TCP on one address, answers from the cluster zone, other names
-//! forwarded to the node's upstream resolvers (from its `/etc/resolv.conf`) with a cache;
-//! and the loop that keeps the zone up to date from the API's Services and EndpointSlices.
+//! forwarded to the node's upstream resolvers (from its `/etc/resolv.conf`) with a cache.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::Message;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Client;
+use hickory_proto::op::{Message, ResponseCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-use hickory_proto::op::ResponseCode;
-
-use super::{error_reply, respond, Reply, ServiceDns, Transport, Zone};
+use super::{error_reply, respond, Reply, Transport, Zone};
 
 /// How long an upstream resolver has to answer before the next is asked.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -61,7 +55,12 @@ pub fn start(kubeconfig: &std::path::Path, ip: std::net::IpAddr) -> Result<(), D
     std::thread::Builder::new()
         .name("dns".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
+            // The UDP loop runs on this thread (block_on); the watches, the zone's upkeep
+            // and forwarded queries on one worker, so decoding a burst of events never
+            // holds up an answer.
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("dns")
                 .enable_all()
                 .build()
             {
@@ -88,7 +87,7 @@ pub fn start(kubeconfig: &std::path::Path, ip: std::net::IpAddr) -> Result<(), D
                     }
                 };
                 let dns = Dns::new(Zone::new(super::DOMAIN), upstreams);
-                tokio::spawn(keep_zone(client, dns.clone()));
+                tokio::spawn(super::keep::keep_zone(client, dns.clone()));
                 let _ = tx.send(Ok(()));
                 tracing::info!(%addr, "cluster DNS serving");
                 listener.serve(dns).await;
@@ -341,73 +340,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Keeps `dns`'s zone equal to the API's Services (and, for headless ones, their
-/// EndpointSlices): after each change, the services whose records changed are put in again.
-pub async fn keep_zone(client: Client, dns: Arc<Dns>) {
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let services = crate::client::cache::<Service>(&client, wake.clone());
-    let slices = crate::client::cache::<EndpointSlice>(&client, wake.clone());
-    let _ = services.wait_until_ready().await;
-    let _ = slices.wait_until_ready().await;
-    // Per service: the resourceVersions its records came from, and the records' source.
-    // A service whose Service and EndpointSlices have not changed is not looked at again.
-    let mut have: HashMap<(String, String), (Vec<String>, ServiceDns)> = HashMap::new();
-    loop {
-        let mut by_service: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
-        for s in slices.state() {
-            let ns = s.metadata.namespace.clone().unwrap_or_default();
-            if let Some(svc) = s
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name"))
-            {
-                by_service.entry((ns, svc.clone())).or_default().push(s);
-            }
-        }
-        let now = {
-            let mut now = HashMap::with_capacity(have.len());
-            let mut zone = dns.zone.write().expect("zone");
-            for svc in services.state() {
-                let key = (
-                    svc.metadata.namespace.clone().unwrap_or_default(),
-                    svc.metadata.name.clone().unwrap_or_default(),
-                );
-                let slices = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
-                let mut versions: Vec<String> = std::iter::once(&svc.metadata)
-                    .chain(slices.iter().map(|s| &s.metadata))
-                    .map(|m| m.resource_version.clone().unwrap_or_default())
-                    .collect();
-                versions[1..].sort();
-                if let Some((old, d)) = have.remove(&key) {
-                    if old == versions {
-                        now.insert(key, (versions, d));
-                        continue;
-                    }
-                }
-                let s: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
-                match ServiceDns::from_api(&svc, &s) {
-                    Some(d) => {
-                        zone.set_service(&d);
-                        now.insert(key, (versions, d));
-                    }
-                    None => zone.remove_service(&key.0, &key.1),
-                }
-            }
-            // What is left was deleted.
-            for key in have.keys() {
-                zone.remove_service(&key.0, &key.1);
-            }
-            now
-        };
-        have = now;
-        wake.notified().await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dns::ServiceDns;
     use hickory_proto::op::Query;
     use hickory_proto::rr::{Name, RData, RecordType};
 

@@ -22,7 +22,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub const SCHEMA_VERSION: &str = "1.0.1";
 
 /// A record's data (its owner name is kept beside it).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Rr {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
@@ -122,6 +122,18 @@ impl ServiceDns {
     /// From a Service and the EndpointSlices labelled with its name (used for headless
     /// services only: a ClusterIP's records do not depend on its endpoints).
     pub fn from_api(svc: &Service, slices: &[&EndpointSlice]) -> Option<ServiceDns> {
+        let mut d = ServiceDns::from_service(svc)?;
+        if let Kind::Headless(eps) = &mut d.kind {
+            for s in slices {
+                eps.extend(slice_endpoints(s));
+            }
+        }
+        Some(d)
+    }
+
+    /// From a Service alone: a headless one with no endpoints yet (they come from its
+    /// EndpointSlices, [`slice_endpoints`]).
+    pub fn from_service(svc: &Service) -> Option<ServiceDns> {
         let namespace = svc.metadata.namespace.clone()?;
         let name = svc.metadata.name.clone()?;
         let spec = svc.spec.as_ref()?;
@@ -158,32 +170,7 @@ impl ServiceDns {
                     v
                 });
             if ips.is_empty() {
-                let mut eps = Vec::new();
-                for s in slices {
-                    let ports: Vec<NamedPort> = s
-                        .ports
-                        .iter()
-                        .flatten()
-                        .filter_map(|p| {
-                            Some(NamedPort {
-                                name: p.name.clone().filter(|n| !n.is_empty())?,
-                                protocol: proto(p.protocol.as_deref()),
-                                port: u16::try_from(p.port?).ok()?,
-                            })
-                        })
-                        .collect();
-                    for e in s.endpoints.iter().flatten() {
-                        let cond = e.conditions.as_ref();
-                        eps.push(EndpointDns {
-                            addresses: e.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
-                            hostname: e.hostname.clone().filter(|h| !h.is_empty()),
-                            // As EndpointSlices say: ready unless said otherwise.
-                            ready: cond.and_then(|c| c.ready).unwrap_or(true),
-                            ports: ports.clone(),
-                        });
-                    }
-                }
-                Kind::Headless(eps)
+                Kind::Headless(Vec::new())
             } else {
                 Kind::ClusterIp(ips)
             }
@@ -195,6 +182,33 @@ impl ServiceDns {
             kind,
         })
     }
+}
+
+/// The endpoints of one EndpointSlice, for a headless service's records.
+pub fn slice_endpoints(s: &EndpointSlice) -> Vec<EndpointDns> {
+    let ports: Vec<NamedPort> = s
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(NamedPort {
+                name: p.name.clone().filter(|n| !n.is_empty())?,
+                protocol: proto(p.protocol.as_deref()),
+                port: u16::try_from(p.port?).ok()?,
+            })
+        })
+        .collect();
+    s.endpoints
+        .iter()
+        .flatten()
+        .map(|e| EndpointDns {
+            addresses: e.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+            hostname: e.hostname.clone().filter(|h| !h.is_empty()),
+            // As EndpointSlices say: ready unless said otherwise.
+            ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+            ports: ports.clone(),
+        })
+        .collect()
 }
 
 /// The reverse name of an address: `4.3.2.1.in-addr.arpa.`, or the nibbles under `ip6.arpa.`.
@@ -266,7 +280,10 @@ impl Zone {
     }
 
     fn insert(&mut self, owner: &str, rr: Rr) {
-        self.by_name.entry(owner.to_string()).or_default().push(rr);
+        // Kept in order, so that answers come out the same each time with no sort.
+        let v = self.by_name.entry(owner.to_string()).or_default();
+        let at = v.binary_search(&rr).unwrap_or_else(|i| i);
+        v.insert(at, rr);
         let mut rest = owner;
         while let Some((_, up)) = rest.split_once('.') {
             if up.is_empty() {
@@ -280,7 +297,7 @@ impl Zone {
     fn take(&mut self, owner: &str, rr: &Rr) {
         if let Some(v) = self.by_name.get_mut(owner) {
             if let Some(i) = v.iter().position(|r| r == rr) {
-                v.swap_remove(i);
+                v.remove(i);
             }
             if v.is_empty() {
                 self.by_name.remove(owner);
@@ -384,7 +401,9 @@ impl Zone {
             name.push('.');
         }
         let reverse = name.ends_with(".in-addr.arpa.") || name.ends_with(".ip6.arpa.");
-        let ours = name == self.domain || name.ends_with(&format!(".{}", self.domain));
+        let ours = name
+            .strip_suffix(self.domain.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'));
         if !ours && !reverse {
             return Lookup::NotOurs;
         }
@@ -405,7 +424,6 @@ impl Zone {
             return if hits.is_empty() {
                 Lookup::NoData
             } else {
-                hits.sort_by_key(|(_, r)| format!("{r:?}"));
                 Lookup::Answer(hits)
             };
         }
