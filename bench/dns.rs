@@ -298,7 +298,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     // The DNS server's process: this binary again, in the node namespace it inherits.
     if let Ok(kc) = std::env::var("KNODE_BENCH_DNS_SERVE") {
-        knode::dns::server::start(Path::new(&kc), KNODE_DNS.parse().unwrap()).unwrap();
+        knode::dns::server::start(
+            Path::new(&kc),
+            KNODE_DNS.parse().unwrap(),
+            Path::new("/etc/resolv.conf"),
+        )
+        .unwrap();
         loop {
             std::thread::park();
         }

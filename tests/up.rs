@@ -89,17 +89,25 @@ impl Up {
     }
 
     fn up(&self) -> String {
-        let o = self.knode(&[
+        self.up_with(&[])
+    }
+
+    /// `knode up` with `extra` arguments too.
+    fn up_with(&self, extra: &[&str]) -> String {
+        let (kc, logs) = (self.kubeconfig(), self.s.root().join("logs"));
+        let mut args = vec![
             "up",
             "--listen",
             "0.0.0.0:6443",
             "--write-kubeconfig",
-            self.kubeconfig().to_str().unwrap(),
+            kc.to_str().unwrap(),
             "--log-dir",
-            self.s.root().join("logs").to_str().unwrap(),
+            logs.to_str().unwrap(),
             "--node-name",
             "knode-test",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let o = self.knode(&args);
         assert!(o.status.success(), "knode up: {}", text(&o.stderr));
         text(&o.stdout)
     }
@@ -963,6 +971,186 @@ fn pods_resolve_services_by_name_through_the_cluster_dns() {
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(!run(&link).status.success(), "knode-dns is left");
+}
+
+const HEADLESS: &str = "apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{name: pg, port: 5432}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec: {type: ExternalName, externalName: www.example.test}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, labels: {app: db}}
+spec:
+  hostname: db-0
+  subdomain: db
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: 'test/busybox:1', command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.2; done']}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-1, labels: {app: db}}
+spec:
+  hostname: db-1
+  subdomain: db
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: 'test/busybox:1', command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.2; done']}
+";
+
+/// dnsmasq in the outside namespace: the node's upstream resolver, which knows one name.
+struct Upstream(std::process::Child);
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A headless service's pods by name (their hostname under their subdomain) and all
+/// together, its SRV records, their PTRs; an ExternalName's CNAME; a pod record; a name
+/// outside the cluster from the node's upstream resolver (`--resolv-conf`); the pod's
+/// /etc/hosts with its FQDN.
+#[test]
+fn headless_services_external_names_and_outside_names_resolve() {
+    let u = Up::new();
+    let upstream = Upstream(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &u.outside,
+                "dnsmasq",
+                "-k",
+                "-C",
+                "/dev/null",
+            ])
+            .args(["--no-resolv", "--no-hosts", "--listen-address=192.0.2.2"])
+            .args(["--bind-interfaces", "--pid-file=", "--user=root"])
+            .arg("--address=/www.example.test/198.51.100.7")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq (scripts/deps.sh --test)"),
+    );
+    let resolv = u.s.root().join("node-resolv.conf");
+    std::fs::write(&resolv, "nameserver 192.0.2.2\nsearch lab.test\n").unwrap();
+    u.up_with(&["--resolv-conf", resolv.to_str().unwrap()]);
+    let o = u.kubectl_with_stdin(&["apply", "-f", "-"], HEADLESS);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    u.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/db-0",
+        "pod/db-1",
+        "--timeout=60s",
+    ]);
+    // As a real server prints it: no cluster IP, the alias as its external IP.
+    let row = u.kubectl(&["get", "service", "ext", "--no-headers"]);
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cols[..5],
+        [
+            "ext",
+            "ExternalName",
+            "<none>",
+            "www.example.test",
+            "<none>"
+        ],
+        "{row}"
+    );
+    let ip = |p: &str| u.kubectl(&["get", "pod", p, "-o", "jsonpath={.status.podIP}"]);
+    let (ip0, ip1) = (ip("db-0"), ip("db-1"));
+    let hosts = u.kubectl(&["exec", "db-0", "--", "sh", "-c", "cat /etc/hosts; hostname"]);
+    assert!(
+        hosts.ends_with(&format!(
+            "{ip0}\tdb-0.db.default.svc.cluster.local\tdb-0\ndb-0\n"
+        )),
+        "{hosts}"
+    );
+    let dashed = ip0.replace('.', "-");
+    let script = format!(
+        "cat /etc/resolv.conf; echo ===; nslookup db.default.svc.cluster.local; echo ===; \
+         nslookup db-0.db.default.svc.cluster.local; echo ===; \
+         nslookup -type=srv _pg._tcp.db.default.svc.cluster.local; echo ===; \
+         nslookup {ip1}; echo ===; \
+         nslookup -type=cname ext.default.svc.cluster.local; echo ===; \
+         nslookup www.example.test; echo ===; \
+         nslookup {dashed}.default.pod.cluster.local; echo done"
+    );
+    // A pod that asks and ends; its log read once it has (no attach racing a quick end).
+    u.kubectl(&[
+        "run",
+        "--restart=Never",
+        "dns",
+        "--image=test/busybox:1",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    u.kubectl(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Succeeded",
+        "pod/dns",
+        "--timeout=60s",
+    ]);
+    let out = u.kubectl(&["logs", "dns"]);
+    let parts: Vec<&str> = out.split("===\n").collect();
+    assert_eq!(parts.len(), 8, "{out}");
+    // The node's search path comes after the cluster's; its nameserver is not the pod's.
+    assert!(
+        parts[0].contains(
+            "search default.svc.cluster.local svc.cluster.local cluster.local lab.test\n"
+        ),
+        "{out}"
+    );
+    assert!(!parts[0].contains("192.0.2.2"), "{out}");
+    for want in [
+        format!("Name:\tdb.default.svc.cluster.local\nAddress: {ip0}\n"),
+        format!("Name:\tdb.default.svc.cluster.local\nAddress: {ip1}\n"),
+    ] {
+        assert!(parts[1].contains(&want), "{want}: {out}");
+    }
+    assert!(
+        parts[2].contains(&format!(
+            "Name:\tdb-0.db.default.svc.cluster.local\nAddress: {ip0}\n"
+        )),
+        "{out}"
+    );
+    assert!(!parts[2].contains(&ip1), "{out}");
+    for host in ["db-0", "db-1"] {
+        let want = format!("service = 0 100 5432 {host}.db.default.svc.cluster.local");
+        assert!(parts[3].contains(&want), "{want}: {out}");
+    }
+    assert!(
+        parts[4].contains("name = db-1.db.default.svc.cluster.local"),
+        "{out}"
+    );
+    assert!(
+        parts[5].contains("ext.default.svc.cluster.local\tcanonical name = www.example.test"),
+        "{out}"
+    );
+    assert!(
+        parts[6].contains("Name:\twww.example.test\nAddress: 198.51.100.7\n"),
+        "{out}"
+    );
+    assert!(
+        parts[7].contains(&format!(
+            "Name:\t{dashed}.default.pod.cluster.local\nAddress: {ip0}\n"
+        )),
+        "{out}"
+    );
+    drop(upstream);
 }
 
 #[test]

@@ -73,6 +73,11 @@ pub struct AgentCmd {
     /// get the node's resolvers.
     #[arg(long, value_parser = parse_cluster_dns)]
     pub cluster_dns: Option<ClusterDnsArg>,
+    /// The resolver configuration the node's pods start from (the kubelet's --resolv-conf):
+    /// its nameservers are where cluster DNS forwards other names, and pods with dnsPolicy
+    /// Default (or no cluster DNS) get its nameservers and search path.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
 }
 
 /// `--cluster-dns`: an address, or none.
@@ -133,7 +138,7 @@ pub fn run(
     };
     if let (Some(ip), Some(kc)) = (dns_ip, &kubeconfig) {
         crate::node::network::ensure_dns_link(ip)?;
-        crate::dns::server::start(kc, ip.into())?;
+        crate::dns::server::start(kc, ip.into(), &a.resolv_conf)?;
     }
     crate::node::kubelet::run(NodeConfig {
         manifests: a.manifests.unwrap_or_else(|| root.join("manifests")),
@@ -161,6 +166,7 @@ pub fn run(
             nameserver: ip.into(),
             domain: crate::dns::DOMAIN.into(),
         }),
+        resolv_conf: a.resolv_conf,
     })?;
     Ok(())
 }

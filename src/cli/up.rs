@@ -43,6 +43,11 @@ pub struct UpCmd {
     /// How long to wait for the node to be Ready, in seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// The resolver configuration the node's pods start from (the kubelet's --resolv-conf):
+    /// its nameservers are where cluster DNS forwards other names, and pods with dnsPolicy
+    /// Default (or no cluster DNS) get its nameservers and search path.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
     /// Run in the foreground (what `knode up` starts in the background).
     #[arg(long, hide = true)]
     pub foreground: bool,
@@ -346,6 +351,7 @@ fn foreground(
     crate::dns::server::start(
         &root.join("server/admin.kubeconfig"),
         cluster_dns_ip(service_cidr).into(),
+        &a.resolv_conf,
     )?;
     let cgroups = crate::node::cgroup::probe().err().map(|e| e.to_string());
     let mut cfg = node_config(&a, root, run_dir, client, conf, cgroups, None)?;
@@ -392,6 +398,7 @@ fn node_config(
         kubelet_port: crate::node::kubelet::server::DEFAULT_PORT,
         heartbeat: crate::node::kubelet::register::HEARTBEAT,
         cluster_dns: None,
+        resolv_conf: a.resolv_conf.clone(),
     })
 }
 
@@ -441,6 +448,7 @@ pub fn down(
         log_dir: a.log_dir,
         timeout: 0,
         foreground: false,
+        resolv_conf: "/etc/resolv.conf".into(),
         ready_fd: None,
     };
     if run_dir.exists() {

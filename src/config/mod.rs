@@ -46,6 +46,8 @@ pub struct NodeConfig {
     /// The cluster DNS this node serves (pods' resolv.conf points at it, and the proxy
     /// leaves `kube-system/kube-dns` to it); none: pods get the node's resolv.conf.
     pub cluster_dns: Option<crate::api::resolv::ClusterDns>,
+    /// The resolv.conf pods start from (the kubelet's --resolv-conf).
+    pub resolv_conf: std::path::PathBuf,
 }
 
 /// Resource limits: on (the default, cgroup v2 required) or explicitly off.

@@ -27,6 +27,9 @@ pub struct Address {
     pub pod: String,
     pub uid: String,
     pub ready: bool,
+    /// The pod's `hostname`, when its `subdomain` is this service (a StatefulSet's pods
+    /// under their headless service): DNS gives it a name of its own.
+    pub hostname: Option<String>,
 }
 
 /// Pods with the same resolved ports.
@@ -112,8 +115,14 @@ pub fn groups(svc: &Service, pods: &[&Pod]) -> Vec<Group> {
                 ))
             })
             .collect();
+        let pspec = p.spec.as_ref();
+        let hostname = pspec
+            .and_then(|s| s.hostname.clone())
+            .filter(|h| !h.is_empty())
+            .filter(|_| pspec.and_then(|s| s.subdomain.as_deref()) == svc.metadata.name.as_deref());
         by_ports.entry(ports).or_default().push(Address {
             ip,
+            hostname,
             node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
             pod: p.metadata.name.clone().unwrap_or_default(),
             uid: p.metadata.uid.clone().unwrap_or_default(),
@@ -139,6 +148,9 @@ fn address_json(a: &Address, ns: &str) -> Value {
     });
     if let Some(n) = &a.node {
         v["nodeName"] = json!(n);
+    }
+    if let Some(h) = &a.hostname {
+        v["hostname"] = json!(h);
     }
     v
 }
@@ -196,6 +208,9 @@ pub fn slice_body(g: &Group, ns: &str) -> (Value, Value) {
             if let Some(n) = &a.node {
                 v["nodeName"] = json!(n);
             }
+            if let Some(h) = &a.hostname {
+                v["hostname"] = json!(h);
+            }
             v
         })
         .collect();
@@ -241,6 +256,28 @@ mod tests {
             "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": target}]},
         }))
         .unwrap()
+    }
+
+    /// A pod's hostname is its endpoint's when its subdomain names the service (upstream's
+    /// rule), not otherwise.
+    #[test]
+    fn a_pods_hostname_is_its_endpoints_under_its_subdomain() {
+        let mut pods = vec![];
+        for (name, ip, sub) in [("a", "10.0.0.2", "web"), ("b", "10.0.0.3", "other")] {
+            let mut p = pod(name, json!({"app": "web"}), Some(ip), true, json!([]));
+            let spec = p.spec.as_mut().unwrap();
+            spec.hostname = Some(format!("{name}-0"));
+            spec.subdomain = Some(sub.into());
+            pods.push(p);
+        }
+        let refs: Vec<&Pod> = pods.iter().collect();
+        let g = groups(&svc(json!(8080)), &refs);
+        let (eps, _) = slice_body(&g[0], "default");
+        assert_eq!(eps[0]["hostname"], "a-0");
+        assert!(eps[1].get("hostname").is_none(), "{eps}");
+        let s = subsets(&g, "default");
+        assert_eq!(s[0]["addresses"][0]["hostname"], "a-0");
+        assert!(s[0]["addresses"][1].get("hostname").is_none());
     }
 
     #[test]

@@ -42,11 +42,15 @@ pub enum DnsError {
 
 /// Serves cluster DNS on `ip`:53 in a thread of its own (with its own runtime, so a busy
 /// node never delays an answer), the zone kept from the API server of `kubeconfig`, other
-/// names forwarded to this host's resolvers (but never to `ip` itself). Returns once the
-/// sockets are bound.
-pub fn start(kubeconfig: &std::path::Path, ip: std::net::IpAddr) -> Result<(), DnsError> {
+/// names forwarded to the nameservers of `resolv_conf` (but never to `ip` itself). Returns
+/// once the sockets are bound.
+pub fn start(
+    kubeconfig: &std::path::Path,
+    ip: std::net::IpAddr,
+    resolv_conf: &std::path::Path,
+) -> Result<(), DnsError> {
     let upstreams: Vec<SocketAddr> =
-        upstreams(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+        upstreams(&std::fs::read_to_string(resolv_conf).unwrap_or_default())
             .into_iter()
             .filter(|u| u.ip() != ip)
             .collect();

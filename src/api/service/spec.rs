@@ -50,12 +50,14 @@ pub struct ServiceSpec {
     /// No selector: endpoints are not computed from pods (none on this node).
     pub selector: Option<BTreeMap<String, String>>,
     pub affinity_timeout: Option<u32>,
+    /// `type: ExternalName`: a DNS alias (a CNAME) only; no address, no proxying.
+    pub external_name: Option<String>,
 }
 
 /// Validates a Service object as the API server does (every problem, each a field error),
-/// within what knode's proxy implements (ClusterIP and NodePort, IPv4).
+/// within what knode implements (ClusterIP, NodePort and ExternalName, IPv4).
 pub fn from_service(svc: &Service, file: PathBuf) -> Result<ServiceSpec, Invalid> {
-    use crate::api::validation::{duplicate, invalid, not_supported, required};
+    use crate::api::validation::{duplicate, forbidden, invalid, not_supported, required};
     let mut errs: Vec<FieldError> = Vec::new();
     let name = svc.metadata.name.clone().unwrap_or_default();
     let namespace = svc
@@ -76,18 +78,40 @@ pub fn from_service(svc: &Service, file: PathBuf) -> Result<ServiceSpec, Invalid
     let spec = svc.spec.clone().unwrap_or_default();
     let kind = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
     let node_port = match kind.as_str() {
-        "ClusterIP" => false,
+        "ClusterIP" | "ExternalName" => false,
         "NodePort" => true,
         other => {
             errs.push(not_supported(
                 "spec.type",
                 other,
-                &["ClusterIP", "NodePort"],
+                &["ClusterIP", "ExternalName", "NodePort"],
             ));
             false
         }
     };
+    let external_name = (kind == "ExternalName").then(|| {
+        // The value (a CNAME) may end with a dot, as upstream allows.
+        let cname = spec.external_name.clone().unwrap_or_default();
+        let cname = cname.trim_end_matches('.');
+        if cname.is_empty() {
+            errs.push(required("spec.externalName", ""));
+        } else {
+            for m in crate::api::validation::dns_subdomain(cname) {
+                errs.push(invalid("spec.externalName", cname, m));
+            }
+        }
+        if spec.cluster_ip.as_deref().is_some_and(|ip| !ip.is_empty())
+            || spec.cluster_ips.as_ref().is_some_and(|ips| !ips.is_empty())
+        {
+            errs.push(forbidden(
+                "spec.clusterIPs",
+                "may not be set for ExternalName services",
+            ));
+        }
+        cname.to_string()
+    });
     let cluster_ip = match spec.cluster_ip.as_deref() {
+        _ if external_name.is_some() => ClusterIp::Headless,
         None | Some("") => ClusterIp::Auto,
         Some("None") => ClusterIp::Headless,
         Some(s) => match s.parse() {
@@ -110,7 +134,7 @@ pub fn from_service(svc: &Service, file: PathBuf) -> Result<ServiceSpec, Invalid
         ));
     }
     let ports_in = spec.ports.clone().unwrap_or_default();
-    if ports_in.is_empty() && cluster_ip != ClusterIp::Headless {
+    if ports_in.is_empty() && cluster_ip != ClusterIp::Headless && external_name.is_none() {
         errs.push(required("spec.ports", "at least one port is required"));
     }
     let mut ports = Vec::new();
@@ -269,6 +293,7 @@ pub fn from_service(svc: &Service, file: PathBuf) -> Result<ServiceSpec, Invalid
         ports,
         selector: spec.selector.clone(),
         affinity_timeout,
+        external_name,
     })
 }
 
@@ -305,7 +330,10 @@ mod tests {
     #[test]
     fn bad_input_names_the_field_and_value() {
         let cases = [
-            ("spec: {type: LoadBalancer, ports: [{port: 80}]}", "spec.type: Unsupported value: \"LoadBalancer\": supported values: \"ClusterIP\", \"NodePort\""),
+            ("spec: {type: LoadBalancer, ports: [{port: 80}]}", "spec.type: Unsupported value: \"LoadBalancer\": supported values: \"ClusterIP\", \"ExternalName\", \"NodePort\""),
+            ("spec: {type: ExternalName}", "spec.externalName: Required value"),
+            ("spec: {type: ExternalName, externalName: Bad_Host}", "spec.externalName: Invalid value: \"Bad_Host\": a lowercase RFC 1123 subdomain"),
+            ("spec: {type: ExternalName, externalName: db.example.com, clusterIP: 10.96.0.5}", "spec.clusterIPs: Forbidden: may not be set for ExternalName services"),
             ("spec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}", "spec.clusterIP: Invalid value: \"10.96.0.300\""),
             ("spec: {ports: [{port: 70000}]}", "spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive"),
             ("spec: {type: NodePort, ports: [{port: 80, nodePort: 80}]}", "spec.ports[0].nodePort: Invalid value: 80: provided port is not in the valid range. The range of valid ports is 30000-32767"),
@@ -340,6 +368,17 @@ mod tests {
                 && e.contains("spec.ports[0].port: Invalid value: 0"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_external_name_is_an_alias_with_no_address_or_ports() {
+        let s = parse(
+            "metadata: {name: ext}\nspec: {type: ExternalName, externalName: db.example.com.}\n",
+        )
+        .unwrap();
+        assert_eq!(s.external_name.as_deref(), Some("db.example.com"));
+        assert_eq!(s.cluster_ip, ClusterIp::Headless);
+        assert!(s.ports.is_empty() && !s.node_port);
     }
 
     #[test]

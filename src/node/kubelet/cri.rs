@@ -134,6 +134,8 @@ pub struct NodeRuntime {
     pub store: Arc<oci::image::ImageStore>,
     /// The cluster DNS pods' resolv.conf points at (none: the node's).
     pub cluster_dns: Option<crate::api::resolv::ClusterDns>,
+    /// The node's resolv.conf for pods (the kubelet's --resolv-conf).
+    pub resolv_conf: PathBuf,
 }
 
 impl RuntimeService for NodeRuntime {
@@ -160,7 +162,8 @@ impl RuntimeService for NodeRuntime {
         m: &PodManifest,
         ip: Option<&str>,
     ) -> Result<(), CriError> {
-        super::pod::write_etc_files(pod_dir, m, ip, self.cluster_dns.as_ref())
+        let host = std::fs::read_to_string(&self.resolv_conf).unwrap_or_default();
+        super::pod::write_etc_files(pod_dir, m, ip, self.cluster_dns.as_ref(), &host)
             .map_err(|e| format!("writing the pod's /etc files: {e}").into())
     }
 

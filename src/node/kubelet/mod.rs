@@ -262,6 +262,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             exe: cfg.exe.clone(),
             store,
             cluster_dns: cfg.cluster_dns.clone(),
+            resolv_conf: cfg.resolv_conf.clone(),
         }),
         clock: Arc::new(cri::SystemClock),
         run: run_root,

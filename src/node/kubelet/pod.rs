@@ -1544,6 +1544,7 @@ pub(super) fn write_etc_files(
     m: &PodManifest,
     ip: Option<&str>,
     cluster_dns: Option<&crate::api::resolv::ClusterDns>,
+    host_resolv_conf: &str,
 ) -> std::io::Result<()> {
     let spec = m.pod.spec.as_ref();
     let hostname = pod_hostname(m);
@@ -1555,15 +1556,23 @@ pub(super) fn write_etc_files(
     let hosts = if spec.and_then(|s| s.host_network).unwrap_or(false) {
         std::fs::read_to_string("/etc/hosts").unwrap_or_default()
     } else {
+        // With a subdomain (and a cluster domain), the pod's own name is its FQDN under it
+        // too, as the kubelet writes it: `10.244.0.5\tweb-0.web.default.svc.cluster.local\tweb-0`.
+        let names = match (spec.and_then(|s| s.subdomain.as_deref()), cluster_dns) {
+            (Some(sub), Some(d)) if !sub.is_empty() => format!(
+                "{hostname}.{sub}.{}.svc.{}\t{hostname}",
+                m.pod.metadata.namespace.as_deref().unwrap_or("default"),
+                d.domain
+            ),
+            _ => hostname.clone(),
+        };
         format!(
-            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{}\t{hostname}\n", ip.unwrap_or("127.0.1.1")
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{}\t{names}\n", ip.unwrap_or("127.0.1.1")
         )
     };
     // The pod's dnsPolicy and dnsConfig over the cluster DNS or the node's resolv.conf
     // (with no cluster DNS, ClusterFirst falls back to the node's, as the kubelet does).
-    let host = crate::api::resolv::Resolv::parse(
-        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-    );
+    let host = crate::api::resolv::Resolv::parse(host_resolv_conf);
     let resolv = match spec {
         Some(s) => crate::api::resolv::pod_resolv(
             s,
