@@ -819,6 +819,21 @@ fn bad_input_gets_the_real_servers_status_and_changes_nothing() {
         Some("apiVersion: v1\nkind: Pod\nmetadata: {name: dns}\nspec:\n  dnsPolicy: None\n  containers: [{name: c, image: busybox}]\n"),
     );
     assert!(e.contains("The Pod \"dns\" is invalid: spec.dnsConfig: Required value: must provide `dnsConfig` when `dnsPolicy` is None"), "{e}");
+    // Probes, too: defaults applied first (a zero successThreshold is 1), then checked.
+    let e = s.fails(
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: Deployment\napiVersion: apps/v1\nmetadata: {name: probed}\nspec:\n  selector: {matchLabels: {app: p}}\n  template:\n    metadata: {labels: {app: p}}\n    spec:\n      containers:\n      - name: c\n        image: busybox\n        livenessProbe: {httpGet: {port: 0}, successThreshold: 3}\n        readinessProbe: {successThreshold: 0}\n"),
+    );
+    for want in [
+        "The Deployment \"probed\" is invalid: ",
+        "spec.template.spec.containers[0].livenessProbe.httpGet.port: Invalid value: 0: must be between 1 and 65535, inclusive",
+        "spec.template.spec.containers[0].livenessProbe.successThreshold: Invalid value: 3: must be 1",
+        "spec.template.spec.containers[0].readinessProbe: Required value: must specify a handler type",
+    ] {
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    let d = s.fails(&["get", "deployment", "probed"], None);
+    assert!(d.contains("not found"), "{d}");
     let e = s.fails(&["get", "pods", "nosuch"], None);
     assert_eq!(
         e.trim(),

@@ -1153,6 +1153,208 @@ fn headless_services_external_names_and_outside_names_resolve() {
     drop(upstream);
 }
 
+const PROBED: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: live}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: 'test/busybox:1'
+    command: [sh, -c, 'touch /tmp/healthy; sleep 2; rm /tmp/healthy; trap \"exit 0\" TERM; while true; do sleep 0.2; done']
+    livenessProbe: {exec: {command: [cat, /tmp/healthy]}, periodSeconds: 1, failureThreshold: 2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: gate, labels: {app: gate}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: 'test/busybox:1'
+    command: [sh, -c, '(while [ ! -e /tmp/listen ]; do sleep 0.2; done; exec httpd -f -p 9 -h /tmp) & trap \"exit 0\" TERM; while true; do sleep 0.2; done']
+    readinessProbe: {exec: {command: [test, -e, /tmp/ready]}, periodSeconds: 1}
+    startupProbe: {tcpSocket: {port: 9}, periodSeconds: 1, failureThreshold: 1000}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: gate}
+spec: {selector: {app: gate}, ports: [{port: 80}]}
+";
+
+/// A Deployment whose pods serve their VERSION over HTTP, ready once they answer, and keep
+/// serving 2 s after SIGTERM (the proxy's rules follow a deletion a moment later).
+const ROLLED: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: web
+        image: 'test/busybox:1'
+        env: [{name: VERSION, value: v1}]
+        command: [sh, -c, 'mkdir -p /tmp/www; echo $VERSION > /tmp/www/index.html; sleep 1; httpd -f -p 8080 -h /tmp/www & trap \"sleep 2; kill $!; exit 0\" TERM; wait']
+        readinessProbe: {httpGet: {path: /index.html, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
+";
+
+/// Liveness: a container whose health file goes away is restarted (Unhealthy and Killing
+/// events, restartCount 1). Readiness and startup: a pod is Running but not Ready, started
+/// only once its startup probe passes, out of its Service's endpoints until its readiness
+/// probe passes (the Python client reads the same). A rolling update waits for each new pod
+/// to be ready, and every request through the Service during it succeeds.
+#[test]
+fn probes_restart_gate_readiness_and_hold_a_rolling_update() {
+    let u = Up::new();
+    u.up();
+    let o = u.kubectl_with_stdin(&["apply", "-f", "-"], PROBED);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    u.kubectl(&[
+        "wait",
+        "--for=jsonpath={.status.containerStatuses[0].restartCount}=1",
+        "pod/live",
+        "--timeout=60s",
+    ]);
+    let d = u.kubectl(&["describe", "pod", "live"]);
+    for want in [
+        "Liveness probe failed: cat: can't open '/tmp/healthy': No such file or directory",
+        "Container c failed liveness probe, will be restarted",
+        "Liveness:       exec [cat /tmp/healthy] delay=0s timeout=1s period=1s successThreshold=1 failureThreshold=2",
+    ] {
+        assert!(d.contains(want), "{want}:\n{d}");
+    }
+
+    // `gate`: its startup probe knocks on a port nobody listens on, until something does.
+    u.kubectl(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Running",
+        "pod/gate",
+        "--timeout=60s",
+    ]);
+    let statuses = |pod: &str| {
+        u.kubectl(&[
+            "get",
+            "pod",
+            pod,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].started} {.status.containerStatuses[0].ready} {.status.conditions[?(@.type==\"Ready\")].status}",
+        ])
+    };
+    assert_eq!(statuses("gate"), "false false False");
+    u.kubectl(&["exec", "gate", "--", "touch", "/tmp/listen"]);
+    u.kubectl(&[
+        "wait",
+        "--for=jsonpath={.status.containerStatuses[0].started}=true",
+        "pod/gate",
+        "--timeout=60s",
+    ]);
+    assert_eq!(statuses("gate"), "true false False");
+    let ready_endpoints = || {
+        u.kubectl(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=gate",
+            "-o",
+            "jsonpath={.items[0].endpoints[0].conditions.ready}",
+        ])
+    };
+    assert_eq!(ready_endpoints(), "false");
+    let script = format!(
+        "from kubernetes import client, config\nconfig.load_kube_config({:?})\ns = client.CoreV1Api().read_namespaced_pod('gate', 'default').status.container_statuses[0]\nprint(s.started, s.ready)\n",
+        u.kubeconfig().display().to_string()
+    );
+    let py = |want: &str| {
+        let o = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", u.ns))
+            .args([support::server::PYTHON, "-c", &script])
+            .output()
+            .unwrap();
+        assert_eq!(text(&o.stdout), want, "{}", text(&o.stderr));
+    };
+    py("True False\n");
+    u.kubectl(&["exec", "gate", "--", "touch", "/tmp/ready"]);
+    u.kubectl(&["wait", "--for=condition=Ready", "pod/gate", "--timeout=60s"]);
+    assert_eq!(statuses("gate"), "true true True");
+    py("True True\n");
+    u.kubectl(&[
+        "wait",
+        "--for=jsonpath={.endpoints[0].conditions.ready}=true",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=gate",
+        "--timeout=60s",
+    ]);
+
+    // The rolling update, with requests all along.
+    let o = u.kubectl_with_stdin(&["apply", "-f", "-"], ROLLED);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    u.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let ip = u.kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ns = u.ns.clone();
+    let (s2, ip2) = (stop.clone(), ip.clone());
+    let requests = std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a valid network namespace descriptor, for this thread alone.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let (mut ok, mut failed, mut seen) = (0, vec![], std::collections::BTreeSet::new());
+        while !s2.load(std::sync::atomic::Ordering::SeqCst) {
+            match get(&format!("{ip2}:80")) {
+                Ok(body) => {
+                    ok += 1;
+                    seen.insert(body);
+                }
+                Err(e) => failed.push(e),
+            }
+        }
+        (ok, failed, seen)
+    });
+    u.kubectl(&["set", "env", "deployment/web", "VERSION=v2"]);
+    u.kubectl(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed, seen) = requests.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed, the first: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 20, "{ok}");
+    assert!(seen.contains("v1\n") && seen.contains("v2\n"), "{seen:?}");
+}
+
+/// One HTTP GET of `/` at `addr` (2 s at most); the body.
+fn get(addr: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &addr.parse().unwrap(),
+        std::time::Duration::from_secs(2),
+    )
+    .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).map_err(|e| format!("read: {e}"))?;
+    if !(r.starts_with("HTTP/1.0 200 ") || r.starts_with("HTTP/1.1 200 ")) {
+        return Err(format!("answer: {}", r.lines().next().unwrap_or_default()));
+    }
+    Ok(r.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+}
+
 #[test]
 fn kubectl_run_attaches_and_terminals_follow_the_clients_size() {
     let u = Up::new();

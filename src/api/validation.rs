@@ -754,6 +754,165 @@ fn container(
             sc.run_as_group,
         );
     }
+    let init = at.starts_with("spec.initContainers");
+    let sidecar = c.restart_policy.as_deref() == Some("Always");
+    for (field, p) in [
+        ("livenessProbe", &c.liveness_probe),
+        ("readinessProbe", &c.readiness_probe),
+        ("startupProbe", &c.startup_probe),
+    ] {
+        let Some(p) = p else { continue };
+        let f = format!("{at}.{field}");
+        if init && !sidecar {
+            errs.push(forbidden(
+                &f,
+                "may not be set for init containers without restartPolicy=Always",
+            ));
+            continue;
+        }
+        probe(errs, &f, p);
+        let success = p.success_threshold.unwrap_or(1);
+        if field != "readinessProbe" && success != 1 {
+            errs.push(invalid(
+                &format!("{f}.successThreshold"),
+                i64::from(success),
+                "must be 1",
+            ));
+        }
+        if let (true, Some(g)) = (
+            field == "readinessProbe",
+            p.termination_grace_period_seconds,
+        ) {
+            errs.push(invalid(
+                &format!("{f}.terminationGracePeriodSeconds"),
+                g,
+                "must not be set for readinessProbes",
+            ));
+        }
+    }
+}
+
+/// A probe (`validateProbe`): one handler, its port and fields, no negative timing.
+fn probe(errs: &mut Vec<FieldError>, at: &str, p: &k8s_openapi::api::core::v1::Probe) {
+    let handlers = [
+        p.exec.is_some(),
+        p.http_get.is_some(),
+        p.tcp_socket.is_some(),
+        p.grpc.is_some(),
+    ];
+    match handlers.iter().filter(|h| **h).count() {
+        0 => errs.push(required(at, "must specify a handler type")),
+        1 => {}
+        _ => errs.push(forbidden(at, "may not specify more than 1 handler type")),
+    }
+    if let Some(e) = &p.exec {
+        if e.command.as_ref().is_none_or(|c| c.is_empty()) {
+            errs.push(required(&format!("{at}.exec.command"), ""));
+        }
+    }
+    if let Some(h) = &p.http_get {
+        port_num_or_name(errs, &format!("{at}.httpGet.port"), &h.port);
+        if let Some(s) = h.scheme.as_deref() {
+            const S: &[&str] = &["HTTP", "HTTPS"];
+            if !S.contains(&s) {
+                errs.push(not_supported(&format!("{at}.httpGet.scheme"), s, S));
+            }
+        }
+        for (i, hd) in h.http_headers.iter().flatten().enumerate() {
+            if !http_header_name(&hd.name) {
+                errs.push(invalid(
+                    &format!("{at}.httpGet.httpHeaders[{i}].name"),
+                    hd.name.as_str(),
+                    "a valid HTTP header must consist of alphanumeric characters or '-' (e.g. 'X-Header-Name',  regex used for validation is '[-A-Za-z0-9]+')",
+                ));
+            }
+            if hd.value.contains(['\r', '\n']) {
+                errs.push(invalid(
+                    &format!("{at}.httpGet.httpHeaders[{i}].value"),
+                    hd.value.as_str(),
+                    "may not contain a line break",
+                ));
+            }
+        }
+    }
+    if let Some(t) = &p.tcp_socket {
+        port_num_or_name(errs, &format!("{at}.tcpSocket.port"), &t.port);
+    }
+    if let Some(g) = &p.grpc {
+        if !(1..=65535).contains(&g.port) {
+            errs.push(invalid(
+                &format!("{at}.grpc.port"),
+                i64::from(g.port),
+                "must be between 1 and 65535, inclusive",
+            ));
+        }
+    }
+    for (f, v) in [
+        ("initialDelaySeconds", p.initial_delay_seconds),
+        ("timeoutSeconds", p.timeout_seconds),
+        ("periodSeconds", p.period_seconds),
+        ("successThreshold", p.success_threshold),
+        ("failureThreshold", p.failure_threshold),
+    ] {
+        if let Some(v) = v.filter(|v| *v < 0) {
+            errs.push(invalid(
+                &format!("{at}.{f}"),
+                i64::from(v),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    if let Some(g) = p.termination_grace_period_seconds.filter(|g| *g <= 0) {
+        errs.push(invalid(
+            &format!("{at}.terminationGracePeriodSeconds"),
+            g,
+            "must be greater than 0",
+        ));
+    }
+}
+
+fn http_header_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// A port by number (1-65535) or by name (`IsValidPortName`'s checks and texts), as probes
+/// and hooks take it.
+fn port_num_or_name(
+    errs: &mut Vec<FieldError>,
+    at: &str,
+    p: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+) {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    match p {
+        IntOrString::Int(n) if !(1..=65535).contains(n) => errs.push(invalid(
+            at,
+            i64::from(*n),
+            "must be between 1 and 65535, inclusive",
+        )),
+        IntOrString::Int(_) => {}
+        IntOrString::String(s) => {
+            let mut why = vec![];
+            if s.len() > 15 {
+                why.push("must be no more than 15 characters");
+            }
+            if s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                why.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)");
+            } else if !s.bytes().any(|b| b.is_ascii_lowercase()) {
+                why.push("must contain at least one letter (a-z)");
+            } else if s.contains("--") {
+                why.push("must not contain consecutive hyphens");
+            } else if s.starts_with('-') || s.ends_with('-') {
+                why.push("must not begin or end with a hyphen");
+            }
+            for w in why {
+                errs.push(invalid(at, s.as_str(), w));
+            }
+        }
+    }
 }
 
 /// A Pod (`ValidatePodCreate`, the parts knode acts on), and the UID it will run under.
@@ -920,6 +1079,46 @@ mod tests {
     }
 
     const BASE: &str = "metadata: {name: web}\nspec:\n  containers: [{name: c, image: busybox}]\n";
+
+    #[test]
+    fn probes_are_checked_as_the_api_server_does() {
+        let e = errors(concat!(
+            "metadata: {name: web}\nspec:\n",
+            "  initContainers: [{name: i, image: busybox, readinessProbe: {exec: {command: [x]}}}]\n",
+            "  containers:\n",
+            "  - name: a\n    image: busybox\n",
+            "    livenessProbe: {periodSeconds: -1, successThreshold: 2}\n",
+            "    readinessProbe: {exec: {command: [x]}, tcpSocket: {port: 80}, terminationGracePeriodSeconds: 5}\n",
+            "    startupProbe: {httpGet: {port: Bad_Name, scheme: FTP, httpHeaders: [{name: 'a b', value: v}]}, terminationGracePeriodSeconds: 0}\n",
+            "  - name: b\n    image: busybox\n",
+            "    livenessProbe: {grpc: {port: 70000}, failureThreshold: -3}\n",
+            "    readinessProbe: {tcpSocket: {port: 0}}\n",
+            "    startupProbe: {exec: {}}\n",
+        ));
+        let want = [
+            "spec.initContainers[0].readinessProbe: Forbidden: may not be set for init containers without restartPolicy=Always",
+            "spec.containers[0].livenessProbe: Required value: must specify a handler type",
+            "spec.containers[0].livenessProbe.periodSeconds: Invalid value: -1: must be greater than or equal to 0",
+            "spec.containers[0].livenessProbe.successThreshold: Invalid value: 2: must be 1",
+            "spec.containers[0].readinessProbe: Forbidden: may not specify more than 1 handler type",
+            "spec.containers[0].readinessProbe.terminationGracePeriodSeconds: Invalid value: 5: must not be set for readinessProbes",
+            "spec.containers[0].startupProbe.httpGet.port: Invalid value: \"Bad_Name\": must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)",
+            "spec.containers[0].startupProbe.httpGet.scheme: Unsupported value: \"FTP\": supported values: \"HTTP\", \"HTTPS\"",
+            "spec.containers[0].startupProbe.httpGet.httpHeaders[0].name: Invalid value: \"a b\"",
+            "spec.containers[0].startupProbe.terminationGracePeriodSeconds: Invalid value: 0: must be greater than 0",
+            "spec.containers[1].livenessProbe.grpc.port: Invalid value: 70000: must be between 1 and 65535, inclusive",
+            "spec.containers[1].livenessProbe.failureThreshold: Invalid value: -3: must be greater than or equal to 0",
+            "spec.containers[1].readinessProbe.tcpSocket.port: Invalid value: 0: must be between 1 and 65535, inclusive",
+            "spec.containers[1].startupProbe.exec.command: Required value",
+        ];
+        for w in want {
+            assert!(
+                e.iter().any(|x| x.starts_with(w)),
+                "missing {w:?} in {e:#?}"
+            );
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
 
     #[test]
     fn a_plain_pod_is_valid() {

@@ -95,6 +95,32 @@ fn set_default(m: &mut Map<String, Value>, key: &str, val: Value) {
     }
 }
 
+/// SetDefaults_Probe and SetDefaults_HTTPGetAction: a zero (or absent) field takes its
+/// default, as Go's zero values do.
+fn default_probe(p: &mut Map<String, Value>) {
+    for (k, d) in [
+        ("timeoutSeconds", 1),
+        ("periodSeconds", 10),
+        ("successThreshold", 1),
+        ("failureThreshold", 3),
+    ] {
+        if p.get(k)
+            .is_none_or(|v| v.is_null() || v.as_i64() == Some(0))
+        {
+            p.insert(k.into(), json!(d));
+        }
+    }
+    if let Some(h) = p.get_mut("httpGet").and_then(Value::as_object_mut) {
+        for (k, d) in [("path", "/"), ("scheme", "HTTP")] {
+            if h.get(k)
+                .is_none_or(|v| v.is_null() || v.as_str() == Some(""))
+            {
+                h.insert(k.into(), json!(d));
+            }
+        }
+    }
+}
+
 /// `pkg/apis/core/v1/defaults.go` for a pod spec (also inside templates).
 fn default_pod_spec(spec: &mut Map<String, Value>) {
     set_default(spec, "restartPolicy", json!("Always"));
@@ -110,6 +136,11 @@ fn default_pod_spec(spec: &mut Map<String, Value>) {
             .flatten()
         {
             let Some(c) = c.as_object_mut() else { continue };
+            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                if let Some(p) = c.get_mut(probe).and_then(Value::as_object_mut) {
+                    default_probe(p);
+                }
+            }
             set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
             set_default(c, "terminationMessagePolicy", json!("File"));
             set_default(c, "resources", json!({}));

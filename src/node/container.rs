@@ -173,6 +173,7 @@ pub fn run(root: &Path, run_dir: &Path, a: &RunArgs) -> Result<i32> {
 }
 
 /// A container of a pod: its image mounted, started under a shim in the pod's sandbox.
+#[derive(Clone, Debug)]
 pub struct PodContainer {
     /// The shim's state directory (`pid`, `exit.json`, ...).
     pub state: PathBuf,

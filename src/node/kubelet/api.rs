@@ -77,8 +77,8 @@ pub fn to_pod(v: &PodView) -> core::Pod {
         name: c.name.clone(),
         image: c.image.clone(),
         image_id: String::new(),
-        ready: matches!(c.state, CState::Running { .. }),
-        started: Some(matches!(c.state, CState::Running { .. })),
+        ready: c.ready,
+        started: Some(c.started),
         restart_count: c.restart_count as i32,
         state: Some(cstate(&c.state)),
         last_state: c.last_state.as_ref().map(cstate),
@@ -140,7 +140,7 @@ fn conditions(v: &PodView) -> Vec<core::PodCondition> {
     }
     .unwrap_or(v.created);
     let not_ready: Vec<&str> = apps()
-        .filter(|c| !matches!(c.state, CState::Running { .. }))
+        .filter(|c| !c.ready)
         .map(|c| c.name.as_str())
         .collect();
     let cond = |type_: &str, ok: bool, at: chrono::DateTime<chrono::Utc>, reason: Option<&str>| {

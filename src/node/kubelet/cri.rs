@@ -94,6 +94,52 @@ pub trait PodNetwork: Send + Sync {
     fn gc(&self, valid: &[String]) -> Result<(), CriError>;
 }
 
+/// Container probes: one run of a probe's action, in the background.
+pub trait Prober: Send + Sync {
+    /// Starts one run; its outcome comes on the job's channel and its end makes `done`
+    /// readable (the worker sleeps on it).
+    fn start(
+        &self,
+        action: &super::probe::Action,
+        target: super::probe::Target,
+        timeout: Duration,
+    ) -> std::io::Result<ProbeJob>;
+}
+
+/// A probe run in flight.
+pub struct ProbeJob {
+    pub result: std::sync::mpsc::Receiver<Result<(), String>>,
+    pub done: OwnedFd,
+}
+
+/// The node's prober: runs on the agent's runtime, within the probe's timeout.
+pub struct NodeProber(pub super::probe::ExecVia);
+
+impl Prober for NodeProber {
+    fn start(
+        &self,
+        action: &super::probe::Action,
+        target: super::probe::Target,
+        timeout: Duration,
+    ) -> std::io::Result<ProbeJob> {
+        let (r, w) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (action, via) = (action.clone(), self.0.clone());
+        crate::node::rt::handle()?.spawn(async move {
+            let out = super::probe::run(&action, &target, &via, timeout).await;
+            // The worker may be gone (its pod deleted): then nobody reads this.
+            let _ = tx.send(out);
+            let _ = rustix::io::write(&w, b"x");
+        });
+        Ok(ProbeJob {
+            result: rx,
+            done: r,
+        })
+    }
+}
+
 /// Time, monotonic for deadlines and wall-clock for what the API shows.
 pub trait Clock: Send + Sync {
     fn now(&self) -> Instant;

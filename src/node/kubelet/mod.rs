@@ -19,6 +19,7 @@ pub mod manifests;
 pub mod node;
 pub mod pod;
 pub mod portforward;
+pub mod probe;
 pub mod register;
 pub mod remote;
 pub mod server;
@@ -275,6 +276,10 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         objects: Default::default(),
         network: network.map(|n| Arc::new(cri::CniNetwork(n)) as Arc<dyn cri::PodNetwork>),
         cgroups: cgroups.clone(),
+        prober: Arc::new(cri::NodeProber(probe::ExecVia {
+            exe: cfg.exe.clone(),
+            run_dir: cfg.run_dir.clone(),
+        })),
     });
     let state = Arc::new(RwLock::new(NodeState {
         log_dir: cfg.log_dir.clone(),

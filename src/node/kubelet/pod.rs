@@ -58,6 +58,8 @@ pub struct NodeContext {
     pub changed: OwnedFd,
     /// Resource limits (none with `--cgroups=disabled`).
     pub cgroups: Option<Arc<crate::node::cgroup::Cgroups>>,
+    /// Runs container probes.
+    pub prober: Arc<dyn super::cri::Prober>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -92,6 +94,10 @@ pub struct ContainerView {
     pub state: CState,
     pub last_state: Option<CState>,
     pub restart_count: u32,
+    /// Running and past its startup probe (if any).
+    pub started: bool,
+    /// Started and past its readiness probe (if any): it takes Service traffic.
+    pub ready: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -133,7 +139,7 @@ impl PodView {
                 .containers
                 .iter()
                 .filter(|c| !c.init)
-                .all(|c| matches!(c.state, CState::Running { .. }))
+                .all(|c| matches!(c.state, CState::Running { .. }) && c.ready)
     }
 
     pub fn event(&mut self, kind: &str, reason: &str, message: String) {
@@ -173,6 +179,51 @@ struct Ctr {
     waiting: Option<(WaitingReason, String)>,
     /// The last pull of its image failed (the next failure is ImagePullBackOff).
     pull_failed: bool,
+    /// Its probes, while it runs.
+    probes: Option<Probes>,
+}
+
+/// A running container's probes, for the attempt they were made for.
+struct Probes {
+    attempt: u32,
+    trackers: Vec<super::probe::Tracker>,
+    jobs: Vec<(super::probe::Kind, super::cri::ProbeJob)>,
+    /// A liveness or startup probe failed: the container is being stopped (by this
+    /// thread), nothing more is probed.
+    killing: Option<std::thread::JoinHandle<bool>>,
+}
+
+impl Probes {
+    fn result(&self, k: super::probe::Kind) -> Option<Option<bool>> {
+        self.trackers
+            .iter()
+            .find(|t| t.spec.kind == k)
+            .map(|t| t.result)
+    }
+
+    /// No startup probe, or it has succeeded.
+    fn started(&self) -> bool {
+        self.result(super::probe::Kind::Startup)
+            .is_none_or(|r| r == Some(true))
+    }
+
+    fn ready(&self) -> bool {
+        self.killing.is_none()
+            && self.started()
+            && self
+                .result(super::probe::Kind::Readiness)
+                .is_none_or(|r| r == Some(true))
+    }
+}
+
+/// Whether probe `t` runs: a startup probe until it succeeds, the others once the
+/// container has `started`.
+fn wanted(t: &super::probe::Tracker, started: bool) -> bool {
+    if t.spec.kind == super::probe::Kind::Startup {
+        t.result != Some(true)
+    } else {
+        started
+    }
 }
 
 /// The grace period: the deletion's (`kubectl delete --grace-period`), else the pod's.
@@ -351,6 +402,7 @@ impl Worker {
                     not_before: None,
                     waiting: None,
                     pull_failed: false,
+                    probes: None,
                 }
             })
             .collect();
@@ -757,6 +809,7 @@ impl Worker {
             remove_attempt(&self.ctx, &dir);
             let c = &mut self.ctrs[i];
             c.running = None;
+            c.probes = None;
             let finished = DateTime::parse_from_rfc3339(&exit.finished_at)
                 .map(|t| t.with_timezone(&Utc))
                 .unwrap_or_else(|_| self.ctx.clock.utc());
@@ -831,6 +884,8 @@ impl Worker {
             }
             self.start(i, &m);
         }
+        // After the starts: a container started now has its probes from the start.
+        self.probe(&m);
     }
 
     /// Pulls the container's image if it must be, in the background. True when the image
@@ -1270,6 +1325,11 @@ impl Worker {
                     }
                 };
                 let last_state = if c.p.done { None } else { c.p.last.clone() };
+                let running = c.running.is_some();
+                let (started, ready) = match &c.probes {
+                    Some(p) if running => (p.started(), p.ready()),
+                    _ => (running, running),
+                };
                 ContainerView {
                     running: c.running.as_ref().map(|r| (r.pid, r.state.clone())),
                     cgroup: c.running.as_ref().and_then(|_| {
@@ -1281,6 +1341,8 @@ impl Worker {
                     state,
                     last_state,
                     restart_count: c.p.restart_count,
+                    started,
+                    ready,
                 }
             })
             .collect();
@@ -1331,11 +1393,28 @@ impl Worker {
     /// Sleeps until a container exits, a stop is requested, or the next back-off ends.
     fn wait(&self, wake: &OwnedFd) {
         let now = self.ctx.clock.now();
+        // Back-offs ending, and probes due (those not running now, of containers not being
+        // stopped; liveness and readiness once started).
+        let due = self
+            .ctrs
+            .iter()
+            .filter_map(|c| c.probes.as_ref())
+            .flat_map(|p| {
+                p.trackers
+                    .iter()
+                    .filter(move |t| {
+                        p.killing.is_none()
+                            && !p.jobs.iter().any(|(k, _)| *k == t.spec.kind)
+                            && wanted(t, p.started())
+                    })
+                    .map(|t| t.next())
+            });
         let next = self
             .ctrs
             .iter()
             .filter_map(|c| c.not_before)
             .filter(|t| *t > now)
+            .chain(due.map(|t| t.max(now)))
             .min();
         let timeout = next
             .map(|t| t - now)
@@ -1355,8 +1434,19 @@ impl Worker {
             wake,
             rustix::event::PollFlags::IN,
         ));
-        // An image pull that ends wakes the worker too.
+        // An image pull or a probe run that ends wakes the worker too.
         for j in self.pulls.values() {
+            polls.push(rustix::event::PollFd::new(
+                &j.done,
+                rustix::event::PollFlags::IN,
+            ));
+        }
+        for (_, j) in self
+            .ctrs
+            .iter()
+            .filter_map(|c| c.probes.as_ref())
+            .flat_map(|p| &p.jobs)
+        {
             polls.push(rustix::event::PollFd::new(
                 &j.done,
                 rustix::event::PollFlags::IN,
@@ -1370,6 +1460,123 @@ impl Worker {
         // Drain the wake pipe.
         let mut buf = [0u8; 64];
         let _ = rustix::io::read(wake.as_fd(), &mut buf);
+    }
+
+    /// Runs the running containers' probes: takes in the runs that ended, starts those due.
+    /// A readiness result changes the container's readiness (the pod's, its endpoints'); a
+    /// failed liveness or startup probe stops the container, and its restart policy decides
+    /// what comes next, as the kubelet does.
+    fn probe(&mut self, m: &PodManifest) {
+        use super::probe::{Kind, Spec, Target, Tracker};
+        let now = self.ctx.clock.now();
+        let pod_ip = self
+            .view
+            .lock()
+            .expect("view")
+            .pod_ip
+            .as_deref()
+            .and_then(|ip| ip.parse().ok());
+        for i in 0..self.ctrs.len() {
+            let c = &mut self.ctrs[i];
+            let Some(run) = c.running.clone() else {
+                continue;
+            };
+            let attempt = c.p.attempt.unwrap_or(0);
+            if c.probes.as_ref().map(|p| p.attempt) != Some(attempt) {
+                c.probes = Some(Probes {
+                    attempt,
+                    trackers: [Kind::Startup, Kind::Liveness, Kind::Readiness]
+                        .into_iter()
+                        .filter_map(|k| Spec::of(&c.spec, k))
+                        .map(|s| Tracker::new(s, now))
+                        .collect(),
+                    jobs: vec![],
+                    killing: None,
+                });
+            }
+            let name = c.spec.name.clone();
+            let p = c.probes.as_mut().expect("made above");
+            if p.trackers.is_empty() || p.killing.is_some() {
+                continue;
+            }
+            let mut events = vec![];
+            let mut kill = None;
+            let trackers = &mut p.trackers;
+            p.jobs.retain(|(k, job)| {
+                let out = match job.result.try_recv() {
+                    Ok(out) => out,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => return true,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        Err("the probe ended without an outcome".into())
+                    }
+                };
+                let Some(t) = trackers.iter_mut().find(|t| t.spec.kind == *k) else {
+                    return false;
+                };
+                if let Err(why) = &out {
+                    events.push(format!("{} probe failed: {why}", k.label()));
+                }
+                if t.record(out.is_ok(), now) == Some(false) && *k != Kind::Readiness {
+                    kill = Some((*k, t.spec.grace));
+                }
+                false
+            });
+            for e in events {
+                self.view
+                    .lock()
+                    .expect("view")
+                    .event("Warning", "Unhealthy", e);
+            }
+            let c = &mut self.ctrs[i];
+            let p = c.probes.as_mut().expect("made above");
+            if let Some((k, probe_grace)) = kill {
+                let what = if k == Kind::Startup {
+                    "startup"
+                } else {
+                    "liveness"
+                };
+                let grace = probe_grace
+                    .map(Duration::from_secs)
+                    .unwrap_or_else(|| grace(&m.pod));
+                let msg = format!("Container {name} failed {what} probe, will be restarted");
+                let (rt, pc) = (self.ctx.runtime.clone(), run);
+                self.view
+                    .lock()
+                    .expect("view")
+                    .event("Normal", "Killing", msg);
+                // Stopped in the background: the worker goes on (the exit wakes it).
+                p.killing = std::thread::Builder::new()
+                    .name("probe-kill".into())
+                    .spawn(move || rt.stop_container(&pc, grace))
+                    .ok();
+                continue;
+            }
+            let target = Target {
+                pod_ip,
+                namespace: m.namespace.clone(),
+                pod: m.name.clone(),
+                container: name,
+            };
+            let started = p.started();
+            let busy: Vec<Kind> = p.jobs.iter().map(|(k, _)| *k).collect();
+            for t in &mut p.trackers {
+                if t.next() > now || busy.contains(&t.spec.kind) || !wanted(t, started) {
+                    continue;
+                }
+                match self
+                    .ctx
+                    .prober
+                    .start(&t.spec.action, target.clone(), t.spec.timeout)
+                {
+                    Ok(job) => p.jobs.push((t.spec.kind, job)),
+                    Err(e) => {
+                        // Not the container's fault: tried again a period later.
+                        tracing::warn!(error = %e, "starting a probe");
+                        t.postpone(now);
+                    }
+                }
+            }
+        }
     }
 
     /// Stops every container (SIGTERM, grace period, SIGKILL) and removes all the pod's

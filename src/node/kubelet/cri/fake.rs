@@ -446,3 +446,63 @@ impl PodNetwork for FakeNetwork {
         Ok(())
     }
 }
+
+/// A prober whose runs end at once with the outcome set for their container and kind of
+/// action (`exec`, `http`, `tcp`, `grpc`; success when none is set), recording each run as
+/// (container, kind of action).
+#[derive(Default)]
+pub struct FakeProber {
+    outcomes: Mutex<BTreeMap<(String, String), Result<(), String>>>,
+    runs: Mutex<Vec<(String, String)>>,
+}
+
+fn action_kind(a: &crate::node::kubelet::probe::Action) -> &'static str {
+    use crate::node::kubelet::probe::Action;
+    match a {
+        Action::Exec(_) => "exec",
+        Action::Http { .. } => "http",
+        Action::Tcp { .. } => "tcp",
+        Action::Grpc { .. } => "grpc",
+        Action::Invalid(_) => "invalid",
+    }
+}
+
+impl FakeProber {
+    pub fn set(&self, container: &str, action: &str, outcome: Result<(), String>) {
+        self.outcomes
+            .lock()
+            .expect("outcomes")
+            .insert((container.into(), action.into()), outcome);
+    }
+
+    pub fn runs(&self) -> Vec<(String, String)> {
+        self.runs.lock().expect("runs").clone()
+    }
+}
+
+impl super::Prober for FakeProber {
+    fn start(
+        &self,
+        action: &crate::node::kubelet::probe::Action,
+        target: crate::node::kubelet::probe::Target,
+        _timeout: Duration,
+    ) -> std::io::Result<super::ProbeJob> {
+        let key = (target.container.clone(), action_kind(action).to_string());
+        self.runs.lock().expect("runs").push(key.clone());
+        let out = self
+            .outcomes
+            .lock()
+            .expect("outcomes")
+            .get(&key)
+            .cloned()
+            .unwrap_or(Ok(()));
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _ = tx.send(out);
+        drop(w);
+        Ok(super::ProbeJob {
+            result: rx,
+            done: r,
+        })
+    }
+}

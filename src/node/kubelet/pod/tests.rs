@@ -11,7 +11,9 @@ use serde_json::json;
 
 use super::{CState, NodeContext, PodView, Worker};
 use crate::api::pod::{PodPhase, TerminatedReason, WaitingReason};
-use crate::node::kubelet::cri::fake::{FakeClock, FakeImages, FakeNetwork, FakeRuntime};
+use crate::node::kubelet::cri::fake::{
+    FakeClock, FakeImages, FakeNetwork, FakeProber, FakeRuntime,
+};
 use crate::node::kubelet::manifests::PodManifest;
 use crate::node::safefs::Beneath;
 
@@ -21,6 +23,7 @@ struct Bed {
     images: Arc<FakeImages>,
     runtime: Arc<FakeRuntime>,
     network: Arc<FakeNetwork>,
+    prober: Arc<FakeProber>,
     ctx: Arc<NodeContext>,
     _changed: OwnedFd,
 }
@@ -32,6 +35,7 @@ impl Bed {
         let images = Arc::new(FakeImages::default());
         let runtime = Arc::new(FakeRuntime::new(clock.clone()));
         let network = Arc::new(FakeNetwork::default());
+        let prober = Arc::new(FakeProber::default());
         let (root, run_dir, log_dir) = (
             dir.path().join("root"),
             dir.path().join("run"),
@@ -56,6 +60,7 @@ impl Bed {
             objects: Default::default(),
             changed: changed_w,
             cgroups: None,
+            prober: prober.clone(),
         });
         Bed {
             _dir: dir,
@@ -63,6 +68,7 @@ impl Bed {
             images,
             runtime,
             network,
+            prober,
             ctx,
             _changed: changed_r,
         }
@@ -593,4 +599,121 @@ fn a_missing_config_map_blocks_the_pod_with_one_event_and_a_retry() {
     // Not retried before 2 s; a start waits for the volume.
     use crate::node::kubelet::cri::Clock;
     assert!(w.ctrs[0].not_before.is_some_and(|t| t > bed.clock.now()));
+}
+
+fn ready(v: &Arc<Mutex<PodView>>) -> (bool, bool) {
+    let v = v.lock().unwrap();
+    (v.containers[0].ready, v.ready())
+}
+
+/// A readiness probe: not ready until it succeeds, not ready again after its failure
+/// threshold, each failure an Unhealthy event. A liveness probe waits its initial delay;
+/// its third failure stops the container (Killing, the probe's grace period) and the
+/// restart policy starts it again, with new probes.
+#[test]
+fn readiness_gates_the_pod_and_liveness_failures_restart_the_container() {
+    let bed = Bed::new();
+    bed.images.add("img:1");
+    let (mut w, v) = bed.worker(json!({"containers": [{
+        "name": "app", "image": "img:1",
+        "readinessProbe": {"exec": {"command": ["ready"]}, "periodSeconds": 1, "failureThreshold": 2},
+        "livenessProbe": {"tcpSocket": {"port": 80}, "initialDelaySeconds": 5, "periodSeconds": 1,
+                          "terminationGracePeriodSeconds": 7},
+    }]}));
+    w.adopt();
+    pass(&mut w);
+    assert!(running(&v, 0));
+    assert_eq!(ready(&v), (false, false), "not ready before a success");
+    assert_eq!(bed.prober.runs(), [("app".into(), "exec".into())]);
+    pass(&mut w);
+    assert_eq!(ready(&v), (true, true));
+    // Two failures in a row: not ready.
+    bed.prober.set("app", "exec", Err("not yet".into()));
+    for n in 1..=2 {
+        bed.clock.advance(Duration::from_secs(1));
+        pass(&mut w);
+        pass(&mut w);
+        assert_eq!(ready(&v).0, n < 2, "after {n} failures");
+    }
+    assert_eq!(
+        events(&v, "Unhealthy"),
+        ["Readiness probe failed: not yet"; 2]
+    );
+    // No liveness run before its initial delay.
+    assert!(!bed.prober.runs().iter().any(|(_, a)| a == "tcp"));
+    bed.prober
+        .set("app", "tcp", Err("connection refused".into()));
+    bed.clock.advance(Duration::from_secs(2));
+    pass(&mut w);
+    assert!(!bed.prober.runs().iter().any(|(_, a)| a == "tcp"), "4 s in");
+    for _ in 0..3 {
+        bed.clock.advance(Duration::from_secs(1));
+        pass(&mut w);
+        pass(&mut w);
+    }
+    assert_eq!(
+        events(&v, "Killing"),
+        ["Container app failed liveness probe, will be restarted"]
+    );
+    assert_eq!(
+        events(&v, "Unhealthy")
+            .iter()
+            .filter(|e| e.starts_with("Liveness probe failed: connection refused"))
+            .count(),
+        3
+    );
+    let killer = w.ctrs[0].probes.as_mut().unwrap().killing.take().unwrap();
+    assert!(killer.join().unwrap());
+    assert_eq!(
+        bed.runtime.stops(),
+        [("app".to_string(), Duration::from_secs(7))]
+    );
+    pass(&mut w);
+    assert_eq!(v.lock().unwrap().containers[0].restart_count, 1);
+    assert!(running(&v, 0));
+    assert_eq!(ready(&v), (false, false), "a new run starts unready");
+}
+
+/// A startup probe holds the other probes back, and the container is not started (nor
+/// ready) until it succeeds.
+#[test]
+fn a_startup_probe_holds_liveness_and_readiness_back() {
+    let bed = Bed::new();
+    bed.images.add("img:1");
+    let (mut w, v) = bed.worker(json!({"containers": [{
+        "name": "app", "image": "img:1",
+        "startupProbe": {"httpGet": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 30},
+        "readinessProbe": {"exec": {"command": ["ready"]}, "periodSeconds": 1},
+    }]}));
+    bed.prober.set(
+        "app",
+        "http",
+        Err("HTTP probe failed with statuscode: 503".into()),
+    );
+    w.adopt();
+    for _ in 0..3 {
+        pass(&mut w);
+        pass(&mut w);
+        bed.clock.advance(Duration::from_secs(1));
+    }
+    assert_eq!(
+        bed.prober.runs(),
+        vec![("app".to_string(), "http".to_string()); 3]
+    );
+    assert!(!v.lock().unwrap().containers[0].started);
+    assert_eq!(ready(&v), (false, false));
+    bed.prober.set("app", "http", Ok(()));
+    pass(&mut w);
+    pass(&mut w);
+    assert!(v.lock().unwrap().containers[0].started);
+    pass(&mut w);
+    pass(&mut w);
+    assert_eq!(ready(&v), (true, true));
+    let runs = bed.prober.runs();
+    assert_eq!(
+        runs.iter().filter(|(_, a)| a == "http").count(),
+        4,
+        "{runs:?}"
+    );
+    assert!(runs.iter().any(|(_, a)| a == "exec"));
 }
