@@ -88,7 +88,7 @@ fn bad_manifests_are_reported_and_do_not_disturb_other_pods() {
             "  - name: c\n    image: test/busybox:1\n  - name: c\n    image: test/busybox:1\n",
         ),
     );
-    n.write("odd.yaml", &pod_yaml("odd", "  affinity: {}\n", "  - name: c\n    image: test/busybox:1\n    command: [sleep, '600']\n    livenessProbe: {exec: {command: [echo, ok]}}\n"));
+    n.write("odd.yaml", &pod_yaml("odd", "  affinity: {}\n", "  - name: c\n    image: test/busybox:1\n    command: [sleep, '600']\n    resizePolicy: [{resourceName: cpu, restartPolicy: NotRequired}]\n"));
     n.until("good and odd running", |n| {
         ["good", "odd"].iter().all(|name| {
             n.pod(name)
@@ -109,8 +109,7 @@ fn bad_manifests_are_reported_and_do_not_disturb_other_pods() {
     );
     let d = String::from_utf8(n.knode(&["describe", "pod", "odd"]).stdout).unwrap();
     assert!(
-        d.contains("spec.affinity is not supported")
-            && d.contains("livenessProbe is not supported"),
+        d.contains("spec.affinity is not supported") && d.contains("resizePolicy is not supported"),
         "{d}"
     );
     assert!(n

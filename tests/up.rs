@@ -1233,6 +1233,21 @@ fn probes_restart_gate_readiness_and_hold_a_rolling_update() {
         assert!(d.contains(want), "{want}:\n{d}");
     }
 
+    // The same failure again is one Event counted up (as client-go's correlator does), not
+    // an Event per failure.
+    let evs: serde_json::Value =
+        serde_json::from_str(&u.kubectl(&["get", "events", "-o", "json"])).unwrap();
+    let unhealthy: Vec<&serde_json::Value> = evs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "Unhealthy" && e["involvedObject"]["name"] == "live")
+        .collect();
+    assert_eq!(unhealthy.len(), 1, "{unhealthy:#?}");
+    assert!(
+        unhealthy[0]["count"].as_i64().unwrap() >= 2,
+        "{unhealthy:#?}"
+    );
     // `gate`: its startup probe knocks on a port nobody listens on, until something does.
     u.kubectl(&[
         "wait",
@@ -1333,6 +1348,151 @@ fn probes_restart_gate_readiness_and_hold_a_rolling_update() {
     );
     assert!(ok > 20, "{ok}");
     assert!(seen.contains("v1\n") && seen.contains("v2\n"), "{seen:?}");
+}
+
+/// postStart runs once the container has started; on deletion preStop runs, then SIGTERM
+/// (the container's trap), each writing a line to a hostPath file the test reads after.
+#[test]
+fn lifecycle_hooks_run_after_the_start_and_before_sigterm() {
+    let u = Up::new();
+    u.up();
+    let dir = u.s.root().join("hooks");
+    let pod = format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: hooked}}
+spec:
+  terminationGracePeriodSeconds: 10
+  volumes: [{{name: d, hostPath: {{path: {}, type: DirectoryOrCreate}}}}]
+  containers:
+  - name: c
+    image: 'test/busybox:1'
+    command: [sh, -c, 'trap \"echo term >> /d/log; exit 0\" TERM; while true; do sleep 0.2; done']
+    volumeMounts: [{{name: d, mountPath: /d}}]
+    lifecycle:
+      postStart: {{exec: {{command: [sh, -c, 'echo poststart >> /d/log']}}}}
+      preStop: {{exec: {{command: [sh, -c, 'echo prestop >> /d/log; sleep 1']}}}}
+",
+        dir.display()
+    );
+    let o = u.kubectl_with_stdin(&["apply", "-f", "-"], &pod);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    u.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/hooked",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("log")).unwrap(),
+        "poststart\n"
+    );
+    u.kubectl(&["delete", "pod", "hooked", "--timeout=60s"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("log")).unwrap(),
+        "poststart\nprestop\nterm\n"
+    );
+}
+
+const ENDING: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: ending}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: file
+    image: 'test/busybox:1'
+    securityContext: {runAsUser: 1000}
+    command: [sh, -c, 'echo bye from file > /dev/termination-log; exit 3']
+  - name: custom
+    image: 'test/busybox:1'
+    terminationMessagePath: /tmp/why
+    command: [sh, -c, 'echo custom > /tmp/why']
+  - name: logs
+    image: 'test/busybox:1'
+    terminationMessagePolicy: FallbackToLogsOnError
+    command: [sh, -c, 'echo first; echo last words; exit 2']
+";
+
+/// A container's termination message: what it wrote to /dev/termination-log (as a
+/// non-root user too), to its own terminationMessagePath, or with FallbackToLogsOnError the
+/// end of its log, in its terminated state as kubectl shows it.
+#[test]
+fn termination_messages_come_from_the_file_or_the_log() {
+    let u = Up::new();
+    u.up();
+    let o = u.kubectl_with_stdin(&["apply", "-f", "-"], ENDING);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    u.kubectl(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Failed",
+        "pod/ending",
+        "--timeout=60s",
+    ]);
+    let msgs = u.kubectl(&[
+        "get",
+        "pod",
+        "ending",
+        "-o",
+        "jsonpath={range .status.containerStatuses[*]}{.name}={.state.terminated.message}|{end}",
+    ]);
+    assert_eq!(
+        msgs,
+        "custom=custom\n|file=bye from file\n|logs=first\nlast words\n|"
+    );
+    let d = u.kubectl(&["describe", "pod", "ending"]);
+    assert!(
+        d.contains("      Reason:   Error\n      Message:  bye from file\n"),
+        "{d}"
+    );
+}
+
+const DOWNWARD: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: downward, labels: {app: dw, tier: back}}
+spec:
+  restartPolicy: Never
+  volumes:
+  - name: info
+    downwardAPI:
+      items:
+      - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+      - {path: cpu, resourceFieldRef: {containerName: c, resource: limits.cpu, divisor: 1m}}
+  containers:
+  - name: c
+    image: 'test/busybox:1'
+    resources: {limits: {cpu: 500m, memory: 64Mi}, requests: {cpu: 250m, memory: 32Mi}}
+    volumeMounts: [{name: info, mountPath: /info}]
+    env:
+    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    - {name: NODE_IP, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}
+    - {name: MEM, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}
+    - {name: CPU, valueFrom: {resourceFieldRef: {resource: requests.cpu, divisor: 1m}}}
+    command: [sh, -c, 'echo ip=$POD_IP node=$NODE_IP mem=$MEM cpu=$CPU; cat /info/labels; echo; cat /info/cpu; echo']
+";
+
+/// The downward API: env from the pod's status (its IP, its node's) and from a
+/// container's resources in divisor units; a downwardAPI volume with the labels and a
+/// limit.
+#[test]
+fn the_downward_api_gives_env_and_files() {
+    let u = Up::new();
+    u.up();
+    let o = u.kubectl_with_stdin(&["apply", "-f", "-"], DOWNWARD);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    u.kubectl(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Succeeded",
+        "pod/downward",
+        "--timeout=60s",
+    ]);
+    let ip = u.kubectl(&["get", "pod", "downward", "-o", "jsonpath={.status.podIP}"]);
+    let node_ip = u.kubectl(&["get", "pod", "downward", "-o", "jsonpath={.status.hostIP}"]);
+    assert!(!ip.is_empty() && !node_ip.is_empty());
+    assert_eq!(
+        u.kubectl(&["logs", "downward"]),
+        format!("ip={ip} node={node_ip} mem=64 cpu=250\napp=\"dw\"\ntier=\"back\"\n500\n")
+    );
 }
 
 /// One HTTP GET of `/` at `addr` (2 s at most); the body.

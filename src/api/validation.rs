@@ -666,6 +666,7 @@ fn container(
     c: &Container,
     vols: &BTreeSet<String>,
     names_seen: &mut BTreeSet<String>,
+    grace: i64,
 ) {
     if c.name.is_empty() {
         errs.push(required(&format!("{at}.name"), ""));
@@ -688,6 +689,19 @@ fn container(
         const P: &[&str] = &["Always", "IfNotPresent", "Never"];
         if !P.contains(&p.as_str()) {
             errs.push(not_supported(&format!("{at}.imagePullPolicy"), p, P));
+        }
+    }
+    if let Some(p) = c
+        .termination_message_path
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        // It becomes a mount in the container: an absolute path that stays there.
+        let f = format!("{at}.terminationMessagePath");
+        if !p.starts_with('/') {
+            errs.push(invalid(&f, p, "must be an absolute path"));
+        } else if p.split('/').any(|c| c == "..") {
+            errs.push(invalid(&f, p, "must not contain '..'"));
         }
     }
     if let Some(p) = &c.termination_message_policy {
@@ -756,6 +770,20 @@ fn container(
     }
     let init = at.starts_with("spec.initContainers");
     let sidecar = c.restart_policy.as_deref() == Some("Always");
+    if let Some(l) = &c.lifecycle {
+        if init && !sidecar {
+            errs.push(forbidden(
+                &format!("{at}.lifecycle"),
+                "may not be set for init containers without restartPolicy=Always",
+            ));
+        } else {
+            for (f, h) in [("postStart", &l.post_start), ("preStop", &l.pre_stop)] {
+                if let Some(h) = h {
+                    lifecycle_handler(errs, &format!("{at}.lifecycle.{f}"), h, grace);
+                }
+            }
+        }
+    }
     for (field, p) in [
         ("livenessProbe", &c.liveness_probe),
         ("readinessProbe", &c.readiness_probe),
@@ -794,16 +822,89 @@ fn container(
 
 /// A probe (`validateProbe`): one handler, its port and fields, no negative timing.
 fn probe(errs: &mut Vec<FieldError>, at: &str, p: &k8s_openapi::api::core::v1::Probe) {
-    let handlers = [
-        p.exec.is_some(),
-        p.http_get.is_some(),
-        p.tcp_socket.is_some(),
-        p.grpc.is_some(),
+    handler(errs, at, p, None);
+    for (f, v) in [
+        ("initialDelaySeconds", p.initial_delay_seconds),
+        ("timeoutSeconds", p.timeout_seconds),
+        ("periodSeconds", p.period_seconds),
+        ("successThreshold", p.success_threshold),
+        ("failureThreshold", p.failure_threshold),
+    ] {
+        if let Some(v) = v.filter(|v| *v < 0) {
+            errs.push(invalid(
+                &format!("{at}.{f}"),
+                i64::from(v),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    if let Some(g) = p.termination_grace_period_seconds.filter(|g| *g <= 0) {
+        errs.push(invalid(
+            &format!("{at}.terminationGracePeriodSeconds"),
+            g,
+            "must be greater than 0",
+        ));
+    }
+}
+
+/// A lifecycle hook (`validateHandler`): as a probe's handler, or `sleep` within the pod's
+/// grace period.
+fn lifecycle_handler(
+    errs: &mut Vec<FieldError>,
+    at: &str,
+    h: &k8s_openapi::api::core::v1::LifecycleHandler,
+    grace: i64,
+) {
+    let p = k8s_openapi::api::core::v1::Probe {
+        exec: h.exec.clone(),
+        http_get: h.http_get.clone(),
+        tcp_socket: h.tcp_socket.clone(),
+        ..Default::default()
+    };
+    handler(errs, at, &p, h.sleep.as_ref().map(|s| (s.seconds, grace)));
+}
+
+/// One handler (exec, httpGet, tcpSocket, grpc, or a hook's sleep) and its fields; a second
+/// one is named where it is, as upstream's `validateHandler` does.
+fn handler(
+    errs: &mut Vec<FieldError>,
+    at: &str,
+    p: &k8s_openapi::api::core::v1::Probe,
+    sleep: Option<(i64, i64)>,
+) {
+    let set = [
+        ("exec", p.exec.is_some()),
+        ("httpGet", p.http_get.is_some()),
+        ("tcpSocket", p.tcp_socket.is_some()),
+        ("grpc", p.grpc.is_some()),
+        ("sleep", sleep.is_some()),
     ];
-    match handlers.iter().filter(|h| **h).count() {
-        0 => errs.push(required(at, "must specify a handler type")),
-        1 => {}
-        _ => errs.push(forbidden(at, "may not specify more than 1 handler type")),
+    let mut n = 0;
+    for (f, on) in set {
+        if !on {
+            continue;
+        }
+        n += 1;
+        if n > 1 {
+            errs.push(forbidden(
+                &format!("{at}.{f}"),
+                "may not specify more than 1 handler type",
+            ));
+        }
+    }
+    if n == 0 {
+        errs.push(required(at, "must specify a handler type"));
+    }
+    if let Some((secs, grace)) = sleep {
+        if secs < 0 || secs > grace {
+            errs.push(invalid(
+                &format!("{at}.sleep"),
+                secs,
+                format!(
+                    "must be non-negative and less than terminationGracePeriodSeconds ({grace})"
+                ),
+            ));
+        }
     }
     if let Some(e) = &p.exec {
         if e.command.as_ref().is_none_or(|c| c.is_empty()) {
@@ -846,28 +947,6 @@ fn probe(errs: &mut Vec<FieldError>, at: &str, p: &k8s_openapi::api::core::v1::P
                 "must be between 1 and 65535, inclusive",
             ));
         }
-    }
-    for (f, v) in [
-        ("initialDelaySeconds", p.initial_delay_seconds),
-        ("timeoutSeconds", p.timeout_seconds),
-        ("periodSeconds", p.period_seconds),
-        ("successThreshold", p.success_threshold),
-        ("failureThreshold", p.failure_threshold),
-    ] {
-        if let Some(v) = v.filter(|v| *v < 0) {
-            errs.push(invalid(
-                &format!("{at}.{f}"),
-                i64::from(v),
-                "must be greater than or equal to 0",
-            ));
-        }
-    }
-    if let Some(g) = p.termination_grace_period_seconds.filter(|g| *g <= 0) {
-        errs.push(invalid(
-            &format!("{at}.terminationGracePeriodSeconds"),
-            g,
-            "must be greater than 0",
-        ));
     }
 }
 
@@ -941,7 +1020,9 @@ pub fn pod(p: &Pod) -> Vec<FieldError> {
         ("containers", s.containers.as_slice()),
     ] {
         for (i, c) in cs.iter().enumerate() {
-            container(&mut errs, &format!("spec.{list}[{i}]"), c, &vols, &mut seen);
+            let grace = s.termination_grace_period_seconds.unwrap_or(30);
+            let at = format!("spec.{list}[{i}]");
+            container(&mut errs, &at, c, &vols, &mut seen, grace);
         }
     }
     if let Some(r) = &s.restart_policy {
@@ -1094,13 +1175,15 @@ mod tests {
             "    livenessProbe: {grpc: {port: 70000}, failureThreshold: -3}\n",
             "    readinessProbe: {tcpSocket: {port: 0}}\n",
             "    startupProbe: {exec: {}}\n",
+            "    lifecycle: {postStart: {}, preStop: {sleep: {seconds: 40}}}\n",
+            "    terminationMessagePath: /dev/../../etc/passwd\n",
         ));
         let want = [
             "spec.initContainers[0].readinessProbe: Forbidden: may not be set for init containers without restartPolicy=Always",
             "spec.containers[0].livenessProbe: Required value: must specify a handler type",
             "spec.containers[0].livenessProbe.periodSeconds: Invalid value: -1: must be greater than or equal to 0",
             "spec.containers[0].livenessProbe.successThreshold: Invalid value: 2: must be 1",
-            "spec.containers[0].readinessProbe: Forbidden: may not specify more than 1 handler type",
+            "spec.containers[0].readinessProbe.tcpSocket: Forbidden: may not specify more than 1 handler type",
             "spec.containers[0].readinessProbe.terminationGracePeriodSeconds: Invalid value: 5: must not be set for readinessProbes",
             "spec.containers[0].startupProbe.httpGet.port: Invalid value: \"Bad_Name\": must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)",
             "spec.containers[0].startupProbe.httpGet.scheme: Unsupported value: \"FTP\": supported values: \"HTTP\", \"HTTPS\"",
@@ -1110,6 +1193,9 @@ mod tests {
             "spec.containers[1].livenessProbe.failureThreshold: Invalid value: -3: must be greater than or equal to 0",
             "spec.containers[1].readinessProbe.tcpSocket.port: Invalid value: 0: must be between 1 and 65535, inclusive",
             "spec.containers[1].startupProbe.exec.command: Required value",
+            "spec.containers[1].lifecycle.postStart: Required value: must specify a handler type",
+            "spec.containers[1].lifecycle.preStop.sleep: Invalid value: 40: must be non-negative and less than terminationGracePeriodSeconds (30)",
+            "spec.containers[1].terminationMessagePath: Invalid value: \"/dev/../../etc/passwd\": must not contain '..'",
         ];
         for w in want {
             assert!(

@@ -271,6 +271,29 @@ fn open_child(dir: &OwnedFd, name: &str) -> rustix::io::Result<OwnedFd> {
     )
 }
 
+/// At most `max` bytes of the regular file at `p`, never following a symlink there (a
+/// FIFO or a device gets an error, not a read that blocks or never ends).
+pub fn read_limited(p: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let fd = rustix::fs::open(
+        p,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file",
+            p.display()
+        )));
+    }
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::from(fd), max),
+        &mut buf,
+    )?;
+    Ok(buf)
+}
+
 /// Writes a file in `dir` atomically, never following a symlink at `name`.
 pub fn write_at(dir: &impl AsFd, name: &str, data: &[u8], mode: u32) -> std::io::Result<()> {
     check_name(name).map_err(std::io::Error::other)?;

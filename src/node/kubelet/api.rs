@@ -44,10 +44,12 @@ fn cstate(s: &CState) -> core::ContainerState {
             reason,
             started_at,
             finished_at,
+            message,
         } => core::ContainerState {
             terminated: Some(core::ContainerStateTerminated {
                 exit_code: *exit_code,
                 reason: Some(reason.to_string()),
+                message: message.clone(),
                 started_at: started_at.map(time),
                 finished_at: Some(time(*finished_at)),
                 ..Default::default()
@@ -99,13 +101,17 @@ pub fn to_pod(v: &PodView) -> core::Pod {
         pod_ip: v.pod_ip.clone(),
         pod_ips: v.pod_ip.clone().map(|ip| vec![core::PodIP { ip }]),
         init_container_statuses: Some(v.containers.iter().filter(|c| c.init).map(status).collect()),
-        container_statuses: Some(
-            v.containers
+        // App containers by name, init containers in their order, as the kubelet lists them.
+        container_statuses: Some({
+            let mut s: Vec<core::ContainerStatus> = v
+                .containers
                 .iter()
                 .filter(|c| !c.init)
                 .map(status)
-                .collect(),
-        ),
+                .collect();
+            s.sort_by(|a, b| a.name.cmp(&b.name));
+            s
+        }),
         ..Default::default()
     });
     if v.deleting {

@@ -104,6 +104,14 @@ pub trait Prober: Send + Sync {
         target: super::probe::Target,
         timeout: Duration,
     ) -> std::io::Result<ProbeJob>;
+
+    /// Runs a lifecycle hook (preStop) to its end or `timeout`, here and now.
+    fn run_hook(
+        &self,
+        action: &super::probe::Action,
+        target: super::probe::Target,
+        timeout: Duration,
+    ) -> Result<(), String>;
 }
 
 /// A probe run in flight.
@@ -137,6 +145,16 @@ impl Prober for NodeProber {
             result: rx,
             done: r,
         })
+    }
+
+    fn run_hook(
+        &self,
+        action: &super::probe::Action,
+        target: super::probe::Target,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let rt = crate::node::rt::handle().map_err(|e| format!("the node's runtime: {e}"))?;
+        rt.block_on(super::probe::run(action, &target, &self.0, timeout))
     }
 }
 

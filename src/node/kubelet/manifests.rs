@@ -104,6 +104,7 @@ const CONTAINER_FIELDS: &[&str] = &[
     "livenessProbe",
     "readinessProbe",
     "startupProbe",
+    "lifecycle",
 ];
 
 const POD_SECURITY_FIELDS: &[&str] = &[
@@ -657,7 +658,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(
             d.path().join("a.yaml"),
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  affinity: {}\n  containers:\n  - name: c\n    image: busybox\n    lifecycle: {}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  k: v\n",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  affinity: {}\n  containers:\n  - name: c\n    image: busybox\n    resizePolicy: []\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  k: v\n",
         )
         .unwrap();
         std::fs::write(d.path().join("b.yaml"), "kind: Pod\nmetadata:\n  name: Bad_Name\nspec:\n  containers:\n  - name: x\n    image: busybox\n  - name: x\n    image: busybox\n").unwrap();
@@ -675,7 +676,7 @@ mod tests {
         assert!(web
             .warnings
             .iter()
-            .any(|w| w.contains("spec.containers[0].lifecycle")));
+            .any(|w| w.contains("spec.containers[0].resizePolicy")));
         let bad = &m.pods[1].invalid.clone().unwrap();
         assert!(
             bad.starts_with("Pod \"Bad_Name\" is invalid: [metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain")

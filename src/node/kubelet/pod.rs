@@ -77,6 +77,10 @@ pub enum CState {
         reason: TerminatedReason,
         started_at: Option<DateTime<Utc>>,
         finished_at: DateTime<Utc>,
+        /// What the container left in its terminationMessagePath (or, with
+        /// FallbackToLogsOnError and a failure, the end of its log).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
     },
 }
 
@@ -188,9 +192,11 @@ struct Probes {
     attempt: u32,
     trackers: Vec<super::probe::Tracker>,
     jobs: Vec<(super::probe::Kind, super::cri::ProbeJob)>,
-    /// A liveness or startup probe failed: the container is being stopped (by this
-    /// thread), nothing more is probed.
+    /// A liveness or startup probe (or the postStart hook) failed: the container is being
+    /// stopped (by this thread), nothing more is probed.
     killing: Option<std::thread::JoinHandle<bool>>,
+    /// The postStart hook, while it runs: the container is not started until it ends.
+    post_start: Option<super::cri::ProbeJob>,
 }
 
 impl Probes {
@@ -201,10 +207,13 @@ impl Probes {
             .map(|t| t.result)
     }
 
-    /// No startup probe, or it has succeeded.
+    /// Past its postStart hook, no startup probe or it has succeeded, and not being stopped.
     fn started(&self) -> bool {
-        self.result(super::probe::Kind::Startup)
-            .is_none_or(|r| r == Some(true))
+        self.post_start.is_none()
+            && self.killing.is_none()
+            && self
+                .result(super::probe::Kind::Startup)
+                .is_none_or(|r| r == Some(true))
     }
 
     fn ready(&self) -> bool {
@@ -806,6 +815,7 @@ impl Worker {
                     tracing::warn!(error = %e, "removing a container's cgroup");
                 }
             }
+            let message = self.termination_message(i, &dir, exit.code);
             remove_attempt(&self.ctx, &dir);
             let c = &mut self.ctrs[i];
             c.running = None;
@@ -819,6 +829,7 @@ impl Worker {
                 reason,
                 started_at: c.p.started_at,
                 finished_at: finished,
+                message,
             });
             let ran =
                 c.p.started_at
@@ -1091,12 +1102,14 @@ impl Worker {
         // Whatever an earlier agent left at this attempt (never a mount it exposes).
         remove_attempt(&self.ctx, &dir);
         let objects = self.ctx.objects.read().expect("objects").clone();
+        let pod_ip = self.view.lock().expect("view").pod_ip.clone();
         let config = super::volumes::env(
             &spec,
             &m.pod,
             &m.namespace,
             &m.uid,
             &self.ctx.node_name,
+            pod_ip.as_deref(),
             &objects,
         )
         .and_then(|env| {
@@ -1114,6 +1127,21 @@ impl Worker {
                         readonly: false,
                     });
                 }
+            }
+            // The termination message file: the kubelet's, writable by any user of the
+            // container (0666), read back when the container ends.
+            let path = termination_path(&spec);
+            if !path.is_empty() && !binds.iter().any(|b| b.destination == path) {
+                let file = dir.join(TERMINATION_LOG);
+                std::fs::create_dir_all(&dir)
+                    .and_then(|()| std::fs::File::open(&dir))
+                    .and_then(|d| crate::node::safefs::write_at(&d, TERMINATION_LOG, b"", 0o666))
+                    .map_err(|e| ConfigError::from(format!("the termination message file: {e}")))?;
+                binds.push(oci::runtime::spec::Bind {
+                    source: file.to_string_lossy().into_owned(),
+                    destination: path,
+                    readonly: false,
+                });
             }
             Ok((env, binds))
         });
@@ -1478,11 +1506,32 @@ impl Worker {
             .and_then(|ip| ip.parse().ok());
         for i in 0..self.ctrs.len() {
             let c = &mut self.ctrs[i];
-            let Some(run) = c.running.clone() else {
+            if c.running.is_none() {
                 continue;
-            };
+            }
             let attempt = c.p.attempt.unwrap_or(0);
+            let name = c.spec.name.clone();
+            let target = Target {
+                pod_ip,
+                namespace: m.namespace.clone(),
+                pod: m.name.clone(),
+                container: name.clone(),
+            };
             if c.probes.as_ref().map(|p| p.attempt) != Some(attempt) {
+                // A new run: its postStart hook first (the kubelet runs it right after the
+                // start; it has no timeout of its own, an hour here).
+                let post_start = c
+                    .spec
+                    .lifecycle
+                    .as_ref()
+                    .and_then(|l| l.post_start.as_ref())
+                    .map(|h| super::probe::hook(&c.spec, h))
+                    .and_then(|a| {
+                        self.ctx
+                            .prober
+                            .start(&a, target.clone(), Duration::from_secs(3600))
+                            .ok()
+                    });
                 c.probes = Some(Probes {
                     attempt,
                     trackers: [Kind::Startup, Kind::Liveness, Kind::Readiness]
@@ -1492,11 +1541,35 @@ impl Worker {
                         .collect(),
                     jobs: vec![],
                     killing: None,
+                    post_start,
                 });
             }
-            let name = c.spec.name.clone();
             let p = c.probes.as_mut().expect("made above");
-            if p.trackers.is_empty() || p.killing.is_some() {
+            if p.killing.is_some() {
+                continue;
+            }
+            if let Some(job) = &p.post_start {
+                let out = match job.result.try_recv() {
+                    Ok(out) => out,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => continue,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        Err("the hook ended without an outcome".into())
+                    }
+                };
+                p.post_start = None;
+                if let Err(why) = out {
+                    let msg = format!("PostStartHook failed: {why}");
+                    self.view
+                        .lock()
+                        .expect("view")
+                        .event("Warning", "FailedPostStartHook", msg);
+                    self.kill(i, grace(&m.pod));
+                    continue;
+                }
+            }
+            let c = &mut self.ctrs[i];
+            let p = c.probes.as_mut().expect("made above");
+            if p.trackers.is_empty() {
                 continue;
             }
             let mut events = vec![];
@@ -1527,8 +1600,6 @@ impl Worker {
                     .expect("view")
                     .event("Warning", "Unhealthy", e);
             }
-            let c = &mut self.ctrs[i];
-            let p = c.probes.as_mut().expect("made above");
             if let Some((k, probe_grace)) = kill {
                 let what = if k == Kind::Startup {
                     "startup"
@@ -1539,24 +1610,14 @@ impl Worker {
                     .map(Duration::from_secs)
                     .unwrap_or_else(|| grace(&m.pod));
                 let msg = format!("Container {name} failed {what} probe, will be restarted");
-                let (rt, pc) = (self.ctx.runtime.clone(), run);
                 self.view
                     .lock()
                     .expect("view")
                     .event("Normal", "Killing", msg);
-                // Stopped in the background: the worker goes on (the exit wakes it).
-                p.killing = std::thread::Builder::new()
-                    .name("probe-kill".into())
-                    .spawn(move || rt.stop_container(&pc, grace))
-                    .ok();
+                self.kill(i, grace);
                 continue;
             }
-            let target = Target {
-                pod_ip,
-                namespace: m.namespace.clone(),
-                pod: m.name.clone(),
-                container: name,
-            };
+            let p = self.ctrs[i].probes.as_mut().expect("made above");
             let started = p.started();
             let busy: Vec<Kind> = p.jobs.iter().map(|(k, _)| *k).collect();
             for t in &mut p.trackers {
@@ -1579,6 +1640,69 @@ impl Worker {
         }
     }
 
+    /// Container `i`'s termination message, read from its attempt `dir` before it goes (at
+    /// most 4 KiB, as the kubelet's); with FallbackToLogsOnError and no message after a
+    /// failure, the last 80 lines of its log, at most 2 KiB.
+    fn termination_message(&self, i: usize, dir: &Path, code: i32) -> Option<String> {
+        let c = &self.ctrs[i];
+        let mut msg = crate::node::safefs::read_limited(&dir.join(TERMINATION_LOG), 4096)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        if msg.is_empty()
+            && code != 0
+            && c.spec.termination_message_policy.as_deref() == Some("FallbackToLogsOnError")
+        {
+            let log = self
+                .ctx
+                .log_dir
+                .join(&self.log_name)
+                .join(&c.spec.name)
+                .join(format!("{}.log", c.p.restart_count));
+            let lines = crate::node::logs::read(&log, Some(80)).unwrap_or_default();
+            let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            if text.len() > 2048 {
+                let mut cut = text.len() - 2048;
+                while !text.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                text = text[cut..].to_string();
+            }
+            msg = text;
+        }
+        (!msg.is_empty()).then_some(msg)
+    }
+
+    /// Stops container `i` in the background, its preStop hook first (the worker goes on;
+    /// the exit wakes it). Nothing more is probed in this run.
+    fn kill(&mut self, i: usize, grace: Duration) {
+        let hook = self.pre_stop(i);
+        let c = &mut self.ctrs[i];
+        let (Some(pc), Some(p)) = (c.running.clone(), c.probes.as_mut()) else {
+            return;
+        };
+        let (rt, prober) = (self.ctx.runtime.clone(), self.ctx.prober.clone());
+        p.killing = std::thread::Builder::new()
+            .name("kill".into())
+            .spawn(move || stop_with_hook(rt.as_ref(), prober.as_ref(), &pc, hook, grace))
+            .ok();
+    }
+
+    /// Container `i`'s preStop hook, if it has one.
+    fn pre_stop(&self, i: usize) -> Option<(super::probe::Action, super::probe::Target)> {
+        let c = &self.ctrs[i];
+        let h = c.spec.lifecycle.as_ref()?.pre_stop.as_ref()?;
+        let v = self.view.lock().expect("view");
+        Some((
+            super::probe::hook(&c.spec, h),
+            super::probe::Target {
+                pod_ip: v.pod_ip.as_deref().and_then(|ip| ip.parse().ok()),
+                namespace: v.manifest.namespace.clone(),
+                pod: v.manifest.name.clone(),
+                container: c.spec.name.clone(),
+            },
+        ))
+    }
+
     /// Stops every container (SIGTERM, grace period, SIGKILL) and removes all the pod's
     /// mounts, namespaces, directories and logs. An image pull in progress is left to finish
     /// on its own: nothing waits for it.
@@ -1590,10 +1714,12 @@ impl Worker {
             self.meta.grace_seconds = grace(&self.manifest().pod).as_secs();
             self.meta.save(&self.dir);
         }
-        let running: Vec<PodContainer> = self
+        let hooks: Vec<_> = (0..self.ctrs.len()).map(|i| self.pre_stop(i)).collect();
+        let running: Vec<Running> = self
             .ctrs
             .iter_mut()
-            .filter_map(|c| c.running.take())
+            .zip(hooks)
+            .filter_map(|(c, h)| Some((c.running.take()?, h)))
             .collect();
         teardown_pod(&self.ctx, &self.uid, &self.log_name, &self.meta, running);
     }
@@ -1607,34 +1733,39 @@ pub fn teardown_pod(
     uid: &str,
     log_name: &str,
     meta: &PodMeta,
-    running: Vec<PodContainer>,
+    running: Vec<Running>,
 ) {
     let Ok(dir) = ctx.run.join(&["pods", uid]) else {
         return;
     };
-    // Every attempt with a state directory, running or not (an orphan's are all unknown).
-    let mut attempts: Vec<PodContainer> = running;
+    // Every attempt with a state directory, running or not (an orphan's are all unknown,
+    // and have no hooks).
+    let mut attempts: Vec<Running> = running;
     for c in std::fs::read_dir(dir.join("containers"))
         .into_iter()
         .flatten()
         .flatten()
     {
         for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
-            if attempts.iter().any(|r| r.state == a.path().join("state")) {
+            if attempts
+                .iter()
+                .any(|(r, _)| r.state == a.path().join("state"))
+            {
                 continue;
             }
             if let Some(pc) = ctx.runtime.find_container(&a.path()) {
-                attempts.push(pc);
+                attempts.push((pc, None));
             }
         }
     }
     let grace = meta.grace_left(ctx.clock.utc());
     let stopped = std::sync::atomic::AtomicBool::new(true);
     std::thread::scope(|s| {
-        for r in &attempts {
+        for (r, hook) in &attempts {
             let stopped = &stopped;
-            let stop = move |grace| {
-                if !ctx.runtime.stop_container(r, grace) {
+            let stop = move |grace: Duration| {
+                let hook = hook.clone().filter(|_| !grace.is_zero());
+                if !stop_with_hook(ctx.runtime.as_ref(), ctx.prober.as_ref(), r, hook, grace) {
                     stopped.store(false, std::sync::atomic::Ordering::Relaxed);
                 }
             };
@@ -1690,6 +1821,50 @@ pub fn teardown_pod(
             tracing::warn!(uid, error = %e, "removing the pod's files");
         }
     }
+}
+
+/// The file in a container attempt's directory bound at its terminationMessagePath.
+const TERMINATION_LOG: &str = "termination-log";
+
+/// A container's terminationMessagePath (the API server's default when absent).
+fn termination_path(c: &Container) -> String {
+    c.termination_message_path
+        .clone()
+        .unwrap_or_else(|| "/dev/termination-log".into())
+}
+
+/// A container to stop, and its preStop hook.
+pub type Running = (
+    PodContainer,
+    Option<(super::probe::Action, super::probe::Target)>,
+);
+
+/// The extra time SIGTERM gets when a preStop hook used the whole grace period (the
+/// kubelet's one-off 2 s).
+const HOOK_EXTRA: Duration = Duration::from_secs(2);
+
+/// Stops a container as the kubelet does: its preStop hook (within the grace period), then
+/// SIGTERM, what is left of the grace period, SIGKILL.
+fn stop_with_hook(
+    rt: &dyn super::cri::RuntimeService,
+    prober: &dyn super::cri::Prober,
+    pc: &PodContainer,
+    hook: Option<(super::probe::Action, super::probe::Target)>,
+    grace: Duration,
+) -> bool {
+    let start = std::time::Instant::now();
+    let mut left = grace;
+    if let Some((action, target)) = hook {
+        let name = target.container.clone();
+        if let Err(e) = prober.run_hook(&action, target, grace) {
+            tracing::warn!(container = %name, error = %e, "the preStop hook failed");
+        }
+        left = grace.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            left = HOOK_EXTRA;
+        }
+    }
+    rt.stop_container(pc, left)
 }
 
 /// Stops what may still run in one attempt of a container, unmounts it, ends its image

@@ -62,9 +62,25 @@ pub enum Action {
     Tcp { host: Option<String>, port: u16 },
     /// `grpc.health.v1.Health/Check` answering SERVING.
     Grpc { port: u16, service: String },
+    /// A lifecycle hook's pause (`sleep: {seconds: N}`), within the timeout.
+    Sleep(u64),
     /// A probe that cannot run (a port name the container does not declare): each run
     /// fails with this.
     Invalid(String),
+}
+
+/// A lifecycle hook's action (exec, httpGet or sleep; a named port is the container's).
+pub fn hook(c: &Container, h: &k8s_openapi::api::core::v1::LifecycleHandler) -> Action {
+    let probe = Probe {
+        exec: h.exec.clone(),
+        http_get: h.http_get.clone(),
+        tcp_socket: h.tcp_socket.clone(),
+        ..Default::default()
+    };
+    match &h.sleep {
+        Some(s) => Action::Sleep(s.seconds.max(0) as u64),
+        None => Spec::action(c, &probe).unwrap_or_else(Action::Invalid),
+    }
 }
 
 /// A container's probe, its defaults applied (the API server's; the same here for pods
@@ -251,6 +267,10 @@ pub async fn run(
     match action {
         Action::Exec(argv) => exec(argv, t, via, timeout).await,
         Action::Invalid(why) => Err(why.clone()),
+        Action::Sleep(secs) => {
+            tokio::time::sleep(Duration::from_secs(*secs).min(timeout)).await;
+            Ok(())
+        }
         Action::Tcp { host, port } => {
             let addr = address(host.as_deref(), t, *port).await?;
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
@@ -291,7 +311,17 @@ pub async fn run(
                         _ => "?",
                     }
                 )),
-                Ok(Err(e)) => Err(format!("failed to connect service \"{addr}\": {e}")),
+                Ok(Err(GrpcFail::Connect(e))) => Err(format!(
+                    "timeout: failed to connect service \"{addr}\" within {}s: {e}",
+                    timeout.as_secs()
+                )),
+                Ok(Err(GrpcFail::Rpc(12, m))) => Err(format!(
+                    "error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {m}"
+                )),
+                Ok(Err(GrpcFail::Rpc(c, m))) => Err(format!(
+                    "error: health rpc probe failed: rpc error: code = {} desc = {m}",
+                    grpc_code(c)
+                )),
                 Err(_) => Err(format!(
                     "timeout: health rpc did not complete within {}s",
                     timeout.as_secs()
@@ -481,19 +511,32 @@ async fn http_get(
     }
 }
 
+/// Why a gRPC health check failed: no connection, or an RPC status other than OK (its
+/// code and message).
+enum GrpcFail {
+    Connect(String),
+    Rpc(u32, String),
+}
+
+impl From<String> for GrpcFail {
+    fn from(e: String) -> GrpcFail {
+        GrpcFail::Rpc(13, e)
+    }
+}
+
 /// `grpc.health.v1.Health/Check` for `service` over HTTP/2 without TLS; the status
 /// (1: SERVING).
-async fn grpc_check(addr: SocketAddr, service: &str) -> Result<u64, String> {
+async fn grpc_check(addr: SocketAddr, service: &str) -> Result<u64, GrpcFail> {
     use http_body_util::BodyExt;
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("dial tcp {addr}: connect: {}", go_error(&e)))?;
+        .map_err(|e| GrpcFail::Connect(format!("dial tcp {addr}: connect: {}", go_error(&e))))?;
     let (mut s, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tcp),
     )
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| GrpcFail::Connect(e.to_string()))?;
     let conn = tokio::spawn(conn);
     // HealthCheckRequest { string service = 1; }, framed: no compression, a 4-byte length.
     let mut msg = Vec::new();
@@ -511,21 +554,22 @@ async fn grpc_check(addr: SocketAddr, service: &str) -> Result<u64, String> {
         .header("user-agent", "kube-probe/1.37")
         .body(http_body_util::Full::new(hyper::body::Bytes::from(frame)))
         .map_err(|e| e.to_string())?;
-    let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
-    let head_status = grpc_status(resp.headers());
+    let resp = s
+        .send_request(req)
+        .await
+        .map_err(|e| GrpcFail::Connect(e.to_string()))?;
+    let head = grpc_status(resp.headers());
     let collected = resp
         .into_body()
         .collect()
         .await
         .map_err(|e| e.to_string())?;
     conn.abort();
-    let status = collected
-        .trailers()
-        .and_then(grpc_status)
-        .or(head_status)
-        .unwrap_or(0);
-    if status != 0 {
-        return Err(format!("rpc error: code = {}", grpc_code(status)));
+    // The status is in the trailers, or in the headers of a trailers-only answer.
+    if let Some((code, msg)) = collected.trailers().and_then(grpc_status).or(head) {
+        if code != 0 {
+            return Err(GrpcFail::Rpc(code, msg));
+        }
     }
     let body = collected.to_bytes();
     // HealthCheckResponse { ServingStatus status = 1; } (absent: 0, UNKNOWN).
@@ -535,18 +579,25 @@ async fn grpc_check(addr: SocketAddr, service: &str) -> Result<u64, String> {
     while i < msg.len() {
         let key = msg[i];
         i += 1;
-        let v = read_varint(msg, &mut i).ok_or("a malformed health response")?;
+        let v = read_varint(msg, &mut i).ok_or("a malformed health response".to_string())?;
         if key == 0x08 {
             status = v;
         } else if key & 7 != 0 {
-            return Err("a malformed health response".into());
+            return Err("a malformed health response".to_string().into());
         }
     }
     Ok(status)
 }
 
-fn grpc_status(h: &hyper::HeaderMap) -> Option<u32> {
-    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+/// `grpc-status` and `grpc-message`.
+fn grpc_status(h: &hyper::HeaderMap) -> Option<(u32, String)> {
+    let code = h.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    let msg = h
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    Some((code, msg))
 }
 
 fn grpc_code(c: u32) -> &'static str {
@@ -643,9 +694,82 @@ mod tests {
         assert_eq!(t.failures(), 2);
     }
 
+    /// A gRPC health server over HTTP/2 (hyper's), as grpc-go answers: SERVING for "",
+    /// NOT_SERVING for "db", and a trailers-only NOT_FOUND status for any other service.
+    #[tokio::test]
+    async fn grpc_probes_read_the_health_protocol() {
+        use http_body_util::{BodyExt, StreamBody};
+        use hyper::body::{Bytes, Frame, Incoming};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let svc = hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
+                    assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
+                    assert_eq!(req.headers()["content-type"], "application/grpc");
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let service =
+                        String::from_utf8_lossy(body.get(7..).unwrap_or_default()).to_string();
+                    let mut trailers = hyper::HeaderMap::new();
+                    let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+                        match service.as_str() {
+                            "" | "db" => {
+                                trailers.insert("grpc-status", "0".parse().unwrap());
+                                let status = if service.is_empty() { 1 } else { 2 };
+                                vec![
+                                    Ok(Frame::data(Bytes::from(vec![0, 0, 0, 0, 2, 0x08, status]))),
+                                    Ok(Frame::trailers(trailers)),
+                                ]
+                            }
+                            _ => vec![],
+                        };
+                    let mut resp =
+                        hyper::Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+                    resp.headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                    if !matches!(service.as_str(), "" | "db") {
+                        resp.headers_mut()
+                            .insert("grpc-status", "5".parse().unwrap());
+                        resp.headers_mut()
+                            .insert("grpc-message", "unknown service".parse().unwrap());
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc),
+                );
+            }
+        });
+        let target = Target {
+            pod_ip: Some("127.0.0.1".parse().unwrap()),
+            namespace: "default".into(),
+            pod: "p".into(),
+            container: "c".into(),
+        };
+        let via = ExecVia {
+            exe: "/bin/false".into(),
+            run_dir: "/nonexistent".into(),
+        };
+        let t = Duration::from_secs(2);
+        let grpc = |service: &str| Action::Grpc {
+            port,
+            service: service.into(),
+        };
+        run(&grpc(""), &target, &via, t).await.unwrap();
+        assert_eq!(
+            run(&grpc("db"), &target, &via, t).await.unwrap_err(),
+            "service unhealthy (responded with \"NOT_SERVING\")"
+        );
+        assert_eq!(
+            run(&grpc("nosuch"), &target, &via, t).await.unwrap_err(),
+            "error: health rpc probe failed: rpc error: code = NotFound desc = unknown service"
+        );
+    }
+
     /// Real sockets on loopback: a TCP port that listens and one that does not; an HTTP
-    /// server answering 200 then 500; a gRPC health server is not here (the end-to-end
-    /// test runs one).
+    /// server answering 200 then 500.
     #[tokio::test]
     async fn tcp_and_http_probes_against_real_sockets() {
         let target = Target {

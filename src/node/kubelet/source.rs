@@ -696,12 +696,20 @@ fn status_patch(old: Option<&Value>, new: &Value) -> Value {
     json!({ "status": patch })
 }
 
+/// How long the same event counts up one Event (client-go's EventCorrelator: ten minutes).
+const SERIES: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// What was published of each pod (by UID).
 #[derive(Default)]
 struct Published {
     status: HashMap<String, Value>,
     /// Events posted (the view's `event_seq` then).
     events: HashMap<String, u64>,
+    /// Events posted in the last ten minutes by (pod UID, reason, message): the Event's
+    /// name, its count and when it was first posted. The same event again within that
+    /// time raises the count of the one posted (client-go's EventCorrelator), so that a
+    /// probe failing every second does not make an Event a second.
+    series: HashMap<(String, String, String), (String, i32, std::time::Instant)>,
     /// The Node's UID (mirror pods' owner).
     node_uid: Option<String>,
     /// Static pods whose mirror pod could not be made (by UID): why, and when (tried again
@@ -802,9 +810,40 @@ async fn publish_once(
             let fresh = ((v.event_seq - posted) as usize).min(v.events.len());
             let events: Api<CoreEvent> = Api::namespaced(client.clone(), &v.manifest.namespace);
             for e in &v.events[v.events.len() - fresh..] {
+                let key = (uid.to_string(), e.reason.clone(), e.message.clone());
+                let now = std::time::Instant::now();
+                if let Some((name, count, _)) = done
+                    .series
+                    .get_mut(&key)
+                    .filter(|(_, _, first)| now.duration_since(*first) < SERIES)
+                {
+                    *count += 1;
+                    let patch = json!({
+                        "count": *count,
+                        "lastTimestamp": crate::api::time::time(e.time),
+                    });
+                    match events
+                        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                    {
+                        Ok(_) => continue,
+                        // Gone (deleted, or expired): posted anew below.
+                        Err(kube::Error::Api(a)) if a.code == 404 => {}
+                        Err(err) => {
+                            tracing::warn!(pod = %v.manifest.name, error = %err, "counting an event");
+                            continue;
+                        }
+                    }
+                }
                 let ev = event(v, p, e, &node);
-                if let Err(err) = events.create(&PostParams::default(), &ev).await {
-                    tracing::warn!(pod = %v.manifest.name, error = %err, "posting an event");
+                match events.create(&PostParams::default(), &ev).await {
+                    Ok(made) => {
+                        let name = made.metadata.name.unwrap_or_default();
+                        done.series.insert(key, (name, 1, now));
+                    }
+                    Err(err) => {
+                        tracing::warn!(pod = %v.manifest.name, error = %err, "posting an event")
+                    }
                 }
             }
             done.events.insert(uid.to_string(), v.event_seq);
@@ -845,6 +884,8 @@ async fn publish_once(
     let live: std::collections::HashSet<&str> = by_uid.keys().copied().collect();
     done.status.retain(|u, _| live.contains(u.as_str()));
     done.events.retain(|u, _| live.contains(u.as_str()));
+    done.series
+        .retain(|(u, _, _), (_, _, first)| live.contains(u.as_str()) && first.elapsed() < SERIES);
     Ok(())
 }
 

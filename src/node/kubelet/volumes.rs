@@ -17,7 +17,10 @@ use std::sync::Arc;
 
 use crate::node::safefs::Beneath;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, DownwardAPIProjection, Pod, ProjectedVolumeSource, Secret,
+    VolumeProjection,
+};
 use oci::runtime::spec::Bind;
 
 use crate::api::error::{Classify, ErrorClass};
@@ -131,6 +134,66 @@ fn downward_field(pod: &Pod, ns: &str, fp: &str) -> Option<String> {
     }
 }
 
+/// A container's resource as the downward API gives it (`resourceFieldRef`, upstream's
+/// `ExtractContainerResourceValue`): CPU in units of the divisor (cores by default) and
+/// memory or ephemeral storage in bytes over the divisor, both rounded up; a limit not set
+/// is the node's allocatable, a request not set 0.
+pub fn resource_value(
+    pod: &Pod,
+    container: &str,
+    resource: &str,
+    divisor: Option<&str>,
+) -> Result<String, String> {
+    let c = pod
+        .spec
+        .iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .find(|c| c.name == container)
+        .ok_or_else(|| format!("container {container:?} not found"))?;
+    let (limits, name) = match resource.split_once('.') {
+        Some(("limits", n)) => (true, n),
+        Some(("requests", n)) => (false, n),
+        _ => return Err(format!("unsupported container resource: {resource}")),
+    };
+    let unit = match name {
+        "cpu" => 1000,
+        "memory" | "ephemeral-storage" => 1,
+        _ => return Err(format!("unsupported container resource: {resource}")),
+    };
+    let set = c.resources.as_ref().and_then(|r| {
+        if limits {
+            r.limits.as_ref()
+        } else {
+            r.requests.as_ref()
+        }
+        .and_then(|m| m.get(name))
+    });
+    let value = match set {
+        Some(q) => crate::api::quantity::parse_quantity(&q.0, unit)
+            .map_err(|e| format!("{resource} {:?} {e}", q.0))?,
+        None if limits => {
+            let (cpus, mem) = super::node::allocatable();
+            match name {
+                "cpu" => cpus * 1000,
+                "memory" => mem,
+                _ => 0,
+            }
+        }
+        None => 0,
+    };
+    let d = divisor.filter(|d| !d.is_empty()).unwrap_or("1");
+    let div =
+        crate::api::quantity::parse_quantity(d, unit).map_err(|e| format!("divisor {d:?} {e}"))?;
+    if div == 0 {
+        return Err(format!("divisor {d:?} must be greater than 0"));
+    }
+    Ok(value.div_ceil(div).to_string())
+}
+
 /// The files of a projected volume: its configMap, secret, downwardAPI and
 /// serviceAccountToken sources.
 fn projected_files(
@@ -170,18 +233,31 @@ fn projected_files(
             files.extend(items(&data, sv.items.as_deref(), mode, optional)?);
         } else if let Some(d) = &s.downward_api {
             for it in d.items.iter().flatten() {
-                let Some(f) = &it.field_ref else {
-                    return Err(ConfigError::invalid(format!(
-                        "downwardAPI item {:?}: only fieldRef is supported",
-                        it.path
-                    )));
+                let v = if let Some(r) = &it.resource_field_ref {
+                    let c = r.container_name.as_deref().unwrap_or_default();
+                    resource_value(
+                        pod,
+                        c,
+                        &r.resource,
+                        r.divisor.as_ref().map(|q| q.0.as_str()),
+                    )
+                    .map_err(|e| {
+                        ConfigError::invalid(format!("downwardAPI item {:?}: {e}", it.path))
+                    })?
+                } else {
+                    let Some(f) = &it.field_ref else {
+                        return Err(ConfigError::invalid(format!(
+                            "downwardAPI item {:?}: a fieldRef or a resourceFieldRef is required",
+                            it.path
+                        )));
+                    };
+                    downward_field(pod, ns, &f.field_path).ok_or_else(|| {
+                        ConfigError::invalid(format!(
+                            "downwardAPI item {:?}: fieldRef {:?} is not supported",
+                            it.path, f.field_path
+                        ))
+                    })?
                 };
-                let v = downward_field(pod, ns, &f.field_path).ok_or_else(|| {
-                    ConfigError::invalid(format!(
-                        "downwardAPI item {:?}: fieldRef {:?} is not supported",
-                        it.path, f.field_path
-                    ))
-                })?;
                 files.push((
                     it.path.clone(),
                     v.into_bytes(),
@@ -476,7 +552,20 @@ pub fn prepare(
                 object_volume(&p, &files).map_err(err)?;
             }
             p
-        } else if let Some(pj) = &v.projected {
+        } else if let Some(pj) = v.projected.clone().or_else(|| {
+            // A downwardAPI volume is a projected volume of one downwardAPI source.
+            v.downward_api.as_ref().map(|d| ProjectedVolumeSource {
+                default_mode: d.default_mode,
+                sources: Some(vec![VolumeProjection {
+                    downward_api: Some(DownwardAPIProjection {
+                        items: d.items.clone(),
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            })
+        }) {
+            let pj = &pj;
             mem.create_dir_all(&["volumes"], 0o700)
                 .map_err(|e| err(ConfigError::from(e.to_string())))?;
             let p = mem
@@ -491,7 +580,7 @@ pub fn prepare(
             p
         } else {
             return Err(err(ConfigError::invalid(
-                "only emptyDir, hostPath, configMap, secret and projected volumes are supported",
+                "only emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes are supported",
             )));
         };
         // fsGroup: the pod's volumes belong to that group, setgid so new files do too.
@@ -781,6 +870,7 @@ pub fn env(
     ns: &str,
     uid: &str,
     node: &str,
+    pod_ip: Option<&str>,
     objects: &Objects,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     // The kubelet's service links first (unless disabled); the container's own env wins.
@@ -862,6 +952,15 @@ pub fn env(
                         )))
                     }
                 }
+            } else if let Some(r) = &vf.resource_field_ref {
+                let target = r.container_name.as_deref().filter(|n| !n.is_empty());
+                resource_value(
+                    pod,
+                    target.unwrap_or(&c.name),
+                    &r.resource,
+                    r.divisor.as_ref().map(|q| q.0.as_str()),
+                )
+                .map_err(|why| ConfigError::invalid(format!("env {}: {why}", e.name)))?
             } else if let Some(f) = &vf.field_ref {
                 let md = &pod.metadata;
                 let fp = f.field_path.as_str();
@@ -880,7 +979,8 @@ pub fn env(
                         .as_ref()
                         .and_then(|s| s.service_account_name.clone())
                         .unwrap_or_else(|| "default".into()),
-                    "status.podIP" | "status.hostIP" => String::new(),
+                    "status.podIP" | "status.podIPs" => pod_ip.unwrap_or_default().to_string(),
+                    "status.hostIP" | "status.hostIPs" => super::node::node_ip(),
                     _ if fp.starts_with("metadata.labels['") => {
                         label(&md.labels, "metadata.labels['").unwrap_or_default()
                     }
@@ -920,6 +1020,41 @@ pub fn env(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// resourceFieldRef as upstream computes it: rounded up in units of the divisor; an
+    /// unset limit is the node's allocatable, an unset request 0.
+    #[test]
+    fn resource_values_round_up_in_divisor_units() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [
+                {"name": "c", "image": "x", "resources": {
+                    "limits": {"cpu": "500m", "memory": "64Mi"},
+                    "requests": {"cpu": "250m", "memory": "1000"}}},
+                {"name": "bare", "image": "x"},
+            ]},
+        }))
+        .unwrap();
+        let v = |c: &str, r: &str, d: Option<&str>| resource_value(&pod, c, r, d);
+        assert_eq!(v("c", "limits.cpu", None).unwrap(), "1");
+        assert_eq!(v("c", "limits.cpu", Some("1m")).unwrap(), "500");
+        assert_eq!(v("c", "requests.cpu", Some("100m")).unwrap(), "3");
+        assert_eq!(v("c", "limits.memory", Some("1Mi")).unwrap(), "64");
+        assert_eq!(v("c", "requests.memory", Some("1Ki")).unwrap(), "1");
+        let (cpus, mem) = super::super::node::allocatable();
+        assert_eq!(v("bare", "limits.cpu", None).unwrap(), cpus.to_string());
+        assert_eq!(v("bare", "limits.memory", None).unwrap(), mem.to_string());
+        assert_eq!(v("bare", "requests.cpu", None).unwrap(), "0");
+        assert_eq!(
+            v("c", "limits.gpu", None).unwrap_err(),
+            "unsupported container resource: limits.gpu"
+        );
+        assert_eq!(
+            v("nosuch", "limits.cpu", None).unwrap_err(),
+            "container \"nosuch\" not found"
+        );
+        assert!(v("c", "limits.cpu", Some("0")).is_err());
+    }
 
     #[test]
     fn expansion_is_bounded() {

@@ -464,6 +464,7 @@ fn action_kind(a: &crate::node::kubelet::probe::Action) -> &'static str {
         Action::Tcp { .. } => "tcp",
         Action::Grpc { .. } => "grpc",
         Action::Invalid(_) => "invalid",
+        Action::Sleep(_) => "sleep",
     }
 }
 
@@ -504,5 +505,21 @@ impl super::Prober for FakeProber {
             result: rx,
             done: r,
         })
+    }
+
+    fn run_hook(
+        &self,
+        action: &crate::node::kubelet::probe::Action,
+        target: crate::node::kubelet::probe::Target,
+        _timeout: Duration,
+    ) -> Result<(), String> {
+        let key = (target.container.clone(), action_kind(action).to_string());
+        self.runs.lock().expect("runs").push(key.clone());
+        self.outcomes
+            .lock()
+            .expect("outcomes")
+            .get(&key)
+            .cloned()
+            .unwrap_or(Ok(()))
     }
 }

@@ -717,3 +717,56 @@ fn a_startup_probe_holds_liveness_and_readiness_back() {
     );
     assert!(runs.iter().any(|(_, a)| a == "exec"));
 }
+
+/// postStart runs right after the start and holds the container back (not started, no
+/// probes) until it ends; a failing one stops the container (FailedPostStartHook) and the
+/// restart policy starts it again. preStop runs before the stop of a pod's deletion.
+#[test]
+fn lifecycle_hooks_run_around_the_container() {
+    let bed = Bed::new();
+    bed.images.add("img:1");
+    let (mut w, v) = bed.worker(json!({"terminationGracePeriodSeconds": 9, "containers": [{
+        "name": "app", "image": "img:1",
+        "lifecycle": {"postStart": {"exec": {"command": ["setup"]}},
+                      "preStop": {"httpGet": {"port": 8080, "path": "/quit"}}},
+        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+    }]}));
+    bed.prober
+        .set("app", "exec", Err("setup: not found".into()));
+    w.adopt();
+    // The hook starts with the container (and fails at once here).
+    pass(&mut w);
+    assert_eq!(bed.prober.runs()[0], ("app".into(), "exec".into()));
+    assert!(!v.lock().unwrap().containers[0].started);
+    assert_eq!(
+        events(&v, "FailedPostStartHook"),
+        ["PostStartHook failed: setup: not found"]
+    );
+    let killer = w.ctrs[0].probes.as_mut().unwrap().killing.take().unwrap();
+    assert!(killer.join().unwrap());
+    // The kill ran the preStop hook first, within the pod's grace period.
+    assert_eq!(
+        bed.prober.runs().last().unwrap(),
+        &("app".into(), "http".into())
+    );
+    assert_eq!(bed.runtime.stops()[0].0, "app");
+    assert!(
+        !bed.prober.runs().iter().any(|(_, a)| a == "tcp"),
+        "no probe before postStart ends"
+    );
+    // Restarted; this time the hook succeeds and the probes follow.
+    bed.prober.set("app", "exec", Ok(()));
+    pass(&mut w);
+    assert_eq!(v.lock().unwrap().containers[0].restart_count, 1);
+    pass(&mut w);
+    assert!(v.lock().unwrap().containers[0].started);
+    pass(&mut w);
+    pass(&mut w);
+    assert_eq!(ready(&v), (true, true));
+    // Deletion: preStop, then the stop.
+    let runs = bed.prober.runs().len();
+    w.teardown();
+    let after = bed.prober.runs();
+    assert_eq!(after[runs..], [("app".to_string(), "http".to_string())]);
+    assert_eq!(bed.runtime.stops().len(), 2);
+}
