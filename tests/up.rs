@@ -148,6 +148,22 @@ impl Up {
         c
     }
 
+    /// Waits (60 s at most) for pod `pod` to reach `phase`.
+    fn wait_phase(&self, pod: &str, phase: &str) {
+        self.kubectl(&[
+            "wait",
+            &format!("--for=jsonpath={{.status.phase}}={phase}"),
+            &format!("pod/{pod}"),
+            "--timeout=60s",
+        ]);
+    }
+
+    /// `kubectl apply -f -` of `yaml`; must succeed.
+    fn apply(&self, yaml: &str) {
+        let o = self.kubectl_with_stdin(&["apply", "-f", "-"], yaml);
+        assert!(o.status.success(), "kubectl apply: {}", text(&o.stderr));
+    }
+
     /// kubectl 1.37 in the node's namespace with `input` on its stdin; its output.
     fn kubectl_with_stdin(&self, args: &[&str], input: &str) -> Output {
         self.kubectl_of_with_stdin(self.kubectl_command(), args, input)
@@ -1045,8 +1061,7 @@ fn headless_services_external_names_and_outside_names_resolve() {
     let resolv = u.s.root().join("node-resolv.conf");
     std::fs::write(&resolv, "nameserver 192.0.2.2\nsearch lab.test\n").unwrap();
     u.up_with(&["--resolv-conf", resolv.to_str().unwrap()]);
-    let o = u.kubectl_with_stdin(&["apply", "-f", "-"], HEADLESS);
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    u.apply(HEADLESS);
     u.kubectl(&[
         "wait",
         "--for=condition=Ready",
@@ -1098,12 +1113,7 @@ fn headless_services_external_names_and_outside_names_resolve() {
         "-c",
         &script,
     ]);
-    u.kubectl(&[
-        "wait",
-        "--for=jsonpath={.status.phase}=Succeeded",
-        "pod/dns",
-        "--timeout=60s",
-    ]);
+    u.wait_phase("dns", "Succeeded");
     let out = u.kubectl(&["logs", "dns"]);
     let parts: Vec<&str> = out.split("===\n").collect();
     assert_eq!(parts.len(), 8, "{out}");
@@ -1216,8 +1226,7 @@ spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
 fn probes_restart_gate_readiness_and_hold_a_rolling_update() {
     let u = Up::new();
     u.up();
-    let o = u.kubectl_with_stdin(&["apply", "-f", "-"], PROBED);
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    u.apply(PROBED);
     u.kubectl(&[
         "wait",
         "--for=jsonpath={.status.containerStatuses[0].restartCount}=1",
@@ -1311,8 +1320,7 @@ fn probes_restart_gate_readiness_and_hold_a_rolling_update() {
     ]);
 
     // The rolling update, with requests all along.
-    let o = u.kubectl_with_stdin(&["apply", "-f", "-"], ROLLED);
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    u.apply(ROLLED);
     u.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     let ip = u.kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1375,8 +1383,7 @@ spec:
 ",
         dir.display()
     );
-    let o = u.kubectl_with_stdin(&["apply", "-f", "-"], &pod);
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    u.apply(&pod);
     u.kubectl(&[
         "wait",
         "--for=condition=Ready",
@@ -1421,14 +1428,8 @@ spec:
 fn termination_messages_come_from_the_file_or_the_log() {
     let u = Up::new();
     u.up();
-    let o = u.kubectl_with_stdin(&["apply", "-f", "-"], ENDING);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    u.kubectl(&[
-        "wait",
-        "--for=jsonpath={.status.phase}=Failed",
-        "pod/ending",
-        "--timeout=60s",
-    ]);
+    u.apply(ENDING);
+    u.wait_phase("ending", "Failed");
     let msgs = u.kubectl(&[
         "get",
         "pod",
@@ -1478,14 +1479,8 @@ spec:
 fn the_downward_api_gives_env_and_files() {
     let u = Up::new();
     u.up();
-    let o = u.kubectl_with_stdin(&["apply", "-f", "-"], DOWNWARD);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    u.kubectl(&[
-        "wait",
-        "--for=jsonpath={.status.phase}=Succeeded",
-        "pod/downward",
-        "--timeout=60s",
-    ]);
+    u.apply(DOWNWARD);
+    u.wait_phase("downward", "Succeeded");
     let ip = u.kubectl(&["get", "pod", "downward", "-o", "jsonpath={.status.podIP}"]);
     let node_ip = u.kubectl(&["get", "pod", "downward", "-o", "jsonpath={.status.hostIP}"]);
     assert!(!ip.is_empty() && !node_ip.is_empty());

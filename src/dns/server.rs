@@ -358,6 +358,18 @@ mod tests {
         m
     }
 
+    /// The cluster zone with one service, web.default (10.96.0.20).
+    fn web_zone() -> Zone {
+        let mut zone = Zone::new("cluster.local");
+        zone.set_service(&ServiceDns {
+            namespace: "default".into(),
+            name: "web".into(),
+            ports: vec![],
+            kind: crate::dns::zone::Kind::ClusterIp(vec!["10.96.0.20".parse().unwrap()]),
+        });
+        zone
+    }
+
     #[test]
     fn upstreams_come_from_resolv_conf() {
         let conf = "# comment\nnameserver 10.0.0.2\nsearch lab\nnameserver ::1\nnameserver bad\n";
@@ -375,13 +387,7 @@ mod tests {
     #[tokio::test]
     async fn forwards_waiting_at_once_are_bounded() {
         let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let mut zone = Zone::new("cluster.local");
-        zone.set_service(&ServiceDns {
-            namespace: "default".into(),
-            name: "web".into(),
-            ports: vec![],
-            kind: crate::dns::zone::Kind::ClusterIp(vec!["10.96.0.20".parse().unwrap()]),
-        });
+        let zone = web_zone();
         let listener = Listener::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
@@ -446,13 +452,7 @@ mod tests {
                 up.send_to(&r.to_vec().unwrap(), from).await.unwrap();
             }
         });
-        let mut zone = Zone::new("cluster.local");
-        zone.set_service(&ServiceDns {
-            namespace: "default".into(),
-            name: "web".into(),
-            ports: vec![],
-            kind: crate::dns::zone::Kind::ClusterIp(vec!["10.96.0.20".parse().unwrap()]),
-        });
+        let zone = web_zone();
         let listener = Listener::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();

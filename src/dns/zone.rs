@@ -114,8 +114,13 @@ pub struct ServiceDns {
     pub kind: Kind,
 }
 
-fn proto(p: Option<&str>) -> String {
-    p.unwrap_or("TCP").to_ascii_lowercase()
+/// A named port (an unnamed one has no SRV record).
+fn named(name: &Option<String>, protocol: &Option<String>, port: Option<i32>) -> Option<NamedPort> {
+    Some(NamedPort {
+        name: name.clone().filter(|n| !n.is_empty())?,
+        protocol: protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
+        port: u16::try_from(port?).ok()?,
+    })
 }
 
 impl ServiceDns {
@@ -141,13 +146,7 @@ impl ServiceDns {
             .ports
             .iter()
             .flatten()
-            .filter_map(|p| {
-                Some(NamedPort {
-                    name: p.name.clone().filter(|n| !n.is_empty())?,
-                    protocol: proto(p.protocol.as_deref()),
-                    port: u16::try_from(p.port).ok()?,
-                })
-            })
+            .filter_map(|p| named(&p.name, &p.protocol, Some(p.port)))
             .collect();
         let kind = if spec.type_.as_deref() == Some("ExternalName") {
             Kind::ExternalName(
@@ -190,13 +189,7 @@ pub fn slice_endpoints(s: &EndpointSlice) -> Vec<EndpointDns> {
         .ports
         .iter()
         .flatten()
-        .filter_map(|p| {
-            Some(NamedPort {
-                name: p.name.clone().filter(|n| !n.is_empty())?,
-                protocol: proto(p.protocol.as_deref()),
-                port: u16::try_from(p.port?).ok()?,
-            })
-        })
+        .filter_map(|p| named(&p.name, &p.protocol, p.port))
         .collect();
     s.endpoints
         .iter()

@@ -74,11 +74,14 @@ pub fn hook(c: &Container, h: &k8s_openapi::api::core::v1::LifecycleHandler) -> 
     let probe = Probe {
         exec: h.exec.clone(),
         http_get: h.http_get.clone(),
-        tcp_socket: h.tcp_socket.clone(),
         ..Default::default()
     };
     match &h.sleep {
         Some(s) => Action::Sleep(s.seconds.max(0) as u64),
+        // Kept in the API for old objects only; the kubelet fails such a hook when it runs.
+        None if h.tcp_socket.is_some() => {
+            Action::Invalid("TCPSocket is not supported as a lifecycle handler".into())
+        }
         None => Spec::action(c, &probe).unwrap_or_else(Action::Invalid),
     }
 }
