@@ -2029,3 +2029,335 @@ fn assert_in_order(out: &str, steps: &[&str]) {
         at += i + step.len();
     }
 }
+
+const INDEXED_JOB: &str = r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: idx}
+spec:
+  completionMode: Indexed
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: work
+        image: test/busybox:1
+        command: ["sh", "-c", "echo index=$JOB_COMPLETION_INDEX host=$(hostname)"]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: flaky}
+spec:
+  backoffLimit: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: work, image: test/busybox:1, command: ["sh", "-c", "exit 3"]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: fatal}
+spec:
+  backoffLimit: 6
+  podFailurePolicy:
+    rules:
+    - action: FailJob
+      onExitCodes: {operator: In, values: [42]}
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: work, image: test/busybox:1, command: ["sh", "-c", "exit 42"]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: slow}
+spec:
+  activeDeadlineSeconds: 2
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: work, image: test/busybox:1, command: ["sleep", "300"]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: brief}
+spec:
+  ttlSecondsAfterFinished: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: work, image: test/busybox:1, command: ["true"]}
+"#;
+
+const DAEMONSET: &str = r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: agent, image: test/busybox:1, command: ["sleep", "3600"]}
+"#;
+
+#[test]
+fn jobs_cronjobs_and_daemonsets_run_as_kubectl_expects() {
+    let u = Up::new();
+    u.up();
+    // The CronJob first: its minute comes while the rest runs.
+    u.kubectl(&[
+        "create",
+        "cronjob",
+        "hello",
+        "--image=test/busybox:1",
+        "--schedule=*/1 * * * *",
+        "--",
+        "echo",
+        "hello from cron",
+    ]);
+    // Bad input: upstream's texts, nothing made.
+    let o = u
+        .kubectl_command()
+        .args([
+            "create",
+            "cronjob",
+            "bad",
+            "--image=x",
+            "--schedule=61 * * * *",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        text(&o.stderr).contains(
+            r#"CronJob.batch "bad" is invalid: spec.schedule: Invalid value: "61 * * * *": end of range (61) above maximum (59): 61"#
+        ),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = u.kubectl_with_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: always}\nspec:\n  template:\n    spec:\n      restartPolicy: Always\n      containers: [{name: c, image: x}]\n",
+    );
+    assert!(
+        text(&o.stderr).contains(r#"spec.template.spec.restartPolicy: Unsupported value: "Always": supported values: "OnFailure", "Never""#),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(
+        u.kubectl(&["get", "cronjobs,jobs", "-o", "name"]),
+        "cronjob.batch/hello\n"
+    );
+
+    // A Job as the bootcamp makes one.
+    u.kubectl(&[
+        "create",
+        "job",
+        "pi",
+        "--image=test/busybox:1",
+        "--",
+        "sh",
+        "-c",
+        "echo done",
+    ]);
+    u.kubectl(&[
+        "wait",
+        "--for=condition=complete",
+        "job/pi",
+        "--timeout=60s",
+    ]);
+    assert_eq!(u.kubectl(&["logs", "job/pi"]), "done\n");
+    let row = u.kubectl(&["get", "job", "pi", "--no-headers"]);
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[..3], ["pi", "Complete", "1/1"], "{row}");
+    assert_eq!(
+        u.kubectl(&[
+            "get",
+            "job",
+            "pi",
+            "-o",
+            "jsonpath={.spec.selector.matchLabels}"
+        ]),
+        format!(
+            "{{\"batch.kubernetes.io/controller-uid\":\"{}\"}}",
+            u.kubectl(&["get", "job", "pi", "-o", "jsonpath={.metadata.uid}"])
+        )
+    );
+
+    // Indexed, retried, failed by policy, out of time, and gone after its TTL.
+    u.apply(INDEXED_JOB);
+    u.kubectl(&[
+        "wait",
+        "--for=condition=complete",
+        "job/idx",
+        "--timeout=60s",
+    ]);
+    let mut lines: Vec<String> = u
+        .kubectl(&["logs", "-l", "job-name=idx", "--prefix=false"])
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "index=0 host=idx-0",
+            "index=1 host=idx-1",
+            "index=2 host=idx-2"
+        ]
+    );
+    assert_eq!(
+        u.kubectl(&[
+            "get",
+            "job",
+            "idx",
+            "-o",
+            "jsonpath={.status.completedIndexes}"
+        ]),
+        "0-2"
+    );
+    let failed_reason = |job: &str| {
+        u.kubectl(&[
+            "get",
+            "job",
+            job,
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Failed")].reason} {.status.failed}"#,
+        ])
+    };
+    u.kubectl(&[
+        "wait",
+        "--for=condition=failed",
+        "job/fatal",
+        "--timeout=60s",
+    ]);
+    assert_eq!(failed_reason("fatal"), "PodFailurePolicy 1");
+    u.kubectl(&[
+        "wait",
+        "--for=condition=failed",
+        "job/slow",
+        "--timeout=60s",
+    ]);
+    assert_eq!(failed_reason("slow"), "DeadlineExceeded 1");
+    // Two tries, ten seconds apart.
+    u.kubectl(&[
+        "wait",
+        "--for=condition=failed",
+        "job/flaky",
+        "--timeout=60s",
+    ]);
+    assert_eq!(failed_reason("flaky"), "BackoffLimitExceeded 2");
+    let events = u.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=flaky",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+    ]);
+    assert_eq!(events.matches("SuccessfulCreate").count(), 2, "{events}");
+    assert!(events.contains("BackoffLimitExceeded"), "{events}");
+    u.kubectl(&["wait", "--for=delete", "job/brief", "--timeout=60s"]);
+    let script = format!(
+        "from kubernetes import client, config\nconfig.load_kube_config({:?})\nb = client.BatchV1Api()\ns = b.read_namespaced_job_status('idx', 'default').status\nprint(s.succeeded, s.completed_indexes, [c.type for c in s.conditions])\n",
+        u.kubeconfig().display().to_string()
+    );
+    let o = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", u.ns))
+        .args([support::server::PYTHON, "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&o.stdout),
+        "3 0-2 ['SuccessCriteriaMet', 'Complete']\n",
+        "{}",
+        text(&o.stderr)
+    );
+
+    // A DaemonSet: a pod on the node, replaced by a rolling update.
+    u.apply(DAEMONSET);
+    u.kubectl(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    let pod_of_ds = || {
+        u.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=agent",
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName}{\"\\n\"}{end}",
+        ])
+    };
+    let first = pod_of_ds();
+    let node = u.kubectl(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]);
+    assert_eq!(first.lines().count(), 1, "{first}");
+    assert!(first.trim_end().ends_with(&format!(" {node}")), "{first}");
+    let row = u.kubectl(&["get", "ds", "agent", "--no-headers"]);
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells[..7],
+        ["agent", "1", "1", "1", "1", "1", "<none>"],
+        "{row}"
+    );
+    u.kubectl(&["set", "env", "daemonset/agent", "MODE=new"]);
+    u.kubectl(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    u.kubectl(&[
+        "wait",
+        "--for=delete",
+        &format!("pod/{}", first.split_whitespace().next().unwrap()),
+        "--timeout=60s",
+    ]);
+    let second = pod_of_ds();
+    assert_eq!(second.lines().count(), 1, "{second}");
+    assert_ne!(first, second);
+
+    // The CronJob's Job, named for its minute, ran.
+    let line = u.watch_until(&["get", "jobs", "-w", "--no-headers"], |l| {
+        l.starts_with("hello-")
+    });
+    let job = line.split_whitespace().next().unwrap().to_string();
+    u.kubectl(&[
+        "wait",
+        "--for=condition=complete",
+        &format!("job/{job}"),
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        u.kubectl(&["logs", &format!("job/{job}")]),
+        "hello from cron\n"
+    );
+    let minutes: i64 = job.trim_start_matches("hello-").parse().unwrap();
+    assert_eq!(
+        u.kubectl(&[
+            "get",
+            "job",
+            &job,
+            "-o",
+            "jsonpath={.metadata.annotations.batch\\.kubernetes\\.io/cronjob-scheduled-timestamp}"
+        ]),
+        u.kubectl(&[
+            "get",
+            "cronjob",
+            "hello",
+            "-o",
+            "jsonpath={.status.lastScheduleTime}"
+        ])
+    );
+    assert!(minutes > 29_000_000, "{job}");
+
+    // Deleting owners deletes what they own.
+    u.kubectl(&["delete", "cronjob", "hello"]);
+    u.kubectl(&["delete", "jobs", "--all"]);
+    u.kubectl(&["delete", "daemonset", "agent"]);
+    u.kubectl(&["wait", "--for=delete", "pods", "--all", "--timeout=60s"]);
+    assert_eq!(u.kubectl(&["get", "jobs,pods", "-o", "name"]), "");
+}

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cron;
 pub mod error;
 pub mod jws;
 pub mod pod;

@@ -2,7 +2,9 @@
 //! reasons a container waits or terminated. Each serializes as the API spells it, so the
 //! node's records and the API's JSON read the same as before they were types.
 
-use k8s_openapi::api::core::v1::Pod;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use serde::{Deserialize, Serialize};
 
 /// `status.phase`.
@@ -148,6 +150,85 @@ impl std::fmt::Display for TerminatedReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Whether one of `tols` tolerates the taint `t`.
+pub fn tolerates(tols: &[Toleration], t: &Taint) -> bool {
+    tols.iter().any(|tol| {
+        let effect_ok = tol
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == t.effect);
+        let key_ok = match tol.key.as_deref() {
+            None | Some("") => tol.operator.as_deref() == Some("Exists"),
+            Some(k) => k == t.key,
+        };
+        let value_ok = match tol.operator.as_deref() {
+            Some("Exists") => true,
+            _ => tol.value.as_deref().unwrap_or("") == t.value.as_deref().unwrap_or(""),
+        };
+        effect_ok && key_ok && value_ok
+    })
+}
+
+/// Whether `node` matches the pod's nodeSelector and required node affinity (terms ORed,
+/// each term's `matchExpressions` on labels and `matchFields` on `metadata.name` ANDed), as
+/// the scheduler's NodeAffinity filter decides it.
+pub fn node_matches(pod: &Pod, node: &Node) -> bool {
+    let empty = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    let Some(spec) = &pod.spec else { return true };
+    if let Some(sel) = &spec.node_selector {
+        if sel.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+            return false;
+        }
+    }
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    let Some(req) = required else { return true };
+    // Terms are ORed, expressions within a term ANDed.
+    req.node_selector_terms.iter().any(|term| {
+        let name = node.metadata.name.as_deref().unwrap_or("");
+        let fields_ok = term.match_fields.iter().flatten().all(|f| {
+            let values = f.values.as_deref().unwrap_or(&[]);
+            match (f.key.as_str(), f.operator.as_str()) {
+                ("metadata.name", "In") => values.iter().any(|v| v == name),
+                ("metadata.name", "NotIn") => !values.iter().any(|v| v == name),
+                _ => false,
+            }
+        });
+        fields_ok
+            && term.match_expressions.iter().flatten().all(|e| {
+                let have = labels.get(&e.key);
+                let values = e.values.as_deref().unwrap_or(&[]);
+                match e.operator.as_str() {
+                    "In" => have.is_some_and(|v| values.contains(v)),
+                    "NotIn" => have.is_none_or(|v| !values.contains(v)),
+                    "Exists" => have.is_some(),
+                    "DoesNotExist" => have.is_none(),
+                    "Gt" | "Lt" => {
+                        let (Some(h), Some(w)) = (
+                            have.and_then(|v| v.parse::<i64>().ok()),
+                            values.first().and_then(|v| v.parse::<i64>().ok()),
+                        ) else {
+                            return false;
+                        };
+                        if e.operator == "Gt" {
+                            h > w
+                        } else {
+                            h < w
+                        }
+                    }
+                    _ => false,
+                }
+            })
+    })
 }
 
 #[cfg(test)]

@@ -371,8 +371,11 @@ pub fn defaults(r: &Resource, o: &mut Value) {
             }
         }
         ("batch", "Job") => {
+            let uid = o["metadata"]["uid"].as_str().unwrap_or("").to_string();
+            let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
             if let Some(spec) = obj(o, "spec") {
                 job_defaults(spec);
+                generate_job_selector(spec, &uid, &name);
             }
         }
         ("batch", "CronJob") => {
@@ -394,9 +397,46 @@ pub fn defaults(r: &Resource, o: &mut Value) {
     }
 }
 
+/// Upstream's `generateSelector`: unless `manualSelector`, a new Job selects its pods by its
+/// own uid, and its template carries that label and the Job's name (both spellings).
+fn generate_job_selector(spec: &mut Map<String, Value>, uid: &str, name: &str) {
+    if uid.is_empty()
+        || spec.get("manualSelector") == Some(&json!(true))
+        || spec.get("selector").is_some_and(|s| !s.is_null())
+    {
+        return;
+    }
+    spec.insert(
+        "selector".into(),
+        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+    );
+    let t = spec.entry("template").or_insert_with(|| json!({}));
+    if let Some(t) = t.as_object_mut() {
+        let m = t.entry("metadata").or_insert_with(|| json!({}));
+        if let Some(m) = m.as_object_mut() {
+            let l = m.entry("labels").or_insert_with(|| json!({}));
+            if let Some(l) = l.as_object_mut() {
+                for (k, v) in [
+                    ("batch.kubernetes.io/controller-uid", uid),
+                    ("batch.kubernetes.io/job-name", name),
+                    ("controller-uid", uid),
+                    ("job-name", name),
+                ] {
+                    l.insert(k.into(), json!(v));
+                }
+            }
+        }
+    }
+}
+
 fn job_defaults(spec: &mut Map<String, Value>) {
+    // Both unset: a single pod to one completion; parallelism alone: a work queue.
+    if spec.get("parallelism").is_none_or(Value::is_null)
+        && spec.get("completions").is_none_or(Value::is_null)
+    {
+        spec.insert("completions".into(), json!(1));
+    }
     set_default(spec, "parallelism", json!(1));
-    set_default(spec, "completions", json!(1));
     set_default(spec, "backoffLimit", json!(6));
     set_default(spec, "completionMode", json!("NonIndexed"));
     set_default(spec, "suspend", json!(false));
@@ -561,7 +601,106 @@ fn selects_template(o: &Value, errs: &mut Vec<FieldError>, legacy: bool) {
 
 /// A pod template's spec, checked as a pod's, with its errors under `prefix`.
 fn template(o: &Value, prefix: &str, errs: &mut Vec<FieldError>) {
-    let t = &o["spec"]["template"];
+    template_at(&o["spec"]["template"], prefix, errs)
+}
+
+/// A Job's spec (also a CronJob's `jobTemplate.spec`), as upstream's `validateJobSpec`.
+fn job_spec(s: &Value, at: &str, errs: &mut Vec<FieldError>) {
+    for f in ["parallelism", "completions", "backoffLimit"] {
+        if let Some(n) = s[f].as_i64().filter(|n| *n < 0) {
+            errs.push(v::invalid(
+                &format!("{at}.{f}"),
+                n,
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    for f in ["activeDeadlineSeconds", "ttlSecondsAfterFinished"] {
+        let min = if f == "activeDeadlineSeconds" { 1 } else { 0 };
+        if let Some(n) = s[f].as_i64().filter(|n| *n < min) {
+            let what = if min == 1 {
+                "must be greater than 0"
+            } else {
+                "must be greater than or equal to 0"
+            };
+            errs.push(v::invalid(&format!("{at}.{f}"), n, what));
+        }
+    }
+    match s["completionMode"].as_str() {
+        None | Some("NonIndexed") => {}
+        Some("Indexed") => {
+            if s["completions"].is_null() {
+                errs.push(v::required(
+                    &format!("{at}.completions"),
+                    "when completion mode is Indexed",
+                ));
+            }
+        }
+        Some(m) => errs.push(v::not_supported(
+            &format!("{at}.completionMode"),
+            m,
+            &["NonIndexed", "Indexed"],
+        )),
+    }
+    let rp = s["template"]["spec"]["restartPolicy"]
+        .as_str()
+        .unwrap_or("");
+    if rp != "Never" && rp != "OnFailure" {
+        errs.push(v::not_supported(
+            &format!("{at}.template.spec.restartPolicy"),
+            rp,
+            &["OnFailure", "Never"],
+        ));
+    }
+    for (i, r) in s["podFailurePolicy"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let f = format!("{at}.podFailurePolicy.rules[{i}]");
+        let a = r["action"].as_str().unwrap_or("");
+        if !["FailJob", "FailIndex", "Ignore", "Count"].contains(&a) {
+            errs.push(v::not_supported(
+                &format!("{f}.action"),
+                a,
+                &["Count", "FailIndex", "FailJob", "Ignore"],
+            ));
+        }
+        if rp != "Never" {
+            errs.push(v::invalid(
+                &format!("{at}.template.spec.restartPolicy"),
+                rp,
+                "only \"Never\" is supported when podFailurePolicy is specified",
+            ));
+        }
+        match (r["onExitCodes"].is_null(), r["onPodConditions"].is_null()) {
+            (true, true) => errs.push(v::invalid(
+                &f,
+                "",
+                "specifying one of OnExitCodes and OnPodConditions is required",
+            )),
+            (false, false) => errs.push(v::invalid(
+                &f,
+                "",
+                "specifying both OnExitCodes and OnPodConditions is not supported",
+            )),
+            _ => {}
+        }
+        if let Some(op) = r["onExitCodes"]["operator"].as_str() {
+            if op != "In" && op != "NotIn" {
+                errs.push(v::not_supported(
+                    &format!("{f}.onExitCodes.operator"),
+                    op,
+                    &["In", "NotIn"],
+                ));
+            }
+        }
+    }
+    template_at(&s["template"], &format!("{at}.template"), errs);
+}
+
+fn template_at(t: &Value, prefix: &str, errs: &mut Vec<FieldError>) {
     if t.is_null() {
         errs.push(v::required(prefix, ""));
         return;
@@ -641,14 +780,8 @@ pub fn validate(r: &Resource, o: &Value) -> Vec<FieldError> {
             template(o, "spec.template", &mut errs);
         }
         ("batch", "Job") => {
-            if o["spec"]["template"]["spec"]["restartPolicy"] == "Always" {
-                errs.push(v::not_supported(
-                    "spec.template.spec.restartPolicy",
-                    "Always",
-                    &["Never", "OnFailure"],
-                ));
-            }
-            template(o, "spec.template", &mut errs);
+            job_spec(&o["spec"], "spec", &mut errs);
+            selects_template(o, &mut errs, false);
         }
         ("rbac.authorization.k8s.io", kind) => super::rbac::validate(kind, o, &mut errs),
         ("", "Endpoints") => {
@@ -675,16 +808,56 @@ pub fn validate(r: &Resource, o: &Value) -> Vec<FieldError> {
             let s = o["spec"]["schedule"].as_str().unwrap_or("");
             if s.is_empty() {
                 errs.push(v::required("spec.schedule", ""));
-            } else if s.split_whitespace().count() != 5 && !s.starts_with('@') {
+            } else if s.contains("TZ") {
                 errs.push(v::invalid(
                     "spec.schedule",
                     s,
-                    format!(
-                        "unparseable schedule: expected exactly 5 fields, found {}: {s}",
-                        s.split_whitespace().count()
-                    ),
+                    "cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+                ));
+            } else if let Err(e) = crate::api::cron::Schedule::parse(s) {
+                errs.push(v::invalid("spec.schedule", s, e));
+            }
+            if let Some(tz) = o["spec"]["timeZone"].as_str() {
+                // Schedules run in UTC here (knode carries no time zone database).
+                if tz != "UTC" && tz != "Etc/UTC" {
+                    errs.push(v::not_supported("spec.timeZone", tz, &["Etc/UTC", "UTC"]));
+                }
+            }
+            let name = o["metadata"]["name"].as_str().unwrap_or("");
+            if name.len() > 52 {
+                errs.push(v::invalid(
+                    "metadata.name",
+                    name,
+                    "must be no more than 52 characters",
                 ));
             }
+            for (f, min) in [
+                ("startingDeadlineSeconds", 0),
+                ("successfulJobsHistoryLimit", 0),
+                ("failedJobsHistoryLimit", 0),
+            ] {
+                if let Some(n) = o["spec"][f].as_i64().filter(|n| *n < min) {
+                    errs.push(v::invalid(
+                        &format!("spec.{f}"),
+                        n,
+                        "must be greater than or equal to 0",
+                    ));
+                }
+            }
+            if let Some(p) = o["spec"]["concurrencyPolicy"].as_str() {
+                if !["Allow", "Forbid", "Replace"].contains(&p) {
+                    errs.push(v::not_supported(
+                        "spec.concurrencyPolicy",
+                        p,
+                        &["Allow", "Forbid", "Replace"],
+                    ));
+                }
+            }
+            job_spec(
+                &o["spec"]["jobTemplate"]["spec"],
+                "spec.jobTemplate.spec",
+                &mut errs,
+            );
         }
         _ => {}
     }

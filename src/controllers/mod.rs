@@ -2,16 +2,21 @@
 //! writes`) and a loop applying it through the client, as the scheduler is. So far: the
 //! ReplicaSet and ReplicationController controllers; the garbage collector (background,
 //! foreground and orphaning deletion); Deployments; Endpoints and EndpointSlices; node lifecycle (unreachable nodes and
-//! the eviction of their pods); the default ServiceAccount of every namespace.
+//! the eviction of their pods); the default ServiceAccount of every namespace; Jobs (with
+//! their TTL after finishing), CronJobs and DaemonSets.
 
 #![forbid(unsafe_code)]
 
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod job;
 pub mod nodelifecycle;
 pub mod replicaset;
 mod run;
+mod workloads;
 
 /// What the controllers are configured with.
 #[derive(Clone, Debug)]
@@ -38,5 +43,8 @@ pub async fn run(inf: std::sync::Arc<crate::client::Informers>, opts: Options) {
     tokio::spawn(run::garbage_collector(inf.clone()));
     tokio::spawn(run::node_lifecycle(inf.clone(), opts.node_monitor_grace));
     tokio::spawn(run::service_accounts(inf.clone(), opts.root_ca.clone()));
+    tokio::spawn(workloads::jobs(inf.clone()));
+    tokio::spawn(workloads::cronjobs(inf.clone()));
+    tokio::spawn(workloads::daemonsets(inf.clone()));
     run::run(inf).await
 }

@@ -674,7 +674,10 @@ pub async fn garbage_collector(inf: Arc<Informers>) {
     let svcs = inf.cache::<Service>(wake.clone());
     let slices = inf.cache::<EndpointSlice>(wake.clone());
     let nodes = inf.cache::<Node>(wake.clone());
-    all_ready!(deps, rss, rcs, pods, svcs, slices, nodes);
+    let jobs = inf.cache::<k8s_openapi::api::batch::v1::Job>(wake.clone());
+    let cjs = inf.cache::<k8s_openapi::api::batch::v1::CronJob>(wake.clone());
+    let dss = inf.cache::<k8s_openapi::api::apps::v1::DaemonSet>(wake.clone());
+    all_ready!(deps, rss, rcs, pods, svcs, slices, nodes, jobs, cjs, dss);
     let kinds: Kinds = [
         kind::<Deployment>(true),
         kind::<ReplicaSet>(true),
@@ -683,6 +686,9 @@ pub async fn garbage_collector(inf: Arc<Informers>) {
         kind::<Service>(true),
         kind::<EndpointSlice>(true),
         kind::<Node>(false),
+        kind::<k8s_openapi::api::batch::v1::Job>(true),
+        kind::<k8s_openapi::api::batch::v1::CronJob>(true),
+        kind::<k8s_openapi::api::apps::v1::DaemonSet>(true),
     ]
     .into_iter()
     .collect();
@@ -697,6 +703,9 @@ pub async fn garbage_collector(inf: Arc<Informers>) {
         items_of(&svcs, &mut items);
         items_of(&slices, &mut items);
         items_of(&nodes, &mut items);
+        items_of(&jobs, &mut items);
+        items_of(&cjs, &mut items);
+        items_of(&dss, &mut items);
         for a in gc::plan(&items, &watched) {
             if let Err(e) = collect(&client, &kinds, &a).await {
                 tracing::debug!(action = ?a, error = %e, "garbage collection");

@@ -18,9 +18,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use serde_json::json;
 
+use crate::api::pod::{node_matches as labels_match, tolerates};
 use crate::api::quantity::parse_quantity;
 
 pub const NAME: &str = "default-scheduler";
@@ -136,76 +137,11 @@ impl Misfit {
     }
 }
 
-fn tolerates(tols: &[Toleration], t: &Taint) -> bool {
-    tols.iter().any(|tol| {
-        let effect_ok = tol
-            .effect
-            .as_deref()
-            .is_none_or(|e| e.is_empty() || e == t.effect);
-        let key_ok = match tol.key.as_deref() {
-            None | Some("") => tol.operator.as_deref() == Some("Exists"),
-            Some(k) => k == t.key,
-        };
-        let value_ok = match tol.operator.as_deref() {
-            Some("Exists") => true,
-            _ => tol.value.as_deref().unwrap_or("") == t.value.as_deref().unwrap_or(""),
-        };
-        effect_ok && key_ok && value_ok
-    })
-}
-
 fn ready(node: &Node) -> bool {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn labels_match(pod: &Pod, node: &Node) -> bool {
-    let empty = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    let Some(spec) = &pod.spec else { return true };
-    if let Some(sel) = &spec.node_selector {
-        if sel.iter().any(|(k, v)| labels.get(k) != Some(v)) {
-            return false;
-        }
-    }
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    let Some(req) = required else { return true };
-    // Terms are ORed, expressions within a term ANDed.
-    req.node_selector_terms.iter().any(|term| {
-        term.match_expressions.iter().flatten().all(|e| {
-            let have = labels.get(&e.key);
-            let values = e.values.as_deref().unwrap_or(&[]);
-            match e.operator.as_str() {
-                "In" => have.is_some_and(|v| values.contains(v)),
-                "NotIn" => have.is_none_or(|v| !values.contains(v)),
-                "Exists" => have.is_some(),
-                "DoesNotExist" => have.is_none(),
-                "Gt" | "Lt" => {
-                    let (Some(h), Some(w)) = (
-                        have.and_then(|v| v.parse::<i64>().ok()),
-                        values.first().and_then(|v| v.parse::<i64>().ok()),
-                    ) else {
-                        return false;
-                    };
-                    if e.operator == "Gt" {
-                        h > w
-                    } else {
-                        h < w
-                    }
-                }
-                _ => false,
-            }
-        })
-    })
 }
 
 /// Whether `pod` fits on `n`, and if not the first reason upstream would give.

@@ -1,0 +1,454 @@
+//! The loops of the Job, CronJob and DaemonSet controllers: their objects and what they own
+//! watched into caches, each object's plan ([`super::job`], [`super::cronjob`],
+//! [`super::daemonset`]) applied through the client after every change, at the time a plan
+//! asks to look again, and every 10 s. Each records upstream's events on its objects.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::Client;
+use serde_json::{json, Value};
+
+use super::{cronjob, daemonset, job};
+use crate::client::{Informers, SharedStore};
+
+/// How long creations the cache has not shown yet hold their owner's next plan.
+const EXPECTATION_TTL: Duration = Duration::from_secs(30);
+
+/// Names created per owner uid and not yet seen in the cache.
+#[derive(Default)]
+struct Pending(HashMap<String, (HashSet<String>, Instant)>);
+
+impl Pending {
+    /// Whether `uid` still waits for its creations (those in `seen` no longer count).
+    fn blocks(&mut self, uid: &str, seen: &HashSet<&str>) -> bool {
+        let Some((names, since)) = self.0.get_mut(uid) else {
+            return false;
+        };
+        names.retain(|n| !seen.contains(n.as_str()));
+        if names.is_empty() || since.elapsed() > EXPECTATION_TTL {
+            self.0.remove(uid);
+            return false;
+        }
+        true
+    }
+
+    fn expect(&mut self, uid: &str, names: HashSet<String>) {
+        if !names.is_empty() {
+            self.0.insert(uid.to_string(), (names, Instant::now()));
+        }
+    }
+
+    fn keep(&mut self, live: &HashSet<String>) {
+        self.0.retain(|uid, _| live.contains(uid));
+    }
+}
+
+/// Waits for the first list of every cache; false if one never comes (the process ends).
+async fn ready<K: crate::client::Cached>(s: &SharedStore<K>) -> bool {
+    s.wait_until_ready().await.is_ok()
+}
+
+fn controlled_by(m: &ObjectMeta) -> Option<&str> {
+    m.owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+        .map(|r| r.uid.as_str())
+}
+
+/// Records an event on an object, as `component`.
+async fn emit(
+    client: &Client,
+    obj: (&str, &str, &ObjectMeta),
+    component: &str,
+    (kind, reason, message): (&str, &str, &str),
+) {
+    let (api_version, obj_kind, m) = obj;
+    let ns = m.namespace.clone().unwrap_or_default();
+    let name = m.name.clone().unwrap_or_default();
+    let now = crate::api::time::rfc3339(chrono::Utc::now());
+    let ev = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": format!("{name}."), "namespace": ns},
+        "involvedObject": {"kind": obj_kind, "namespace": ns, "name": name, "uid": m.uid,
+            "apiVersion": api_version, "resourceVersion": m.resource_version},
+        "reason": reason, "message": message, "type": kind,
+        "source": {"component": component},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        "reportingComponent": component, "reportingInstance": component,
+    });
+    let Ok(ev) = serde_json::from_value::<Event>(ev) else {
+        return;
+    };
+    if let Err(e) = Api::<Event>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &ev)
+        .await
+    {
+        tracing::debug!(error = %e, "event");
+    }
+}
+
+fn manager(name: &str) -> PatchParams {
+    PatchParams {
+        field_manager: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+/// Creates `body` as a pod; its name.
+async fn create_pod(api: &Api<Pod>, body: Value) -> kube::Result<String> {
+    let pod: Pod = serde_json::from_value(body).map_err(kube::Error::SerdeError)?;
+    let made = api.create(&PostParams::default(), &pod).await?;
+    Ok(made.metadata.name.unwrap_or_default())
+}
+
+/// Deletes a pod; a pod already gone is not an error.
+async fn delete_pod(api: &Api<Pod>, name: &str) -> kube::Result<bool> {
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The Job controller (and the TTL-after-finished controller for Jobs).
+pub async fn jobs(inf: Arc<Informers>) {
+    let client = inf.client().clone();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let job_store = inf.cache::<Job>(wake.clone());
+    let pod_store = inf.cache::<Pod>(wake.clone());
+    if !(ready(&job_store).await && ready(&pod_store).await) {
+        return;
+    }
+    tracing::info!("job controller started");
+    let mut pending = Pending::default();
+    loop {
+        let pods = pod_store.state();
+        let jobs = job_store.state();
+        let mut by_owner: HashMap<&str, Vec<&Pod>> = HashMap::new();
+        for p in &pods {
+            if let Some(uid) = controlled_by(&p.metadata) {
+                by_owner.entry(uid).or_default().push(p);
+            }
+        }
+        pending.keep(&jobs.iter().filter_map(|j| j.metadata.uid.clone()).collect());
+        let mut next = Duration::from_secs(10);
+        for j in &jobs {
+            let (Some(ns), Some(name), Some(uid)) = (
+                j.metadata.namespace.as_deref(),
+                j.metadata.name.as_deref(),
+                j.metadata.uid.as_deref(),
+            ) else {
+                continue;
+            };
+            let owned = by_owner.get(uid).cloned().unwrap_or_default();
+            let seen: HashSet<&str> = owned
+                .iter()
+                .filter_map(|p| p.metadata.name.as_deref())
+                .collect();
+            if pending.blocks(uid, &seen) {
+                continue;
+            }
+            let Ok(v) = serde_json::to_value(j.as_ref()) else {
+                continue;
+            };
+            let plan = job::plan(&v, &owned, chrono::Utc::now());
+            if let Some(n) = plan.next {
+                next = next.min(n + Duration::from_millis(100));
+            }
+            let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
+            let jobs_api: Api<Job> = Api::namespaced(client.clone(), ns);
+            let me = ("batch/v1", "Job", &j.metadata);
+            let mut made = HashSet::new();
+            for w in plan.writes {
+                match w {
+                    job::Write::CreatePod(body) => match create_pod(&pods_api, body).await {
+                        Ok(n) => {
+                            let msg = format!("Created pod: {n}");
+                            emit(
+                                &client,
+                                me,
+                                "job-controller",
+                                ("Normal", "SuccessfulCreate", &msg),
+                            )
+                            .await;
+                            made.insert(n);
+                        }
+                        Err(e) => {
+                            let msg = format!("Error creating: {e}");
+                            emit(
+                                &client,
+                                me,
+                                "job-controller",
+                                ("Warning", "FailedCreate", &msg),
+                            )
+                            .await;
+                            break;
+                        }
+                    },
+                    job::Write::DeletePod(n) => match delete_pod(&pods_api, &n).await {
+                        Ok(true) => {
+                            let msg = format!("Deleted pod: {n}");
+                            emit(
+                                &client,
+                                me,
+                                "job-controller",
+                                ("Normal", "SuccessfulDelete", &msg),
+                            )
+                            .await;
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::debug!(pod = %n, error = %e, "deleting a job's pod"),
+                    },
+                    job::Write::Status(st) => {
+                        if let Err(e) = jobs_api
+                            .patch_status(
+                                name,
+                                &manager("job-controller"),
+                                &Patch::Merge(&json!({"status": st})),
+                            )
+                            .await
+                        {
+                            tracing::debug!(job = %name, error = %e, "job status");
+                        }
+                    }
+                    job::Write::Event(kind, reason, msg) => {
+                        emit(&client, me, "job-controller", (kind, reason, &msg)).await;
+                    }
+                    job::Write::DeleteJob => {
+                        let dp = DeleteParams {
+                            propagation_policy: Some(PropagationPolicy::Foreground),
+                            ..Default::default()
+                        };
+                        if let Err(e) = jobs_api.delete(name, &dp).await {
+                            tracing::debug!(job = %name, error = %e, "deleting a finished job");
+                        }
+                    }
+                }
+            }
+            pending.expect(uid, made);
+        }
+        let _ = tokio::time::timeout(next, wake.notified()).await;
+    }
+}
+
+/// The CronJob controller.
+pub async fn cronjobs(inf: Arc<Informers>) {
+    let client = inf.client().clone();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let cj_store = inf.cache::<CronJob>(wake.clone());
+    let job_store = inf.cache::<Job>(wake.clone());
+    if !(ready(&cj_store).await && ready(&job_store).await) {
+        return;
+    }
+    tracing::info!("cronjob controller started");
+    let mut pending = Pending::default();
+    loop {
+        let jobs = job_store.state();
+        let cjs = cj_store.state();
+        let mut by_owner: HashMap<&str, Vec<Value>> = HashMap::new();
+        for j in &jobs {
+            if let (Some(uid), Ok(v)) =
+                (controlled_by(&j.metadata), serde_json::to_value(j.as_ref()))
+            {
+                by_owner.entry(uid).or_default().push(v);
+            }
+        }
+        pending.keep(&cjs.iter().filter_map(|c| c.metadata.uid.clone()).collect());
+        let mut next = Duration::from_secs(10);
+        for c in &cjs {
+            let (Some(ns), Some(name), Some(uid)) = (
+                c.metadata.namespace.as_deref(),
+                c.metadata.name.as_deref(),
+                c.metadata.uid.as_deref(),
+            ) else {
+                continue;
+            };
+            let owned: Vec<&Value> = by_owner
+                .get(uid)
+                .map(|v| v.iter().collect())
+                .unwrap_or_default();
+            let seen: HashSet<&str> = owned
+                .iter()
+                .filter_map(|j| j["metadata"]["name"].as_str())
+                .collect();
+            if pending.blocks(uid, &seen) {
+                continue;
+            }
+            let Ok(v) = serde_json::to_value(c.as_ref()) else {
+                continue;
+            };
+            let plan = cronjob::plan(&v, &owned, chrono::Utc::now());
+            if let Some(n) = plan.next {
+                next = next.min(n);
+            }
+            let jobs_api: Api<Job> = Api::namespaced(client.clone(), ns);
+            let me = ("batch/v1", "CronJob", &c.metadata);
+            let mut made = HashSet::new();
+            for w in plan.writes {
+                match w {
+                    cronjob::Write::CreateJob(body) => {
+                        let Ok(j) = serde_json::from_value::<Job>(body) else {
+                            continue;
+                        };
+                        let jname = j.metadata.name.clone().unwrap_or_default();
+                        match jobs_api.create(&PostParams::default(), &j).await {
+                            Ok(_) => {
+                                made.insert(jname);
+                            }
+                            Err(kube::Error::Api(e)) if e.code == 409 => {}
+                            Err(e) => {
+                                let msg = format!("Error creating job: {e}");
+                                emit(
+                                    &client,
+                                    me,
+                                    "cronjob-controller",
+                                    ("Warning", "FailedCreate", &msg),
+                                )
+                                .await;
+                            }
+                        }
+                    }
+                    cronjob::Write::DeleteJob(n) => {
+                        if let Err(e) = jobs_api.delete(&n, &DeleteParams::background()).await {
+                            tracing::debug!(job = %n, error = %e, "deleting a cronjob's job");
+                        }
+                    }
+                    cronjob::Write::Status(st) => {
+                        if let Err(e) = Api::<CronJob>::namespaced(client.clone(), ns)
+                            .patch_status(
+                                name,
+                                &manager("cronjob-controller"),
+                                &Patch::Merge(&json!({"status": st})),
+                            )
+                            .await
+                        {
+                            tracing::debug!(cronjob = %name, error = %e, "cronjob status");
+                        }
+                    }
+                    cronjob::Write::Event(kind, reason, msg) => {
+                        emit(&client, me, "cronjob-controller", (kind, reason, &msg)).await;
+                    }
+                }
+            }
+            pending.expect(uid, made);
+        }
+        let _ = tokio::time::timeout(next, wake.notified()).await;
+    }
+}
+
+/// The DaemonSet controller.
+pub async fn daemonsets(inf: Arc<Informers>) {
+    let client = inf.client().clone();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let ds_store = inf.cache::<DaemonSet>(wake.clone());
+    let pod_store = inf.cache::<Pod>(wake.clone());
+    let node_store = inf.cache::<Node>(wake.clone());
+    if !(ready(&ds_store).await && ready(&pod_store).await && ready(&node_store).await) {
+        return;
+    }
+    tracing::info!("daemonset controller started");
+    let mut pending = Pending::default();
+    loop {
+        let pods = pod_store.state();
+        let nodes = node_store.state();
+        let nodes: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
+        let all = ds_store.state();
+        let mut by_owner: HashMap<&str, Vec<&Pod>> = HashMap::new();
+        for p in &pods {
+            if let Some(uid) = controlled_by(&p.metadata) {
+                by_owner.entry(uid).or_default().push(p);
+            }
+        }
+        pending.keep(&all.iter().filter_map(|d| d.metadata.uid.clone()).collect());
+        for d in &all {
+            let (Some(ns), Some(name), Some(uid)) = (
+                d.metadata.namespace.as_deref(),
+                d.metadata.name.as_deref(),
+                d.metadata.uid.as_deref(),
+            ) else {
+                continue;
+            };
+            let owned = by_owner.get(uid).cloned().unwrap_or_default();
+            let seen: HashSet<&str> = owned
+                .iter()
+                .filter_map(|p| p.metadata.name.as_deref())
+                .collect();
+            if pending.blocks(uid, &seen) {
+                continue;
+            }
+            let Ok(v) = serde_json::to_value(d.as_ref()) else {
+                continue;
+            };
+            let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
+            let me = ("apps/v1", "DaemonSet", &d.metadata);
+            let mut made = HashSet::new();
+            for w in daemonset::plan(&v, &nodes, &owned, chrono::Utc::now()) {
+                match w {
+                    daemonset::Write::CreatePod { node, body } => {
+                        match create_pod(&pods_api, body).await {
+                            Ok(n) => {
+                                let msg = format!("Created pod: {n}");
+                                emit(
+                                    &client,
+                                    me,
+                                    "daemonset-controller",
+                                    ("Normal", "SuccessfulCreate", &msg),
+                                )
+                                .await;
+                                made.insert(n);
+                            }
+                            Err(e) => {
+                                let msg = format!("Error creating: {e}");
+                                tracing::debug!(node = %node, error = %e, "daemon pod");
+                                emit(
+                                    &client,
+                                    me,
+                                    "daemonset-controller",
+                                    ("Warning", "FailedCreate", &msg),
+                                )
+                                .await;
+                                break;
+                            }
+                        }
+                    }
+                    daemonset::Write::DeletePod(n) => match delete_pod(&pods_api, &n).await {
+                        Ok(true) => {
+                            let msg = format!("Deleted pod: {n}");
+                            emit(
+                                &client,
+                                me,
+                                "daemonset-controller",
+                                ("Normal", "SuccessfulDelete", &msg),
+                            )
+                            .await;
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::debug!(pod = %n, error = %e, "deleting a daemon pod"),
+                    },
+                    daemonset::Write::Status(st) => {
+                        if let Err(e) = Api::<DaemonSet>::namespaced(client.clone(), ns)
+                            .patch_status(
+                                name,
+                                &manager("daemonset-controller"),
+                                &Patch::Merge(&json!({"status": st})),
+                            )
+                            .await
+                        {
+                            tracing::debug!(daemonset = %name, error = %e, "daemonset status");
+                        }
+                    }
+                }
+            }
+            pending.expect(uid, made);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), wake.notified()).await;
+    }
+}
