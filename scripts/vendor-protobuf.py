@@ -15,7 +15,7 @@ import gzip, json, re, subprocess, sys
 
 api, machinery = sys.argv[1], sys.argv[2]
 rev = sys.argv[3] if len(sys.argv) > 3 else "HEAD"
-API_GROUPS = ["core/v1", "apps/v1", "batch/v1", "coordination/v1", "discovery/v1", "events/v1",
+API_GROUPS = ["core/v1", "apps/v1", "batch/v1", "coordination/v1", "discovery/v1", "events/v1", "storage/v1",
               "authentication/v1", "authorization/v1", "autoscaling/v1", "policy/v1", "rbac/v1"]
 MACHINERY = ["pkg/apis/meta/v1", "pkg/runtime", "pkg/runtime/schema", "pkg/util/intstr", "pkg/api/resource"]
 SCALARS = {"string", "bytes", "bool", "int32", "int64", "uint32", "uint64", "sint32", "sint64",

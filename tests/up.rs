@@ -2361,3 +2361,207 @@ fn jobs_cronjobs_and_daemonsets_run_as_kubectl_expects() {
     u.kubectl(&["wait", "--for=delete", "pods", "--all", "--timeout=60s"]);
     assert_eq!(u.kubectl(&["get", "jobs,pods", "-o", "name"]), "");
 }
+
+const STATEFUL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: nginx}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{port: 80, name: web}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  serviceName: nginx
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: test/busybox:1
+        command: ["sleep", "3600"]
+        volumeMounts: [{name: www, mountPath: /data}]
+  volumeClaimTemplates:
+  - metadata: {name: www}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Gi}}
+"#;
+
+#[test]
+fn statefulsets_keep_names_addresses_and_data_on_local_path_volumes() {
+    let u = Up::new();
+    u.up();
+    assert_eq!(
+        u.kubectl(&["get", "storageclass", "--no-headers"])
+            .split_whitespace()
+            .take(5)
+            .collect::<Vec<_>>(),
+        [
+            "local-path",
+            "(default)",
+            "knode.io/local-path",
+            "Delete",
+            "WaitForFirstConsumer"
+        ]
+    );
+    u.apply(STATEFUL);
+    u.kubectl(&["rollout", "status", "statefulset/web", "--timeout=120s"]);
+    let row = u.kubectl(&["get", "sts", "web", "--no-headers"]);
+    assert_eq!(
+        row.split_whitespace().take(2).collect::<Vec<_>>(),
+        ["web", "3/3"],
+        "{row}"
+    );
+    // Made in order, each with its own claim bound to a volume provisioned on the node.
+    let created = |p: &str| {
+        u.kubectl(&[
+            "get",
+            "pod",
+            p,
+            "-o",
+            "jsonpath={.metadata.creationTimestamp}",
+        ])
+    };
+    assert!(created("web-0") <= created("web-1") && created("web-1") <= created("web-2"));
+    let claims = u.kubectl(&["get", "pvc", "--no-headers"]);
+    let mut rows: Vec<Vec<&str>> = claims
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    rows.sort();
+    assert_eq!(rows.len(), 3, "{claims}");
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r[0], format!("www-web-{i}"));
+        assert_eq!(r[1], "Bound", "{claims}");
+        assert_eq!(r[3..6], ["1Gi", "RWO", "local-path"], "{claims}");
+    }
+    let volumes = u.kubectl(&["get", "pv", "--no-headers"]);
+    assert_eq!(volumes.lines().count(), 3, "{volumes}");
+    for l in volumes.lines() {
+        let c: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(c[1..5], ["1Gi", "RWO", "Delete", "Bound"], "{l}");
+    }
+
+    // Stable names through the headless Service.
+    let ip1 = u.kubectl(&["get", "pod", "web-1", "-o", "jsonpath={.status.podIP}"]);
+    let answer = u.kubectl(&[
+        "exec",
+        "web-0",
+        "--",
+        "nslookup",
+        "web-1.nginx.default.svc.cluster.local",
+    ]);
+    assert!(answer.contains(&format!("Address: {ip1}")), "{answer}");
+    assert_eq!(u.kubectl(&["exec", "web-2", "--", "hostname"]), "web-2\n");
+
+    // Data written by web-1 outlives it.
+    u.kubectl(&["exec", "web-1", "--", "sh", "-c", "echo kept > /data/f"]);
+    let uid = u.kubectl(&["get", "pvc", "www-web-1", "-o", "jsonpath={.metadata.uid}"]);
+    let on_node =
+        u.s.root()
+            .join(format!("storage/pvc-{uid}_default_www-web-1/f"));
+    assert_eq!(std::fs::read_to_string(&on_node).unwrap(), "kept\n");
+    let old = u.kubectl(&["get", "pod", "web-1", "-o", "jsonpath={.metadata.uid}"]);
+    // kubectl waits until the pod of that uid is gone; the set makes it again.
+    u.kubectl(&["delete", "pod", "web-1"]);
+    u.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/web-1",
+        "--timeout=60s",
+    ]);
+    assert_ne!(
+        u.kubectl(&["get", "pod", "web-1", "-o", "jsonpath={.metadata.uid}"]),
+        old
+    );
+    assert_eq!(
+        u.kubectl(&["exec", "web-1", "--", "cat", "/data/f"]),
+        "kept\n"
+    );
+
+    // The Python client reads the set and its claims.
+    let script = format!(
+        "from kubernetes import client, config\nconfig.load_kube_config({:?})\ns = client.AppsV1Api().read_namespaced_stateful_set('web', 'default').status\nc = client.CoreV1Api().list_namespaced_persistent_volume_claim('default').items\nprint(s.ready_replicas, s.current_revision == s.update_revision, sorted((x.metadata.name, x.status.phase) for x in c))\n",
+        u.kubeconfig().display().to_string()
+    );
+    let o = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", u.ns))
+        .args([support::server::PYTHON, "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&o.stdout),
+        "3 True [('www-web-0', 'Bound'), ('www-web-1', 'Bound'), ('www-web-2', 'Bound')]\n",
+        "{}",
+        text(&o.stderr)
+    );
+
+    // Scaled down highest first; the claims stay.
+    u.kubectl(&["scale", "statefulset", "web", "--replicas=1"]);
+    u.kubectl(&[
+        "wait",
+        "--for=delete",
+        "pod/web-2",
+        "pod/web-1",
+        "--timeout=60s",
+    ]);
+    assert_eq!(u.kubectl(&["get", "pods", "-o", "name"]), "pod/web-0\n");
+    assert_eq!(u.kubectl(&["get", "pvc", "-o", "name"]).lines().count(), 3);
+
+    // A claim of a class that does not exist: said on the claim, nothing else disturbed.
+    u.apply("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: bad}\nspec:\n  storageClassName: fast\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n");
+    let line = u.watch_until(
+        &[
+            "get",
+            "events",
+            "-w",
+            "--field-selector",
+            "involvedObject.name=bad",
+            "-o",
+            "custom-columns=R:.reason,M:.message",
+            "--no-headers",
+        ],
+        |l| l.starts_with("ProvisioningFailed"),
+    );
+    assert!(
+        line.contains(r#"storageclass.storage.k8s.io "fast" not found"#),
+        "{line}"
+    );
+    let o = u.kubectl_with_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: worse}\nspec:\n  resources: {requests: {storage: 0}}\n",
+    );
+    assert!(
+        text(&o.stderr)
+            .contains("spec.accessModes: Required value: at least 1 access mode is required")
+            && text(&o.stderr).contains(
+                "spec.resources[storage]: Invalid value: \"0\": must be greater than zero"
+            ),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(
+        u.kubectl(&["get", "pvc", "bad", "-o", "jsonpath={.status.phase}"]),
+        "Pending"
+    );
+
+    // Deleting the set and its claims deletes the volumes and their directories.
+    u.kubectl(&["delete", "statefulset", "web"]);
+    u.kubectl(&["wait", "--for=delete", "pod/web-0", "--timeout=60s"]);
+    u.kubectl(&["delete", "pvc", "--all"]);
+    u.kubectl(&["wait", "--for=delete", "pv", "--all", "--timeout=60s"]);
+    let storage = u.s.root().join("storage");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let left = || std::fs::read_dir(&storage).map(|d| d.count()).unwrap_or(0);
+    while left() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(left(), 0, "the node removes a deleted volume's directory");
+}

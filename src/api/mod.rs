@@ -25,3 +25,12 @@ pub const ORPHAN_DEPENDENTS: &str = "orphan";
 /// The common name of the API server's client certificate toward node agents (kubeadm's
 /// name); a node agent's kubelet API accepts no other.
 pub const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
+
+/// The StorageClass every cluster starts with, marked default.
+pub const LOCAL_PATH_CLASS: &str = "local-path";
+/// Its provisioner: a directory under the node's `<root>/storage` for each claim.
+pub const LOCAL_PATH_PROVISIONER: &str = "knode.io/local-path";
+/// The annotation a node publishes with the directory its local-path volumes go in.
+pub const STORAGE_DIR_ANNOTATION: &str = "knode.io/storage-dir";
+/// The annotation the scheduler puts on a claim waiting for its first consumer: the node.
+pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";

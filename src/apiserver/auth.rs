@@ -111,7 +111,14 @@ const NODE: &[Rule] = &[
     Rule {
         verbs: READ,
         group: "",
-        resources: &["services", "endpoints", "namespaces", "configmaps"],
+        resources: &[
+            "services",
+            "endpoints",
+            "namespaces",
+            "configmaps",
+            "persistentvolumeclaims",
+            "persistentvolumes",
+        ],
         namespace: None,
     },
     Rule {

@@ -133,6 +133,15 @@ pub async fn ensure(api: &Api, cfg: &ServerConfig) -> Result<(), ServerError> {
     if let Err(e) = ensure_one(api, "services", "", Some("kube-system"), dns).await {
         tracing::warn!(error = %e, "no kube-dns Service");
     }
+    // The default StorageClass: directories on the node a pod lands on, as k3s's local-path
+    // provisioner makes them (a class deleted or changed by the user is left so).
+    let sc = json!({"metadata": {"name": crate::api::LOCAL_PATH_CLASS,
+            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": crate::api::LOCAL_PATH_PROVISIONER,
+        "reclaimPolicy": "Delete", "volumeBindingMode": "WaitForFirstConsumer"});
+    if let Err(e) = ensure_one(api, "storageclasses", "storage.k8s.io", None, sc).await {
+        tracing::warn!(error = %e, "no default StorageClass");
+    }
     // The node join token, made once (deleting its Secret revokes it for good).
     let dir = cfg.root.join("server");
     if super::auth::node_token(&dir).is_none() {

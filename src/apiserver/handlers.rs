@@ -223,6 +223,50 @@ impl Api {
         Ok(())
     }
 
+    /// The DefaultStorageClass and StorageObjectInUseProtection admission plugins: a claim
+    /// that names no class gets the default one (the newest, if several are marked), and
+    /// claims and volumes get the finalizer that holds them while in use.
+    async fn admit_storage(&self, r: &Resource, obj: &mut Value) -> ApiResult<()> {
+        let claim = r.plural == "persistentvolumeclaims";
+        if claim && obj["spec"]["storageClassName"].is_null() {
+            let scr = resources::find("storage.k8s.io", "v1", "storageclasses").expect("served");
+            let classes = self.reg.list(scr, None, &Default::default()).await?;
+            let default = classes
+                .items
+                .iter()
+                .filter(|c| {
+                    c["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"]
+                        == "true"
+                })
+                .max_by_key(|c| {
+                    (
+                        c["metadata"]["creationTimestamp"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string(),
+                        c["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                    )
+                });
+            if let Some(c) = default {
+                obj["spec"]["storageClassName"] = c["metadata"]["name"].clone();
+            }
+        }
+        let fin = if claim {
+            "kubernetes.io/pvc-protection"
+        } else {
+            "kubernetes.io/pv-protection"
+        };
+        let list = obj["metadata"]
+            .as_object_mut()
+            .map(|m| m.entry("finalizers").or_insert_with(|| json!([])));
+        if let Some(Value::Array(l)) = list {
+            if !l.iter().any(|f| f == fin) {
+                l.push(json!(fin));
+            }
+        }
+        Ok(())
+    }
+
     /// The ServiceAccount admission plugin: the pod's ServiceAccount must exist, and unless
     /// the pod or the ServiceAccount opts out, a projected volume `kube-api-access-<5>` with a
     /// token, the cluster CA and the namespace is mounted in every container at
@@ -401,6 +445,10 @@ impl Api {
         if r.group.is_empty() && r.plural == "pods" {
             self.admit_service_account(ns.as_deref().unwrap_or("default"), &mut obj)
                 .await?;
+        }
+        if r.group.is_empty() && matches!(r.plural, "persistentvolumeclaims" | "persistentvolumes")
+        {
+            self.admit_storage(r, &mut obj).await?;
         }
         if let Some(st) = strategy::initial_status(r, &obj) {
             obj["status"] = st;

@@ -111,6 +111,38 @@ fn columns(r: &Resource) -> &'static [Col] {
             ("Endpoints", "string", 0),
             ("Age", "string", 0),
         ],
+        ("", "PersistentVolumeClaim") => &[
+            ("Name", "string", 0),
+            ("Status", "string", 0),
+            ("Volume", "string", 0),
+            ("Capacity", "string", 0),
+            ("Access Modes", "string", 0),
+            ("StorageClass", "string", 0),
+            ("VolumeAttributesClass", "string", 0),
+            ("Age", "string", 0),
+            ("VolumeMode", "string", 1),
+        ],
+        ("", "PersistentVolume") => &[
+            ("Name", "string", 0),
+            ("Capacity", "string", 0),
+            ("Access Modes", "string", 0),
+            ("Reclaim Policy", "string", 0),
+            ("Status", "string", 0),
+            ("Claim", "string", 0),
+            ("StorageClass", "string", 0),
+            ("VolumeAttributesClass", "string", 0),
+            ("Reason", "string", 0),
+            ("Age", "string", 0),
+            ("VolumeMode", "string", 1),
+        ],
+        ("storage.k8s.io", "StorageClass") => &[
+            ("Name", "string", 0),
+            ("Provisioner", "string", 0),
+            ("ReclaimPolicy", "string", 0),
+            ("VolumeBindingMode", "string", 0),
+            ("AllowVolumeExpansion", "string", 0),
+            ("Age", "string", 0),
+        ],
         ("", "Node") => &[
             ("Name", "string", 0),
             ("Status", "string", 0),
@@ -219,6 +251,31 @@ fn s(v: &Value) -> String {
 
 fn i(v: &Value) -> i64 {
     v.as_i64().unwrap_or(0)
+}
+
+/// `RWO,ROX,RWX,RWOP`, as kubectl abbreviates access modes.
+fn access_modes(v: &Value) -> String {
+    let have: Vec<&str> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    [
+        ("ReadWriteOnce", "RWO"),
+        ("ReadOnlyMany", "ROX"),
+        ("ReadWriteMany", "RWX"),
+        ("ReadWriteOncePod", "RWOP"),
+    ]
+    .iter()
+    .filter(|(m, _)| have.contains(m))
+    .map(|(_, a)| *a)
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
+fn volume_mode(v: &Value) -> String {
+    v.as_str().unwrap_or("<unset>").to_string()
 }
 
 fn none_if_empty(x: String) -> String {
@@ -731,6 +788,88 @@ pub fn cells(r: &Resource, o: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 json!(s(&o["addressType"])),
                 json!(list_max3(ports, "<unset>")),
                 json!(list_max3(addrs, "<unset>")),
+                age,
+            ]
+        }
+        ("", "PersistentVolumeClaim") => {
+            let class = spec["storageClassName"]
+                .as_str()
+                .or_else(|| m["annotations"]["volume.beta.kubernetes.io/storage-class"].as_str())
+                .unwrap_or("");
+            let bound = !st["capacity"]["storage"].is_null();
+            let phase = if m["deletionTimestamp"].is_null() {
+                s(&st["phase"])
+            } else {
+                "Terminating".into()
+            };
+            vec![
+                name,
+                json!(phase),
+                json!(s(&spec["volumeName"])),
+                json!(if bound {
+                    s(&st["capacity"]["storage"])
+                } else {
+                    String::new()
+                }),
+                json!(if bound {
+                    access_modes(&st["accessModes"])
+                } else {
+                    String::new()
+                }),
+                json!(class),
+                json!(spec["volumeAttributesClassName"]
+                    .as_str()
+                    .unwrap_or("<unset>")),
+                age,
+                json!(volume_mode(&spec["volumeMode"])),
+            ]
+        }
+        ("", "PersistentVolume") => {
+            let claim = match (
+                spec["claimRef"]["namespace"].as_str(),
+                spec["claimRef"]["name"].as_str(),
+            ) {
+                (Some(ns), Some(n)) => format!("{ns}/{n}"),
+                _ => String::new(),
+            };
+            let phase = if m["deletionTimestamp"].is_null() {
+                s(&st["phase"])
+            } else {
+                "Terminating".into()
+            };
+            vec![
+                name,
+                json!(s(&spec["capacity"]["storage"])),
+                json!(access_modes(&spec["accessModes"])),
+                json!(s(&spec["persistentVolumeReclaimPolicy"])),
+                json!(phase),
+                json!(claim),
+                json!(s(&spec["storageClassName"])),
+                json!(spec["volumeAttributesClassName"]
+                    .as_str()
+                    .unwrap_or("<unset>")),
+                json!(s(&st["reason"])),
+                age,
+                json!(volume_mode(&spec["volumeMode"])),
+            ]
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            let default = [
+                "storageclass.kubernetes.io/is-default-class",
+                "storageclass.beta.kubernetes.io/is-default-class",
+            ]
+            .iter()
+            .any(|a| m["annotations"][*a] == "true");
+            let n = s(&m["name"]);
+            vec![
+                json!(if default { format!("{n} (default)") } else { n }),
+                json!(s(&o["provisioner"])),
+                json!(o["reclaimPolicy"].as_str().unwrap_or("Delete")),
+                json!(o["volumeBindingMode"].as_str().unwrap_or("Immediate")),
+                json!(o["allowVolumeExpansion"]
+                    .as_bool()
+                    .unwrap_or(false)
+                    .to_string()),
                 age,
             ]
         }

@@ -196,6 +196,34 @@ pub static RESOURCES: &[Resource] = &[
     res!(
         "",
         "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        true,
+        &["pvc"],
+        &[],
+        CRUD,
+        &[status("", "v1", "PersistentVolumeClaim"),],
+        "persistentvolumeclaims",
+        "io.k8s.api.core.v1.PersistentVolumeClaim"
+    ),
+    res!(
+        "",
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        "persistentvolume",
+        false,
+        &["pv"],
+        &[],
+        CRUD,
+        &[status("", "v1", "PersistentVolume"),],
+        "persistentvolumes",
+        "io.k8s.api.core.v1.PersistentVolume"
+    ),
+    res!(
+        "",
+        "v1",
         "Pod",
         "pods",
         "pod",
@@ -566,6 +594,20 @@ pub static RESOURCES: &[Resource] = &[
         &[],
         "roles",
         "io.k8s.api.rbac.v1.Role"
+    ),
+    res!(
+        "storage.k8s.io",
+        "v1",
+        "StorageClass",
+        "storageclasses",
+        "storageclass",
+        false,
+        &["sc"],
+        &[],
+        CRUD,
+        &[],
+        "storageclasses",
+        "io.k8s.api.storage.v1.StorageClass"
     ),
 ];
 

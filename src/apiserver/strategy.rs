@@ -51,6 +51,8 @@ pub fn decodes(r: &Resource, obj: &Value) -> Result<(), String> {
         "io.k8s.api.core.v1.Namespace" => check::<core::v1::Namespace>(obj),
         "io.k8s.api.core.v1.Node" => check::<core::v1::Node>(obj),
         "io.k8s.api.core.v1.Pod" => check::<core::v1::Pod>(obj),
+        "io.k8s.api.core.v1.PersistentVolume" => check::<core::v1::PersistentVolume>(obj),
+        "io.k8s.api.core.v1.PersistentVolumeClaim" => check::<core::v1::PersistentVolumeClaim>(obj),
         "io.k8s.api.core.v1.ReplicationController" => check::<core::v1::ReplicationController>(obj),
         "io.k8s.api.core.v1.Secret" => check::<core::v1::Secret>(obj),
         "io.k8s.api.core.v1.ServiceAccount" => check::<core::v1::ServiceAccount>(obj),
@@ -78,6 +80,7 @@ pub fn decodes(r: &Resource, obj: &Value) -> Result<(), String> {
         "io.k8s.api.rbac.v1.ClusterRoleBinding" => check::<rbac::v1::ClusterRoleBinding>(obj),
         "io.k8s.api.rbac.v1.Role" => check::<rbac::v1::Role>(obj),
         "io.k8s.api.rbac.v1.RoleBinding" => check::<rbac::v1::RoleBinding>(obj),
+        "io.k8s.api.storage.v1.StorageClass" => check::<storage::v1::StorageClass>(obj),
         other => Err(format!("no type for {other}")),
     }
 }
@@ -378,6 +381,26 @@ pub fn defaults(r: &Resource, o: &mut Value) {
                 generate_job_selector(spec, &uid, &name);
             }
         }
+        ("", "PersistentVolumeClaim") => {
+            if let Some(spec) = obj(o, "spec") {
+                set_default(spec, "volumeMode", json!("Filesystem"));
+            }
+        }
+        ("", "PersistentVolume") => {
+            if let Some(spec) = obj(o, "spec") {
+                set_default(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+                set_default(spec, "volumeMode", json!("Filesystem"));
+                if let Some(hp) = spec.get_mut("hostPath").and_then(Value::as_object_mut) {
+                    set_default(hp, "type", json!(""));
+                }
+            }
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            if let Some(m) = o.as_object_mut() {
+                set_default(m, "reclaimPolicy", json!("Delete"));
+                set_default(m, "volumeBindingMode", json!("Immediate"));
+            }
+        }
         ("batch", "CronJob") => {
             if let Some(spec) = obj(o, "spec") {
                 set_default(spec, "concurrencyPolicy", json!("Allow"));
@@ -453,6 +476,7 @@ pub fn initial_status(r: &Resource, o: &Value) -> Option<Value> {
         ("", "Pod") => json!({"phase": "Pending", "qosClass": qos_class(o)}),
         ("", "Service") => json!({"loadBalancer": {}}),
         ("", "Namespace") => json!({"phase": "Active"}),
+        ("", "PersistentVolumeClaim" | "PersistentVolume") => json!({"phase": "Pending"}),
         ("", "Node") => return o.get("status").cloned(),
         _ => json!({}),
     })
@@ -602,6 +626,55 @@ fn selects_template(o: &Value, errs: &mut Vec<FieldError>, legacy: bool) {
 /// A pod template's spec, checked as a pod's, with its errors under `prefix`.
 fn template(o: &Value, prefix: &str, errs: &mut Vec<FieldError>) {
     template_at(&o["spec"]["template"], prefix, errs)
+}
+
+/// A claim's or volume's access modes: at least one, each known.
+fn access_modes(v: &Value, at: &str, errs: &mut Vec<FieldError>) {
+    let modes: Vec<&str> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if modes.is_empty() {
+        errs.push(v::required(at, "at least 1 access mode is required"));
+    }
+    let known = [
+        "ReadOnlyMany",
+        "ReadWriteMany",
+        "ReadWriteOnce",
+        "ReadWriteOncePod",
+    ];
+    for m in &modes {
+        if !known.contains(m) {
+            errs.push(v::not_supported(at, *m, &known));
+        }
+    }
+    if modes.contains(&"ReadWriteOncePod") && modes.len() > 1 {
+        errs.push(v::forbidden(
+            at,
+            "may not use ReadWriteOncePod with other access modes",
+        ));
+    }
+}
+
+/// `requests` (or `capacity`) must have a positive `storage`.
+fn storage_size(m: &Value, at: &str, errs: &mut Vec<FieldError>) {
+    let f = format!("{at}[storage]");
+    // A quantity may come as a JSON number.
+    let q = match &m["storage"] {
+        Value::String(q) => Some(q.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    match q {
+        None => errs.push(v::required(&f, "")),
+        Some(q) => match crate::api::quantity::parse_quantity(&q, 1) {
+            Ok(n) if n > 0 => {}
+            Ok(_) => errs.push(v::invalid(&f, q, "must be greater than zero")),
+            Err(e) => errs.push(v::invalid(&f, q, e.to_string())),
+        },
+    }
 }
 
 /// A Job's spec (also a CronJob's `jobTemplate.spec`), as upstream's `validateJobSpec`.
@@ -774,10 +847,50 @@ pub fn validate(r: &Resource, o: &Value) -> Vec<FieldError> {
             selects_template(o, &mut errs, true);
             template(o, "spec.template", &mut errs);
         }
-        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
+        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") => {
             replicas(o, &mut errs);
             selects_template(o, &mut errs, false);
             template(o, "spec.template", &mut errs);
+        }
+        ("apps", "StatefulSet") => {
+            replicas(o, &mut errs);
+            selects_template(o, &mut errs, false);
+            // The claim templates are volumes of every pod (mounts may name them).
+            let mut t = o["spec"]["template"].clone();
+            let mut vols: Vec<Value> = t["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+            for (i, c) in o["spec"]["volumeClaimTemplates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let n = c["metadata"]["name"].as_str().unwrap_or("");
+                let f = format!("spec.volumeClaimTemplates[{i}]");
+                for m in v::dns_label(n) {
+                    errs.push(v::invalid(&format!("{f}.metadata.name"), n, m));
+                }
+                access_modes(
+                    &c["spec"]["accessModes"],
+                    &format!("{f}.spec.accessModes"),
+                    &mut errs,
+                );
+                storage_size(
+                    &c["spec"]["resources"]["requests"],
+                    &format!("{f}.spec.resources"),
+                    &mut errs,
+                );
+                vols.retain(|v| v["name"] != n);
+                vols.push(json!({"name": n, "persistentVolumeClaim": {"claimName": format!("{n}-claim")}}));
+            }
+            if !vols.is_empty() && !t.is_null() {
+                t["spec"]["volumes"] = json!(vols);
+            }
+            template_at(&t, "spec.template", &mut errs);
+            if let Some(svc) = o["spec"]["serviceName"].as_str().filter(|s| !s.is_empty()) {
+                for m in v::dns_label(svc) {
+                    errs.push(v::invalid("spec.serviceName", svc, m));
+                }
+            }
         }
         ("batch", "Job") => {
             job_spec(&o["spec"], "spec", &mut errs);
@@ -802,6 +915,112 @@ pub fn validate(r: &Resource, o: &Value) -> Vec<FieldError> {
                     let f = format!("endpoints[{i}].addresses[{j}]");
                     errs.extend(v::endpoint_ip(&f, a.as_str().unwrap_or("")));
                 }
+            }
+        }
+        ("", "PersistentVolumeClaim") => {
+            access_modes(&o["spec"]["accessModes"], "spec.accessModes", &mut errs);
+            storage_size(
+                &o["spec"]["resources"]["requests"],
+                "spec.resources",
+                &mut errs,
+            );
+            if let Some(m) = o["spec"]["volumeMode"].as_str() {
+                if m != "Filesystem" && m != "Block" {
+                    errs.push(v::not_supported(
+                        "spec.volumeMode",
+                        m,
+                        &["Block", "Filesystem"],
+                    ));
+                }
+            }
+        }
+        ("", "PersistentVolume") => {
+            let spec = &o["spec"];
+            access_modes(&spec["accessModes"], "spec.accessModes", &mut errs);
+            storage_size(&spec["capacity"], "spec.capacity", &mut errs);
+            let p = spec["persistentVolumeReclaimPolicy"].as_str().unwrap_or("");
+            if !["Retain", "Delete", "Recycle"].contains(&p) {
+                errs.push(v::not_supported(
+                    "spec.persistentVolumeReclaimPolicy",
+                    p,
+                    &["Delete", "Recycle", "Retain"],
+                ));
+            }
+            let sources = [
+                "hostPath",
+                "local",
+                "nfs",
+                "csi",
+                "iscsi",
+                "fc",
+                "cephfs",
+                "rbd",
+                "flexVolume",
+                "azureFile",
+                "glusterfs",
+                "portworxVolume",
+                "scaleIO",
+                "storageos",
+                "vsphereVolume",
+                "photonPersistentDisk",
+                "quobyte",
+                "cinder",
+                "flocker",
+                "gcePersistentDisk",
+                "awsElasticBlockStore",
+                "azureDisk",
+            ];
+            let given: Vec<&str> = sources
+                .iter()
+                .copied()
+                .filter(|k| !spec[*k].is_null())
+                .collect();
+            match given.len() {
+                0 => errs.push(v::required("spec", "must specify a volume type")),
+                1 => {}
+                _ => errs.push(v::forbidden(
+                    &format!("spec.{}", given[1]),
+                    "may not specify more than 1 volume type",
+                )),
+            }
+            for (src, f) in [
+                ("hostPath", "spec.hostPath.path"),
+                ("local", "spec.local.path"),
+            ] {
+                if let Some(path) = spec[src]["path"].as_str() {
+                    if !path.starts_with('/') && src == "local" {
+                        errs.push(v::invalid(f, path, "must be an absolute path"));
+                    }
+                    if path.split('/').any(|c| c == "..") {
+                        errs.push(v::invalid(f, path, "must not contain '..'"));
+                    }
+                } else if !spec[src].is_null() {
+                    errs.push(v::required(f, ""));
+                }
+            }
+            if !spec["local"].is_null() && spec["nodeAffinity"].is_null() {
+                errs.push(v::required(
+                    "spec.nodeAffinity",
+                    "Local volume requires node affinity",
+                ));
+            }
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            let p = o["provisioner"].as_str().unwrap_or("");
+            if p.is_empty() {
+                errs.push(v::required("provisioner", ""));
+            }
+            let rp = o["reclaimPolicy"].as_str().unwrap_or("");
+            if rp != "Delete" && rp != "Retain" {
+                errs.push(v::not_supported("reclaimPolicy", rp, &["Delete", "Retain"]));
+            }
+            let m = o["volumeBindingMode"].as_str().unwrap_or("");
+            if m != "Immediate" && m != "WaitForFirstConsumer" {
+                errs.push(v::not_supported(
+                    "volumeBindingMode",
+                    m,
+                    &["Immediate", "WaitForFirstConsumer"],
+                ));
             }
         }
         ("batch", "CronJob") => {

@@ -3,7 +3,8 @@
 //! ReplicaSet and ReplicationController controllers; the garbage collector (background,
 //! foreground and orphaning deletion); Deployments; Endpoints and EndpointSlices; node lifecycle (unreachable nodes and
 //! the eviction of their pods); the default ServiceAccount of every namespace; Jobs (with
-//! their TTL after finishing), CronJobs and DaemonSets.
+//! their TTL after finishing), CronJobs, DaemonSets and StatefulSets; persistent volumes (binding, the
+//! local-path provisioner, reclaiming, protection).
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,8 @@ pub mod job;
 pub mod nodelifecycle;
 pub mod replicaset;
 mod run;
+pub mod statefulset;
+pub mod volumes;
 mod workloads;
 
 /// What the controllers are configured with.
@@ -46,5 +49,7 @@ pub async fn run(inf: std::sync::Arc<crate::client::Informers>, opts: Options) {
     tokio::spawn(workloads::jobs(inf.clone()));
     tokio::spawn(workloads::cronjobs(inf.clone()));
     tokio::spawn(workloads::daemonsets(inf.clone()));
+    tokio::spawn(workloads::volumes(inf.clone()));
+    tokio::spawn(workloads::statefulsets(inf.clone()));
     run::run(inf).await
 }

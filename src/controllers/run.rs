@@ -677,7 +677,9 @@ pub async fn garbage_collector(inf: Arc<Informers>) {
     let jobs = inf.cache::<k8s_openapi::api::batch::v1::Job>(wake.clone());
     let cjs = inf.cache::<k8s_openapi::api::batch::v1::CronJob>(wake.clone());
     let dss = inf.cache::<k8s_openapi::api::apps::v1::DaemonSet>(wake.clone());
-    all_ready!(deps, rss, rcs, pods, svcs, slices, nodes, jobs, cjs, dss);
+    let stss = inf.cache::<k8s_openapi::api::apps::v1::StatefulSet>(wake.clone());
+    let revs = inf.cache::<k8s_openapi::api::apps::v1::ControllerRevision>(wake.clone());
+    all_ready!(deps, rss, rcs, pods, svcs, slices, nodes, jobs, cjs, dss, stss, revs);
     let kinds: Kinds = [
         kind::<Deployment>(true),
         kind::<ReplicaSet>(true),
@@ -689,6 +691,8 @@ pub async fn garbage_collector(inf: Arc<Informers>) {
         kind::<k8s_openapi::api::batch::v1::Job>(true),
         kind::<k8s_openapi::api::batch::v1::CronJob>(true),
         kind::<k8s_openapi::api::apps::v1::DaemonSet>(true),
+        kind::<k8s_openapi::api::apps::v1::StatefulSet>(true),
+        kind::<k8s_openapi::api::apps::v1::ControllerRevision>(true),
     ]
     .into_iter()
     .collect();
@@ -706,6 +710,8 @@ pub async fn garbage_collector(inf: Arc<Informers>) {
         items_of(&jobs, &mut items);
         items_of(&cjs, &mut items);
         items_of(&dss, &mut items);
+        items_of(&stss, &mut items);
+        items_of(&revs, &mut items);
         for a in gc::plan(&items, &watched) {
             if let Err(e) = collect(&client, &kinds, &a).await {
                 tracing::debug!(action = ?a, error = %e, "garbage collection");

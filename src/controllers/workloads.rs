@@ -15,7 +15,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPo
 use kube::Client;
 use serde_json::{json, Value};
 
-use super::{cronjob, daemonset, job};
+use super::{cronjob, daemonset, job, volumes};
 use crate::client::{Informers, SharedStore};
 
 /// How long creations the cache has not shown yet hold their owner's next plan.
@@ -443,6 +443,277 @@ pub async fn daemonsets(inf: Arc<Informers>) {
                             .await
                         {
                             tracing::debug!(daemonset = %name, error = %e, "daemonset status");
+                        }
+                    }
+                }
+            }
+            pending.expect(uid, made);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), wake.notified()).await;
+    }
+}
+
+/// The persistent volume controller, the local-path provisioner and the protection of
+/// claims and volumes in use ([`super::volumes`]).
+pub async fn volumes(inf: Arc<Informers>) {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use k8s_openapi::api::storage::v1::StorageClass;
+    let client = inf.client().clone();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let claims = inf.cache::<PersistentVolumeClaim>(wake.clone());
+    let vols = inf.cache::<PersistentVolume>(wake.clone());
+    let classes = inf.cache::<StorageClass>(wake.clone());
+    let nodes = inf.cache::<Node>(wake.clone());
+    let pods = inf.cache::<Pod>(wake.clone());
+    if !(ready(&claims).await
+        && ready(&vols).await
+        && ready(&classes).await
+        && ready(&nodes).await
+        && ready(&pods).await)
+    {
+        return;
+    }
+    tracing::info!("persistentvolume controller and local-path provisioner started");
+    // Events already recorded (claim uid, reason, message): each is said once.
+    let mut said: HashSet<(String, &'static str, String)> = HashSet::new();
+    loop {
+        let (cs, vs, ss, ns, ps) = (
+            claims.state(),
+            vols.state(),
+            classes.state(),
+            nodes.state(),
+            pods.state(),
+        );
+        let c: Vec<&PersistentVolumeClaim> = cs.iter().map(|x| x.as_ref()).collect();
+        let v: Vec<&PersistentVolume> = vs.iter().map(|x| x.as_ref()).collect();
+        let s: Vec<&StorageClass> = ss.iter().map(|x| x.as_ref()).collect();
+        let n: Vec<&Node> = ns.iter().map(|x| x.as_ref()).collect();
+        let p: Vec<&Pod> = ps.iter().map(|x| x.as_ref()).collect();
+        let live: HashSet<String> = c.iter().filter_map(|c| c.metadata.uid.clone()).collect();
+        said.retain(|(uid, _, _)| live.contains(uid));
+        let pp = manager("persistentvolume-binder-controller");
+        for w in volumes::plan(&c, &v, &s, &n, &p) {
+            let res = match w {
+                volumes::Write::Patch { on, patch, status } => match on {
+                    volumes::Target::Claim(ns, name) => {
+                        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+                        if status {
+                            api.patch_status(&name, &pp, &Patch::Merge(&patch))
+                                .await
+                                .map(|_| ())
+                        } else {
+                            api.patch(&name, &pp, &Patch::Merge(&patch))
+                                .await
+                                .map(|_| ())
+                        }
+                    }
+                    volumes::Target::Volume(name) => {
+                        let api: Api<PersistentVolume> = Api::all(client.clone());
+                        if status {
+                            api.patch_status(&name, &pp, &Patch::Merge(&patch))
+                                .await
+                                .map(|_| ())
+                        } else {
+                            api.patch(&name, &pp, &Patch::Merge(&patch))
+                                .await
+                                .map(|_| ())
+                        }
+                    }
+                },
+                volumes::Write::CreateVolume(body) => {
+                    match serde_json::from_value::<PersistentVolume>(body) {
+                        Ok(pv) => Api::<PersistentVolume>::all(client.clone())
+                            .create(&PostParams::default(), &pv)
+                            .await
+                            .map(|_| ()),
+                        Err(e) => Err(kube::Error::SerdeError(e)),
+                    }
+                }
+                volumes::Write::DeleteVolume(name) => Api::<PersistentVolume>::all(client.clone())
+                    .delete(&name, &DeleteParams::default())
+                    .await
+                    .map(|_| ()),
+                volumes::Write::Event {
+                    on,
+                    uid,
+                    kind,
+                    reason,
+                    message,
+                } => {
+                    if said.insert((uid.clone(), reason, message.clone())) {
+                        if let (volumes::Target::Claim(..), Some(cl)) = (
+                            &on,
+                            c.iter()
+                                .find(|c| c.metadata.uid.as_deref() == Some(uid.as_str())),
+                        ) {
+                            emit(
+                                &client,
+                                ("v1", "PersistentVolumeClaim", &cl.metadata),
+                                "persistentvolume-controller",
+                                (kind, reason, &message),
+                            )
+                            .await;
+                        }
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "persistent volume write");
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), wake.notified()).await;
+    }
+}
+
+/// The StatefulSet controller ([`super::statefulset`]).
+pub async fn statefulsets(inf: Arc<Informers>) {
+    use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let client = inf.client().clone();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let sets = inf.cache::<StatefulSet>(wake.clone());
+    let pod_store = inf.cache::<Pod>(wake.clone());
+    let rev_store = inf.cache::<ControllerRevision>(wake.clone());
+    let claim_store = inf.cache::<PersistentVolumeClaim>(wake.clone());
+    if !(ready(&sets).await
+        && ready(&pod_store).await
+        && ready(&rev_store).await
+        && ready(&claim_store).await)
+    {
+        return;
+    }
+    tracing::info!("statefulset controller started");
+    let mut pending = Pending::default();
+    const ME: &str = "statefulset-controller";
+    loop {
+        let pods = pod_store.state();
+        let revs: Vec<Value> = rev_store
+            .state()
+            .iter()
+            .filter_map(|r| serde_json::to_value(r.as_ref()).ok())
+            .collect();
+        let claims = claim_store.state();
+        let all = sets.state();
+        pending.keep(&all.iter().filter_map(|d| d.metadata.uid.clone()).collect());
+        for s in &all {
+            let (Some(ns), Some(name), Some(uid)) = (
+                s.metadata.namespace.as_deref(),
+                s.metadata.name.as_deref(),
+                s.metadata.uid.as_deref(),
+            ) else {
+                continue;
+            };
+            let owned: Vec<&Pod> = pods
+                .iter()
+                .filter(|p| controlled_by(&p.metadata) == Some(uid))
+                .map(|p| p.as_ref())
+                .collect();
+            let seen: HashSet<&str> = owned
+                .iter()
+                .filter_map(|p| p.metadata.name.as_deref())
+                .collect();
+            if pending.blocks(uid, &seen) {
+                continue;
+            }
+            let my_revs: Vec<&Value> = revs
+                .iter()
+                .filter(|r| {
+                    r["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_some_and(|o| {
+                            o.iter().any(|o| o["uid"] == uid && o["controller"] == true)
+                        })
+                })
+                .collect();
+            let claim_names: std::collections::BTreeSet<String> = claims
+                .iter()
+                .filter(|c| c.metadata.namespace.as_deref() == Some(ns))
+                .filter_map(|c| c.metadata.name.clone())
+                .collect();
+            let Ok(v) = serde_json::to_value(s.as_ref()) else {
+                continue;
+            };
+            let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
+            let me = ("apps/v1", "StatefulSet", &s.metadata);
+            let mut made = HashSet::new();
+            for w in
+                super::statefulset::plan(&v, &owned, &my_revs, &claim_names, chrono::Utc::now())
+            {
+                use super::statefulset::Write as W;
+                match w {
+                    W::CreateRevision(body) => {
+                        let res = match serde_json::from_value::<ControllerRevision>(body) {
+                            Ok(r) => Api::<ControllerRevision>::namespaced(client.clone(), ns)
+                                .create(&PostParams::default(), &r)
+                                .await
+                                .map(|_| ()),
+                            Err(e) => Err(kube::Error::SerdeError(e)),
+                        };
+                        if let Err(e) = res {
+                            tracing::debug!(statefulset = %name, error = %e, "revision");
+                        }
+                    }
+                    W::CreateClaim(body) => {
+                        let cname = body["metadata"]["name"].as_str().unwrap_or("").to_string();
+                        let pod = cname
+                            .split_once('-')
+                            .map(|(_, p)| p)
+                            .unwrap_or("")
+                            .to_string();
+                        let res = match serde_json::from_value::<PersistentVolumeClaim>(body) {
+                            Ok(c) => Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+                                .create(&PostParams::default(), &c)
+                                .await
+                                .map(|_| ()),
+                            Err(e) => Err(kube::Error::SerdeError(e)),
+                        };
+                        match res {
+                            Ok(()) => {
+                                let msg = format!(
+                                    "create Claim {cname} Pod {pod} in StatefulSet {name} success"
+                                );
+                                emit(&client, me, ME, ("Normal", "SuccessfulCreate", &msg)).await;
+                            }
+                            Err(kube::Error::Api(e)) if e.code == 409 => {}
+                            Err(e) => {
+                                let msg = format!("create Claim {cname} for Pod {pod} in StatefulSet {name} failed error: {e}");
+                                emit(&client, me, ME, ("Warning", "FailedCreate", &msg)).await;
+                            }
+                        }
+                    }
+                    W::CreatePod(body) => {
+                        let pname = body["metadata"]["name"].as_str().unwrap_or("").to_string();
+                        match create_pod(&pods_api, body).await {
+                            Ok(n) => {
+                                let msg =
+                                    format!("create Pod {n} in StatefulSet {name} successful");
+                                emit(&client, me, ME, ("Normal", "SuccessfulCreate", &msg)).await;
+                                made.insert(n);
+                            }
+                            Err(kube::Error::Api(e)) if e.code == 409 => {}
+                            Err(e) => {
+                                let msg = format!(
+                                    "create Pod {pname} in StatefulSet {name} failed error: {e}"
+                                );
+                                emit(&client, me, ME, ("Warning", "FailedCreate", &msg)).await;
+                            }
+                        }
+                    }
+                    W::DeletePod(n) => match delete_pod(&pods_api, &n).await {
+                        Ok(true) => {
+                            let msg = format!("delete Pod {n} in StatefulSet {name} successful");
+                            emit(&client, me, ME, ("Normal", "SuccessfulDelete", &msg)).await;
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::debug!(pod = %n, error = %e, "deleting a stateful pod"),
+                    },
+                    W::Status(st) => {
+                        if let Err(e) = Api::<StatefulSet>::namespaced(client.clone(), ns)
+                            .patch_status(name, &manager(ME), &Patch::Merge(&json!({"status": st})))
+                            .await
+                        {
+                            tracing::debug!(statefulset = %name, error = %e, "statefulset status");
                         }
                     }
                 }

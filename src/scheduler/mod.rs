@@ -18,10 +18,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Taint};
+use k8s_openapi::api::storage::v1::StorageClass;
 use serde_json::json;
 
-use crate::api::pod::{node_matches as labels_match, tolerates};
+use crate::api::pod::{node_matches, tolerates};
 use crate::api::quantity::parse_quantity;
 
 pub const NAME: &str = "default-scheduler";
@@ -118,6 +119,7 @@ pub enum Misfit {
     Selector,
     Insufficient(&'static str),
     TooManyPods,
+    VolumeAffinity,
 }
 
 impl Misfit {
@@ -128,6 +130,7 @@ impl Misfit {
             Misfit::Selector => "node(s) didn't match Pod's node affinity/selector".into(),
             Misfit::Insufficient(r) => format!("Insufficient {r}"),
             Misfit::TooManyPods => "Too many pods".into(),
+            Misfit::VolumeAffinity => "node(s) had volume node affinity conflict".into(),
         }
     }
 
@@ -173,7 +176,7 @@ pub fn fits(pod: &Pod, want: Amounts, n: &NodeState) -> Result<(), Misfit> {
             return Err(Misfit::Unschedulable);
         }
     }
-    if !labels_match(pod, node) {
+    if !node_matches(pod, node) {
         return Err(Misfit::Selector);
     }
     for t in spec.and_then(|s| s.taints.as_ref()).into_iter().flatten() {
@@ -207,8 +210,103 @@ fn owner(pod: &Pod) -> Option<String> {
         .map(|o| o.uid.clone())
 }
 
+/// The claims, volumes and classes the VolumeBinding filter reads.
+#[derive(Default)]
+pub struct Storage<'a> {
+    pub claims: HashMap<(String, String), &'a PersistentVolumeClaim>,
+    pub volumes: HashMap<String, &'a PersistentVolume>,
+    pub classes: HashMap<String, &'a StorageClass>,
+}
+
+/// What a pod's claims ask of its node.
+#[derive(Debug, Default)]
+pub struct VolumeNeeds {
+    /// For each bound volume with node affinity, a pod carrying that affinity (matched as a
+    /// pod's own).
+    pins: Vec<Pod>,
+    /// Claims waiting for their first consumer: the chosen node is written on them.
+    pub select: Vec<String>,
+}
+
+/// The VolumeBinding plugin's PreFilter: the pod's claims must exist and not be going, and
+/// be bound or wait for their first consumer. `Err` is the whole pod's reason.
+pub fn volume_needs(pod: &Pod, st: &Storage) -> Result<VolumeNeeds, String> {
+    let mut needs = VolumeNeeds::default();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let Some(c) = &v.persistent_volume_claim else {
+            continue;
+        };
+        let name = &c.claim_name;
+        let Some(claim) = st.claims.get(&(ns.clone(), name.clone())) else {
+            return Err(format!("persistentvolumeclaim \"{name}\" not found"));
+        };
+        if claim.metadata.deletion_timestamp.is_some() {
+            return Err(format!("persistentvolumeclaim \"{name}\" is being deleted"));
+        }
+        let spec = claim.spec.clone().unwrap_or_default();
+        match spec.volume_name.as_deref().filter(|v| !v.is_empty()) {
+            Some(vn) => {
+                let Some(vol) = st.volumes.get(vn) else {
+                    return Err(format!("persistentvolume \"{vn}\" not found"));
+                };
+                if let Some(req) = vol
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_affinity.as_ref())
+                    .and_then(|a| a.required.clone())
+                {
+                    let pin = serde_json::from_value::<Pod>(
+                        json!({"metadata": {}, "spec": {"containers": [],
+                        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": req}}}}),
+                    );
+                    needs.pins.extend(pin.ok());
+                }
+            }
+            None => {
+                let waits = spec
+                    .storage_class_name
+                    .as_ref()
+                    .and_then(|c| st.classes.get(c))
+                    .is_some_and(|c| {
+                        c.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer")
+                    });
+                if !waits {
+                    return Err("pod has unbound immediate PersistentVolumeClaims".into());
+                }
+                let chosen = claim
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(crate::api::SELECTED_NODE));
+                match chosen {
+                    // Chosen for an earlier pod: this one goes there too.
+                    Some(node) => needs.pins.extend(
+                        serde_json::from_value::<Pod>(json!({"metadata": {}, "spec": {"containers": [],
+                            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                            {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]}}}}}))
+                        .ok(),
+                    ),
+                    None => needs.select.push(name.clone()),
+                }
+            }
+        }
+    }
+    Ok(needs)
+}
+
 /// The node for `pod`, or the FailedScheduling message.
 pub fn schedule(pod: &Pod, nodes: &[NodeState]) -> Result<String, String> {
+    schedule_with(pod, nodes, &VolumeNeeds::default())
+}
+
+/// The FailedScheduling message of a reason that holds for the whole pod.
+pub fn unresolvable(total: usize, reason: &str) -> String {
+    format!("0/{total} nodes are available: {reason}. preemption: 0/{total} nodes are available: {total} Preemption is not helpful for scheduling.")
+}
+
+/// The node for `pod` whose claims need `vols`, or the FailedScheduling message.
+pub fn schedule_with(pod: &Pod, nodes: &[NodeState], vols: &VolumeNeeds) -> Result<String, String> {
     if nodes.is_empty() {
         return Err("no nodes available to schedule pods".into());
     }
@@ -219,7 +317,14 @@ pub fn schedule(pod: &Pod, nodes: &[NodeState]) -> Result<String, String> {
     let mut best: Option<(Rank, String)> = None;
     let own = owner(pod);
     for n in nodes {
-        match fits(pod, want, n) {
+        let fit = fits(pod, want, n).and_then(|()| {
+            if vols.pins.iter().all(|pin| node_matches(pin, n.node)) {
+                Ok(())
+            } else {
+                Err(Misfit::VolumeAffinity)
+            }
+        });
+        match fit {
             Err(m) => misfits.push(m),
             Ok(()) => {
                 let alloc = allocatable(n.node);

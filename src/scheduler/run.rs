@@ -6,14 +6,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 
 use crate::client::Informers;
 
-use super::{event, node_states, pending, schedule, NAME};
+use super::{
+    event, node_states, pending, schedule_with, unresolvable, volume_needs, Storage, NAME,
+};
 
 /// Runs until the client's server goes away for good (it retries with backoff meanwhile).
 pub async fn run(inf: Arc<Informers>) {
@@ -21,14 +24,45 @@ pub async fn run(inf: Arc<Informers>) {
     let wake = Arc::new(tokio::sync::Notify::new());
     let nodes = inf.cache::<Node>(wake.clone());
     let pods = inf.cache::<Pod>(wake.clone());
-    if nodes.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
+    let claims = inf.cache::<PersistentVolumeClaim>(wake.clone());
+    let volumes = inf.cache::<PersistentVolume>(wake.clone());
+    let classes = inf.cache::<StorageClass>(wake.clone());
+    if nodes.wait_until_ready().await.is_err()
+        || pods.wait_until_ready().await.is_err()
+        || claims.wait_until_ready().await.is_err()
+        || volumes.wait_until_ready().await.is_err()
+        || classes.wait_until_ready().await.is_err()
+    {
         return;
     }
     tracing::info!("scheduler started");
     // The last FailedScheduling message per pod uid: an unchanged one is not repeated.
     let mut told: HashMap<String, String> = HashMap::new();
     loop {
-        pass(&client, &nodes.state(), pods.state(), &mut told).await;
+        let (cs, vs, ss) = (claims.state(), volumes.state(), classes.state());
+        let storage = Storage {
+            claims: cs
+                .iter()
+                .map(|c| {
+                    (
+                        (
+                            c.metadata.namespace.clone().unwrap_or_default(),
+                            c.metadata.name.clone().unwrap_or_default(),
+                        ),
+                        c.as_ref(),
+                    )
+                })
+                .collect(),
+            volumes: vs
+                .iter()
+                .map(|v| (v.metadata.name.clone().unwrap_or_default(), v.as_ref()))
+                .collect(),
+            classes: ss
+                .iter()
+                .map(|c| (c.metadata.name.clone().unwrap_or_default(), c.as_ref()))
+                .collect(),
+        };
+        pass(&client, &nodes.state(), pods.state(), &storage, &mut told).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), wake.notified()).await;
     }
 }
@@ -37,6 +71,7 @@ async fn pass(
     client: &Client,
     nodes: &[Arc<Node>],
     all: Vec<Arc<Pod>>,
+    storage: &Storage<'_>,
     told: &mut HashMap<String, String>,
 ) {
     let mut waiting: Vec<Arc<Pod>> = all.iter().filter(|p| pending(p)).cloned().collect();
@@ -59,8 +94,32 @@ async fn pass(
         ) else {
             continue;
         };
-        match schedule(&pod, &states) {
+        let needs = volume_needs(&pod, storage);
+        let decision = match &needs {
+            Ok(v) => schedule_with(&pod, &states, v),
+            Err(reason) => Err(unresolvable(states.len(), reason)),
+        };
+        match decision {
             Ok(node) => {
+                // Claims waiting for their first consumer learn the node first; the
+                // provisioner makes their volumes there (the node waits for them).
+                let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+                let mut annotated = true;
+                for c in needs.iter().flat_map(|n| n.select.iter()) {
+                    let patch =
+                        json!({"metadata": {"annotations": {crate::api::SELECTED_NODE: node}}});
+                    let pp = PatchParams {
+                        field_manager: Some(NAME.into()),
+                        ..Default::default()
+                    };
+                    if let Err(e) = claims.patch(c, &pp, &Patch::Merge(&patch)).await {
+                        tracing::debug!(claim = %c, error = %e, "selected node");
+                        annotated = false;
+                    }
+                }
+                if !annotated {
+                    continue;
+                }
                 let binding = json!({
                     "apiVersion": "v1", "kind": "Binding",
                     "metadata": {"name": name, "namespace": ns, "uid": uid},

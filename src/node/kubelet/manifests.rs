@@ -45,6 +45,11 @@ pub struct Manifests {
     /// API pods that ran to completion and are not deleted: a worker that ran them stays,
     /// so that their logs and status stay until the pod is deleted (no new one starts).
     pub finished: std::collections::BTreeSet<String>,
+    /// The API's claims as this node mounts them.
+    pub claims: BTreeMap<(String, String), super::volumes::Claim>,
+    /// The directories of every PersistentVolume, once the volumes are known (the node
+    /// removes its local-path directories that no volume has any more).
+    pub volume_paths: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Manifests {
@@ -60,6 +65,10 @@ impl Manifests {
             self.tokens = other.tokens;
         }
         self.finished.extend(other.finished);
+        self.claims.extend(other.claims);
+        if other.volume_paths.is_some() {
+            self.volume_paths = other.volume_paths;
+        }
     }
 }
 
@@ -69,6 +78,7 @@ const POD_SPEC_FIELDS: &[&str] = &[
     "restartPolicy",
     "terminationGracePeriodSeconds",
     "hostname",
+    "subdomain",
     "hostNetwork",
     "hostIPC",
     "hostPID",

@@ -107,6 +107,31 @@ impl Running {
     }
 }
 
+/// Removes the local-path directories (`pvc-<uid>_<namespace>_<name>`) in `dir` that no
+/// PersistentVolume names any more: their volume was deleted (reclaim policy Delete).
+/// Directories of another shape are never touched.
+fn remove_released_volumes(dir: &std::path::Path, paths: &std::collections::BTreeSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let p = dir.join(&name);
+        if !name.starts_with("pvc-") || paths.contains(&p.display().to_string()) {
+            continue;
+        }
+        match crate::node::safefs::Beneath::open_existing(dir).and_then(|b| b.remove_all(&[&name]))
+        {
+            Ok(()) => {
+                tracing::info!(path = %p.display(), "removed the directory of a deleted volume")
+            }
+            Err(e) => {
+                tracing::warn!(path = %p.display(), error = %e, "removing a deleted volume's directory")
+            }
+        }
+    }
+}
+
 /// Raises the soft limit on open files to the hard one (a node runs many pods, each with
 /// descriptors for its containers); the hard limit is left alone.
 fn raise_nofile() {
@@ -287,6 +312,7 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
         run_dir: cfg.run_dir.clone(),
         node: node::NodeInfo {
             max_pods: cfg.max_pods as u64,
+            storage_dir: Some(cfg.root.join("storage")),
             ..node::NodeInfo::new(&cfg.node_name, cgroups, cgroup_note)
         },
         ..Default::default()
@@ -427,7 +453,12 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             secrets: std::mem::take(&mut m.secrets),
             services: views,
             tokens: m.tokens.take(),
+            claims: std::mem::take(&mut m.claims),
+            storage_dir: Some(cfg.root.join("storage")),
         });
+        if let Some(paths) = m.volume_paths.take() {
+            remove_released_volumes(&cfg.root.join("storage"), &paths);
+        }
         let wanted: BTreeMap<String, Arc<manifests::PodManifest>> = std::mem::take(&mut m.pods)
             .into_iter()
             .map(|p| (p.uid.clone(), Arc::new(p)))

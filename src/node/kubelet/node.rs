@@ -30,6 +30,8 @@ pub struct NodeInfo {
     pub max_pods: u64,
     /// The kubelet API's port, once it listens.
     pub kubelet_port: Option<u16>,
+    /// Where local-path volumes go (published on the Node for the provisioner).
+    pub storage_dir: Option<std::path::PathBuf>,
 }
 
 impl NodeInfo {
@@ -46,6 +48,7 @@ impl NodeInfo {
             rates: Rates::default(),
             max_pods: MAX_PODS,
             kubelet_port: None,
+            storage_dir: None,
         }
     }
 }
@@ -133,6 +136,14 @@ pub fn node(info: &NodeInfo) -> core::Node {
                 .into_iter()
                 .collect(),
             ),
+            annotations: info.storage_dir.as_ref().map(|d| {
+                [(
+                    crate::api::STORAGE_DIR_ANNOTATION.to_string(),
+                    d.display().to_string(),
+                )]
+                .into_iter()
+                .collect()
+            }),
             ..Default::default()
         },
         status: Some(core::NodeStatus {

@@ -65,7 +65,21 @@ async fn beat(
     let status = node.status.take();
     node.metadata.creation_timestamp = None;
     let uid = match nodes.get_opt(name).await? {
-        Some(n) => n.metadata.uid,
+        Some(n) => {
+            // The annotations this node publishes (its storage directory) follow it.
+            let have = n.metadata.annotations.clone().unwrap_or_default();
+            let want = node.metadata.annotations.clone().unwrap_or_default();
+            if want.iter().any(|(k, v)| have.get(k) != Some(v)) {
+                nodes
+                    .patch(
+                        name,
+                        &pp,
+                        &Patch::Merge(&json!({"metadata": {"annotations": want}})),
+                    )
+                    .await?;
+            }
+            n.metadata.uid
+        }
         None => {
             nodes
                 .create(&PostParams::default(), &node)

@@ -118,6 +118,51 @@ fn mirror_pod(m: &PodManifest, node: &str, node_uid: &str) -> Value {
     pod
 }
 
+/// How this node mounts claim `c`: the directory of the volume it is bound to (a volume
+/// whose claimRef names another claim does not count), or why not.
+fn claim(
+    c: &k8s_openapi::api::core::v1::PersistentVolumeClaim,
+    vols: &[Arc<k8s_openapi::api::core::v1::PersistentVolume>],
+) -> super::volumes::Claim {
+    use super::volumes::Claim;
+    let name = c.metadata.name.clone().unwrap_or_default();
+    let Some(vn) = c
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .filter(|v| !v.is_empty())
+    else {
+        return Claim::Pending(format!("persistentvolumeclaim {name:?} is not bound yet"));
+    };
+    let Some(v) = vols
+        .iter()
+        .find(|v| v.metadata.name.as_deref() == Some(vn.as_str()))
+    else {
+        return Claim::Pending(format!("persistentvolume {vn:?} not found"));
+    };
+    let spec = v.spec.clone().unwrap_or_default();
+    let mine = spec
+        .claim_ref
+        .as_ref()
+        .is_some_and(|r| r.uid.is_none() || r.uid == c.metadata.uid);
+    if !mine {
+        return Claim::Pending(format!("persistentvolume {vn:?} is bound to another claim"));
+    }
+    match (spec.host_path, spec.local) {
+        (Some(h), _) => Claim::Bound {
+            path: h.path,
+            kind: h.type_.unwrap_or_default(),
+        },
+        (None, Some(l)) => Claim::Bound {
+            path: l.path,
+            kind: "Directory".into(),
+        },
+        _ => Claim::Pending(format!(
+            "persistentvolume {vn:?}: only hostPath and local volumes can be mounted on a knode node"
+        )),
+    }
+}
+
 /// Whether a pod came from the API server (not from the manifests directory).
 pub fn from_api(m: &PodManifest) -> bool {
     m.file == Path::new(API_SOURCE)
@@ -132,6 +177,8 @@ pub struct ApiSource {
     secrets: Result<Store<Secret>, Arc<SecretGets>>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
+    claims: Store<k8s_openapi::api::core::v1::PersistentVolumeClaim>,
+    volumes: Store<k8s_openapi::api::core::v1::PersistentVolume>,
     /// Whether the first list of the pods (and what they use) is in: until then the agent
     /// neither removes pod directories nor releases addresses (they may be API pods').
     synced: Arc<std::sync::atomic::AtomicBool>,
@@ -400,6 +447,8 @@ impl ApiSource {
         let config_maps = crate::client::cache(client, notify.clone());
         let services = crate::client::cache(client, notify.clone());
         let slices = crate::client::cache(client, notify.clone());
+        let claims = crate::client::cache(client, notify.clone());
+        let volumes = crate::client::cache(client, notify.clone());
         let secrets = match Api::<Secret>::all(client.clone())
             .list_metadata(&ListParams::default().limit(1))
             .await
@@ -432,11 +481,14 @@ impl ApiSource {
                 secrets.clone().ok(),
                 synced.clone(),
             );
+            let (pvcs, pvs) = (claims.clone(), volumes.clone());
             let notify = notify.clone();
             tokio::spawn(async move {
                 let _ = pods.wait_until_ready().await;
                 let _ = cms.wait_until_ready().await;
                 let _ = svcs.wait_until_ready().await;
+                let _ = pvcs.wait_until_ready().await;
+                let _ = pvs.wait_until_ready().await;
                 if let Some(s) = &secrets {
                     let _ = s.wait_until_ready().await;
                 }
@@ -462,6 +514,8 @@ impl ApiSource {
             secrets,
             services,
             slices,
+            claims,
+            volumes,
             synced,
             tokens,
         }
@@ -501,6 +555,23 @@ impl ApiSource {
         for c in self.config_maps.state() {
             let (ns, name) = key(&c.metadata);
             m.config_maps.insert((ns, name), c);
+        }
+        let vols = self.volumes.state();
+        for c in self.claims.state() {
+            m.claims.insert(key(&c.metadata), claim(&c, &vols));
+        }
+        if self.synced() {
+            m.volume_paths = Some(
+                vols.iter()
+                    .filter_map(|v| {
+                        let s = v.spec.as_ref()?;
+                        s.host_path
+                            .as_ref()
+                            .map(|h| h.path.clone())
+                            .or_else(|| s.local.as_ref().map(|l| l.path.clone()))
+                    })
+                    .collect(),
+            );
         }
         match &self.secrets {
             Ok(store) => {

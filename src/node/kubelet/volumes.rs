@@ -2,6 +2,8 @@
 //!
 //! - `emptyDir`: a directory under the state root (disk), or a tmpfs with `medium: Memory`;
 //! - `hostPath`: the host path, checked (or created) per `type`;
+//! - `persistentVolumeClaim`: the directory of the claim's bound volume (hostPath or local;
+//!   a local-path volume's directory is made on this node);
 //! - `configMap` / `secret`: files written from the objects in the manifests directory
 //!   (`items`, `defaultMode`, per-item `mode`, `optional`), each volume on a tmpfs of its own
 //!   (`nosuid,nodev`, sized to its content), never on the node's `/run`;
@@ -85,6 +87,61 @@ pub struct Objects {
     pub services: Vec<crate::api::service::ServiceView>,
     /// Where ServiceAccount tokens come from (the API server; none for static pods).
     pub tokens: Option<Arc<dyn TokenSource>>,
+    /// PersistentVolumeClaims, by (namespace, name), as this node mounts them.
+    pub claims: BTreeMap<(String, String), Claim>,
+    /// The directory of this node's local-path volumes (made here, mode 0777, as k3s's
+    /// provisioner makes them).
+    pub storage_dir: Option<PathBuf>,
+}
+
+/// A claim as the node sees it: bound to a volume with a directory, or not (yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The volume's directory (`hostPath` or `local`) and its hostPath type.
+    Bound { path: String, kind: String },
+    /// Why it cannot be mounted yet (unbound, or bound to a volume of another type).
+    Pending(String),
+}
+
+/// The hostPath a claim's volume amounts to; a local-path directory is made on the way.
+fn claim_path(
+    ns: &str,
+    claim: &str,
+    objects: &Objects,
+) -> Result<k8s_openapi::api::core::v1::HostPathVolumeSource, ConfigError> {
+    let (path, kind) = match objects.claims.get(&(ns.to_string(), claim.to_string())) {
+        None => {
+            return Err(ConfigError::not_found(format!(
+                "persistentvolumeclaim {claim:?} not found"
+            )))
+        }
+        Some(Claim::Pending(why)) => return Err(ConfigError::not_found(why.clone())),
+        Some(Claim::Bound { path, kind }) => (path.clone(), kind.clone()),
+    };
+    let p = Path::new(&path);
+    if let Some(rest) = objects
+        .storage_dir
+        .as_ref()
+        .and_then(|d| p.strip_prefix(d).ok())
+    {
+        // One plain name beneath the storage directory, never through a symlink.
+        let name = rest
+            .to_str()
+            .filter(|n| !n.contains('/'))
+            .ok_or_else(|| ConfigError::invalid(format!("volume path {path:?}")))?;
+        let dir = objects.storage_dir.as_ref().expect("matched");
+        let b = Beneath::open(dir, 0o700).map_err(|e| ConfigError::from(e.to_string()))?;
+        b.create_dir_all(&[name], 0o777)
+            .map_err(|e| ConfigError::from(e.to_string()))?;
+        return Ok(k8s_openapi::api::core::v1::HostPathVolumeSource {
+            path,
+            type_: Some("Directory".into()),
+        });
+    }
+    Ok(k8s_openapi::api::core::v1::HostPathVolumeSource {
+        path,
+        type_: Some(kind),
+    })
 }
 
 /// Issues a pod's ServiceAccount token (a TokenRequest bound to the pod). Called from the
@@ -429,6 +486,11 @@ pub fn prepare(
             .join(&["volumes", &name])
             .map_err(|e| err(ConfigError::from(e.to_string())))?;
         let fresh = !on_disk.exists() && !in_mem.exists();
+        // A claim mounts its volume's directory, as a hostPath would.
+        let host_path = match &v.persistent_volume_claim {
+            Some(c) => Some(claim_path(ns, &c.claim_name, objects).map_err(err)?),
+            None => v.host_path.clone(),
+        };
         let path = if let Some(ed) = &v.empty_dir {
             disk.create_dir_all(&["volumes"], 0o700)
                 .map_err(|e| err(ConfigError::from(e.to_string())))?;
@@ -450,7 +512,7 @@ pub fn prepare(
                 tmpfs(&p, &format!("mode=1777{size}")).map_err(err)?;
             }
             p
-        } else if let Some(hp) = &v.host_path {
+        } else if let Some(hp) = &host_path {
             let p = PathBuf::from(&hp.path);
             if !p.is_absolute() {
                 return Err(err(ConfigError::invalid(format!(
@@ -580,7 +642,7 @@ pub fn prepare(
             p
         } else {
             return Err(err(ConfigError::invalid(
-                "only emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes are supported",
+                "only emptyDir, hostPath, persistentVolumeClaim, configMap, secret, downwardAPI and projected volumes are supported",
             )));
         };
         // fsGroup: the pod's volumes belong to that group, setgid so new files do too.
@@ -590,7 +652,7 @@ pub fn prepare(
             .and_then(|s| s.security_context.as_ref())
             .and_then(|c| c.fs_group);
         // Only a volume made just now: never walk a tree a running container controls.
-        if let (Some(g), true) = (fs_group, v.host_path.is_none() && fresh) {
+        if let (Some(g), true) = (fs_group, host_path.is_none() && fresh) {
             chown_group(&path, g as u32, v.empty_dir.is_some())
                 .map_err(|e| err(ConfigError::from(e.to_string())))?;
         }
