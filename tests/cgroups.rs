@@ -464,3 +464,101 @@ fn pids_max_stops_a_fork_bomb_and_the_node_stays_healthy() {
     }
     n.delete_all();
 }
+
+/// `kubectl top pods` through the API server's metrics API, against the container's own
+/// cgroup: a node agent joined to a server (in the server's network namespace, with a pod
+/// network), a pod spinning under a 200m limit beside one holding a 20 MiB blob.
+#[test]
+fn kubectl_top_pods_reports_the_cgroup_usage() {
+    use support::server::{Server, KUBECTL};
+    const NET: &str = r#"{"type":"knode-bridge","bridge":"kntop0","isGateway":true,"ipMasq":true,"hairpinMode":true,"ipam":{"type":"knode-cni","subnet":"10.87.0.0/24","dataDir":"@DATA@"}}"#;
+    assert!(
+        knode::node::cgroup::probe().is_ok(),
+        "run with scripts/vm-test.sh"
+    );
+    let s = Server::start_in_netns(&[]);
+    let n = Node::builder()
+        .join_netns(s.netns.as_deref().unwrap())
+        .network("top", NET)
+        .cgroups("knode-test-top", PIDS)
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig().to_str().unwrap())
+        .arg("--node-name")
+        .arg("node-1")
+        .arg("--kubelet-port")
+        .arg("0")
+        .start();
+    s.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "node/node-1",
+        "--timeout=120s",
+    ]);
+    s.ok_with(
+        KUBECTL,
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: busy}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n{}{}",
+            ctr("spin", "while :; do :; done", "    resources:\n      limits: {cpu: 200m, memory: 64Mi}\n"),
+            ctr("mem", "head -c 20971520 /dev/zero > /dev/shm/blob; sleep 1000", "    resources:\n      limits: {cpu: 100m, memory: 64Mi}\n"),
+        )),
+    );
+    s.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/busy",
+        "--timeout=120s",
+    ]);
+    let mem = n.container_cgroup("busy", "mem");
+    n.until("the 20 MiB blob is written", |_| {
+        read(&mem, "memory.current").parse::<u64>().unwrap() >= 20 << 20
+    });
+    let top = s.ok(&["top", "pod", "busy", "--containers", "--no-headers"]);
+    let row = |c: &str| -> (u64, u64) {
+        let l = top
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(c))
+            .unwrap_or_else(|| panic!("{top}"));
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (
+            f[2].trim_end_matches('m').parse().unwrap(),
+            f[3].trim_end_matches("Mi").parse().unwrap(),
+        )
+    };
+    let (spin_cpu, _) = row("spin");
+    let (_, mem_mib) = row("mem");
+    assert!(
+        (100..=300).contains(&spin_cpu),
+        "spin under a 200m limit: {top}"
+    );
+    // The working set, as the cgroup has it (usage less inactive file pages).
+    let ws = read(&mem, "memory.current").parse::<u64>().unwrap()
+        - keyed(&mem, "memory.stat", "inactive_file");
+    let ws_mib = ws >> 20;
+    assert!(
+        mem_mib + 2 >= ws_mib && mem_mib <= ws_mib + 2,
+        "top {mem_mib}Mi, cgroup {ws_mib}Mi: {top}"
+    );
+    let nodes = s.ok(&["top", "nodes", "--no-headers"]);
+    assert!(nodes.starts_with("node-1 "), "{nodes}");
+    s.ok(&["delete", "pod", "busy", "--timeout=60s"]);
+    n.until_no_pod_dirs();
+    for d in [
+        n.root(),
+        n.root().join("burstable"),
+        n.root().join("besteffort"),
+    ] {
+        let left: Vec<String> = std::fs::read_dir(&d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f.starts_with("pod"))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "pod cgroups left in {}: {left:?}",
+            d.display()
+        );
+    }
+}

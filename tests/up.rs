@@ -2565,3 +2565,60 @@ fn statefulsets_keep_names_addresses_and_data_on_local_path_volumes() {
     }
     assert_eq!(left(), 0, "the node removes a deleted volume's directory");
 }
+
+#[test]
+fn kubectl_top_reads_the_resource_metrics_api() {
+    let u = Up::new();
+    u.up();
+    // Discovery lists the group, as with metrics-server installed.
+    let groups = u.kubectl(&["api-versions"]);
+    assert!(groups.contains("metrics.k8s.io/v1beta1"), "{groups}");
+    let top = u.kubectl(&["top", "nodes", "--no-headers"]);
+    let node = u.kubectl(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]);
+    let cells: Vec<&str> = top.split_whitespace().collect();
+    assert_eq!(cells.len(), 5, "{top}");
+    assert_eq!(cells[0], node);
+    assert!(
+        cells[1].ends_with('m')
+            && cells[2].ends_with('%')
+            && cells[3].ends_with("Mi")
+            && cells[4].ends_with('%'),
+        "{top}"
+    );
+    // The figure is the node's: its working set is within what /proc says is in use.
+    let mem: u64 = cells[3].trim_end_matches("Mi").parse().unwrap();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib = |k: &str| -> u64 {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(k))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let used_mib = (kib("MemTotal:") - kib("MemAvailable:")) / 1024;
+    assert!(
+        mem > 0 && mem <= kib("MemTotal:") / 1024,
+        "{mem} Mi of {used_mib} Mi used"
+    );
+    // One object, and a name that has none: the errors metrics-server gives.
+    let one = u.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/apis/metrics.k8s.io/v1beta1/nodes/{node}"),
+    ]);
+    assert!(one.contains("\"kind\":\"NodeMetrics\""), "{one}");
+    let o = u
+        .kubectl_command()
+        .args(["top", "pod", "nope"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&o.stderr).contains(r#"podmetrics.metrics.k8s.io "default/nope" not found"#),
+        "{}",
+        text(&o.stderr)
+    );
+}

@@ -41,6 +41,11 @@ fn in_group<'a>(group: &'a str) -> impl Iterator<Item = &'static Resource> + 'a 
     RESOURCES.iter().filter(move |r| r.group == group)
 }
 
+/// The one version a group is served at (`v1`; the metrics API's `v1beta1`).
+fn version_of(group: &str) -> &'static str {
+    in_group(group).next().map_or("v1", |r| r.version)
+}
+
 /// `/api`.
 pub fn api_versions(server_address: &str) -> Value {
     json!({
@@ -55,7 +60,8 @@ pub fn api_group_list() -> Value {
     let groups: Vec<Value> = groups()
         .into_iter()
         .map(|g| {
-            let gv = json!({"groupVersion": format!("{g}/v1"), "version": "v1"});
+            let v = version_of(g);
+            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
             json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
         })
         .collect();
@@ -65,7 +71,8 @@ pub fn api_group_list() -> Value {
 /// `/apis/<group>`.
 pub fn api_group(group: &str) -> Option<Value> {
     in_group(group).next()?;
-    let gv = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});
+    let v = version_of(group);
+    let gv = json!({"groupVersion": format!("{group}/{v}"), "version": v});
     Some(
         json!({"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": [gv.clone()], "preferredVersion": gv}),
     )
@@ -137,7 +144,7 @@ fn aggregated_group(group: &str, version: &str) -> Value {
             e
         })
         .collect();
-    let mut g = json!({"metadata": {"creationTimestamp": null}, "versions": [{"version": "v1", "resources": resources, "freshness": "Current"}]});
+    let mut g = json!({"metadata": {"creationTimestamp": null}, "versions": [{"version": version_of(group), "resources": resources, "freshness": "Current"}]});
     if !group.is_empty() {
         g["metadata"]["name"] = json!(group);
     }

@@ -26,6 +26,7 @@ pub mod protobuf;
 pub mod rbac;
 pub mod registry;
 pub mod request;
+pub mod resourcemetrics;
 pub mod resources;
 pub mod schema;
 pub mod status;
@@ -312,6 +313,16 @@ async fn fallback(
             if let Err(e) = handlers::authorize(&shared.api.reg, &user, &t, &parts.method, &q).await
             {
                 return e.into_response();
+            }
+            if t.resource.group == "metrics.k8s.io" {
+                return resourcemetrics::serve(
+                    &shared.api,
+                    shared.kubelet_tls.clone(),
+                    &t,
+                    &q,
+                    &parts.method,
+                )
+                .await;
             }
             handlers::serve(
                 shared.api.clone(),

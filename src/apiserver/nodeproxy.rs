@@ -285,6 +285,35 @@ pub async fn node_proxy(
     }
 }
 
+/// A GET of `path` on the kubelet of `node` (a Node object), its JSON answer (10 s at most).
+pub async fn kubelet_json(
+    kubelet_tls: Arc<rustls::ClientConfig>,
+    node: &Value,
+    path: &str,
+) -> ApiResult<Value> {
+    let name = node["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let addr = kubelet_address(node).ok_or_else(|| {
+        ApiError::unavailable(format!(
+            "node {name} has no kubelet endpoint (is its agent running?)"
+        ))
+    })?;
+    let req = axum::extract::Request::builder()
+        .uri(path)
+        .body(axum::body::Body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let call = async {
+        let resp = forward(kubelet_tls, &name, &addr, path, req).await?;
+        let body = axum::body::to_bytes(resp.into_body(), 64 << 20)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("kubelet of node {name}: {e}")))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::internal(format!("kubelet of node {name}: {e}")))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), call)
+        .await
+        .map_err(|_| ApiError::unavailable(format!("kubelet of node {name}: no answer in 10 s")))?
+}
+
 /// Sends `req` (as a GET, or a POST for SPDY upgrades) for `path` to the kubelet of
 /// `node_name` at `addr` over TLS with the API server's client certificate, and relays the
 /// answer (or the upgraded stream).

@@ -48,6 +48,7 @@ const NS_VERBS: &[&str] = &[
 const CREATE: &[&str] = &["create"];
 const GPU: &[&str] = &["get", "patch", "update"];
 const CG: &[&str] = &["create", "get"];
+const GL: &[&str] = &["get", "list"];
 const PROXY: &[&str] = &["create", "delete", "get", "patch", "update"];
 
 const fn status(group: &'static str, version: &'static str, kind: &'static str) -> Sub {
@@ -608,6 +609,36 @@ pub static RESOURCES: &[Resource] = &[
         &[],
         "storageclasses",
         "io.k8s.api.storage.v1.StorageClass"
+    ),
+    // The resource metrics API (metrics-server's), answered from the nodes' usage: never
+    // stored (see `resourcemetrics.rs`).
+    res!(
+        "metrics.k8s.io",
+        "v1beta1",
+        "NodeMetrics",
+        "nodes",
+        "nodemetrics",
+        false,
+        &[],
+        &[],
+        GL,
+        &[],
+        "",
+        "io.k8s.metrics.pkg.apis.metrics.v1beta1.NodeMetrics"
+    ),
+    res!(
+        "metrics.k8s.io",
+        "v1beta1",
+        "PodMetrics",
+        "pods",
+        "podmetrics",
+        true,
+        &[],
+        &[],
+        GL,
+        &[],
+        "",
+        "io.k8s.metrics.pkg.apis.metrics.v1beta1.PodMetrics"
     ),
 ];
 
