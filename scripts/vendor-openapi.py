@@ -41,6 +41,25 @@ missing = sorted(r for r in roots if r not in defs)
 if missing:
     sys.exit(f"not in the definitions: {missing}")
 out = {k: defs[k] for k in sorted(keep)}
+# metrics-server's kinds (k8s.io/metrics, Apache-2.0), written here from its types.go: the
+# resource metrics API knode serves itself.
+def meta(kind, what):
+    return {
+        "apiVersion": {"description": "APIVersion defines the versioned schema of this representation of an object.", "enum": ["metrics.k8s.io/v1beta1"], "type": ["string", "null"]},
+        "kind": {"description": "Kind is a string value representing the REST resource this object represents.", "enum": [kind], "type": ["string", "null"]},
+        "metadata": {"$ref": "#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "description": "Standard object's metadata."},
+        "timestamp": {"$ref": "#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.Time", "description": "The following fields define time interval from which metrics were collected from the interval [Timestamp-Window, Timestamp]."},
+        "window": {"description": "The window of the usage figures.", "type": ["string", "null"]},
+    }
+usage = {"additionalProperties": {"$ref": "#/$defs/io.k8s.apimachinery.pkg.api.resource.Quantity"}, "description": "The memory and CPU usage.", "type": ["object", "null"]}
+node = meta("NodeMetrics", "node")
+node["usage"] = usage
+out["io.k8s.metrics.pkg.apis.metrics.v1beta1.NodeMetrics"] = {"description": "NodeMetrics sets resource usage metrics of a node.", "properties": node, "required": ["timestamp", "window", "usage"], "type": ["object", "null"], "x-kubernetes-group-version-kind": [{"group": "metrics.k8s.io", "kind": "NodeMetrics", "version": "v1beta1"}]}
+out["io.k8s.metrics.pkg.apis.metrics.v1beta1.ContainerMetrics"] = {"description": "ContainerMetrics sets resource usage metrics of a container.", "properties": {"name": {"description": "Container name corresponding to the one from pod.spec.containers.", "type": ["string", "null"]}, "usage": usage}, "required": ["name", "usage"], "type": ["object", "null"]}
+pod = meta("PodMetrics", "pod")
+pod["containers"] = {"description": "Metrics for all containers are collected within the same time window.", "items": {"$ref": "#/$defs/io.k8s.metrics.pkg.apis.metrics.v1beta1.ContainerMetrics"}, "type": ["array", "null"]}
+out["io.k8s.metrics.pkg.apis.metrics.v1beta1.PodMetrics"] = {"description": "PodMetrics sets resource usage metrics of a pod.", "properties": pod, "required": ["timestamp", "window", "containers"], "type": ["object", "null"], "x-kubernetes-group-version-kind": [{"group": "metrics.k8s.io", "kind": "PodMetrics", "version": "v1beta1"}]}
+out = dict(sorted(out.items()))
 data = json.dumps(out, sort_keys=True, separators=(",", ":")).encode()
 with open("src/apiserver/openapi/definitions.json.gz", "wb") as f:
     # mtime 0: the same input gives the same bytes.

@@ -555,3 +555,122 @@ fn a_rollout_that_cannot_progress_fails_rollout_status_at_its_deadline() {
         "{describe}"
     );
 }
+
+/// Where each live pod of `selector` is bound: (node, image), sorted.
+fn placements(s: &Server, selector: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = s.json(&["get", "pods", "-l", selector])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+        .map(|p| {
+            (
+                p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn daemon_sets_put_a_pod_on_every_eligible_node_and_roll_them_one_by_one() {
+    let s = Server::start(&[]);
+    for n in ["n1", "n2", "n3"] {
+        s.fake_node(n, "4");
+    }
+    s.ok(&["label", "node", "n1", "n2", "n3", "disk=ssd"]);
+    s.ok(&["taint", "node", "n3", "dedicated=db:NoSchedule"]);
+    let _kubelet = fake_kubelet(&s);
+    s.ok_with(
+        KUBECTL,
+        &["apply", "-f", "-"],
+        Some("apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent}\nspec:\n  selector: {matchLabels: {app: agent}}\n  template:\n    metadata: {labels: {app: agent}}\n    spec:\n      nodeSelector: {disk: ssd}\n      containers: [{name: a, image: agent:v1}]\n"),
+    );
+    s.ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    // n3's taint is not tolerated: n1 and n2 only, each pinned by node affinity.
+    assert_eq!(
+        placements(&s, "app=agent"),
+        [
+            ("n1".into(), "agent:v1".into()),
+            ("n2".into(), "agent:v1".into())
+        ]
+    );
+    let row = s.ok(&["get", "ds", "agent", "--no-headers"]);
+    assert_eq!(
+        row.split_whitespace().take(7).collect::<Vec<_>>(),
+        ["agent", "2", "2", "2", "2", "2", "disk=ssd"],
+        "{row}"
+    );
+    // A node that becomes eligible gets its pod; one that stops being eligible loses it.
+    let on_n1 = s.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=agent",
+        "--field-selector=spec.nodeName=n1",
+        "-o",
+        "name",
+    ]);
+    s.ok(&["taint", "node", "n3", "dedicated-"]);
+    s.ok(&["label", "node", "n1", "disk-"]);
+    s.watch_until(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=agent",
+            "-w",
+            "-o",
+            "custom-columns=N:.spec.nodeName,P:.status.phase",
+            "--no-headers",
+        ],
+        |l| l.starts_with("n3") && l.contains("Running"),
+    );
+    s.ok(&["wait", "--for=delete", on_n1.trim(), "--timeout=60s"]);
+    assert_eq!(
+        placements(&s, "app=agent"),
+        [
+            ("n2".into(), "agent:v1".into()),
+            ("n3".into(), "agent:v1".into())
+        ]
+    );
+    // A rolling update: every pod replaced, never both nodes without one at once.
+    s.ok(&["set", "image", "daemonset/agent", "a=agent:v2"]);
+    let status = s.ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    assert!(
+        status.ends_with("daemon set \"agent\" successfully rolled out\n"),
+        "{status}"
+    );
+    assert_eq!(
+        placements(&s, "app=agent"),
+        [
+            ("n2".into(), "agent:v2".into()),
+            ("n3".into(), "agent:v2".into())
+        ]
+    );
+    let events = s.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.kind=DaemonSet",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+    ]);
+    assert!(events.matches("SuccessfulDelete").count() >= 3, "{events}");
+    // Deleting the set deletes its pods.
+    s.ok(&["delete", "daemonset", "agent"]);
+    s.ok(&[
+        "wait",
+        "--for=delete",
+        "pods",
+        "-l",
+        "app=agent",
+        "--timeout=60s",
+    ]);
+    assert!(placements(&s, "app=agent").is_empty());
+}
