@@ -190,6 +190,10 @@ fn go_duration(s: &str) -> Option<Duration> {
         rest = &rest[u..];
         total += value * unit;
     }
+    // Go's durations end at about 2562047 hours (int64 nanoseconds).
+    if !(0.0..=9.2e9).contains(&total) {
+        return None;
+    }
     Some(Duration::milliseconds((total * 1000.0) as i64))
 }
 
@@ -259,6 +263,11 @@ impl Schedule {
         })
     }
 
+    /// The period of an `@every` schedule.
+    pub fn period(&self) -> Option<Duration> {
+        self.every
+    }
+
     fn day_matches(&self, t: DateTime<Utc>) -> bool {
         let dom = self.dom & 1 << t.day() != 0;
         let dow = self.dow & 1 << t.weekday().num_days_from_sunday() != 0;
@@ -276,7 +285,7 @@ impl Schedule {
         if let Some(p) = self.every {
             let secs = p.num_seconds().max(1);
             let base = t.with_nanosecond(0)?;
-            return Some(base + Duration::seconds(secs));
+            return base.checked_add_signed(Duration::try_seconds(secs)?);
         }
         let mut t = t.with_second(0)?.with_nanosecond(0)? + Duration::minutes(1);
         let limit = t.year() + 5;
@@ -384,6 +393,7 @@ mod tests {
                 "beginning of range (5) beyond end of range (1): 5-1",
             ),
             ("@often", "unrecognized descriptor: @often"),
+            ("@every 3000000000h", "failed to parse duration @every 3000000000h: time: invalid duration \"3000000000h\""),
             ("", "empty spec string"),
         ] {
             assert_eq!(Schedule::parse(spec).unwrap_err(), want, "{spec}");

@@ -153,15 +153,26 @@ async fn answer(
             })
             .collect();
         let items = sums
-            .values()
-            .flat_map(|s| s["pods"].as_array().cloned().unwrap_or_default())
-            .filter_map(|p| {
+            .iter()
+            .flat_map(|(node, s)| {
+                s["pods"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |p| (node.clone(), p))
+            })
+            .filter_map(|(node, p)| {
                 let key = (
                     p["podRef"]["namespace"].as_str()?.to_string(),
                     p["podRef"]["name"].as_str()?.to_string(),
                 );
-                // Only pods the API has (in the namespace asked for), matching the selector.
+                // Only pods the API has (in the namespace asked for) on the node that tells
+                // of them, matching the selector.
                 let pod = by_key.get(&key)?;
+                if pod["spec"]["nodeName"].as_str() != Some(node.as_str()) {
+                    return None;
+                }
                 if t.name.as_deref().is_some_and(|n| n != key.1)
                     || !selector.matches(&labels_of(pod))
                 {

@@ -57,6 +57,17 @@ fn most_recent(
 ) -> (Option<DateTime<Utc>>, u32) {
     // A CronJob stopped for long catches up only its last slot; so look back a week at most.
     let mut t = since.max(now - chrono::Duration::days(7));
+    // A fixed period: the last slot by arithmetic, not by walking every one.
+    if let Some(p) = s.period().filter(|p| p.num_seconds() > 0) {
+        let n = (now - t).num_seconds() / p.num_seconds();
+        if n <= 0 {
+            return (None, 0);
+        }
+        let last = t.checked_add_signed(
+            chrono::Duration::try_seconds(n * p.num_seconds()).unwrap_or_default(),
+        );
+        return (last, u32::try_from(n).unwrap_or(u32::MAX));
+    }
     let mut last = None;
     let mut missed = 0;
     while let Some(n) = s.next(t).filter(|n| *n <= now) {
@@ -126,7 +137,8 @@ pub fn plan(cj: &Value, jobs: &[&Value], now: DateTime<Utc>) -> Plan {
         let too_late = |t: DateTime<Utc>| {
             spec["startingDeadlineSeconds"]
                 .as_i64()
-                .is_some_and(|d| now - t > chrono::Duration::seconds(d))
+                .and_then(chrono::Duration::try_seconds)
+                .is_some_and(|d| now - t > d)
         };
         if let Some(t) = due {
             let job = new_job(cj, t);
@@ -158,11 +170,7 @@ pub fn plan(cj: &Value, jobs: &[&Value], now: DateTime<Utc>) -> Plan {
                         ));
                     }
                 }
-                plan.writes.push(Write::Event(
-                    "Normal",
-                    "SuccessfulCreate",
-                    format!("Created job {job_name}"),
-                ));
+                // Its SuccessfulCreate event is the loop's, once the Job is made.
                 plan.writes.push(Write::CreateJob(job));
                 last_schedule = Some(t);
             }
@@ -190,9 +198,12 @@ pub fn plan(cj: &Value, jobs: &[&Value], now: DateTime<Utc>) -> Plan {
             );
         }
     }
-    if !active.is_empty() {
-        status["active"] = json!(active);
-    }
+    // None running: `null` removes the list (a merge patch keeps what it does not name).
+    status["active"] = if active.is_empty() {
+        Value::Null
+    } else {
+        json!(active)
+    };
     if let Some(t) = last_schedule {
         status["lastScheduleTime"] = json!(rfc3339(t));
     }
@@ -230,6 +241,9 @@ pub fn plan(cj: &Value, jobs: &[&Value], now: DateTime<Utc>) -> Plan {
     // Tidy keys to compare with what is stored.
     let strip = |v: &Value| {
         let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.retain(|_, x| !x.is_null());
+        }
         for a in v["active"].as_array_mut().into_iter().flatten() {
             if let Some(o) = a.as_object_mut() {
                 o.retain(|k, _| k == "name");
@@ -317,5 +331,23 @@ mod tests {
             !p.writes.iter().any(|w| matches!(w, Write::CreateJob(_))),
             "suspended"
         );
+    }
+
+    #[test]
+    fn a_fixed_period_finds_its_last_slot_without_walking_and_an_empty_active_list_is_cleared() {
+        let s = Schedule::parse("@every 1s").unwrap();
+        let since = at("2026-11-01T00:00:00Z");
+        let (last, missed) = most_recent(&s, since, at("2026-12-01T00:00:00Z"));
+        assert_eq!(last, Some(at("2026-12-01T00:00:00Z")));
+        assert_eq!(missed, 7 * 24 * 3600);
+        let mut c = cj("Allow");
+        c["spec"]["suspend"] = json!(true);
+        c["status"] = json!({"active": [{"name": "hello-1"}]});
+        let p = plan(&c, &[], at("2026-12-01T10:05:00Z"));
+        let Some(Write::Status(st)) = p.writes.iter().find(|w| matches!(w, Write::Status(_)))
+        else {
+            panic!("{:?}", p.writes)
+        };
+        assert!(st["active"].is_null() && st.get("active").is_some());
     }
 }

@@ -99,6 +99,32 @@ pub fn eligible(ds: &Value, node: &Node) -> bool {
         .all(|t| tolerates(&tols, t))
 }
 
+/// Whether a daemon pod already on `node` may stay there: its node selector and affinity
+/// still match and every NoExecute taint is tolerated (a new NoSchedule taint keeps new pods
+/// off, not running ones; upstream's `shouldContinueRunning`).
+pub fn may_stay(ds: &Value, node: &Node) -> bool {
+    let name = node.metadata.name.as_deref().unwrap_or("");
+    let Ok(pod) =
+        serde_json::from_value::<Pod>(json!({"metadata": {}, "spec": pod_spec(ds, name)}))
+    else {
+        return false;
+    };
+    let tols = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.clone())
+        .unwrap_or_default();
+    node_matches(&pod, node)
+        && node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|t| t.effect == "NoExecute")
+            .all(|t| tolerates(&tols, t))
+}
+
 /// The new pod for `node`.
 pub fn new_pod(ds: &Value, node: &str) -> Value {
     let name = ds["metadata"]["name"].as_str().unwrap_or("");
@@ -228,9 +254,12 @@ pub fn plan(ds: &Value, nodes: &[&Node], pods: &[&Pod], now: DateTime<Utc>) -> V
         seen.push(nn.clone());
         let mut here: Vec<&Pod> = by_node.get(&nn).cloned().unwrap_or_default();
         if !eligible(ds, node) {
+            let stay = may_stay(ds, node);
             for p in here {
                 misscheduled += 1;
-                out.push(Write::DeletePod(name_of(p)));
+                if !stay {
+                    out.push(Write::DeletePod(name_of(p)));
+                }
             }
             continue;
         }
@@ -432,5 +461,21 @@ mod tests {
         let srefs: Vec<&Pod> = stray.iter().collect();
         let w = plan(&new, &nrefs, &srefs, now());
         assert!(w.contains(&Write::DeletePod("g".into())));
+    }
+
+    #[test]
+    fn a_new_no_schedule_taint_keeps_running_pods_and_no_execute_does_not() {
+        let d = ds();
+        let p = pod_of(&d, "a", "pa", true);
+        let soft = node(
+            "a",
+            json!({}),
+            json!([{"key": "k", "effect": "NoSchedule"}]),
+        );
+        let w = plan(&d, &[&soft], &[&p], now());
+        assert!(!w.iter().any(|w| matches!(w, Write::DeletePod(_))), "{w:?}");
+        let hard = node("a", json!({}), json!([{"key": "k", "effect": "NoExecute"}]));
+        let w = plan(&d, &[&hard], &[&p], now());
+        assert!(w.contains(&Write::DeletePod("pa".into())), "{w:?}");
     }
 }

@@ -162,6 +162,21 @@ fn judge(policy: &Value, p: &Pod) -> Verdict {
     Verdict::Count
 }
 
+/// The indexes of upstream's `0-2,4,6-7` (at most 100,000, as upstream caps completions of
+/// Indexed Jobs).
+pub fn parse_indexes(s: &str) -> BTreeSet<i64> {
+    let mut out = BTreeSet::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.parse::<i64>(), b.parse::<i64>()) {
+            for i in a.max(0)..=b.min(a.max(0) + 100_000) {
+                out.insert(i);
+            }
+        }
+    }
+    out
+}
+
 /// `0-2,4,6-7`: upstream's form of a set of indexes.
 pub fn format_indexes(set: &BTreeSet<i64>) -> String {
     let mut out: Vec<String> = Vec::new();
@@ -281,11 +296,11 @@ pub fn plan(job: &Value, pods: &[&Pod], now: DateTime<Utc>) -> Plan {
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.with_timezone(&Utc))
                 .unwrap_or(now);
-            let due = done + chrono::Duration::seconds(ttl);
-            if now >= due {
-                plan.writes.push(Write::DeleteJob);
-            } else {
-                plan.next = (due - now).to_std().ok();
+            // A TTL beyond what time can hold is never reached.
+            match chrono::Duration::try_seconds(ttl).and_then(|d| done.checked_add_signed(d)) {
+                Some(due) if now >= due => plan.writes.push(Write::DeleteJob),
+                Some(due) => plan.next = (due - now).to_std().ok(),
+                None => {}
             }
         }
         return plan;
@@ -304,7 +319,14 @@ pub fn plan(job: &Value, pods: &[&Pod], now: DateTime<Utc>) -> Plan {
         .filter(|p| phase(p) == "Succeeded")
         .collect();
     let mut done_indexes: BTreeSet<i64> = BTreeSet::new();
+    // What finished stays counted when its pod is deleted (by a user, or the collector).
+    let succeeded_n = (succeeded.len() as i64).max(old["succeeded"].as_i64().unwrap_or(0));
     if indexed {
+        done_indexes.extend(
+            parse_indexes(old["completedIndexes"].as_str().unwrap_or(""))
+                .into_iter()
+                .filter(|i| Some(*i) < completions),
+        );
         for p in &succeeded {
             if let Some(i) = index_of(p).filter(|i| *i >= 0 && Some(*i) < completions) {
                 done_indexes.insert(i);
@@ -333,7 +355,7 @@ pub fn plan(job: &Value, pods: &[&Pod], now: DateTime<Utc>) -> Plan {
     let mut status = json!({
         "active": active.len(),
         "ready": active.iter().filter(|p| ready(p)).count(),
-        "succeeded": succeeded.len(),
+        "succeeded": succeeded_n,
         "failed": failed,
         "terminating": terminating,
         "uncountedTerminatedPods": {},
@@ -354,6 +376,8 @@ pub fn plan(job: &Value, pods: &[&Pod], now: DateTime<Utc>) -> Plan {
             ));
         }
         if !was_suspended {
+            // A Job suspended before has the condition, False: it turns True again.
+            conditions.retain(|c| c["type"] != "Suspended");
             conditions.push(condition(
                 "Suspended",
                 "JobSuspended",
@@ -397,8 +421,11 @@ pub fn plan(job: &Value, pods: &[&Pod], now: DateTime<Utc>) -> Plan {
             "Job has reached the specified backoff limit".into(),
         ));
     }
-    if let Some(ads) = spec["activeDeadlineSeconds"].as_i64() {
-        let due = started + chrono::Duration::seconds(ads);
+    if let Some(due) = spec["activeDeadlineSeconds"]
+        .as_i64()
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|d| started.checked_add_signed(d))
+    {
         if fail_job.is_none() && now >= due {
             fail_job = Some((
                 "DeadlineExceeded".into(),
@@ -410,9 +437,9 @@ pub fn plan(job: &Value, pods: &[&Pod], now: DateTime<Utc>) -> Plan {
     }
     let complete = match (indexed, completions) {
         (true, Some(c)) => done_indexes.len() as i64 >= c,
-        (false, Some(c)) => succeeded.len() as i64 >= c,
+        (false, Some(c)) => succeeded_n >= c,
         // A work queue is done when one pod succeeded and the rest have stopped.
-        (_, None) => !succeeded.is_empty() && active.is_empty(),
+        (_, None) => succeeded_n > 0 && active.is_empty(),
     };
     let ending = if let Some((reason, msg)) = &fail_job {
         Some(("FailureTarget", "Failed", reason.clone(), msg.clone()))
@@ -468,8 +495,8 @@ pub fn plan(job: &Value, pods: &[&Pod], now: DateTime<Utc>) -> Plan {
             .collect()
     } else {
         let want = match completions {
-            Some(c) => parallelism.min(c - succeeded.len() as i64),
-            None if !succeeded.is_empty() => 0,
+            Some(c) => parallelism.min(c - succeeded_n),
+            None if succeeded_n > 0 => 0,
             None => parallelism,
         };
         let n = (want - active.len() as i64).max(0);
@@ -479,7 +506,7 @@ pub fn plan(job: &Value, pods: &[&Pod], now: DateTime<Utc>) -> Plan {
         0
     } else {
         let want = match completions {
-            Some(c) => parallelism.min(c - succeeded.len() as i64),
+            Some(c) => parallelism.min(c - succeeded_n),
             None => parallelism,
         };
         (active.len() as i64 - want.max(0)).max(0) as usize
@@ -537,7 +564,14 @@ fn status_write(plan: &mut Plan, old: &Value, mut status: Value) {
             status[k] = old[k].clone();
         }
     }
-    if &status != old {
+    let bare = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.retain(|_, x| !x.is_null());
+        }
+        v
+    };
+    if bare(&status) != bare(old) {
         plan.writes.push(Write::Status(status));
     }
 }
@@ -665,6 +699,7 @@ mod tests {
         assert_eq!(status(&p)["completedIndexes"], "1");
         let mut set = BTreeSet::from([0, 1, 2, 4, 6, 7]);
         assert_eq!(format_indexes(&set), "0-2,4,6-7");
+        assert_eq!(parse_indexes("0-2,4,6-7"), set);
         set.clear();
         assert_eq!(format_indexes(&set), "");
     }

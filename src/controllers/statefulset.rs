@@ -267,8 +267,10 @@ pub fn plan(
                         out.push(Write::CreateClaim(new_claim(sts, t, i)));
                     }
                 }
-                // Below the partition, a pod is made again at its current revision.
-                let rev = if i - start < partition && current != update {
+                // Below the partition, a pod is made again at its current revision (with
+                // OnDelete, a deleted pod comes back at the update revision).
+                let on_delete = spec["updateStrategy"]["type"] == "OnDelete";
+                let rev = if !on_delete && i - start < partition && current != update {
                     current.clone()
                 } else {
                     update.clone()

@@ -186,8 +186,12 @@ pub fn plan(
         .iter()
         .filter_map(|c| Some((c.metadata.name.clone()?, *c)))
         .collect();
-    // Volumes taken in this pass.
-    let mut taken: Vec<String> = Vec::new();
+    // Volumes taken: named by a claim, or in this pass.
+    let mut taken: Vec<String> = claims
+        .iter()
+        .filter_map(|c| c.spec.as_ref()?.volume_name.clone())
+        .filter(|v| !v.is_empty())
+        .collect();
 
     // Volumes: their phase from their claim; reclaim; protection.
     for v in volumes {
@@ -263,13 +267,32 @@ pub fn plan(
             continue;
         }
         let spec = c.spec.clone().unwrap_or_default();
-        // Bound already: check the volume is still there.
+        // Named a volume (bound, or asked for by name): the volume must name it back.
         if let Some(vn) = spec.volume_name.as_deref().filter(|v| !v.is_empty()) {
             let vol = volumes
                 .iter()
                 .find(|v| v.metadata.name.as_deref() == Some(vn));
+            let names_me = |v: &PersistentVolume| {
+                v.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).map(|r| {
+                    r.namespace.as_deref() == Some(ns.as_str())
+                        && r.name.as_deref() == Some(name.as_str())
+                        && (r.uid.is_none() || r.uid.as_deref() == Some(uid.as_str()))
+                })
+            };
             match vol {
-                Some(v) if phase_pvc(c) != "Bound" => {
+                // A free volume asked for by name: it is promised to this claim first.
+                Some(v) if names_me(v).is_none() && !taken.contains(&vn.to_string()) => {
+                    taken.push(vn.to_string());
+                    out.push(Write::Patch {
+                        on: Target::Volume(vn.to_string()),
+                        patch: json!({"metadata": {"resourceVersion": v.metadata.resource_version},
+                            "spec": {"claimRef": {"kind": "PersistentVolumeClaim", "apiVersion": "v1",
+                            "namespace": ns, "name": name, "uid": uid,
+                            "resourceVersion": c.metadata.resource_version}}}),
+                        status: false,
+                    });
+                }
+                Some(v) if names_me(v) == Some(true) && phase_pvc(c) != "Bound" => {
                     let vs = v.spec.clone().unwrap_or_default();
                     out.push(Write::Patch {
                         on: on.clone(),
@@ -278,6 +301,26 @@ pub fn plan(
                         status: true,
                     });
                 }
+                Some(v) if names_me(v) == Some(true) => {}
+                // Another claim's volume: never this one's.
+                Some(_) if phase_pvc(c) == "Bound" => {
+                    out.push(Write::Patch {
+                        on: on.clone(),
+                        patch: json!({"status": {"phase": "Lost"}}),
+                        status: true,
+                    });
+                    out.push(event(
+                        "Warning",
+                        "ClaimMisbound",
+                        "Two claims are bound to the same volume, this one is bound incorrectly"
+                            .into(),
+                    ));
+                }
+                Some(_) => out.push(event(
+                    "Warning",
+                    "FailedBinding",
+                    format!("volume \"{vn}\" already bound to a different claim."),
+                )),
                 None if phase_pvc(c) == "Bound" => {
                     out.push(Write::Patch {
                         on: on.clone(),
@@ -291,7 +334,7 @@ pub fn plan(
                             .into(),
                     ));
                 }
-                _ => {}
+                None => {}
             }
             continue;
         }
@@ -310,9 +353,32 @@ pub fn plan(
                 })
                 && v.metadata.deletion_timestamp.is_none()
         });
+        // The node the scheduler chose for the claim's first pod: a volume must reach it.
+        let chosen_node = c
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SELECTED_NODE))
+            .and_then(|n| {
+                nodes
+                    .iter()
+                    .find(|x| x.metadata.name.as_deref() == Some(n.as_str()))
+            });
+        let reaches = |vs: &k8s_openapi::api::core::v1::PersistentVolumeSpec| {
+            let (Some(node), Some(req)) = (
+                chosen_node,
+                vs.node_affinity.as_ref().and_then(|a| a.required.clone()),
+            ) else {
+                return true;
+            };
+            serde_json::from_value::<Pod>(json!({"metadata": {}, "spec": {"containers": [],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": req}}}}))
+                .is_ok_and(|pin| crate::api::pod::node_matches(&pin, node))
+        };
         let fits = |v: &&&PersistentVolume| {
             let vs = v.spec.clone().unwrap_or_default();
-            vs.claim_ref.is_none()
+            reaches(&vs)
+                && vs.claim_ref.is_none()
                 && v.metadata.deletion_timestamp.is_none()
                 && phase_pv(v) != "Released"
                 && vs.storage_class_name.clone().unwrap_or_default() == class
@@ -341,7 +407,8 @@ pub fn plan(
             if vs.claim_ref.as_ref().and_then(|r| r.uid.as_deref()) != Some(uid.as_str()) {
                 out.push(Write::Patch {
                     on: Target::Volume(vname.clone()),
-                    patch: json!({"metadata": {"annotations": {"pv.kubernetes.io/bound-by-controller": "yes"}},
+                    patch: json!({"metadata": {"annotations": {"pv.kubernetes.io/bound-by-controller": "yes"},
+                        "resourceVersion": v.metadata.resource_version},
                         "spec": {"claimRef": {"kind": "PersistentVolumeClaim", "apiVersion": "v1",
                         "namespace": ns, "name": name, "uid": uid,
                         "resourceVersion": c.metadata.resource_version}}}),
@@ -412,8 +479,16 @@ pub fn plan(
                     .get(STORAGE_DIR_ANNOTATION)
                     .cloned()
             });
+        // The directory a node publishes must be a plain absolute path.
+        let dir = dir.filter(|d| {
+            d.starts_with('/')
+                && !d.ends_with('/')
+                && d[1..]
+                    .split('/')
+                    .all(|c| !c.is_empty() && c != "." && c != "..")
+        });
         let Some(dir) = dir else {
-            out.push(event("Warning", "ProvisioningFailed", format!("failed to provision volume with StorageClass \"{class}\": node \"{node_name}\" does not publish its storage directory (annotation {STORAGE_DIR_ANNOTATION})")));
+            out.push(event("Warning", "ProvisioningFailed", format!("failed to provision volume with StorageClass \"{class}\": node \"{node_name}\" does not publish a storage directory that is a plain absolute path (annotation {STORAGE_DIR_ANNOTATION})")));
             continue;
         };
         if volumes
@@ -580,5 +655,39 @@ mod tests {
             "held while used"
         );
         assert_eq!(plan(&[&c], &[], &[], &[], &[]).len(), 1, "let go when not");
+    }
+
+    #[test]
+    fn a_claim_cannot_take_a_volume_meant_for_another() {
+        // Pre-bound by an admin to a/data (no uid): a claim in b naming it gets nothing.
+        let mut v = volume("precious", "1Gi", "manual");
+        v.spec.as_mut().unwrap().claim_ref =
+            Some(serde_json::from_value(json!({"namespace": "a", "name": "data"})).unwrap());
+        let mut thief = claim("data", Some("manual"), "1Gi", json!({}));
+        thief.metadata.namespace = Some("b".into());
+        thief.spec.as_mut().unwrap().volume_name = Some("precious".into());
+        let w = plan(&[&thief], &[&v], &[], &[], &[]);
+        assert!(
+            !w.iter().any(|w| matches!(
+                w,
+                Write::Patch {
+                    on: Target::Claim(..),
+                    ..
+                }
+            )),
+            "{w:?}"
+        );
+        assert_eq!(reasons(&w), ["FailedBinding"]);
+        // A volume another claim names is not offered to a second one.
+        let free = volume("free", "1Gi", "manual");
+        let mut first = claim("one", Some("manual"), "1Gi", json!({}));
+        first.spec.as_mut().unwrap().volume_name = Some("free".into());
+        let second = claim("two", Some("manual"), "1Gi", json!({}));
+        let w = plan(&[&first, &second], &[&free], &[], &[], &[]);
+        assert!(
+            !w.iter()
+                .any(|w| matches!(w, Write::Patch { on: Target::Claim(_, n), .. } if n == "two")),
+            "{w:?}"
+        );
     }
 }

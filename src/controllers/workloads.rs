@@ -250,6 +250,8 @@ pub async fn cronjobs(inf: Arc<Informers>) {
     }
     tracing::info!("cronjob controller started");
     let mut pending = Pending::default();
+    // Events already recorded (cronjob uid, reason, message): each is said once.
+    let mut said: HashSet<(String, &'static str, String)> = HashSet::new();
     loop {
         let jobs = job_store.state();
         let cjs = cj_store.state();
@@ -261,7 +263,9 @@ pub async fn cronjobs(inf: Arc<Informers>) {
                 by_owner.entry(uid).or_default().push(v);
             }
         }
-        pending.keep(&cjs.iter().filter_map(|c| c.metadata.uid.clone()).collect());
+        let live: HashSet<String> = cjs.iter().filter_map(|c| c.metadata.uid.clone()).collect();
+        said.retain(|(uid, _, _)| live.contains(uid));
+        pending.keep(&live);
         let mut next = Duration::from_secs(10);
         for c in &cjs {
             let (Some(ns), Some(name), Some(uid)) = (
@@ -292,6 +296,9 @@ pub async fn cronjobs(inf: Arc<Informers>) {
             let jobs_api: Api<Job> = Api::namespaced(client.clone(), ns);
             let me = ("batch/v1", "CronJob", &c.metadata);
             let mut made = HashSet::new();
+            // A Job that could not be made leaves the status as it was: the slot is tried
+            // again at the next pass.
+            let mut failed = false;
             for w in plan.writes {
                 match w {
                     cronjob::Write::CreateJob(body) => {
@@ -301,10 +308,19 @@ pub async fn cronjobs(inf: Arc<Informers>) {
                         let jname = j.metadata.name.clone().unwrap_or_default();
                         match jobs_api.create(&PostParams::default(), &j).await {
                             Ok(_) => {
+                                let msg = format!("Created job {jname}");
+                                emit(
+                                    &client,
+                                    me,
+                                    "cronjob-controller",
+                                    ("Normal", "SuccessfulCreate", &msg),
+                                )
+                                .await;
                                 made.insert(jname);
                             }
                             Err(kube::Error::Api(e)) if e.code == 409 => {}
                             Err(e) => {
+                                failed = true;
                                 let msg = format!("Error creating job: {e}");
                                 emit(
                                     &client,
@@ -321,6 +337,7 @@ pub async fn cronjobs(inf: Arc<Informers>) {
                             tracing::debug!(job = %n, error = %e, "deleting a cronjob's job");
                         }
                     }
+                    cronjob::Write::Status(_) if failed => {}
                     cronjob::Write::Status(st) => {
                         if let Err(e) = Api::<CronJob>::namespaced(client.clone(), ns)
                             .patch_status(
@@ -334,7 +351,9 @@ pub async fn cronjobs(inf: Arc<Informers>) {
                         }
                     }
                     cronjob::Write::Event(kind, reason, msg) => {
-                        emit(&client, me, "cronjob-controller", (kind, reason, &msg)).await;
+                        if said.insert((uid.to_string(), reason, msg.clone())) {
+                            emit(&client, me, "cronjob-controller", (kind, reason, &msg)).await;
+                        }
                     }
                 }
             }

@@ -228,6 +228,24 @@ pub struct VolumeNeeds {
     pub select: Vec<String>,
 }
 
+impl VolumeNeeds {
+    /// `claim` was given `node` earlier in this pass: the pod goes there too.
+    pub fn chosen(&mut self, claim: &str, node: &str) {
+        if let Some(i) = self.select.iter().position(|c| c == claim) {
+            self.select.remove(i);
+            self.pins.extend(pin_to(node));
+        }
+    }
+}
+
+/// A pod whose only wish is `node` (matched as a pod's own node affinity).
+fn pin_to(node: &str) -> Option<Pod> {
+    serde_json::from_value::<Pod>(json!({"metadata": {}, "spec": {"containers": [],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+        {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]}}}}}))
+    .ok()
+}
+
 /// The VolumeBinding plugin's PreFilter: the pod's claims must exist and not be going, and
 /// be bound or wait for their first consumer. `Err` is the whole pod's reason.
 pub fn volume_needs(pod: &Pod, st: &Storage) -> Result<VolumeNeeds, String> {
@@ -281,12 +299,7 @@ pub fn volume_needs(pod: &Pod, st: &Storage) -> Result<VolumeNeeds, String> {
                     .and_then(|a| a.get(crate::api::SELECTED_NODE));
                 match chosen {
                     // Chosen for an earlier pod: this one goes there too.
-                    Some(node) => needs.pins.extend(
-                        serde_json::from_value::<Pod>(json!({"metadata": {}, "spec": {"containers": [],
-                            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
-                            {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]}}}}}))
-                        .ok(),
-                    ),
+                    Some(node) => needs.pins.extend(pin_to(node)),
                     None => needs.select.push(name.clone()),
                 }
             }

@@ -86,6 +86,8 @@ async fn pass(
     told.retain(|uid, _| live.contains(uid.as_str()));
     // What each node has taken, updated as this pass binds pods.
     let mut states = node_states(nodes, &all);
+    // Claims given a node in this pass (the cache does not show it yet).
+    let mut chosen: HashMap<(String, String), String> = HashMap::new();
     for pod in waiting {
         let (Some(ns), Some(name), Some(uid)) = (
             pod.metadata.namespace.clone(),
@@ -94,7 +96,14 @@ async fn pass(
         ) else {
             continue;
         };
-        let needs = volume_needs(&pod, storage);
+        let mut needs = volume_needs(&pod, storage);
+        if let Ok(v) = &mut needs {
+            for ((cns, c), node) in &chosen {
+                if *cns == ns {
+                    v.chosen(c, node);
+                }
+            }
+        }
         let decision = match &needs {
             Ok(v) => schedule_with(&pod, &states, v),
             Err(reason) => Err(unresolvable(states.len(), reason)),
@@ -106,15 +115,25 @@ async fn pass(
                 let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
                 let mut annotated = true;
                 for c in needs.iter().flat_map(|n| n.select.iter()) {
-                    let patch =
-                        json!({"metadata": {"annotations": {crate::api::SELECTED_NODE: node}}});
+                    // Only the claim as read: one chosen meanwhile is not chosen again.
+                    let rv = storage
+                        .claims
+                        .get(&(ns.clone(), c.clone()))
+                        .and_then(|x| x.metadata.resource_version.clone());
+                    let patch = json!({"metadata": {"resourceVersion": rv,
+                        "annotations": {crate::api::SELECTED_NODE: node}}});
                     let pp = PatchParams {
                         field_manager: Some(NAME.into()),
                         ..Default::default()
                     };
-                    if let Err(e) = claims.patch(c, &pp, &Patch::Merge(&patch)).await {
-                        tracing::debug!(claim = %c, error = %e, "selected node");
-                        annotated = false;
+                    match claims.patch(c, &pp, &Patch::Merge(&patch)).await {
+                        Ok(_) => {
+                            chosen.insert((ns.clone(), c.clone()), node.clone());
+                        }
+                        Err(e) => {
+                            tracing::debug!(claim = %c, error = %e, "selected node");
+                            annotated = false;
+                        }
                     }
                 }
                 if !annotated {

@@ -47,9 +47,9 @@ pub struct Manifests {
     pub finished: std::collections::BTreeSet<String>,
     /// The API's claims as this node mounts them.
     pub claims: BTreeMap<(String, String), super::volumes::Claim>,
-    /// The directories of every PersistentVolume, once the volumes are known (the node
-    /// removes its local-path directories that no volume has any more).
-    pub volume_paths: Option<std::collections::BTreeSet<String>>,
+    /// The names of every PersistentVolume, once the volumes are known (the node removes
+    /// its local-path directories whose volume is gone).
+    pub volume_names: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Manifests {
@@ -66,8 +66,8 @@ impl Manifests {
         }
         self.finished.extend(other.finished);
         self.claims.extend(other.claims);
-        if other.volume_paths.is_some() {
-            self.volume_paths = other.volume_paths;
+        if other.volume_names.is_some() {
+            self.volume_names = other.volume_names;
         }
     }
 }

@@ -107,19 +107,22 @@ impl Running {
     }
 }
 
-/// Removes the local-path directories (`pvc-<uid>_<namespace>_<name>`) in `dir` that no
-/// PersistentVolume names any more: their volume was deleted (reclaim policy Delete).
-/// Directories of another shape are never touched.
-fn remove_released_volumes(dir: &std::path::Path, paths: &std::collections::BTreeSet<String>) {
+/// Removes the local-path directories (`pvc-<uid>_<namespace>_<name>`) in `dir` whose volume
+/// (`pvc-<uid>`) no longer exists: it was deleted (reclaim policy Delete). Directories of
+/// another shape are never touched.
+fn remove_released_volumes(dir: &std::path::Path, volumes: &std::collections::BTreeSet<String>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let p = dir.join(&name);
-        if !name.starts_with("pvc-") || paths.contains(&p.display().to_string()) {
+        let Some(volume) = local_path_volume(&name) else {
+            continue;
+        };
+        if volumes.contains(volume) {
             continue;
         }
+        let p = dir.join(&name);
         match crate::node::safefs::Beneath::open_existing(dir).and_then(|b| b.remove_all(&[&name]))
         {
             Ok(()) => {
@@ -130,6 +133,26 @@ fn remove_released_volumes(dir: &std::path::Path, paths: &std::collections::BTre
             }
         }
     }
+}
+
+/// The volume a local-path directory belongs to: `pvc-<uid>` of `pvc-<uid>_<ns>_<name>`, if
+/// the name has that shape (a UUID, then two DNS names).
+fn local_path_volume(dir: &str) -> Option<&str> {
+    let (volume, rest) = dir.split_once('_')?;
+    let uid = volume.strip_prefix("pvc-")?;
+    let (ns, name) = rest.split_once('_')?;
+    let uuid = uid.len() == 36
+        && uid.chars().enumerate().all(|(i, c)| {
+            if [8, 13, 18, 23].contains(&i) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        });
+    (uuid
+        && crate::api::validation::is_dns_label(ns)
+        && crate::api::validation::is_dns_subdomain(name))
+    .then_some(volume)
 }
 
 /// Raises the soft limit on open files to the hard one (a node runs many pods, each with
@@ -456,8 +479,8 @@ pub fn run(cfg: NodeConfig) -> Result<()> {
             claims: std::mem::take(&mut m.claims),
             storage_dir: Some(cfg.root.join("storage")),
         });
-        if let Some(paths) = m.volume_paths.take() {
-            remove_released_volumes(&cfg.root.join("storage"), &paths);
+        if let Some(names) = m.volume_names.take() {
+            remove_released_volumes(&cfg.root.join("storage"), &names);
         }
         let wanted: BTreeMap<String, Arc<manifests::PodManifest>> = std::mem::take(&mut m.pods)
             .into_iter()
@@ -768,4 +791,39 @@ fn changed_w_api(ctx: &NodeContext) -> Result<OwnedFd> {
 /// The socket path for a run dir.
 pub fn socket(run_dir: &Path) -> PathBuf {
     run_dir.join("knode.sock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_directories_of_the_local_path_shape_belong_to_a_volume() {
+        assert_eq!(
+            local_path_volume("pvc-c31f0474-956a-45f6-a1ea-3ad28a37ddf0_default_www-web-0"),
+            Some("pvc-c31f0474-956a-45f6-a1ea-3ad28a37ddf0")
+        );
+        for other in [
+            "pvc-x_default_data",
+            "pvc-c31f0474-956a-45f6-a1ea-3ad28a37ddf0",
+            "pvc-c31f0474-956a-45f6-a1ea-3ad28a37ddf0_Default_data",
+            "data",
+            "pvc-c31f0474-956a-45f6-a1ea-3ad28a37ddf0_default_",
+        ] {
+            assert_eq!(local_path_volume(other), None, "{other}");
+        }
+        // A directory whose volume exists stays; one whose volume is gone goes; others stay.
+        let d = tempfile::tempdir().unwrap();
+        let keep = "pvc-c31f0474-956a-45f6-a1ea-3ad28a37ddf0_default_a";
+        let gone = "pvc-d31f0474-956a-45f6-a1ea-3ad28a37ddf0_default_b";
+        for n in [keep, gone, "mine"] {
+            std::fs::create_dir(d.path().join(n)).unwrap();
+            std::fs::write(d.path().join(n).join("f"), "x").unwrap();
+        }
+        let volumes = ["pvc-c31f0474-956a-45f6-a1ea-3ad28a37ddf0".to_string()].into();
+        remove_released_volumes(d.path(), &volumes);
+        assert!(d.path().join(keep).join("f").exists());
+        assert!(!d.path().join(gone).exists());
+        assert!(d.path().join("mine").join("f").exists());
+    }
 }

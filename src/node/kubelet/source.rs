@@ -141,12 +141,33 @@ fn claim(
         return Claim::Pending(format!("persistentvolume {vn:?} not found"));
     };
     let spec = v.spec.clone().unwrap_or_default();
-    let mine = spec
-        .claim_ref
-        .as_ref()
-        .is_some_and(|r| r.uid.is_none() || r.uid == c.metadata.uid);
+    // The volume must name this claim: namespace, name, and uid when it has one (a claim
+    // may not take a volume meant for a claim in another namespace by naming it).
+    let mine = spec.claim_ref.as_ref().is_some_and(|r| {
+        r.namespace == c.metadata.namespace
+            && r.name == c.metadata.name
+            && (r.uid.is_none() || r.uid == c.metadata.uid)
+    });
     if !mine {
         return Claim::Pending(format!("persistentvolume {vn:?} is bound to another claim"));
+    }
+    // A local-path volume's directory is this node's own, named after its claim: the path
+    // written on the volume is not trusted (it comes from a Node annotation).
+    let provisioned = v
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("pv.kubernetes.io/provisioned-by"))
+        .is_some_and(|p| p == crate::api::LOCAL_PATH_PROVISIONER);
+    if provisioned {
+        return Claim::Local {
+            dir: format!(
+                "pvc-{}_{}_{}",
+                c.metadata.uid.as_deref().unwrap_or(""),
+                c.metadata.namespace.as_deref().unwrap_or(""),
+                name
+            ),
+        };
     }
     match (spec.host_path, spec.local) {
         (Some(h), _) => Claim::Bound {
@@ -561,15 +582,9 @@ impl ApiSource {
             m.claims.insert(key(&c.metadata), claim(&c, &vols));
         }
         if self.synced() {
-            m.volume_paths = Some(
+            m.volume_names = Some(
                 vols.iter()
-                    .filter_map(|v| {
-                        let s = v.spec.as_ref()?;
-                        s.host_path
-                            .as_ref()
-                            .map(|h| h.path.clone())
-                            .or_else(|| s.local.as_ref().map(|l| l.path.clone()))
-                    })
+                    .filter_map(|v| v.metadata.name.clone())
                     .collect(),
             );
         }

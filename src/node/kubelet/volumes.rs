@@ -99,6 +99,8 @@ pub struct Objects {
 pub enum Claim {
     /// The volume's directory (`hostPath` or `local`) and its hostPath type.
     Bound { path: String, kind: String },
+    /// A local-path volume: the directory `dir` in this node's storage directory.
+    Local { dir: String },
     /// Why it cannot be mounted yet (unbound, or bound to a volume of another type).
     Pending(String),
 }
@@ -117,27 +119,22 @@ fn claim_path(
         }
         Some(Claim::Pending(why)) => return Err(ConfigError::not_found(why.clone())),
         Some(Claim::Bound { path, kind }) => (path.clone(), kind.clone()),
+        Some(Claim::Local { dir: name }) => {
+            // One plain name beneath this node's storage directory, never through a symlink.
+            let dir = objects
+                .storage_dir
+                .as_ref()
+                .ok_or_else(|| ConfigError::invalid("this node has no storage directory"))?;
+            let b = Beneath::open(dir, 0o700).map_err(|e| ConfigError::from(e.to_string()))?;
+            let p = b
+                .create_dir_all(&[name], 0o777)
+                .map_err(|e| ConfigError::from(e.to_string()))?;
+            return Ok(k8s_openapi::api::core::v1::HostPathVolumeSource {
+                path: p.display().to_string(),
+                type_: Some("Directory".into()),
+            });
+        }
     };
-    let p = Path::new(&path);
-    if let Some(rest) = objects
-        .storage_dir
-        .as_ref()
-        .and_then(|d| p.strip_prefix(d).ok())
-    {
-        // One plain name beneath the storage directory, never through a symlink.
-        let name = rest
-            .to_str()
-            .filter(|n| !n.contains('/'))
-            .ok_or_else(|| ConfigError::invalid(format!("volume path {path:?}")))?;
-        let dir = objects.storage_dir.as_ref().expect("matched");
-        let b = Beneath::open(dir, 0o700).map_err(|e| ConfigError::from(e.to_string()))?;
-        b.create_dir_all(&[name], 0o777)
-            .map_err(|e| ConfigError::from(e.to_string()))?;
-        return Ok(k8s_openapi::api::core::v1::HostPathVolumeSource {
-            path,
-            type_: Some("Directory".into()),
-        });
-    }
     Ok(k8s_openapi::api::core::v1::HostPathVolumeSource {
         path,
         type_: Some(kind),
@@ -749,7 +746,13 @@ pub fn binds(
         .spec
         .iter()
         .flat_map(|s| s.volumes.iter().flatten())
-        .filter(|v| v.config_map.is_some() || v.secret.is_some())
+        .filter(|v| {
+            v.config_map.is_some()
+                || v.secret.is_some()
+                || v.persistent_volume_claim
+                    .as_ref()
+                    .is_some_and(|c| c.read_only == Some(true))
+        })
         .map(|v| v.name.clone())
         .collect();
     let mut out = vec![];
