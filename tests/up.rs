@@ -1227,6 +1227,8 @@ fn probes_restart_gate_readiness_and_hold_a_rolling_update() {
     let u = Up::new();
     u.up();
     u.apply(PROBED);
+    // kubectl gives up on a path not there yet: the statuses are there once it runs.
+    u.wait_phase("live", "Running");
     u.kubectl(&[
         "wait",
         "--for=jsonpath={.status.containerStatuses[0].restartCount}=1",

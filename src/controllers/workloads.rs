@@ -129,6 +129,9 @@ pub async fn jobs(inf: Arc<Informers>) {
     }
     tracing::info!("job controller started");
     let mut pending = Pending::default();
+    // The resourceVersion each Job had when its status was last written, until the cache
+    // shows the write: a plan made on the older status would count from stale figures.
+    let mut written: HashMap<String, (String, Instant)> = HashMap::new();
     loop {
         let pods = pod_store.state();
         let jobs = job_store.state();
@@ -138,7 +141,9 @@ pub async fn jobs(inf: Arc<Informers>) {
                 by_owner.entry(uid).or_default().push(p);
             }
         }
-        pending.keep(&jobs.iter().filter_map(|j| j.metadata.uid.clone()).collect());
+        let live: HashSet<String> = jobs.iter().filter_map(|j| j.metadata.uid.clone()).collect();
+        written.retain(|uid, _| live.contains(uid));
+        pending.keep(&live);
         let mut next = Duration::from_secs(10);
         for j in &jobs {
             let (Some(ns), Some(name), Some(uid)) = (
@@ -155,6 +160,13 @@ pub async fn jobs(inf: Arc<Informers>) {
                 .collect();
             if pending.blocks(uid, &seen) {
                 continue;
+            }
+            let rv = j.metadata.resource_version.clone().unwrap_or_default();
+            if let Some((old, at)) = written.get(uid) {
+                if *old == rv && at.elapsed() < EXPECTATION_TTL {
+                    continue;
+                }
+                written.remove(uid);
             }
             let Ok(v) = serde_json::to_value(j.as_ref()) else {
                 continue;
@@ -208,7 +220,7 @@ pub async fn jobs(inf: Arc<Informers>) {
                         Err(e) => tracing::debug!(pod = %n, error = %e, "deleting a job's pod"),
                     },
                     job::Write::Status(st) => {
-                        if let Err(e) = jobs_api
+                        match jobs_api
                             .patch_status(
                                 name,
                                 &manager("job-controller"),
@@ -216,7 +228,10 @@ pub async fn jobs(inf: Arc<Informers>) {
                             )
                             .await
                         {
-                            tracing::debug!(job = %name, error = %e, "job status");
+                            Ok(_) => {
+                                written.insert(uid.to_string(), (rv.clone(), Instant::now()));
+                            }
+                            Err(e) => tracing::debug!(job = %name, error = %e, "job status"),
                         }
                     }
                     job::Write::Event(kind, reason, msg) => {
