@@ -74,55 +74,35 @@ fn pod_spec(ds: &Value, node: &str) -> Value {
     spec
 }
 
-/// Whether `ds` should run on `node`.
-pub fn eligible(ds: &Value, node: &Node) -> bool {
+/// Whether `ds` should run on `node` (its selector and affinity match and its NoSchedule
+/// and NoExecute taints are tolerated), and whether a pod already there may stay (only
+/// NoExecute counts: a new NoSchedule taint keeps new pods off, not running ones; upstream's
+/// `shouldContinueRunning`).
+pub fn fit(ds: &Value, node: &Node) -> (bool, bool) {
     let name = node.metadata.name.as_deref().unwrap_or("");
     let Ok(pod) =
         serde_json::from_value::<Pod>(json!({"metadata": {}, "spec": pod_spec(ds, name)}))
     else {
-        return false;
+        return (false, false);
     };
     if !node_matches(&pod, node) {
-        return false;
+        return (false, false);
     }
     let tols = pod
         .spec
         .as_ref()
         .and_then(|s| s.tolerations.clone())
         .unwrap_or_default();
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .all(|t| tolerates(&tols, t))
-}
-
-/// Whether a daemon pod already on `node` may stay there: its node selector and affinity
-/// still match and every NoExecute taint is tolerated (a new NoSchedule taint keeps new pods
-/// off, not running ones; upstream's `shouldContinueRunning`).
-pub fn may_stay(ds: &Value, node: &Node) -> bool {
-    let name = node.metadata.name.as_deref().unwrap_or("");
-    let Ok(pod) =
-        serde_json::from_value::<Pod>(json!({"metadata": {}, "spec": pod_spec(ds, name)}))
-    else {
-        return false;
-    };
-    let tols = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.tolerations.clone())
-        .unwrap_or_default();
-    node_matches(&pod, node)
-        && node
-            .spec
+    let untolerated = |effect: &str| {
+        node.spec
             .as_ref()
             .and_then(|s| s.taints.as_ref())
             .into_iter()
             .flatten()
-            .filter(|t| t.effect == "NoExecute")
-            .all(|t| tolerates(&tols, t))
+            .any(|t| t.effect == effect && !tolerates(&tols, t))
+    };
+    let stay = !untolerated("NoExecute");
+    (stay && !untolerated("NoSchedule"), stay)
 }
 
 /// The new pod for `node`.
@@ -253,8 +233,8 @@ pub fn plan(ds: &Value, nodes: &[&Node], pods: &[&Pod], now: DateTime<Utc>) -> V
         };
         seen.push(nn.clone());
         let mut here: Vec<&Pod> = by_node.get(&nn).cloned().unwrap_or_default();
-        if !eligible(ds, node) {
-            let stay = may_stay(ds, node);
+        let (run, stay) = fit(ds, node);
+        if !run {
             for p in here {
                 misscheduled += 1;
                 if !stay {
@@ -336,12 +316,7 @@ pub fn plan(ds: &Value, nodes: &[&Node], pods: &[&Pod], now: DateTime<Utc>) -> V
         "updatedNumberScheduled": updated,
         "observedGeneration": ds["metadata"]["generation"],
     });
-    let stored = &ds["status"];
-    let differs = status.as_object().is_some_and(|m| {
-        m.iter()
-            .any(|(k, v)| &stored[k] != v && !(v == 0 && stored[k].is_null()))
-    });
-    if differs {
+    if super::status_differs(&ds["status"], &status) {
         out.push(Write::Status(status));
     }
     out

@@ -21,6 +21,15 @@ pub mod statefulset;
 pub mod volumes;
 mod workloads;
 
+/// Whether a computed status says something the stored one does not (a zero the stored
+/// status leaves out, as the API server omits empty counts, is the same).
+pub fn status_differs(stored: &serde_json::Value, status: &serde_json::Value) -> bool {
+    status.as_object().is_some_and(|m| {
+        m.iter()
+            .any(|(k, v)| &stored[k] != v && !(v == 0 && stored[k].is_null()))
+    })
+}
+
 /// What the controllers are configured with.
 #[derive(Clone, Debug)]
 pub struct Options {

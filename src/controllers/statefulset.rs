@@ -358,12 +358,7 @@ pub fn plan(
         "updateRevision": update,
         "collisionCount": 0,
     });
-    let stored = &sts["status"];
-    let differs = status.as_object().is_some_and(|m| {
-        m.iter()
-            .any(|(k, v)| &stored[k] != v && !(v == 0 && stored[k].is_null()))
-    });
-    if differs {
+    if super::status_differs(&sts["status"], &status) {
         out.push(Write::Status(status));
     }
     out

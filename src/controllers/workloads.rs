@@ -118,6 +118,57 @@ async fn delete_pod(api: &Api<Pod>, name: &str) -> kube::Result<bool> {
     }
 }
 
+/// An owner's identity for its events: apiVersion, kind, metadata.
+type Owner<'a> = (&'a str, &'a str, &'a ObjectMeta);
+
+/// Creates `body` as a pod of `me` and records `SuccessfulCreate` (`Created pod: NAME`) or
+/// `FailedCreate` on it, as the Job and DaemonSet controllers word them; the name if made.
+async fn create_and_tell(
+    client: &Client,
+    api: &Api<Pod>,
+    me: Owner<'_>,
+    component: &str,
+    body: Value,
+) -> Option<String> {
+    match create_pod(api, body).await {
+        Ok(n) => {
+            let msg = format!("Created pod: {n}");
+            emit(client, me, component, ("Normal", "SuccessfulCreate", &msg)).await;
+            Some(n)
+        }
+        Err(e) => {
+            let msg = format!("Error creating: {e}");
+            emit(client, me, component, ("Warning", "FailedCreate", &msg)).await;
+            None
+        }
+    }
+}
+
+/// Deletes pod `n` of `me` and records `SuccessfulDelete` with `message` (a pod already gone
+/// says nothing).
+async fn delete_and_tell(
+    client: &Client,
+    api: &Api<Pod>,
+    me: Owner<'_>,
+    component: &str,
+    n: &str,
+    message: String,
+) {
+    match delete_pod(api, n).await {
+        Ok(true) => {
+            emit(
+                client,
+                me,
+                component,
+                ("Normal", "SuccessfulDelete", &message),
+            )
+            .await
+        }
+        Ok(false) => {}
+        Err(e) => tracing::debug!(pod = %n, error = %e, "deleting a pod"),
+    }
+}
+
 /// The Job controller (and the TTL-after-finished controller for Jobs).
 pub async fn jobs(inf: Arc<Informers>) {
     let client = inf.client().clone();
@@ -181,44 +232,19 @@ pub async fn jobs(inf: Arc<Informers>) {
             let mut made = HashSet::new();
             for w in plan.writes {
                 match w {
-                    job::Write::CreatePod(body) => match create_pod(&pods_api, body).await {
-                        Ok(n) => {
-                            let msg = format!("Created pod: {n}");
-                            emit(
-                                &client,
-                                me,
-                                "job-controller",
-                                ("Normal", "SuccessfulCreate", &msg),
-                            )
-                            .await;
-                            made.insert(n);
+                    job::Write::CreatePod(body) => {
+                        match create_and_tell(&client, &pods_api, me, "job-controller", body).await
+                        {
+                            Some(n) => {
+                                made.insert(n);
+                            }
+                            None => break,
                         }
-                        Err(e) => {
-                            let msg = format!("Error creating: {e}");
-                            emit(
-                                &client,
-                                me,
-                                "job-controller",
-                                ("Warning", "FailedCreate", &msg),
-                            )
-                            .await;
-                            break;
-                        }
-                    },
-                    job::Write::DeletePod(n) => match delete_pod(&pods_api, &n).await {
-                        Ok(true) => {
-                            let msg = format!("Deleted pod: {n}");
-                            emit(
-                                &client,
-                                me,
-                                "job-controller",
-                                ("Normal", "SuccessfulDelete", &msg),
-                            )
-                            .await;
-                        }
-                        Ok(false) => {}
-                        Err(e) => tracing::debug!(pod = %n, error = %e, "deleting a job's pod"),
-                    },
+                    }
+                    job::Write::DeletePod(n) => {
+                        let msg = format!("Deleted pod: {n}");
+                        delete_and_tell(&client, &pods_api, me, "job-controller", &n, msg).await;
+                    }
                     job::Write::Status(st) => {
                         match jobs_api
                             .patch_status(
@@ -427,46 +453,24 @@ pub async fn daemonsets(inf: Arc<Informers>) {
             for w in daemonset::plan(&v, &nodes, &owned, chrono::Utc::now()) {
                 match w {
                     daemonset::Write::CreatePod { node, body } => {
-                        match create_pod(&pods_api, body).await {
-                            Ok(n) => {
-                                let msg = format!("Created pod: {n}");
-                                emit(
-                                    &client,
-                                    me,
-                                    "daemonset-controller",
-                                    ("Normal", "SuccessfulCreate", &msg),
-                                )
+                        let made_one =
+                            create_and_tell(&client, &pods_api, me, "daemonset-controller", body)
                                 .await;
+                        match made_one {
+                            Some(n) => {
                                 made.insert(n);
                             }
-                            Err(e) => {
-                                let msg = format!("Error creating: {e}");
-                                tracing::debug!(node = %node, error = %e, "daemon pod");
-                                emit(
-                                    &client,
-                                    me,
-                                    "daemonset-controller",
-                                    ("Warning", "FailedCreate", &msg),
-                                )
-                                .await;
+                            None => {
+                                tracing::debug!(node = %node, "a daemon pod could not be made");
                                 break;
                             }
                         }
                     }
-                    daemonset::Write::DeletePod(n) => match delete_pod(&pods_api, &n).await {
-                        Ok(true) => {
-                            let msg = format!("Deleted pod: {n}");
-                            emit(
-                                &client,
-                                me,
-                                "daemonset-controller",
-                                ("Normal", "SuccessfulDelete", &msg),
-                            )
+                    daemonset::Write::DeletePod(n) => {
+                        let msg = format!("Deleted pod: {n}");
+                        delete_and_tell(&client, &pods_api, me, "daemonset-controller", &n, msg)
                             .await;
-                        }
-                        Ok(false) => {}
-                        Err(e) => tracing::debug!(pod = %n, error = %e, "deleting a daemon pod"),
-                    },
+                    }
                     daemonset::Write::Status(st) => {
                         if let Err(e) = Api::<DaemonSet>::namespaced(client.clone(), ns)
                             .patch_status(
@@ -734,14 +738,10 @@ pub async fn statefulsets(inf: Arc<Informers>) {
                             }
                         }
                     }
-                    W::DeletePod(n) => match delete_pod(&pods_api, &n).await {
-                        Ok(true) => {
-                            let msg = format!("delete Pod {n} in StatefulSet {name} successful");
-                            emit(&client, me, ME, ("Normal", "SuccessfulDelete", &msg)).await;
-                        }
-                        Ok(false) => {}
-                        Err(e) => tracing::debug!(pod = %n, error = %e, "deleting a stateful pod"),
-                    },
+                    W::DeletePod(n) => {
+                        let msg = format!("delete Pod {n} in StatefulSet {name} successful");
+                        delete_and_tell(&client, &pods_api, me, ME, &n, msg).await;
+                    }
                     W::Status(st) => {
                         if let Err(e) = Api::<StatefulSet>::namespaced(client.clone(), ns)
                             .patch_status(name, &manager(ME), &Patch::Merge(&json!({"status": st})))
